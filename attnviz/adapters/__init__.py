@@ -1,0 +1,3 @@
+"""Model families. Importing this package registers every adapter (one line each)."""
+from . import classifier  # noqa: F401
+from .base import ADAPTERS, ModelAdapter, adapter_for_config, register_adapter  # noqa: F401

@@ -1,0 +1,168 @@
+"""The ModelAdapter protocol and the registry of model families.
+
+An adapter turns one family of Hugging Face models into the same few calls:
+``prepare`` an image, ``capture`` one forward (attentions + per-target
+scores, gradients on demand), list ``targets``, and ``forward_scores`` for
+Captum. A new family is one file that subclasses ``ModelAdapter`` and is
+decorated with ``@register_adapter``.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Callable, ClassVar, Optional, Sequence
+
+import torch
+from PIL import Image
+
+from ..errors import ModelUnavailable, UsageError
+from ..types import Capture, Target, TokenLayout
+
+ADAPTERS: dict[str, type["ModelAdapter"]] = {}
+
+
+def register_adapter(cls: type["ModelAdapter"]) -> type["ModelAdapter"]:
+    """Class decorator: make a family loadable by ``load_model``."""
+    ADAPTERS[cls.family] = cls
+    return cls
+
+
+def adapter_for_config(config) -> type["ModelAdapter"]:
+    for cls in ADAPTERS.values():
+        if cls.matches(config):
+            return cls
+    arch = ", ".join(getattr(config, "architectures", None) or [config.model_type])
+    raise ModelUnavailable(f"attnviz does not support this model family yet ({arch}).")
+
+
+def pick_device() -> torch.device:
+    """CUDA, then Apple MPS, then CPU; ATTNVIZ_DEVICE overrides."""
+    forced = os.environ.get("ATTNVIZ_DEVICE")
+    if forced:
+        return torch.device(forced)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def accepts_kwarg(fn: Callable, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+class ModelAdapter:
+    """Base class of every family. Subclasses fill in the ``_``-methods."""
+
+    family: ClassVar[str] = "base"
+    task: ClassVar[str] = ""
+
+    def __init__(self, model: torch.nn.Module, processor: Any, *, name: str, source: str,
+                 device: Optional[torch.device] = None):
+        self.device = device or pick_device()
+        self.model = model.to(self.device).eval()
+        # Only inputs need gradients (Captum, attention grads); frozen weights skip weight grads.
+        self.model.requires_grad_(False)
+        self.processor = processor
+        self.name = name
+        self.source = source
+
+    # --- family hooks -------------------------------------------------
+    @classmethod
+    def matches(cls, config) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, source: str, config, *, name: str, local_only: bool = False) -> "ModelAdapter":
+        raise NotImplementedError
+
+    @classmethod
+    def tiny(cls, **kwargs) -> "ModelAdapter":
+        """A random 2-layer model of this family, for tests."""
+        raise NotImplementedError
+
+    def prepare(self, image: Image.Image, *, texts: Optional[Sequence[str]] = None,
+                size: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _run(self, inputs: dict[str, Any], pixel_values: torch.Tensor, *, attentions: bool):
+        """One forward. Returns (scores [B, n_targets], attentions L×[B,H,T,T] or None, extras)."""
+        raise NotImplementedError
+
+    def layout(self, inputs: dict[str, Any]) -> TokenLayout:
+        raise NotImplementedError
+
+    def _targets(self, inputs: dict[str, Any], scores: torch.Tensor) -> tuple[Target, ...]:
+        raise NotImplementedError
+
+    def token_block(self, layer: int) -> torch.nn.Module:
+        """The module whose output is the token sequence [B, T, D] after ``layer``."""
+        raise NotImplementedError
+
+    # --- shared machinery ---------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    def probabilities(self, capture: Capture) -> torch.Tensor:
+        """Scores as probabilities for display (softmax unless the family says otherwise)."""
+        return torch.softmax(capture.scores, dim=-1)
+
+    def forward_scores(self, pixel_values: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """[B, n_targets] scores for a batch of pixel tensors: the function Captum explains."""
+        scores, _, _ = self._run(inputs, pixel_values, attentions=False)
+        return scores
+
+    def capture(self, inputs: dict[str, Any], *, grads: bool = True) -> Capture:
+        """One forward with attentions; ``grads`` keeps the graph for per-target backward passes."""
+        pixel_values = inputs["pixel_values"].to(self.device)
+        with torch.set_grad_enabled(grads):
+            x = pixel_values.detach().clone().requires_grad_(grads)
+            scores, attentions, extras = self._run(inputs, x, attentions=True)
+        if not attentions or len(attentions) != self.n_layers:
+            got = 0 if not attentions else len(attentions)
+            raise RuntimeError(
+                f"Expected {self.n_layers} attention tensors, got {got}: the model is not running eager attention.")
+        layout = self.layout(inputs)
+        if attentions[0].shape[-1] != layout.n_tokens:
+            raise RuntimeError(
+                f"Token layout mismatch: attention over {attentions[0].shape[-1]} tokens, layout says {layout.n_tokens}.")
+        scores = scores[0]                                             # [n_targets]
+        grad_fn = None
+        if grads:
+            # Differentiate w.r.t. the [1, H, T, T] tensors the forward actually used.
+            def grad_fn(t: int, _scores=scores, _live=tuple(attentions)):
+                if not 0 <= t < _scores.shape[0]:
+                    raise UsageError(f"Target {t} is out of range (0–{_scores.shape[0] - 1}).")
+                return tuple(g[0].detach() for g in torch.autograd.grad(_scores[t], _live, retain_graph=True))
+        return Capture(
+            scores=scores.detach(),
+            attentions=tuple(a[0].detach() for a in attentions),     # L × [H, T, T]
+            layout=layout,
+            inputs=inputs,
+            targets=self._targets(inputs, scores.detach()),
+            box=inputs.get("box"),
+            extras=extras,
+            _grad_fn=grad_fn,
+        )
+
+    def resolve_target(self, capture: Capture, target: Any = None) -> Target:
+        """A target from an index, a label (case-insensitive) or None (the top-scoring one)."""
+        ts = capture.targets
+        if target is None:
+            return max(ts, key=lambda t: t.score) if ts[0].kind == "class" else ts[0]
+        if isinstance(target, Target):
+            return target
+        s = str(target).strip()
+        try:
+            i = int(s)
+        except ValueError:
+            matches = [t for t in ts if t.label.lower() == s.lower()]
+            if not matches:
+                raise UsageError(f"Unknown target '{s}': give an index (0–{len(ts) - 1}) or one of the labels.") from None
+            return matches[0]
+        if i < 0:
+            i += len(ts)
+        if not 0 <= i < len(ts):
+            raise UsageError(f"Target {s} is out of range (0–{len(ts) - 1}).")
+        return ts[i]

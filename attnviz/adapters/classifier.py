@@ -1,0 +1,180 @@
+"""ViT-family image classifiers and headless ViT backbones.
+
+Covers ViT, DeiT (plain and distilled: CLS + distillation token), BEiT,
+DINOv2 and DINOv2 with registers (CLS + register tokens), with or without a
+classification head. A headless backbone (``ViTModel``, ``Dinov2Model``, e.g.
+facebook/dino-vitb16) has no classes; its single target is the L2 norm of the
+CLS token in the residual stream after the last block (before the final
+LayerNorm, whose output norm is nearly constant by construction), so
+class-specific methods explain "what builds up the CLS representation"
+rather than a class.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+import transformers
+from PIL import Image
+
+from ..types import Target, TokenLayout
+from .base import ModelAdapter, accepts_kwarg, register_adapter
+
+# Architectures we accept by name (no remote code: every class is transformers' own).
+ARCHITECTURES = {
+    "ViTForImageClassification", "ViTModel",
+    "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher", "DeiTModel",
+    "BeitForImageClassification", "BeitModel",
+    "Dinov2ForImageClassification", "Dinov2Model",
+    "Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersModel",
+}
+MODEL_TYPES = {"vit", "deit", "beit", "dinov2", "dinov2_with_registers"}
+
+
+def prefix_names(config) -> tuple[str, ...]:
+    """Prefix tokens as the architecture builds them (not inferred from shapes)."""
+    if config.model_type == "deit":
+        return ("cls", "distillation")                 # DeiTEmbeddings always adds both
+    if config.model_type == "dinov2_with_registers":
+        return ("cls",) + tuple(f"register{i}" for i in range(config.num_register_tokens))
+    return ("cls",)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def view_box(processor, size: tuple[int, int]) -> Optional[tuple[int, int, int, int]]:
+    """The (left, top, right, bottom) region of the original image a center-crop keeps.
+
+    Returns None when the processor resizes the whole image (no crop).
+    """
+    if not getattr(processor, "do_center_crop", False) or not getattr(processor, "crop_size", None):
+        return None
+    w, h = size
+    rs = processor.size or {}
+    if "shortest_edge" in rs:
+        s = rs["shortest_edge"] / min(w, h)
+        rw, rh = round(w * s), round(h * s)
+    elif "height" in rs:
+        rw, rh = rs["width"], rs["height"]
+    else:
+        return None
+    cw, ch = processor.crop_size["width"], processor.crop_size["height"]
+    left, top = max(0, (rw - cw) // 2), max(0, (rh - ch) // 2)
+    sx, sy = w / rw, h / rh
+    return (round(left * sx), round(top * sy), round(min(rw, left + cw) * sx), round(min(rh, top + ch) * sy))
+
+
+@register_adapter
+class ClassifierAdapter(ModelAdapter):
+    family = "classifier"
+    task = "image-classification"
+
+    def __init__(self, model, processor, **kw):
+        super().__init__(model, processor, **kw)
+        self.config = model.config
+        self.headless = not hasattr(model, "classifier") and not hasattr(model, "cls_classifier")
+        self.patch_size = _pair(self.config.patch_size)
+        self.native_size = _pair(self.config.image_size)
+        self.prefix = prefix_names(self.config)
+        self.multi_label = getattr(self.config, "problem_type", None) == "multi_label_classification"
+
+    @classmethod
+    def matches(cls, config) -> bool:
+        archs = getattr(config, "architectures", None) or []
+        return bool(set(archs) & ARCHITECTURES) or (not archs and config.model_type in MODEL_TYPES)
+
+    @classmethod
+    def load(cls, source, config, *, name, local_only=False):
+        archs = [a for a in (getattr(config, "architectures", None) or []) if a in ARCHITECTURES]
+        model_cls = getattr(transformers, archs[0]) if archs else transformers.AutoModelForImageClassification
+        common = dict(use_safetensors=True, trust_remote_code=False, local_files_only=local_only)
+        model = model_cls.from_pretrained(source, attn_implementation="eager", **common)
+        processor = transformers.AutoImageProcessor.from_pretrained(source, **common)
+        return cls(model, processor, name=name, source=str(source))
+
+    @classmethod
+    def tiny(cls, kind: str = "vit", *, image_size: int = 32, patch_size: int = 8, registers: int = 4,
+             num_labels: int = 5, seed: int = 0):
+        """A random 2-layer model: kind in vit, vit-headless, deit, deit-teacher, beit, dinov2, dinov2-headless, dinov2-registers."""
+        torch.manual_seed(seed)
+        common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                      image_size=image_size, patch_size=patch_size, num_labels=num_labels,
+                      id2label={i: f"class_{i}" for i in range(num_labels)},
+                      label2id={f"class_{i}": i for i in range(num_labels)})
+        T = transformers
+        table = {
+            "vit": (T.ViTConfig, T.ViTForImageClassification, {}),
+            "vit-headless": (T.ViTConfig, T.ViTModel, {}),
+            "deit": (T.DeiTConfig, T.DeiTForImageClassification, {}),
+            "deit-teacher": (T.DeiTConfig, T.DeiTForImageClassificationWithTeacher, {}),
+            "beit": (T.BeitConfig, T.BeitForImageClassification, {"use_relative_position_bias": True}),
+            "dinov2": (T.Dinov2Config, T.Dinov2ForImageClassification, {}),
+            "dinov2-headless": (T.Dinov2Config, T.Dinov2Model, {}),
+            "dinov2-registers": (T.Dinov2WithRegistersConfig, T.Dinov2WithRegistersForImageClassification,
+                                 {"num_register_tokens": registers}),
+        }
+        cfg_cls, model_cls, extra = table[kind]
+        model = model_cls(cfg_cls(**common, **extra))
+        model.config.architectures = [model_cls.__name__]
+        model.set_attn_implementation("eager")
+        processor = T.ViTImageProcessor(size={"height": image_size, "width": image_size},
+                                        image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        return cls(model, processor, name=f"tiny-{kind}", source="<memory>")
+
+    # --- inputs and geometry ------------------------------------------
+    def prepare(self, image: Image.Image, *, texts: Optional[Sequence[str]] = None,
+                size: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+        """Processor output for one RGB image. ``size=(height, width)`` overrides the resize
+        (rounded to whole patches) for families that interpolate position embeddings."""
+        kw: dict[str, Any] = {}
+        if size is not None:
+            ph, pw = self.patch_size
+            h, w = max(ph, round(size[0] / ph) * ph), max(pw, round(size[1] / pw) * pw)
+            kw = {"size": {"height": h, "width": w}, "do_center_crop": False}
+        pixel_values = self.processor(images=image, return_tensors="pt", **kw)["pixel_values"]
+        box = None if size is not None else view_box(self.processor, image.size)
+        return {"pixel_values": pixel_values, "box": box}
+
+    def layout(self, inputs) -> TokenLayout:
+        h, w = inputs["pixel_values"].shape[-2:]
+        ph, pw = self.patch_size
+        return TokenLayout(prefix_names=self.prefix, rows=h // ph, cols=w // pw,
+                           patch_size=self.patch_size, input_size=(int(h), int(w)))
+
+    def _forward_kwargs(self, pixel_values: torch.Tensor) -> dict[str, Any]:
+        if tuple(pixel_values.shape[-2:]) != self.native_size and accepts_kwarg(self.model.forward, "interpolate_pos_encoding"):
+            return {"interpolate_pos_encoding": True}
+        return {}
+
+    # --- forward ------------------------------------------------------
+    def _run(self, inputs, pixel_values, *, attentions):
+        out = self.model(pixel_values=pixel_values.to(self.device), output_attentions=attentions,
+                         output_hidden_states=self.headless, **self._forward_kwargs(pixel_values))
+        if self.headless:
+            cls_residual = out.hidden_states[-1][:, 0]                  # [B, D], before the final LayerNorm
+            scores = cls_residual.norm(dim=-1, keepdim=True)            # [B, 1]
+        else:
+            scores = out.logits                                         # [B, classes]
+        return scores, (out.attentions if attentions else None), {}
+
+    def _targets(self, inputs, scores):
+        if self.headless:
+            return (Target(0, "CLS embedding norm", "embedding", float(scores[0])),)
+        labels = self.config.id2label
+        return tuple(Target(i, str(labels.get(i, i)), "class", float(s)) for i, s in enumerate(scores.tolist()))
+
+    def probabilities(self, capture):
+        if self.headless:
+            return torch.ones(1)
+        return torch.sigmoid(capture.scores) if self.multi_label else torch.softmax(capture.scores, -1)
+
+    def token_block(self, layer: int) -> torch.nn.Module:
+        base = getattr(self.model, self.model.base_model_prefix, self.model)
+        # transformers 5 moved ViT/DeiT/BEiT blocks to ``<base>.layers``; DINOv2 keeps ``encoder.layer``.
+        holder = getattr(base, "encoder", base)
+        blocks = getattr(base, "layers", None) or getattr(holder, "layer", None) or getattr(holder, "layers", None)
+        if blocks is None:
+            raise RuntimeError("Cannot find the transformer blocks of this model.")
+        return blocks[layer]

@@ -1,0 +1,270 @@
+"""Command line: ``python -m attnviz explain | batch | bench | models``.
+
+Exit codes (stable): 0 ok, 2 usage, 3 unreadable or rejected image,
+4 model not available. Errors are one sentence on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+EXIT_OK, EXIT_USAGE, EXIT_IMAGE, EXIT_MODEL = 0, 2, 3, 4
+
+
+def _quiet_libraries() -> None:
+    import warnings
+    import transformers
+    transformers.logging.set_verbosity_error()     # e.g. the torchvision fallback notice
+    transformers.logging.disable_progress_bar()    # "Loading weights" bars would mix with our output
+    warnings.filterwarnings("ignore", module="captum")
+
+
+def _params(pairs: Sequence[str]) -> dict[str, str]:
+    from .errors import UsageError
+    out = {}
+    for p in pairs or ():
+        if "=" not in p:
+            raise UsageError(f"--param expects key=value, got '{p}'.")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _size(text: Optional[str]):
+    if not text:
+        return None
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError("--size expects HEIGHTxWIDTH, e.g. 224x320") from None
+    return (h, w)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m attnviz", description="See where a vision transformer looks.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def explain_args(p):
+        p.add_argument("--model", help="catalog name, hub id or save_pretrained folder (default: catalog default, else the demo model)")
+        p.add_argument("--method", default="rollout", help="explanation method (see `models --methods`)")
+        p.add_argument("--target", help="class index or label / prompt index or text / caption-token index (default: top)")
+        p.add_argument("--text", action="append", default=[], help="a text prompt (repeat for several; image–text models)")
+        p.add_argument("--layer", type=int, help="layer index, from 0 as outputs.attentions; negative from the end")
+        p.add_argument("--head", help="head index or mean/max/min")
+        p.add_argument("--param", action="append", default=[], metavar="K=V", help="method parameter (repeatable)")
+        p.add_argument("--size", type=_size, help="model input HEIGHTxWIDTH (rounded to whole patches)")
+
+    e = sub.add_parser("explain", help="explain one image")
+    e.add_argument("image")
+    explain_args(e)
+    e.add_argument("--out", help="PATH.npy (raw float32 map) or PATH.png (overlay at the original size)")
+    e.add_argument("--json", action="store_true", help="print one JSON object with the result")
+
+    b = sub.add_parser("batch", help="explain every image in a folder")
+    b.add_argument("folder")
+    explain_args(b)
+    b.add_argument("--out-dir", required=True, help="folder for <name>.npy, <name>.png and results.jsonl")
+
+    m = sub.add_parser("models", help="list the catalog and whether each model is available offline")
+    m.add_argument("--methods", action="store_true", help="list the explanation methods and their parameters")
+    m.add_argument("--json", action="store_true")
+
+    bench = sub.add_parser("bench", help="time every method against one bare forward (ViT-B/16, random weights)")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--quick", action="store_true", help="a tiny model, for a smoke test")
+    bench.add_argument("--captum", action="store_true", help="also time the (slow) Captum methods")
+    return ap
+
+
+def _method_params(args) -> dict[str, str]:
+    from .errors import UsageError
+    from .methods import get_method
+    spec = get_method(args.method)
+    params = _params(args.param)
+    names = [p.name for p in spec.params]
+    for flag in ("layer", "head"):
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if flag not in names:
+            raise UsageError(f"Method '{spec.name}' has no --{flag} (its parameters: {', '.join(names) or 'none'}).")
+        params[flag] = str(value)
+    return params
+
+
+def _load(args):
+    from . import load_model
+    from .catalog import resolve
+    if not args.model:
+        print(f"attnviz: using {resolve(None).reason}.", file=sys.stderr)
+    return load_model(args.model)
+
+
+def _explain_one(adapter, image, args, params, progress=None):
+    from .methods.registry import explain
+    t0 = time.perf_counter()
+    cap = adapter.capture(adapter.prepare(image, texts=args.text or None, size=args.size))
+    t1 = time.perf_counter()
+    exp = explain(adapter, cap, args.method, args.target, progress=progress, **params)
+    return cap, exp, {"capture": t1 - t0, "method": time.perf_counter() - t1}
+
+
+def _write_out(path: Path, image, cap, exp) -> None:
+    from . import render
+    from .errors import UsageError
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        import numpy as np
+        np.save(path, exp.map.astype("float32"))
+    elif suffix == ".png":
+        img = render.overlay(image, exp.map, norm="signed" if exp.signed else "minmax", box=cap.box)
+        path.write_bytes(render.to_png_bytes(img))
+    else:
+        raise UsageError(f"--out must end in .npy or .png, got '{path.name}'.")
+
+
+def _record(adapter, cap, exp, timings) -> dict:
+    tgt = exp.target or adapter.resolve_target(cap, None)
+    return {
+        "model": adapter.name,
+        "method": exp.method,
+        "target": {"index": tgt.index, "label": tgt.label, "kind": tgt.kind},
+        "score": float(cap.scores[tgt.index]),
+        "class_specific": exp.target is not None,
+        "map_shape": list(exp.map.shape),
+        "over": exp.over,
+        "signed": exp.signed,
+        "params": exp.params,
+        "meta": {k: v for k, v in exp.meta.items() if k != "seconds"},
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+
+
+def cmd_explain(args) -> int:
+    from .images import load_path
+    t0 = time.perf_counter()
+    image = load_path(args.image)
+    params = _method_params(args)
+    if args.out and Path(args.out).suffix.lower() not in (".npy", ".png"):
+        from .errors import UsageError
+        raise UsageError(f"--out must end in .npy or .png, got '{Path(args.out).name}'.")
+    t_load = time.perf_counter()
+    adapter = _load(args)
+    t_model = time.perf_counter()
+    progress = _tqdm_progress() if not args.json else None
+    cap, exp, timings = _explain_one(adapter, image, args, params, progress)
+    if args.out:
+        _write_out(Path(args.out), image, cap, exp)
+    timings = {"image": t_load - t0, "model_load": t_model - t_load, **timings,
+               "total": time.perf_counter() - t0}
+    rec = _record(adapter, cap, exp, timings)
+    if args.json:
+        print(json.dumps(rec))
+    else:
+        t = rec["target"]
+        print(f"{rec['model']} · {rec['method']} · target {t['index']} ({t['label']}, score {rec['score']:.4g}) · "
+              f"map {'×'.join(map(str, rec['map_shape']))} over {rec['over']} · {timings['total']:.2f} s")
+    return EXIT_OK
+
+
+def _tqdm_progress():
+    from tqdm import tqdm
+    bar = {"bar": None}
+
+    def update(done: int, total: int) -> None:
+        if bar["bar"] is None:
+            bar["bar"] = tqdm(total=total, unit="eval", file=sys.stderr, leave=False)
+        bar["bar"].n = done
+        bar["bar"].refresh()
+        if done >= total:
+            bar["bar"].close()
+    return update
+
+
+def cmd_batch(args) -> int:
+    from tqdm import tqdm
+    from .images import ImageRejected, load_path
+    folder, out = Path(args.folder), Path(args.out_dir)
+    if not folder.is_dir():
+        from .errors import UsageError
+        raise UsageError(f"'{folder}' is not a folder.")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    params = _method_params(args)
+    adapter = _load(args)
+    out.mkdir(parents=True, exist_ok=True)
+    rejected = 0
+    with open(out / "results.jsonl", "w") as log:
+        for path in tqdm(files, unit="image", file=sys.stderr):
+            try:
+                image = load_path(path)
+            except ImageRejected as e:
+                rejected += 1
+                log.write(json.dumps({"file": path.name, "error": str(e)}) + "\n")
+                continue
+            t0 = time.perf_counter()
+            cap, exp, timings = _explain_one(adapter, image, args, params)
+            _write_out(out / f"{path.stem}.npy", image, cap, exp)
+            _write_out(out / f"{path.stem}.png", image, cap, exp)
+            timings["total"] = time.perf_counter() - t0
+            log.write(json.dumps({"file": path.name, **_record(adapter, cap, exp, timings)}) + "\n")
+    print(f"{len(files) - rejected} explained, {rejected} rejected; results in {out / 'results.jsonl'}", file=sys.stderr)
+    return EXIT_OK if rejected == 0 else EXIT_IMAGE
+
+
+def cmd_models(args) -> int:
+    from .catalog import is_available_offline, load_catalog
+    if args.methods:
+        from .methods import list_methods
+        rows = [{"name": m.name, "class_specific": m.class_specific, "over": m.over, "signed": m.signed,
+                 "kind": m.kind, "description": m.description,
+                 "params": {p.name: p.default for p in m.params}} for m in list_methods()]
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            for r in rows:
+                ps = " ".join(f"{k}={v}" for k, v in r["params"].items())
+                print(f"{r['name']:22} {r['over']:8} {'class' if r['class_specific'] else 'any  '}  {r['description']}  [{ps}]")
+        return EXIT_OK
+    cat = load_catalog()
+    rows = [{"name": e.name, "hub": e.hub, "family": e.family, "task": e.task,
+             "offline": is_available_offline(e), "default": e.name == cat.default,
+             "offline_default": e.name == cat.offline_default, "notes": e.notes} for e in cat.entries]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            mark = "yes" if r["offline"] else "no "
+            tag = " (default)" if r["default"] else " (offline default)" if r["offline_default"] else ""
+            print(f"{r['name']:32} offline: {mark}  {r['family']:10} {r['task']:22}{tag}")
+    return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)      # argparse exits 2 on usage errors
+    from .errors import ModelUnavailable, UsageError
+    from .images import ImageRejected
+    _quiet_libraries()
+    try:
+        if args.command == "explain":
+            return cmd_explain(args)
+        if args.command == "batch":
+            return cmd_batch(args)
+        if args.command == "models":
+            return cmd_models(args)
+        from .bench import run_bench
+        return run_bench(repeats=args.repeats, quick=args.quick, captum=args.captum)
+    except UsageError as e:
+        print(f"attnviz: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImageRejected as e:
+        print(f"attnviz: {e}", file=sys.stderr)
+        return EXIT_IMAGE
+    except ModelUnavailable as e:
+        print(f"attnviz: {e}", file=sys.stderr)
+        return EXIT_MODEL

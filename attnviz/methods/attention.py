@@ -1,0 +1,39 @@
+"""Raw attention: one layer, one head (or heads fused), from one query token."""
+from __future__ import annotations
+
+from ..types import Capture, Target
+from .common import HEAD_FUSIONS, fuse_heads, layer_index, query_index
+from .registry import Param, register
+
+
+def head_or_fusion(a, head: str):
+    """[H, T, T] -> [T, T]: a head index (negative from the end) or a fusion name."""
+    from ..errors import UsageError
+    h = str(head).strip().lower()
+    if h in HEAD_FUSIONS:
+        return fuse_heads(a, h)
+    try:
+        i = int(h)
+    except ValueError:
+        raise UsageError(f"Head must be an index or one of {', '.join(HEAD_FUSIONS)}, got '{head}'.") from None
+    n = a.shape[0]
+    if not -n <= i < n:
+        raise UsageError(f"Head {i} is out of range: this layer has {n} heads (0–{n - 1}).")
+    return a[i]
+
+
+@register(
+    "attention",
+    description="Where one token looks in one layer: a row of the softmax attention matrix, per head or heads fused.",
+    params=(
+        Param("layer", -1, "Layer index (negative counts from the end)."),
+        Param("head", "mean", "Head index, or mean / max / min over heads."),
+        Param("query", "cls", "Query token: a prefix token (cls, distillation, registerN) or a patch 'row,col'."),
+    ),
+    class_specific=False, over="patches", kind="attention",
+)
+def attention(adapter, capture: Capture, target: Target, *, layer: int, head: str, query: str):
+    a = capture.attentions[layer_index(capture, layer)]          # [H, T, T]
+    q = query_index(capture.layout, query)
+    row = head_or_fusion(a, head)[q]                               # [T]
+    return capture.layout.to_grid(row), {"query_token": capture.layout.token_name(q)}

@@ -1,0 +1,63 @@
+"""Glue between adapters and Captum: the score function, baselines, patch masks, progress."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import UsageError
+from ..types import Capture, TokenLayout
+
+BASELINES = ("black", "mean")
+
+
+class ScoreFunction:
+    """``f(pixel_values [B,3,H,W]) -> scores [B, n_targets]`` that counts the samples it saw.
+
+    Captum calls it many times; counting rows gives an honest progress figure.
+    """
+
+    def __init__(self, adapter, capture: Capture, total: int, progress: Optional[Callable[[int, int], None]]):
+        self.adapter, self.inputs = adapter, capture.inputs
+        self.done, self.total, self.progress = 0, max(1, total), progress
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.adapter.forward_scores(pixel_values, self.inputs)
+        self.done += pixel_values.shape[0]
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total)
+        return out
+
+
+def pixel_input(adapter, capture: Capture, *, grad: bool = False) -> torch.Tensor:
+    x = capture.inputs["pixel_values"].to(adapter.device).detach().clone()  # [1, 3, H, W]
+    return x.requires_grad_(grad)
+
+
+def baseline_tensor(adapter, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """'black': an all-black image after the processor's normalisation; 'mean': zeros (the dataset mean colour)."""
+    if kind == "mean":
+        return torch.zeros_like(x)
+    if kind == "black":
+        mean = torch.tensor(getattr(adapter.processor, "image_mean", None) or [0.0] * 3, dtype=x.dtype)
+        std = torch.tensor(getattr(adapter.processor, "image_std", None) or [1.0] * 3, dtype=x.dtype)
+        return ((0 - mean) / std).view(1, 3, 1, 1).expand_as(x).to(x.device).clone()
+    raise UsageError(f"Baseline must be one of {', '.join(BASELINES)}.")
+
+
+def patch_mask(layout: TokenLayout, device) -> torch.Tensor:
+    """Feature mask [1, 1, H, W]: one feature id per patch (row-major), broadcast over channels."""
+    ph, pw = layout.patch_size
+    ids = torch.arange(layout.n_patches, device=device).view(layout.rows, layout.cols)       # [rows, cols]
+    mask = ids.repeat_interleave(ph, 0).repeat_interleave(pw, 1)                           # [rows·ph, cols·pw]
+    h, w = layout.input_size
+    if mask.shape != (h, w):   # inputs not a whole number of patches: edge pixels join the last patch
+        mask = torch.nn.functional.pad(mask, (0, w - mask.shape[1], 0, h - mask.shape[0]), mode="replicate")
+    return mask.view(1, 1, h, w)
+
+
+def per_patch(attr: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """[1, C, H, W] pixel attributions -> [rows, cols] by summing channels and averaging each patch."""
+    ph, pw = layout.patch_size
+    a = attr[0].sum(0)[: layout.rows * ph, : layout.cols * pw]                            # [rows·ph, cols·pw]
+    return a.reshape(layout.rows, ph, layout.cols, pw).mean(dim=(1, 3))                     # [rows, cols]

@@ -1,0 +1,76 @@
+"""Helpers shared by the attention-family methods."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import UsageError
+from ..types import Capture, TokenLayout
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def fuse_heads(a: torch.Tensor, how: str) -> torch.Tensor:
+    """[H, T, T] -> [T, T] by mean, max or min over heads."""
+    if how == "mean":
+        return a.mean(0)
+    if how == "max":
+        return a.amax(0)
+    if how == "min":
+        return a.amin(0)
+    raise UsageError(f"Head fusion must be one of {', '.join(HEAD_FUSIONS)}.")
+
+
+def layer_index(capture: Capture, layer: int) -> int:
+    """Python-style layer index (negative counts from the end), checked."""
+    n = capture.n_layers
+    if not -n <= layer < n:
+        raise UsageError(f"Layer {layer} is out of range: this model has {n} layers (0–{n - 1}).")
+    return layer % n
+
+
+def query_index(layout: TokenLayout, query: str) -> int:
+    """Token index of a query: a prefix name (cls, distillation, register0, ...), 'row,col' of a patch, or 'tN'."""
+    q = str(query).strip().lower()
+    if q in layout.prefix_names:
+        return layout.prefix_names.index(q)
+    if "," in q:
+        try:
+            r, c = (int(x) for x in q.split(","))
+        except ValueError:
+            raise UsageError(f"Query '{query}' is not 'row,col'.") from None
+        return layout.patch_token(r, c)
+    if q.startswith("t") and q[1:].isdigit() and int(q[1:]) < layout.n_tokens:
+        return int(q[1:])
+    names = ", ".join(layout.prefix_names) or "none"
+    raise UsageError(f"Unknown query '{query}': use a prefix token ({names}) or a patch as 'row,col'.")
+
+
+def positive_grad_attention(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Chefer et al. 2021, eq. 5 head average: E_h[(∇A ⊙ A)^+], [H, T, T] -> [T, T]."""
+    return (g * a).clamp(min=0).mean(0)
+
+
+def rollout_product(mats: list[torch.Tensor], discard_ratio: float = 0.0) -> torch.Tensor:
+    """Abnar & Zuidema 2020 rollout of per-layer [T, T] matrices (earliest first).
+
+    Each layer: optionally zero the lowest ``discard_ratio`` fraction of the
+    off-diagonal entries (a noise filter popularised by pytorch-grad-cam's
+    ViT examples, not in the paper), add the residual as 0.5·A + 0.5·I,
+    renormalise rows to sum to 1, and multiply: R = Â_L ··· Â_1.
+    """
+    t = mats[0].shape[-1]
+    eye = torch.eye(t, dtype=mats[0].dtype, device=mats[0].device)
+    result = eye.clone()
+    for a in mats:
+        a = a.clone()
+        if discard_ratio > 0:
+            off = ~eye.bool()
+            vals = a[off]
+            k = int(vals.numel() * discard_ratio)
+            if k > 0:
+                thresh = vals.kthvalue(k).values
+                a[off & (a <= thresh)] = 0
+        a = 0.5 * a + 0.5 * eye
+        a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
+        result = a @ result
+    return result

@@ -1,0 +1,67 @@
+"""Grad-CAM (Selvaraju et al., ICCV 2017) on a transformer block's patch tokens.
+
+The block's output [B, T, D] is split into prefix and patch tokens; the
+patch tokens are reshaped to a [B, D, rows, cols] feature map by the token
+layout (never a hard-coded 14×14) and passed through an identity module so
+Captum's ``LayerGradCam`` sees an ordinary CNN-style layer. Channel weights
+are the spatial mean of the gradients; the map is ReLU(Σ_c w_c·A_c), >= 0.
+
+Default layer -2: after the last block, patch tokens no longer reach the
+CLS output, so their gradient there is zero (the usual ViT Grad-CAM uses
+the input of the last block, which is the output of the one before).
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+from captum.attr import LayerGradCam
+
+from ..errors import UsageError
+from ..types import Capture, Target
+from .captum_common import ScoreFunction, pixel_input
+from .common import layer_index
+from .registry import Param, register
+
+
+class TokenGrid(torch.nn.Module):
+    """Identity on a [B, D, rows, cols] map: the layer Captum hooks."""
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        return grid
+
+
+def _reshape_hook(grid_module: TokenGrid, n_prefix: int, rows: int, cols: int, owner: int):
+    def hook(module, args, out):
+        # The model is shared between app sessions: only rewire this thread's forward.
+        if threading.get_ident() != owner:
+            return None
+        tokens = out[0] if isinstance(out, tuple) else out                  # [B, T, D]
+        b, t, d = tokens.shape
+        prefix, patches = tokens[:, :n_prefix], tokens[:, n_prefix:]
+        grid = grid_module(patches.transpose(1, 2).reshape(b, d, rows, cols))  # [B, D, rows, cols]
+        new = torch.cat([prefix, grid.flatten(2).transpose(1, 2)], dim=1)      # [B, T, D]
+        return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
+    return hook
+
+
+@register(
+    "grad_cam",
+    description="Grad-CAM on one block's patch tokens: feature maps weighted by their mean gradient.",
+    params=(Param("layer", -2, "Block whose output patch tokens are used (negative counts from the end)."),),
+    class_specific=True, over="patches", kind="gradient",
+)
+def grad_cam(adapter, capture: Capture, target: Target, *, layer: int):
+    li = layer_index(capture, layer)
+    if li == capture.n_layers - 1 and adapter.family == "classifier":
+        raise UsageError("Grad-CAM needs a block before the last: the last block's patch tokens do not reach the class score.")
+    lay = capture.layout
+    grid = TokenGrid()
+    handle = adapter.token_block(li).register_forward_hook(
+        _reshape_hook(grid, lay.n_prefix, lay.rows, lay.cols, threading.get_ident()))
+    try:
+        cam = LayerGradCam(ScoreFunction(adapter, capture, 1, None), grid).attribute(
+            pixel_input(adapter, capture, grad=True), target=target.index, relu_attributions=True)    # [1, 1, rows, cols]
+    finally:
+        handle.remove()
+    return cam[0, 0].detach().cpu().numpy()

@@ -1,0 +1,71 @@
+"""Gradient-weighted attention methods.
+
+``relevance``: Chefer, Gur & Wolf, "Generic Attention-model Explainability for
+Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV 2021
+(https://arxiv.org/abs/2103.15679), eqs. 5–6 for self-attention: R starts as
+I; for each layer Ā = E_h[(∇A ⊙ A)^+] and R ← R + Ā·R. The map is the query
+token's row (CLS by default) over the patches. Class-specific, >= 0.
+
+``grad_rollout``: rollout (Abnar & Zuidema 2020) of Ā instead of raw
+attention, with the same 0.5·A + 0.5·I residual and row normalisation.
+
+``attn_grad``: Ā of a single layer (default: the last), the simplest
+gradient-weighted view.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..types import Capture, Target
+from .common import layer_index, positive_grad_attention, query_index, rollout_product
+from .registry import Param, register
+
+QUERY = Param("query", "cls", "Query token whose row is read: a prefix token or a patch 'row,col'.")
+
+
+def weighted_attentions(capture: Capture, target: Target, start: int) -> list[torch.Tensor]:
+    grads = capture.attention_grads(target.index)
+    return [positive_grad_attention(a, g) for a, g in zip(capture.attentions[start:], grads[start:])]  # each [T, T]
+
+
+@register(
+    "relevance",
+    description="Chefer et al. 2021: attention weighted by its gradient for the target, accumulated through the layers.",
+    params=(Param("start_layer", 0, "First layer accumulated (negative counts from the end)."), QUERY),
+    class_specific=True, over="patches", kind="attention",
+)
+def relevance(adapter, capture: Capture, target: Target, *, start_layer: int, query: str):
+    mats = weighted_attentions(capture, target, layer_index(capture, start_layer))
+    t = mats[0].shape[-1]
+    r = torch.eye(t, dtype=mats[0].dtype, device=mats[0].device)                  # [T, T]
+    for a_bar in mats:
+        r = r + a_bar @ r
+    return capture.layout.to_grid(r[query_index(capture.layout, query)])
+
+
+@register(
+    "grad_rollout",
+    description="Gradient-weighted rollout: rollout of attention × its positive gradient for the target.",
+    params=(
+        Param("discard_ratio", 0.0, "Fraction of the weakest links dropped per layer.", min=0.0, max=0.99),
+        Param("start_layer", 0, "First layer multiplied in (negative counts from the end)."),
+        QUERY,
+    ),
+    class_specific=True, over="patches", kind="attention",
+)
+def grad_rollout(adapter, capture: Capture, target: Target, *, discard_ratio: float, start_layer: int, query: str):
+    mats = weighted_attentions(capture, target, layer_index(capture, start_layer))
+    r = rollout_product(mats, discard_ratio)
+    return capture.layout.to_grid(r[query_index(capture.layout, query)])
+
+
+@register(
+    "attn_grad",
+    description="One layer's attention × its positive gradient for the target, heads averaged.",
+    params=(Param("layer", -1, "Layer index (negative counts from the end)."), QUERY),
+    class_specific=True, over="patches", kind="attention",
+)
+def attn_grad(adapter, capture: Capture, target: Target, *, layer: int, query: str):
+    li = layer_index(capture, layer)
+    a_bar = positive_grad_attention(capture.attentions[li], capture.attention_grads(target.index)[li])  # [T, T]
+    return capture.layout.to_grid(a_bar[query_index(capture.layout, query)])

@@ -1,0 +1,30 @@
+"""Attention rollout (Abnar & Zuidema, ACL 2020, https://arxiv.org/abs/2005.00928).
+
+Convention: residual added as 0.5·A + 0.5·I, rows renormalised, layers
+multiplied from ``start_layer`` to the last. Class-agnostic: the map is the
+same whatever class is chosen.
+"""
+from __future__ import annotations
+
+from ..types import Capture, Target
+from .common import HEAD_FUSIONS, fuse_heads, layer_index, query_index, rollout_product
+from .registry import Param, register
+
+
+@register(
+    "rollout",
+    description="Attention rollout: attention multiplied through the layers with the residual; class-agnostic.",
+    params=(
+        Param("head_fusion", "mean", "How heads are combined in each layer.", choices=HEAD_FUSIONS),
+        Param("discard_ratio", 0.0, "Fraction of the weakest attention links dropped per layer.", min=0.0, max=0.99),
+        Param("start_layer", 0, "First layer multiplied in (negative counts from the end)."),
+        Param("query", "cls", "Query token: a prefix token or a patch 'row,col'."),
+    ),
+    class_specific=False, over="patches", kind="attention",
+)
+def rollout(adapter, capture: Capture, target: Target, *, head_fusion: str, discard_ratio: float,
+            start_layer: int, query: str):
+    start = layer_index(capture, start_layer)
+    mats = [fuse_heads(a, head_fusion) for a in capture.attentions[start:]]   # each [T, T]
+    r = rollout_product(mats, discard_ratio)                                  # [T, T]
+    return capture.layout.to_grid(r[query_index(capture.layout, query)])

@@ -1,0 +1,131 @@
+"""Small data types shared by adapters, methods, render and the UI.
+
+Convention: batch dimension is squeezed away once a capture is made; every
+tensor stored here is for ONE image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each token of a vision transformer's sequence comes from.
+
+    The sequence is ``prefix_names`` (CLS, distillation, register tokens, in
+    model order) followed by ``rows * cols`` patch tokens in row-major order.
+    ``input_size`` is the (height, width) of the tensor the model saw and
+    ``patch_size`` its (height, width) patch.
+    """
+
+    prefix_names: tuple[str, ...]
+    rows: int
+    cols: int
+    patch_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    @property
+    def n_prefix(self) -> int:
+        return len(self.prefix_names)
+
+    @property
+    def n_patches(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_prefix + self.n_patches
+
+    def patch_token(self, row: int, col: int) -> int:
+        """Sequence index of the patch at (row, col)."""
+        if not (0 <= row < self.rows and 0 <= col < self.cols):
+            raise ValueError(f"Patch ({row}, {col}) is outside the {self.rows}×{self.cols} grid.")
+        return self.n_prefix + row * self.cols + col
+
+    def token_name(self, index: int) -> str:
+        if index < self.n_prefix:
+            return self.prefix_names[index]
+        r, c = divmod(index - self.n_prefix, self.cols)
+        return f"patch({r},{c})"
+
+    def to_grid(self, per_token: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Patch part of a per-token vector as a float32 [rows, cols] grid."""
+        v = per_token.detach().float().cpu().numpy() if isinstance(per_token, torch.Tensor) else np.asarray(per_token)
+        if v.shape[-1] != self.n_tokens:
+            raise ValueError(f"Expected {self.n_tokens} tokens, got {v.shape[-1]}.")
+        return v[..., self.n_prefix:].reshape(*v.shape[:-1], self.rows, self.cols).astype(np.float32)  # [..., rows, cols]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an explanation is for: a class, a text prompt, a caption token, or an embedding."""
+
+    index: int
+    label: str
+    kind: str  # "class" | "prompt" | "token" | "embedding"
+    score: float = float("nan")
+
+
+@dataclass
+class Capture:
+    """Everything one forward pass left behind for one image.
+
+    ``attentions[l]`` is layer l's post-softmax attention, ``[H, T, T]``.
+    ``scores`` are the per-target scalars a method may explain (class logits,
+    prompt similarities, caption-token log-probs). Gradients of a target's
+    score w.r.t. every layer's attention come from ``attention_grads`` and are
+    computed once per target (one backward) and cached.
+    """
+
+    scores: torch.Tensor                 # [n_targets]
+    attentions: tuple[torch.Tensor, ...]  # L × [H, T, T], detached
+    layout: TokenLayout
+    inputs: dict[str, torch.Tensor]
+    targets: tuple[Target, ...]
+    box: Optional[tuple[int, int, int, int]] = None  # crop of the original image the model saw
+    cross_attentions: Optional[tuple[torch.Tensor, ...]] = None  # L × [H, Q, T_image]
+    extras: dict[str, Any] = field(default_factory=dict)
+    _grad_fn: Optional[Callable[[int], tuple[torch.Tensor, ...]]] = field(default=None, repr=False)
+    _grads: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.attentions)
+
+    @property
+    def n_heads(self) -> int:
+        return self.attentions[0].shape[0]
+
+    def attention_grads(self, target: int) -> tuple[torch.Tensor, ...]:
+        """d score[target] / d attentions[l], L × [H, T, T] (one backward, cached)."""
+        if target not in self._grads:
+            if self._grad_fn is None:
+                raise RuntimeError("This capture was made without gradients.")
+            self._grads[target] = self._grad_fn(target)
+        return self._grads[target]
+
+    def release_graph(self) -> None:
+        """Drop the autograd graph (memory); gradients already computed stay cached."""
+        self._grad_fn = None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A raw map plus what it is over and how to read it.
+
+    ``over`` is "patches" (``map`` is [rows, cols] over the token grid) or
+    "pixels" ([H, W] of the model input). ``signed`` says whether negative
+    values carry meaning (evidence against); otherwise the map is >= 0.
+    """
+
+    map: np.ndarray
+    over: str
+    signed: bool
+    method: str
+    target: Optional[Target]
+    params: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
