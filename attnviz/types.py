@@ -43,7 +43,8 @@ class TokenLayout:
     def patch_token(self, row: int, col: int) -> int:
         """Sequence index of the patch at (row, col)."""
         if not (0 <= row < self.rows and 0 <= col < self.cols):
-            raise ValueError(f"Patch ({row}, {col}) is outside the {self.rows}×{self.cols} grid.")
+            from .errors import UsageError
+            raise UsageError(f"Patch ({row}, {col}) is outside the {self.rows}×{self.cols} grid.")
         return self.n_prefix + row * self.cols + col
 
     def token_name(self, index: int) -> str:

@@ -1,6 +1,9 @@
 """Raw attention: one layer, one head (or heads fused), from one query token."""
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from ..types import Capture, Target
 from .common import HEAD_FUSIONS, fuse_heads, layer_index, query_index
 from .registry import Param, register
@@ -37,3 +40,13 @@ def attention(adapter, capture: Capture, target: Target, *, layer: int, head: st
     q = query_index(capture.layout, query)
     row = head_or_fusion(a, head)[q]                               # [T]
     return capture.layout.to_grid(row), {"query_token": capture.layout.token_name(q)}
+
+
+def attention_grid(capture: Capture, query: str = "cls") -> np.ndarray:
+    """Every layer's and head's attention from one query token at once: float32 [L, H, rows, cols].
+
+    The heads page draws these as thumbnails; one tensor op, no per-map calls.
+    """
+    q = query_index(capture.layout, query)
+    rows = torch.stack([a[:, q] for a in capture.attentions])        # [L, H, T]
+    return capture.layout.to_grid(rows)                              # [L, H, rows, cols]

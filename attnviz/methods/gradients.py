@@ -39,7 +39,7 @@ def integrated_gradients(adapter, capture: Capture, target: Target, *, n_steps: 
         gap = float((f(x) - f(base))[0, target.index])
     d = float(delta.abs().sum())
     meta = {"convergence_delta": d, "score_gap": gap, "relative_delta": d / max(abs(gap), 1e-12),
-            "attribution_sum": float(attr.sum())}
+            "attribution_sum": float(attr.detach().sum())}
     return attr[0].sum(0).detach().cpu().numpy(), meta                       # [H, W]
 
 

@@ -1,0 +1,110 @@
+"""``python -m attnviz bench``: method timings as ratios to one bare forward.
+
+Builds the ViT-B/16 architecture from its config with random weights (no
+download), and times, in the same run on the same input, one bare SDPA
+forward (the unit) and each attention view from one capture. Targets: every
+attention view of one image (all layers × heads + rollout + relevance for
+the top class, capture included) <= 3.0× a bare forward; rollout (capture
+without gradients included) <= 1.3×.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+TARGETS = {"all attention views (1 capture)": 3.0, "rollout (capture + method)": 1.3}
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()                                           # warm-up (allocator, kernels)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _models(quick: bool):
+    import transformers
+    from .adapters.classifier import ClassifierAdapter
+    if quick:
+        cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=128, image_size=64, patch_size=16)
+    else:
+        cfg = transformers.ViTConfig(num_labels=1000)   # ViT-B/16 at 224², as google/vit-base-patch16-224
+    torch.manual_seed(0)
+    eager = transformers.ViTForImageClassification(cfg)
+    eager.set_attn_implementation("eager")
+    sdpa = transformers.ViTForImageClassification(copy.deepcopy(cfg))   # own config: the attn choice lives there
+    sdpa.set_attn_implementation("sdpa")
+    sdpa.load_state_dict(eager.state_dict())
+    processor = transformers.ViTImageProcessor(size={"height": cfg.image_size, "width": cfg.image_size})
+    adapter = ClassifierAdapter(eager, processor, name="vit-b16-random", source="<config>")
+    return adapter, sdpa.eval().requires_grad_(False)
+
+
+def run_bench(repeats: int = 5, quick: bool = False, captum: bool = False) -> int:
+    from .methods.attention import attention_grid
+    from .methods.registry import explain
+    torch.set_grad_enabled(True)
+    adapter, bare = _models(quick)
+    size = adapter.model.config.image_size
+    x = torch.randn(1, 3, size, size)
+    inputs = {"pixel_values": x, "box": None}
+
+    def bare_forward():
+        with torch.no_grad():
+            bare(pixel_values=x)
+
+    def rollout_view():
+        cap = adapter.capture(inputs, grads=False)
+        explain(adapter, cap, "rollout")
+
+    def all_views():
+        cap = adapter.capture(inputs, grads=True)
+        attention_grid(cap, "cls")                  # every layer × head, one op
+        for head in ("mean", "max", "min"):
+            explain(adapter, cap, "attention", head=head)
+        explain(adapter, cap, "rollout")
+        explain(adapter, cap, "relevance")          # top class: one backward
+
+    unit = _median_time(bare_forward, repeats)
+    rows = [("bare SDPA forward (unit)", unit)]
+    rows.append(("capture, no gradients", _median_time(lambda: adapter.capture(inputs, grads=False), repeats)))
+    rows.append(("rollout (capture + method)", _median_time(rollout_view, repeats)))
+    rows.append(("all attention views (1 capture)", _median_time(all_views, repeats)))
+    cap = adapter.capture(inputs, grads=True)
+    top = adapter.resolve_target(cap, None)
+    cap.attention_grads(top.index)
+    for name in ("attention", "rollout", "relevance", "grad_rollout", "attn_grad"):
+        rows.append((f"  {name} on a ready capture", _median_time(lambda n=name: explain(adapter, cap, n), repeats)))
+    rows.append(("  one backward to every attention", _median_time(
+        lambda: cap._grad_fn(top.index), repeats)))
+    if captum:
+        light = {"integrated_gradients": {"n_steps": 16}, "gradient_shap": {"n_samples": 8},
+                 "smoothgrad": {"nt_samples": 8}, "lime": {"n_samples": 64}, "kernel_shap": {"n_samples": 64}}
+        for name in ("saliency", "input_x_gradient", "grad_cam", "integrated_gradients", "gradient_shap",
+                     "smoothgrad", "occlusion", "feature_ablation", "lime", "kernel_shap"):
+            params = light.get(name, {})
+            label = f"  {name}" + (f" ({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")
+            rows.append((label, _median_time(lambda n=name, p=params: explain(adapter, cap, n, **p), 1)))
+
+    print(f"attnviz bench: {'tiny ViT' if quick else 'ViT-B/16'} random weights, input {size}×{size}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}")
+    print(f"{'what':44} {'seconds':>9} {'× forward':>10}  target")
+    failed = False
+    for name, t in rows:
+        ratio = t / unit
+        target = TARGETS.get(name)
+        mark = ""
+        if target is not None:
+            ok = ratio <= target
+            failed |= not ok
+            mark = f"<= {target:.1f}  {'ok' if ok else 'MISSED'}"
+        print(f"{name:44} {t:9.4f} {ratio:10.2f}  {mark}")
+    return 0 if (quick or not failed) else 1

@@ -1,0 +1,52 @@
+"""Test setup: offline hub, tiny random models of every family saved and reloaded via from_pretrained."""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+CLASSIFIER_KINDS = ("vit", "vit-headless", "deit", "deit-teacher", "beit", "dinov2", "dinov2-headless",
+                    "dinov2-registers")
+PREFIX = {"vit": 1, "vit-headless": 1, "deit": 2, "deit-teacher": 2, "beit": 1, "dinov2": 1,
+          "dinov2-headless": 1, "dinov2-registers": 5}
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory):
+    """kind -> folder written by save_pretrained (weights as safetensors)."""
+    from attnviz.adapters.classifier import ClassifierAdapter
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for kind in CLASSIFIER_KINDS:
+        a = ClassifierAdapter.tiny(kind)
+        path = root / kind
+        a.model.save_pretrained(path, safe_serialization=True)
+        a.processor.save_pretrained(path)
+        out[kind] = path
+    return out
+
+
+_loaded = {}
+
+
+@pytest.fixture(params=CLASSIFIER_KINDS)
+def family(request, saved_models):
+    """(kind, adapter) reloaded through the real loader."""
+    import attnviz
+    kind = request.param
+    if kind not in _loaded:
+        _loaded[kind] = attnviz.load_model(str(saved_models[kind]))
+    return kind, _loaded[kind]
+
+
+@pytest.fixture(scope="session")
+def photo():
+    """A non-square RGB test image with structure (not noise only)."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:60, 0:90]
+    img = np.stack([(x * 3) % 256, (y * 4) % 256, ((x + y) * 2) % 256], -1).astype(np.float32)
+    img += rng.normal(0, 10, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))

@@ -1,0 +1,128 @@
+"""The CLI contract: exit codes 0 / 2 / 3 / 4, JSON fields, --out files, the bad-image corpus."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from attnviz.cli import main
+
+from .bad_images import corpus
+
+
+@pytest.fixture
+def image_file(tmp_path, photo):
+    p = tmp_path / "photo.png"
+    photo.save(p)
+    return p
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_explain_json_fields(capsys, image_file, saved_models):
+    code, out, err = run(capsys, "explain", image_file, "--model", saved_models["deit-teacher"],
+                         "--method", "relevance", "--target", "class_2", "--json")
+    assert code == 0, err
+    rec = json.loads(out)
+    assert {"model", "method", "target", "score", "map_shape", "over", "timings"} <= set(rec)
+    assert rec["method"] == "relevance" and rec["over"] == "patches" and rec["map_shape"] == [4, 4]
+    assert rec["target"] == {"index": 2, "label": "class_2", "kind": "class"}
+    assert isinstance(rec["score"], float)
+    assert {"capture", "method", "total"} <= set(rec["timings"])
+
+
+def test_explain_npy_and_png(capsys, tmp_path, image_file, saved_models, photo):
+    npy, png = tmp_path / "m.npy", tmp_path / "m.png"
+    code, _, err = run(capsys, "explain", image_file, "--model", saved_models["vit"], "--method", "attention",
+                       "--layer", "-1", "--head", "2", "--out", npy)
+    assert code == 0, err
+    m = np.load(npy)
+    assert m.shape == (4, 4) and m.dtype == np.float32
+    code, _, err = run(capsys, "explain", image_file, "--model", saved_models["vit"], "--method", "saliency",
+                       "--out", png, "--size", "32x48")
+    assert code == 0, err
+    assert Image.open(png).size == photo.size          # overlay at the original size
+    code, _, err = run(capsys, "explain", image_file, "--model", saved_models["vit"], "--method", "saliency",
+                       "--out", npy, "--size", "32x48")
+    assert np.load(npy).shape == (32, 48)              # pixel map at the model input size
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["explain"], "required"),
+    (["explain", "IMG", "--method", "nope"], "Unknown method"),
+    (["explain", "IMG", "--method", "rollout", "--layer", "1"], "no --layer"),
+    (["explain", "IMG", "--target", "99"], "out of range"),
+    (["explain", "IMG", "--param", "n_steps"], "key=value"),
+    (["explain", "IMG", "--out", "x.jpg"], ".npy or .png"),
+    (["explain", "IMG", "--size", "big"], "HEIGHTxWIDTH"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_usage_errors_exit_2(capsys, image_file, saved_models, argv, match):
+    argv = [str(image_file) if a == "IMG" else a for a in argv]
+    if argv[0] == "explain" and len(argv) > 1:
+        argv += ["--model", str(saved_models["vit"])]
+    try:
+        code = main(argv)
+    except SystemExit as e:          # argparse's own usage errors
+        code = e.code
+    assert code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_model_unavailable_exit_4(capsys, image_file, tmp_path):
+    code, _, err = run(capsys, "explain", image_file, "--model", "someone/not-cached-anywhere")
+    assert code == 4 and "not in the local cache" in err
+    code, _, err = run(capsys, "explain", image_file, "--model", tmp_path)
+    assert code == 4 and "config.json" in err
+
+
+@pytest.mark.parametrize("name", sorted(corpus()))
+def test_bad_image_corpus_through_cli(capsys, tmp_path, saved_models, name):
+    data, expected = corpus()[name]
+    path = tmp_path / f"{name}.png"
+    path.write_bytes(data)
+    code, out, err = run(capsys, "explain", path, "--model", saved_models["vit"], "--method", "rollout", "--json")
+    if expected is None:
+        assert code == 0, err
+        assert np.isfinite(json.loads(out)["score"])
+    else:
+        assert code == 3
+        line = err.strip()
+        assert expected in line and line.count("\n") == 0 and "Traceback" not in line
+
+
+def test_models_lists_catalog(capsys):
+    code, out, _ = run(capsys, "models", "--json")
+    rows = json.loads(out)
+    assert code == 0
+    hubs = {r["hub"] for r in rows}
+    assert {"google/vit-base-patch16-224", "facebook/deit-base-distilled-patch16-224", "facebook/dinov2-small",
+            "microsoft/beit-base-patch16-224", "facebook/dino-vitb16", "facebook/dinov2-with-registers-small"} <= hubs
+    assert all(isinstance(r["offline"], bool) for r in rows)
+    code, out, _ = run(capsys, "models", "--methods")
+    assert code == 0 and "relevance" in out and "integrated_gradients" in out
+
+
+def test_batch_folder(capsys, tmp_path, saved_models, photo):
+    src = tmp_path / "in"
+    src.mkdir()
+    photo.save(src / "a.png")
+    photo.rotate(90, expand=True).save(src / "b.jpg")
+    (src / "c.png").write_bytes(b"not an image")
+    code, _, err = run(capsys, "batch", src, "--model", saved_models["vit"], "--method", "rollout",
+                       "--out-dir", tmp_path / "out")
+    assert code == 3                                      # one image was rejected
+    lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [x["file"] for x in lines] == ["a.png", "b.jpg", "c.png"]
+    assert "error" in lines[2] and lines[0]["map_shape"] == [4, 4]
+    assert (tmp_path / "out" / "b.png").exists() and np.load(tmp_path / "out" / "a.npy").shape == (4, 4)
+
+
+def test_bench_quick_prints_ratios(capsys):
+    code, out, _ = run(capsys, "bench", "--quick", "--repeats", "1")
+    assert code == 0
+    assert "× forward" in out and "all attention views" in out and "rollout (capture + method)" in out
