@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
@@ -66,6 +67,9 @@ class ModelAdapter:
         self.processor = processor
         self.name = name
         self.source = source
+        # One model serves every app session: forwards take turns, one forward at a time,
+        # so a long method (IG, occlusion) never holds the model longer than one batch.
+        self.lock = threading.RLock()
 
     # --- family hooks -------------------------------------------------
     @classmethod
@@ -110,13 +114,14 @@ class ModelAdapter:
 
     def forward_scores(self, pixel_values: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """[B, n_targets] scores for a batch of pixel tensors: the function Captum explains."""
-        scores, _, _ = self._run(inputs, pixel_values, attentions=False)
+        with self.lock:
+            scores, _, _ = self._run(inputs, pixel_values, attentions=False)
         return scores
 
     def capture(self, inputs: dict[str, Any], *, grads: bool = True) -> Capture:
         """One forward with attentions; ``grads`` keeps the graph for per-target backward passes."""
         pixel_values = inputs["pixel_values"].to(self.device)
-        with torch.set_grad_enabled(grads):
+        with torch.set_grad_enabled(grads), self.lock:
             x = pixel_values.detach().clone().requires_grad_(grads)
             scores, attentions, extras = self._run(inputs, x, attentions=True)
         if not attentions or len(attentions) != self.n_layers:
