@@ -79,7 +79,14 @@ class Capture:
     ``scores`` are the per-target scalars a method may explain (class logits,
     prompt similarities, caption-token log-probs). Gradients of a target's
     score w.r.t. every layer's attention come from ``attention_grads`` and are
-    computed once per target (one backward) and cached.
+    computed once per target (one backward) and cached; the same backward
+    fills ``grads(target, key)`` for any other tensors the adapter listed
+    (e.g. a text tower's attentions).
+
+    ``readout`` ([T]) says how the model's output reads the final tokens: a
+    one-hot on CLS for most ViTs, half CLS / half distillation token for
+    distilled DeiT, the attention-pooling weights for SigLIP. Methods read
+    their map as ``readout @ M`` when the query is "output".
     """
 
     scores: torch.Tensor                 # [n_targets]
@@ -90,8 +97,9 @@ class Capture:
     box: Optional[tuple[int, int, int, int]] = None  # crop of the original image the model saw
     cross_attentions: Optional[tuple[torch.Tensor, ...]] = None  # L × [H, Q, T_image]
     extras: dict[str, Any] = field(default_factory=dict)
-    _grad_fn: Optional[Callable[[int], tuple[torch.Tensor, ...]]] = field(default=None, repr=False)
-    _grads: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
+    readout: Optional[torch.Tensor] = None                               # [T]
+    _grad_fn: Optional[Callable[[int], dict[str, tuple[torch.Tensor, ...]]]] = field(default=None, repr=False)
+    _grads: dict[int, dict[str, tuple[torch.Tensor, ...]]] = field(default_factory=dict, repr=False)
 
     @property
     def n_layers(self) -> int:
@@ -101,13 +109,17 @@ class Capture:
     def n_heads(self) -> int:
         return self.attentions[0].shape[0]
 
-    def attention_grads(self, target: int) -> tuple[torch.Tensor, ...]:
-        """d score[target] / d attentions[l], L × [H, T, T] (one backward, cached)."""
+    def grads(self, target: int, key: str = "attentions") -> tuple[torch.Tensor, ...]:
+        """d score[target] / d tensors named ``key`` (one backward per target, cached)."""
         if target not in self._grads:
             if self._grad_fn is None:
                 raise RuntimeError("This capture was made without gradients.")
             self._grads[target] = self._grad_fn(target)
-        return self._grads[target]
+        return self._grads[target][key]
+
+    def attention_grads(self, target: int) -> tuple[torch.Tensor, ...]:
+        """d score[target] / d attentions[l], L × [H, T, T]."""
+        return self.grads(target, "attentions")
 
     def release_graph(self) -> None:
         """Drop the autograd graph (memory); gradients already computed stay cached."""

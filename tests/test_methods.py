@@ -192,3 +192,18 @@ def test_bad_parameters_are_usage_errors(saved_models, photo, method, params, ma
     cap = attnviz.capture(adapter, photo)
     with pytest.raises(UsageError, match=match):
         attnviz.explain(adapter, cap, method, **params)
+
+
+def test_distilled_deit_reads_both_prefix_tokens(saved_models, photo):
+    """DeiT-with-teacher logits average the CLS and distillation heads, so 'output' = mean of both rows."""
+    adapter = attnviz.load_model(str(saved_models["deit-teacher"]))
+    cap = attnviz.capture(adapter, photo)
+    for method in ("attention", "rollout", "relevance"):
+        out = attnviz.explain(adapter, cap, method).map
+        cls = attnviz.explain(adapter, cap, method, query="cls").map
+        dist = attnviz.explain(adapter, cap, method, query="distillation").map
+        np.testing.assert_allclose(out, 0.5 * (cls + dist), rtol=1e-5, atol=1e-8)
+    plain = attnviz.load_model(str(saved_models["vit"]))
+    pc = attnviz.capture(plain, photo)
+    np.testing.assert_array_equal(attnviz.explain(plain, pc, "rollout").map,
+                                  attnviz.explain(plain, pc, "rollout", query="cls").map)

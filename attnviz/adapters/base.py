@@ -133,13 +133,24 @@ class ModelAdapter:
             raise RuntimeError(
                 f"Token layout mismatch: attention over {attentions[0].shape[-1]} tokens, layout says {layout.n_tokens}.")
         scores = scores[0]                                             # [n_targets]
+        # Tensors to differentiate: every layer's [1, H, T, T] attention as the forward used
+        # it, plus whatever else the family lists in extras["grad_wrt"] (name -> tuple).
+        wrt = {"attentions": tuple(attentions), **extras.pop("grad_wrt", {})}
         grad_fn = None
         if grads:
-            # Differentiate w.r.t. the [1, H, T, T] tensors the forward actually used.
-            def grad_fn(t: int, _scores=scores, _live=tuple(attentions)):
+            def grad_fn(t: int, _scores=scores, _wrt=wrt):
                 if not 0 <= t < _scores.shape[0]:
                     raise UsageError(f"Target {t} is out of range (0–{_scores.shape[0] - 1}).")
-                return tuple(g[0].detach() for g in torch.autograd.grad(_scores[t], _live, retain_graph=True))
+                names = list(_wrt)
+                flat = [x for n in names for x in _wrt[n]]
+                gs = torch.autograd.grad(_scores[t], flat, retain_graph=True, allow_unused=True)
+                out, i = {}, 0
+                for n in names:
+                    k = len(_wrt[n])
+                    out[n] = tuple((torch.zeros_like(x) if g is None else g).detach()[0]
+                                   for x, g in zip(_wrt[n], gs[i:i + k]))
+                    i += k
+                return out
         return Capture(
             scores=scores.detach(),
             attentions=tuple(a[0].detach() for a in attentions),     # L × [H, T, T]
@@ -147,9 +158,18 @@ class ModelAdapter:
             inputs=inputs,
             targets=self._targets(inputs, scores.detach()),
             box=inputs.get("box"),
-            extras=extras,
+            extras={k: (tuple(x.detach() for x in v) if isinstance(v, tuple) else v) for k, v in extras.items()},
+            readout=self.readout(layout),
             _grad_fn=grad_fn,
         )
+
+    def readout(self, layout: TokenLayout) -> Optional[torch.Tensor]:
+        """[T] weights with which the output reads the last layer's tokens (default: CLS)."""
+        if layout.n_prefix == 0:
+            return None
+        r = torch.zeros(layout.n_tokens)
+        r[0] = 1.0
+        return r
 
     def resolve_target(self, capture: Capture, target: Any = None) -> Target:
         """A target from an index, a label (case-insensitive) or None (the top-scoring one)."""

@@ -170,6 +170,12 @@ class ClassifierAdapter(ModelAdapter):
             return torch.ones(1)
         return torch.sigmoid(capture.scores) if self.multi_label else torch.softmax(capture.scores, -1)
 
+    def readout(self, layout):
+        r = super().readout(layout)
+        if hasattr(self.model, "distillation_classifier"):   # DeiT with teacher: logits = mean of two heads
+            r[:2] = 0.5
+        return r
+
     def token_block(self, layer: int) -> torch.nn.Module:
         base = getattr(self.model, self.model.base_model_prefix, self.model)
         # transformers 5 moved ViT/DeiT/BEiT blocks to ``<base>.layers``; DINOv2 keeps ``encoder.layer``.

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ..types import Capture, Target
-from .common import HEAD_FUSIONS, fuse_heads, layer_index, query_index
+from .common import HEAD_FUSIONS, QUERY_HELP, fuse_heads, layer_index, query_vector
 from .registry import Param, register
 
 
@@ -31,22 +31,21 @@ def head_or_fusion(a, head: str):
     params=(
         Param("layer", -1, "Layer index (negative counts from the end)."),
         Param("head", "mean", "Head index, or mean / max / min over heads."),
-        Param("query", "cls", "Query token: a prefix token (cls, distillation, registerN) or a patch 'row,col'."),
+        Param("query", "output", QUERY_HELP),
     ),
     class_specific=False, over="patches", kind="attention",
 )
 def attention(adapter, capture: Capture, target: Target, *, layer: int, head: str, query: str):
     a = capture.attentions[layer_index(capture, layer)]          # [H, T, T]
-    q = query_index(capture.layout, query)
-    row = head_or_fusion(a, head)[q]                               # [T]
-    return capture.layout.to_grid(row), {"query_token": capture.layout.token_name(q)}
+    row = query_vector(capture, query) @ head_or_fusion(a, head)    # [T] @ [T, T] -> [T]
+    return capture.layout.to_grid(row)
 
 
-def attention_grid(capture: Capture, query: str = "cls") -> np.ndarray:
+def attention_grid(capture: Capture, query: str = "output") -> np.ndarray:
     """Every layer's and head's attention from one query token at once: float32 [L, H, rows, cols].
 
     The heads page draws these as thumbnails; one tensor op, no per-map calls.
     """
-    q = query_index(capture.layout, query)
-    rows = torch.stack([a[:, q] for a in capture.attentions])        # [L, H, T]
+    q = query_vector(capture, query)                                 # [T]
+    rows = torch.stack([q @ a for a in capture.attentions])          # [L, H, T]
     return capture.layout.to_grid(rows)                              # [L, H, rows, cols]

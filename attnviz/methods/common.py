@@ -41,8 +41,23 @@ def query_index(layout: TokenLayout, query: str) -> int:
         return layout.patch_token(r, c)
     if q.startswith("t") and q[1:].isdigit() and int(q[1:]) < layout.n_tokens:
         return int(q[1:])
-    names = ", ".join(layout.prefix_names) or "none"
-    raise UsageError(f"Unknown query '{query}': use a prefix token ({names}) or a patch as 'row,col'.")
+    names = ", ".join(("output",) + layout.prefix_names)
+    raise UsageError(f"Unknown query '{query}': use {names}, or a patch as 'row,col'.")
+
+
+def query_vector(capture: Capture, query: str) -> torch.Tensor:
+    """[T] weights over query tokens: "output" (how the model's output reads its tokens) or one token."""
+    if str(query).strip().lower() == "output":
+        if capture.readout is None:
+            raise UsageError("This model has no single output token; choose a patch 'row,col' as the query.")
+        return capture.readout.to(capture.attentions[0].dtype)
+    v = torch.zeros(capture.layout.n_tokens, dtype=capture.attentions[0].dtype)
+    v[query_index(capture.layout, query)] = 1.0
+    return v
+
+
+QUERY_HELP = ("Query: output (the token(s) the prediction reads: CLS, or CLS + distillation for distilled DeiT), "
+              "a prefix token (cls, distillation, registerN) or a patch 'row,col'.")
 
 
 def positive_grad_attention(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@
 Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV 2021
 (https://arxiv.org/abs/2103.15679), eqs. 5–6 for self-attention: R starts as
 I; for each layer Ā = E_h[(∇A ⊙ A)^+] and R ← R + Ā·R. The map is the query
-token's row (CLS by default) over the patches. Class-specific, >= 0.
+token's row over the patches: by default the output's readout (the CLS row;
+the mean of the CLS and distillation rows for distilled DeiT). Class-specific, >= 0.
 
 ``grad_rollout``: rollout (Abnar & Zuidema 2020) of Ā instead of raw
 attention, with the same 0.5·A + 0.5·I residual and row normalisation.
@@ -17,10 +18,10 @@ from __future__ import annotations
 import torch
 
 from ..types import Capture, Target
-from .common import layer_index, positive_grad_attention, query_index, rollout_product
+from .common import QUERY_HELP, layer_index, positive_grad_attention, query_vector, rollout_product
 from .registry import Param, register
 
-QUERY = Param("query", "cls", "Query token whose row is read: a prefix token or a patch 'row,col'.")
+QUERY = Param("query", "output", QUERY_HELP)
 
 
 def weighted_attentions(capture: Capture, target: Target, start: int) -> list[torch.Tensor]:
@@ -40,7 +41,7 @@ def relevance(adapter, capture: Capture, target: Target, *, start_layer: int, qu
     r = torch.eye(t, dtype=mats[0].dtype, device=mats[0].device)                  # [T, T]
     for a_bar in mats:
         r = r + a_bar @ r
-    return capture.layout.to_grid(r[query_index(capture.layout, query)])
+    return capture.layout.to_grid(query_vector(capture, query) @ r)
 
 
 @register(
@@ -56,7 +57,7 @@ def relevance(adapter, capture: Capture, target: Target, *, start_layer: int, qu
 def grad_rollout(adapter, capture: Capture, target: Target, *, discard_ratio: float, start_layer: int, query: str):
     mats = weighted_attentions(capture, target, layer_index(capture, start_layer))
     r = rollout_product(mats, discard_ratio)
-    return capture.layout.to_grid(r[query_index(capture.layout, query)])
+    return capture.layout.to_grid(query_vector(capture, query) @ r)
 
 
 @register(
@@ -68,4 +69,4 @@ def grad_rollout(adapter, capture: Capture, target: Target, *, discard_ratio: fl
 def attn_grad(adapter, capture: Capture, target: Target, *, layer: int, query: str):
     li = layer_index(capture, layer)
     a_bar = positive_grad_attention(capture.attentions[li], capture.attention_grads(target.index)[li])  # [T, T]
-    return capture.layout.to_grid(a_bar[query_index(capture.layout, query)])
+    return capture.layout.to_grid(query_vector(capture, query) @ a_bar)

@@ -7,7 +7,7 @@ same whatever class is chosen.
 from __future__ import annotations
 
 from ..types import Capture, Target
-from .common import HEAD_FUSIONS, fuse_heads, layer_index, query_index, rollout_product
+from .common import HEAD_FUSIONS, QUERY_HELP, fuse_heads, layer_index, query_vector, rollout_product
 from .registry import Param, register
 
 
@@ -18,7 +18,7 @@ from .registry import Param, register
         Param("head_fusion", "mean", "How heads are combined in each layer.", choices=HEAD_FUSIONS),
         Param("discard_ratio", 0.0, "Fraction of the weakest attention links dropped per layer.", min=0.0, max=0.99),
         Param("start_layer", 0, "First layer multiplied in (negative counts from the end)."),
-        Param("query", "cls", "Query token: a prefix token or a patch 'row,col'."),
+        Param("query", "output", QUERY_HELP),
     ),
     class_specific=False, over="patches", kind="attention",
 )
@@ -27,4 +27,4 @@ def rollout(adapter, capture: Capture, target: Target, *, head_fusion: str, disc
     start = layer_index(capture, start_layer)
     mats = [fuse_heads(a, head_fusion) for a in capture.attentions[start:]]   # each [T, T]
     r = rollout_product(mats, discard_ratio)                                  # [T, T]
-    return capture.layout.to_grid(r[query_index(capture.layout, query)])
+    return capture.layout.to_grid(query_vector(capture, query) @ r)
