@@ -119,6 +119,8 @@ def _write_out(path: Path, image, cap, exp) -> None:
     from . import render
     from .errors import UsageError
     suffix = path.suffix.lower()
+    if exp.over == "tokens" and suffix == ".png":
+        raise UsageError("A map over prompt tokens has no image overlay; use --out x.npy or --json.")
     if suffix == ".npy":
         import numpy as np
         np.save(path, exp.map.astype("float32"))
@@ -164,6 +166,11 @@ def cmd_explain(args) -> int:
     timings = {"image": t_load - t0, "model_load": t_model - t_load, **timings,
                "total": time.perf_counter() - t0}
     rec = _record(adapter, cap, exp, timings)
+    for note in cap.extras.get("notes", []):
+        print(f"attnviz: {note}", file=sys.stderr)
+    if adapter.family == "clip":
+        rec["prompts"] = _prompt_records(adapter, cap)
+        rec["notes"] = list(cap.extras.get("notes", []))
     if args.json:
         print(json.dumps(rec))
     else:
@@ -171,6 +178,19 @@ def cmd_explain(args) -> int:
         print(f"{rec['model']} · {rec['method']} · target {t['index']} ({t['label']}, score {rec['score']:.4g}) · "
               f"map {'×'.join(map(str, rec['map_shape']))} over {rec['over']} · {timings['total']:.2f} s")
     return EXIT_OK
+
+
+def _prompt_records(adapter, cap) -> list[dict]:
+    """Each prompt with its score, probability and per-token text relevance."""
+    from .methods.registry import explain
+    probs = adapter.probabilities(cap).tolist()
+    out = []
+    for t in cap.targets:
+        rel = explain(adapter, cap, "text_relevance", t.index)
+        out.append({"index": t.index, "text": t.label, "score": t.score, "probability": probs[t.index],
+                    "tokens": [{"token": tok, "relevance": float(v)} for tok, v in zip(rel.meta["tokens"], rel.map)],
+                    "words": [{"word": w, "relevance": v} for w, v in rel.meta["words"]]})
+    return out
 
 
 def _tqdm_progress():

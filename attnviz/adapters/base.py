@@ -103,10 +103,18 @@ class ModelAdapter:
         """The module whose output is the token sequence [B, T, D] after ``layer``."""
         raise NotImplementedError
 
+    #: Whether the output reads patch tokens after the last block (attention pooling does;
+    #: CLS pooling does not, so Grad-CAM there would see zero gradients).
+    last_block_patches_matter: ClassVar[bool] = False
+
     # --- shared machinery ---------------------------------------------
     @property
     def n_layers(self) -> int:
         return self.model.config.num_hidden_layers
+
+    def method_defaults(self, method: str) -> dict[str, Any]:
+        """Parameter defaults this family prefers for ``method`` (over the registry's)."""
+        return {}
 
     def probabilities(self, capture: Capture) -> torch.Tensor:
         """Scores as probabilities for display (softmax unless the family says otherwise)."""
@@ -136,6 +144,7 @@ class ModelAdapter:
         # Tensors to differentiate: every layer's [1, H, T, T] attention as the forward used
         # it, plus whatever else the family lists in extras["grad_wrt"] (name -> tuple).
         wrt = {"attentions": tuple(attentions), **extras.pop("grad_wrt", {})}
+        readout = extras.pop("readout", None)                          # [1, T] when the forward measured it
         grad_fn = None
         if grads:
             def grad_fn(t: int, _scores=scores, _wrt=wrt):
@@ -147,8 +156,8 @@ class ModelAdapter:
                 out, i = {}, 0
                 for n in names:
                     k = len(_wrt[n])
-                    out[n] = tuple((torch.zeros_like(x) if g is None else g).detach()[0]
-                                   for x, g in zip(_wrt[n], gs[i:i + k]))
+                    got = tuple((torch.zeros_like(x) if g is None else g).detach() for x, g in zip(_wrt[n], gs[i:i + k]))
+                    out[n] = tuple(g[0] for g in got) if n == "attentions" else got   # image batch of 1
                     i += k
                 return out
         return Capture(
@@ -159,7 +168,7 @@ class ModelAdapter:
             targets=self._targets(inputs, scores.detach()),
             box=inputs.get("box"),
             extras={k: (tuple(x.detach() for x in v) if isinstance(v, tuple) else v) for k, v in extras.items()},
-            readout=self.readout(layout),
+            readout=readout[0].detach() if readout is not None else self.readout(layout),
             _grad_fn=grad_fn,
         )
 

@@ -53,7 +53,7 @@ def _reshape_hook(grid_module: TokenGrid, n_prefix: int, rows: int, cols: int, o
 )
 def grad_cam(adapter, capture: Capture, target: Target, *, layer: int):
     li = layer_index(capture, layer)
-    if li == capture.n_layers - 1 and adapter.family == "classifier":
+    if li == capture.n_layers - 1 and not adapter.last_block_patches_matter:
         raise UsageError("Grad-CAM needs a block before the last: the last block's patch tokens do not reach the class score.")
     lay = capture.layout
     grid = TokenGrid()

@@ -86,13 +86,16 @@ def list_methods(family: Optional[str] = None) -> list[MethodSpec]:
     return [m for m in METHODS.values() if not family or not m.families or family in m.families]
 
 
-def resolve_params(spec: MethodSpec, params: dict[str, Any]) -> dict[str, Any]:
+def resolve_params(spec: MethodSpec, params: dict[str, Any], family_defaults: Optional[dict[str, Any]] = None
+                   ) -> dict[str, Any]:
+    """Defaults, then the model family's own defaults (e.g. CLIP's start layer), then the user's values."""
     known = {p.name: p for p in spec.params}
     unknown = set(params) - set(known)
     if unknown:
         names = ", ".join(known) or "none"
         raise UsageError(f"Method '{spec.name}' has no parameter {', '.join(sorted(unknown))} (it takes: {names}).")
     out = spec.defaults()
+    out.update({k: v for k, v in (family_defaults or {}).items() if k in known})
     out.update({k: known[k].parse(v) for k, v in params.items()})
     return out
 
@@ -104,7 +107,7 @@ def explain(adapter, capture: Capture, method: str, target: Any = None, *,
     if spec.families and adapter.family not in spec.families:
         raise UsageError(f"Method '{method}' does not apply to {adapter.family} models.")
     tgt: Target = adapter.resolve_target(capture, target)
-    values = resolve_params(spec, params)
+    values = resolve_params(spec, params, adapter.method_defaults(method))
     kwargs = dict(values)
     if progress is not None and "progress" in inspect.signature(spec.fn).parameters:
         kwargs["progress"] = progress

@@ -1,0 +1,223 @@
+"""CLIP-style image–text models: CLIP and SigLIP.
+
+Targets are the user's prompts; a prompt's score is the image–text logit
+(scaled cosine similarity; SigLIP adds its bias). Probabilities: softmax over
+the prompts for CLIP (zero-shot classification), an independent sigmoid per
+prompt for SigLIP (its training loss). Image-side methods run on the vision
+tower unchanged, with the prompt's logit as the score.
+
+Token layout of the vision tower: CLIP has a CLS token and reads it; SigLIP
+has no CLS token: its output is an attention-pooling head whose single probe
+attends over all patch tokens. For SigLIP the "output" query is that
+probe's attention (averaged over its heads), so maps read
+``probe_weights @ R``; a patch 'row,col' query works for both.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+import transformers
+from PIL import Image
+
+from ..errors import UsageError
+from ..types import Target, TokenLayout
+from .base import ModelAdapter, register_adapter
+from .classifier import _pair, view_box
+
+ARCHITECTURES = {"CLIPModel": "clip", "SiglipModel": "siglip"}
+
+
+@register_adapter
+class ClipAdapter(ModelAdapter):
+    family = "clip"
+    task = "zero-shot-image-classification"
+
+    def __init__(self, model, processor, tokenizer=None, **kw):
+        super().__init__(model, processor, **kw)
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.kind = "siglip" if self.config.model_type == "siglip" else "clip"
+        vc = self.config.vision_config
+        self.patch_size = _pair(vc.patch_size)
+        self.native_size = _pair(vc.image_size)
+        self.prefix = () if self.kind == "siglip" else ("cls",)
+        self.max_text_tokens = self.config.text_config.max_position_embeddings
+        self.last_block_patches_matter = self.kind == "siglip"
+
+    @property
+    def n_layers(self) -> int:
+        return self.config.vision_config.num_hidden_layers
+
+    @classmethod
+    def matches(cls, config) -> bool:
+        archs = getattr(config, "architectures", None) or []
+        return bool(set(archs) & set(ARCHITECTURES)) or (not archs and config.model_type in ("clip", "siglip"))
+
+    @classmethod
+    def load(cls, source, config, *, name, local_only=False):
+        common = dict(use_safetensors=True, trust_remote_code=False, local_files_only=local_only)
+        model_cls = transformers.SiglipModel if config.model_type == "siglip" else transformers.CLIPModel
+        model = model_cls.from_pretrained(source, attn_implementation="eager", **common)
+        # AutoProcessor on a folder with only these two returns the bare tokenizer: load each.
+        processor = transformers.AutoImageProcessor.from_pretrained(source, **common)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
+        return cls(model, processor, tokenizer, name=name, source=str(source))
+
+    @classmethod
+    def tiny(cls, kind: str = "clip", *, image_size: int = 32, patch_size: int = 8, seed: int = 0):
+        """Random 2-layer CLIP or SigLIP with a tiny byte-level BPE tokenizer written here."""
+        torch.manual_seed(seed)
+        tokenizer = tiny_tokenizer()
+        tc = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  vocab_size=len(tokenizer), max_position_embeddings=16,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+        vc = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  image_size=image_size, patch_size=patch_size)
+        T = transformers
+        if kind == "siglip":
+            model = T.SiglipModel(T.SiglipConfig(text_config=tc, vision_config=vc))
+        else:
+            model = T.CLIPModel(T.CLIPConfig(text_config=tc, vision_config=vc, projection_dim=16))
+        model.config.architectures = [type(model).__name__]
+        model.set_attn_implementation("eager")
+        processor = T.CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size},
+                                         image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        return cls(model, processor, tokenizer, name=f"tiny-{kind}", source="<memory>")
+
+    # --- inputs -------------------------------------------------------
+    def prepare(self, image: Image.Image, *, texts: Optional[Sequence[str]] = None,
+                size: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+        prompts = [str(t) for t in (texts or [])]
+        if not prompts:
+            raise UsageError("Give at least one text prompt (--text) for an image–text model.")
+        for i, p in enumerate(prompts):
+            if not p.strip():
+                raise UsageError(f"Prompt {i + 1} is empty; type a few words.")
+        notes = []
+        full = self.tokenizer(prompts, truncation=False)["input_ids"]
+        for i, ids in enumerate(full):
+            if len(ids) > self.max_text_tokens:
+                notes.append(f"Prompt {i + 1} was cut to {self.max_text_tokens} tokens, the model's limit.")
+        # SigLIP was trained on max_length padding and reads the last position: keep that.
+        padding = "max_length" if self.kind == "siglip" else True
+        text = self.tokenizer(prompts, padding=padding, truncation=True, max_length=self.max_text_tokens,
+                              return_tensors="pt")
+        kw: dict[str, Any] = {}
+        if size is not None:
+            ph, pw = self.patch_size
+            h, w = max(ph, round(size[0] / ph) * ph), max(pw, round(size[1] / pw) * pw)
+            kw = {"size": {"height": h, "width": w}, "do_center_crop": False}
+        pixel_values = self.processor(images=image, return_tensors="pt", **kw)["pixel_values"]
+        return {"pixel_values": pixel_values, "input_ids": text["input_ids"],
+                "attention_mask": text.get("attention_mask", torch.ones_like(text["input_ids"])),
+                "prompts": prompts, "notes": notes,
+                "box": None if size is not None else view_box(self.processor, image.size)}
+
+    def layout(self, inputs) -> TokenLayout:
+        h, w = inputs["pixel_values"].shape[-2:]
+        ph, pw = self.patch_size
+        return TokenLayout(prefix_names=self.prefix, rows=h // ph, cols=w // pw,
+                           patch_size=self.patch_size, input_size=(int(h), int(w)))
+
+    def text_readout_index(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[P] position each prompt's embedding is read from (CLIP: first EOS; SigLIP: last)."""
+        if self.kind == "siglip":
+            return torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, dtype=torch.long)
+        eos = self.config.text_config.eos_token_id
+        if eos == 2:    # legacy CLIP configs: the EOS has the largest id
+            return input_ids.argmax(-1)
+        return (input_ids == eos).int().argmax(-1)
+
+    def text_positions(self, inputs, p: int) -> torch.Tensor:
+        """Sequence positions of prompt ``p``'s real tokens (padding excluded)."""
+        return inputs["attention_mask"][p].bool().nonzero()[:, 0]
+
+    def text_tokens(self, inputs, p: int) -> list[str]:
+        """Prompt ``p``'s tokens as text, one per position (a byte piece of a longer character shows as '')."""
+        ids = inputs["input_ids"][p][self.text_positions(inputs, p)].tolist()
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    def text_words(self, inputs, p: int) -> list[tuple[str, list[int]]]:
+        """Tokens grouped so each group decodes to whole characters: (text, token indices); special tokens left out."""
+        ids = inputs["input_ids"][p][self.text_positions(inputs, p)].tolist()
+        special = set(self.tokenizer.all_special_ids)
+        groups, pending = [], []
+        for i, tok in enumerate(ids):
+            if tok in special:
+                pending = []      # a character cut short by truncation is dropped
+                continue
+            pending.append(i)
+            text = self.tokenizer.decode([ids[k] for k in pending])
+            if "\ufffd" not in text:
+                groups.append((text, pending))
+                pending = []
+        return groups
+
+    # --- forward ------------------------------------------------------
+    def _run(self, inputs, pixel_values, *, attentions):
+        ids, mask = inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device)
+        if self.kind == "siglip":
+            mask = None   # SigLIP was trained attending to its padding; its processor gives no mask either
+        kw = {"interpolate_pos_encoding": True} if tuple(pixel_values.shape[-2:]) != self.native_size else {}
+        pool = []
+        hooks = []
+        if attentions and self.kind == "siglip":
+            # The MAP head's probe attention is the readout; nn.MultiheadAttention returns it head-averaged.
+            hooks.append(self.model.vision_model.head.attention.register_forward_hook(
+                lambda m, a, out: pool.append(out[1])))
+        if attentions and torch.is_grad_enabled():
+            # Weights are frozen and token ids are integers: let the text embeddings carry
+            # gradients so text-side relevance can differentiate the text attentions.
+            hooks.append(self.model.text_model.embeddings.register_forward_hook(
+                lambda m, a, out: out.requires_grad_() if not out.requires_grad else None))
+        try:
+            out = self.model(pixel_values=pixel_values.to(self.device), input_ids=ids, attention_mask=mask,
+                             output_attentions=attentions, **kw)
+        finally:
+            for h in hooks:
+                h.remove()
+        scores = out.logits_per_image                                   # [B, P]
+        if not attentions:
+            return scores, None, {}
+        extras = {"grad_wrt": {"text_attentions": tuple(out.text_model_output.attentions)},   # L × [P, H, S, S]
+                  "text_attentions": tuple(out.text_model_output.attentions),
+                  "prompts": inputs["prompts"], "notes": inputs["notes"]}
+        if pool:
+            extras["readout"] = pool[0][:, 0, :]                          # [B, T]
+        return scores, out.vision_model_output.attentions, extras
+
+    def _targets(self, inputs, scores):
+        return tuple(Target(i, p, "prompt", float(s)) for i, (p, s) in enumerate(zip(inputs["prompts"], scores.tolist())))
+
+    def probabilities(self, capture):
+        if self.kind == "siglip":
+            return torch.sigmoid(capture.scores)
+        return torch.softmax(capture.scores, -1)
+
+    def token_block(self, layer: int) -> torch.nn.Module:
+        return self.model.vision_model.encoder.layers[layer]
+
+    def method_defaults(self, method: str) -> dict[str, Any]:
+        # Chefer et al.'s CLIP demo accumulates only the last layer: earlier CLIP layers
+        # spread relevance over the whole image and the maps turn to noise.
+        if method in ("relevance", "text_relevance") and self.kind == "clip":
+            return {"start_layer": -1}
+        return {}
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer small enough to write in a test: 256 byte symbols (+ end-of-word forms)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols)}
+    for s in symbols:
+        vocab[s + "</w>"] = len(vocab)
+    merges = ["r e", "re d</w>", "c i", "ci r"]
+    for m in merges:
+        vocab.setdefault(m.replace(" ", ""), len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return transformers.CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges])
