@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="catalog name, hub id or save_pretrained folder (default: catalog default, else the demo model)")
         p.add_argument("--method", default="rollout", help="explanation method (see `models --methods`)")
         p.add_argument("--target", help="class index or label / prompt index or text / caption-token index (default: top)")
-        p.add_argument("--text", action="append", default=[], help="a text prompt (repeat for several; image–text models)")
+        p.add_argument("--text", action="append", default=[], help="a text prompt (repeat for several; image–text models) / a caption to score (captioning models)")
         p.add_argument("--layer", type=int, help="layer index, from 0 as outputs.attentions; negative from the end")
         p.add_argument("--head", help="head index or mean/max/min")
         p.add_argument("--param", action="append", default=[], metavar="K=V", help="method parameter (repeatable)")
@@ -133,7 +133,7 @@ def _write_out(path: Path, image, cap, exp) -> None:
 
 def _record(adapter, cap, exp, timings) -> dict:
     tgt = exp.target or adapter.resolve_target(cap, None)
-    return {
+    rec = {
         "model": adapter.name,
         "method": exp.method,
         "target": {"index": tgt.index, "label": tgt.label, "kind": tgt.kind},
@@ -146,6 +146,13 @@ def _record(adapter, cap, exp, timings) -> dict:
         "meta": {k: v for k, v in exp.meta.items() if k != "seconds"},
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
+    if adapter.family == "captioning":        # the caption's tokens with their probabilities
+        rec["caption"] = adapter.caption_record(cap)
+    if adapter.family == "clip":              # every prompt, its score and per-token relevance
+        rec["prompts"] = _prompt_records(adapter, cap)
+    if adapter.family in ("captioning", "clip"):
+        rec["notes"] = list(cap.extras.get("notes", []))
+    return rec
 
 
 def cmd_explain(args) -> int:
@@ -168,9 +175,8 @@ def cmd_explain(args) -> int:
     rec = _record(adapter, cap, exp, timings)
     for note in cap.extras.get("notes", []):
         print(f"attnviz: {note}", file=sys.stderr)
-    if adapter.family == "clip":
-        rec["prompts"] = _prompt_records(adapter, cap)
-        rec["notes"] = list(cap.extras.get("notes", []))
+    if adapter.family == "captioning" and not args.json:
+        print(f"caption: {rec['caption']['text']}")
     if args.json:
         print(json.dumps(rec))
     else:

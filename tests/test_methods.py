@@ -19,7 +19,7 @@ def cap_ns(family, photo):
     return kind, adapter, attnviz.capture(adapter, photo, size=(32, 48))
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(m.name for m in list_methods("classifier")))
 def test_every_method_every_family(method, cap_ns):
     kind, adapter, cap = cap_ns
     e = attnviz.explain(adapter, cap, method, **LIGHT.get(method, {}))
@@ -36,7 +36,8 @@ def test_registry_lists_params_and_descriptions():
             "input_x_gradient", "gradient_shap", "smoothgrad", "occlusion", "feature_ablation", "lime",
             "kernel_shap", "grad_cam"} <= names
     for m in list_methods():
-        assert m.description and m.over in ("patches", "pixels")
+        assert m.description and m.over in ("patches", "pixels", "tokens")
+        assert (m.over == "tokens") <= bool(m.families)      # token maps belong to one family
         for p in m.params:
             assert p.help and p.parse(p.default) == p.default
 
@@ -186,6 +187,7 @@ def test_progress_is_reported(saved_models, photo):
     ("relevance", {"bogus": "1"}, "no parameter"),
     ("integrated_gradients", {"n_steps": "ten"}, "expects"),
     ("nope", {}, "Unknown method"),
+    ("text_relevance", {}, "does not apply"),
 ])
 def test_bad_parameters_are_usage_errors(saved_models, photo, method, params, match):
     adapter = attnviz.load_model(str(saved_models["vit"]))

@@ -1,4 +1,5 @@
 """Model families. Importing this package registers every adapter (one line each)."""
 from . import classifier  # noqa: F401
 from . import clip  # noqa: F401
+from . import captioning  # noqa: F401
 from .base import ADAPTERS, ModelAdapter, adapter_for_config, register_adapter  # noqa: F401
