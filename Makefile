@@ -19,7 +19,7 @@ app: install
 	$(BIN)/python -m streamlit run app.py
 
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs tests
 
 models: install
 	$(BIN)/python -m attnviz.download

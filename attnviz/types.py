@@ -5,6 +5,7 @@ tensor stored here is for ONE image.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -100,6 +101,8 @@ class Capture:
     readout: Optional[torch.Tensor] = None                               # [T]
     _grad_fn: Optional[Callable[[int], dict[str, tuple[torch.Tensor, ...]]]] = field(default=None, repr=False)
     _grads: dict[int, dict[str, tuple[torch.Tensor, ...]]] = field(default_factory=dict, repr=False)
+    # Sessions sharing a capture take turns for a backward through its retained graph.
+    _grad_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def n_layers(self) -> int:
@@ -111,10 +114,11 @@ class Capture:
 
     def grads(self, target: int, key: str = "attentions") -> tuple[torch.Tensor, ...]:
         """d score[target] / d tensors named ``key`` (one backward per target, cached)."""
-        if target not in self._grads:
-            if self._grad_fn is None:
-                raise RuntimeError("This capture was made without gradients.")
-            self._grads[target] = self._grad_fn(target)
+        with self._grad_lock:
+            if target not in self._grads:
+                if self._grad_fn is None:
+                    raise RuntimeError("This capture was made without gradients.")
+                self._grads[target] = self._grad_fn(target)
         return self._grads[target][key]
 
     def attention_grads(self, target: int) -> tuple[torch.Tensor, ...]:

@@ -8,6 +8,7 @@ an ``Explanation``. A new method is one file that decorates its function with
 from __future__ import annotations
 
 import inspect
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -38,7 +39,8 @@ class Param:
             else:
                 v = kind(value) if not isinstance(value, kind) else value
         except (ValueError, KeyError, TypeError):
-            raise UsageError(f"Parameter '{self.name}' expects a {kind.__name__}, got '{value}'.") from None
+            what = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(kind.__name__, "text")
+            raise UsageError(f"Parameter '{self.name}' expects {what}, got '{value}'.") from None
         if kind is int and isinstance(value, str) and float(value) != int(float(value)):
             raise UsageError(f"Parameter '{self.name}' expects a whole number, got '{value}'.")
         if self.choices is not None and v not in self.choices:
@@ -66,6 +68,7 @@ class MethodSpec:
 
 
 METHODS: dict[str, MethodSpec] = {}
+_SEEDED = threading.Lock()
 
 
 def register(name: str, *, description: str, params: tuple[Param, ...] = (), class_specific: bool,
@@ -112,7 +115,14 @@ def explain(adapter, capture: Capture, method: str, target: Any = None, *,
     if progress is not None and "progress" in inspect.signature(spec.fn).parameters:
         kwargs["progress"] = progress
     t0 = time.perf_counter()
-    out = spec.fn(adapter, capture, tgt, **kwargs)
+    if "seed" in values:
+        # Seeded methods (LIME, KernelSHAP, SmoothGrad, GradientSHAP) reseed torch's process-wide
+        # generator and draw from it inside Captum; in threads they take turns, or one run's
+        # draws would land in another's and the same seed would give different maps.
+        with _SEEDED:
+            out = spec.fn(adapter, capture, tgt, **kwargs)
+    else:
+        out = spec.fn(adapter, capture, tgt, **kwargs)
     elapsed = time.perf_counter() - t0
     m, meta = out if isinstance(out, tuple) else (out, {})
     m = np.asarray(m, dtype=np.float32)

@@ -1,0 +1,16 @@
+"""attnviz: see where a vision transformer looks. Run with `make app` (streamlit run app.py).
+
+Environment: ATTNVIZ_MODEL=<catalog name, hub id or save_pretrained folder> sets the default model;
+ATTNVIZ_ALLOW_CUSTOM_MODELS=1 lets users type any hub id (safetensors only).
+"""
+import streamlit as st
+
+from attnviz.ui.widgets import sidebar_ui
+
+st.set_page_config(page_title="attnviz · where does the model look?", page_icon="🔍", layout="wide")
+page = st.navigation([
+    st.Page("attnviz/ui/pages/explore.py", title="Explore", icon=":material/visibility:", default=True),
+    st.Page("attnviz/ui/pages/heads.py", title="Heads", icon=":material/grid_view:"),
+])
+sidebar_ui()
+page.run()

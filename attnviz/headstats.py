@@ -1,0 +1,57 @@
+"""Per-head summaries of one capture's attention: how far each head looks, how spread out it is.
+
+Both return float64 ``[L, H]`` arrays (layer, head) and never run the model.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .types import Capture, TokenLayout
+
+
+def patch_centres(layout: TokenLayout) -> np.ndarray:
+    """(y, x) centre of every patch in model-input pixels, row-major: ``[rows·cols, 2]``."""
+    ph, pw = layout.patch_size
+    r, c = np.meshgrid(np.arange(layout.rows), np.arange(layout.cols), indexing="ij")   # [rows, cols] each
+    return np.stack([(r.ravel() + 0.5) * ph, (c.ravel() + 0.5) * pw], axis=1).astype(np.float64)
+
+
+def mean_attention_distance(capture: Capture) -> np.ndarray:
+    """Mean attention distance per head, in model-input pixels: ``[L, H]``.
+
+    For every head and every *patch* query, the attention-weighted mean
+    Euclidean distance between the query patch's centre and each key patch's
+    centre, averaged over the patch queries. Only attention to patch keys is
+    used, renormalised to sum to 1 over the patches (attention to CLS,
+    distillation or register tokens has no position, so it is left out
+    rather than counted as distance 0). This is the "attention distance" of
+    the ViT paper (Dosovitskiy et al. 2021, Fig. 7, https://arxiv.org/abs/2010.11929),
+    computed for one image: small values mean a local head, large values a
+    head that integrates information from across the image.
+    """
+    lay = capture.layout
+    p = lay.n_prefix
+    xy = torch.from_numpy(patch_centres(lay))                                  # [N, 2]
+    dist = torch.cdist(xy, xy)                                                 # [N, N] query × key, pixels
+    out = []
+    for a in capture.attentions:                                               # [H, T, T]
+        pp = a[:, p:, p:].double().cpu()                                       # [H, N, N] patch → patch
+        pp = pp / pp.sum(-1, keepdim=True).clamp_min(1e-12)                    # renormalise over patch keys
+        out.append((pp * dist).sum(-1).mean(-1))                               # [H]
+    return torch.stack(out).numpy()                                            # [L, H]
+
+
+def attention_entropy(capture: Capture) -> np.ndarray:
+    """Mean attention entropy per head, in nats: ``[L, H]``.
+
+    For every query token (prefix and patch tokens alike), −Σ_k a_k log a_k
+    over all T keys of its softmax row, averaged over the queries. 0 means
+    each query looks at a single token; log T means uniform attention.
+    """
+    out = []
+    for a in capture.attentions:                                               # [H, T, T]
+        a = a.double().cpu()
+        ent = -(torch.where(a > 0, a * torch.log(a.clamp_min(1e-300)), torch.zeros_like(a))).sum(-1)   # [H, T]
+        out.append(ent.mean(-1))                                               # [H]
+    return torch.stack(out).numpy()                                            # [L, H]

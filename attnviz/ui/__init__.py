@@ -1,0 +1,15 @@
+"""The Streamlit app's pages and widgets: the only part of attnviz (besides app.py) that imports streamlit.
+
+Layout: ``widgets`` draws controls and returns what they chose; ``state`` holds
+process-wide cached resources (models via ``st.cache_resource``, the compute
+``Engine``, samples); ``context`` builds each run's image + model + capture;
+``compute`` and ``cache`` do the cached work without Streamlit; ``figures``
+builds Plotly figures; ``notes`` holds the teaching notes; ``urlstate`` reads
+and writes the link's query parameters; ``pages/`` are the pages.
+
+Environment: ``ATTNVIZ_MODEL`` (a catalog name, hub id or save_pretrained
+folder) sets the default model; ``ATTNVIZ_ALLOW_CUSTOM_MODELS=1`` lets users
+type a hub id; ``ATTNVIZ_CAPTURE_CACHE`` / ``ATTNVIZ_RESULT_CACHE`` /
+``ATTNVIZ_CACHE_TTL`` bound the caches (entries, entries, seconds);
+``ATTNVIZ_SHOW_CLEAR=1`` shows a "Clear caches" button.
+"""

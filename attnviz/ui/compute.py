@@ -1,0 +1,170 @@
+"""The app's compute layer: cached captures and maps over a shared model. No Streamlit here.
+
+One ``Engine`` serves every session of the app process. A capture (one
+forward, attention gradients on demand) is cached by (image digest, model);
+explanation maps by (image digest, model, method, parameters, target).
+Changing layer, head or query re-reads the cached capture; opacity, colormap
+and normalisation never reach this module at all.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .. import headstats
+from ..methods import attention as attention_methods
+from ..methods.registry import explain as explain_capture
+from ..methods.registry import get_method, resolve_params
+from ..types import Capture, Explanation
+from .cache import ResultCache
+
+Progress = Callable[[int, int], None]
+
+
+
+def model_key(adapter) -> str:
+    """Identifies one loaded model object (two loads of the same folder never share captures)."""
+    return f"{getattr(adapter, 'source', '?')}#{id(adapter):x}"
+
+
+@dataclass
+class CaptureEntry:
+    """A cached capture and how long it took."""
+
+    capture: Capture
+    seconds: float
+
+
+class Engine:
+    """Cached captures and maps for any number of sessions and threads."""
+
+    def __init__(self, *, capture_entries: int = 6, result_entries: int = 256, ttl: float = 3600.0):
+        self.captures = ResultCache(capture_entries, ttl)
+        self.results = ResultCache(result_entries, ttl)
+
+    def clear(self) -> None:
+        self.captures.clear()
+        self.results.clear()
+
+    # --- captures -----------------------------------------------------
+    def capture(self, adapter, digest: str, image, texts: Optional[tuple[str, ...]] = None) -> CaptureEntry:
+        """One forward of ``image`` (and prompts or a typed caption) through ``adapter``, cached.
+
+        A capture is keyed by the image digest, the model and the texts, so
+        ``digest`` below stands for all three wherever a map is keyed.
+        """
+        def run() -> CaptureEntry:
+            t0 = time.perf_counter()
+            inputs = adapter.prepare(image, texts=list(texts)) if texts else adapter.prepare(image)
+            cap = adapter.capture(inputs, grads=True)
+            return CaptureEntry(cap, time.perf_counter() - t0)
+        return self.captures.get_or_compute(self._capture_key(adapter, digest, texts), run)
+
+    def _capture_key(self, adapter, digest: str, texts: Optional[tuple[str, ...]] = None) -> tuple:
+        return ("capture", digest, model_key(adapter), texts or ())
+
+    def has_capture(self, adapter, digest: str, texts: Optional[tuple[str, ...]] = None) -> bool:
+        return self._capture_key(adapter, digest, texts) in self.captures
+
+    # --- explanations -------------------------------------------------
+    def explanation_key(self, adapter, entry: CaptureEntry, digest: str, method: str, target: Any,
+                        params: dict[str, Any]) -> tuple:
+        """The cache key of a map: parameters canonicalised (defaults filled, types parsed)."""
+        spec = get_method(method)
+        values = resolve_params(spec, params)
+        tgt = adapter.resolve_target(entry.capture, target).index if spec.class_specific else None
+        return ("explain", digest, model_key(adapter), method, tuple(sorted(values.items())), tgt)
+
+    def peek(self, adapter, entry: CaptureEntry, digest: str, method: str, target: Any,
+             params: dict[str, Any]) -> Optional[Explanation]:
+        """The cached map, or None; never computes."""
+        return self.results.peek(self.explanation_key(adapter, entry, digest, method, target, params))
+
+    def explain(self, adapter, entry: CaptureEntry, digest: str, method: str, target: Any,
+                params: dict[str, Any], progress: Optional[Progress] = None) -> Explanation:
+        """A map from the cache, or computed once (a slow method reports ``progress(done, total)``)."""
+        key = self.explanation_key(adapter, entry, digest, method, target, params)
+
+        def run() -> Explanation:
+            # The engine handles sharing: forwards take the model's lock one batch at a time,
+            # a capture's backward passes take turns, seeded methods take turns for the RNG.
+            return explain_capture(adapter, entry.capture, method, target, progress=progress, **params)
+        return self.results.get_or_compute(key, run)
+
+    # --- heads page ---------------------------------------------------
+    def attention_grid(self, adapter, entry: CaptureEntry, digest: str, query: str) -> np.ndarray:
+        """Every layer's and head's attention from ``query``: [L, H, rows, cols] (cached)."""
+        key = ("grid", digest, model_key(adapter), str(query).strip().lower())
+        return self.results.get_or_compute(key, lambda: attention_methods.attention_grid(entry.capture, query))
+
+    def head_stats(self, adapter, entry: CaptureEntry, digest: str) -> tuple[np.ndarray, np.ndarray]:
+        """(mean attention distance in input pixels, entropy in nats), each [L, H] (cached)."""
+        key = ("headstats", digest, model_key(adapter))
+        return self.results.get_or_compute(key, lambda: (headstats.mean_attention_distance(entry.capture),
+                                                         headstats.attention_entropy(entry.capture)))
+
+
+# --- helpers shared by the pages ---------------------------------------
+
+def comparable(m: np.ndarray) -> np.ndarray:
+    """A map in units of its own mean |value| ("× average"), so different methods share one scale.
+
+    Unit-free and independent of grid size: 3 means three times the map's
+    average magnitude, whatever the method's own units; the sign is kept.
+    """
+    m = np.asarray(m, dtype=np.float32)
+    scale = float(np.abs(m).mean())
+    return m / scale if scale > 0 else m
+
+
+def top_k(adapter, capture: Capture, k: int = 5) -> list[dict[str, Any]]:
+    """The k highest-scoring targets with display probabilities, best first."""
+    probs = adapter.probabilities(capture).detach().float().cpu().numpy()
+    order = np.argsort(-capture.scores.detach().float().cpu().numpy())[:k]
+    out = []
+    for i in order:
+        t = capture.targets[int(i)]
+        p = float(probs[int(i)]) if int(i) < probs.shape[0] else float("nan")
+        out.append({"index": t.index, "label": t.label, "probability": p, "score": float(t.score)})
+    return out
+
+
+def library_versions() -> dict[str, str]:
+    from .. import __version__
+    out = {"attnviz": __version__}
+    for dist in ("torch", "transformers", "captum", "streamlit", "plotly", "numpy", "pillow"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def export_record(*, adapter, capture: Capture, exp: Explanation, settings: dict[str, Any],
+                  timings: dict[str, float], image_name: str, digest: str, k: int = 5) -> dict[str, Any]:
+    """The JSON export: what was explained, how, the scores, timings and library versions."""
+    tgt = exp.target or adapter.resolve_target(capture, None)
+    meta = {k2: (float(v) if isinstance(v, (int, float, np.floating)) else str(v))
+            for k2, v in exp.meta.items()}
+    return {
+        "model": adapter.name,
+        "model_source": getattr(adapter, "source", ""),
+        "device": str(adapter.device),
+        "image": {"name": image_name, "sha256": digest},
+        "method": exp.method,
+        "params": {k2: v for k2, v in exp.params.items()},
+        "class_specific": exp.target is not None,
+        "target": {"index": tgt.index, "label": tgt.label, "kind": tgt.kind,
+                   "score": float(capture.scores[tgt.index])},
+        "top_k": top_k(adapter, capture, k),
+        "map": {"shape": list(exp.map.shape), "over": exp.over, "signed": exp.signed,
+                "min": float(exp.map.min()), "max": float(exp.map.max())},
+        "meta": meta,
+        "settings": settings,
+        "timings_s": {k2: round(float(v), 4) for k2, v in timings.items()},
+        "versions": library_versions(),
+    }

@@ -1,0 +1,146 @@
+"""Plotly figures the pages compose (pure: no Streamlit, no model)."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .. import render
+
+
+def _png_data_uri(img: Image.Image) -> str:
+    import base64
+    return "data:image/png;base64," + base64.b64encode(render.to_png_bytes(img)).decode("ascii")
+
+
+def predictions_figure(rows: Sequence[dict], selected: Optional[int] = None, *, value: str = "probability",
+                       keep_order: bool = False):
+    """Horizontal bars of the top-k targets, the first row on top; the selected target highlighted."""
+    import plotly.graph_objects as go
+    rows = list(rows)[::-1]
+    labels = [r["label"] if keep_order else f"{r['label']} (#{r['index']})" for r in rows]
+    vals = [r[value] for r in rows]
+    colours = ["#e4572e" if r["index"] == selected else "#4c78a8" for r in rows]
+    fig = go.Figure(go.Bar(
+        x=vals, y=labels, orientation="h", marker_color=colours,
+        text=[f"{v:.1%}" if value == "probability" else f"{v:.3g}" for v in vals], textposition="auto",
+        hovertemplate="%{y}<br>" + value + "=%{x:.4g}<extra></extra>"))
+    fig.update_layout(height=60 + 28 * len(rows), margin=dict(l=10, r=10, t=10, b=10),
+                      xaxis=dict(range=[0, 1] if value == "probability" else None, title=value),
+                      yaxis=dict(automargin=True))
+    return fig
+
+
+def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "minmax", shared: bool = True,
+                       selected: Optional[tuple[int, int]] = None):
+    """Layer × head thumbnails as ONE heatmap (fast to draw even for 12×12 heads), clickable.
+
+    ``maps``: [L, H, rows, cols]. A transparent marker sits on each thumbnail's
+    centre carrying (layer, head), so a click anywhere selects the nearest
+    thumbnail. With ``shared`` every head uses one colour range (brightness
+    compares across heads); otherwise each thumbnail is scaled on its own.
+    """
+    import plotly.graph_objects as go
+    L, H, r, c = maps.shape
+    a = maps.astype(np.float64)
+    if shared:
+        zmin, zmax = render.shared_range([a.reshape(-1, c)], norm)
+    else:
+        flat = a.reshape(L, H, -1)
+        lo, hi = flat.min(-1, keepdims=True), flat.max(-1, keepdims=True)
+        a = ((flat - lo) / np.where(hi > lo, hi - lo, 1.0)).reshape(L, H, r, c)
+        zmin, zmax = 0.0, 1.0
+    if not zmax > zmin:
+        zmax = zmin + 1e-12
+    gap = max(1, round(min(r, c) / 8))
+    mosaic = np.full((L * (r + gap) - gap, H * (c + gap) - gap), np.nan)
+    for li in range(L):
+        for hi_ in range(H):
+            y0, x0 = li * (r + gap), hi_ * (c + gap)
+            mosaic[y0:y0 + r, x0:x0 + c] = a[li, hi_]
+    cx = [h * (c + gap) + (c - 1) / 2 for li in range(L) for h in range(H)]
+    cy = [li * (r + gap) + (r - 1) / 2 for li in range(L) for h in range(H)]
+    custom = [[li, h] for li in range(L) for h in range(H)]
+    fig = go.Figure()
+    fig.add_trace(go.Heatmap(z=mosaic, zmin=zmin, zmax=zmax, colorscale=render.colorscale(cmap), hoverinfo="skip",
+                             showscale=shared, colorbar=dict(title="attention", thickness=12), zsmooth=False))
+    fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", customdata=custom,
+                             marker=dict(size=max(6, min(40, 300 // max(L, H))), symbol="square", opacity=0.0),
+                             hovertemplate="layer %{customdata[0]}, head %{customdata[1]}<br>click to enlarge"
+                                           "<extra></extra>", showlegend=False))
+    if selected is not None:
+        li, h = selected
+        x0, y0 = h * (c + gap) - 0.5, li * (r + gap) - 0.5
+        fig.add_shape(type="rect", x0=x0 - gap / 2, x1=x0 + c + gap / 2, y0=y0 - gap / 2, y1=y0 + r + gap / 2,
+                      line=dict(color="#00e5ff", width=3))
+    fig.update_xaxes(tickvals=[h * (c + gap) + (c - 1) / 2 for h in range(H)], ticktext=[f"h{h}" for h in range(H)],
+                     side="top", showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(tickvals=[li * (r + gap) + (r - 1) / 2 for li in range(L)], ticktext=[f"L{li}" for li in range(L)],
+                     autorange="reversed", showgrid=False, zeroline=False, scaleanchor="x", scaleratio=1,
+                     constrain="domain")
+    width_cells, height_cells = mosaic.shape[1], mosaic.shape[0]
+    fig.update_layout(height=int(min(1100, max(260, 720 * height_cells / max(width_cells, 1) + 60))),
+                      margin=dict(l=10, r=10, t=30, b=10), hovermode="closest", hoverdistance=-1,
+                      clickmode="event+select", dragmode=False, plot_bgcolor="rgba(0,0,0,0)")
+    return fig
+
+
+def patch_picker_figure(image: Image.Image, rows: int, cols: int, *, box=None,
+                        selected: Optional[tuple[int, int]] = None):
+    """The image with a clickable dot on every patch centre; the selected patch ringed."""
+    import plotly.graph_objects as go
+    w, h = image.size
+    left, top, right, bottom = (0, 0, w, h) if box is None else box
+    pw, ph = (right - left) / cols, (bottom - top) / rows
+    rr, cc = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    xs, ys = left + (cc.ravel() + 0.5) * pw, top + (rr.ravel() + 0.5) * ph
+    fig = go.Figure(go.Scatter(
+        x=xs, y=ys, mode="markers", customdata=np.stack([rr.ravel(), cc.ravel()], 1),
+        marker=dict(size=max(3, min(10, 400 // max(rows, cols))), color="rgba(255,255,255,0.55)",
+                    line=dict(color="rgba(0,0,0,0.5)", width=1)),
+        hovertemplate="patch row %{customdata[0]}, col %{customdata[1]}<br>click to query<extra></extra>",
+        showlegend=False))
+    if selected is not None:
+        sr, sc = selected
+        fig.add_shape(type="rect", x0=left + sc * pw, x1=left + (sc + 1) * pw, y0=top + sr * ph, y1=top + (sr + 1) * ph,
+                      line=dict(color="#00e5ff", width=3))
+    fig.add_layout_image(dict(source=_png_data_uri(image), xref="x", yref="y", x=0, y=0, sizex=w, sizey=h,
+                              xanchor="left", yanchor="top", sizing="stretch", layer="below"))
+    fig.update_xaxes(range=[0, w], showgrid=False, zeroline=False, visible=False, constrain="domain")
+    fig.update_yaxes(range=[h, 0], showgrid=False, zeroline=False, visible=False, scaleanchor="x", scaleratio=1,
+                     constrain="domain")
+    fig.update_layout(margin=dict(l=0, r=0, t=0, b=0), hovermode="closest", hoverdistance=-1,
+                      clickmode="event+select", dragmode=False, height=380, plot_bgcolor="rgba(0,0,0,0)")
+    return fig
+
+
+def head_stats_figure(distance: np.ndarray, entropy: np.ndarray, n_tokens: int, *,
+                      selected: Optional[tuple[int, int]] = None):
+    """ViT Fig. 7 for one image: mean attention distance per head by layer, and entropy per head."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    L, H = distance.shape
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("Mean attention distance (input pixels)", "Attention entropy (nats)"))
+    layers = np.repeat(np.arange(L), H)
+    heads = np.tile(np.arange(H), L)
+    jitter = (heads - (H - 1) / 2) / max(H, 1) * 0.5           # spread a layer's heads sideways a little
+    for col, vals, unit in ((1, distance, "px"), (2, entropy, "nats")):
+        fig.add_trace(go.Scatter(
+            x=layers + jitter, y=vals.ravel(), mode="markers", customdata=np.stack([layers, heads], 1),
+            marker=dict(color=heads, colorscale="Viridis", size=8, showscale=False, line=dict(width=0.5, color="#333")),
+            hovertemplate="layer %{customdata[0]}, head %{customdata[1]}<br>%{y:.3g} " + unit + "<extra></extra>",
+            showlegend=False), row=1, col=col)
+        if selected is not None:
+            li, h = selected
+            fig.add_trace(go.Scatter(x=[li + jitter[li * H + h]], y=[vals[li, h]], mode="markers",
+                                     marker=dict(size=14, color="rgba(0,0,0,0)", line=dict(color="#e4572e", width=2.5)),
+                                     hoverinfo="skip", showlegend=False), row=1, col=col)
+    fig.add_hline(y=math.log(n_tokens), line_dash="dot", line_color="gray", row=1, col=2,
+                  annotation_text="uniform (log T)", annotation_position="bottom right")
+    fig.update_xaxes(title_text="layer", dtick=1 if L <= 24 else None)
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10))
+    return fig

@@ -1,0 +1,122 @@
+"""Teaching notes: what each view shows, in plain words, and where it can mislead."""
+from __future__ import annotations
+
+PAGES = {
+    "explore": (
+        "**What you see.** The model looked at your image once. The bar chart is what it thinks the image "
+        "shows. Pick a *target* (the class to explain) and a *method*; the coloured overlay marks the "
+        "parts of the image that method credits for that target. Bright = more.\n\n"
+        "**Read with care.** Different methods answer different questions, so they disagree — that is "
+        "normal and worth discussing. Compare a few side by side: they are then drawn on one shared scale, "
+        "each map measured against its own average (2× means twice that map's average).\n\n"
+        "**The grey band** (if any) is the part of the image the model never saw: it crops the centre."
+    ),
+    "heads": (
+        "**What you see.** A vision transformer cuts the image into square patches and, in every layer, "
+        "each *head* decides how much each patch should listen to every other patch. Each thumbnail is "
+        "one head: where the chosen *query* token (by default CLS, the token the model classifies from) "
+        "looks. Click a thumbnail, or use the layer and head pickers, to enlarge it.\n\n"
+        "**Query a patch.** Choose *a patch* as the query and click the image: you then see where that "
+        "patch looks. DeiT adds a *distillation* token and some DINOv2 models add *register* tokens; "
+        "they can be queries too.\n\n"
+        "**The distance plot** is the ViT paper's Figure 7 for this one image: for each head, how far "
+        "(in pixels) it looks on average. Early layers mix near and far heads; later layers look far. "
+        "The entropy plot says how spread out each head's attention is (log of the number of tokens = "
+        "perfectly even).\n\n"
+        "**Attention is not explanation.** A head looking somewhere does not mean that place changed "
+        "the answer: values are mixed again in later layers."
+    ),
+}
+
+METHODS = {
+    "attention": (
+        "One layer's attention from one query token: where that token gathers information from. "
+        "Caveat: attention is not explanation — it ignores what the later layers do with what was "
+        "gathered, and it is the same whatever class you pick."
+    ),
+    "rollout": (
+        "Attention rollout multiplies attention through all layers (adding the skip connection), to "
+        "estimate how much each patch flows into the CLS token in the end. Caveat: it is class-agnostic "
+        "— the map is the same for every target — and discarding weak links changes it a lot."
+    ),
+    "relevance": (
+        "Chefer et al.'s relevance: attention weighted by how much it changes the chosen class's score "
+        "(its gradient), accumulated through the layers. Class-specific: try another target and the map "
+        "moves. Caveat: gradients are local — they say what a small change would do."
+    ),
+    "grad_rollout": (
+        "Rollout of attention weighted by its positive gradient for the target: rollout made "
+        "class-specific. Caveat: the positive part only, so evidence against the class is not shown."
+    ),
+    "attn_grad": (
+        "One layer's attention times its positive gradient for the target, heads averaged. A quick "
+        "class-specific look at a single layer; earlier layers are noisier."
+    ),
+    "grad_cam": (
+        "Grad-CAM on a block's patch tokens: each feature channel weighted by its average gradient. "
+        "Coarse (one value per patch) and class-specific. Caveat: the last block's patch tokens do not "
+        "reach the class score, so the default is the block before."
+    ),
+    "saliency": (
+        "Vanilla gradient: how much each pixel's brightness would change the class score. Caveat: "
+        "saliency is noisy and often looks like an edge detector; SmoothGrad averages the noise away."
+    ),
+    "input_x_gradient": (
+        "Gradient times the pixel value: a signed first-order estimate of each pixel's contribution. "
+        "Red helps the class, blue hurts it. Caveat: noisy, and dark pixels get little credit."
+    ),
+    "integrated_gradients": (
+        "Integrated gradients adds up gradients along a path from a baseline (black) image to yours; "
+        "the attributions should sum to the score difference. Caveat: the map depends on the baseline "
+        "and on the number of steps — check the convergence delta shown below (small is good; raise the "
+        "steps if it is not)."
+    ),
+    "gradient_shap": (
+        "Gradient SHAP: integrated gradients averaged over random baselines with noise — an estimate of "
+        "SHAP values. Caveat: random; more samples give a steadier map."
+    ),
+    "smoothgrad": (
+        "SmoothGrad: saliency averaged over noisy copies of the image, so the speckle cancels out. "
+        "Caveat: the noise level changes what survives."
+    ),
+    "occlusion": (
+        "Occlusion hides one window of patches at a time and records how much the class score drops. "
+        "Easy to trust, because it really changes the input. Caveat: slow (one model run per window), "
+        "and the result depends on the fill used for hidden patches (the baseline)."
+    ),
+    "feature_ablation": (
+        "Hides one patch at a time (filled with the baseline) and records the score change. Caveat: slow, "
+        "depends on the baseline fill, and misses effects that need several patches hidden together."
+    ),
+    "lime": (
+        "LIME hides random sets of patches and fits a simple linear model to predict the score from "
+        "which patches were visible. Caveat: slow, random, and depends on the baseline fill and the "
+        "number of samples."
+    ),
+    "kernel_shap": (
+        "Kernel SHAP: like LIME, with weights chosen so the result estimates Shapley values (a fair "
+        "share of the score per patch). Caveat: slow, random, and depends on the baseline fill."
+    ),
+    "cross_attention": (
+        "Where the caption writer looked in the image when it wrote this word: one decoder layer's "
+        "cross-attention to the image patches. Caveat: attention is not explanation, and the encoder has "
+        "already mixed the patches before the decoder reads them."
+    ),
+    "caption_relevance": (
+        "Chefer et al.'s relevance for one caption word: self- and cross-attention weighted by their "
+        "gradients for that word, carried back to the image patches. Pick another word and the map moves."
+    ),
+    "text_relevance": (
+        "Which words of the prompt mattered for its match with the image (a map over words, not pixels: "
+        "see the CLI)."
+    ),
+    "text_attention": (
+        "How the prompt's summary token spreads its attention over the prompt's words (a map over words, "
+        "not pixels: see the CLI). Caveat: attention is not explanation."
+    ),
+}
+
+
+def method_note(name: str, description: str = "") -> str:
+    """The note for a method; the registry's one-line description when there is none."""
+    return METHODS.get(name) or description or "No note for this method yet."

@@ -1,0 +1,188 @@
+"""Heads: every layer's and head's attention as thumbnails, a query token you choose, head statistics."""
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import streamlit as st
+
+from attnviz import render
+from attnviz.methods.common import HEAD_FUSIONS
+from attnviz.ui import figures, state, urlstate
+from attnviz.ui.context import load_context, query_label
+from attnviz.ui.errors import guard
+from attnviz.ui.widgets import page_header, shared_url_values
+
+PATCH = "a patch"
+
+
+def _clicked(chart_key: str, seen_key: str) -> Optional[list[int]]:
+    """customdata of a newly clicked point of a chart drawn with on_select, once per click."""
+    event = st.session_state.get(chart_key)
+    points = event.get("selection", {}).get("points", []) if event else []
+    points = [p for p in points if p.get("customdata") is not None]
+    if not points:
+        return None
+    p = points[0]
+    data = p["customdata"]
+    # A numpy customdata row arrives as {"0": a, "1": b}; a list as [a, b].
+    values = [data[k] for k in sorted(data, key=int)] if isinstance(data, dict) else list(data)
+    mark = (p.get("curve_number"), p.get("point_index"), tuple(values))
+    if st.session_state.get(seen_key) == mark:
+        return None
+    st.session_state[seen_key] = mark
+    return [int(v) for v in values]
+
+
+def _token_kinds(capture) -> list[str]:
+    """Query choices besides a patch: the output readout (when there is one) and the prefix tokens."""
+    return (["output"] if capture.readout is not None else []) + list(capture.layout.prefix_names)
+
+
+def _clamp_state(L: int, H: int, rows: int, cols: int, prefix: list[str]) -> None:
+    """Keep stored picks valid when the model changes (a slider value outside its range is an error)."""
+    ss = st.session_state
+    if not isinstance(ss.get("h_layer"), int) or not 0 <= ss["h_layer"] < L:
+        ss["h_layer"] = L - 1
+    heads = [*range(H), *HEAD_FUSIONS]
+    if ss.get("h_head") not in heads:
+        ss["h_head"] = "mean"
+    if ss.get("h_qkind") not in (*prefix, PATCH):
+        ss["h_qkind"] = prefix[0] if prefix else PATCH
+    for key, n in (("h_row", rows), ("h_col", cols)):
+        if not isinstance(ss.get(key), int) or not 0 <= ss[key] < n:
+            ss[key] = n // 2
+
+
+def _apply_url(url: dict[str, str], L: int, H: int, rows: int, cols: int, prefix: list[str]) -> None:
+    ss = st.session_state
+    if "layer" in url:
+        try:
+            li = int(url["layer"])
+            if not -L <= li < L:
+                raise ValueError
+            ss["h_layer"] = li % L
+        except ValueError:
+            urlstate.warn(f"The link's layer '{url['layer']}' is not between 0 and {L - 1}; using the last layer.")
+    if "head" in url:
+        v = url["head"]
+        if v in HEAD_FUSIONS:
+            ss["h_head"] = v
+        elif v.isdigit() and int(v) < H:
+            ss["h_head"] = int(v)
+        else:
+            urlstate.warn(f"The link's head '{v}' is not 0–{H - 1} or one of {', '.join(HEAD_FUSIONS)}; using mean.")
+    if "query" in url:
+        q = url["query"].strip().lower()
+        if q in prefix:
+            ss["h_qkind"] = q
+        else:
+            try:
+                r, c = (int(x) for x in q.split(","))
+                if not (0 <= r < rows and 0 <= c < cols):
+                    raise ValueError
+                ss["h_qkind"], ss["h_row"], ss["h_col"] = PATCH, r, c
+            except ValueError:
+                urlstate.warn(f"The link's query '{url['query']}' is not one of {', '.join(prefix) or 'the tokens'} "
+                              f"or a patch 'row,col' inside the {rows}×{cols} grid; using the default.")
+
+
+def query_ui(ctx) -> str:
+    """The query token: a prefix token, or a patch clicked on the image (or typed as row and column)."""
+    lay = ctx.capture.layout
+    kinds = [*_token_kinds(ctx.capture), PATCH]
+    kind = st.radio("Query token", kinds, key="h_qkind", horizontal=True,
+                    help="Whose attention the thumbnails show. output: the token(s) the prediction is read from "
+                         "(CLS; CLS and distillation averaged for distilled DeiT).")
+    if kind != PATCH:
+        return kind
+    hit = _clicked("h_patch_fig", "_h_patch_seen")
+    if hit is not None:
+        st.session_state["h_row"], st.session_state["h_col"] = int(hit[0]), int(hit[1])
+    c1, c2 = st.columns(2)
+    r = c1.number_input("Patch row", 0, lay.rows - 1, step=1, key="h_row")
+    c = c2.number_input("Patch column", 0, lay.cols - 1, step=1, key="h_col")
+    with guard("Drawing the patch picker"):
+        st.caption("Click a patch on the image to make it the query.")
+        st.plotly_chart(figures.patch_picker_figure(ctx.img.display, lay.rows, lay.cols, box=ctx.box,
+                                                    selected=(int(r), int(c))),
+                        key="h_patch_fig", on_select="rerun", selection_mode="points",
+                        config={"displayModeBar": False})
+    return f"{int(r)},{int(c)}"
+
+
+def main() -> None:
+    page_header("Attention heads", "heads")
+    ctx = None
+    with guard("Preparing the image and model"):
+        ctx = load_context()
+    if ctx is None:
+        return
+    cap, eng = ctx.capture, state.engine()
+    L, H, lay = cap.n_layers, cap.n_heads, cap.layout
+    kinds = _token_kinds(cap)
+    _clamp_state(L, H, lay.rows, lay.cols, kinds)
+    url = urlstate.consume("heads")
+    if url:
+        _apply_url(url, L, H, lay.rows, lay.cols, kinds)
+
+    hit = _clicked("h_mosaic", "_h_mosaic_seen")
+    if hit is not None:
+        st.session_state["h_layer"], st.session_state["h_head"] = int(hit[0]), int(hit[1])
+
+    top = st.columns([3, 2])
+    with top[0]:
+        query = query_ui(ctx)
+    with top[1]:
+        c1, c2 = st.columns(2)
+        layer = c1.slider("Layer", 0, L - 1, key="h_layer") if L > 1 else 0
+        head = c2.selectbox("Head", [*range(H), *HEAD_FUSIONS], key="h_head",
+                            format_func=lambda h: f"head {h}" if isinstance(h, int) else f"{h} of heads",
+                            help="One head, or all heads fused by mean, max or min.")
+        st.session_state.setdefault("h_shared", True)
+        shared = st.toggle("One colour scale for all thumbnails", key="h_shared",
+                           help="Off: each thumbnail is stretched to its own range (shows the pattern of weak heads).")
+
+    d = ctx.display
+    left, right = st.columns([3, 2], gap="large")
+    with left, guard("Drawing the thumbnails"):
+        grid = eng.attention_grid(ctx.adapter, ctx.entry, ctx.digest, query)        # [L, H, rows, cols]
+        st.markdown(f"**Attention from {query_label(query)}**, "
+                    f"layers top to bottom, heads left to right — click one to enlarge")
+        sel = (layer, head) if isinstance(head, int) else None
+        norm = d.norm_for(False)
+        fig = figures.head_mosaic_figure(grid, cmap=d.cmap_for(False), norm=norm, shared=shared, selected=sel)
+        st.plotly_chart(fig, key="h_mosaic", on_select="rerun", selection_mode="points",
+                        config={"displayModeBar": False})
+    with right, guard("Drawing the enlarged head"):
+        t0 = time.perf_counter()
+        exp = eng.explain(ctx.adapter, ctx.entry, ctx.digest, "attention", None,
+                          {"layer": layer, "head": str(head), "query": query})
+        norm = d.norm_for(False)
+        img = render.overlay(ctx.img.display, exp.map, alpha=d.alpha, cmap=d.cmap_for(False), norm=norm,
+                             resample=d.resample, box=ctx.box)
+        which = f"head {head}" if isinstance(head, int) else f"{head} of {H} heads"
+        st.image(img, caption=f"Layer {layer}, {which}: attention from {query_label(query)}",
+                 width="stretch")
+        hover = st.expander("Hover for values", key="h_hover", on_change="rerun")
+        if hover.open:   # drawn only when opened: the figure is the costly part of a head switch
+            fig = render.heatmap_figure(ctx.img.display, exp.map, cmap=d.cmap_for(False), norm=norm,
+                                        alpha=d.alpha, resample=d.resample, box=ctx.box, hover_label="attention")
+            hover.plotly_chart(fig, key="h_big")
+        st.caption(f"Switched in {time.perf_counter() - t0:.3f} s, no model run (the one forward pass is cached).")
+
+    with guard("Computing the head statistics"):
+        dist, ent = eng.head_stats(ctx.adapter, ctx.entry, ctx.digest)
+        st.markdown("**How far and how evenly each head looks** (the ViT paper's Fig. 7, for this image)")
+        st.plotly_chart(figures.head_stats_figure(dist, ent, lay.n_tokens, selected=sel), key="h_stats",
+                        config={"displayModeBar": False})
+        st.caption("Distance: for each patch query, the attention-weighted mean distance to the patches it looks "
+                   "at (attention to CLS/register tokens left out and the rest renormalised), averaged over "
+                   "patches. A wide spread in early layers means some heads look locally, some globally.")
+
+    values: dict[str, Any] = {**shared_url_values(ctx.model_option, d), "layer": layer, "head": head, "query": query}
+    urlstate.sync(values)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Process-wide cached resources (models, the compute engine, samples) and the sidebar's choices.
+
+``st.cache_resource`` holds one copy per process, shared by every session:
+the model (its adapter carries the lock its forwards take), and the
+``Engine`` whose bounded caches hold captures and maps. Nothing uploaded is
+written to disk: image bytes stay in memory, keyed by their SHA-256.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import streamlit as st
+from PIL import Image
+
+from .. import catalog
+from ..errors import ModelUnavailable
+from ..images import MAX_BYTES, image_digest, load_image
+from ..loading import load_model  # noqa: F401  (tests patch attnviz.ui.state.load_model)
+from .cache import ResultCache
+from .compute import Engine
+
+ROOT = Path(__file__).resolve().parents[2]
+ASSETS = ROOT / "assets"
+SAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"}
+DISPLAY_MAX_SIDE = 1024          # overlays are drawn on a copy at most this big (the model sees the original)
+ENV_MODEL = "$ATTNVIZ_MODEL"     # the model option that stands for the ATTNVIZ_MODEL folder or id
+CUSTOM_MODEL = "$custom"         # the model option "a hub id I type" (ATTNVIZ_ALLOW_CUSTOM_MODELS=1)
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+CAPTURE_ENTRIES = _env_int("ATTNVIZ_CAPTURE_CACHE", 6)     # a capture keeps its autograd graph: ~100 MB for ViT-B
+RESULT_ENTRIES = _env_int("ATTNVIZ_RESULT_CACHE", 256)     # maps are small: [rows, cols] or [H, W] float32
+CACHE_TTL = float(_env_int("ATTNVIZ_CACHE_TTL", 3600))     # seconds
+
+
+def custom_models_allowed() -> bool:
+    return os.environ.get("ATTNVIZ_ALLOW_CUSTOM_MODELS", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --- process-wide resources ------------------------------------------------
+
+@st.cache_resource(show_spinner=False)
+def engine() -> Engine:
+    """The one compute engine of this process (bounded caches of captures and maps)."""
+    return Engine(capture_entries=CAPTURE_ENTRIES, result_entries=RESULT_ENTRIES, ttl=CACHE_TTL)
+
+
+@st.cache_resource(show_spinner=False)
+def _images() -> ResultCache:
+    """Decoded images by digest (a few: a big photo is tens of MB once decoded)."""
+    return ResultCache(8, CACHE_TTL)
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def _model(spec: str):
+    return load_model(spec or None)
+
+
+def get_model(spec: str):
+    """The shared adapter for ``spec`` (loaded once per process); raises ModelUnavailable."""
+    return _model(spec)
+
+
+def clear_all() -> None:
+    """Forget every cached model, capture and map (tests; the 'clear caches' button)."""
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@dataclass(frozen=True)
+class DefaultModel:
+    option: str            # the model option selected by default
+    reason: str            # one line: why this model
+    fallback: bool         # True when the offline demo model stands in for the real default
+    missing: str = ""      # a sentence when the default model cannot be loaded at all
+
+
+@st.cache_data(ttl=600, show_spinner=False)
+def default_model() -> DefaultModel:
+    """ATTNVIZ_MODEL when set; else the catalog default when cached or reachable; else the demo model."""
+    env = os.environ.get("ATTNVIZ_MODEL", "").strip()
+    if env:
+        return DefaultModel(ENV_MODEL, f"{Path(env).name or env} (set by ATTNVIZ_MODEL)", False)
+    res = catalog.default_model()
+    cat = catalog.load_catalog()
+    fallback = res.entry is not None and res.entry.name == cat.offline_default
+    missing = ""
+    if fallback and not catalog.is_available_offline(res.entry):
+        real = cat.get(cat.default)
+        missing = (f"No model is available: {real.hub} is not cached and the hub cannot be reached, and the "
+                   f"offline demo model {res.entry.name} has not been built yet (run `make demo`).")
+    return DefaultModel(res.name, res.reason, fallback, missing)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def model_options() -> list[tuple[str, str]]:
+    """(option, label) for the model picker: the env model, the catalog with offline availability, custom."""
+    out = []
+    env = os.environ.get("ATTNVIZ_MODEL", "").strip()
+    if env:
+        out.append((ENV_MODEL, f"{Path(env).name or env} · ATTNVIZ_MODEL"))
+    for e in catalog.load_catalog().entries:
+        try:
+            ok = catalog.is_available_offline(e)
+        except Exception:   # a broken HF cache must not break the picker
+            ok = False
+        out.append((e.name, f"{e.name} · {'offline ✓' if ok else 'needs download'}"))
+    if custom_models_allowed():
+        out.append((CUSTOM_MODEL, "Another hub model (type its id)…"))
+    return out
+
+
+def model_spec(option: str, custom_id: str = "") -> str:
+    """What ``load_model`` is given for a picker option."""
+    if option == ENV_MODEL:
+        return os.environ.get("ATTNVIZ_MODEL", "").strip()
+    if option == CUSTOM_MODEL:
+        return validate_custom_id(custom_id)
+    return option
+
+
+def validate_custom_id(hub_id: str) -> str:
+    """An 'owner/name' hub id, or ModelUnavailable with one sentence."""
+    s = (hub_id or "").strip()
+    if not custom_models_allowed():
+        raise ModelUnavailable("Custom models are switched off (set ATTNVIZ_ALLOW_CUSTOM_MODELS=1 to allow them).")
+    if not s:
+        raise ModelUnavailable("Type a hub id such as owner/model-name.")
+    if "/" not in s or not catalog.HUB_ID.match(s) or ".." in s:
+        raise ModelUnavailable(f"'{s}' is not a valid hub id: use owner/model-name (letters, digits, - _ .).")
+    return s
+
+
+def missing_demo_sentence(option: str) -> str:
+    """A sentence when ``option`` is a repo-local demo model that has not been built; else ''."""
+    entry = catalog.load_catalog().get(option)
+    if entry is not None and entry.path and not catalog.is_available_offline(entry):
+        return (f"The offline demo model {entry.name} has not been built yet: run `make demo`, "
+                "or pick a model marked offline ✓.")
+    return ""
+
+
+@st.cache_data(show_spinner=False)
+def sample_images() -> dict[str, bytes]:
+    """name -> bytes: up to six images from assets/ (not the README screenshot), then two synthetic scenes."""
+    out: dict[str, bytes] = {}
+    if ASSETS.is_dir():
+        files = [p for p in sorted(ASSETS.iterdir())
+                 if p.suffix.lower() in SAMPLE_SUFFIXES and p.is_file() and not p.name.startswith("screenshot")]
+        for p in files[:6]:
+            if p.stat().st_size <= MAX_BYTES:
+                out[p.stem.replace("_", " ").replace("-", " ")] = p.read_bytes()
+    try:
+        from ..demo.scenes import make_scene
+        for seed in (3, 11):
+            scene = make_scene(seed, n_objects=2, clutter=4)
+            img = Image.fromarray(scene.image).resize((256, 256), Image.Resampling.NEAREST)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            names = " + ".join(f"{o.colour} {o.shape}" for o in scene.objects)
+            out[f"shapes: {names}"] = buf.getvalue()
+    except Exception:   # the synthetic scenes are a nicety; assets/ may still have samples
+        pass
+    return out
+
+
+# --- per-session context ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Display:
+    alpha: float = 0.5
+    cmap: str = "auto"
+    norm: str = "auto"
+    resample: str = "bilinear"
+
+    def cmap_for(self, signed: bool) -> str:
+        return ("RdBu_r" if signed else "inferno") if self.cmap == "auto" else self.cmap
+
+    def norm_for(self, signed: bool) -> str:
+        return ("signed" if signed else "minmax") if self.norm == "auto" else self.norm
+
+
+@dataclass(frozen=True)
+class Choices:
+    """What the sidebar chose this run."""
+
+    image_name: Optional[str]
+    image_bytes: Optional[bytes]
+    model_option: str
+    custom_id: str
+    display: Display
+    texts_slot: Any = None    # a sidebar container for the prompts / caption box, filled once the model is known
+
+
+@dataclass
+class DecodedImage:
+    digest: str
+    image: Image.Image        # what the model sees (the original, RGB)
+    display: Image.Image      # what overlays are drawn on (at most DISPLAY_MAX_SIDE)
+    scale: float              # display size / original size
+
+
+def decode(data: bytes) -> DecodedImage:
+    """Validated, decoded image (cached by digest); raises ImageRejected."""
+    digest = image_digest(data)
+
+    def run() -> DecodedImage:
+        img = load_image(data)
+        disp = img.copy()
+        disp.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE), Image.Resampling.LANCZOS)
+        return DecodedImage(digest, img, disp, disp.width / img.width)
+    return _images().get_or_compute(digest, run)
+
+
+def choices() -> Choices:
+    """What the sidebar chose in this run (empty before the sidebar has run)."""
+    c = st.session_state.get("_choices")
+    return c if c is not None else Choices(None, None, "", "", Display())
+
+
+def device_label(adapter) -> str:
+    kind = getattr(getattr(adapter, "device", None), "type", "cpu")
+    return {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS"}.get(kind, str(kind).upper())

@@ -1,0 +1,318 @@
+"""The Streamlit app under streamlit.testing (AppTest), every page, with tiny random models."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from attnviz import catalog
+from attnviz.render import to_png_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+HEADS = "attnviz/ui/pages/heads.py"
+BROKEN_SENTENCE = "The file is not a supported image (PNG, JPEG, WebP, GIF or BMP)."
+BROKEN_BYTES = b"this is a text file, not an image\n" * 4
+
+
+def _clear():
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture
+def new_app(saved_models, monkeypatch):
+    """A factory of AppTests on the tiny ViT (ATTNVIZ_MODEL), with every process cache cleared around it."""
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(saved_models["vit"]))
+    monkeypatch.delenv("ATTNVIZ_ALLOW_CUSTOM_MODELS", raising=False)
+    _clear()
+    yield lambda: AppTest.from_file(APP, default_timeout=120)
+    _clear()
+
+
+@pytest.fixture
+def forwards(monkeypatch):
+    """Count the model's forward passes by wrapping the loader the app uses."""
+    import attnviz.ui.state as state
+    count = {"n": 0}
+    real = state.load_model
+
+    def loader(spec=None):
+        adapter = real(spec)
+        run = adapter._run
+
+        def counted(*a, **kw):
+            count["n"] += 1
+            return run(*a, **kw)
+        adapter._run = counted
+        return adapter
+    monkeypatch.setattr(state, "load_model", loader)
+    return count
+
+
+def _ok(at):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _images(at):
+    return at.get("image")
+
+
+def _captions(at):
+    """Every caption on the page, image captions included."""
+    return " | ".join([c.value for c in at.caption] + [c for im in _images(at) for c in im.captions])
+
+
+def test_explore_shows_predictions_overlay_and_exports(new_app):
+    at = new_app().run()
+    _ok(at)
+    assert len(_images(at)) == 1                                  # the overlay of the default sample
+    assert [c.key for c in at.get("plotly_chart")] == ["predictions"]   # the hover tab is drawn when opened
+    assert [b.proto.label for b in at.download_button] == ["Overlay PNG", "Raw map .npy", "Settings .json"]
+    assert "on **CPU**" in _captions(at)
+    assert "relevance" in _captions(at)
+    at.session_state["view_tab"] = "Hover for values"
+    at.run()
+    _ok(at)
+    assert [c.key for c in at.get("plotly_chart")] == ["predictions", "fig:relevance"] and not _images(at)
+    assert at.selectbox(key="target").index == 0                 # default target: the top-1 class
+
+
+def test_upload_then_broken_file_then_sample_keeps_working(new_app, photo):
+    at = new_app().run()
+    at.file_uploader[0].set_value(("photo.png", to_png_bytes(photo), "image/png")).run()
+    _ok(at)
+    assert len(_images(at)) == 1
+    at.file_uploader[0].set_value(("broken.png", BROKEN_BYTES, "image/png")).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [BROKEN_SENTENCE]
+    assert len(_images(at)) == 0
+    from attnviz.ui.state import sample_images
+    at.button_group(key="sample").set_value(list(sample_images())[1]).run()
+    _ok(at)
+    assert len(_images(at)) == 1
+
+
+def test_display_layer_and_head_changes_never_run_the_model(new_app, forwards):
+    at = new_app().run()
+    _ok(at)
+    after_first = forwards["n"]
+    assert after_first >= 1
+    at.slider(key="alpha").set_value(0.8).run()
+    at.selectbox(key="cmap").set_value("viridis").run()
+    at.selectbox(key="norm").set_value("percentile").run()
+    at.radio(key="resample").set_value("nearest").run()
+    at.selectbox(key="method").set_value("attention").run()
+    at.number_input(key="p:attention:layer").set_value(0).run()
+    at.selectbox(key="p:attention:head").set_value("2").run()
+    _ok(at)
+    assert "attention" in _captions(at)
+    at.switch_page(HEADS).run()
+    at.slider(key="h_layer").set_value(0).run()
+    at.selectbox(key="h_head").set_value(3).run()
+    _ok(at)
+    assert "Layer 0, head 3" in _captions(at)
+    assert forwards["n"] == after_first
+
+
+def test_compare_methods_side_by_side_on_one_scale(new_app):
+    at = new_app().run()
+    at.multiselect(key="compare").set_value(["rollout", "attention"]).run()
+    _ok(at)
+    assert len(_images(at)) == 3
+    assert "One shared scale" in " ".join(c.value for c in at.caption)
+    assert "class-agnostic" in _captions(at)
+
+
+def test_slow_method_waits_for_run_then_stays_cached(new_app, forwards):
+    at = new_app().run()
+    at.selectbox(key="method").set_value("occlusion").run()
+    _ok(at)
+    assert len(_images(at)) == 0 and at.button(key="run:occlusion")
+    before = forwards["n"]
+    at.number_input(key="p:occlusion:batch_size").set_value(4).run()
+    at.button(key="run:occlusion").click().run()
+    _ok(at)
+    assert len(_images(at)) == 1 and forwards["n"] > before
+    after = forwards["n"]
+    at.slider(key="alpha").set_value(0.3).run()                  # cached: shown again without Run, no model run
+    _ok(at)
+    assert len(_images(at)) == 1 and forwards["n"] == after
+
+
+def test_url_parameters_restore_settings(new_app):
+    at = new_app()
+    at.query_params.update({"method": "rollout", "discard_ratio": "0.5", "head_fusion": "max", "target": "2",
+                            "cmap": "viridis", "alpha": "0.7", "compare": "attention"})
+    at.run()
+    _ok(at)
+    assert not at.warning
+    assert at.selectbox(key="method").value == "rollout"
+    assert at.number_input(key="p:rollout:discard_ratio").value == 0.5
+    assert at.selectbox(key="p:rollout:head_fusion").value == "max"
+    assert at.selectbox(key="target").value == 2
+    assert at.selectbox(key="cmap").value == "viridis" and at.slider(key="alpha").value == 0.7
+    assert at.multiselect(key="compare").value == ["attention"]
+
+
+def test_bad_url_values_warn_once_each_and_use_defaults(new_app):
+    at = new_app()
+    at.query_params.update({"method": "nope", "alpha": "7", "n_steps": "abc", "target": "999",
+                            "integrated_gradients.n_steps": "abc"})
+    at.run()
+    assert not at.exception and not at.error
+    warnings = [w.value for w in at.warning]
+    assert len(warnings) == 4, warnings                          # bare n_steps: not a parameter of relevance
+    assert all(w.endswith(".") and ". " not in w and "\n" not in w for w in warnings), warnings
+    assert at.selectbox(key="method").value == "relevance" and at.slider(key="alpha").value == 0.5
+
+
+def test_heads_page_grid_enlarged_patch_query_and_stats(new_app):
+    at = new_app().run()
+    at.switch_page(HEADS).run()
+    _ok(at)
+    assert len(_images(at)) == 1
+    assert [c.key for c in at.get("plotly_chart")] == ["h_mosaic", "h_stats"]   # thumbnails, distance/entropy
+    at.session_state["h_hover"] = True
+    at.run()
+    assert "h_big" in [c.key for c in at.get("plotly_chart")]    # the enlarged head's hover figure
+    at.radio(key="h_qkind").set_value("a patch").run()
+    at.number_input(key="h_row").set_value(1).run()
+    at.number_input(key="h_col").set_value(2).run()
+    _ok(at)
+    assert "attention from patch (1,2)" in _captions(at)
+    at.selectbox(key="h_head").set_value("max").run()
+    _ok(at)
+    assert "max of 4 heads" in _captions(at)
+
+
+@pytest.mark.parametrize("kind,token", [("dinov2-registers", "register2"), ("deit-teacher", "distillation")])
+def test_prefix_tokens_can_be_queries(new_app, saved_models, monkeypatch, kind, token):
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(saved_models[kind]))
+    at = new_app().run()
+    at.switch_page(HEADS).run()
+    assert token in at.radio(key="h_qkind").options
+    at.radio(key="h_qkind").set_value(token).run()
+    _ok(at)
+    assert f"attention from {token}" in _captions(at)
+
+
+@pytest.mark.parametrize("family", ["clip", "captioning"])
+def test_image_text_and_captioning_models(new_app, monkeypatch, family):
+    import attnviz.ui.state as state
+    if family == "clip":
+        from attnviz.adapters.clip import ClipAdapter
+        adapter = ClipAdapter.tiny()
+    else:
+        from attnviz.adapters.captioning import CaptionAdapter
+        adapter = CaptionAdapter.tiny()
+    monkeypatch.setattr(state, "load_model", lambda spec=None: adapter)
+    at = new_app().run()
+    _ok(at)
+    assert len(_images(at)) == 1
+    if family == "clip":
+        at.text_area(key="prompts").set_value("a red circle\n\na blue square\n").run()
+        _ok(at)
+        assert len(at.selectbox(key="target").options) == 2          # one target per non-empty prompt
+        at.text_area(key="prompts").set_value("  \n").run()
+        assert [e.value for e in at.error] == ["Type at least one prompt, one per line."]
+    else:
+        assert any(m.value.startswith("**Caption:**") for m in at.markdown)
+        assert at.selectbox(key="method").value == "caption_relevance"
+        at.selectbox(key="method").set_value("cross_attention").run()
+        _ok(at)
+        assert len(_images(at)) == 1
+
+
+def test_unavailable_model_is_one_error_and_the_session_recovers(new_app):
+    missing = next((e for e in catalog.load_catalog().entries if e.hub and not catalog.is_available_offline(e)), None)
+    if missing is None:
+        pytest.skip("every catalog model is cached here")
+    at = new_app().run()
+    at.selectbox(key="model").set_value(missing.name).run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.error[0].value.endswith(".")
+    at.selectbox(key="model").set_value("$ATTNVIZ_MODEL").run()
+    _ok(at)
+    assert len(_images(at)) == 1
+
+
+def test_missing_demo_model_says_how_to_build_it(saved_models, monkeypatch):
+    monkeypatch.delenv("ATTNVIZ_MODEL", raising=False)
+    monkeypatch.setattr(catalog, "is_cached", lambda hub_id: False)
+    monkeypatch.setattr(catalog, "is_available_offline", lambda entry: False)
+    _clear()
+    try:
+        at = AppTest.from_file(APP, default_timeout=60).run()
+        assert not at.exception
+        assert len(at.error) == 1 and "make demo" in at.error[0].value
+    finally:
+        _clear()
+
+
+def test_custom_hub_ids_only_when_allowed_and_validated(new_app, monkeypatch):
+    at = new_app().run()
+    assert "$custom" not in at.selectbox(key="model").options
+    monkeypatch.setenv("ATTNVIZ_ALLOW_CUSTOM_MODELS", "1")
+    _clear()
+    at = new_app().run()
+    at.selectbox(key="model").set_value("$custom").run()
+    at.text_input(key="custom_id").set_value("../etc/passwd").run()
+    assert not at.exception
+    assert len(at.error) == 1 and "not a valid hub id" in at.error[0].value
+    at.text_input(key="custom_id").set_value("someone/no-such-model").run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.error[0].value.endswith(".")
+
+
+def test_unexpected_failure_is_one_sentence_and_the_page_goes_on(new_app, monkeypatch):
+    import attnviz.ui.compute as compute
+
+    def boom(*a, **kw):
+        raise RuntimeError("internal detail that users should not see")
+    monkeypatch.setattr(compute, "explain_capture", boom)
+    at = new_app().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "relevance failed unexpectedly (RuntimeError); try other settings, or reload the page."]
+    assert at.selectbox(key="method") and len(at.get("plotly_chart")) >= 1    # the rest of the page is there
+
+
+def test_config_toml_settings():
+    import tomllib
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["maxUploadSize"] == 10
+    assert cfg["server"]["enableXsrfProtection"] is True
+    assert cfg["server"]["fileWatcherType"] == "none"
+    assert cfg["client"]["showErrorDetails"] is False
+    assert cfg["browser"]["gatherUsageStats"] is False
+
+
+def test_every_method_has_a_teaching_note_and_export_record_is_complete(saved_models, photo):
+    import attnviz
+    from attnviz.methods import list_methods
+    from attnviz.ui import notes
+    from attnviz.ui.compute import Engine, export_record
+    for m in list_methods():
+        assert m.name in notes.METHODS, m.name
+    assert "class-agnostic" in notes.METHODS["rollout"] and "baseline" in notes.METHODS["integrated_gradients"]
+    adapter = attnviz.load_model(str(saved_models["vit"]))
+    eng = Engine()
+    entry = eng.capture(adapter, "d", photo)
+    exp = eng.explain(adapter, entry, "d", "integrated_gradients", 1, {"n_steps": 4})
+    rec = json.loads(json.dumps(export_record(adapter=adapter, capture=entry.capture, exp=exp, settings={"a": 1},
+                                              timings={"capture": 0.1}, image_name="x.png", digest="d")))
+    assert rec["target"]["index"] == 1 and rec["method"] == "integrated_gradients"
+    assert len(rec["top_k"]) == 5 and "convergence_delta" in rec["meta"]
+    assert set(rec["versions"]) >= {"torch", "transformers", "captum", "streamlit", "attnviz"}
+    assert rec["map"]["shape"] == list(exp.map.shape) and np.isfinite(rec["map"]["max"])
+
+
+def test_ui_is_the_only_streamlit_importer():
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "attnviz").rglob("*.py")
+                 if "ui" not in p.relative_to(ROOT / "attnviz").parts[:1]
+                 and ("import streamlit" in p.read_text() or "from streamlit" in p.read_text())]
+    assert offenders == []

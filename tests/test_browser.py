@@ -1,0 +1,234 @@
+"""End to end in a real browser: `streamlit run app.py` driven by Chromium through Playwright.
+
+Runs whenever Chromium and the playwright package are present; otherwise it is
+SKIPPED loudly, and with ATTNVIZ_REQUIRE_BROWSER=1 (CI) it fails instead.
+Never calls `playwright install`: it drives the system's Chromium (Debian:
+`apt-get install chromium`). Screenshots and the server log go to
+test-artifacts/. ATTNVIZ_BROWSER_MODEL picks the model (default: a tiny random
+ViT); ATTNVIZ_UPDATE_SCREENSHOT=1 also writes assets/screenshot.png for the README.
+"""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("ATTNVIZ_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BROKEN_SENTENCE = "The file is not a supported image (PNG, JPEG, WebP, GIF or BMP)."
+TIMEOUT_MS = 90_000
+
+
+def _missing_browser() -> str:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the Python package 'playwright' is not installed (pip install playwright)"
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        return f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)"
+    return ""
+
+
+@pytest.fixture
+def browser_or_skip(request):
+    reason = _missing_browser()
+    if reason:
+        if os.environ.get("ATTNVIZ_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"ATTNVIZ_REQUIRE_BROWSER=1 but {reason}.")
+        loud = f"SKIPPED browser end-to-end test: {reason}."
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        capman = request.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None and capman is not None:   # straight to the terminal, past output capture
+            with capman.global_and_fixture_disabled():
+                reporter.write_line("")
+                reporter.write_line("!" * 12 + f" {loud} " + "!" * 12, yellow=True, bold=True)
+        warnings.warn(loud)
+        pytest.skip(loud)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(browser_or_skip, saved_models):
+    """A headless `streamlit run app.py` on a free localhost port; yields its URL."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = _free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               ATTNVIZ_MODEL=os.environ.get("ATTNVIZ_BROWSER_MODEL") or str(saved_models["vit"]))
+    log = open(ARTIFACTS / "browser-server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not become healthy; see {ARTIFACTS / 'browser-server.log'}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _wait_idle(page, timeout_ms=TIMEOUT_MS):
+    """Until the script run the last interaction started has finished."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=timeout_ms)
+
+
+def _pick(page, label: str, option: str):
+    """Choose ``option`` (the start of its text) in the selectbox labelled ``label``."""
+    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
+    page.get_by_role("option", name=re.compile("^" + re.escape(option))).first.click()
+
+
+def _no_exception(page):
+    assert page.locator('[data-testid="stException"]').count() == 0, "the page shows a Python exception"
+
+
+def _click_thumbnail(page, layer: int, head: int):
+    """Click the centre of thumbnail (layer, head) in the heads mosaic, via Plotly's own axis mapping."""
+    point = page.evaluate(
+        """([layer, head]) => {
+            const gd = [...document.querySelectorAll('.js-plotly-plot')]
+                .find(g => g.data && g.data.length > 1 && g.data[1].customdata
+                           && g.data[1].customdata.length && g.data[1].customdata[0].length === 2
+                           && g.data[1].hovertemplate && g.data[1].hovertemplate.includes('head'));
+            const tr = gd.data[1];
+            const i = tr.customdata.findIndex(c => c[0] === layer && c[1] === head);
+            const L = gd._fullLayout, r = gd.getBoundingClientRect();
+            return [r.left + L.xaxis._offset + L.xaxis.d2p(tr.x[i]), r.top + L.yaxis._offset + L.yaxis.d2p(tr.y[i])];
+        }""", [layer, head])
+    page.mouse.move(point[0], point[1])
+    page.wait_for_timeout(200)
+    page.mouse.click(point[0], point[1])
+
+
+def test_upload_explain_switch_heads_and_reject_a_broken_file(server, photo, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from attnviz.render import to_png_bytes
+
+    big_photo = photo.resize((360, 240))
+    timings = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1250})
+            page.set_default_timeout(TIMEOUT_MS)
+            t0 = time.perf_counter()
+            page.goto(server)
+            page.wait_for_selector('[data-testid="stImage"] img')            # the default sample's overlay
+            timings["open_to_first_map_s"] = time.perf_counter() - t0          # includes loading the model
+            _wait_idle(page)
+            _no_exception(page)
+            page.screenshot(path=str(ARTIFACTS / "browser-start.png"))
+
+            # Upload through the file input; wait for the new overlay.
+            before = page.locator('[data-testid="stImage"] img').first.get_attribute("src")
+            t0 = time.perf_counter()
+            page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+                files=[{"name": "photo.png", "mimeType": "image/png", "buffer": to_png_bytes(big_photo)}])
+            page.wait_for_function(
+                """before => { const i = document.querySelector('[data-testid="stImage"] img');
+                               return i && i.src !== before && i.complete; }""", arg=before)
+            timings["upload_to_first_map_s"] = time.perf_counter() - t0
+            _wait_idle(page)
+
+            # Pick a method; wait for its map.
+            t0 = time.perf_counter()
+            _pick(page, "Method", "rollout")
+            page.get_by_text(re.compile(r"^rollout · ")).first.wait_for()
+            page.wait_for_selector('[data-testid="stImage"] img')
+            _wait_idle(page)
+            timings["method_switch_s"] = time.perf_counter() - t0
+            _no_exception(page)
+            assert page.locator('[data-testid="stImage"] img').count() >= 1
+            assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+            assert "method=rollout" in page.url                                  # the link reproduces it
+            page.screenshot(path=str(ARTIFACTS / "browser-explore.png"))
+
+            # The hover tab draws the interactive figure (lazily, when opened), then back to the overlay.
+            page.get_by_role("tab", name="Hover for values").click()
+            page.wait_for_function("document.querySelectorAll('[data-testid=\"stPlotlyChart\"]').length >= 2")
+            _wait_idle(page)
+            _no_exception(page)
+            page.get_by_role("tab", name="Overlay").click()
+            page.wait_for_selector('[data-testid="stImage"] img')
+            _wait_idle(page)
+
+            # Heads page: switch heads with the picker, then by clicking a thumbnail.
+            page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Heads").click()
+            page.get_by_text(re.compile(r"^Layer \d+, mean of \d+ heads")).first.wait_for()
+            _wait_idle(page)
+            _no_exception(page)
+            t0 = time.perf_counter()
+            _pick(page, "Head", "head 1")
+            page.get_by_text(re.compile(r"^Layer \d+, head 1:")).first.wait_for()
+            timings["head_switch_picker_s"] = time.perf_counter() - t0
+            _wait_idle(page)
+            t0 = time.perf_counter()
+            _click_thumbnail(page, 0, 2)
+            page.get_by_text(re.compile(r"^Layer 0, head 2:")).first.wait_for()
+            timings["head_switch_click_s"] = time.perf_counter() - t0
+            _wait_idle(page)
+            _no_exception(page)
+            page.screenshot(path=str(ARTIFACTS / "browser-heads.png"))
+
+            # A broken file: one error sentence, no traceback, the sidebar still works.
+            page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Explore").click()
+            page.wait_for_selector('[data-testid="stImage"] img')
+            _wait_idle(page)
+            page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+                files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"not an image at all\n" * 8}])
+            page.get_by_text(BROKEN_SENTENCE).first.wait_for()
+            _wait_idle(page)
+            _no_exception(page)
+            assert page.locator('[data-testid="stAlertContentError"]').count() == 1
+            page.screenshot(path=str(ARTIFACTS / "browser-error.png"))
+        finally:
+            browser.close()
+
+    (ARTIFACTS / "browser-timings.json").write_text(json.dumps(timings, indent=2))
+    print("browser timings:", json.dumps({k: round(v, 2) for k, v in timings.items()}))
+    if os.environ.get("ATTNVIZ_UPDATE_SCREENSHOT") == "1":
+        _save_readme_screenshot(ARTIFACTS / "browser-start.png", ROOT / "assets" / "screenshot.png")
+
+
+def _save_readme_screenshot(src: Path, dst: Path, limit: int = 400_000) -> None:
+    """The README's screenshot: palette PNG (much smaller than a full-colour one), under ``limit`` bytes."""
+    from PIL import Image
+    img = Image.open(src).convert("RGB")
+    for colours in (256, 128, 64):
+        img.quantize(colours, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
+        if dst.stat().st_size < limit:
+            return
+    shutil.copyfile(src, dst)
