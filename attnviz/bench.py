@@ -29,6 +29,22 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _paired(fn: Callable[[], object], unit: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(median seconds, median ratio): each run of ``fn`` is timed right after a run of ``unit``
+    and divided by it, so load from other processes mostly cancels out of the ratio."""
+    fn()
+    times, ratios = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        unit()
+        t1 = time.perf_counter()
+        fn()
+        t2 = time.perf_counter()
+        times.append(t2 - t1)
+        ratios.append((t2 - t1) / (t1 - t0))
+    return statistics.median(times), statistics.median(ratios)
+
+
 def _models(quick: bool):
     import transformers
     from .adapters.classifier import ClassifierAdapter
@@ -74,17 +90,18 @@ def run_bench(repeats: int = 5, quick: bool = False, captum: bool = False) -> in
         explain(adapter, cap, "relevance")          # top class: one backward
 
     unit = _median_time(bare_forward, repeats)
-    rows = [("bare SDPA forward (unit)", unit)]
-    rows.append(("capture, no gradients", _median_time(lambda: adapter.capture(inputs, grads=False), repeats)))
-    rows.append(("rollout (capture + method)", _median_time(rollout_view, repeats)))
-    rows.append(("all attention views (1 capture)", _median_time(all_views, repeats)))
+    rows = [("bare SDPA forward (unit)", unit, 1.0)]
+    rows.append(("capture, no gradients", *_paired(lambda: adapter.capture(inputs, grads=False), bare_forward, repeats)))
+    rows.append(("rollout (capture + method)", *_paired(rollout_view, bare_forward, repeats)))
+    rows.append(("all attention views (1 capture)", *_paired(all_views, bare_forward, repeats)))
     cap = adapter.capture(inputs, grads=True)
     top = adapter.resolve_target(cap, None)
     cap.attention_grads(top.index)
     for name in ("attention", "rollout", "relevance", "grad_rollout", "attn_grad"):
-        rows.append((f"  {name} on a ready capture", _median_time(lambda n=name: explain(adapter, cap, n), repeats)))
-    rows.append(("  one backward to every attention", _median_time(
-        lambda: cap._grad_fn(top.index), repeats)))
+        t = _median_time(lambda n=name: explain(adapter, cap, n), repeats)
+        rows.append((f"  {name} on a ready capture", t, t / unit))
+    t = _median_time(lambda: cap._grad_fn(top.index), repeats)
+    rows.append(("  one backward to every attention", t, t / unit))
     if captum:
         light = {"integrated_gradients": {"n_steps": 16}, "gradient_shap": {"n_samples": 8},
                  "smoothgrad": {"nt_samples": 8}, "lime": {"n_samples": 64}, "kernel_shap": {"n_samples": 64}}
@@ -92,14 +109,14 @@ def run_bench(repeats: int = 5, quick: bool = False, captum: bool = False) -> in
                      "smoothgrad", "occlusion", "feature_ablation", "lime", "kernel_shap"):
             params = light.get(name, {})
             label = f"  {name}" + (f" ({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")
-            rows.append((label, _median_time(lambda n=name, p=params: explain(adapter, cap, n, **p), 1)))
+            t = _median_time(lambda n=name, p=params: explain(adapter, cap, n, **p), 1)
+            rows.append((label, t, t / unit))
 
     print(f"attnviz bench: {'tiny ViT' if quick else 'ViT-B/16'} random weights, input {size}×{size}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}")
-    print(f"{'what':44} {'seconds':>9} {'× forward':>10}  target")
+    print(f"{'what':44} {'seconds':>9} {'× forward':>10}  target   (ratios of paired runs: each right after a bare forward)")
     failed = False
-    for name, t in rows:
-        ratio = t / unit
+    for name, t, ratio in rows:
         target = TARGETS.get(name)
         mark = ""
         if target is not None:
