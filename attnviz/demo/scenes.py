@@ -5,7 +5,8 @@ Each scene is a 64×64 RGB image holding 2 or 3 non-overlapping objects of
 small clutter (dots, short strokes, tiny rings) that belongs to no shape class.
 Ground truth comes with it: one boolean mask and one bounding box per object, a
 multi-hot label vector over :data:`SHAPES`, and an English caption naming the
-objects from left to right. The same generator feeds the demo classifier, and
+objects from left to right (by bounding-box centre; objects, masks and caption share
+that order). The same generator feeds the demo classifier, and
 later the image–text and captioning demo models.
 
 Determinism: ``make_scene(seed)`` with an int uses ``np.random.default_rng(seed)``;
@@ -89,9 +90,21 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarra
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
+_CENTRES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) float32 [size, size] pixel-centre coordinates, cached (read-only)."""
+    if size not in _CENTRES:
+        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+        ys.flags.writeable = xs.flags.writeable = False
+        _CENTRES[size] = (ys, xs)
+    return _CENTRES[size]
+
+
 def _object_mask(shape: str, cx: float, cy: float, r: float, theta: float,
                  size: int) -> np.ndarray:
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5  # pixel centres
+    ys, xs = _pixel_centres(size)
     dx, dy = xs - cx, ys - cy
     c, s = np.cos(theta), np.sin(theta)
     u, v = c * dx + s * dy, -s * dx + c * dy
@@ -106,21 +119,22 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 # --------------------------------------------------------------------------- background
 
+def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] linear-interpolation weights (corners aligned)."""
+    pos = np.linspace(0, n_in - 1, n_out)
+    lo = np.minimum(np.floor(pos).astype(int), n_in - 2)
+    frac = pos - lo
+    w = np.zeros((n_out, n_in))
+    w[np.arange(n_out), lo] = 1 - frac
+    w[np.arange(n_out), lo + 1] = frac
+    return w
+
+
 def _upsample(a: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear upsampling of a small [h, w, c] grid to [size, size, c]."""
-    h, w = a.shape[:2]
-    ys = np.linspace(0, h - 1, size)
-    xs = np.linspace(0, w - 1, size)
-    y0 = np.floor(ys).astype(int).clip(0, h - 2)
-    x0 = np.floor(xs).astype(int).clip(0, w - 2)
-    fy = (ys - y0)[:, None, None]
-    fx = (xs - x0)[None, :, None]
-    a00 = a[y0][:, x0]
-    a01 = a[y0][:, x0 + 1]
-    a10 = a[y0 + 1][:, x0]
-    a11 = a[y0 + 1][:, x0 + 1]
-    return (a00 * (1 - fy) * (1 - fx) + a01 * (1 - fy) * fx
-            + a10 * fy * (1 - fx) + a11 * fy * fx)
+    """Bilinear upsampling of a small [h, w, c] grid to [size, size, c] (separable)."""
+    wy = _interp_matrix(a.shape[0], size)
+    wx = _interp_matrix(a.shape[1], size)
+    return np.einsum("yi,ijc,xj->yxc", wy, a, wx, optimize=True)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -130,7 +144,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     blotch = _upsample(rng.normal(0, 22, size=(cells, cells, 3)), size)
     img = base + blotch
     if rng.random() < 0.5:
-        ys, xs = np.mgrid[0:size, 0:size]
+        ys, xs = _pixel_centres(size)
         angle = rng.uniform(0, np.pi)
         period = rng.uniform(3, 9)
         phase = (np.cos(angle) * xs + np.sin(angle) * ys) * (2 * np.pi / period)
@@ -153,7 +167,7 @@ def _draw_clutter(img: np.ndarray, rng: np.random.Generator, n: int,
     object's visible silhouette is exactly its shape.
     """
     size = img.shape[0]
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    ys_all, xs_all = _pixel_centres(size)
     for _ in range(n):
         kind = rng.integers(3)
         for _try in range(20):
@@ -163,6 +177,10 @@ def _draw_clutter(img: np.ndarray, rng: np.random.Generator, n: int,
         else:
             continue
         colour = _random_clutter_colour(rng)
+        # every mark fits within 7 px of its centre: draw on that window only
+        x0, x1 = max(0, int(cx) - 7), min(size, int(cx) + 8)
+        y0, y1 = max(0, int(cy) - 7), min(size, int(cy) + 8)
+        ys, xs = ys_all[y0:y1, x0:x1], xs_all[y0:y1, x0:x1]
         if kind == 0:  # dot, radius ≤ 2
             rad = rng.uniform(0.8, 2.0)
             m = (xs - cx) ** 2 + (ys - cy) ** 2 <= rad * rad
@@ -177,7 +195,7 @@ def _draw_clutter(img: np.ndarray, rng: np.random.Generator, n: int,
             rad = rng.uniform(2.0, 3.5)
             dist = np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2)
             m = np.abs(dist - rad) <= 0.6
-        img[m] = colour
+        img[y0:y1, x0:x1][m] = colour
 
 
 # --------------------------------------------------------------------------- scenes
@@ -257,7 +275,7 @@ def make_scene(seed_or_rng=None, *, n_objects: int | None = None,
     _draw_clutter(img, rng, clutter,
                   keep_out=[(cx, cy, CIRCUMSCRIBE * r) for cx, cy, r in placements])
 
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    ys, xs = _pixel_centres(size)
     drawn = []
     for shape, colour, (cx, cy, r) in zip(shapes, colours, placements):
         theta = np.deg2rad(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
@@ -268,14 +286,15 @@ def make_scene(seed_or_rng=None, *, n_objects: int | None = None,
         gdir /= np.linalg.norm(gdir) + 1e-9
         shade = 1.0 + 0.12 * ((xs - cx) * gdir[0] + (ys - cy) * gdir[1]) / r
         img[mask] = (rgb[None, :] * shade[mask][:, None])
-        drawn.append((cx, shape, colour, mask))
+        drawn.append((shape, colour, mask, _bbox(mask)))
 
     img = img + rng.normal(0, noise, size=img.shape)
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
-    drawn.sort(key=lambda d: d[0])  # left to right, for captions
-    masks = np.stack([d[3] for d in drawn]).astype(bool)
-    objects = [SceneObject(d[1], d[2], _bbox(d[3])) for d in drawn]
+    # left to right by box centre (then top to bottom), the order captions name them
+    drawn.sort(key=lambda d: (d[3][0] + d[3][2], d[3][1] + d[3][3]))
+    masks = np.stack([d[2] for d in drawn]).astype(bool)
+    objects = [SceneObject(d[0], d[1], d[3]) for d in drawn]
     labels = np.zeros(len(SHAPES), np.float32)
     for o in objects:
         labels[SHAPES.index(o.shape)] = 1.0
@@ -320,3 +339,28 @@ def mask_for_class(scene: Scene, class_index: int) -> np.ndarray:
 def scene_slug(scene: Scene) -> str:
     """'red-circle_blue-square' — for file names."""
     return "_".join(f"{o.colour}-{o.shape}" for o in scene.objects)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write scenes as PNGs: ``python -m attnviz.demo.scenes --seeds 1 2 --out DIR``."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="python -m attnviz.demo.scenes", description=main.__doc__)
+    ap.add_argument("--seeds", type=int, nargs="+", required=True, help="make_scene(seed) for each")
+    ap.add_argument("--out", default=".", help="folder for scene_<colour-shape_...>.png")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        scene = make_scene(seed)
+        path = out / f"scene_{scene_slug(scene)}.png"
+        scene_to_pil(scene).save(path, optimize=True)
+        print(json.dumps({"file": path.name, "seed": seed, "caption": scene.caption,
+                          "objects": [o._asdict() for o in scene.objects]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -216,7 +216,7 @@ def evaluate_arrays(model, images: np.ndarray, labels: np.ndarray, batch: int = 
 
 def train(out: str = DEFAULT_OUT, *, seed: int = 0, steps: int = 3000, teacher_steps: int = 800,
           batch: int = 64, lr: float = 1e-3, hint_fraction: float = 0.5, hint_weight: float = 1.0,
-          hint_layer: int | None = None, pool_size: int = 16000, refresh: int = 4,
+          hint_layer: int | None = None, pool_size: int = 12000, refresh: int = 16,
           hidden: int = 128, layers: int = 6, heads: int = 4, mlp: int = 256,
           minutes: float | None = None, eval_n: int = 1000, eval_seed: int = 10_000,
           quiet: bool = False) -> dict:

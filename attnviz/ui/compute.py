@@ -75,7 +75,7 @@ class Engine:
                         params: dict[str, Any]) -> tuple:
         """The cache key of a map: parameters canonicalised (defaults filled, types parsed)."""
         spec = get_method(method)
-        values = resolve_params(spec, params)
+        values = resolve_params(spec, params, adapter.method_defaults(method))   # as the method will run
         tgt = adapter.resolve_target(entry.capture, target).index if spec.class_specific else None
         return ("explain", digest, model_key(adapter), method, tuple(sorted(values.items())), tgt)
 

@@ -49,11 +49,27 @@ class Context:
         return tuple(v * self.img.scale for v in b)
 
 
+def default_prompts(adapter) -> str:
+    """The model's example prompts (the demo models name theirs in their config), else generic ones."""
+    demo = getattr(getattr(adapter, "config", None), "attnviz_demo", None)
+    examples = demo.get("example_prompts") if isinstance(demo, dict) else None
+    if examples and all(isinstance(e, str) and e.strip() for e in examples):
+        return "\n".join(examples)
+    return DEFAULT_PROMPTS
+
+
 def texts_ui(adapter, slot) -> Optional[tuple[str, ...]]:
     """Prompts for image–text models, an optional caption to score for captioners; None otherwise."""
     box = slot if slot is not None else st.sidebar
     if adapter.family == "clip":
-        st.session_state.setdefault("prompts", DEFAULT_PROMPTS)
+        default = default_prompts(adapter)
+        # A new model brings its own example prompts, unless the user has typed some.
+        current = st.session_state.get("prompts")
+        if current in (None, st.session_state.get("_prompts_default")):
+            current = default
+        # Set every run: the box is a different widget on each page, which would otherwise start empty.
+        st.session_state["prompts"] = current
+        st.session_state["_prompts_default"] = default
         raw = box.text_area("Prompts, one per line", key="prompts", height=120,
                             help="The model scores the image against each prompt; each prompt is a target.")
         prompts = tuple(line.strip() for line in raw.splitlines() if line.strip())
@@ -67,8 +83,11 @@ def texts_ui(adapter, slot) -> Optional[tuple[str, ...]]:
     return None
 
 
-def load_context() -> Optional[Context]:
-    """Decode the image, load the model and run it once; every failure is one st.error sentence."""
+def load_context(texts_slot=None) -> Optional[Context]:
+    """Decode the image, load the model and run it once; every failure is one st.error sentence.
+
+    ``texts_slot``: where the prompts / caption box goes (default: the sidebar's slot).
+    """
     c = state.choices()
     if c.image_bytes is None:
         st.info("Upload an image in the sidebar, or pick one of the samples.")
@@ -91,7 +110,7 @@ def load_context() -> Optional[Context]:
         with st.spinner("Loading the model (once per server)…"):
             adapter = state.get_model(spec)
         timings["model_load"] = time.perf_counter() - t0
-        texts = texts_ui(adapter, c.texts_slot)
+        texts = texts_ui(adapter, texts_slot if texts_slot is not None else c.texts_slot)
     except (ModelUnavailable, UsageError) as e:
         st.error(str(e))
         return None

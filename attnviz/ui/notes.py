@@ -26,6 +26,37 @@ PAGES = {
         "**Attention is not explanation.** A head looking somewhere does not mean that place changed "
         "the answer: values are mixed again in later layers."
     ),
+    "caption": (
+        "**What you see.** A captioning model writes its caption one word at a time. Before each word, "
+        "its text decoder *cross-attends* to the image: it weighs the image encoder's patches and reads "
+        "a mix of them. Click a word to see where the decoder looked while writing it; the strip below "
+        "shows every word in order on one colour scale (as in *Show, Attend and Tell*, Xu et al. 2015). "
+        "Type your own caption in the sidebar to ask where the model would look for *your* words: it is "
+        "then scored word by word instead of written.\n\n"
+        "**Layers and heads.** Each decoder layer and head has its own cross-attention; they often "
+        "disagree, and some heads park their attention on a few uninformative patches. *Caption "
+        "relevance* (Chefer et al. 2021) weights attention by its gradient for the chosen word and "
+        "carries it back through the layers: usually sharper, and it moves when you pick another word.\n\n"
+        "**Read with care.** Attention is not explanation: the encoder has already mixed information "
+        "between patches, so a word can be written from a patch that only *carries* the object's "
+        "information. Small words (\"a\", \"and\") and words the caption's grammar predicts have "
+        "maps that say little about the image. The probabilities are the model's own confidence in each "
+        "word where it wrote it, not whether the word is true."
+    ),
+    "prompts": (
+        "**What you see.** An image–text model (CLIP, SigLIP) turns the image and each prompt into "
+        "vectors and scores how well they match. Type prompts one per line. The bar chart compares the "
+        "prompts; below, one map per prompt shows which parts of the image the match leans on (Chefer "
+        "et al.'s relevance by default), all maps on one colour scale so a weak match also looks weak. "
+        "Under each map the prompt's words are shaded by how much each mattered to the match.\n\n"
+        "**Read with care.** CLIP's probabilities are a softmax *over your prompts*: they only rank the "
+        "prompts you typed, and change when you add one. A map says where the match came from, not "
+        "that the object is there: a prompt that matches badly still gets a map (look at its "
+        "probability). Word shading compares the words of one prompt, not words across prompts.\n\n"
+        "**The offline demo model** (demo-clip-shapes) knows only synthetic scenes: seven colours, five "
+        "shapes (circle, square, triangle, cross, diamond). Try a 'shapes' sample with prompts such as "
+        "'a red circle'."
+    ),
 }
 
 METHODS = {
@@ -107,12 +138,12 @@ METHODS = {
         "gradients for that word, carried back to the image patches. Pick another word and the map moves."
     ),
     "text_relevance": (
-        "Which words of the prompt mattered for its match with the image (a map over words, not pixels: "
-        "see the CLI)."
+        "Which words of the prompt mattered for its match with the image: Chefer et al.'s relevance on "
+        "the text side (a value per word, not a map over pixels: see the Text prompts page or the CLI)."
     ),
     "text_attention": (
-        "How the prompt's summary token spreads its attention over the prompt's words (a map over words, "
-        "not pixels: see the CLI). Caveat: attention is not explanation."
+        "How the prompt's summary token spreads its attention over the prompt's words (a value per word, "
+        "not a map over pixels: see the CLI). Caveat: attention is not explanation."
     ),
 }
 

@@ -177,11 +177,18 @@ def sidebar_ui() -> Choices:
 
 # --- explore page controls -------------------------------------------------------
 
+def _n_layers(spec_name: str, cap) -> int:
+    """Layers a method's layer counts over: the decoder's for cross-attention, else the image encoder's."""
+    if spec_name == "cross_attention" and cap.cross_attentions:
+        return len(cap.cross_attentions)
+    return cap.n_layers
+
+
 def _param_widget(spec: MethodSpec, p: Param, key: str, ctx) -> Any:
     cap = ctx.capture
     label = pretty(p.name)
     if p.name in ("layer", "start_layer"):
-        n = cap.n_layers
+        n = _n_layers(spec.name, cap)
         return st.number_input(label, min_value=-n, max_value=n - 1, step=1, key=key, help=p.help)
     if p.name == "head":
         return st.selectbox(label, _head_options(ctx), key=key, help=p.help)
@@ -209,11 +216,12 @@ def _query_format(q: str) -> str:
     return "output (what the prediction reads)" if q == "output" else q
 
 
-def _widget_value(p: Param, value: Any, ctx) -> Any:
+def _widget_value(p: Param, value: Any, ctx, spec_name: str = "") -> Any:
     """``value`` as the widget holds it, or None when the widget cannot show it (e.g. after a model change)."""
     cap = ctx.capture
     if p.name in ("layer", "start_layer"):
-        return value if isinstance(value, int) and -cap.n_layers <= value < cap.n_layers else None
+        n = _n_layers(spec_name, cap)
+        return value if isinstance(value, int) and -n <= value < n else None
     if p.name == "head":
         return str(value) if str(value) in _head_options(ctx) else None
     if p.name == "query":
@@ -230,14 +238,18 @@ def params_ui(spec: MethodSpec, ctx) -> dict[str, Any]:
     out = {}
     for p in spec.params:
         key = f"p:{spec.name}:{p.name}"
-        if key not in st.session_state or _widget_value(p, st.session_state[key], ctx) is None:
+        if key not in st.session_state or _widget_value(p, st.session_state[key], ctx, spec.name) is None:
             for candidate in (store.get(p.name), family_defaults.get(p.name), p.default):
-                value = None if candidate is None else _widget_value(p, candidate, ctx)
+                value = None if candidate is None else _widget_value(p, candidate, ctx, spec.name)
                 if value is not None:
                     break
             else:   # e.g. the "output" query on a model without an output token: its first option
                 value = query_options(ctx.capture)[0] if p.name == "query" else p.default
             st.session_state[key] = value
+        else:
+            # Re-bind the value: the same key on another page is another widget, which would start
+            # from its default instead of the value chosen there.
+            st.session_state[key] = st.session_state[key]
         out[p.name] = _param_widget(spec, p, key, ctx)
         store[p.name] = out[p.name]
     return out

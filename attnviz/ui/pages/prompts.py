@@ -1,0 +1,209 @@
+"""Text prompts: where in the image does each prompt match (CLIP / SigLIP)?
+
+Prompts one per line; the zero-shot probabilities; one map per prompt side by
+side on one shared colour scale; each prompt's words shaded by their text-side
+relevance. The model runs once per image and prompt list (the Engine caches the
+capture); every map comes from that one run.
+"""
+from __future__ import annotations
+
+import html
+import time
+from typing import Any, Sequence
+
+import streamlit as st
+
+from attnviz import catalog, render
+from attnviz.methods import list_methods
+from attnviz.ui import figures, notes, state
+from attnviz.ui.context import load_context
+from attnviz.ui.errors import guard
+from attnviz.ui.widgets import page_header, params_ui, pretty
+
+DEMO_CLIP = "demo-clip-shapes"
+PER_ROW = 3                       # maps per row
+WORD_RGB = (228, 87, 46)          # the shading colour of relevant words
+MAX_WORD_ALPHA = 0.85
+
+
+# --- pure helpers (tested without Streamlit) -----------------------------------
+
+def word_spans(prompt: str, words: Sequence[tuple[str, float]]) -> list[tuple[str, float | None]]:
+    """The prompt cut into (text, value) pieces: each tokenizer word at its place in the prompt, with
+    the prompt's own spacing and casing between them (value None). A word the prompt does not contain
+    as typed (the tokenizer normalised it) is appended with a space before it."""
+    lower = prompt.lower()
+    hay = lower if len(lower) == len(prompt) else prompt   # lower() can change the length of a few letters
+    out: list[tuple[str, float | None]] = []
+    pos = 0
+    for text, value in words:
+        w = text.strip()
+        if not w:
+            continue
+        j = hay.find(w.lower() if hay is lower else w, pos)
+        if j < 0:
+            out.append((" ", None))
+            out.append((w, value))
+            continue
+        if j > pos:
+            out.append((prompt[pos:j], None))
+        out.append((prompt[j:j + len(w)], value))
+        pos = j + len(w)
+    if pos < len(prompt):
+        out.append((prompt[pos:], None))    # e.g. words cut off by the model's token limit: not shaded
+    return out
+
+
+def words_html(prompt: str, words: Sequence[tuple[str, float]]) -> str:
+    """HTML of the prompt with each word's background as strong as its relevance (this prompt's
+    strongest word darkest). Every piece of user text is escaped."""
+    top = max((max(v, 0.0) for _, v in words), default=0.0)
+    parts = []
+    for text, value in word_spans(prompt, words):
+        safe = html.escape(text)
+        if value is None:
+            parts.append(safe)
+            continue
+        a = MAX_WORD_ALPHA * max(value, 0.0) / top if top > 0 else 0.0
+        r, g, b = WORD_RGB
+        parts.append(f'<span title="relevance {value:.3g}" style="background: rgba({r},{g},{b},{a:.2f}); '
+                     f'border-radius: 3px; padding: 0 2px">{safe}</span>')
+    return '<div class="attnviz-words" style="line-height: 1.9">' + "".join(parts) + "</div>"
+
+
+def probability_note(kind: str) -> str:
+    if kind == "siglip":
+        return ("SigLIP: an independent sigmoid per prompt, so each bar stands on its own and several "
+                "(or none) can be high.")
+    return ("CLIP: a softmax over your prompts, so the bars add up to 100 % and only compare the prompts "
+            "with each other; add or remove a prompt and they all change.")
+
+
+# --- page parts ---------------------------------------------------------------
+
+def _use_demo_clip() -> None:
+    st.session_state["model"] = DEMO_CLIP
+
+
+def not_image_text_ui(adapter) -> None:
+    """One sentence, and a way to the demo CLIP model."""
+    st.info(f"**{adapter.name}** is not an image–text model, so it cannot score text prompts: pick a CLIP "
+            "or SigLIP model in the sidebar.")
+    entry = catalog.load_catalog().get(DEMO_CLIP)
+    if entry is None:
+        return
+    if catalog.is_available_offline(entry):
+        st.button(f"Use the demo CLIP model ({DEMO_CLIP})", key="use_demo_clip", on_click=_use_demo_clip,
+                  type="primary", help=entry.notes)
+    else:
+        st.caption(f"The offline demo CLIP model has not been built yet: run `python -m attnviz.demo.train_clip`.")
+
+
+def probabilities_ui(ctx) -> None:
+    cap, adapter = ctx.capture, ctx.adapter
+    probs = adapter.probabilities(cap).detach().float().cpu().numpy()
+    rows = [{"index": t.index, "label": t.label, "probability": float(probs[t.index])} for t in cap.targets]
+    st.markdown("**Zero-shot match of each prompt**")
+    st.plotly_chart(figures.predictions_figure(rows, keep_order=True), key="prompt_probs",
+                    config={"displayModeBar": False})
+    st.caption(probability_note(getattr(adapter, "kind", "clip")))
+    for n in cap.extras.get("notes", ()):
+        st.caption(n)
+
+
+def map_method_ui(ctx):
+    """The image-side method (fast, class-specific ones) and its settings."""
+    specs = {m.name: m for m in list_methods(ctx.adapter.family)
+             if m.over in ("patches", "pixels") and m.class_specific and not m.slow}
+    names = list(specs)
+    if st.session_state.get("pr_method") not in names:
+        st.session_state["pr_method"] = "relevance" if "relevance" in names else names[0]
+    name = st.selectbox("Map method", names, key="pr_method", format_func=pretty,
+                        help="How each prompt's map is computed from the one model run. Slower methods "
+                             "are on the Explore page.")
+    spec = specs[name]
+    with st.expander(f"{pretty(name)} settings", expanded=False):
+        params = params_ui(spec, ctx)
+    return spec, params
+
+
+def maps_ui(ctx, spec, params: dict[str, Any]) -> None:
+    """One overlay per prompt, one shared colour scale, the prompt's words shaded underneath."""
+    eng = state.engine()
+    cap, d = ctx.capture, ctx.display
+    probs = ctx.adapter.probabilities(cap).detach().float().cpu().numpy()
+    exps = []
+    for t in cap.targets:
+        exps.append(eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, t.index, params))
+    words = {}
+    for t in cap.targets:
+        with guard(f"Text relevance of prompt {t.index + 1}"):
+            words[t.index] = eng.explain(ctx.adapter, ctx.entry, ctx.digest, "text_relevance", t.index, {})
+    signed = any(e.signed for e in exps)
+    cmap, norm = d.cmap_for(signed), d.norm_for(signed)
+    maps = [e.map for e in exps]
+    vmin, vmax = render.shared_range(maps, norm)
+    t0 = time.perf_counter()
+    tab_img, tab_hover = st.tabs(["Overlays", "Hover for values"], key="pr_view_tab", on_change="rerun")
+    for tab, hover in ((tab_img, False), (tab_hover, True)):
+        if tab.open is False:
+            continue
+        with tab:
+            for start in range(0, len(exps), PER_ROW):
+                cols = st.columns(PER_ROW)
+                for col, t, exp in zip(cols, cap.targets[start:start + PER_ROW], exps[start:start + PER_ROW]):
+                    with col, guard(f"Drawing prompt {t.index + 1}"):
+                        label = f"{t.label} · {probs[t.index]:.1%}"
+                        if hover:
+                            fig = render.heatmap_figure(ctx.img.display, exp.map, title=label, cmap=cmap, norm=norm,
+                                                        alpha=d.alpha, resample=d.resample, box=ctx.box, vmin=vmin,
+                                                        vmax=vmax)
+                            st.plotly_chart(fig, key=f"pr_fig:{t.index}")
+                        else:
+                            img = render.overlay(ctx.img.display, exp.map, alpha=d.alpha, cmap=cmap, norm=norm,
+                                                 resample=d.resample, box=ctx.box, vmin=vmin, vmax=vmax)
+                            st.image(img, caption=label, width="stretch")
+                        if t.index in words:
+                            st.markdown(words_html(t.label, words[t.index].meta["words"]), unsafe_allow_html=True)
+    ctx.timings["render"] = time.perf_counter() - t0
+    st.caption(f"{pretty(spec.name)} for each prompt, all on one colour scale ({vmin:.3g} to {vmax:.3g}): "
+               "a brighter map leans harder on that region. Words are shaded by their text relevance, "
+               "each prompt's strongest word darkest; hover a word for its value.")
+
+
+def main() -> None:
+    t_start = time.perf_counter()
+    page_header("Where in the image does the text match?", "prompts")
+    left, right = st.columns([1, 2], gap="large")
+    prompts_box = left.container()
+    ctx = None
+    with guard("Preparing the image and model"):
+        ctx = load_context(texts_slot=prompts_box)
+    if ctx is None:
+        return
+    if ctx.adapter.family != "clip":
+        with right:
+            not_image_text_ui(ctx.adapter)
+        return
+    spec = params = None
+    with left:
+        with guard("Drawing the zero-shot chart"):
+            probabilities_ui(ctx)
+        with guard("The method picker"):
+            spec, params = map_method_ui(ctx)
+    if spec is None:
+        return
+    with right:
+        with guard(f"{pretty(spec.name)}"):
+            maps_ui(ctx, spec, params)
+            t = ctx.timings
+            parts = [f"model run {t['capture']:.2f} s" if t.get("capture") else "model run cached",
+                     f"drawing {t.get('render', 0):.2f} s"]
+            st.caption(f"This view took {time.perf_counter() - t_start:.2f} s ({', '.join(parts)}).")
+        with st.expander("About these maps"):
+            st.markdown(notes.method_note(spec.name, spec.description))
+            st.markdown(notes.method_note("text_relevance"))
+
+
+if __name__ == "__main__":
+    main()

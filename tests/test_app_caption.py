@@ -1,0 +1,198 @@
+"""The Caption page under streamlit.testing (AppTest), on a tiny random ViT-GPT2 captioner saved and reloaded."""
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from attnviz import catalog
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+CAPTION = "attnviz/ui/pages/caption.py"
+
+
+def _clear():
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture(scope="module")
+def tiny_captioner(tmp_path_factory):
+    """A random 2-layer ViT-GPT2 captioner folder (safetensors, image processor, tokenizer)."""
+    from attnviz.adapters.captioning import CaptionAdapter
+    a = CaptionAdapter.tiny("vit-gpt2")
+    d = tmp_path_factory.mktemp("tiny-vit-gpt2")
+    a.model.save_pretrained(d)
+    a.processor.save_pretrained(d)
+    a.tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    """Count generations and model forwards of the adapter the app loads (through the real loader)."""
+    import attnviz.ui.state as state
+    count = {"generate": 0, "forward": 0}
+    real = state.load_model
+
+    def loader(spec=None):
+        adapter = real(spec)
+        adapter.max_new_tokens = 6
+        gen, run = adapter.generate, adapter._run
+
+        def counted_gen(*a, **kw):
+            count["generate"] += 1
+            return gen(*a, **kw)
+
+        def counted_run(*a, **kw):
+            count["forward"] += 1
+            return run(*a, **kw)
+        adapter.generate, adapter._run = counted_gen, counted_run
+        return adapter
+    monkeypatch.setattr(state, "load_model", loader)
+    return count
+
+
+@pytest.fixture
+def caption_app(tiny_captioner, monkeypatch, runs):
+    """AppTest on the Caption page with the tiny captioner as ATTNVIZ_MODEL."""
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(tiny_captioner))
+    monkeypatch.delenv("ATTNVIZ_ALLOW_CUSTOM_MODELS", raising=False)
+    _clear()
+
+    def make():
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.run()
+        at.switch_page(CAPTION).run()
+        return at
+    yield make
+    _clear()
+
+
+def _ok(at):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _image_captions(at):
+    return [c for im in at.get("image") for c in im.captions]
+
+
+def _n_words(at):
+    return len(at.button_group(key="c_word").options)
+
+
+def test_caption_words_map_and_strip(caption_app):
+    at = caption_app()
+    _ok(at)
+    assert any(m.value.startswith("**Caption** (written by the model):") for m in at.markdown)
+    n = _n_words(at)
+    assert 1 <= n <= 6
+    caps = _image_captions(at)
+    assert len(caps) == 1 + n                                   # the chosen word's map + one per word
+    assert caps[0].startswith("cross attention for")
+    assert sum("◀" in c for c in caps) == 1                     # the chosen word is marked in the strip
+    assert "c_probs" in [c.key for c in at.get("plotly_chart")]  # token probabilities
+    assert any(c.value.startswith("Strip: cross-attention, decoder layer 1, mean of heads") for c in at.caption)
+    assert at.expander                                           # teaching notes are collapsible
+
+
+def test_word_layer_and_head_switches_never_run_the_model(caption_app, runs):
+    at = caption_app()
+    _ok(at)
+    before = dict(runs)
+    assert before["generate"] == 1 and before["forward"] == 1    # one generation, one teacher-forced pass
+    n = _n_words(at)
+    at.button_group(key="c_word").set_value(n - 1).run()
+    _ok(at)
+    label = at.button_group(key="c_word").options[n - 1]
+    assert _image_captions(at)[0] == f"cross attention for “{label}”"
+    assert _image_captions(at)[n].endswith("◀")
+    at.selectbox(key="c_layer").set_value(0).run()
+    at.selectbox(key="c_head").set_value(2).run()
+    _ok(at)
+    assert any(c.value.startswith("Strip: cross-attention, decoder layer 0, head 2") for c in at.caption)
+    at.selectbox(key="c_head").set_value("max").run()
+    at.session_state["c_view_tab"] = "Hover for values"
+    at.run()
+    _ok(at)
+    assert "c_fig" in [c.key for c in at.get("plotly_chart")]
+    assert runs == before
+
+
+def test_relevance_and_a_captum_method_on_the_words_score(caption_app, runs):
+    at = caption_app()
+    at.selectbox(key="c_method").set_value("caption_relevance").run()
+    _ok(at)
+    n = _n_words(at)
+    caps = _image_captions(at)
+    assert caps[0].startswith("caption relevance for") and len(caps) == 1 + n
+    assert any(c.value.startswith("Strip: caption relevance") for c in at.caption)
+    at.selectbox(key="c_method").set_value("saliency").run()
+    _ok(at)
+    assert _image_captions(at)[0].startswith("saliency for")
+    assert any("gradient methods run once per word" in c.value for c in at.caption)   # strip falls back
+    at.selectbox(key="c_method").set_value("integrated_gradients").run()
+    _ok(at)
+    assert at.button(key="c_run:integrated_gradients")          # slow: waits for Run
+    at.number_input(key="p:integrated_gradients:n_steps").set_value(4).run()
+    at.button(key="c_run:integrated_gradients").click().run()
+    _ok(at)
+    assert _image_captions(at)[0].startswith("integrated gradients for")
+    assert runs["generate"] == 1                                 # the caption was generated once
+
+
+def test_typed_caption_is_scored_word_by_word(caption_app, runs):
+    at = caption_app()
+    at.text_input(key="caption").set_value("a red cat").run()
+    _ok(at)
+    assert any(m.value.startswith("**Caption** (typed by you, scored by the model): a red cat") for m in at.markdown)
+    assert at.button_group(key="c_word").options == ["a", "red", "cat"]
+    assert at.button_group(key="c_word").value == 1               # the first content word
+    assert runs["generate"] == 1 and runs["forward"] == 2         # typed: scored, not generated
+    at.text_input(key="caption").set_value("  ").run()           # empty again: back to the generated caption
+    _ok(at)
+    assert any(m.value.startswith("**Caption** (written by the model):") for m in at.markdown)
+    assert runs["generate"] == 1                                  # that capture was cached
+
+
+def test_url_restores_word_method_layer_and_head(tiny_captioner, monkeypatch, runs):
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(tiny_captioner))
+    _clear()
+    try:
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.query_params.update({"word": "1", "dec_layer": "0", "dec_head": "3", "caption_method": "cross_attention",
+                                "method": "rollout", "layer": "5"})
+        at.switch_page(CAPTION).run()
+        _ok(at)
+        assert not at.warning
+        assert at.button_group(key="c_word").value == 1
+        assert at.selectbox(key="c_layer").value == 0 and at.selectbox(key="c_head").value == 3
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.query_params.update({"word": "99", "dec_layer": "7", "dec_head": "x", "caption_method": "nope"})
+        at.switch_page(CAPTION).run()
+        assert not at.exception and not at.error
+        assert len(at.warning) == 4 and all(w.value.endswith(".") for w in at.warning)
+    finally:
+        _clear()
+
+
+def test_a_model_that_is_not_a_captioner_is_one_sentence(saved_models, monkeypatch):
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(saved_models["vit"]))
+    _clear()
+    try:
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.switch_page(CAPTION).run()
+        _ok(at)
+        assert len(at.info) == 1 and "is not a captioning model" in at.info[0].value
+        assert not at.get("image")
+        entry = catalog.load_catalog().get("demo-captioner-shapes")
+        if entry is None or not catalog.is_available_offline(entry):
+            pytest.skip("the demo captioner is not built here")
+        at.button(key="c_use_demo").click().run()
+        _ok(at)
+        assert at.selectbox(key="model").value == "demo-captioner-shapes"
+        assert any(m.value.startswith("**Caption** (written by the model):") for m in at.markdown)
+    finally:
+        _clear()
