@@ -173,7 +173,8 @@ def test_upload_explain_switch_heads_and_reject_a_broken_file(server, photo, tmp
             _no_exception(page)
             assert page.locator('[data-testid="stImage"] img').count() >= 1
             assert page.locator('[data-testid="stAlertContentError"]').count() == 0
-            assert "method=rollout" in page.url                                  # the link reproduces it
+            # The link reproduces it; the URL is rewritten after the rerun, so wait for it under load.
+            page.wait_for_url(re.compile(r"[?&]method=rollout(&|$)"))
             page.screenshot(path=str(ARTIFACTS / "browser-explore.png"))
 
             # The hover tab draws the interactive figure (lazily, when opened), then back to the overlay.
