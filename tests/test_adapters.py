@@ -147,3 +147,28 @@ def test_default_model_falls_back_to_demo_offline():
     cat = load_catalog()
     assert res.name == cat.offline_default
     assert "offline" in res.reason and "not cached" in res.reason
+
+
+def test_view_box_of_a_shortest_edge_resize_then_centre_crop():
+    """The box a 256-shortest-edge resize + 224 centre crop keeps, worked out by hand on a 640×480 image."""
+    from types import SimpleNamespace
+
+    from attnviz.adapters.geometry import view_box
+
+    proc = SimpleNamespace(do_center_crop=True, size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224})
+    # resize: 480 -> 256, so 640 -> 341.33 -> 341; crop offsets (341-224)//2 = 58, (256-224)//2 = 16;
+    # back in original pixels the scale is 640/341 across and 480/256 = 1.875 down.
+    left, top = round(58 * 640 / 341), round(16 * 1.875)
+    right, bottom = round((58 + 224) * 640 / 341), round((16 + 224) * 1.875)
+    assert view_box(proc, (640, 480)) == (left, top, right, bottom) == (109, 30, 529, 450)
+    assert view_box(SimpleNamespace(do_center_crop=False), (640, 480)) is None
+
+
+def test_custom_size_rounds_to_whole_patches_and_sees_the_whole_image(family, photo):
+    _, adapter = family
+    ph, pw = adapter.patch_size
+    inputs = adapter.prepare(photo, size=(2 * ph + ph // 2 - 1, 3 * pw + 1))   # both round down to whole patches
+    assert tuple(inputs["pixel_values"].shape[-2:]) == (2 * ph, 3 * pw)
+    assert inputs["box"] is None
+    layout = adapter.layout(inputs)
+    assert (layout.rows, layout.cols) == (2, 3)

@@ -46,7 +46,8 @@ from PIL import Image
 from ..errors import ModelUnavailable, UsageError
 from ..types import Capture, Target, TokenLayout
 from .base import ModelAdapter, register_adapter
-from .classifier import _pair, prefix_names, view_box
+from .classifier import prefix_names
+from .geometry import grid_layout, pair, view_box
 
 ARCHITECTURES = {"BlipForConditionalGeneration": "blip", "VisionEncoderDecoderModel": "vit-gpt2",
                  "GitForCausalLM": "git"}
@@ -116,8 +117,8 @@ class CaptionAdapter(ModelAdapter):
             self.prefix = ("cls",)
         self.vision_config = vc
         self.end_ids = set(end)
-        self.patch_size = _pair(vc.patch_size)
-        self.native_size = _pair(vc.image_size)
+        self.patch_size = pair(vc.patch_size)
+        self.native_size = pair(vc.image_size)
         # Decoder input is start + caption: the caption gets one position less than the model has.
         self.max_caption_tokens = max(1, min(MAX_CAPTION_TOKENS, int(positions) - 1))
         #: Generation settings used when ``prepare`` is not given them (greedy, 20 new tokens).
@@ -284,10 +285,7 @@ class CaptionAdapter(ModelAdapter):
         return ids, notes
 
     def layout(self, inputs) -> TokenLayout:
-        h, w = inputs["pixel_values"].shape[-2:]
-        ph, pw = self.patch_size
-        return TokenLayout(prefix_names=self.prefix, rows=h // ph, cols=w // pw,
-                           patch_size=self.patch_size, input_size=(int(h), int(w)))
+        return grid_layout(self.prefix, self.patch_size, inputs["pixel_values"])
 
     # --- generation and capture ---------------------------------------
     def generate(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:

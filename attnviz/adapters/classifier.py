@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..types import Target, TokenLayout
 from .base import ModelAdapter, accepts_kwarg, register_adapter
+from .geometry import grid_layout, pair, pixels
 
 # Architectures we accept by name (no remote code: every class is transformers' own).
 ARCHITECTURES = {
@@ -40,32 +41,6 @@ def prefix_names(config) -> tuple[str, ...]:
     return ("cls",)
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def view_box(processor, size: tuple[int, int]) -> Optional[tuple[int, int, int, int]]:
-    """The (left, top, right, bottom) region of the original image a center-crop keeps.
-
-    Returns None when the processor resizes the whole image (no crop).
-    """
-    if not getattr(processor, "do_center_crop", False) or not getattr(processor, "crop_size", None):
-        return None
-    w, h = size
-    rs = processor.size or {}
-    if "shortest_edge" in rs:
-        s = rs["shortest_edge"] / min(w, h)
-        rw, rh = round(w * s), round(h * s)
-    elif "height" in rs:
-        rw, rh = rs["width"], rs["height"]
-    else:
-        return None
-    cw, ch = processor.crop_size["width"], processor.crop_size["height"]
-    left, top = max(0, (rw - cw) // 2), max(0, (rh - ch) // 2)
-    sx, sy = w / rw, h / rh
-    return (round(left * sx), round(top * sy), round(min(rw, left + cw) * sx), round(min(rh, top + ch) * sy))
-
-
 @register_adapter
 class ClassifierAdapter(ModelAdapter):
     family = "classifier"
@@ -75,8 +50,8 @@ class ClassifierAdapter(ModelAdapter):
         super().__init__(model, processor, **kw)
         self.config = model.config
         self.headless = not hasattr(model, "classifier") and not hasattr(model, "cls_classifier")
-        self.patch_size = _pair(self.config.patch_size)
-        self.native_size = _pair(self.config.image_size)
+        self.patch_size = pair(self.config.patch_size)
+        self.native_size = pair(self.config.image_size)
         self.prefix = prefix_names(self.config)
         self.multi_label = getattr(self.config, "problem_type", None) == "multi_label_classification"
 
@@ -128,20 +103,11 @@ class ClassifierAdapter(ModelAdapter):
                 size: Optional[tuple[int, int]] = None) -> dict[str, Any]:
         """Processor output for one RGB image. ``size=(height, width)`` overrides the resize
         (rounded to whole patches) for families that interpolate position embeddings."""
-        kw: dict[str, Any] = {}
-        if size is not None:
-            ph, pw = self.patch_size
-            h, w = max(ph, round(size[0] / ph) * ph), max(pw, round(size[1] / pw) * pw)
-            kw = {"size": {"height": h, "width": w}, "do_center_crop": False}
-        pixel_values = self.processor(images=image, return_tensors="pt", **kw)["pixel_values"]
-        box = None if size is not None else view_box(self.processor, image.size)
+        pixel_values, box = pixels(self.processor, image, self.patch_size, size)
         return {"pixel_values": pixel_values, "box": box}
 
     def layout(self, inputs) -> TokenLayout:
-        h, w = inputs["pixel_values"].shape[-2:]
-        ph, pw = self.patch_size
-        return TokenLayout(prefix_names=self.prefix, rows=h // ph, cols=w // pw,
-                           patch_size=self.patch_size, input_size=(int(h), int(w)))
+        return grid_layout(self.prefix, self.patch_size, inputs["pixel_values"])
 
     def _forward_kwargs(self, pixel_values: torch.Tensor) -> dict[str, Any]:
         if tuple(pixel_values.shape[-2:]) != self.native_size and accepts_kwarg(self.model.forward, "interpolate_pos_encoding"):

@@ -23,7 +23,7 @@ from PIL import Image
 from ..errors import UsageError
 from ..types import Target, TokenLayout
 from .base import ModelAdapter, register_adapter
-from .classifier import _pair, view_box
+from .geometry import grid_layout, pair, pixels
 
 ARCHITECTURES = {"CLIPModel": "clip", "SiglipModel": "siglip"}
 
@@ -39,8 +39,8 @@ class ClipAdapter(ModelAdapter):
         self.config = model.config
         self.kind = "siglip" if self.config.model_type == "siglip" else "clip"
         vc = self.config.vision_config
-        self.patch_size = _pair(vc.patch_size)
-        self.native_size = _pair(vc.image_size)
+        self.patch_size = pair(vc.patch_size)
+        self.native_size = pair(vc.image_size)
         self.prefix = () if self.kind == "siglip" else ("cls",)
         self.max_text_tokens = self.config.text_config.max_position_embeddings
         self.last_block_patches_matter = self.kind == "siglip"
@@ -105,22 +105,14 @@ class ClipAdapter(ModelAdapter):
         padding = "max_length" if self.kind == "siglip" else True
         text = self.tokenizer(prompts, padding=padding, truncation=True, max_length=self.max_text_tokens,
                               return_tensors="pt")
-        kw: dict[str, Any] = {}
-        if size is not None:
-            ph, pw = self.patch_size
-            h, w = max(ph, round(size[0] / ph) * ph), max(pw, round(size[1] / pw) * pw)
-            kw = {"size": {"height": h, "width": w}, "do_center_crop": False}
-        pixel_values = self.processor(images=image, return_tensors="pt", **kw)["pixel_values"]
+        pixel_values, box = pixels(self.processor, image, self.patch_size, size)
         return {"pixel_values": pixel_values, "input_ids": text["input_ids"],
                 "attention_mask": text.get("attention_mask", torch.ones_like(text["input_ids"])),
                 "prompts": prompts, "notes": notes,
-                "box": None if size is not None else view_box(self.processor, image.size)}
+                "box": box}
 
     def layout(self, inputs) -> TokenLayout:
-        h, w = inputs["pixel_values"].shape[-2:]
-        ph, pw = self.patch_size
-        return TokenLayout(prefix_names=self.prefix, rows=h // ph, cols=w // pw,
-                           patch_size=self.patch_size, input_size=(int(h), int(w)))
+        return grid_layout(self.prefix, self.patch_size, inputs["pixel_values"])
 
     def text_readout_index(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[P] position each prompt's embedding is read from (CLIP: first EOS; SigLIP: last)."""
