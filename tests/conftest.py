@@ -50,3 +50,23 @@ def photo():
     img = np.stack([(x * 3) % 256, (y * 4) % 256, ((x + y) * 2) % 256], -1).astype(np.float32)
     img += rng.normal(0, 10, img.shape)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture
+def forwards(monkeypatch):
+    """Count the model's forward passes (every page) by wrapping the loader the app uses."""
+    import attnviz.ui.state as state
+    count = {"n": 0}
+    real = state.load_model
+
+    def loader(spec=None):
+        adapter = real(spec)
+        run = adapter._run
+
+        def counted(*a, **kw):
+            count["n"] += 1
+            return run(*a, **kw)
+        adapter._run = counted
+        return adapter
+    monkeypatch.setattr(state, "load_model", loader)
+    return count

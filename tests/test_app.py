@@ -32,26 +32,6 @@ def new_app(saved_models, monkeypatch):
     _clear()
 
 
-@pytest.fixture
-def forwards(monkeypatch):
-    """Count the model's forward passes by wrapping the loader the app uses."""
-    import attnviz.ui.state as state
-    count = {"n": 0}
-    real = state.load_model
-
-    def loader(spec=None):
-        adapter = real(spec)
-        run = adapter._run
-
-        def counted(*a, **kw):
-            count["n"] += 1
-            return run(*a, **kw)
-        adapter._run = counted
-        return adapter
-    monkeypatch.setattr(state, "load_model", loader)
-    return count
-
-
 def _ok(at):
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]

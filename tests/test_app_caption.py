@@ -1,20 +1,13 @@
 """The Caption page under streamlit.testing (AppTest), on a tiny random ViT-GPT2 captioner saved and reloaded."""
-from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from attnviz import catalog
+from tests.test_app import APP, _clear
 
-ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app.py")
 CAPTION = "attnviz/ui/pages/caption.py"
 
-
-def _clear():
-    st.cache_resource.clear()
-    st.cache_data.clear()
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,12 @@
 """The Text prompts page under streamlit.testing (AppTest), with tiny random CLIP / SigLIP models."""
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from tests.test_app import APP, _captions, _images
+from tests.test_app import APP, _captions, _clear, _images
 
 PROMPTS_PAGE = "attnviz/ui/pages/prompts.py"
 EMPTY = "Type at least one prompt, one per line."
 
-
-def _clear():
-    st.cache_resource.clear()
-    st.cache_data.clear()
 
 
 @pytest.fixture(scope="module")
@@ -27,26 +22,6 @@ def clip_dirs(tmp_path_factory):
         a.tokenizer.save_pretrained(d)
         out[kind] = d
     return out
-
-
-@pytest.fixture
-def forwards(monkeypatch):
-    """Count every model forward by wrapping the loader the app uses."""
-    import attnviz.ui.state as state
-    count = {"n": 0}
-    real = state.load_model
-
-    def loader(spec=None):
-        adapter = real(spec)
-        run = adapter._run
-
-        def counted(*a, **kw):
-            count["n"] += 1
-            return run(*a, **kw)
-        adapter._run = counted
-        return adapter
-    monkeypatch.setattr(state, "load_model", loader)
-    return count
 
 
 @pytest.fixture
