@@ -12,21 +12,41 @@ CLASSIFIER_KINDS = ("vit", "vit-headless", "deit", "deit-teacher", "beit", "dino
                     "dinov2-registers")
 PREFIX = {"vit": 1, "vit-headless": 1, "deit": 2, "deit-teacher": 2, "beit": 1, "dinov2": 1,
           "dinov2-headless": 1, "dinov2-registers": 5}
+CLIP_KINDS = ("clip", "siglip")
+CAPTION_KINDS = ("blip", "vit-gpt2", "git")
+
+
+def save_tiny(adapter, folder):
+    """Write a tiny adapter's model (safetensors), processor and tokenizer as a hub folder holds them."""
+    adapter.model.save_pretrained(folder, safe_serialization=True)
+    adapter.processor.save_pretrained(folder)
+    if getattr(adapter, "tokenizer", None) is not None:
+        adapter.tokenizer.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def saved_models(tmp_path_factory):
-    """kind -> folder written by save_pretrained (weights as safetensors)."""
+    """kind -> classifier folder written by save_pretrained (weights as safetensors)."""
     from attnviz.adapters.classifier import ClassifierAdapter
     root = tmp_path_factory.mktemp("models")
-    out = {}
-    for kind in CLASSIFIER_KINDS:
-        a = ClassifierAdapter.tiny(kind)
-        path = root / kind
-        a.model.save_pretrained(path, safe_serialization=True)
-        a.processor.save_pretrained(path)
-        out[kind] = path
-    return out
+    return {kind: save_tiny(ClassifierAdapter.tiny(kind), root / kind) for kind in CLASSIFIER_KINDS}
+
+
+@pytest.fixture(scope="session")
+def clip_dirs(tmp_path_factory):
+    """"clip" / "siglip" -> a tiny random image–text folder with the tokenizer the adapter writes."""
+    from attnviz.adapters.clip import ClipAdapter
+    return {kind: save_tiny(ClipAdapter.tiny(kind), tmp_path_factory.mktemp(f"tiny-{kind}"))
+            for kind in CLIP_KINDS}
+
+
+@pytest.fixture(scope="session")
+def caption_dirs(tmp_path_factory):
+    """kind -> a tiny random captioner folder (model, image processor, tokenizer)."""
+    from attnviz.adapters.captioning import CaptionAdapter
+    return {kind: save_tiny(CaptionAdapter.tiny(kind), tmp_path_factory.mktemp(f"tiny-{kind}"))
+            for kind in CAPTION_KINDS}
 
 
 _loaded = {}

@@ -10,18 +10,6 @@ CAPTION = "attnviz/ui/pages/caption.py"
 
 
 
-@pytest.fixture(scope="module")
-def tiny_captioner(tmp_path_factory):
-    """A random 2-layer ViT-GPT2 captioner folder (safetensors, image processor, tokenizer)."""
-    from attnviz.adapters.captioning import CaptionAdapter
-    a = CaptionAdapter.tiny("vit-gpt2")
-    d = tmp_path_factory.mktemp("tiny-vit-gpt2")
-    a.model.save_pretrained(d)
-    a.processor.save_pretrained(d)
-    a.tokenizer.save_pretrained(d)
-    return d
-
-
 @pytest.fixture
 def runs(monkeypatch):
     """Count generations and model forwards of the adapter the app loads (through the real loader)."""
@@ -48,9 +36,9 @@ def runs(monkeypatch):
 
 
 @pytest.fixture
-def caption_app(tiny_captioner, monkeypatch, runs):
+def caption_app(caption_dirs, monkeypatch, runs):
     """AppTest on the Caption page with the tiny captioner as ATTNVIZ_MODEL."""
-    monkeypatch.setenv("ATTNVIZ_MODEL", str(tiny_captioner))
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(caption_dirs["vit-gpt2"]))
     monkeypatch.delenv("ATTNVIZ_ALLOW_CUSTOM_MODELS", raising=False)
     _clear()
 
@@ -150,8 +138,8 @@ def test_typed_caption_is_scored_word_by_word(caption_app, runs):
     assert runs["generate"] == 1                                  # that capture was cached
 
 
-def test_url_restores_word_method_layer_and_head(tiny_captioner, monkeypatch, runs):
-    monkeypatch.setenv("ATTNVIZ_MODEL", str(tiny_captioner))
+def test_url_restores_word_method_layer_and_head(caption_dirs, monkeypatch, runs):
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(caption_dirs["vit-gpt2"]))
     _clear()
     try:
         at = AppTest.from_file(APP, default_timeout=120)

@@ -9,21 +9,6 @@ EMPTY = "Type at least one prompt, one per line."
 
 
 
-@pytest.fixture(scope="module")
-def clip_dirs(tmp_path_factory):
-    """Tiny random CLIP and SigLIP written with save_pretrained, loaded back through the real loader."""
-    from attnviz.adapters.clip import ClipAdapter
-    out = {}
-    for kind in ("clip", "siglip"):
-        a = ClipAdapter.tiny(kind)
-        d = tmp_path_factory.mktemp(f"tiny-{kind}")
-        a.model.save_pretrained(d, safe_serialization=True)
-        a.processor.save_pretrained(d)
-        a.tokenizer.save_pretrained(d)
-        out[kind] = d
-    return out
-
-
 @pytest.fixture
 def prompts_app(clip_dirs, monkeypatch):
     """A factory: an AppTest on the given tiny model (ATTNVIZ_MODEL), already on the Text prompts page."""

@@ -11,25 +11,11 @@ from attnviz.errors import ModelUnavailable, UsageError
 from attnviz.methods import list_methods
 from attnviz.methods.captioning import cross_attention_strip
 
-KINDS = ("blip", "vit-gpt2", "git")
+from .conftest import CAPTION_KINDS as KINDS
+
 LIGHT = {"integrated_gradients": {"n_steps": 8}, "gradient_shap": {"n_samples": 4}, "smoothgrad": {"nt_samples": 4},
          "lime": {"n_samples": 16}, "kernel_shap": {"n_samples": 16}}
 MAX_NEW = 6
-
-
-@pytest.fixture(scope="session")
-def caption_dirs(tmp_path_factory):
-    """kind -> folder with model (safetensors), image processor and tokenizer, as save_pretrained writes them."""
-    from attnviz.adapters.captioning import CaptionAdapter
-    out = {}
-    for kind in KINDS:
-        a = CaptionAdapter.tiny(kind)
-        d = tmp_path_factory.mktemp(kind)
-        a.model.save_pretrained(d)
-        a.processor.save_pretrained(d)
-        a.tokenizer.save_pretrained(d)
-        out[kind] = d
-    return out
 
 
 _loaded = {}

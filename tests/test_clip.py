@@ -15,20 +15,6 @@ LIGHT = {"integrated_gradients": {"n_steps": 8}, "gradient_shap": {"n_samples": 
          "lime": {"n_samples": 16}, "kernel_shap": {"n_samples": 16}}
 
 
-@pytest.fixture(scope="session")
-def clip_dirs(tmp_path_factory):
-    from attnviz.adapters.clip import ClipAdapter
-    out = {}
-    for kind in ("clip", "siglip"):
-        a = ClipAdapter.tiny(kind)
-        d = tmp_path_factory.mktemp(kind)
-        a.model.save_pretrained(d)
-        a.processor.save_pretrained(d)
-        a.tokenizer.save_pretrained(d)
-        out[kind] = d
-    return out
-
-
 @pytest.fixture(params=["clip", "siglip"])
 def clip(request, clip_dirs):
     return request.param, attnviz.load_model(str(clip_dirs[request.param]))
