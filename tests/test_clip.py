@@ -132,3 +132,29 @@ def test_cli_prompts_json(capsys, tmp_path, clip_dirs, photo):
     assert all(len(p["tokens"]) >= 3 and "relevance" in p["tokens"][0] for p in rec["prompts"])
     code = main(["explain", str(img), "--model", str(clip_dirs["clip"])])
     assert code == 2 and "--text" in capsys.readouterr().err
+
+
+def test_a_checkpoint_can_declare_its_own_method_defaults(tmp_path, photo):
+    """config.json's "attnviz.method_defaults" overrides the family's default; a user's value overrides both."""
+    from attnviz.adapters.clip import ClipAdapter
+    from attnviz.errors import UsageError
+
+    from .conftest import save_tiny
+
+    tiny = ClipAdapter.tiny("clip")
+    assert tiny.method_defaults("relevance") == {"start_layer": -1}          # CLIP's family default
+    tiny.model.config.attnviz = {"method_defaults": {"relevance": {"start_layer": 0}}}
+    adapter = attnviz.load_model(str(save_tiny(tiny, tmp_path / "declared")))
+    assert adapter.method_defaults("relevance") == {"start_layer": 0}
+    assert adapter.method_defaults("text_relevance") == {"start_layer": -1}  # not declared: the family's
+    cap = attnviz.capture(adapter, photo, texts=PROMPTS[:2])
+    assert attnviz.explain(adapter, cap, "relevance", target=0).params["start_layer"] == 0
+    assert attnviz.explain(adapter, cap, "relevance", target=0, start_layer=1).params["start_layer"] == 1
+    # all layers from 0 is a different map from the last layer alone (the declared value is really used)
+    last = attnviz.explain(adapter, cap, "relevance", target=0, start_layer=-1).map
+    assert not np.allclose(attnviz.explain(adapter, cap, "relevance", target=0).map, last)
+    # a declared value of the wrong type is refused in one sentence, unless the user sets the parameter
+    adapter.model.config.attnviz = {"method_defaults": {"relevance": {"start_layer": "top"}}}
+    with pytest.raises(UsageError, match="start_layer"):
+        attnviz.explain(adapter, cap, "relevance", target=0)
+    assert attnviz.explain(adapter, cap, "relevance", target=0, start_layer=0).params["start_layer"] == 0

@@ -16,10 +16,15 @@ from attnviz.demo import train_clip as T  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "demo-clip-shapes"
-# Floors for the shipped model on 100 fresh two-object scenes (the model card reports 500).
-POINTING_FLOOR = 0.80          # relevance at CLIP's default start layer, metric's default (pixel) mode
-CAPTION_FLOOR = 0.80           # the right caption among 10 (chance 0.10)
-OBJECT_FLOOR = 0.60            # the top two of 35 object phrases are exactly the scene's two objects
+# Floors for the shipped model on 100 fresh two-object scenes (its model card reports 500). Pointing: the
+# hottest patch of the relevance map lies on the named object ("cell" mode of pointing_game_hit) and the
+# hottest pixel of the map as the overlay draws it ("bilinear") does too, at the model's declared default
+# (start_layer 0: all six blocks); at CLIP's usual last-layer-only setting the patch reading still holds.
+POINTING_FLOOR = 0.95
+POINTING_BILINEAR_FLOOR = 0.85
+POINTING_LAST_LAYER_FLOOR = 0.75
+CAPTION_FLOOR = 0.90           # the right caption among 10 (the others: one colour or shape changed; chance 0.10)
+OBJECT_FLOOR = 0.90            # the top two of 35 object phrases are exactly the scene's two objects
 
 
 # --------------------------------------------------------------------------- tokenizer and data
@@ -126,6 +131,9 @@ def test_shipped_model_points_at_the_named_object_and_reads_captions():
     from attnviz.demo.evaluate_clip import EVAL_SEED, evaluate
 
     r = evaluate(str(SHIPPED), n=100, seed=EVAL_SEED)
-    assert r["pointing"]["start_layer_-1"]["pixel"] >= POINTING_FLOOR, r
+    assert r["default_start_layer"] == 0, r
+    assert r["pointing"]["start_layer_0"]["cell"] >= POINTING_FLOOR, r
+    assert r["pointing"]["start_layer_0"]["bilinear"] >= POINTING_BILINEAR_FLOOR, r
+    assert r["pointing"]["start_layer_-1"]["cell"] >= POINTING_LAST_LAYER_FLOOR, r
     assert r["zero_shot_caption_accuracy"] >= CAPTION_FLOOR, r
     assert r["zero_shot_object_accuracy"] >= OBJECT_FLOOR, r

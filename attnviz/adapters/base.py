@@ -112,13 +112,33 @@ class ModelAdapter:
     def n_layers(self) -> int:
         return self.model.config.num_hidden_layers
 
-    def method_defaults(self, method: str) -> dict[str, Any]:
+    def family_method_defaults(self, method: str) -> dict[str, Any]:
         """Parameter defaults this family prefers for ``method`` (over the registry's)."""
         return {}
+
+    def method_defaults(self, method: str) -> dict[str, Any]:
+        """The family's defaults for ``method``, then what the checkpoint declares in its config.
+
+        A checkpoint may declare its own, e.g. ``"attnviz": {"method_defaults": {"relevance":
+        {"start_layer": 0}}}`` in ``config.json`` (a shallow model whose early layers are not noise).
+        Values still go through the method's parameter checks.
+        """
+        out = dict(self.family_method_defaults(method))
+        declared = getattr(getattr(self.model, "config", None), "attnviz", None)
+        if isinstance(declared, dict):
+            per_method = (declared.get("method_defaults") or {}).get(method) or {}
+            if isinstance(per_method, dict):
+                out.update({str(k): v for k, v in per_method.items()})
+        return out
 
     def probabilities(self, capture: Capture) -> torch.Tensor:
         """Scores as probabilities for display (softmax unless the family says otherwise)."""
         return torch.softmax(capture.scores, dim=-1)
+
+    def probabilities_from_scores(self, scores: torch.Tensor) -> Optional[torch.Tensor]:
+        """[B, n_targets] probabilities from a batch of ``forward_scores``; None when the scores alone
+        do not define one (a single softmax target would always be 1)."""
+        return torch.softmax(scores, dim=-1) if scores.shape[-1] > 1 else None
 
     def forward_scores(self, pixel_values: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """[B, n_targets] scores for a batch of pixel tensors: the function Captum explains."""

@@ -401,6 +401,9 @@ class CaptionAdapter(ModelAdapter):
         """Each caption token's probability at the position that predicts it (softmax over the vocabulary)."""
         return capture.extras["log_probs"].exp()
 
+    def probabilities_from_scores(self, scores):
+        return None       # the scores are the caption tokens' logits; a probability needs the whole vocabulary
+
     def caption_text(self, capture: Capture) -> str:
         # Start and end tokens are not part of the ids; an [UNK] the caption holds is shown as such.
         return self.tokenizer.decode(capture.extras["caption_ids"], skip_special_tokens=False).strip()

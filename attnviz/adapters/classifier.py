@@ -134,7 +134,12 @@ class ClassifierAdapter(ModelAdapter):
     def probabilities(self, capture):
         if self.headless:
             return torch.ones(1)
-        return torch.sigmoid(capture.scores) if self.multi_label else torch.softmax(capture.scores, -1)
+        return self.probabilities_from_scores(capture.scores[None])[0]
+
+    def probabilities_from_scores(self, scores):
+        if self.headless:
+            return None                     # the target is a norm, not a class
+        return torch.sigmoid(scores) if self.multi_label else torch.softmax(scores, -1)
 
     def readout(self, layout):
         r = super().readout(layout)

@@ -189,10 +189,15 @@ class ClipAdapter(ModelAdapter):
             return torch.sigmoid(capture.scores)
         return torch.softmax(capture.scores, -1)
 
+    def probabilities_from_scores(self, scores):
+        if self.kind == "siglip":
+            return torch.sigmoid(scores)        # each prompt on its own
+        return torch.softmax(scores, -1) if scores.shape[-1] > 1 else None   # one prompt: always 1
+
     def token_block(self, layer: int) -> torch.nn.Module:
         return self.model.vision_model.encoder.layers[layer]
 
-    def method_defaults(self, method: str) -> dict[str, Any]:
+    def family_method_defaults(self, method: str) -> dict[str, Any]:
         # Chefer et al.'s CLIP demo accumulates only the last layer: earlier CLIP layers
         # spread relevance over the whole image and the maps turn to noise.
         if method in ("relevance", "text_relevance") and self.kind == "clip":

@@ -14,11 +14,14 @@ training scenes use other dataset seeds):
   ("a red circle", ...) are exactly the scene's two objects;
 * pointing game (Zhang et al. 2016, https://arxiv.org/abs/1608.00507) for each
   object's phrase: the image-side ``relevance`` map's maximum lies in that
-  object's mask (:func:`attnviz.metrics.pointing_game_hit`), at CLIP's default
-  ``start_layer`` (-1: the last layer only) and at ``start_layer=0`` (all
-  layers); "pixel" is the metric's default mode, "cell" counts the argmax patch
-  as a hit when it touches the object; ``on_other`` is how often the argmax
-  patch touches the *other* object instead.
+  object's mask (:func:`attnviz.metrics.pointing_game_hit`), at CLIP's usual
+  ``start_layer`` (-1: the last layer only, Chefer et al.'s CLIP setting) and at
+  ``start_layer=0`` (all layers); ``default_start_layer`` says which one the
+  model uses when none is given (the demo model declares 0). "pixel" is the
+  metric's default mode, "cell" counts the argmax patch as a hit when it
+  touches the object, "bilinear" looks up the hottest pixel of the map as the
+  overlay draws it; ``on_other`` is how often the argmax patch touches the
+  *other* object instead.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 
 DEFAULT_MODEL_DIR = "models/demo-clip-shapes"
 EVAL_SEED = 20_000
-START_LAYERS = {"default": None, "start_layer_0": 0}
+START_LAYERS = {"start_layer_-1": -1, "start_layer_0": 0}
 
 
 def distractor_captions(scene, k: int, rng: np.random.Generator) -> list[str]:
@@ -72,28 +75,28 @@ def evaluate(model_or_dir=DEFAULT_MODEL_DIR, n: int = 200, seed: int = EVAL_SEED
         cap = attnviz.capture(model, img, texts=candidates, grads=False)
         caption_hits += int(int(cap.scores.argmax()) == 0)
 
-        cap = attnviz.capture(model, img, texts=phrases)
+        cap = attnviz.capture(model, img, texts=phrases, grads=False)
         truth = [phrases.index(phrase(o.colour, o.shape)) for o in scene.objects]
         top2 = set(cap.scores.detach().topk(2).indices.tolist())
         object_hits += int(top2 == set(truth))
-        for i, (p, mask) in enumerate(zip(truth, scene.masks)):
+        # the maps: one prompt per object (a prompt's logit does not depend on the other prompts)
+        cap = attnviz.capture(model, img, texts=[phrases[p] for p in truth])
+        for i, mask in enumerate(scene.masks):
             other = np.delete(scene.masks, i, axis=0).any(0)
             for name, start in START_LAYERS.items():
-                kw = {} if start is None else {"start_layer": start}
-                m = attnviz.explain(model, cap, "relevance", target=p, **kw).map
+                m = attnviz.explain(model, cap, "relevance", target=i, start_layer=start).map
                 for mode in POINTING_MODES:
                     point[name][mode] += pointing_game_hit(m, mask, mode=mode)
                 point[name]["on_other"] += pointing_game_hit(m, other, mode="cell")
             explained += 1
         if progress and (k + 1) % 25 == 0:
             print(f"  {k + 1}/{n} scenes", file=sys.stderr, flush=True)
-    default_start = model.method_defaults("relevance").get("start_layer", 0)
     return {
         "scenes": n, "seed": seed,
         "zero_shot_caption_accuracy": caption_hits / n, "caption_candidates": 1 + distractors,
         "zero_shot_object_accuracy": object_hits / n, "object_candidates": len(phrases),
-        "pointing": {f"start_layer_{default_start}" if name == "default" else name:
-                     {k2: v / explained for k2, v in d.items()} for name, d in point.items()},
+        "default_start_layer": attnviz.explain(model, cap, "relevance", target=0).params["start_layer"],
+        "pointing": {name: {k2: v / explained for k2, v in d.items()} for name, d in point.items()},
         "pointing_explained": explained,
         "seconds": round(time.time() - t0, 1),
     }

@@ -12,9 +12,10 @@ pieces). Data: :mod:`attnviz.demo.scenes` and their captions.
 Losses, per batch of scenes:
 
 * object phrases: every one of the 35 phrases "a <colour> <shape>" is scored
-  against every image with an independent sigmoid (SigLIP's loss, Zhai et al.
-  2023, https://arxiv.org/abs/2303.15343, with a bias used only in training);
-  the phrases of the scene's objects are the positives. The other 33 are
+  against every image, both with an independent sigmoid (SigLIP's loss, Zhai
+  et al. 2023, https://arxiv.org/abs/2303.15343, with a bias used only in
+  training) and with a softmax over the 35 whose target is shared by the
+  scene's objects (as zero-shot use ranks prompts). The other phrases are the
   negatives, among them the hard ones (same shape in another colour, same
   colour on another shape), so the image embedding has to bind each colour to
   its shape, which it can only do by looking at the objects.
@@ -22,13 +23,16 @@ Losses, per batch of scenes:
   https://arxiv.org/abs/2103.00020) between the images and their captions,
   plus, for each image, hard-negative captions with one object's colour or
   shape changed.
-* a hint during the first part of training (weight fading to zero): a linear
-  probe on the vision tower's middle-layer patch tokens predicts which object
-  (colour and shape) covers each patch, from the generator's masks. As in the
-  demo classifier (see FIELD-NOTES), a small ViT trained from scratch on CPU
-  otherwise sits on a plateau for minutes. The probe is discarded; the saved
-  model is a stock CLIP checkpoint.
+* patch hints from the generator's masks, through linear probes that are
+  thrown away: the middle layer's patch tokens predict which object (colour
+  and shape) covers each patch, with a weight fading to zero over the first
+  half (as the demo classifier's teacher hint: see FIELD-NOTES, a small ViT
+  on CPU otherwise sits on a plateau), and the patch tokens the last block
+  reads keep saying what is at their own place (a constant, smaller weight).
+  Neither touches the CLS token or any attention weight directly.
 
+The vision tower starts from the demo classifier's encoder
+(``models/demo-vit-shapes``, same patch geometry) when it is there.
 Only the model, its image processor (``CLIPImageProcessor``, 64×64, no crop)
 and its tokenizer are saved (``save_pretrained``, safetensors).
 """
@@ -348,7 +352,7 @@ def train(out: str = DEFAULT_OUT, seed: int = 0, fast: bool = False, *, steps: i
     steps = steps or 2400
     pool_size = pool_size or 8000
     refresh = 16 if refresh is None else refresh
-    eval_n = 200 if eval_n is None else eval_n
+    eval_n = 100 if eval_n is None else eval_n
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 1])
     tqdm_kw = dict(disable=quiet, mininterval=2.0, file=sys.stdout, dynamic_ncols=True)
@@ -467,6 +471,9 @@ def train(out: str = DEFAULT_OUT, seed: int = 0, fast: bool = False, *, steps: i
     model.eval()
     model.config.attnviz_demo = {"generator": "attnviz.demo.scenes", "train_seed": seed,
                                  "example_prompts": list(EXAMPLE_PROMPTS)}
+    # Six blocks, not CLIP's twelve: accumulating relevance from the first block gives the sharper map
+    # here (the model card measures both), so the checkpoint declares it over CLIP's last-layer default.
+    model.config.attnviz = {"method_defaults": {"relevance": {"start_layer": 0}}}
     model.save_pretrained(out_dir, safe_serialization=True)
     make_image_processor().save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -508,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hint-fraction", type=float, default=0.5, help="share of steps with the patch hint")
     ap.add_argument("--local-weight", type=float, default=0.5,
                     help="weight of the last block's patch-locality loss (0: off)")
-    ap.add_argument("--eval", type=int, default=None, help="fresh scenes evaluated at the end (default 200; 0: skip)")
+    ap.add_argument("--eval", type=int, default=None, help="fresh scenes evaluated at the end (default 100; 0: skip)")
     ap.add_argument("--fast", action="store_true",
                     help="a few steps of a smaller model on a tiny pool (for tests; the model is not useful)")
     ap.add_argument("--quiet", action="store_true")

@@ -91,14 +91,15 @@ def list_methods(family: Optional[str] = None) -> list[MethodSpec]:
 
 def resolve_params(spec: MethodSpec, params: dict[str, Any], family_defaults: Optional[dict[str, Any]] = None
                    ) -> dict[str, Any]:
-    """Defaults, then the model family's own defaults (e.g. CLIP's start layer), then the user's values."""
+    """Defaults, then the model's own (CLIP's start layer; a checkpoint's declared ones), then the user's values."""
     known = {p.name: p for p in spec.params}
     unknown = set(params) - set(known)
     if unknown:
         names = ", ".join(known) or "none"
         raise UsageError(f"Method '{spec.name}' has no parameter {', '.join(sorted(unknown))} (it takes: {names}).")
     out = spec.defaults()
-    out.update({k: v for k, v in (family_defaults or {}).items() if k in known})
+    # the family's and the checkpoint's own defaults pass the same checks as a user's value
+    out.update({k: known[k].parse(v) for k, v in (family_defaults or {}).items() if k in known and k not in params})
     out.update({k: known[k].parse(v) for k, v in params.items()})
     return out
 
