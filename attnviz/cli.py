@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--head", help="head index or mean/max/min")
         p.add_argument("--param", action="append", default=[], metavar="K=V", help="method parameter (repeatable)")
         p.add_argument("--size", type=_size, help="model input HEIGHTxWIDTH (rounded to whole patches)")
+        p.add_argument("--faithfulness", action="store_true",
+                       help="also run deletion / insertion (RISE) for the map, with a random order as the yardstick")
+        p.add_argument("--sanity", action="store_true",
+                       help="also run the cascading weight-randomisation check (Adebayo et al. 2018)")
 
     e = sub.add_parser("explain", help="explain one image")
     e.add_argument("image")
@@ -112,7 +116,25 @@ def _explain_one(adapter, image, args, params, progress=None):
     cap = adapter.capture(adapter.prepare(image, texts=args.text or None, size=args.size))
     t1 = time.perf_counter()
     exp = explain(adapter, cap, args.method, args.target, progress=progress, **params)
-    return cap, exp, {"capture": t1 - t0, "method": time.perf_counter() - t1}
+    timings = {"capture": t1 - t0, "method": time.perf_counter() - t1}
+    checks = _checks(adapter, cap, exp, args, timings)
+    return cap, exp, timings, checks
+
+
+def _checks(adapter, cap, exp, args, timings) -> dict:
+    """The faithfulness checks asked for (--faithfulness, --sanity), JSON-ready."""
+    from .metrics import cascading_randomisation, deletion_insertion, deletion_summary
+    out: dict = {}
+    target = adapter.resolve_target(cap, args.target).index
+    if args.faithfulness:
+        t0 = time.perf_counter()
+        out["faithfulness"] = deletion_summary(deletion_insertion(adapter, cap, exp, target=target))
+        timings["faithfulness"] = time.perf_counter() - t0
+    if args.sanity:
+        t0 = time.perf_counter()
+        out["sanity"] = [s.to_dict() for s in cascading_randomisation(adapter, cap, exp)]
+        timings["sanity"] = time.perf_counter() - t0
+    return out
 
 
 def _write_out(path: Path, image, cap, exp) -> None:
@@ -167,12 +189,12 @@ def cmd_explain(args) -> int:
     adapter = _load(args)
     t_model = time.perf_counter()
     progress = _tqdm_progress() if not args.json else None
-    cap, exp, timings = _explain_one(adapter, image, args, params, progress)
+    cap, exp, timings, checks = _explain_one(adapter, image, args, params, progress)
     if args.out:
         _write_out(Path(args.out), image, cap, exp)
     timings = {"image": t_load - t0, "model_load": t_model - t_load, **timings,
                "total": time.perf_counter() - t0}
-    rec = _record(adapter, cap, exp, timings)
+    rec = {**_record(adapter, cap, exp, timings), **checks}
     for note in cap.extras.get("notes", []):
         print(f"attnviz: {note}", file=sys.stderr)
     if adapter.family == "captioning" and not args.json:
@@ -183,6 +205,14 @@ def cmd_explain(args) -> int:
         t = rec["target"]
         print(f"{rec['model']} · {rec['method']} · target {t['index']} ({t['label']}, score {rec['score']:.4g}) · "
               f"map {'×'.join(map(str, rec['map_shape']))} over {rec['over']} · {timings['total']:.2f} s")
+        if "faithfulness" in rec:
+            f = rec["faithfulness"]
+            print(f"deletion AUC {f['deletion_auc']:.4g} (random order {f['random_deletion_auc']:.4g}, lower is better) · "
+                  f"insertion AUC {f['insertion_auc']:.4g} (random {f['random_insertion_auc']:.4g}, higher is better) · "
+                  f"target {f['quantity']}")
+        if "sanity" in rec:
+            print("weights randomised from the top: Spearman |map| " +
+                  ", ".join(f"{s['randomised']} {s['spearman_abs']:.2f}" for s in rec["sanity"]))
     return EXIT_OK
 
 
@@ -234,11 +264,11 @@ def cmd_batch(args) -> int:
                 log.write(json.dumps({"file": path.name, "error": str(e)}) + "\n")
                 continue
             t0 = time.perf_counter()
-            cap, exp, timings = _explain_one(adapter, image, args, params)
+            cap, exp, timings, checks = _explain_one(adapter, image, args, params)
             _write_out(out / f"{path.stem}.npy", image, cap, exp)
             _write_out(out / f"{path.stem}.png", image, cap, exp)
             timings["total"] = time.perf_counter() - t0
-            log.write(json.dumps({"file": path.name, **_record(adapter, cap, exp, timings)}) + "\n")
+            log.write(json.dumps({"file": path.name, **_record(adapter, cap, exp, timings), **checks}) + "\n")
     print(f"{len(files) - rejected} explained, {rejected} rejected; results in {out / 'results.jsonl'}", file=sys.stderr)
     return EXIT_OK if rejected == 0 else EXIT_IMAGE
 

@@ -58,7 +58,7 @@ def pointing_game_hit(map2d, mask, box=None, *, mode: str = "pixel") -> bool:
     bh, bw = bottom - top, right - left
     if mode in ("pixel", "bilinear"):
         if mode == "bilinear" and m.shape != (bh, bw):
-            from .render import upsample
+            from ..render import upsample
             m = np.where(np.isfinite(m), m, np.nanmin(np.where(np.isfinite(m), m, np.nan)))
             up = upsample(m.astype(np.float32), (bw, bh), "bilinear")
         else:

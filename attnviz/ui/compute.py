@@ -19,6 +19,7 @@ from .. import headstats
 from ..methods import attention as attention_methods
 from ..methods.registry import explain as explain_capture
 from ..methods.registry import get_method, resolve_params
+from ..metrics import cascading_randomisation, deletion_insertion
 from ..types import Capture, Explanation
 from .cache import ResultCache
 
@@ -94,6 +95,34 @@ class Engine:
             # a capture's backward passes take turns, seeded methods take turns for the RNG.
             return explain_capture(adapter, entry.capture, method, target, progress=progress, **params)
         return self.results.get_or_compute(key, run)
+
+    # --- faithfulness checks --------------------------------------------
+    def _check_key(self, check: str, adapter, entry: CaptureEntry, digest: str, method: str, target: Any,
+                   params: dict[str, Any]) -> tuple:
+        # the target always counts here: a class-agnostic map is still judged on the chosen target's score
+        key = self.explanation_key(adapter, entry, digest, method, target, params)
+        return (check, *key[1:-1], adapter.resolve_target(entry.capture, target).index)
+
+    def peek_faithfulness(self, adapter, entry, digest, method, target, params) -> Optional[dict]:
+        return self.results.peek(self._check_key("deletion", adapter, entry, digest, method, target, params))
+
+    def faithfulness(self, adapter, entry: CaptureEntry, digest: str, method: str, target: Any,
+                     params: dict[str, Any], *, exp: Explanation, progress: Optional[Progress] = None) -> dict:
+        """Deletion and insertion curves of ``exp`` (RISE) with one random order each, cached."""
+        key = self._check_key("deletion", adapter, entry, digest, method, target, params)
+        tgt = key[-1]
+        return self.results.get_or_compute(key, lambda: deletion_insertion(
+            adapter, entry.capture, exp, target=tgt, progress=progress))
+
+    def peek_randomisation(self, adapter, entry, digest, method, target, params) -> Optional[list]:
+        return self.results.peek(self._check_key("randomise", adapter, entry, digest, method, target, params))
+
+    def randomisation(self, adapter, entry: CaptureEntry, digest: str, method: str, target: Any,
+                      params: dict[str, Any], *, exp: Explanation, progress: Optional[Progress] = None) -> list:
+        """The cascading weight-randomisation check of ``exp`` (on a copy of the model), cached."""
+        key = self._check_key("randomise", adapter, entry, digest, method, target, params)
+        return self.results.get_or_compute(key, lambda: cascading_randomisation(
+            adapter, entry.capture, exp, progress=progress))
 
     # --- heads page ---------------------------------------------------
     def attention_grid(self, adapter, entry: CaptureEntry, digest: str, query: str) -> np.ndarray:

@@ -144,3 +144,42 @@ def head_stats_figure(distance: np.ndarray, entropy: np.ndarray, n_tokens: int, 
     fig.update_yaxes(rangemode="tozero")
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def deletion_figure(result: dict):
+    """Deletion and insertion curves of a map (solid) beside random orders (dotted), AUC in the legend."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    colours = {"deletion": "#e4572e", "insertion": "#4c78a8"}
+    for kind in ("deletion", "insertion"):
+        c = result[kind]
+        fig.add_trace(go.Scatter(x=c.fractions, y=c.values, mode="lines+markers", marker=dict(size=4),
+                                 line=dict(color=colours[kind], width=2.5),
+                                 name=f"{kind}, map order (AUC {c.auc:.3f})",
+                                 hovertemplate="%{x:.0%} changed<br>%{y:.4g}<extra></extra>"))
+        for i, r in enumerate(result[f"random_{kind}"]):
+            fig.add_trace(go.Scatter(x=r.fractions, y=r.values, mode="lines", showlegend=i == 0,
+                                     line=dict(color=colours[kind], width=1.5, dash="dot"),
+                                     name=f"{kind}, random order (AUC {r.auc:.3f})",
+                                     hovertemplate="%{x:.0%} changed<br>%{y:.4g}<extra></extra>"))
+    q = result["deletion"].quantity
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.25),
+                      xaxis=dict(title="share of the image changed, most important first", tickformat=".0%"),
+                      yaxis=dict(title=f"target {q}", range=[0, 1.02] if q == "probability" else None))
+    return fig
+
+
+def randomisation_figure(steps: Sequence):
+    """Rank correlation with the original map as more blocks are randomised (from the top)."""
+    import plotly.graph_objects as go
+    labels = [s.label for s in steps]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=labels, y=[s.spearman_abs for s in steps], mode="lines+markers",
+                             name="Spearman of |map|", line=dict(color="#e4572e", width=2.5)))
+    fig.add_trace(go.Scatter(x=labels, y=[s.spearman for s in steps], mode="lines+markers",
+                             name="Spearman of the signed map", line=dict(color="#4c78a8", width=1.5, dash="dot")))
+    fig.add_hline(y=0, line_color="gray", line_width=1)
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.3),
+                      xaxis=dict(title="blocks randomised (from the top)", type="category"),
+                      yaxis=dict(title="rank correlation with the original map", range=[-1.05, 1.05]))
+    return fig

@@ -148,6 +148,21 @@ METHODS = {
 }
 
 
+FAITHFULNESS = (
+    "Two checks of whether the map explains **the model** rather than just looking plausible. "
+    "Both run the model many times, so they wait for a click.\n\n"
+    "**Deletion / insertion** (Petsiuk et al. 2018): grey out the image's parts in the map's order, "
+    "most important first, and watch the target's probability; a faithful map makes it **fall fast** "
+    "(small area under the curve). Insertion starts from a blurred image and puts parts back in the same "
+    "order: it should **rise fast**. The dotted lines use a random order: a map is only informative "
+    "where its curves beat them.\n\n"
+    "**Randomisation check** (Adebayo et al. 2018): on a copy of the model, the learned weights are "
+    "replaced by random ones, last block first, and the map is made again. A map that explains the "
+    "model should change (correlation with the original falls towards 0); one that stays alike shows "
+    "the image's edges or the architecture more than what the model learned."
+)
+
+
 def method_note(name: str, description: str = "") -> str:
     """The note for a method; the registry's one-line description when there is none."""
     return METHODS.get(name) or description or "No note for this method yet."

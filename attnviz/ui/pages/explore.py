@@ -18,6 +18,7 @@ from attnviz.ui import figures, notes, state, urlstate
 from attnviz.ui.context import load_context, query_label
 from attnviz.ui.compute import comparable, export_record, model_key, top_k
 from attnviz.ui.errors import guard
+from attnviz.ui.faithfulness import faithfulness_ui
 from attnviz.ui.widgets import method_ui, page_header, params_ui, pretty, shared_url_values, target_ui
 
 PROGRESS_EVERY_S = 0.15   # at most this often a progress bar update goes to the browser
@@ -261,6 +262,9 @@ def main() -> None:
                     shown.append((specs[name], exp))
         if shown:
             results_ui(ctx, shown)
+            if shown[0][0].name == method:
+                with guard("The faithfulness checks"):
+                    faithfulness_ui(ctx, shown[0][0], shown[0][1], params[method], target)
             total = time.perf_counter() - t_start
             ctx.timings["page"] = total
             t = ctx.timings

@@ -1,0 +1,127 @@
+"""Cascading model-parameter randomisation: does the map depend on what the model learned?
+
+Adebayo et al. 2018, "Sanity Checks for Saliency Maps",
+https://arxiv.org/abs/1810.03292. The learned weights are replaced by random
+ones from the top of the network down, one block more at each step, and the
+map is computed again for the same image and target. A map that explains the
+model changes as its weights go; one that stays alike (high rank correlation
+with the original) shows the input or the architecture rather than the model.
+
+Conventions here:
+
+* Randomised are the image tower's transformer blocks (``adapter.token_block``),
+  last to first; the output head, the embeddings and, for image–text models
+  and captioners, the text side keep their weights (the target keeps its
+  meaning: the same class, prompt or caption token).
+* Re-initialisation as transformers' ViT/CLIP configs define it: every weight
+  matrix ~ N(0, initializer_range) (0.02 when the config has none), biases 0,
+  LayerNorm scales 1 (layer scales keep their values); seeded.
+* Everything runs on a deep copy of the model: the model the app shares is never
+  touched. Step 0 recomputes the map on the unchanged copy (Spearman 1: the
+  check that the comparison itself is exact).
+* Similarity: Spearman rank correlation of the maps' absolute values (the
+  paper's main measure) and of the signed maps.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from ..errors import UsageError
+from ..types import Capture, Explanation
+from .rank import spearman
+
+
+@dataclass(frozen=True)
+class RandomisationStep:
+    blocks: tuple[int, ...]      # the blocks randomised so far (0-based, as outputs.attentions counts)
+    spearman_abs: float
+    spearman: float
+    map: np.ndarray
+
+    @property
+    def label(self) -> str:
+        if not self.blocks:
+            return "none"
+        lo, hi = min(self.blocks), max(self.blocks)
+        return f"block {hi}" if lo == hi else f"blocks {lo}–{hi}"
+
+    def to_dict(self) -> dict:
+        return {"randomised": self.label, "blocks": list(self.blocks), "spearman_abs": self.spearman_abs,
+                "spearman": self.spearman}
+
+
+def copy_adapter(adapter):
+    """A deep copy of ``adapter`` with its own model and lock, sharing the processor and tokenizer."""
+    memo: dict[int, Any] = {id(adapter.lock): threading.RLock(), id(adapter.processor): adapter.processor}
+    tok = getattr(adapter, "tokenizer", None)
+    if tok is not None:
+        memo[id(tok)] = tok
+    return copy.deepcopy(adapter, memo)
+
+
+def _init_std(adapter) -> float:
+    cfg = adapter.model.config
+    for c in (getattr(cfg, "vision_config", None), getattr(cfg, "encoder", None), cfg):
+        std = getattr(c, "initializer_range", None)
+        if isinstance(std, (int, float)) and std > 0:
+            return float(std)
+    return 0.02
+
+
+def randomise_module(module: torch.nn.Module, std: float, generator: torch.Generator) -> None:
+    """Re-initialise ``module`` in place: matrices N(0, std), biases 0, LayerNorm scales 1.
+
+    Other vectors (BEiT's and DINOv2's layer scales) keep their values: zeroing them would turn the
+    block into an identity rather than a random function.
+    """
+    norms = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.LayerNorm) and m.weight is not None}
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if id(p) in norms:
+                p.fill_(1.0)
+            elif p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p) * std)
+            elif name.endswith("bias"):
+                p.zero_()
+
+
+def cascading_randomisation(adapter, capture: Capture, exp: Explanation, *, seed: int = 0,
+                            max_blocks: Optional[int] = None,
+                            progress: Optional[Callable[[int, int], None]] = None) -> list[RandomisationStep]:
+    """Recompute ``exp``'s method (same params, same target) as blocks are randomised from the top.
+
+    Returns one step per state: none randomised (the check), then the last block, the last two, ...,
+    down to block 0 (or ``max_blocks`` of them).
+    """
+    from ..methods.registry import explain
+
+    if exp.over not in ("patches", "pixels", "tokens"):
+        raise UsageError(f"Cannot compare maps over {exp.over}.")
+    n = adapter.n_layers
+    k = n if max_blocks is None else max(0, min(int(max_blocks), n))
+    target = exp.target.index if exp.target is not None else None
+    clone = copy_adapter(adapter)
+    std = _init_std(adapter)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    original = np.asarray(exp.map, dtype=np.float64)
+    steps: list[RandomisationStep] = []
+    done: list[int] = []
+    for i in range(k + 1):
+        if i > 0:
+            layer = n - i
+            randomise_module(clone.token_block(layer), std, g)
+            done.append(layer)
+        cap = clone.capture(dict(capture.inputs), grads=True)
+        m = explain(clone, cap, exp.method, target, **exp.params).map.astype(np.float64)
+        cap.release_graph()
+        steps.append(RandomisationStep(blocks=tuple(sorted(done)), spearman_abs=spearman(np.abs(original), np.abs(m)),
+                                       spearman=spearman(original, m), map=m))
+        if progress is not None:
+            progress(i + 1, k + 1)
+    return steps

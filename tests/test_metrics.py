@@ -1,0 +1,216 @@
+"""Faithfulness metrics: rank correlation, deletion / insertion curves, the randomisation check."""
+import numpy as np
+import pytest
+import torch
+
+import attnviz
+from attnviz.errors import UsageError
+from attnviz.metrics import cascading_randomisation, deletion_insertion, deletion_summary, spearman
+from attnviz.metrics.deletion import baseline_image, curve, gaussian_blur
+from attnviz.metrics.randomisation import copy_adapter, randomise_module
+from attnviz.metrics.rank import average_ranks
+
+from .conftest import CAPTION_KINDS, CLIP_KINDS
+
+
+# --------------------------------------------------------------------------- ranks
+
+def test_average_ranks_share_ties_by_hand():
+    assert average_ranks([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+    assert average_ranks([[3, 3], [3, 3]]).tolist() == [2.5] * 4
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a = rng.integers(0, 6, size=(7, 5)).astype(float)       # many ties
+        b = a + rng.normal(0, 2, size=a.shape)
+        assert spearman(a, b) == pytest.approx(spearmanr(a.ravel(), b.ravel()).statistic, abs=1e-12)
+    assert spearman(a, a) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert np.isnan(spearman(np.ones((3, 3)), a[:3, :3]))
+    with pytest.raises(ValueError):
+        spearman(np.ones((2, 3)), np.ones((3, 2)))
+
+
+# --------------------------------------------------------------------------- deletion / insertion
+
+@pytest.fixture(scope="module")
+def vit(saved_models):
+    return attnviz.load_model(str(saved_models["vit"]))
+
+
+def _hand_curve(adapter, cap, patch_map, target, kind, baseline, n_steps):
+    """Deletion / insertion written out patch by patch with plain loops and a direct model call."""
+    lay = cap.layout
+    ph, pw = lay.patch_size
+    x = cap.inputs["pixel_values"].clone()
+    order = sorted(range(lay.n_patches), key=lambda i: (-patch_map.ravel()[i], i))
+    n = lay.n_patches
+    out = []
+    for i in range(n_steps + 1):
+        k = int(round(i * n / n_steps))
+        img = x.clone() if kind == "deletion" else baseline.clone()
+        for p in order[:k]:
+            r, c = divmod(p, lay.cols)
+            src = baseline if kind == "deletion" else x
+            img[..., r * ph:(r + 1) * ph, c * pw:(c + 1) * pw] = src[..., r * ph:(r + 1) * ph, c * pw:(c + 1) * pw]
+        with torch.no_grad():
+            logits = adapter.model(pixel_values=img).logits
+        out.append(float(torch.softmax(logits, -1)[0, target]))
+    return np.array(out)
+
+
+def test_deletion_and_insertion_match_a_hand_computation(vit, photo):
+    cap = attnviz.capture(vit, photo)
+    exp = attnviz.explain(vit, cap, "relevance", target=1)
+    rng = np.random.default_rng(3)
+    exp = type(exp)(**{**exp.__dict__, "map": rng.normal(size=exp.map.shape).astype(np.float32)})
+    x = cap.inputs["pixel_values"]
+    for kind, base_kind in (("deletion", "mean"), ("insertion", "blur"), ("deletion", "black")):
+        c = curve(vit, cap, exp, kind, baseline=base_kind, steps=5)
+        hand = _hand_curve(vit, cap, exp.map, 1, kind, baseline_image(vit, x, base_kind), 5)
+        assert c.quantity == "probability"
+        np.testing.assert_allclose(c.values, hand, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(c.fractions, np.round(np.arange(6) * 16 / 5) / 16)
+        assert c.auc == pytest.approx(np.trapezoid(hand, c.fractions))
+
+
+def test_curves_start_and_end_where_they_must(vit, photo):
+    """Deletion starts at the image's probability and ends at the baseline's; insertion the other way."""
+    cap = attnviz.capture(vit, photo)
+    exp = attnviz.explain(vit, cap, "integrated_gradients", n_steps=8)          # a pixel map
+    p0 = float(vit.probabilities(cap)[exp.target.index])
+    res = deletion_insertion(vit, cap, exp, steps=7, random_orders=2)
+    d, i = res["deletion"], res["insertion"]
+    x = cap.inputs["pixel_values"]
+    with torch.no_grad():
+        p_mean = float(torch.softmax(vit.model(pixel_values=torch.zeros_like(x)).logits, -1)[0, exp.target.index])
+        p_blur = float(torch.softmax(vit.model(pixel_values=baseline_image(vit, x, "blur")).logits, -1)[0, exp.target.index])
+    assert d.values[0] == pytest.approx(p0, abs=1e-5) and i.values[-1] == pytest.approx(p0, abs=1e-5)
+    assert d.values[-1] == pytest.approx(p_mean, abs=1e-5) and i.values[0] == pytest.approx(p_blur, abs=1e-5)
+    assert len(d.values) == 8 and len(res["random_deletion"]) == 2
+    # two random orders differ, and are not the map's order
+    assert not np.allclose(res["random_deletion"][0].values, res["random_deletion"][1].values)
+    s = deletion_summary(res)
+    assert s["random_deletion_auc"] == pytest.approx(np.mean([c.auc for c in res["random_deletion"]]))
+
+
+def test_gaussian_blur_against_a_direct_convolution():
+    rng = np.random.default_rng(1)
+    img = rng.normal(size=(1, 3, 12, 10))
+    sigma = 1.3
+    out = gaussian_blur(torch.tensor(img, dtype=torch.float64), sigma).numpy()
+    r = int(np.ceil(3 * sigma))
+    k1 = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k2 = np.outer(k1, k1) / k1.sum() ** 2
+    pad = np.pad(img, ((0, 0), (0, 0), (r, r), (r, r)), mode="reflect")
+    want = np.zeros_like(img)
+    for y in range(12):
+        for x in range(10):
+            want[..., y, x] = (pad[..., y:y + 2 * r + 1, x:x + 2 * r + 1] * k2).sum((-2, -1))
+    np.testing.assert_allclose(out, want, atol=1e-10)
+    flat = torch.full((1, 3, 9, 9), 0.25)
+    assert torch.allclose(gaussian_blur(flat, 2.0), flat)
+
+
+def test_deletion_refuses_text_maps_and_bad_settings(photo, clip_dirs, vit):
+    clip = attnviz.load_model(str(clip_dirs["clip"]))
+    cap = attnviz.capture(clip, photo, texts=["a red circle", "a cat"])
+    text = attnviz.explain(clip, cap, "text_relevance", target=0)
+    with pytest.raises(UsageError, match="patches or pixels"):
+        deletion_insertion(clip, cap, text)
+    cap = attnviz.capture(vit, photo)
+    exp = attnviz.explain(vit, cap, "rollout")
+    for kw in ({"baseline": "noise"}, {"steps": 0}, {"order": "sideways"}):
+        with pytest.raises(UsageError):
+            curve(vit, cap, exp, **kw)
+    with pytest.raises(UsageError):
+        curve(vit, cap, exp, "both")
+
+
+@pytest.mark.parametrize("kind", CLIP_KINDS + CAPTION_KINDS)
+def test_deletion_runs_on_image_text_models_and_captioners(kind, photo, clip_dirs, caption_dirs):
+    folder = clip_dirs[kind] if kind in CLIP_KINDS else caption_dirs[kind]
+    adapter = attnviz.load_model(str(folder))
+    texts = ["a red circle", "a cat"] if kind in CLIP_KINDS else None
+    cap = attnviz.capture(adapter, photo, texts=texts)
+    exp = attnviz.explain(adapter, cap, "relevance" if kind in CLIP_KINDS else "caption_relevance", target=0)
+    res = deletion_insertion(adapter, cap, exp, steps=4)
+    d = res["deletion"]
+    assert np.isfinite(d.values).all() and len(d.values) == 5
+    # CLIP: softmax over the prompts; SigLIP: sigmoid per prompt; captioners: the token's logit
+    assert d.quantity == ("probability" if kind in CLIP_KINDS else "score")
+    if kind == "clip":
+        assert d.values[0] == pytest.approx(float(adapter.probabilities(cap)[0]), abs=1e-5)
+        one = attnviz.capture(adapter, photo, texts=["a red circle"])          # one prompt: its softmax is 1
+        assert curve(adapter, one, attnviz.explain(adapter, one, "relevance"), steps=2).quantity == "score"
+    if kind in CAPTION_KINDS:
+        assert d.values[0] == pytest.approx(float(cap.scores[0]), abs=1e-4)
+
+
+def test_demo_classifier_maps_beat_random_orders():
+    """On the demo classifier, deleting relevance's patches first drops the class faster than random orders."""
+    from attnviz.demo.scenes import make_dataset, scene_to_pil
+    model = attnviz.load_model("demo-vit-shapes")
+    wins_del = wins_ins = 0
+    scenes = make_dataset(8, 4242, n_objects=2)
+    for sc in scenes:
+        cap = attnviz.capture(model, scene_to_pil(sc))
+        s = deletion_summary(deletion_insertion(model, cap, attnviz.explain(model, cap, "relevance"),
+                                                random_orders=3))
+        wins_del += s["deletion_auc"] < s["random_deletion_auc"]
+        wins_ins += s["insertion_auc"] > s["random_insertion_auc"]
+    print(f"relevance beats random: deletion {wins_del}/8, insertion {wins_ins}/8")
+    assert wins_del >= 7 and wins_ins >= 6
+
+
+# --------------------------------------------------------------------------- randomisation
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_copy_and_randomise_leave_the_shared_model_alone(vit):
+    before = _state(vit.model)
+    clone = copy_adapter(vit)
+    assert clone.model is not vit.model and clone.lock is not vit.lock and clone.processor is vit.processor
+    randomise_module(clone.token_block(1), 0.02, torch.Generator().manual_seed(0))
+    after = _state(vit.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    changed = {k for k, v in _state(clone.model).items() if not torch.equal(v, before[k])}
+    assert changed and all(".1." in k for k in changed)                        # only block 1
+    block = clone.token_block(1)
+    norms = [m for m in block.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
+    w = block.attention.q_proj.weight if hasattr(block, "attention") else next(p for p in block.parameters() if p.ndim == 2)
+    assert 0.015 < float(w.std()) < 0.025
+
+
+def test_randomisation_steps_and_the_identity_check(vit, photo):
+    cap = attnviz.capture(vit, photo)
+    exp = attnviz.explain(vit, cap, "relevance", target=2)
+    steps = cascading_randomisation(vit, cap, exp, seed=1)
+    assert [s.blocks for s in steps] == [(), (1,), (0, 1)]
+    assert [s.label for s in steps] == ["none", "block 1", "blocks 0–1"]
+    assert steps[0].spearman_abs == pytest.approx(1.0) and np.allclose(steps[0].map, exp.map)
+    assert all(-1 <= s.spearman_abs <= 1 for s in steps[1:])
+    assert not np.allclose(steps[-1].map, exp.map)
+    again = cascading_randomisation(vit, cap, exp, seed=1)                     # seeded: repeatable
+    assert [s.spearman for s in again] == [s.spearman for s in steps]
+    assert len(cascading_randomisation(vit, cap, exp, max_blocks=1)) == 2
+
+
+def test_demo_classifier_relevance_passes_the_randomisation_check():
+    """Adebayo et al.'s expectation for a faithful method: randomising every block decorrelates the map."""
+    from attnviz.demo.scenes import make_dataset, scene_to_pil
+    model = attnviz.load_model("demo-vit-shapes")
+    finals = []
+    for sc in make_dataset(4, 77, n_objects=2):
+        cap = attnviz.capture(model, scene_to_pil(sc))
+        steps = cascading_randomisation(model, cap, attnviz.explain(model, cap, "relevance"))
+        assert len(steps) == model.n_layers + 1 and steps[0].spearman_abs == pytest.approx(1.0)
+        finals.append(steps[-1].spearman_abs)
+    print("Spearman |map| after randomising all blocks:", np.round(finals, 3))
+    assert np.mean(finals) < 0.5
