@@ -102,6 +102,14 @@ def run_bench(repeats: int = 5, quick: bool = False, captum: bool = False) -> in
         rows.append((f"  {name} on a ready capture", t, t / unit))
     t = _median_time(lambda: cap._grad_fn(top.index), repeats)
     rows.append(("  one backward to every attention", t, t / unit))
+    # The faithfulness checks: 2 × 21 steps (deletion, insertion) + the same with one random order,
+    # batched 8 images at a time; the randomisation check copies the model and recaptures once per block.
+    from .metrics import cascading_randomisation, deletion_insertion
+    rel = explain(adapter, cap, "relevance")
+    t = _median_time(lambda: deletion_insertion(adapter, cap, rel), 1)
+    rows.append(("  deletion + insertion (20 steps, 1 random)", t, t / unit))
+    t = _median_time(lambda: cascading_randomisation(adapter, cap, rel), 1)
+    rows.append(("  randomisation check (relevance, all blocks)", t, t / unit))
     if captum:
         light = {"integrated_gradients": {"n_steps": 16}, "gradient_shap": {"n_samples": 8},
                  "smoothgrad": {"nt_samples": 8}, "lime": {"n_samples": 64}, "kernel_shap": {"n_samples": 64}}

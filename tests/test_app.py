@@ -98,6 +98,31 @@ def test_display_layer_and_head_changes_never_run_the_model(new_app, forwards):
     assert forwards["n"] == after_first
 
 
+def test_faithfulness_checks_run_on_click_and_stay_cached(new_app, forwards):
+    """Deletion / insertion and the randomisation check wait for their buttons, draw, and are then cached."""
+    at = new_app().run()
+    _ok(at)
+    n_charts = len(at.get("plotly_chart"))
+    before = forwards["n"]
+    at.button(key="faith:di:relevance").click().run()
+    _ok(at)
+    keys = [c.key for c in at.get("plotly_chart")]
+    assert "faith:di:fig:relevance" in keys and len(keys) == n_charts + 1
+    assert "Deletion AUC" in _captions(at) and "random order" in _captions(at)
+    ran = forwards["n"] - before
+    assert ran >= 2 * 21 // 8                                    # batches of deletion and insertion steps
+    at.button(key="faith:rand:relevance").click().run()
+    _ok(at)
+    assert "faith:rand:fig:relevance" in [c.key for c in at.get("plotly_chart")]
+    assert "randomised: none" in _captions(at) and "randomised: blocks 0–1" in _captions(at)
+    # the shared model was not changed by the check: the same map, and cached results shown without a run
+    after = forwards["n"]
+    at.slider(key="alpha").set_value(0.7).run()
+    _ok(at)
+    assert forwards["n"] == after
+    assert "faith:di:fig:relevance" in [c.key for c in at.get("plotly_chart")]
+
+
 def test_compare_methods_side_by_side_on_one_scale(new_app):
     at = new_app().run()
     at.multiselect(key="compare").set_value(["rollout", "attention"]).run()

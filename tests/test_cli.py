@@ -107,6 +107,30 @@ def test_models_lists_catalog(capsys):
     assert code == 0 and "relevance" in out and "integrated_gradients" in out
 
 
+def test_explain_faithfulness_and_sanity(capsys, image_file, saved_models):
+    """--faithfulness adds deletion / insertion AUCs (checked against the library call), --sanity the
+    randomisation steps; both in the JSON and as lines of the text output."""
+    from attnviz import capture, explain, load_model
+    from attnviz.images import load_path
+    from attnviz.metrics import deletion_insertion, deletion_summary
+
+    code, out, err = run(capsys, "explain", image_file, "--model", saved_models["vit"], "--method", "relevance",
+                         "--target", "1", "--faithfulness", "--sanity", "--json")
+    assert code == 0, err
+    rec = json.loads(out)
+    adapter = load_model(str(saved_models["vit"]))
+    cap = capture(adapter, load_path(image_file))
+    want = deletion_summary(deletion_insertion(adapter, cap, explain(adapter, cap, "relevance", target=1)))
+    assert rec["faithfulness"]["deletion_auc"] == pytest.approx(want["deletion_auc"], abs=1e-6)
+    assert rec["faithfulness"]["insertion_auc"] == pytest.approx(want["insertion_auc"], abs=1e-6)
+    assert rec["faithfulness"]["quantity"] == "probability" and rec["faithfulness"]["steps"] == 16
+    assert [s["randomised"] for s in rec["sanity"]] == ["none", "block 1", "blocks 0–1"]
+    assert rec["sanity"][0]["spearman_abs"] == pytest.approx(1.0)
+    assert {"faithfulness", "sanity"} <= set(rec["timings"])
+    code, out, _ = run(capsys, "explain", image_file, "--model", saved_models["vit"], "--faithfulness", "--sanity")
+    assert code == 0 and "deletion AUC" in out and "Spearman |map| none 1.00" in out
+
+
 def test_batch_folder(capsys, tmp_path, saved_models, photo):
     src = tmp_path / "in"
     src.mkdir()
@@ -120,6 +144,11 @@ def test_batch_folder(capsys, tmp_path, saved_models, photo):
     assert [x["file"] for x in lines] == ["a.png", "b.jpg", "c.png"]
     assert "error" in lines[2] and lines[0]["map_shape"] == [4, 4]
     assert (tmp_path / "out" / "b.png").exists() and np.load(tmp_path / "out" / "a.npy").shape == (4, 4)
+    assert "faithfulness" not in lines[0]
+    code, _, err = run(capsys, "batch", src, "--model", saved_models["vit"], "--method", "relevance",
+                       "--out-dir", tmp_path / "out2", "--faithfulness")
+    lines = [json.loads(x) for x in (tmp_path / "out2" / "results.jsonl").read_text().splitlines()]
+    assert all(0 <= x["faithfulness"]["deletion_auc"] <= 1 for x in lines[:2])
 
 
 def test_bench_quick_prints_ratios(capsys):

@@ -12,6 +12,7 @@ import streamlit as st
 
 from .. import render
 from ..methods.registry import MethodSpec
+from ..metrics import deletion_summary
 from . import figures, notes, state
 from .errors import guard
 from .widgets import pretty
@@ -25,6 +26,18 @@ def _progress(label: str):
     return bar, update
 
 
+def _run_on_click(label: str, button: str, key: str, cached, run):
+    """The cached result, or a button that runs ``run(progress)`` with a progress bar; None until clicked."""
+    if cached is not None:
+        return cached
+    if not st.button(button, key=key):
+        return None
+    bar, update = _progress(label)
+    out = run(update)
+    bar.empty()
+    return out
+
+
 def faithfulness_ui(ctx, spec: MethodSpec, exp, params: dict[str, Any], target: Any) -> None:
     """An expander with the two checks for the shown map (``exp`` of ``spec`` with ``params``)."""
     eng = state.engine()
@@ -32,32 +45,27 @@ def faithfulness_ui(ctx, spec: MethodSpec, exp, params: dict[str, Any], target: 
     with st.expander(f"Is the {pretty(spec.name)} map faithful?"):
         st.markdown(notes.FAITHFULNESS)
         c1, c2 = st.columns(2)
-        curves = eng.peek_faithfulness(*args)
         with c1, guard("Deletion and insertion"):
-            if curves is None and st.button("Run deletion / insertion", key=f"faith:di:{spec.name}"):
-                bar, update = _progress("Deletion and insertion")
-                curves = eng.faithfulness(*args, exp=exp, progress=update)
-                bar.empty()
+            curves = _run_on_click("Deletion and insertion", "Run deletion / insertion", f"faith:di:{spec.name}",
+                                   eng.peek_faithfulness(*args),
+                                   lambda update: eng.faithfulness(*args, exp=exp, progress=update))
             if curves is not None:
                 st.plotly_chart(figures.deletion_figure(curves), key=f"faith:di:fig:{spec.name}")
-                d, i = curves["deletion"], curves["insertion"]
-                rd = sum(c.auc for c in curves["random_deletion"]) / max(1, len(curves["random_deletion"]))
-                ri = sum(c.auc for c in curves["random_insertion"]) / max(1, len(curves["random_insertion"]))
-                st.caption(f"Deletion AUC {d.auc:.3f} (random order {rd:.3f}; lower is better) · insertion AUC "
-                           f"{i.auc:.3f} (random {ri:.3f}; higher is better) · {len(d.values) - 1} steps, "
-                           f"deleted to the {d.baseline} image, inserted into the {i.baseline} one.")
-        steps = eng.peek_randomisation(*args)
+                s = deletion_summary(curves)
+                st.caption(f"Deletion AUC {s['deletion_auc']:.3f} (random order {s['random_deletion_auc']:.3f}; "
+                           f"lower is better) · insertion AUC {s['insertion_auc']:.3f} (random "
+                           f"{s['random_insertion_auc']:.3f}; higher is better) · the target's {s['quantity']} over "
+                           f"{s['steps']} steps, deleted to the {s['deletion_baseline']} image, inserted into the "
+                           f"{s['insertion_baseline']} one.")
         with c2, guard("The randomisation check"):
-            if steps is None and st.button("Randomise the model's weights", key=f"faith:rand:{spec.name}"):
-                bar, update = _progress("Randomisation check")
-                steps = eng.randomisation(*args, exp=exp, progress=update)
-                bar.empty()
+            steps = _run_on_click("Randomisation check", "Randomise the model's weights", f"faith:rand:{spec.name}",
+                                  eng.peek_randomisation(*args),
+                                  lambda update: eng.randomisation(*args, exp=exp, progress=update))
             if steps is not None:
                 st.plotly_chart(figures.randomisation_figure(steps), key=f"faith:rand:fig:{spec.name}")
                 shown = [steps[0], steps[len(steps) // 2], steps[-1]] if len(steps) > 2 else list(steps)
-                cols = st.columns(len(shown))
                 d = ctx.display
-                for col, s in zip(cols, shown):
+                for col, s in zip(st.columns(len(shown)), shown):
                     img = render.overlay(ctx.img.display, s.map, alpha=d.alpha, cmap=d.cmap_for(exp.signed),
                                          norm=d.norm_for(exp.signed), resample=d.resample, box=ctx.box)
-                    col.image(img, caption=f"{s.label} randomised", width="stretch")
+                    col.image(img, caption=f"randomised: {s.label}", width="stretch")
