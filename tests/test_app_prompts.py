@@ -113,10 +113,13 @@ def test_not_an_image_text_model_offers_the_demo_clip(prompts_app, saved_models,
     _ok(at)
     assert any("not an image–text model" in i.value for i in at.info)
     assert len(_images(at)) == 0
+    first = at.session_state["sample"]
+    assert not first.startswith(("scene", "shapes:"))             # a photo sample is shown first
     at.button(key="use_demo_clip").click().run()
     _ok(at)
     assert at.selectbox(key="model").value == "demo-clip-shapes"
     assert len(_images(at)) >= 2 and _word_blocks(at)
+    assert at.session_state["sample"].startswith(("scene", "shapes:"))   # the demo knows shapes: a scene now
 
 
 # --- the pure helpers ---------------------------------------------------------------

@@ -305,13 +305,13 @@ def test_prompts_page_offers_the_demo_clip_then_maps_each_prompt(server):
             page.locator(".attnviz-words").first.wait_for()
             _wait_idle(page)
             _no_exception(page)
-            prompts = [p for p in page.get_by_label("Prompts, one per line").input_value().splitlines() if p.strip()]
+            prompts = [p for p in page.get_by_role("textbox", name="Prompts, one per line").input_value().splitlines() if p.strip()]
             assert len(prompts) >= 2
             assert page.locator(".attnviz-words").count() == len(prompts)
             assert page.locator('[data-testid="stImage"] img').count() == len(prompts)   # one map per prompt
             assert page.locator('[data-testid="stAlertContentError"]').count() == 0
             # New prompts: the maps follow.
-            box = page.get_by_label("Prompts, one per line")
+            box = page.get_by_role("textbox", name="Prompts, one per line")
             box.fill("a red circle\na blue square")
             box.press("Control+Enter")
             page.wait_for_function("document.querySelectorAll('.attnviz-words').length === 2")

@@ -81,8 +81,18 @@ def probability_note(kind: str) -> str:
 
 # --- page parts ---------------------------------------------------------------
 
+def _is_scene(sample_name: str) -> bool:
+    return sample_name.startswith(("scene", "shapes:"))
+
+
 def _use_demo_clip() -> None:
     st.session_state["model"] = DEMO_CLIP
+    # The demo knows shapes, not photos: on a photo sample, show a scene instead (an upload stays).
+    current = st.session_state.get("sample")
+    if current is not None and not _is_scene(current):
+        scenes = [name for name in state.sample_images() if _is_scene(name)]
+        if scenes:
+            st.session_state["sample"] = scenes[0]
 
 
 def not_image_text_ui(adapter) -> None:
@@ -96,7 +106,7 @@ def not_image_text_ui(adapter) -> None:
         st.button(f"Use the demo CLIP model ({DEMO_CLIP})", key="use_demo_clip", on_click=_use_demo_clip,
                   type="primary", help=entry.notes)
     else:
-        st.caption(f"The offline demo CLIP model has not been built yet: run `python -m attnviz.demo.train_clip`.")
+        st.caption("The offline demo CLIP model has not been built yet: run `python -m attnviz.demo.train_clip`.")
 
 
 def probabilities_ui(ctx) -> None:
