@@ -186,6 +186,22 @@ def test_upload_explain_switch_heads_and_reject_a_broken_file(server, photo, tmp
             page.wait_for_selector('[data-testid="stImage"] img')
             _wait_idle(page)
 
+            # The faithfulness panel: both checks on click, drawn, no error.
+            page.get_by_text(re.compile(r"^Is the .* map faithful\?")).first.click()
+            charts = page.locator('[data-testid="stPlotlyChart"]').count()
+            t0 = time.perf_counter()
+            page.get_by_role("button", name="Run deletion / insertion").click()
+            page.get_by_text(re.compile(r"^Deletion AUC")).first.wait_for()
+            timings["deletion_insertion_s"] = time.perf_counter() - t0
+            _wait_idle(page)
+            page.get_by_role("button", name="Randomise the model's weights").click()
+            page.get_by_text("randomised: none").first.wait_for()
+            _wait_idle(page)
+            _no_exception(page)
+            assert page.locator('[data-testid="stPlotlyChart"]').count() == charts + 2
+            assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+            page.screenshot(path=str(ARTIFACTS / "browser-faithfulness.png"), full_page=True)
+
             # Heads page: switch heads with the picker, then by clicking a thumbnail.
             page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Heads").click()
             page.get_by_text(re.compile(r"^Layer \d+, mean of \d+ heads")).first.wait_for()

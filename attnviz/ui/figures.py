@@ -164,7 +164,7 @@ def deletion_figure(result: dict):
                                      hovertemplate="%{x:.0%} changed<br>%{y:.4g}<extra></extra>"))
     q = result["deletion"].quantity
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.25),
-                      xaxis=dict(title="share of the image changed, most important first", tickformat=".0%"),
+                      xaxis=dict(title="share changed, most important first", tickformat=".0%"),
                       yaxis=dict(title=f"target {q}", range=[0, 1.02] if q == "probability" else None))
     return fig
 
@@ -180,6 +180,6 @@ def randomisation_figure(steps: Sequence):
                              name="Spearman of the signed map", line=dict(color="#4c78a8", width=1.5, dash="dot")))
     fig.add_hline(y=0, line_color="gray", line_width=1)
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.3),
-                      xaxis=dict(title="blocks randomised (from the top)", type="category"),
-                      yaxis=dict(title="rank correlation with the original map", range=[-1.05, 1.05]))
+                      xaxis=dict(title="blocks randomised, from the top", type="category"),
+                      yaxis=dict(title="Spearman with the original", range=[-1.05, 1.05]))
     return fig
