@@ -255,6 +255,7 @@ def cmd_batch(args) -> int:
     adapter = _load(args)
     out.mkdir(parents=True, exist_ok=True)
     rejected = 0
+    checked: list[dict] = []
     with open(out / "results.jsonl", "w") as log:
         for path in tqdm(files, unit="image", file=sys.stderr):
             try:
@@ -269,8 +270,25 @@ def cmd_batch(args) -> int:
             _write_out(out / f"{path.stem}.png", image, cap, exp)
             timings["total"] = time.perf_counter() - t0
             log.write(json.dumps({"file": path.name, **_record(adapter, cap, exp, timings), **checks}) + "\n")
+            if "faithfulness" in checks:
+                checked.append(checks["faithfulness"])
     print(f"{len(files) - rejected} explained, {rejected} rejected; results in {out / 'results.jsonl'}", file=sys.stderr)
+    if checked:
+        print(_faithfulness_line(checked), file=sys.stderr)
     return EXIT_OK if rejected == 0 else EXIT_IMAGE
+
+
+def _faithfulness_line(checked: list[dict]) -> str:
+    """One line over a folder: mean AUCs and how often the map beat its random order."""
+    n = len(checked)
+    mean = {k: sum(c[k] for c in checked) / n for k in ("deletion_auc", "random_deletion_auc", "insertion_auc",
+                                                         "random_insertion_auc")}
+    beat_del = sum(c["deletion_auc"] < c["random_deletion_auc"] for c in checked)
+    beat_ins = sum(c["insertion_auc"] > c["random_insertion_auc"] for c in checked)
+    return (f"faithfulness over {n} images: deletion AUC {mean['deletion_auc']:.4g} (random "
+            f"{mean['random_deletion_auc']:.4g}), insertion AUC {mean['insertion_auc']:.4g} (random "
+            f"{mean['random_insertion_auc']:.4g}); the map beat random on deletion in {beat_del}/{n}, "
+            f"on insertion in {beat_ins}/{n}")
 
 
 def cmd_models(args) -> int:

@@ -149,6 +149,8 @@ def test_batch_folder(capsys, tmp_path, saved_models, photo):
                        "--out-dir", tmp_path / "out2", "--faithfulness")
     lines = [json.loads(x) for x in (tmp_path / "out2" / "results.jsonl").read_text().splitlines()]
     assert all(0 <= x["faithfulness"]["deletion_auc"] <= 1 for x in lines[:2])
+    beat = sum(x["faithfulness"]["deletion_auc"] < x["faithfulness"]["random_deletion_auc"] for x in lines[:2])
+    assert "faithfulness over 2 images" in err and f"beat random on deletion in {beat}/2" in err
 
 
 def test_bench_quick_prints_ratios(capsys):

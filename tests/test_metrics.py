@@ -214,3 +214,36 @@ def test_demo_classifier_relevance_passes_the_randomisation_check():
         finals.append(steps[-1].spearman_abs)
     print("Spearman |map| after randomising all blocks:", np.round(finals, 3))
     assert np.mean(finals) < 0.5
+
+
+def test_randomisation_runs_take_turns_for_their_model_copies(vit, photo, monkeypatch):
+    """Four threads at once hold at most one copy of the model at a time (ATTNVIZ_MODEL_COPIES=1)."""
+    import threading
+    import time
+
+    import attnviz.metrics.randomisation as R
+    cap = attnviz.capture(vit, photo)
+    exp = attnviz.explain(vit, cap, "rollout")
+    live, peak, lock = [0], [0], threading.Lock()
+    real_cascade = R._cascade
+
+    def counting(*a, **kw):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        try:
+            time.sleep(0.05)
+            return real_cascade(*a, **kw)
+        finally:
+            with lock:
+                live[0] -= 1
+    monkeypatch.setattr(R, "_cascade", counting)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cascading_randomisation(vit, cap, exp)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and peak[0] == 1
+    assert all([s.spearman for s in r] == [s.spearman for s in results[0]] for r in results)

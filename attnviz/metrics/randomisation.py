@@ -25,6 +25,7 @@ Conventions here:
 from __future__ import annotations
 
 import copy
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -35,6 +36,9 @@ import torch
 from ..errors import UsageError
 from ..types import Capture, Explanation
 from .rank import spearman
+
+
+_COPIES = threading.BoundedSemaphore(max(1, int(os.environ.get("ATTNVIZ_MODEL_COPIES", "1"))))
 
 
 @dataclass(frozen=True)
@@ -99,10 +103,18 @@ def cascading_randomisation(adapter, capture: Capture, exp: Explanation, *, seed
     Returns one step per state: none randomised (the check), then the last block, the last two, ...,
     down to block 0 (or ``max_blocks`` of them).
     """
-    from ..methods.registry import explain
-
     if exp.over not in ("patches", "pixels", "tokens"):
         raise UsageError(f"Cannot compare maps over {exp.over}.")
+    # Each run holds a whole copy of the model: in a shared app (thirty students clicking at once)
+    # runs take turns instead of holding thirty copies.
+    with _COPIES:
+        return _cascade(adapter, capture, exp, seed=seed, max_blocks=max_blocks, progress=progress)
+
+
+def _cascade(adapter, capture: Capture, exp: Explanation, *, seed: int, max_blocks: Optional[int],
+             progress: Optional[Callable[[int, int], None]]) -> list[RandomisationStep]:
+    from ..methods.registry import explain
+
     n = adapter.n_layers
     k = n if max_blocks is None else max(0, min(int(max_blocks), n))
     target = exp.target.index if exp.target is not None else None
