@@ -247,3 +247,12 @@ def test_randomisation_runs_take_turns_for_their_model_copies(vit, photo, monkey
         t.join()
     assert len(results) == 4 and peak[0] == 1
     assert all([s.spearman for s in r] == [s.spearman for s in results[0]] for r in results)
+
+
+def test_demo_faithfulness_table_runs_through_the_engine():
+    from attnviz.demo.faithfulness import evaluate, markdown
+    r = evaluate(n=3, methods=("relevance", "saliency"))
+    rel, sal = r["methods"]["relevance"], r["methods"]["saliency"]
+    assert rel["deletion_auc"] < rel["random_deletion_auc"] and rel["beats_random_deletion"] == 1.0
+    assert 0 <= sal["pointing_cell"] <= 1 and -1 <= sal["randomised_spearman_abs"] <= 1
+    assert markdown(r).count("\n") == 3                      # header, rule, two rows
