@@ -1,4 +1,5 @@
 """The Streamlit app under streamlit.testing (AppTest), every page, with tiny random models."""
+import base64
 import json
 from pathlib import Path
 
@@ -44,6 +45,14 @@ def _images(at):
 def _captions(at):
     """Every caption on the page, image captions included."""
     return " | ".join([c.value for c in at.caption] + [c for im in _images(at) for c in im.captions])
+
+
+def _trace_values(chart, trace: int, axis: str) -> np.ndarray:
+    """A plotly chart's trace values from the element's JSON (plain list or plotly's base64 typed array)."""
+    v = json.loads(chart.proto.spec)["data"][trace][axis]
+    if isinstance(v, dict):
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+    return np.asarray(v, dtype=float)
 
 
 def test_explore_shows_predictions_overlay_and_exports(new_app):

@@ -4,7 +4,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from attnviz import catalog
-from tests.test_app import APP, _clear
+from tests.test_app import APP, _clear, _trace_values
 
 CAPTION = "attnviz/ui/pages/caption.py"
 
@@ -77,6 +77,24 @@ def test_caption_words_map_and_strip(caption_app):
     assert "c_probs" in [c.key for c in at.get("plotly_chart")]  # token probabilities
     assert any(c.value.startswith("Strip: cross-attention, decoder layer 1, mean of heads") for c in at.caption)
     assert at.expander                                           # teaching notes are collapsible
+
+
+def test_faithfulness_of_a_words_map(caption_app):
+    """Deletion / insertion for the chosen word: its curve starts at that token's logit (captioners)."""
+    from attnviz.ui import state
+    at = caption_app()
+    _ok(at)
+    word = at.button_group(key="c_word").value
+    assert any("faithful?" in e.label for e in at.expander)
+    at.button(key="faith:di:cross_attention").click().run()
+    _ok(at)
+    assert "faith:di:fig:cross_attention" in [c.key for c in at.get("plotly_chart")]
+    text = " ".join(c.value for c in at.caption)
+    assert "Deletion AUC" in text and "the target's score" in text       # a token's logit, not a probability
+    entries = [entry for _, entry in state.engine().captures._data.values()]
+    assert len(entries) == 1
+    fig = next(c for c in at.get("plotly_chart") if c.key == "faith:di:fig:cross_attention")
+    assert float(_trace_values(fig, 0, "y")[0]) == pytest.approx(float(entries[0].capture.scores[word]), abs=1e-4)
 
 
 def test_word_layer_and_head_switches_never_run_the_model(caption_app, runs):

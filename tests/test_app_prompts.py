@@ -2,7 +2,7 @@
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.test_app import APP, _captions, _clear, _images
+from tests.test_app import APP, _captions, _clear, _images, _trace_values
 
 PROMPTS_PAGE = "attnviz/ui/pages/prompts.py"
 EMPTY = "Type at least one prompt, one per line."
@@ -62,6 +62,28 @@ def test_prompts_run_the_model_once_and_display_changes_never(prompts_app, forwa
     _ok(at)
     assert forwards["n"] == first + 1                            # new prompts: one more model run
     assert len(_word_blocks(at)) == 2
+
+
+def test_faithfulness_of_a_chosen_prompt(prompts_app):
+    """The panel checks the chosen prompt's map: its deletion curve starts at that prompt's probability."""
+    from attnviz.ui import state
+    at = prompts_app()
+    _ok(at)
+    labels = at.selectbox(key="pr_faith_prompt").options
+    assert len(labels) >= 2
+    at.selectbox(key="pr_faith_prompt").set_value(1).run()
+    at.button(key="faith:di:relevance").click().run()
+    _ok(at)
+    assert "faith:di:fig:relevance" in [c.key for c in at.get("plotly_chart")]
+    assert "Deletion AUC" in " ".join(c.value for c in at.caption)
+    fig = next(c for c in at.get("plotly_chart") if c.key == "faith:di:fig:relevance")
+    first_y = float(_trace_values(fig, 0, "y")[0])                        # deletion, map order, nothing deleted
+    entries = [entry for _, entry in state.engine().captures._data.values()]
+    assert len(entries) == 1                                              # the page's one capture
+    cap = entries[0].capture
+    probs = cap.scores.softmax(-1)                                        # CLIP: softmax over the prompts
+    assert first_y == pytest.approx(float(probs[1]), abs=1e-5)
+    assert abs(float(probs[1]) - float(probs[0])) > 1e-4                  # so prompt 0's curve would differ
 
 
 def test_map_method_and_its_settings(prompts_app):

@@ -6,7 +6,7 @@ settings and target: shown again without running).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Optional
 
 import streamlit as st
 
@@ -38,12 +38,19 @@ def _run_on_click(label: str, button: str, key: str, cached, run):
     return out
 
 
-def faithfulness_ui(ctx, spec: MethodSpec, exp, params: dict[str, Any], target: Any) -> None:
-    """An expander with the two checks for the shown map (``exp`` of ``spec`` with ``params``)."""
+def faithfulness_ui(ctx, spec: MethodSpec, exp, params: dict[str, Any], target: Any, *,
+                    label: Optional[str] = None, pick: Optional[Callable[[], tuple[Any, Any]]] = None) -> None:
+    """An expander with the two checks for the shown map (``exp`` of ``spec`` with ``params``).
+
+    ``pick``: drawn first inside the expander, returns the (map, target) to check instead (a page
+    with one map per prompt lets the user choose which).
+    """
     eng = state.engine()
-    args = (ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params)
-    with st.expander(f"Is the {pretty(spec.name)} map faithful?"):
+    with st.expander(label or f"Is the {pretty(spec.name)} map faithful?"):
         st.markdown(notes.FAITHFULNESS)
+        if pick is not None:
+            exp, target = pick()
+        args = (ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params)
         c1, c2 = st.columns(2)
         with c1, guard("Deletion and insertion"):
             curves = _run_on_click("Deletion and insertion", "Run deletion / insertion", f"faith:di:{spec.name}",

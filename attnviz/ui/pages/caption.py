@@ -25,6 +25,7 @@ from attnviz.ui import figures, notes, state, urlstate
 from attnviz.ui.compute import model_key
 from attnviz.ui.context import load_context
 from attnviz.ui.errors import guard
+from attnviz.ui.faithfulness import faithfulness_ui
 from attnviz.ui.widgets import page_header, params_ui, pretty, shared_url_values
 
 DEMO_CAPTIONER = "demo-captioner-shapes"
@@ -320,6 +321,9 @@ def main() -> None:
         exp = word_map_ui(ctx, specs[method], params, word)
         if exp is not None:
             draw_word_map(ctx, exp, label)
+            with guard("The faithfulness checks"):
+                faithfulness_ui(ctx, specs[method], exp, params, word,
+                                label=f"Is the {pretty(method)} map for “{label}” faithful?")
     with guard("The strip of every word"):
         strip_ui(ctx, method, params, word)
     st.caption(f"This view took {time.perf_counter() - t0:.2f} s "

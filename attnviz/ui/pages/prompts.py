@@ -18,6 +18,7 @@ from attnviz.methods import list_methods
 from attnviz.ui import figures, notes, state
 from attnviz.ui.context import load_context
 from attnviz.ui.errors import guard
+from attnviz.ui.faithfulness import faithfulness_ui
 from attnviz.ui.widgets import page_header, params_ui, pretty
 
 DEMO_CLIP = "demo-clip-shapes"
@@ -181,6 +182,20 @@ def maps_ui(ctx, spec, params: dict[str, Any]) -> None:
                "each prompt's strongest word darkest; hover a word for its value.")
 
 
+def faithfulness_prompt_ui(ctx, spec, params: dict[str, Any]) -> None:
+    """The faithfulness checks for one prompt's map (the user picks the prompt inside the panel)."""
+    targets = ctx.capture.targets
+
+    def pick():
+        options = [t.index for t in targets]
+        if st.session_state.get("pr_faith_prompt") not in options:
+            st.session_state["pr_faith_prompt"] = options[0]
+        i = st.selectbox("Check the map of", options, key="pr_faith_prompt",
+                         format_func=lambda j: targets[j].label)
+        return state.engine().explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, i, params), i
+    faithfulness_ui(ctx, spec, None, params, None, label=f"Are the {pretty(spec.name)} maps faithful?", pick=pick)
+
+
 def main() -> None:
     t_start = time.perf_counter()
     page_header("Where in the image does the text match?", "prompts")
@@ -210,6 +225,8 @@ def main() -> None:
             parts = [f"model run {t['capture']:.2f} s" if t.get("capture") else "model run cached",
                      f"drawing {t.get('render', 0):.2f} s"]
             st.caption(f"This view took {time.perf_counter() - t_start:.2f} s ({', '.join(parts)}).")
+        with guard("The faithfulness checks"):
+            faithfulness_prompt_ui(ctx, spec, params)
         with st.expander("About these maps"):
             st.markdown(notes.method_note(spec.name, spec.description))
             st.markdown(notes.method_note("text_relevance"))
