@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -138,9 +137,9 @@ def pointing_rate(model_dir: str = DEFAULT_MODEL_DIR, n: int = 200, seed: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
+    from attnviz.demo.common import set_threads
 
-    torch.set_num_threads(int(os.environ.get("ATTNVIZ_TRAIN_THREADS", "2")))
+    set_threads(2)
     ap = argparse.ArgumentParser(prog="python -m attnviz.demo.evaluate")
     ap.add_argument("model_dir", nargs="?", default=DEFAULT_MODEL_DIR)
     ap.add_argument("--n", type=int, default=500, help="scenes for exact-match accuracy")

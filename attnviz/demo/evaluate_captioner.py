@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import defaultdict
@@ -107,9 +106,9 @@ def evaluate(model_dir: str = DEFAULT_MODEL_DIR, n: int = 200, seed: int = DEFAU
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
+    from attnviz.demo.common import set_threads
 
-    torch.set_num_threads(int(os.environ.get("ATTNVIZ_TRAIN_THREADS", "2")))
+    set_threads(2)
     ap = argparse.ArgumentParser(prog="python -m attnviz.demo.evaluate_captioner",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("model_dir", nargs="?", default=DEFAULT_MODEL_DIR)

@@ -103,9 +103,9 @@ def evaluate(model_or_dir=DEFAULT_MODEL_DIR, n: int = 200, seed: int = EVAL_SEED
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
+    from attnviz.demo.common import set_threads
 
-    torch.set_num_threads(int(os.environ.get("ATTNVIZ_TRAIN_THREADS", "2")))
+    set_threads(2)
     ap = argparse.ArgumentParser(prog="python -m attnviz.demo.evaluate_clip", description=__doc__.split("\n")[0])
     ap.add_argument("model_dir", nargs="?", default=DEFAULT_MODEL_DIR)
     ap.add_argument("--n", type=int, default=200, help="fresh two-object scenes (default 200)")

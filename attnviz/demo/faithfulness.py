@@ -92,9 +92,9 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
+    from attnviz.demo.common import set_threads
 
-    torch.set_num_threads(int(os.environ.get("ATTNVIZ_TRAIN_THREADS", "2")))
+    set_threads(2)
     ap = argparse.ArgumentParser(prog="python -m attnviz.demo.faithfulness", description=__doc__.split("\n")[0])
     ap.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     ap.add_argument("--n", type=int, default=40, help="fresh two-object scenes (default 40)")

@@ -23,23 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from attnviz.demo.common import set_threads, start_run
+
 DEFAULT_OUT = "models/demo-vit-shapes"
 IMAGE_MEAN = [0.5, 0.5, 0.5]
 IMAGE_STD = [0.5, 0.5, 0.5]
-
-
-def _set_threads() -> None:
-    import torch
-
-    # the project's machines have 2 cores shared with other jobs
-    torch.set_num_threads(int(os.environ.get("ATTNVIZ_TRAIN_THREADS", "2")))
 
 
 # --------------------------------------------------------------------------- data
@@ -229,15 +223,9 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, steps: int = 3000, teacher_s
 
     from attnviz.demo.scenes import SHAPES, make_dataset, to_arrays
 
-    _set_threads()
+    set_threads(2)
     t_start = time.time()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng([seed, 1])
-    tqdm_kw = dict(disable=quiet, mininterval=2.0, file=sys.stdout, dynamic_ncols=True)
-
-    def log(msg: str) -> None:
-        if not quiet:
-            print(msg, flush=True)
+    rng, tqdm_kw, log = start_run(seed, 1, quiet)
 
     log(f"generating {pool_size} training scenes (dataset seed {seed})...")
     pool = ScenePool(pool_size, seed, refresh, rng)

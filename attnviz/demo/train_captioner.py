@@ -22,7 +22,7 @@ cases (600-step trials) against 85–88 % with three blocks. Without that folder
 (or ``--encoder none``) the encoder starts from random weights: a fallback, not
 how the shipped model was made.
 
-Threads: one by default (``ATTNVIZ_TRAIN_THREADS``); see ``_set_threads``.
+Threads: one by default (``ATTNVIZ_TRAIN_THREADS``), see where ``set_threads`` is called.
 
 The tokenizer is written here: GPT-2 byte-level BPE (any text can be typed and
 scored) whose merges make every scene word one token ("Ġred", "Ġcircle"),
@@ -38,26 +38,18 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from attnviz.demo.common import set_threads, start_run
+
 DEFAULT_OUT = "models/demo-captioner-shapes"
 DEFAULT_ENCODER = "models/demo-vit-shapes"
 END = "<|endoftext|>"
 MAX_POSITIONS = 24          # start + caption (at most 11 words for three objects) + room for typed captions
-
-
-def _set_threads() -> None:
-    import torch
-
-    # One thread by default: this model's matrices are small (64 scenes × 65 tokens × 128), so a
-    # second thread gains little, and on the project's 2 shared cores, threads that wait for a
-    # busy core made a step 9× slower (3.4 s instead of 0.37 s) while another job was running.
-    torch.set_num_threads(int(os.environ.get("ATTNVIZ_TRAIN_THREADS", "1")))
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -275,15 +267,11 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, encoder:
 
     if fast:
         steps, batch, pool_size, refresh, eval_n = min(steps, 12), min(batch, 16), 64, 0, min(eval_n, 16)
-    _set_threads()
+    # One thread: this model's matrices are small (64 scenes × 65 tokens × 128), so a second thread
+    # gains little, and on 2 shared cores a step was 9× slower (3.4 s, not 0.37 s) with two threads.
+    set_threads(1)
     t_start = time.time()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng([seed, 2])
-    tqdm_kw = dict(disable=quiet, mininterval=2.0, file=sys.stdout, dynamic_ncols=True)
-
-    def log(msg: str) -> None:
-        if not quiet:
-            print(msg, flush=True)
+    rng, tqdm_kw, log = start_run(seed, 2, quiet)
 
     tokenizer = make_tokenizer()
     enc_dir = encoder if encoder and (Path(encoder) / "model.safetensors").is_file() else None

@@ -42,12 +42,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from attnviz.demo.common import set_threads, start_run
 
 DEFAULT_OUT = "models/demo-clip-shapes"
 DEFAULT_MINUTES = 8.5                    # CLI default cap: with the evaluation the run stays under 10 minutes
@@ -59,13 +60,6 @@ MAX_TEXT_TOKENS = 24
 # Words that become single tokens; everything else falls back to byte pieces.
 EXTRA_WORDS = ("a", "an", "and", "the", "of", "with", "photo", "picture", "drawing", "shape", "shapes", "object")
 EXAMPLE_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow cross")
-
-
-def _set_threads() -> None:
-    import torch
-
-    # the project's machines have 2 cores shared with other jobs
-    torch.set_num_threads(int(os.environ.get("ATTNVIZ_TRAIN_THREADS", "2")))
 
 
 # --------------------------------------------------------------------------- text
@@ -341,7 +335,7 @@ def train(out: str = DEFAULT_OUT, seed: int = 0, fast: bool = False, *, steps: i
     from tqdm import tqdm
     from transformers import CLIPModel
 
-    _set_threads()
+    set_threads(2)
     t_start = time.time()
     if fast:
         steps = steps or 12
@@ -353,13 +347,7 @@ def train(out: str = DEFAULT_OUT, seed: int = 0, fast: bool = False, *, steps: i
     pool_size = pool_size or 8000
     refresh = 16 if refresh is None else refresh
     eval_n = 100 if eval_n is None else eval_n
-    torch.manual_seed(seed)
-    rng = np.random.default_rng([seed, 1])
-    tqdm_kw = dict(disable=quiet, mininterval=2.0, file=sys.stdout, dynamic_ncols=True)
-
-    def log(msg: str) -> None:
-        if not quiet:
-            print(msg, flush=True)
+    rng, tqdm_kw, log = start_run(seed, 1, quiet)
 
     tokenizer = build_tokenizer()
     phrases = all_phrases()
