@@ -7,6 +7,7 @@ Never calls `playwright install`: it drives the system's Chromium (Debian:
 test-artifacts/. ATTNVIZ_BROWSER_MODEL picks the model (default: a tiny random
 ViT); ATTNVIZ_UPDATE_SCREENSHOT=1 also writes assets/screenshot.png for the README.
 """
+import contextlib
 import json
 import os
 import re
@@ -240,14 +241,16 @@ def test_upload_explain_switch_heads_and_reject_a_broken_file(server, photo, tmp
         _save_readme_screenshot(ARTIFACTS / "browser-start.png", ROOT / "assets" / "screenshot.png")
 
 
-def test_caption_page_offers_the_demo_captioner_then_maps_each_word(server):
-    """The Caption page on a classifier says so in one sentence; with the demo captioner, words and maps."""
-    from playwright.sync_api import sync_playwright
-
+def _demo_built(name: str) -> bool:
     from attnviz import catalog
+    entry = catalog.load_catalog().get(name)
+    return entry is not None and catalog.is_available_offline(entry)
 
-    entry = catalog.load_catalog().get("demo-captioner-shapes")
-    demo_built = entry is not None and catalog.is_available_offline(entry)
+
+@contextlib.contextmanager
+def _opened(server):
+    """A page on the app, its first map drawn; the browser closes afterwards."""
+    from playwright.sync_api import sync_playwright
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -256,87 +259,78 @@ def test_caption_page_offers_the_demo_captioner_then_maps_each_word(server):
             page.goto(server)
             page.wait_for_selector('[data-testid="stImage"] img')
             _wait_idle(page)
-            page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Caption").click()
-            page.get_by_text("is not a captioning model").first.wait_for()
-            _wait_idle(page)
-            _no_exception(page)
-            if not demo_built:
-                return
-            page.get_by_role("button", name=re.compile("^Use the demo captioner")).click()
-            page.get_by_text(re.compile(r"^Caption \(written by the model\)")).first.wait_for()
-            page.wait_for_selector('[data-testid="stImage"] img')
-            _wait_idle(page)
-            _no_exception(page)
-            # A shapes scene (the samples from assets/ named scene_…); its words are pills: click the last one.
-            caption = page.get_by_text(re.compile(r"^Caption \(written by the model\)")).first
-            before = caption.inner_text()
-            page.locator('[data-testid="stSidebar"] [data-testid="stButtonGroup"] button').filter(
-                has_text=re.compile("^scene")).first.click()
-            page.wait_for_function(       # the new image's caption (the old one stays up while the model runs)
-                """before => [...document.querySelectorAll('p')].some(
-                       p => p.innerText.startsWith('Caption (written by the model)') && p.innerText !== before)""",
-                arg=before)
-            _wait_idle(page)
-            _no_exception(page)
-            # The group's help icon is a button without text: count the word pills only.
-            pills = page.locator('[data-testid="stButtonGroup"]').filter(has_text="Click a word").locator(
-                "button").filter(has_text=re.compile(r"\S"))
-            n = pills.count()
-            assert n >= 2
-            last = pills.nth(n - 1).inner_text().strip()
-            pills.nth(n - 1).click()
-            page.get_by_text(f"cross attention for “{last}”").first.wait_for()
-            _wait_idle(page)
-            _no_exception(page)
-            assert page.locator('[data-testid="stImage"] img').count() == 1 + n      # the word's map + the strip
-            assert page.locator('[data-testid="stAlertContentError"]').count() == 0
-            page.screenshot(path=str(ARTIFACTS / "browser-caption.png"))
+            yield page
         finally:
             browser.close()
+
+
+def _go_to(page, nav_label: str, sentence: str) -> None:
+    """Open a page from the sidebar and wait for ``sentence`` on it."""
+    page.locator('[data-testid="stSidebarNav"] a').filter(has_text=nav_label).click()
+    page.get_by_text(sentence).first.wait_for()
+    _wait_idle(page)
+    _no_exception(page)
+
+
+def test_caption_page_offers_the_demo_captioner_then_maps_each_word(server):
+    """The Caption page on a classifier says so in one sentence; with the demo captioner, words and maps."""
+    with _opened(server) as page:
+        _go_to(page, "Caption", "is not a captioning model")
+        assert _demo_built("demo-captioner-shapes"), "models/demo-captioner-shapes is missing"
+        page.get_by_role("button", name=re.compile("^Use the demo captioner")).click()
+        page.get_by_text(re.compile(r"^Caption \(written by the model\)")).first.wait_for()
+        page.wait_for_selector('[data-testid="stImage"] img')
+        _wait_idle(page)
+        _no_exception(page)
+        # A shapes scene (the samples from assets/ named scene_…); its words are pills: click the last one.
+        caption = page.get_by_text(re.compile(r"^Caption \(written by the model\)")).first
+        before = caption.inner_text()
+        page.locator('[data-testid="stSidebar"] [data-testid="stButtonGroup"] button').filter(
+            has_text=re.compile("^scene")).first.click()
+        page.wait_for_function(       # the new image's caption (the old one stays up while the model runs)
+            """before => [...document.querySelectorAll('p')].some(
+                   p => p.innerText.startsWith('Caption (written by the model)') && p.innerText !== before)""",
+            arg=before)
+        _wait_idle(page)
+        _no_exception(page)
+        # The group's help icon is a button without text: count the word pills only.
+        pills = page.locator('[data-testid="stButtonGroup"]').filter(has_text="Click a word").locator(
+            "button").filter(has_text=re.compile(r"\S"))
+        n = pills.count()
+        assert n >= 2
+        last = pills.nth(n - 1).inner_text().strip()
+        pills.nth(n - 1).click()
+        page.get_by_text(f"cross attention for “{last}”").first.wait_for()
+        _wait_idle(page)
+        _no_exception(page)
+        assert page.locator('[data-testid="stImage"] img').count() == 1 + n      # the word's map + the strip
+        assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+        page.screenshot(path=str(ARTIFACTS / "browser-caption.png"))
 
 
 def test_prompts_page_offers_the_demo_clip_then_maps_each_prompt(server):
     """The Text prompts page on a classifier says so in one sentence; with the demo CLIP, a map per prompt."""
-    from playwright.sync_api import sync_playwright
-
-    from attnviz import catalog
-
-    entry = catalog.load_catalog().get("demo-clip-shapes")
-    demo_built = entry is not None and catalog.is_available_offline(entry)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1250})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(server)
-            page.wait_for_selector('[data-testid="stImage"] img')
-            _wait_idle(page)
-            page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Text prompts").click()
-            page.get_by_text("is not an image–text model").first.wait_for()
-            _wait_idle(page)
-            _no_exception(page)
-            if not demo_built:
-                return
-            page.get_by_role("button", name=re.compile("^Use the demo CLIP model")).click()
-            page.locator(".attnviz-words").first.wait_for()
-            _wait_idle(page)
-            _no_exception(page)
-            prompts = [p for p in page.get_by_role("textbox", name="Prompts, one per line").input_value().splitlines() if p.strip()]
-            assert len(prompts) >= 2
-            assert page.locator(".attnviz-words").count() == len(prompts)
-            assert page.locator('[data-testid="stImage"] img').count() == len(prompts)   # one map per prompt
-            assert page.locator('[data-testid="stAlertContentError"]').count() == 0
-            # New prompts: the maps follow.
-            box = page.get_by_role("textbox", name="Prompts, one per line")
-            box.fill("a red circle\na blue square")
-            box.press("Control+Enter")
-            page.wait_for_function("document.querySelectorAll('.attnviz-words').length === 2")
-            _wait_idle(page)
-            _no_exception(page)
-            assert page.locator('[data-testid="stImage"] img').count() == 2
-            page.screenshot(path=str(ARTIFACTS / "browser-prompts.png"))
-        finally:
-            browser.close()
+    with _opened(server) as page:
+        _go_to(page, "Text prompts", "is not an image–text model")
+        assert _demo_built("demo-clip-shapes"), "models/demo-clip-shapes is missing"
+        page.get_by_role("button", name=re.compile("^Use the demo CLIP model")).click()
+        page.locator(".attnviz-words").first.wait_for()
+        _wait_idle(page)
+        _no_exception(page)
+        prompts = [p for p in page.get_by_role("textbox", name="Prompts, one per line").input_value().splitlines() if p.strip()]
+        assert len(prompts) >= 2
+        assert page.locator(".attnviz-words").count() == len(prompts)
+        assert page.locator('[data-testid="stImage"] img').count() == len(prompts)   # one map per prompt
+        assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+        # New prompts: the maps follow.
+        box = page.get_by_role("textbox", name="Prompts, one per line")
+        box.fill("a red circle\na blue square")
+        box.press("Control+Enter")
+        page.wait_for_function("document.querySelectorAll('.attnviz-words').length === 2")
+        _wait_idle(page)
+        _no_exception(page)
+        assert page.locator('[data-testid="stImage"] img').count() == 2
+        page.screenshot(path=str(ARTIFACTS / "browser-prompts.png"))
 
 
 def _save_readme_screenshot(src: Path, dst: Path, limit: int = 400_000) -> None:
