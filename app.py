@@ -5,7 +5,7 @@ ATTNVIZ_ALLOW_CUSTOM_MODELS=1 lets users type any hub id (safetensors only).
 """
 import streamlit as st
 
-from attnviz.ui.widgets import sidebar_ui
+from attnviz.ui.widgets import keep_page_state, sidebar_ui
 
 st.set_page_config(page_title="attnviz · where does the model look?", page_icon="🔍", layout="wide")
 page = st.navigation([
@@ -14,5 +14,6 @@ page = st.navigation([
     st.Page("attnviz/ui/pages/prompts.py", title="Text prompts", icon=":material/text_fields:"),
     st.Page("attnviz/ui/pages/caption.py", title="Caption", icon=":material/subtitles:"),
 ])
+keep_page_state()
 sidebar_ui()
 page.run()

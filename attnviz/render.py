@@ -15,6 +15,7 @@ with ``zmin/zmax`` from :func:`value_range` shows exactly the colours that
 
 from __future__ import annotations
 
+import html
 import io
 import math
 from typing import Sequence
@@ -351,6 +352,12 @@ def to_png_bytes(img: Image.Image) -> bytes:
 # Plotly figures
 
 
+def plotly_text(text) -> str:
+    """User text (a prompt, a caption word, a class name) for a Plotly label: Plotly draws a subset of
+    HTML in labels (bold, links, line breaks), so it is escaped to show exactly what was typed."""
+    return html.escape(str(text), quote=False)
+
+
 def _png_data_uri(img: Image.Image) -> str:
     import base64
 
@@ -444,7 +451,7 @@ def heatmap_figure(
         range=[height, 0], showgrid=False, zeroline=False, scaleanchor="x", scaleratio=1, constrain="domain"
     )
     fig.update_layout(
-        title=dict(text=title) if title else None,
+        title=dict(text=plotly_text(title)) if title else None,
         margin=dict(l=10, r=10, t=40 if title else 10, b=10),
         plot_bgcolor="rgba(0,0,0,0)",
     )
@@ -485,7 +492,7 @@ def grid_figure(
     fig = make_subplots(
         rows=rows,
         cols=cols,
-        subplot_titles=[str(t) for t in titles],
+        subplot_titles=[plotly_text(t) for t in titles],
         horizontal_spacing=0.02,
         vertical_spacing=0.06 if rows > 1 else 0.0,
     )
@@ -500,8 +507,8 @@ def grid_figure(
                 colorscale=scale,
                 showscale=shared and i == 0,
                 zsmooth=False,
-                name=str(titles[i]),
-                hovertemplate=f"{str(titles[i]).replace('%', '%%')}<br>row=%{{y}}, col=%{{x}}"
+                name=plotly_text(titles[i]),
+                hovertemplate=f"{plotly_text(titles[i]).replace('%', '%%')}<br>row=%{{y}}, col=%{{x}}"
                 "<br>value=%{z:.4g}<extra></extra>",
             ),
             row=r + 1,

@@ -132,6 +132,29 @@ def test_faithfulness_checks_run_on_click_and_stay_cached(new_app, forwards):
     assert "faith:di:fig:relevance" in [c.key for c in at.get("plotly_chart")]
 
 
+def test_choices_survive_other_pages_and_a_rejected_upload(new_app):
+    """Streamlit forgets an undrawn widget's value; the app keeps method, comparison and target anyway."""
+    at = new_app().run()
+    at.selectbox(key="method").set_value("grad_cam").run()
+    at.multiselect(key="compare").set_value(["saliency"]).run()
+    at.selectbox(key="target").set_value(2).run()
+    _ok(at)
+    at.switch_page(HEADS).run()
+    _ok(at)
+    at.switch_page("attnviz/ui/pages/explore.py").run()
+    _ok(at)
+    assert at.selectbox(key="method").value == "grad_cam"
+    assert at.multiselect(key="compare").value == ["saliency"]
+    assert at.selectbox(key="target").value == 2
+    at.file_uploader[0].set_value(("broken.png", BROKEN_BYTES, "image/png")).run()   # the page stops early
+    assert [e.value for e in at.error] == [BROKEN_SENTENCE]
+    from attnviz.ui.state import sample_images
+    at.button_group(key="sample").set_value(list(sample_images())[1]).run()
+    _ok(at)
+    assert at.selectbox(key="method").value == "grad_cam"
+    assert at.multiselect(key="compare").value == ["saliency"]
+
+
 def test_compare_methods_side_by_side_on_one_scale(new_app):
     at = new_app().run()
     at.multiselect(key="compare").set_value(["rollout", "attention"]).run()

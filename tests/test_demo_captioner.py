@@ -114,3 +114,16 @@ def test_shipped_captioner_names_objects_and_points_at_them():
     assert cross["cell_pointing_rate"] >= 0.75 and relevance["cell_pointing_rate"] >= 0.75, shape
     assert cross["cell_on_other_object"] <= 0.15 and relevance["cell_on_other_object"] <= 0.15, shape
     assert cross["bilinear_pointing_rate"] >= 0.45 and relevance["bilinear_pointing_rate"] >= 0.6, shape
+
+
+@needs_shipped
+def test_typed_caption_tokens_read_as_text():
+    """A space the byte-level BPE leaves on its own (no merge for what follows) shows as ␣, never as Ġ."""
+    import attnviz
+    from attnviz.demo.scenes import make_scene, scene_to_pil
+    model = attnviz.load_model(str(SHIPPED))
+    cap = attnviz.capture(model, scene_to_pil(make_scene(5)), texts=["a red circle and a **x"])
+    labels = [t.label for t in cap.targets]
+    assert labels[:5] == ["a", "red", "circle", "and", "a"]
+    assert "␣" in labels and not any("Ġ" in lab for lab in labels)
+    assert model.caption_text(cap) == "a red circle and a **x"

@@ -318,3 +318,15 @@ def test_colorize_matches_matplotlib_everywhere():
     for name in ("inferno", "RdBu_r", "gray"):
         ref = np.round(matplotlib.colormaps[name](a)[..., :3] * 255).astype(np.uint8)
         np.testing.assert_array_equal(colorize(a, name), ref)
+
+
+def test_user_text_in_plotly_labels_is_escaped():
+    """Plotly draws <b>, <br>, <a href> in labels: a prompt like '<a href=…>x</a>' must show as typed."""
+    from attnviz.ui.figures import predictions_figure
+    typed = '<a href="https://example.com">click</a> & <b>bold</b>'
+    fig = render.heatmap_figure(Image.new("RGB", (16, 16)), np.zeros((2, 2)), title=typed)
+    assert fig.layout.title.text == '&lt;a href="https://example.com"&gt;click&lt;/a&gt; &amp; &lt;b&gt;bold&lt;/b&gt;'
+    bars = predictions_figure([{"index": 0, "label": typed, "probability": 0.5, "score": 1.0}], keep_order=True)
+    assert "<" not in bars.data[0].y[0] and "&lt;b&gt;" in bars.data[0].y[0]
+    grid = render.grid_figure([np.zeros((2, 2))], ["<i>x</i>"], cols=1)
+    assert "<i>" not in grid.layout.annotations[0].text and "<i>" not in grid.data[-1].name

@@ -389,8 +389,12 @@ class CaptionAdapter(ModelAdapter):
 
     # --- targets and display ------------------------------------------
     def token_text(self, token_id: int) -> str:
-        s = self.tokenizer.decode([token_id]).strip()
-        return s or self.tokenizer.convert_ids_to_tokens(token_id)
+        """A token as a reader sees it: decoded text; "␣" for a space on its own (byte-level BPE with no
+        merge for what follows, e.g. a typed " **"); the raw token when it decodes to nothing."""
+        s = self.tokenizer.decode([token_id])
+        if s.strip():
+            return s.strip()
+        return "␣" if s else self.tokenizer.convert_ids_to_tokens(token_id)
 
     def _targets(self, inputs, scores):
         ids = inputs["caption_ids"][0, 1:].tolist()

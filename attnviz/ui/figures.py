@@ -20,7 +20,7 @@ def predictions_figure(rows: Sequence[dict], selected: Optional[int] = None, *, 
     """Horizontal bars of the top-k targets, the first row on top; the selected target highlighted."""
     import plotly.graph_objects as go
     rows = list(rows)[::-1]
-    labels = [r["label"] if keep_order else f"{r['label']} (#{r['index']})" for r in rows]
+    labels = [render.plotly_text(r["label"] if keep_order else f"{r['label']} (#{r['index']})") for r in rows]
     vals = [r[value] for r in rows]
     colours = ["#e4572e" if r["index"] == selected else "#4c78a8" for r in rows]
     fig = go.Figure(go.Bar(
@@ -172,14 +172,17 @@ def deletion_figure(result: dict):
 def randomisation_figure(steps: Sequence):
     """Rank correlation with the original map as more blocks are randomised (from the top)."""
     import plotly.graph_objects as go
-    labels = [s.label for s in steps]
+    # short ticks: "none", "5", "4–5", ... (the blocks randomised so far)
+    labels = ["none" if not s.blocks else (f"{s.blocks[0]}" if len(s.blocks) == 1 else f"{s.blocks[0]}–{s.blocks[-1]}")
+              for s in steps]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=labels, y=[s.spearman_abs for s in steps], mode="lines+markers",
                              name="Spearman of |map|", line=dict(color="#e4572e", width=2.5)))
     fig.add_trace(go.Scatter(x=labels, y=[s.spearman for s in steps], mode="lines+markers",
                              name="Spearman of the signed map", line=dict(color="#4c78a8", width=1.5, dash="dot")))
     fig.add_hline(y=0, line_color="gray", line_width=1)
-    fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.3),
-                      xaxis=dict(title="blocks randomised, from the top", type="category"),
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+                      xaxis=dict(title="blocks randomised (from the top)", type="category"),
                       yaxis=dict(title="Spearman with the original", range=[-1.05, 1.05]))
     return fig

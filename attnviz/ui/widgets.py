@@ -36,6 +36,22 @@ def page_header(title: str, page: str) -> None:
         st.markdown(notes.PAGES[page])
 
 
+# --- state that outlives a page ------------------------------------------------
+
+# Streamlit forgets a widget's value on any run that does not draw the widget: another page, or a
+# page that stopped early (a rejected upload). Re-assigning the key at the start of every run keeps
+# it; each page still checks the value against its current options before drawing.
+KEEP_KEYS = ("method", "compare", "target", "pr_method", "pr_faith_prompt", "c_method", "c_layer", "c_head",
+             "c_word", "h_layer", "h_head", "h_qkind", "h_row", "h_col", "h_shared")
+
+
+def keep_page_state() -> None:
+    """Keep the pages' choices (and every method parameter, ``p:<method>:<name>``) across pages."""
+    for key in [*KEEP_KEYS, *(k for k in st.session_state if str(k).startswith("p:"))]:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
 # --- sidebar ----------------------------------------------------------------
 
 def _apply_sidebar_url(url: dict[str, str], options: list[str]) -> None:
