@@ -118,6 +118,7 @@ def test_faithfulness_checks_run_on_click_and_stay_cached(new_app, forwards):
     keys = [c.key for c in at.get("plotly_chart")]
     assert "faith:di:fig:relevance" in keys and len(keys) == n_charts + 1
     assert "Deletion AUC" in _captions(at) and "random order" in _captions(at)
+    assert "faith:di:relevance" not in [b.key for b in at.button]      # the result replaced its button
     ran = forwards["n"] - before
     assert ran >= 2 * 21 // 8                                    # batches of deletion and insertion steps
     at.button(key="faith:rand:relevance").click().run()

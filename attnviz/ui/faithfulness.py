@@ -30,8 +30,10 @@ def _run_on_click(label: str, button: str, key: str, cached, run):
     """The cached result, or a button that runs ``run(progress)`` with a progress bar; None until clicked."""
     if cached is not None:
         return cached
-    if not st.button(button, key=key):
+    slot = st.empty()
+    if not slot.button(button, key=key):
         return None
+    slot.empty()                      # the result replaces the button
     bar, update = _progress(label)
     out = run(update)
     bar.empty()

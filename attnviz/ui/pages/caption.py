@@ -160,10 +160,13 @@ def word_map_ui(ctx, spec: MethodSpec, params: dict[str, Any], word: int) -> Opt
     cached = eng.peek(ctx.adapter, ctx.entry, ctx.digest, spec.name, word, params)
     if cached is not None:
         return cached
-    if spec.slow and not st.button(f"Run {pretty(spec.name)}", key=f"c_run:{spec.name}", type="primary",
-                                   help="This method runs the model many times."):
-        st.caption(f"{pretty(spec.name)} runs the model many times: press Run when the settings are right.")
-        return None
+    if spec.slow:
+        slot = st.empty()
+        if not slot.button(f"Run {pretty(spec.name)}", key=f"c_run:{spec.name}", type="primary",
+                           help="This method runs the model many times."):
+            st.caption(f"{pretty(spec.name)} runs the model many times: press Run when the settings are right.")
+            return None
+        slot.empty()                  # the map replaces the button
     return eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, word, params)
 
 

@@ -111,12 +111,14 @@ def compute_ui(ctx, spec: MethodSpec, params: dict[str, Any], target: Any) -> Op
     if cached is not None:
         return cached
     if spec.slow:
-        clicked = st.button(f"Run {pretty(spec.name)}", key=f"run:{spec.name}", type="primary",
-                            help="This method runs the model many times; it shows its progress while it works.")
+        slot = st.empty()
+        clicked = slot.button(f"Run {pretty(spec.name)}", key=f"run:{spec.name}", type="primary",
+                              help="This method runs the model many times; it shows its progress while it works.")
         if not clicked:
             st.caption(f"{pretty(spec.name)} runs the model many times: press Run when the settings are right "
                        "(changing a setting while it runs stops it).")
             return None
+        slot.empty()                  # the map replaces the button
         bar, update = _progress_bar(pretty(spec.name))
         exp = eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params, progress=update)
         bar.empty()
