@@ -156,6 +156,22 @@ def test_choices_survive_other_pages_and_a_rejected_upload(new_app):
     assert at.multiselect(key="compare").value == ["saliency"]
 
 
+def test_offline_demo_default_opens_on_a_shapes_scene(monkeypatch):
+    """With no ATTNVIZ_MODEL and no hub, the demo classifier is the default and the first sample is a scene."""
+    monkeypatch.delenv("ATTNVIZ_MODEL", raising=False)
+    monkeypatch.delenv("ATTNVIZ_ALLOW_CUSTOM_MODELS", raising=False)
+    _clear()
+    try:
+        at = AppTest.from_file(APP, default_timeout=120).run()
+        _ok(at)
+        assert at.selectbox(key="model").value == "demo-vit-shapes"
+        assert at.session_state["sample"].startswith(("scene", "shapes:"))
+        assert any("offline demo model" in i.value for i in at.info)
+        assert len(_images(at)) == 1
+    finally:
+        _clear()
+
+
 def test_compare_methods_side_by_side_on_one_scale(new_app):
     at = new_app().run()
     at.multiselect(key="compare").set_value(["rollout", "attention"]).run()

@@ -151,6 +151,24 @@ def missing_demo_sentence(option: str) -> str:
 
 
 @st.cache_data(show_spinner=False)
+def is_scene_sample(name: str) -> bool:
+    """Whether a sample is a synthetic shapes scene (what the demo models know)."""
+    return name.startswith(("scene", "shapes:"))
+
+
+def first_scene_sample() -> Optional[str]:
+    return next((n for n in sample_images() if is_scene_sample(n)), None)
+
+
+def show_a_scene_for_the_demo() -> None:
+    """A callback for the "use the demo model" buttons: a photo sample gives way to a scene (an upload stays)."""
+    current = st.session_state.get("sample")
+    if current is not None and not is_scene_sample(current):
+        scene = first_scene_sample()
+        if scene is not None:
+            st.session_state["sample"] = scene
+
+
 def sample_images() -> dict[str, bytes]:
     """name -> bytes: up to six images from assets/ (not the README screenshot), then two synthetic scenes."""
     out: dict[str, bytes] = {}

@@ -95,6 +95,15 @@ def _on_sample() -> None:
     st.session_state["_upload_gen"] = st.session_state.get("_upload_gen", 0) + 1
 
 
+def _first_sample(names: list[str]) -> str:
+    """The sample shown first: a shapes scene when the model in use is a demo model (it knows shapes,
+    not photos), else the first sample."""
+    model = st.session_state.get("model") or state.default_model().option
+    if str(model).startswith("demo-"):
+        return next((n for n in names if state.is_scene_sample(n)), names[0])
+    return names[0]
+
+
 def image_input_ui() -> tuple[Optional[str], Optional[bytes]]:
     """Upload (validated later by content) or a one-click sample; returns (name, bytes)."""
     up = st.file_uploader(
@@ -106,7 +115,7 @@ def image_input_ui() -> tuple[Optional[str], Optional[bytes]]:
     if samples:
         names = list(samples)
         if "sample" not in st.session_state or st.session_state["sample"] not in (*names, None):
-            st.session_state["sample"] = None if up is not None else names[0]
+            st.session_state["sample"] = None if up is not None else _first_sample(names)
         pick = st.pills("…or a sample", names, key="sample", on_change=_on_sample)
     if up is not None:
         return up.name, up.getvalue()

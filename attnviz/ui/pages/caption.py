@@ -40,6 +40,7 @@ STRIP_SIDE = 192                 # strip overlays are drawn on a copy at most th
 
 def _use_demo_captioner() -> None:
     st.session_state["model"] = DEMO_CAPTIONER        # a callback: runs before the sidebar's selectbox is drawn
+    state.show_a_scene_for_the_demo()
 
 
 def not_a_captioner_ui(adapter) -> None:

@@ -82,18 +82,9 @@ def probability_note(kind: str) -> str:
 
 # --- page parts ---------------------------------------------------------------
 
-def _is_scene(sample_name: str) -> bool:
-    return sample_name.startswith(("scene", "shapes:"))
-
-
 def _use_demo_clip() -> None:
     st.session_state["model"] = DEMO_CLIP
-    # The demo knows shapes, not photos: on a photo sample, show a scene instead (an upload stays).
-    current = st.session_state.get("sample")
-    if current is not None and not _is_scene(current):
-        scenes = [name for name in state.sample_images() if _is_scene(name)]
-        if scenes:
-            st.session_state["sample"] = scenes[0]
+    state.show_a_scene_for_the_demo()
 
 
 def not_image_text_ui(adapter) -> None:
