@@ -382,8 +382,12 @@ def heatmap_figure(
     vmin: float | None = None,
     vmax: float | None = None,
     hover_label: str = "value",
+    compact: bool = False,
 ):
     """Interactive overlay: the image below, a hoverable heatmap on top.
+
+    ``compact``: for several figures side by side in narrow columns: the colour bar lies under the
+    image and the axes carry no tick labels, so the image keeps the column's width.
 
     Axes are original-image pixels (y down). The heatmap holds RAW map
     values, so hovering shows them; colours use ``zmin/zmax`` from
@@ -426,7 +430,9 @@ def heatmap_figure(
             colorscale=colorscale(cmap),
             opacity=float(alpha),
             zsmooth=False,
-            colorbar=dict(title=dict(text=str(hover_label))),
+            colorbar=(dict(orientation="h", y=-0.04, yanchor="top", thickness=10, len=1.0,
+                           title=dict(text=plotly_text(hover_label), side="top"))
+                      if compact else dict(title=dict(text=plotly_text(hover_label)))),
             hovertemplate=f"x=%{{x:.0f}}, y=%{{y:.0f}}<br>{label}=%{{z:.4g}}<extra></extra>",
             name=str(hover_label),
         )
@@ -446,13 +452,16 @@ def heatmap_figure(
             layer="below",
         )
     )
-    fig.update_xaxes(range=[0, width], showgrid=False, zeroline=False, constrain="domain")
+    fig.update_xaxes(range=[0, width], showgrid=False, zeroline=False, constrain="domain",
+                     showticklabels=not compact)
     fig.update_yaxes(
-        range=[height, 0], showgrid=False, zeroline=False, scaleanchor="x", scaleratio=1, constrain="domain"
+        range=[height, 0], showgrid=False, zeroline=False, scaleanchor="x", scaleratio=1, constrain="domain",
+        showticklabels=not compact,
     )
     fig.update_layout(
         title=dict(text=plotly_text(title)) if title else None,
-        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        margin=dict(l=10, r=10, t=40 if title else 10, b=60 if compact else 10),
+        height=340 if compact else None,
         plot_bgcolor="rgba(0,0,0,0)",
     )
     return fig

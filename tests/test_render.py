@@ -330,3 +330,12 @@ def test_user_text_in_plotly_labels_is_escaped():
     assert "<" not in bars.data[0].y[0] and "&lt;b&gt;" in bars.data[0].y[0]
     grid = render.grid_figure([np.zeros((2, 2))], ["<i>x</i>"], cols=1)
     assert "<i>" not in grid.layout.annotations[0].text and "<i>" not in grid.data[-1].name
+
+
+def test_compact_heatmap_figure_puts_the_colour_bar_under_the_image():
+    img = Image.new("RGB", (32, 24))
+    wide = render.heatmap_figure(img, np.arange(6.0).reshape(2, 3))
+    narrow = render.heatmap_figure(img, np.arange(6.0).reshape(2, 3), compact=True)
+    assert wide.data[0].colorbar.orientation in (None, "v") and narrow.data[0].colorbar.orientation == "h"
+    assert narrow.layout.xaxis.showticklabels is False and narrow.layout.yaxis.showticklabels is False
+    np.testing.assert_array_equal(np.asarray(narrow.data[0].z), np.asarray(wide.data[0].z))   # same values

@@ -178,7 +178,7 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]]) -> None:
                 with col, guard(f"Drawing {pretty(spec.name)}"):
                     fig = render.heatmap_figure(ctx.img.display, m, title=pretty(spec.name), cmap=cmap, norm=norm,
                                                 alpha=d.alpha, resample=d.resample, box=ctx.box, vmin=vmin,
-                                                vmax=vmax, hover_label=hover)
+                                                vmax=vmax, hover_label=hover, compact=len(shown) > 1)
                     st.plotly_chart(fig, key=f"fig:{spec.name}")
     ctx.timings["render"] = time.perf_counter() - t0
     for spec, exp in shown:

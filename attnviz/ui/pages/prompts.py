@@ -159,7 +159,7 @@ def maps_ui(ctx, spec, params: dict[str, Any]) -> None:
                         if hover:
                             fig = render.heatmap_figure(ctx.img.display, exp.map, title=label, cmap=cmap, norm=norm,
                                                         alpha=d.alpha, resample=d.resample, box=ctx.box, vmin=vmin,
-                                                        vmax=vmax)
+                                                        vmax=vmax, compact=True)
                             st.plotly_chart(fig, key=f"pr_fig:{t.index}")
                         else:
                             img = render.overlay(ctx.img.display, exp.map, alpha=d.alpha, cmap=cmap, norm=norm,
