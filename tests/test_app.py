@@ -215,11 +215,13 @@ def test_url_parameters_restore_settings(new_app):
 def test_bad_url_values_warn_once_each_and_use_defaults(new_app):
     at = new_app()
     at.query_params.update({"method": "nope", "alpha": "7", "n_steps": "abc", "target": "999",
-                            "integrated_gradients.n_steps": "abc"})
+                            "integrated_gradients.n_steps": "abc", "start_layer": "99"})
     at.run()
     assert not at.exception and not at.error
     warnings = [w.value for w in at.warning]
-    assert len(warnings) == 4, warnings                          # bare n_steps: not a parameter of relevance
+    assert len(warnings) == 5, warnings                          # bare n_steps: not a parameter of relevance
+    assert any("start layer '99' does not fit this model" in w for w in warnings), warnings
+    assert at.number_input(key="p:relevance:start_layer").value == 0
     assert all(w.endswith(".") and ". " not in w and "\n" not in w for w in warnings), warnings
     assert at.selectbox(key="method").value == "relevance" and at.slider(key="alpha").value == 0.5
 

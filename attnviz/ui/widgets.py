@@ -241,7 +241,7 @@ def _query_format(q: str) -> str:
     return "output (what the prediction reads)" if q == "output" else q
 
 
-def _widget_value(p: Param, value: Any, ctx, spec_name: str = "") -> Any:
+def widget_value(p: Param, value: Any, ctx, spec_name: str = "") -> Any:
     """``value`` as the widget holds it, or None when the widget cannot show it (e.g. after a model change)."""
     cap = ctx.capture
     if p.name in ("layer", "start_layer"):
@@ -263,9 +263,9 @@ def params_ui(spec: MethodSpec, ctx) -> dict[str, Any]:
     out = {}
     for p in spec.params:
         key = f"p:{spec.name}:{p.name}"
-        if key not in st.session_state or _widget_value(p, st.session_state[key], ctx, spec.name) is None:
+        if key not in st.session_state or widget_value(p, st.session_state[key], ctx, spec.name) is None:
             for candidate in (store.get(p.name), family_defaults.get(p.name), p.default):
-                value = None if candidate is None else _widget_value(p, candidate, ctx, spec.name)
+                value = None if candidate is None else widget_value(p, candidate, ctx, spec.name)
                 if value is not None:
                     break
             else:   # e.g. the "output" query on a model without an output token: its first option

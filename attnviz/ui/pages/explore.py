@@ -19,7 +19,8 @@ from attnviz.ui.context import load_context, query_label
 from attnviz.ui.compute import comparable, export_record, model_key, top_k
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
-from attnviz.ui.widgets import method_ui, page_header, params_ui, pretty, shared_url_values, target_ui
+from attnviz.ui.widgets import (default_method, method_ui, page_header, params_ui, pretty, shared_url_values, target_ui,
+                                widget_value)
 
 PROGRESS_EVERY_S = 0.15   # at most this often a progress bar update goes to the browser
 
@@ -42,7 +43,7 @@ def _apply_url(url: dict[str, str], specs: dict[str, MethodSpec], ctx) -> None:
             st.session_state["target"] = ctx.adapter.resolve_target(ctx.capture, url["target"]).index
         except UsageError:
             urlstate.warn(f"The link's target '{url['target']}' is not one of this model's targets; using the top one.")
-    main = st.session_state.get("method")
+    main = st.session_state.get("method") or default_method(ctx.adapter.family, list(specs))
     store = st.session_state.setdefault("_params", {})
     for key, raw in url.items():
         method, _, name = key.rpartition(".")
@@ -52,10 +53,15 @@ def _apply_url(url: dict[str, str], specs: dict[str, MethodSpec], ctx) -> None:
         if param is None:
             continue
         try:
-            store.setdefault(method, {})[name] = param.parse(raw)
-            st.session_state.pop(f"p:{method}:{name}", None)
+            value = param.parse(raw)
         except UsageError as e:
             urlstate.warn(f"The link's {str(e)[0].lower()}{str(e)[1:].rstrip('.')}; using the default.")
+            continue
+        if widget_value(param, value, ctx, method) is None:      # e.g. a layer this model does not have
+            urlstate.warn(f"The link's {name.replace('_', ' ')} '{raw}' does not fit this model; using the default.")
+            continue
+        store.setdefault(method, {})[name] = value
+        st.session_state.pop(f"p:{method}:{name}", None)
 
 
 def _reset_target_on_new_image(ctx) -> None:
