@@ -60,6 +60,8 @@ def test_explore_shows_predictions_overlay_and_exports(new_app):
     _ok(at)
     assert len(_images(at)) == 1                                  # the overlay of the default sample
     assert [c.key for c in at.get("plotly_chart")] == ["predictions"]   # the hover tab is drawn when opened
+    bars = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["marker"]["color"]
+    assert bars.count("#e4572e") == 1                            # the target's bar is marked on the first run
     assert [b.proto.label for b in at.download_button] == ["Overlay PNG", "Raw map .npy", "Settings .json"]
     assert "on **CPU**" in _captions(at)
     assert "relevance" in _captions(at)
@@ -372,3 +374,16 @@ def test_ui_is_the_only_streamlit_importer():
                  if "ui" not in p.relative_to(ROOT / "attnviz").parts[:1]
                  and ("import streamlit" in p.read_text() or "from streamlit" in p.read_text())]
     assert offenders == []
+
+
+def test_markdown_literal_shows_typed_text_as_typed():
+    """A typed caption through a CommonMark renderer: no bold, link, code or HTML, the same characters."""
+    import html as html_lib
+
+    from markdown_it import MarkdownIt
+
+    from attnviz.ui.widgets import markdown_literal
+    typed = "a **red** [circle](javascript:x) `code` $x^2$ <b>tag</b> # _it_ 1. ~x~"
+    out = MarkdownIt().renderInline(markdown_literal(typed))
+    assert not any(tag in out for tag in ("<strong>", "<em>", "<a ", "<code>", "<b>"))
+    assert html_lib.unescape(out) == typed

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Optional
 
 import streamlit as st
@@ -17,6 +18,11 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp"]
 CMAPS = ["auto", "inferno", "viridis", "magma", "plasma", "turbo", "jet", "RdBu_r", "coolwarm", "gray"]
 NORMS = ["auto", *render.NORMALIZATIONS]
 DEFAULT_METHOD = {"captioning": "caption_relevance"}    # per family; otherwise relevance
+
+
+def markdown_literal(text: str) -> str:
+    """User text (a typed caption) for st.markdown, shown as typed: not read as Markdown or LaTeX."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
 
 
 def pretty(name: str) -> str:

@@ -8,7 +8,6 @@ Engine); switching words, layers or heads re-reads them.
 """
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Optional
 
@@ -26,7 +25,7 @@ from attnviz.ui.compute import model_key
 from attnviz.ui.context import load_context
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
-from attnviz.ui.widgets import page_header, params_ui, pretty, shared_url_values
+from attnviz.ui.widgets import markdown_literal, page_header, params_ui, pretty, shared_url_values
 
 DEMO_CAPTIONER = "demo-captioner-shapes"
 WORD_METHODS = ("cross_attention", "caption_relevance")       # per-word maps the strip can show
@@ -71,18 +70,13 @@ def _default_word(cap) -> int:
     return next((t.index for t in cap.targets if t.label.strip().lower() not in SKIP_WORDS), 0)
 
 
-def _escape(text: str) -> str:
-    """A typed caption shown as typed, not read as Markdown or LaTeX."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
-
-
 def words_ui(ctx) -> int:
     """The caption as clickable words (tokens); returns the chosen token index."""
     cap, adapter = ctx.capture, ctx.adapter
     record = adapter.caption_record(cap)
     source = {"generated": "written by the model", "typed": "typed by you, scored by the model"}.get(
         record["source"], record["source"])
-    st.markdown(f"**Caption** ({source}): {_escape(record['text'])}")
+    st.markdown(f"**Caption** ({source}): {markdown_literal(record['text'])}")
     for note in cap.extras.get("notes", []):
         st.caption(note)
     options = [t.index for t in cap.targets]

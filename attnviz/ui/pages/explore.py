@@ -19,7 +19,7 @@ from attnviz.ui.context import load_context, query_label
 from attnviz.ui.compute import comparable, export_record, model_key, top_k
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
-from attnviz.ui.widgets import (default_method, method_ui, page_header, params_ui, pretty, shared_url_values, target_ui,
+from attnviz.ui.widgets import (default_method, markdown_literal, method_ui, page_header, params_ui, pretty, shared_url_values, target_ui,
                                 widget_value)
 
 PROGRESS_EVERY_S = 0.15   # at most this often a progress bar update goes to the browser
@@ -71,6 +71,13 @@ def _reset_target_on_new_image(ctx) -> None:
         st.session_state.pop("target", None)
 
 
+def _chosen_target(ctx) -> int:
+    """The target the picker holds, or the one it will start on (drawn before the picker is)."""
+    t = st.session_state.get("target")
+    return t if isinstance(t, int) and 0 <= t < len(ctx.capture.targets) else \
+        ctx.adapter.resolve_target(ctx.capture, None).index
+
+
 def predictions_ui(ctx) -> None:
     """What the model thinks: top classes, every prompt's match, or the caption word by word."""
     cap, adapter = ctx.capture, ctx.adapter
@@ -81,11 +88,11 @@ def predictions_ui(ctx) -> None:
         return
     if kind == "token":
         if hasattr(adapter, "caption_text"):
-            st.markdown(f"**Caption:** {adapter.caption_text(cap)}")
+            st.markdown(f"**Caption:** {markdown_literal(adapter.caption_text(cap))}")
         probs = adapter.probabilities(cap).detach().float().cpu().numpy()
         rows = [{"index": t.index, "label": f"{t.index}: {t.label}", "probability": float(probs[t.index])}
                 for t in cap.targets]
-        st.plotly_chart(figures.predictions_figure(rows, st.session_state.get("target"), keep_order=True),
+        st.plotly_chart(figures.predictions_figure(rows, _chosen_target(ctx), keep_order=True),
                         key="predictions", config={"displayModeBar": False})
         return
     k = min(5 if kind == "class" else 12, len(cap.targets))
@@ -93,7 +100,7 @@ def predictions_ui(ctx) -> None:
     multi = getattr(adapter, "multi_label", False) or getattr(adapter, "kind", "") == "siglip"
     what = "predictions" if kind == "class" else "prompt matches"
     st.markdown(f"**Top {k} {what}**" + (" (independent probabilities: several can be high)" if multi else ""))
-    st.plotly_chart(figures.predictions_figure(rows, st.session_state.get("target")), key="predictions",
+    st.plotly_chart(figures.predictions_figure(rows, _chosen_target(ctx)), key="predictions",
                     config={"displayModeBar": False})
 
 
