@@ -86,6 +86,32 @@ def test_faithfulness_of_a_chosen_prompt(prompts_app):
     assert abs(float(probs[1]) - float(probs[0])) > 1e-4                  # so prompt 0's curve would differ
 
 
+def test_a_link_carries_the_prompts_and_the_map_method(clip_dirs, monkeypatch):
+    """Prompts and map method go into the address bar, and a link with them opens on them."""
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(clip_dirs["clip"]))
+    monkeypatch.delenv("ATTNVIZ_ALLOW_CUSTOM_MODELS", raising=False)
+    _clear()
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"prompts": "a red circle\na naïve cat", "map_method": "grad_cam"})
+    at.run()
+    at = at.switch_page(PROMPTS_PAGE).run()
+    _ok(at)
+    assert at.text_area(key="prompts").value == "a red circle\na naïve cat"
+    assert at.selectbox(key="pr_method").value == "grad_cam"
+    assert len(_word_blocks(at)) == 2
+    assert at.query_params["prompts"] == "a red circle\na naïve cat"          # written back by the page
+    at.selectbox(key="pr_method").set_value("relevance").run()
+    assert at.query_params["map_method"] == "relevance"
+    bad = AppTest.from_file(APP, default_timeout=120)
+    _clear()
+    bad.query_params.update({"map_method": "telepathy"})
+    bad.run()
+    bad = bad.switch_page(PROMPTS_PAGE).run()
+    assert any("map method 'telepathy'" in w.value for w in bad.warning)
+    assert bad.selectbox(key="pr_method").value == "relevance"
+    _clear()
+
+
 def test_map_method_and_its_settings(prompts_app):
     at = prompts_app()
     names = at.selectbox(key="pr_method").options

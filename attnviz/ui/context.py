@@ -10,10 +10,11 @@ import streamlit as st
 
 from ..errors import ModelUnavailable, UsageError
 from ..images import ImageRejected
-from . import state
+from . import state, urlstate
 from .compute import CaptureEntry
 
 DEFAULT_PROMPTS = "a photo of a cat\na photo of a dog\na photo of a car\na drawing of shapes"
+MAX_URL_PROMPTS_CHARS = 2000       # a link carries the prompts; longer ones stay out of the address bar
 
 
 @dataclass
@@ -67,6 +68,13 @@ def texts_ui(adapter, slot) -> Optional[tuple[str, ...]]:
         current = st.session_state.get("prompts")
         if current in (None, st.session_state.get("_prompts_default")):
             current = default
+        url = urlstate.consume("prompts_text")                  # a shared link's prompts, once
+        if url and url.get("prompts"):
+            if len(url["prompts"]) <= MAX_URL_PROMPTS_CHARS:
+                current = url["prompts"]
+            else:
+                urlstate.warn(f"The link's prompts are longer than {MAX_URL_PROMPTS_CHARS} characters; "
+                              "using the example prompts.")
         # Set every run: the box is a different widget on each page, which would otherwise start empty.
         st.session_state["prompts"] = current
         st.session_state["_prompts_default"] = default

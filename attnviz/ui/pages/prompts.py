@@ -15,11 +15,11 @@ import streamlit as st
 
 from attnviz import catalog, render
 from attnviz.methods import list_methods
-from attnviz.ui import figures, notes, state
-from attnviz.ui.context import load_context
+from attnviz.ui import figures, notes, state, urlstate
+from attnviz.ui.context import MAX_URL_PROMPTS_CHARS, load_context
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
-from attnviz.ui.widgets import page_header, params_ui, pretty
+from attnviz.ui.widgets import page_header, params_ui, pretty, shared_url_values
 
 DEMO_CLIP = "demo-clip-shapes"
 PER_ROW = 3                       # maps per row
@@ -118,6 +118,13 @@ def map_method_ui(ctx):
     specs = {m.name: m for m in list_methods(ctx.adapter.family)
              if m.over in ("patches", "pixels") and m.class_specific and not m.slow}
     names = list(specs)
+    url = urlstate.consume("prompts")
+    if url and "map_method" in url:
+        if url["map_method"] in specs:
+            st.session_state["pr_method"] = url["map_method"]
+        else:
+            urlstate.warn(f"The link's map method '{url['map_method']}' is not one of {', '.join(names)}; "
+                          "using relevance.")
     if st.session_state.get("pr_method") not in names:
         st.session_state["pr_method"] = "relevance" if "relevance" in names else names[0]
     name = st.selectbox("Map method", names, key="pr_method", format_func=pretty,
@@ -221,6 +228,9 @@ def main() -> None:
         with st.expander("About these maps"):
             st.markdown(notes.method_note(spec.name, spec.description))
             st.markdown(notes.method_note("text_relevance"))
+    prompts = "\n".join(ctx.texts or ())
+    urlstate.sync({**shared_url_values(ctx.model_option, ctx.display), "map_method": spec.name,
+                   "prompts": prompts if len(prompts) <= MAX_URL_PROMPTS_CHARS else None})
 
 
 if __name__ == "__main__":
