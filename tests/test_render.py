@@ -327,7 +327,18 @@ def test_user_text_in_plotly_labels_is_escaped():
     fig = render.heatmap_figure(Image.new("RGB", (16, 16)), np.zeros((2, 2)), title=typed)
     assert fig.layout.title.text == '&lt;a href="https://example.com"&gt;click&lt;/a&gt; &amp; &lt;b&gt;bold&lt;/b&gt;'
     bars = predictions_figure([{"index": 0, "label": typed, "probability": 0.5, "score": 1.0}], keep_order=True)
-    assert "<" not in bars.data[0].y[0] and "&lt;b&gt;" in bars.data[0].y[0]
+    tick, hover = bars.layout.yaxis.ticktext[0], bars.data[0].customdata[0]
+    assert "<" not in tick and "&lt;a href" in tick and tick.endswith("…")          # cut at 40 characters
+    assert hover == '&lt;a href="https://example.com"&gt;click&lt;/a&gt; &amp; &lt;b&gt;bold&lt;/b&gt;'
+
+
+def test_predictions_figure_keeps_equal_labels_apart():
+    from attnviz.ui.figures import predictions_figure
+    rows = [{"index": i, "label": "a cat", "probability": p, "score": 0.0} for i, p in enumerate((0.7, 0.3))]
+    fig = predictions_figure(rows, selected=1, keep_order=True)
+    assert len(fig.data[0].y) == 2 and len(set(fig.data[0].y)) == 2                 # two bars, not one
+    assert list(fig.data[0].x) == [0.3, 0.7] and list(fig.layout.yaxis.ticktext) == ["a cat", "a cat"]
+    assert list(fig.data[0].marker.color) == ["#e4572e", "#4c78a8"]                # index 1 is marked
     grid = render.grid_figure([np.zeros((2, 2))], ["<i>x</i>"], cols=1)
     assert "<i>" not in grid.layout.annotations[0].text and "<i>" not in grid.data[-1].name
 

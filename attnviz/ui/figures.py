@@ -15,21 +15,30 @@ def _png_data_uri(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(render.to_png_bytes(img)).decode("ascii")
 
 
+LABEL_CHARS = 40     # longer labels (a long prompt) are cut in the axis; the hover shows them whole
+
+
 def predictions_figure(rows: Sequence[dict], selected: Optional[int] = None, *, value: str = "probability",
                        keep_order: bool = False):
-    """Horizontal bars of the top-k targets, the first row on top; the selected target highlighted."""
+    """Horizontal bars of the top-k targets, the first row on top; the selected target highlighted.
+
+    Bars sit at numeric positions with the labels as tick text, so two equal (or equally cut) labels
+    never merge into one bar.
+    """
     import plotly.graph_objects as go
     rows = list(rows)[::-1]
-    labels = [render.plotly_text(r["label"] if keep_order else f"{r['label']} (#{r['index']})") for r in rows]
+    full = [r["label"] if keep_order else f"{r['label']} (#{r['index']})" for r in rows]
+    ticks = [render.plotly_text(t if len(t) <= LABEL_CHARS else t[:LABEL_CHARS - 1] + "…") for t in full]
     vals = [r[value] for r in rows]
     colours = ["#e4572e" if r["index"] == selected else "#4c78a8" for r in rows]
+    pos = list(range(len(rows)))
     fig = go.Figure(go.Bar(
-        x=vals, y=labels, orientation="h", marker_color=colours,
+        x=vals, y=pos, orientation="h", marker_color=colours, customdata=[render.plotly_text(t) for t in full],
         text=[f"{v:.1%}" if value == "probability" else f"{v:.3g}" for v in vals], textposition="auto",
-        hovertemplate="%{y}<br>" + value + "=%{x:.4g}<extra></extra>"))
+        hovertemplate="%{customdata}<br>" + value + "=%{x:.4g}<extra></extra>"))
     fig.update_layout(height=60 + 28 * len(rows), margin=dict(l=10, r=10, t=10, b=10),
                       xaxis=dict(range=[0, 1] if value == "probability" else None, title=value),
-                      yaxis=dict(automargin=True))
+                      yaxis=dict(automargin=True, tickmode="array", tickvals=pos, ticktext=ticks))
     return fig
 
 
