@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("batch", help="explain every image in a folder")
     b.add_argument("folder")
     explain_args(b)
-    b.add_argument("--out-dir", required=True, help="folder for <name>.npy, <name>.png and results.jsonl")
+    b.add_argument("--out-dir", required=True,
+                   help="folder (not the images' own) for <file>.npy, <file>.png and results.jsonl; "
+                        "<file> is the image's whole name, e.g. cat.jpg.npy")
 
     m = sub.add_parser("models", help="list the catalog and whether each model is available offline")
     m.add_argument("--methods", action="store_true", help="list the explanation methods and their parameters")
@@ -182,9 +184,12 @@ def cmd_explain(args) -> int:
     t0 = time.perf_counter()
     image = load_path(args.image)
     params = _method_params(args)
-    if args.out and Path(args.out).suffix.lower() not in (".npy", ".png"):
+    if args.out:
         from .errors import UsageError
-        raise UsageError(f"--out must end in .npy or .png, got '{Path(args.out).name}'.")
+        if Path(args.out).suffix.lower() not in (".npy", ".png"):
+            raise UsageError(f"--out must end in .npy or .png, got '{Path(args.out).name}'.")
+        if not Path(args.out).resolve().parent.is_dir():       # said before the model runs, not after
+            raise UsageError(f"--out: the folder '{Path(args.out).parent}' does not exist.")
     t_load = time.perf_counter()
     adapter = _load(args)
     t_model = time.perf_counter()
@@ -250,6 +255,9 @@ def cmd_batch(args) -> int:
     if not folder.is_dir():
         from .errors import UsageError
         raise UsageError(f"'{folder}' is not a folder.")
+    if out.resolve() == folder.resolve():
+        from .errors import UsageError
+        raise UsageError("--out-dir must be another folder than the images (the maps would overwrite them).")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     params = _method_params(args)
     adapter = _load(args)
@@ -266,8 +274,9 @@ def cmd_batch(args) -> int:
                 continue
             t0 = time.perf_counter()
             cap, exp, timings, checks = _explain_one(adapter, image, args, params)
-            _write_out(out / f"{path.stem}.npy", image, cap, exp)
-            _write_out(out / f"{path.stem}.png", image, cap, exp)
+            # named after the whole file name: a.jpg and a.png are two images, two sets of maps
+            _write_out(out / f"{path.name}.npy", image, cap, exp)
+            _write_out(out / f"{path.name}.png", image, cap, exp)
             timings["total"] = time.perf_counter() - t0
             log.write(json.dumps({"file": path.name, **_record(adapter, cap, exp, timings), **checks}) + "\n")
             if "faithfulness" in checks:

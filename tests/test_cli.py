@@ -59,6 +59,9 @@ def test_explain_npy_and_png(capsys, tmp_path, image_file, saved_models, photo):
     (["explain", "IMG", "--param", "n_steps"], "key=value"),
     (["explain", "IMG", "--out", "x.jpg"], ".npy or .png"),
     (["explain", "IMG", "--size", "big"], "HEIGHTxWIDTH"),
+    (["explain", "IMG", "--size", "4000x4000"], "250,000 patches of 8×8; at most 4,096"),
+    (["explain", "IMG", "--out", "/no/such/folder/x.png"], "does not exist"),
+    (["explain", "IMG", "--text", "a cat"], "reads no text"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_usage_errors_exit_2(capsys, image_file, saved_models, argv, match):
@@ -143,7 +146,7 @@ def test_batch_folder(capsys, tmp_path, saved_models, photo):
     lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert [x["file"] for x in lines] == ["a.png", "b.jpg", "c.png"]
     assert "error" in lines[2] and lines[0]["map_shape"] == [4, 4]
-    assert (tmp_path / "out" / "b.png").exists() and np.load(tmp_path / "out" / "a.npy").shape == (4, 4)
+    assert (tmp_path / "out" / "b.jpg.png").exists() and np.load(tmp_path / "out" / "a.png.npy").shape == (4, 4)
     assert "faithfulness" not in lines[0]
     code, _, err = run(capsys, "batch", src, "--model", saved_models["vit"], "--method", "relevance",
                        "--out-dir", tmp_path / "out2", "--faithfulness")
@@ -151,6 +154,23 @@ def test_batch_folder(capsys, tmp_path, saved_models, photo):
     assert all(0 <= x["faithfulness"]["deletion_auc"] <= 1 for x in lines[:2])
     beat = sum(x["faithfulness"]["deletion_auc"] < x["faithfulness"]["random_deletion_auc"] for x in lines[:2])
     assert "faithfulness over 2 images" in err and f"beat random on deletion in {beat}/2" in err
+
+
+def test_batch_never_writes_over_the_images(capsys, tmp_path, saved_models, photo):
+    """a.png and a.jpg get their own maps; the images' own folder is refused as the output."""
+    src = tmp_path / "in"
+    src.mkdir()
+    photo.save(src / "a.png")
+    photo.rotate(90, expand=True).save(src / "a.jpg")
+    before = (src / "a.png").read_bytes()
+    code, _, err = run(capsys, "batch", src, "--model", saved_models["vit"], "--out-dir", src)
+    assert code == 2 and "another folder" in err and (src / "a.png").read_bytes() == before
+    code, _, err = run(capsys, "batch", src, "--model", saved_models["vit"], "--out-dir", tmp_path / "out")
+    assert code == 0, err
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} == {"a.png.npy", "a.png.png", "a.jpg.npy", "a.jpg.png", "results.jsonl"}
+    assert np.load(out / "a.png.npy").shape == (4, 4) and np.load(out / "a.jpg.npy").shape == (4, 4)
+    assert (src / "a.png").read_bytes() == before
 
 
 def test_bench_quick_prints_ratios(capsys):

@@ -17,6 +17,7 @@ import torch
 import transformers
 from PIL import Image
 
+from ..errors import UsageError
 from ..types import Target, TokenLayout
 from .base import ModelAdapter, accepts_kwarg, register_adapter
 from .geometry import grid_layout, pair, pixels
@@ -103,6 +104,9 @@ class ClassifierAdapter(ModelAdapter):
                 size: Optional[tuple[int, int]] = None) -> dict[str, Any]:
         """Processor output for one RGB image. ``size=(height, width)`` overrides the resize
         (rounded to whole patches) for families that interpolate position embeddings."""
+        if texts:
+            raise UsageError("This model is an image classifier and reads no text: prompts (--text) are for "
+                             "image–text models and captions for captioners.")
         pixel_values, box = pixels(self.processor, image, self.patch_size, size)
         return {"pixel_values": pixel_values, "box": box}
 

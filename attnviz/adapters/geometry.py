@@ -13,7 +13,10 @@ from typing import Any, Optional
 import torch
 from PIL import Image
 
+from ..errors import UsageError
 from ..types import TokenLayout
+
+MAX_PATCHES = 4096          # a chosen input size may make at most this many patch tokens
 
 
 def pair(v) -> tuple[int, int]:
@@ -55,6 +58,11 @@ def pixels(processor, image: Image.Image, patch_size: tuple[int, int],
     if size is not None:
         ph, pw = patch_size
         h, w = max(ph, round(size[0] / ph) * ph), max(pw, round(size[1] / pw) * pw)
+        n = (h // ph) * (w // pw)
+        if n > MAX_PATCHES:
+            # attention memory grows with the square of the token count: 4000×4000 at 16 px would need ~1 TB
+            raise UsageError(f"The input size {h}×{w} makes {n:,} patches of {ph}×{pw}; at most {MAX_PATCHES:,} "
+                             f"(e.g. {ph * 64}×{pw * 64}).")
         kw = {"size": {"height": h, "width": w}, "do_center_crop": False}
     pixel_values = processor(images=image, return_tensors="pt", **kw)["pixel_values"]
     return pixel_values, (None if size is not None else view_box(processor, image.size))
