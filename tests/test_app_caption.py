@@ -97,6 +97,19 @@ def test_faithfulness_of_a_words_map(caption_app):
     assert float(_trace_values(fig, 0, "y")[0]) == pytest.approx(float(entries[0].capture.scores[word]), abs=1e-4)
 
 
+def test_clicking_the_chosen_word_again_keeps_it(caption_app):
+    """st.pills unselects a pill clicked twice; the page keeps that word instead of jumping to another."""
+    at = caption_app()
+    n = _n_words(at)
+    assert n >= 3
+    at.button_group(key="c_word").set_value(n - 1).run()
+    label = at.button_group(key="c_word").options[n - 1]
+    at.button_group(key="c_word").set_value(None).run()                 # the second click on the same pill
+    _ok(at)
+    assert at.button_group(key="c_word").value == n - 1
+    assert _image_captions(at)[0] == f"cross attention for “{label}”"
+
+
 def test_word_layer_and_head_switches_never_run_the_model(caption_app, runs):
     at = caption_app()
     _ok(at)

@@ -67,7 +67,14 @@ def _reset_on_new_caption(ctx) -> None:
 
 def _default_word(cap) -> int:
     """The first word that carries content (not "a", "and", …), else the first."""
-    return next((t.index for t in cap.targets if t.label.strip().lower() not in SKIP_WORDS), 0)
+    return next((t.index for t in cap.targets
+                 if t.label.strip().lower() not in SKIP_WORDS and any(ch.isalnum() for ch in t.label)), 0)
+
+
+def _keep_a_word() -> None:
+    """Clicking the chosen pill again unselects it: keep the word it was (a callback may set the value)."""
+    if st.session_state.get("c_word") is None and st.session_state.get("_c_word_last") is not None:
+        st.session_state["c_word"] = st.session_state["_c_word_last"]
 
 
 def words_ui(ctx) -> int:
@@ -83,9 +90,11 @@ def words_ui(ctx) -> int:
     if st.session_state.get("c_word") not in options:
         st.session_state["c_word"] = _default_word(cap)
     picked = st.pills("Click a word", options, key="c_word", format_func=lambda i: cap.targets[i].label,
+                      on_change=_keep_a_word,
                       help="Each token of the caption. Its map shows where the model looked to write it.")
-    if picked is None:                      # clicking the chosen pill again unselects it: keep a word
+    if picked is None:
         picked = _default_word(cap)
+    st.session_state["_c_word_last"] = picked
     if record["source"] == "generated":
         st.caption("Type your own caption in the sidebar (*Caption to score*) to see where the model would look "
                    "for each of its words; leave it empty for the model's own caption.")
