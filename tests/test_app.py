@@ -233,7 +233,7 @@ def test_heads_page_grid_enlarged_patch_query_and_stats(new_app):
     at.switch_page(HEADS).run()
     _ok(at)
     assert len(_images(at)) == 1
-    assert [c.key for c in at.get("plotly_chart")] == ["h_mosaic", "h_stats"]   # thumbnails, distance/entropy
+    assert [c.key.split("#")[0] for c in at.get("plotly_chart")] == ["h_mosaic", "h_stats"]   # thumbnails, stats
     at.session_state["h_hover"] = True
     at.run()
     assert "h_big" in [c.key for c in at.get("plotly_chart")]    # the enlarged head's hover figure

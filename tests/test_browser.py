@@ -219,6 +219,14 @@ def test_upload_explain_switch_heads_and_reject_a_broken_file(server, photo, tmp
             timings["head_switch_click_s"] = time.perf_counter() - t0
             _wait_idle(page)
             _no_exception(page)
+            # The picker moves away, then the same thumbnail is clicked again: it must count.
+            _pick(page, "Head", "head 1")
+            page.get_by_text(re.compile(r"^Layer 0, head 1:")).first.wait_for()
+            _wait_idle(page)
+            _click_thumbnail(page, 0, 2)
+            page.get_by_text(re.compile(r"^Layer 0, head 2:")).first.wait_for()
+            _wait_idle(page)
+            _no_exception(page)
             page.screenshot(path=str(ARTIFACTS / "browser-heads.png"))
 
             # A broken file: one error sentence, no traceback, the sidebar still works.

@@ -16,21 +16,27 @@ from attnviz.ui.widgets import page_header, shared_url_values
 PATCH = "a patch"
 
 
-def _clicked(chart_key: str, seen_key: str) -> Optional[list[int]]:
-    """customdata of a newly clicked point of a chart drawn with on_select, once per click."""
-    event = st.session_state.get(chart_key)
+def _chart_key(base: str) -> str:
+    """The key a clickable chart is drawn under: it changes after every click it reports."""
+    return f"{base}#{st.session_state.get('_gen:' + base, 0)}"
+
+
+def _clicked(base: str) -> Optional[list[int]]:
+    """customdata of the point just clicked on the chart ``base``, once per click.
+
+    A chart keeps its selection across reruns, so the same thumbnail clicked again (after the picker
+    moved elsewhere) would look like no click at all. After each reported click the chart is drawn
+    under a new key, with no selection, so every click is a new one.
+    """
+    event = st.session_state.get(_chart_key(base))
     points = event.get("selection", {}).get("points", []) if event else []
     points = [p for p in points if p.get("customdata") is not None]
     if not points:
         return None
-    p = points[0]
-    data = p["customdata"]
+    data = points[0]["customdata"]
     # A numpy customdata row arrives as {"0": a, "1": b}; a list as [a, b].
     values = [data[k] for k in sorted(data, key=int)] if isinstance(data, dict) else list(data)
-    mark = (p.get("curve_number"), p.get("point_index"), tuple(values))
-    if st.session_state.get(seen_key) == mark:
-        return None
-    st.session_state[seen_key] = mark
+    st.session_state["_gen:" + base] = st.session_state.get("_gen:" + base, 0) + 1
     return [int(v) for v in values]
 
 
@@ -96,7 +102,7 @@ def query_ui(ctx) -> str:
                          "(CLS; CLS and distillation averaged for distilled DeiT).")
     if kind != PATCH:
         return kind
-    hit = _clicked("h_patch_fig", "_h_patch_seen")
+    hit = _clicked("h_patch_fig")
     if hit is not None:
         st.session_state["h_row"], st.session_state["h_col"] = int(hit[0]), int(hit[1])
     c1, c2 = st.columns(2)
@@ -106,7 +112,7 @@ def query_ui(ctx) -> str:
         st.caption("Click a patch on the image to make it the query.")
         st.plotly_chart(figures.patch_picker_figure(ctx.img.display, lay.rows, lay.cols, box=ctx.box,
                                                     selected=(int(r), int(c))),
-                        key="h_patch_fig", on_select="rerun", selection_mode="points",
+                        key=_chart_key("h_patch_fig"), on_select="rerun", selection_mode="points",
                         config={"displayModeBar": False})
     return f"{int(r)},{int(c)}"
 
@@ -126,7 +132,7 @@ def main() -> None:
     if url:
         _apply_url(url, L, H, lay.rows, lay.cols, kinds)
 
-    hit = _clicked("h_mosaic", "_h_mosaic_seen")
+    hit = _clicked("h_mosaic")
     if hit is not None:
         st.session_state["h_layer"], st.session_state["h_head"] = int(hit[0]), int(hit[1])
 
@@ -152,7 +158,7 @@ def main() -> None:
         sel = (layer, head) if isinstance(head, int) else None
         norm = d.norm_for(False)
         fig = figures.head_mosaic_figure(grid, cmap=d.cmap_for(False), norm=norm, shared=shared, selected=sel)
-        st.plotly_chart(fig, key="h_mosaic", on_select="rerun", selection_mode="points",
+        st.plotly_chart(fig, key=_chart_key("h_mosaic"), on_select="rerun", selection_mode="points",
                         config={"displayModeBar": False})
     with right, guard("Drawing the enlarged head"):
         t0 = time.perf_counter()
