@@ -133,19 +133,37 @@ class ClipAdapter(ModelAdapter):
         return [self.tokenizer.decode([i]) for i in ids]
 
     def text_words(self, inputs, p: int) -> list[tuple[str, list[int]]]:
-        """Tokens grouped so each group decodes to whole characters: (text, token indices); special tokens left out."""
+        """The prompt's words with their token indices: (text, token indices); special tokens left out.
+
+        Word boundaries come from the tokenizer's own marks: CLIP's BPE ends a word's last piece with
+        "</w>", SentencePiece (SigLIP) and GPT-2 style BPE start a word with "▁" / "Ġ". So a word the
+        vocabulary lacks ("cat" spelled c-a-t) is still one word. A word cut short by truncation, whose
+        bytes do not decode, is dropped.
+        """
         ids = inputs["input_ids"][p][self.text_positions(inputs, p)].tolist()
+        pieces = self.tokenizer.convert_ids_to_tokens(ids)
         special = set(self.tokenizer.all_special_ids)
-        groups, pending = [], []
-        for i, tok in enumerate(ids):
+        groups: list[tuple[str, list[int]]] = []
+
+        def close(idx: list[int]) -> None:
+            text = self.tokenizer.decode([ids[k] for k in idx]).strip()
+            if idx and text and "\ufffd" not in text:
+                groups.append((text, idx))
+
+        current: list[int] = []
+        for i, (tok, piece) in enumerate(zip(ids, pieces)):
             if tok in special:
-                pending = []      # a character cut short by truncation is dropped
+                close(current)
+                current = []
                 continue
-            pending.append(i)
-            text = self.tokenizer.decode([ids[k] for k in pending])
-            if "\ufffd" not in text:
-                groups.append((text, pending))
-                pending = []
+            if str(piece).startswith(("▁", "Ġ")) and current:
+                close(current)
+                current = []
+            current.append(i)
+            if str(piece).endswith("</w>"):
+                close(current)
+                current = []
+        close(current)
         return groups
 
     # --- forward ------------------------------------------------------
