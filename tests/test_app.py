@@ -126,7 +126,8 @@ def test_faithfulness_checks_run_on_click_and_stay_cached(new_app, forwards):
     at.button(key="faith:rand:relevance").click().run()
     _ok(at)
     assert "faith:rand:fig:relevance" in [c.key for c in at.get("plotly_chart")]
-    assert "randomised: none" in _captions(at) and "randomised: blocks 0–1" in _captions(at)
+    assert "The map as blocks are randomised" in _captions(at)
+    assert [c for im in _images(at) for c in im.captions][-3:] == ["none", "block 1", "blocks 0–1"]
     # the shared model was not changed by the check: the same map, and cached results shown without a run
     after = forwards["n"]
     at.slider(key="alpha").set_value(0.7).run()

@@ -196,7 +196,7 @@ def test_upload_explain_switch_heads_and_reject_a_broken_file(server, photo, tmp
             timings["deletion_insertion_s"] = time.perf_counter() - t0
             _wait_idle(page)
             page.get_by_role("button", name="Randomise the model's weights").click()
-            page.get_by_text("randomised: none").first.wait_for()
+            page.get_by_text("The map as blocks are randomised").first.wait_for()
             _wait_idle(page)
             _no_exception(page)
             assert page.locator('[data-testid="stPlotlyChart"]').count() == charts + 2

@@ -74,7 +74,8 @@ def faithfulness_ui(ctx, spec: MethodSpec, exp, params: dict[str, Any], target: 
                 st.plotly_chart(figures.randomisation_figure(steps), key=f"faith:rand:fig:{spec.name}")
                 shown = [steps[0], steps[len(steps) // 2], steps[-1]] if len(steps) > 2 else list(steps)
                 d = ctx.display
+                st.caption("The map as blocks are randomised (from the top):")
                 for col, s in zip(st.columns(len(shown)), shown):
                     img = render.overlay(ctx.img.display, s.map, alpha=d.alpha, cmap=d.cmap_for(exp.signed),
                                          norm=d.norm_for(exp.signed), resample=d.resample, box=ctx.box)
-                    col.image(img, caption=f"randomised: {s.label}", width="stretch")
+                    col.image(img, caption=s.label, width="stretch")

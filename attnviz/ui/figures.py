@@ -173,7 +173,7 @@ def deletion_figure(result: dict):
                                      hovertemplate="%{x:.0%} changed<br>%{y:.4g}<extra></extra>"))
     q = result["deletion"].quantity
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.25),
-                      xaxis=dict(title="share changed, most important first", tickformat=".0%"),
+                      xaxis=dict(title="share of the image changed", tickformat=".0%"),
                       yaxis=dict(title=f"target {q}", range=[0, 1.02] if q == "probability" else None))
     return fig
 

@@ -191,7 +191,7 @@ def faithfulness_prompt_ui(ctx, spec, params: dict[str, Any]) -> None:
         i = st.selectbox("Check the map of", options, key="pr_faith_prompt",
                          format_func=lambda j: targets[j].label)
         return state.engine().explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, i, params), i
-    faithfulness_ui(ctx, spec, None, params, None, label=f"Are the {pretty(spec.name)} maps faithful?", pick=pick)
+    faithfulness_ui(ctx, spec, None, params, None, label="Are these maps faithful?", pick=pick)
 
 
 def main() -> None:
