@@ -51,6 +51,16 @@ KEEP_KEYS = ("method", "compare", "target", "pr_method", "pr_faith_prompt", "c_m
              "c_word", "h_layer", "h_head", "h_qkind", "h_row", "h_col", "h_shared")
 
 
+def forget_on_new_capture(ctx, key: str) -> None:
+    """Drop the choice under ``key`` when the image, texts or model change (an index means another
+    target then)."""
+    from .compute import model_key
+    mark = (ctx.digest, model_key(ctx.adapter))
+    if st.session_state.get(f"_for:{key}") != mark:
+        st.session_state[f"_for:{key}"] = mark
+        st.session_state.pop(key, None)
+
+
 def keep_page_state() -> None:
     """Keep the pages' choices (and every method parameter, ``p:<method>:<name>``) across pages."""
     for key in [*KEEP_KEYS, *(k for k in st.session_state if str(k).startswith("p:"))]:

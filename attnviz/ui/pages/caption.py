@@ -21,11 +21,11 @@ from attnviz.methods.captioning import cross_attention_strip
 from attnviz.methods.common import HEAD_FUSIONS
 from attnviz.methods.registry import MethodSpec
 from attnviz.ui import figures, notes, state, urlstate
-from attnviz.ui.compute import model_key
 from attnviz.ui.context import load_context
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
-from attnviz.ui.widgets import markdown_literal, page_header, params_ui, pretty, shared_url_values
+from attnviz.ui.widgets import (forget_on_new_capture, markdown_literal, page_header, params_ui, pretty,
+                                shared_url_values)
 
 DEMO_CAPTIONER = "demo-captioner-shapes"
 WORD_METHODS = ("cross_attention", "caption_relevance")       # per-word maps the strip can show
@@ -56,14 +56,6 @@ def not_a_captioner_ui(adapter) -> None:
 
 
 # --- controls -------------------------------------------------------------------
-
-def _reset_on_new_caption(ctx) -> None:
-    """A new image, caption or model: forget the chosen word (its index means another word now)."""
-    mark = (ctx.digest, model_key(ctx.adapter))
-    if st.session_state.get("_c_for") != mark:
-        st.session_state["_c_for"] = mark
-        st.session_state.pop("c_word", None)
-
 
 def _default_word(cap) -> int:
     """The first word that carries content (not "a", "and", …), else the first."""
@@ -304,7 +296,7 @@ def main() -> None:
         not_a_captioner_ui(ctx.adapter)
         return
     specs = method_specs(ctx.adapter.family)
-    _reset_on_new_caption(ctx)
+    forget_on_new_capture(ctx, "c_word")
     url = urlstate.consume("caption")
     if url:
         _apply_url(url, specs, ctx)

@@ -16,11 +16,11 @@ from attnviz.methods import list_methods
 from attnviz.methods.registry import MethodSpec
 from attnviz.ui import figures, notes, state, urlstate
 from attnviz.ui.context import load_context, query_label
-from attnviz.ui.compute import comparable, export_record, model_key, top_k
+from attnviz.ui.compute import comparable, export_record, top_k
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
-from attnviz.ui.widgets import (default_method, markdown_literal, method_ui, page_header, params_ui, pretty, shared_url_values, target_ui,
-                                widget_value)
+from attnviz.ui.widgets import (default_method, forget_on_new_capture, markdown_literal, method_ui, page_header,
+                                params_ui, pretty, shared_url_values, target_ui, widget_value)
 
 PROGRESS_EVERY_S = 0.15   # at most this often a progress bar update goes to the browser
 
@@ -62,13 +62,6 @@ def _apply_url(url: dict[str, str], specs: dict[str, MethodSpec], ctx) -> None:
             continue
         store.setdefault(method, {})[name] = value
         st.session_state.pop(f"p:{method}:{name}", None)
-
-
-def _reset_target_on_new_image(ctx) -> None:
-    mark = (ctx.digest, model_key(ctx.adapter))
-    if st.session_state.get("_target_for") != mark:
-        st.session_state["_target_for"] = mark
-        st.session_state.pop("target", None)
 
 
 def _chosen_target(ctx) -> int:
@@ -246,7 +239,7 @@ def main() -> None:
         return
     # Maps over text tokens (CLIP's text methods) are not drawn on the image; the CLI has them.
     specs = {m.name: m for m in list_methods(ctx.adapter.family) if m.over in ("patches", "pixels")}
-    _reset_target_on_new_image(ctx)
+    forget_on_new_capture(ctx, "target")
     url = urlstate.consume("explore")
     if url:
         _apply_url(url, specs, ctx)
