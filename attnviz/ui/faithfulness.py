@@ -15,29 +15,7 @@ from ..methods.registry import MethodSpec
 from ..metrics import deletion_summary
 from . import figures, notes, state
 from .errors import guard
-from .widgets import pretty
-
-
-def _progress(label: str):
-    bar = st.progress(0.0, text=f"{label}: starting…")
-
-    def update(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{label}: {done}/{total}")
-    return bar, update
-
-
-def _run_on_click(label: str, button: str, key: str, cached, run):
-    """The cached result, or a button that runs ``run(progress)`` with a progress bar; None until clicked."""
-    if cached is not None:
-        return cached
-    slot = st.empty()
-    if not slot.button(button, key=key):
-        return None
-    slot.empty()                      # the result replaces the button
-    bar, update = _progress(label)
-    out = run(update)
-    bar.empty()
-    return out
+from .widgets import pretty, run_on_click
 
 
 def faithfulness_ui(ctx, spec: MethodSpec, exp, params: dict[str, Any], target: Any, *,
@@ -55,9 +33,9 @@ def faithfulness_ui(ctx, spec: MethodSpec, exp, params: dict[str, Any], target: 
         args = (ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params)
         c1, c2 = st.columns(2)
         with c1, guard("Deletion and insertion"):
-            curves = _run_on_click("Deletion and insertion", "Run deletion / insertion", f"faith:di:{spec.name}",
-                                   eng.peek_faithfulness(*args),
-                                   lambda update: eng.faithfulness(*args, exp=exp, progress=update))
+            curves = eng.peek_faithfulness(*args) or run_on_click(
+                "Run deletion / insertion", f"faith:di:{spec.name}",
+                lambda update: eng.faithfulness(*args, exp=exp, progress=update), label="Deletion and insertion")
             if curves is not None:
                 st.plotly_chart(figures.deletion_figure(curves), key=f"faith:di:fig:{spec.name}")
                 s = deletion_summary(curves)
@@ -67,9 +45,9 @@ def faithfulness_ui(ctx, spec: MethodSpec, exp, params: dict[str, Any], target: 
                            f"{s['steps']} steps, deleted to the {s['deletion_baseline']} image, inserted into the "
                            f"{s['insertion_baseline']} one.")
         with c2, guard("The randomisation check"):
-            steps = _run_on_click("Randomisation check", "Randomise the model's weights", f"faith:rand:{spec.name}",
-                                  eng.peek_randomisation(*args),
-                                  lambda update: eng.randomisation(*args, exp=exp, progress=update))
+            steps = eng.peek_randomisation(*args) or run_on_click(
+                "Randomise the model's weights", f"faith:rand:{spec.name}",
+                lambda update: eng.randomisation(*args, exp=exp, progress=update), label="Randomisation check")
             if steps is not None:
                 st.plotly_chart(figures.randomisation_figure(steps), key=f"faith:rand:fig:{spec.name}")
                 shown = [steps[0], steps[len(steps) // 2], steps[-1]] if len(steps) > 2 else list(steps)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional, TypeVar
 
 import streamlit as st
 
@@ -17,6 +18,7 @@ from .state import Choices, Display
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp"]
 CMAPS = ["auto", "inferno", "viridis", "magma", "plasma", "turbo", "jet", "RdBu_r", "coolwarm", "gray"]
 NORMS = ["auto", *render.NORMALIZATIONS]
+T = TypeVar("T")
 DEFAULT_METHOD = {"captioning": "caption_relevance"}    # per family; otherwise relevance
 
 
@@ -40,6 +42,41 @@ def page_header(title: str, page: str) -> None:
     st.title(title)
     with st.expander("About this page", expanded=False):
         st.markdown(notes.PAGES[page])
+
+
+# --- long work on a click -------------------------------------------------------
+
+PROGRESS_EVERY_S = 0.15   # at most this often a progress bar update goes to the browser
+
+
+def progress_bar(label: str):
+    """(bar, update(done, total)): a progress bar whose updates are throttled for the browser."""
+    bar = st.progress(0.0, text=f"{label}: starting…")
+    last = [0.0]
+
+    def update(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < PROGRESS_EVERY_S:
+            return
+        last[0] = now
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{label}: {done}/{total} model evaluations")
+    return bar, update
+
+
+def run_on_click(button: str, key: str, run: Callable[[Callable[[int, int], None]], T], *, label: str,
+                 note: str = "", help: Optional[str] = None, primary: bool = False) -> Optional[T]:
+    """None (with ``note`` under the button) until the button is clicked; then ``run(progress)`` under a
+    progress bar. The result replaces the button in the same run."""
+    slot = st.empty()
+    if not slot.button(button, key=key, help=help, type="primary" if primary else "secondary"):
+        if note:
+            st.caption(note)
+        return None
+    slot.empty()
+    bar, update = progress_bar(label)
+    out = run(update)
+    bar.empty()
+    return out
 
 
 # --- state that outlives a page ------------------------------------------------

@@ -25,7 +25,7 @@ from attnviz.ui.context import load_context
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
 from attnviz.ui.widgets import (forget_on_new_capture, markdown_literal, page_header, params_ui, pretty,
-                                shared_url_values)
+                                run_on_click, shared_url_values)
 
 DEMO_CAPTIONER = "demo-captioner-shapes"
 WORD_METHODS = ("cross_attention", "caption_relevance")       # per-word maps the strip can show
@@ -157,12 +157,11 @@ def word_map_ui(ctx, spec: MethodSpec, params: dict[str, Any], word: int) -> Opt
     if cached is not None:
         return cached
     if spec.slow:
-        slot = st.empty()
-        if not slot.button(f"Run {pretty(spec.name)}", key=f"c_run:{spec.name}", type="primary",
-                           help="This method runs the model many times."):
-            st.caption(f"{pretty(spec.name)} runs the model many times: press Run when the settings are right.")
-            return None
-        slot.empty()                  # the map replaces the button
+        return run_on_click(
+            f"Run {pretty(spec.name)}", f"c_run:{spec.name}",
+            lambda update: eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, word, params, progress=update),
+            label=pretty(spec.name), primary=True, help="This method runs the model many times.",
+            note=f"{pretty(spec.name)} runs the model many times: press Run when the settings are right.")
     return eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, word, params)
 
 

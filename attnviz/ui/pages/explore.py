@@ -20,9 +20,8 @@ from attnviz.ui.compute import comparable, export_record, top_k
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
 from attnviz.ui.widgets import (default_method, forget_on_new_capture, markdown_literal, method_ui, page_header,
-                                params_ui, pretty, shared_url_values, target_ui, widget_value)
+                                params_ui, pretty, run_on_click, shared_url_values, target_ui, widget_value)
 
-PROGRESS_EVERY_S = 0.15   # at most this often a progress bar update goes to the browser
 
 
 def _apply_url(url: dict[str, str], specs: dict[str, MethodSpec], ctx) -> None:
@@ -97,19 +96,6 @@ def predictions_ui(ctx) -> None:
                     config={"displayModeBar": False})
 
 
-def _progress_bar(label: str):
-    bar = st.progress(0.0, text=f"{label}: starting…")
-    last = [0.0]
-
-    def update(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - last[0] < PROGRESS_EVERY_S:
-            return
-        last[0] = now
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{label}: {done}/{total} model evaluations")
-    return bar, update
-
-
 def compute_ui(ctx, spec: MethodSpec, params: dict[str, Any], target: Any) -> Optional[Any]:
     """The cached map, or compute it (slow methods wait for the Run button and show progress)."""
     eng = state.engine()
@@ -117,18 +103,13 @@ def compute_ui(ctx, spec: MethodSpec, params: dict[str, Any], target: Any) -> Op
     if cached is not None:
         return cached
     if spec.slow:
-        slot = st.empty()
-        clicked = slot.button(f"Run {pretty(spec.name)}", key=f"run:{spec.name}", type="primary",
-                              help="This method runs the model many times; it shows its progress while it works.")
-        if not clicked:
-            st.caption(f"{pretty(spec.name)} runs the model many times: press Run when the settings are right "
-                       "(changing a setting while it runs stops it).")
-            return None
-        slot.empty()                  # the map replaces the button
-        bar, update = _progress_bar(pretty(spec.name))
-        exp = eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params, progress=update)
-        bar.empty()
-        return exp
+        return run_on_click(
+            f"Run {pretty(spec.name)}", f"run:{spec.name}",
+            lambda update: eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params, progress=update),
+            label=pretty(spec.name), primary=True,
+            help="This method runs the model many times; it shows its progress while it works.",
+            note=f"{pretty(spec.name)} runs the model many times: press Run when the settings are right "
+                 "(changing a setting while it runs stops it).")
     return eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params)
 
 
