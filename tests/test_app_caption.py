@@ -4,7 +4,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from attnviz import catalog
-from tests.test_app import APP, _clear, _trace_values
+from tests.test_app import APP, _clear, _ok, _trace_values
 
 CAPTION = "attnviz/ui/pages/caption.py"
 
@@ -49,11 +49,6 @@ def caption_app(caption_dirs, monkeypatch, runs):
         return at
     yield make
     _clear()
-
-
-def _ok(at):
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def _image_captions(at):

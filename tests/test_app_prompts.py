@@ -2,7 +2,7 @@
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.test_app import APP, _captions, _clear, _images, _trace_values
+from tests.test_app import APP, _captions, _clear, _images, _ok, _trace_values
 
 PROMPTS_PAGE = "attnviz/ui/pages/prompts.py"
 EMPTY = "Type at least one prompt, one per line."
@@ -21,11 +21,6 @@ def prompts_app(clip_dirs, monkeypatch):
         return at.switch_page(PROMPTS_PAGE).run()
     yield make
     _clear()
-
-
-def _ok(at):
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def _word_blocks(at):
