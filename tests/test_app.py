@@ -388,3 +388,22 @@ def test_markdown_literal_shows_typed_text_as_typed():
     out = MarkdownIt().renderInline(markdown_literal(typed))
     assert not any(tag in out for tag in ("<strong>", "<em>", "<a ", "<code>", "<b>"))
     assert html_lib.unescape(out) == typed
+
+
+def test_sample_images_are_made_once_per_process(monkeypatch):
+    """The samples (files read, scenes drawn) are cached, not rebuilt on every rerun of every page."""
+    import attnviz.demo.scenes as scenes
+    from attnviz.ui import state
+    calls = {"n": 0}
+    real = scenes.make_scene
+
+    def counted(*a, **kw):
+        calls["n"] += 1
+        return real(*a, **kw)
+    monkeypatch.setattr(scenes, "make_scene", counted)
+    state.sample_images.clear()
+    first = state.sample_images()
+    made = calls["n"]
+    assert made >= 1 and state.is_scene_sample(state.first_scene_sample())
+    assert state.sample_images() == first and calls["n"] == made
+    state.sample_images.clear()

@@ -150,7 +150,6 @@ def missing_demo_sentence(option: str) -> str:
     return ""
 
 
-@st.cache_data(show_spinner=False)
 def is_scene_sample(name: str) -> bool:
     """Whether a sample is a synthetic shapes scene (what the demo models know)."""
     return name.startswith(("scene", "shapes:"))
@@ -169,6 +168,7 @@ def show_a_scene_for_the_demo() -> None:
             st.session_state["sample"] = scene
 
 
+@st.cache_data(show_spinner=False)
 def sample_images() -> dict[str, bytes]:
     """name -> bytes: up to six images from assets/ (not the README screenshot), then two synthetic scenes."""
     out: dict[str, bytes] = {}
