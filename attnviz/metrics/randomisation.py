@@ -13,9 +13,18 @@ Conventions here:
   last to first; the output head, the embeddings and, for image–text models
   and captioners, the text side keep their weights (the target keeps its
   meaning: the same class, prompt or caption token).
-* Re-initialisation as transformers' ViT/CLIP configs define it: every weight
-  matrix ~ N(0, initializer_range) (0.02 when the config has none), biases 0,
-  LayerNorm scales 1 (layer scales keep their values); seeded.
+* Re-initialisation at the scale of the weights it replaces: every weight
+  matrix (ndim >= 2) of a randomised block ~ N(0, σ²) with σ the standard
+  deviation of that matrix's own current entries, so a trained matrix becomes
+  a random one of the same size and scale (its norm stays about the same and
+  it moves by about √2 of its norm). A matrix whose entries are all equal
+  (a zero-initialised position-bias table) takes σ of all the block's matrices
+  together. Biases 0, LayerNorm scales 1 and shifts 0; other vectors (BEiT's
+  and DINOv2's layer scales) keep their values; seeded.
+  Why not the config's ``initializer_range``: it does not describe the
+  weights being replaced, and ``BlipVisionConfig`` defaults it to 1e-10, which
+  turned each "randomised" BLIP block into an identity (uniform attention,
+  output = input).
 * Everything runs on a deep copy of the model: the model the app shares is never
   touched. Step 0 recomputes the map on the unchanged copy (Spearman 1: the
   check that the comparison itself is exact).
@@ -69,27 +78,28 @@ def copy_adapter(adapter):
     return copy.deepcopy(adapter, memo)
 
 
-def _init_std(adapter) -> float:
-    cfg = adapter.model.config
-    for c in (getattr(cfg, "vision_config", None), getattr(cfg, "encoder", None), cfg):
-        std = getattr(c, "initializer_range", None)
-        if isinstance(std, (int, float)) and std > 0:
-            return float(std)
-    return 0.02
+def _spread(values: torch.Tensor) -> float:
+    return float(values.detach().double().std()) if values.numel() > 1 else 0.0
 
 
-def randomise_module(module: torch.nn.Module, std: float, generator: torch.Generator) -> None:
-    """Re-initialise ``module`` in place: matrices N(0, std), biases 0, LayerNorm scales 1.
+def randomise_module(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Re-initialise ``module`` in place: each matrix N(0, its own std), biases 0, LayerNorm scales 1.
 
-    Other vectors (BEiT's and DINOv2's layer scales) keep their values: zeroing them would turn the
-    block into an identity rather than a random function.
+    A matrix with no spread of its own (all entries equal) takes the spread of all the
+    module's matrices together. Other vectors (BEiT's and DINOv2's layer scales) keep
+    their values: zeroing them would turn the block into an identity rather than a
+    random function.
     """
+    params = list(module.named_parameters())
     norms = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.LayerNorm) and m.weight is not None}
+    matrices = [p for _, p in params if p.ndim >= 2]
+    pooled = _spread(torch.cat([p.reshape(-1) for p in matrices])) if matrices else 0.0
     with torch.no_grad():
-        for name, p in module.named_parameters():
+        for name, p in params:
             if id(p) in norms:
                 p.fill_(1.0)
             elif p.ndim >= 2:
+                std = _spread(p) or pooled
                 p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p) * std)
             elif name.endswith("bias"):
                 p.zero_()
@@ -119,7 +129,6 @@ def _cascade(adapter, capture: Capture, exp: Explanation, *, seed: int, max_bloc
     k = n if max_blocks is None else max(0, min(int(max_blocks), n))
     target = exp.target.index if exp.target is not None else None
     clone = copy_adapter(adapter)
-    std = _init_std(adapter)
     g = torch.Generator(device="cpu").manual_seed(seed)
     original = np.asarray(exp.map, dtype=np.float64)
     steps: list[RandomisationStep] = []
@@ -127,7 +136,7 @@ def _cascade(adapter, capture: Capture, exp: Explanation, *, seed: int, max_bloc
     for i in range(k + 1):
         if i > 0:
             layer = n - i
-            randomise_module(clone.token_block(layer), std, g)
+            randomise_module(clone.token_block(layer), g)
             done.append(layer)
         cap = clone.capture(dict(capture.inputs), grads=True)
         m = explain(clone, cap, exp.method, target, **exp.params).map.astype(np.float64)
