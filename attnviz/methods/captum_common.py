@@ -46,14 +46,17 @@ def baseline_tensor(adapter, x: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def patch_mask(layout: TokenLayout, device) -> torch.Tensor:
-    """Feature mask [1, 1, H, W]: one feature id per patch (row-major), broadcast over channels."""
+    """Feature mask [1, 1, H, W]: one feature id per patch (row-major), broadcast over channels.
+
+    When the input is not a whole number of patches (a processor size or crop that the patch
+    does not divide), the patch embedding never reads the leftover bottom rows / right columns;
+    they join the last patch row / column, so hiding a patch hides everything beside it.
+    """
     ph, pw = layout.patch_size
-    ids = torch.arange(layout.n_patches, device=device).view(layout.rows, layout.cols)       # [rows, cols]
-    mask = ids.repeat_interleave(ph, 0).repeat_interleave(pw, 1)                           # [rows·ph, cols·pw]
     h, w = layout.input_size
-    if mask.shape != (h, w):   # inputs not a whole number of patches: edge pixels join the last patch
-        mask = torch.nn.functional.pad(mask, (0, w - mask.shape[1], 0, h - mask.shape[0]), mode="replicate")
-    return mask.view(1, 1, h, w)
+    row = (torch.arange(h, device=device) // ph).clamp(max=layout.rows - 1)                 # [H] patch row of each pixel row
+    col = (torch.arange(w, device=device) // pw).clamp(max=layout.cols - 1)                 # [W]
+    return (row[:, None] * layout.cols + col[None, :]).view(1, 1, h, w)                     # [1, 1, H, W]
 
 
 def per_patch(attr: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
