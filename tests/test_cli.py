@@ -177,3 +177,51 @@ def test_bench_quick_prints_ratios(capsys):
     code, out, _ = run(capsys, "bench", "--quick", "--repeats", "1")
     assert code == 0
     assert "× forward" in out and "all attention views" in out and "rollout (capture + method)" in out
+
+
+@pytest.fixture(scope="module")
+def deep_text_clip(tmp_path_factory):
+    """A tiny CLIP whose text tower has 3 layers and image tower 2, saved as a folder."""
+    import copy
+
+    import transformers
+
+    from attnviz.adapters.clip import ClipAdapter
+
+    from .conftest import save_tiny
+    tiny = ClipAdapter.tiny("clip")
+    cfg = copy.deepcopy(tiny.model.config)
+    cfg.text_config.num_hidden_layers = 3
+    model = transformers.CLIPModel(cfg)
+    model.set_attn_implementation("eager")
+    adapter = ClipAdapter(model, tiny.processor, tiny.tokenizer, name="deep-text", source="<memory>")
+    return save_tiny(adapter, tmp_path_factory.mktemp("deep-text-clip"))
+
+
+def test_text_layers_are_checked_against_the_text_tower(capsys, image_file, deep_text_clip, photo):
+    """Text layer 2 exists (3 text layers, 2 image layers) and is read from the model's own attentions;
+    layer 3 or -4 is refused in one sentence instead of wrapping round to another layer."""
+    import torch
+
+    import attnviz
+    adapter = attnviz.load_model(str(deep_text_clip))
+    assert adapter.n_layers == 2 and adapter.model.config.text_config.num_hidden_layers == 3
+    cap = attnviz.capture(adapter, photo, texts=["a red circle", "a cat"])
+    ids, mask = cap.inputs["input_ids"], cap.inputs["attention_mask"]
+    with torch.no_grad():
+        direct = adapter.model.text_model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+    assert len(direct) == 3
+    eos = adapter.tokenizer.eos_token_id
+    for p in (0, 1):
+        read = int((ids[p] == eos).nonzero()[0, 0])                     # CLIP reads its first end-of-text token
+        real = mask[p].bool()
+        for layer in (2, -1, -3):
+            want = direct[layer][p, :, read].mean(0)[real].numpy()      # [S_prompt], heads averaged
+            e = attnviz.explain(adapter, cap, "text_attention", target=p, layer=layer)
+            np.testing.assert_allclose(e.map, want, rtol=1e-5, atol=1e-7)
+    for argv in (["--method", "text_attention", "--layer", "3"], ["--method", "text_attention", "--layer", "-4"],
+                 ["--method", "text_relevance", "--param", "start_layer=3"]):
+        code, _, err = run(capsys, "explain", image_file, "--model", deep_text_clip, "--text", "a red circle", *argv)
+        assert code == 2, err
+        bad = argv[-1].split("=")[-1]
+        assert f"Layer {bad} is out of range: this model's text tower has 3 layers (0–2)." in err

@@ -13,10 +13,22 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UsageError
 from ..types import Capture, Target
 from .attention import head_or_fusion
-from .common import layer_index, positive_grad_attention
+from .common import positive_grad_attention
 from .registry import Param, register
+
+
+def _text_layer(n: int, layer: int) -> int:
+    """A text-tower layer index (negative counts from the end), refused when out of range.
+
+    The text tower may have a different depth from the image tower, so the image side's
+    check (``layer_index``, against the capture's image layers) cannot be reused as is.
+    """
+    if not -n <= layer < n:
+        raise UsageError(f"Layer {layer} is out of range: this model's text tower has {n} layers (0–{n - 1}).")
+    return layer % n
 
 
 def _finish(adapter, capture: Capture, p: int, row: torch.Tensor):
@@ -36,7 +48,7 @@ def text_relevance(adapter, capture: Capture, target: Target, *, start_layer: in
     p = target.index
     atts = capture.extras["text_attentions"]                                    # L × [P, H, S, S]
     grads = capture.grads(p, "text_attentions")
-    start = layer_index(capture, start_layer) if len(atts) == capture.n_layers else start_layer % len(atts)
+    start = _text_layer(len(atts), start_layer)
     s = atts[0].shape[-1]
     r = torch.eye(s, dtype=atts[0].dtype)                                      # [S, S]
     for a, g in zip(atts[start:], grads[start:]):
@@ -55,6 +67,6 @@ def text_relevance(adapter, capture: Capture, target: Target, *, start_layer: in
 def text_attention(adapter, capture: Capture, target: Target, *, layer: int, head: str):
     p = target.index
     atts = capture.extras["text_attentions"]
-    a = atts[layer % len(atts)][p]                                              # [H, S, S]
+    a = atts[_text_layer(len(atts), layer)][p]                                  # [H, S, S]
     read = adapter.text_readout_index(capture.inputs["input_ids"])[p]
     return _finish(adapter, capture, p, head_or_fusion(a, head)[read])
