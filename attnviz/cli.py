@@ -113,9 +113,12 @@ def _load(args):
 
 
 def _explain_one(adapter, image, args, params, progress=None):
-    from .methods.registry import explain
+    from .methods.registry import explain, get_method
+    # A class-agnostic map never differentiates the capture: without the graph the forward is a plain
+    # one, as fast as a bare model call (image–text records still need it for each prompt's words).
+    grads = get_method(args.method).class_specific or adapter.family == "clip"
     t0 = time.perf_counter()
-    cap = adapter.capture(adapter.prepare(image, texts=args.text or None, size=args.size))
+    cap = adapter.capture(adapter.prepare(image, texts=args.text or None, size=args.size), grads=grads)
     t1 = time.perf_counter()
     exp = explain(adapter, cap, args.method, args.target, progress=progress, **params)
     timings = {"capture": t1 - t0, "method": time.perf_counter() - t1}
@@ -332,7 +335,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)      # argparse exits 2 on usage errors
     from .errors import ModelUnavailable, UsageError
     from .images import ImageRejected
-    _quiet_libraries()
+    if args.command != "models":     # `models` never loads torch or transformers: it answers at once
+        _quiet_libraries()
     try:
         if args.command == "explain":
             return cmd_explain(args)

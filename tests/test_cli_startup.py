@@ -1,0 +1,53 @@
+"""`python -m attnviz --help`, `models` and argument errors answer without importing torch or transformers
+(seconds of imports that these commands never use); explain keeps a class-agnostic forward free of autograd."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = """
+import runpy, sys
+sys.argv = ["attnviz", *{argv!r}]
+try:
+    runpy.run_module("attnviz", run_name="__main__")
+except SystemExit as e:
+    code = e.code
+print("HEAVY", sorted(m for m in ("torch", "transformers", "captum") if m in sys.modules), code)
+"""
+
+
+@pytest.mark.parametrize("argv,code", [(["--help"], 0), (["models"], 0), (["explain"], 2),
+                                       (["explain", "x.png", "--size", "big"], 2)])
+def test_light_commands_import_no_model_library(argv, code):
+    out = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("HEAVY")][-1]
+    assert line == f"HEAVY [] {code}", (line, out.stderr[-500:])
+
+
+def test_package_names_still_import_on_first_use():
+    import attnviz
+    assert attnviz.load_model.__module__ == "attnviz.loading" and attnviz.UsageError.__name__ == "UsageError"
+    assert {"capture", "explain", "Capture"} <= set(dir(attnviz))
+    with pytest.raises(AttributeError):
+        attnviz.no_such_name
+
+
+def test_class_agnostic_explain_captures_without_autograd(saved_models, monkeypatch, tmp_path, photo):
+    """rollout never differentiates the capture, so the CLI's forward keeps no graph; relevance does."""
+    from attnviz import cli
+    from attnviz.adapters.base import ModelAdapter
+    seen = []
+    real = ModelAdapter.capture
+
+    def spy(self, inputs, *, grads=True):
+        seen.append(grads)
+        return real(self, inputs, grads=grads)
+    monkeypatch.setattr(ModelAdapter, "capture", spy)
+    photo.save(tmp_path / "p.png")
+    for method in ("rollout", "relevance"):
+        assert cli.main(["explain", str(tmp_path / "p.png"), "--model", str(saved_models["vit"]),
+                         "--method", method, "--json"]) == 0
+    assert seen == [False, True]
