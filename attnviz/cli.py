@@ -169,6 +169,7 @@ def _record(adapter, cap, exp, timings) -> dict:
         "map_shape": list(exp.map.shape),
         "over": exp.over,
         "signed": exp.signed,
+        "pooling": cap.pooling,               # what the "output" query reads (adapters/pooling.py)
         "params": exp.params,
         "meta": {k: v for k, v in exp.meta.items() if k != "seconds"},
         "timings": {k: round(v, 4) for k, v in timings.items()},

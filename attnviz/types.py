@@ -86,7 +86,9 @@ class Capture:
 
     ``readout`` ([T]) says how the model's output reads the final tokens: a
     one-hot on CLS for most ViTs, half CLS / half distillation token for
-    distilled DeiT, the attention-pooling weights for SigLIP. Methods read
+    distilled DeiT, 1/N on each patch for mean pooling (BEiT), half CLS and
+    half patch mean for DINOv2's classifier, the attention-pooling weights for
+    SigLIP (``pooling`` names which; see ``adapters/pooling.py``). Methods read
     their map as ``readout @ M`` when the query is "output".
     """
 
@@ -99,6 +101,7 @@ class Capture:
     cross_attentions: Optional[tuple[torch.Tensor, ...]] = None  # L × [H, Q, T_image]
     extras: dict[str, Any] = field(default_factory=dict)
     readout: Optional[torch.Tensor] = None                               # [T]
+    pooling: str = "cls"                 # how the output reads the final tokens (adapters/pooling.py)
     _grad_fn: Optional[Callable[[int], dict[str, tuple[torch.Tensor, ...]]]] = field(default=None, repr=False)
     _grads: dict[int, dict[str, tuple[torch.Tensor, ...]]] = field(default_factory=dict, repr=False)
     # Sessions sharing a capture take turns for a backward through its retained graph.

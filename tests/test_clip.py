@@ -92,19 +92,6 @@ def test_image_relevance_by_hand(clip_dirs, photo):
     np.testing.assert_allclose(default.map, last[0, 1:].reshape(4, 4).detach().numpy(), rtol=1e-4, atol=1e-7)
 
 
-def test_siglip_reads_its_pooling_probe(clip_dirs, photo):
-    adapter = attnviz.load_model(str(clip_dirs["siglip"]))
-    cap = attnviz.capture(adapter, photo, texts=PROMPTS)
-    assert cap.layout.n_prefix == 0 and cap.readout.shape == (cap.layout.n_tokens,)
-    assert cap.readout.sum().item() == pytest.approx(1.0, abs=1e-5)
-    # "output" = probe weights @ last-layer attention; a uniform readout would give the column mean
-    e = attnviz.explain(adapter, cap, "attention", layer=-1, head="mean")
-    expect = cap.readout @ cap.attentions[-1].mean(0)
-    np.testing.assert_allclose(e.map, expect.reshape(4, 4).numpy(), rtol=1e-5, atol=1e-7)
-    with pytest.raises(UsageError, match="Unknown query"):
-        attnviz.explain(adapter, cap, "rollout", query="cls")
-
-
 def test_prompt_edge_cases(clip_dirs, photo):
     adapter = attnviz.load_model(str(clip_dirs["clip"]))
     with pytest.raises(UsageError, match="empty"):

@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..errors import ModelUnavailable, UsageError
 from ..types import Capture, Target, TokenLayout
+from .pooling import READS_PATCHES, static_readout
 
 ADAPTERS: dict[str, type["ModelAdapter"]] = {}
 
@@ -103,9 +104,17 @@ class ModelAdapter:
         """The module whose output is the token sequence [B, T, D] after ``layer``."""
         raise NotImplementedError
 
-    #: Whether the output reads patch tokens after the last block (attention pooling does;
-    #: CLS pooling does not, so Grad-CAM there would see zero gradients).
-    last_block_patches_matter: ClassVar[bool] = False
+    @property
+    def pooling(self) -> str:
+        """How the output reads the last block's tokens: a key of ``pooling.POOLINGS``, declared once
+        per family (from the architecture and its config, never guessed from shapes)."""
+        return "cls"
+
+    @property
+    def reads_last_patches(self) -> bool:
+        """Whether the output reads patch tokens after the last block (mean or attention pooling
+        does; CLS pooling does not, so Grad-CAM on that block would see zero gradients)."""
+        return self.pooling in READS_PATCHES
 
     # --- shared machinery ---------------------------------------------
     @property
@@ -117,13 +126,17 @@ class ModelAdapter:
         return {}
 
     def method_defaults(self, method: str) -> dict[str, Any]:
-        """The family's defaults for ``method``, then what the checkpoint declares in its config.
+        """Defaults that follow from the pooling, the family's, then what the checkpoint declares in its config.
+
+        Grad-CAM defaults to the last block when the output reads its patch tokens (mean or attention
+        pooling), else to the block before (CLS pooling: the last block's patches never reach the score).
 
         A checkpoint may declare its own, e.g. ``"attnviz": {"method_defaults": {"relevance":
         {"start_layer": 0}}}`` in ``config.json`` (a shallow model whose early layers are not noise).
         Values still go through the method's parameter checks.
         """
-        out = dict(self.family_method_defaults(method))
+        out = {"layer": -1 if self.reads_last_patches else -2} if method == "grad_cam" else {}
+        out.update(self.family_method_defaults(method))
         declared = getattr(getattr(self.model, "config", None), "attnviz", None)
         if isinstance(declared, dict):
             per_method = (declared.get("method_defaults") or {}).get(method) or {}
@@ -189,16 +202,31 @@ class ModelAdapter:
             box=inputs.get("box"),
             extras={k: (tuple(x.detach() for x in v) if isinstance(v, tuple) else v) for k, v in extras.items()},
             readout=readout[0].detach() if readout is not None else self.readout(layout),
+            pooling=self.pooling,
             _grad_fn=grad_fn,
         )
 
     def readout(self, layout: TokenLayout) -> Optional[torch.Tensor]:
-        """[T] weights with which the output reads the last layer's tokens (default: CLS)."""
-        if layout.n_prefix == 0:
-            return None
-        r = torch.zeros(layout.n_tokens)
-        r[0] = 1.0
-        return r
+        """[T] weights with which the output reads the last layer's tokens, from the declared pooling.
+        None for attention pooling: the forward measures it per image (``extras["readout"]``)."""
+        return static_readout(self.pooling, layout)
+
+    def target_readout(self, capture: Capture, target: Target) -> Optional[torch.Tensor]:
+        """[T] readout for a class-specific method explaining ``target``.
+
+        A static pooling reads the same tokens whatever the target. An attention pooling is an
+        attention like any other, so families that have one weight it by its gradient for the target,
+        E_h[(∇A ⊙ A)⁺] (Chefer et al. 2021, eq. 5), in ``_readout_attention``.
+        """
+        if self.pooling != "attention":
+            return capture.readout
+        w = self._readout_attention(capture, target)                     # [T], >= 0
+        total = w.sum()
+        # A target whose score does not move with the pooling attention at all falls back to the plain one.
+        return w / total if total > 0 else capture.readout
+
+    def _readout_attention(self, capture: Capture, target: Target) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} declares attention pooling but no gradient-weighted readout.")
 
     def resolve_target(self, capture: Capture, target: Any = None) -> Target:
         """A target from an index, a label (case-insensitive) or None (the top-scoring one)."""

@@ -87,7 +87,7 @@ def _ids(value) -> list[int]:
 class CaptionAdapter(ModelAdapter):
     family = "captioning"
     task = "image-to-text"
-    last_block_patches_matter = True     # the decoder reads every encoder output token, not only CLS
+    pooling = "attention"                # the decoder reads every encoder output token through cross-attention
 
     def __init__(self, model, processor, tokenizer=None, **kw):
         super().__init__(model, processor, **kw)
@@ -145,7 +145,10 @@ class CaptionAdapter(ModelAdapter):
         model = model_cls.from_pretrained(source, attn_implementation="eager", **common)
         # AutoProcessor on a folder with only these two returns the bare tokenizer: load each.
         processor = transformers.AutoImageProcessor.from_pretrained(source, **common)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
+        # A vision-encoder-decoder config maps to no tokenizer class: without a tokenizer_config.json that
+        # names one (nlpconnect/vit-gpt2's vocab.json + merges.txt alone), the decoder's config (GPT-2) picks it.
+        by = {"config": config.decoder} if kind == "vit-gpt2" else {}
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **by, **common)
         return cls(model, processor, tokenizer, name=name, source=str(source))
 
     @classmethod
@@ -379,6 +382,20 @@ class CaptionAdapter(ModelAdapter):
         dec = out.attentions                                                        # L × [B, H, t_img+1+n, same]
         cross = tuple(a[:, :, t_img:, :t_img] for a in dec) if attentions else None  # L × [B, H, 1+n, t_img]
         return out.logits[:, t_img:], tuple(caught), dec, cross
+
+    def _readout_attention(self, capture: Capture, target: Target) -> torch.Tensor:
+        """How the decoder read the image for caption token ``t``: row ``t`` of every decoder layer's
+        cross-attention (GIT: caption-to-image slice of its joint attention) weighted by its gradient for
+        that token's logit, E_h[(∇A ⊙ A)⁺] (Chefer et al. 2021, eq. 5), averaged over layers, [T_image]."""
+        t = target.index
+        if self.kind == "git":
+            n_img = capture.layout.n_tokens
+            pairs = zip(capture.extras["decoder_attentions"], capture.grads(t, "decoder_attentions"))
+            rows = [(g[0] * a).clamp(min=0).mean(0)[n_img + t, :n_img] for a, g in pairs]   # each [T_image]
+        else:
+            pairs = zip(capture.cross_attentions, capture.grads(t, "cross_attentions"))
+            rows = [(g[0] * a).clamp(min=0).mean(0)[t] for a, g in pairs]                  # each [T_image]
+        return torch.stack(rows).mean(0)
 
     def _word_embeddings(self) -> torch.nn.Module:
         if self.kind == "blip":

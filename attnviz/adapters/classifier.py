@@ -145,11 +145,20 @@ class ClassifierAdapter(ModelAdapter):
             return None                     # the target is a norm, not a class
         return torch.sigmoid(scores) if self.multi_label else torch.softmax(scores, -1)
 
-    def readout(self, layout):
-        r = super().readout(layout)
-        if hasattr(self.model, "distillation_classifier"):   # DeiT with teacher: logits = mean of two heads
-            r[:2] = 0.5
-        return r
+    @property
+    def pooling(self) -> str:
+        """Read off the architecture: distilled DeiT averages a CLS and a distillation head; BEiT with
+        ``use_mean_pooling`` (its fine-tuned checkpoints) reads the patch mean; DINOv2's classifier reads
+        concat(CLS, patch mean); everything else, and every headless target (the CLS norm), reads CLS."""
+        if self.headless:
+            return "cls"
+        if hasattr(self.model, "distillation_classifier"):
+            return "cls+distillation"
+        if self.config.model_type == "beit" and getattr(self.config, "use_mean_pooling", False):
+            return "mean"
+        if self.config.model_type in ("dinov2", "dinov2_with_registers"):
+            return "cls+mean"
+        return "cls"
 
     def token_block(self, layer: int) -> torch.nn.Module:
         base = getattr(self.model, self.model.base_model_prefix, self.model)

@@ -43,11 +43,16 @@ class ClipAdapter(ModelAdapter):
         self.native_size = pair(vc.image_size)
         self.prefix = () if self.kind == "siglip" else ("cls",)
         self.max_text_tokens = self.config.text_config.max_position_embeddings
-        self.last_block_patches_matter = self.kind == "siglip"
 
     @property
     def n_layers(self) -> int:
         return self.config.vision_config.num_hidden_layers
+
+    @property
+    def pooling(self) -> str:
+        """CLIP reads its CLS token (post-LayerNorm, projected); SigLIP's attention-pooling head reads
+        every patch through one learned probe query."""
+        return "attention" if self.kind == "siglip" else "cls"
 
     @classmethod
     def matches(cls, config) -> bool:
@@ -172,12 +177,13 @@ class ClipAdapter(ModelAdapter):
         if self.kind == "siglip":
             mask = None   # SigLIP was trained attending to its padding; its processor gives no mask either
         kw = {"interpolate_pos_encoding": True} if tuple(pixel_values.shape[-2:]) != self.native_size else {}
-        pool = []
+        pool: list[torch.Tensor] = []
         hooks = []
         if attentions and self.kind == "siglip":
-            # The MAP head's probe attention is the readout; nn.MultiheadAttention returns it head-averaged.
-            hooks.append(self.model.vision_model.head.attention.register_forward_hook(
-                lambda m, a, out: pool.append(out[1])))
+            # The MAP head's probe attention is the readout. nn.MultiheadAttention returns only a
+            # head-averaged copy outside the graph, so the hook recomputes the head from its own weights
+            # and keeps the per-head probabilities the output is computed from (differentiable).
+            hooks.append(self.model.vision_model.head.attention.register_forward_hook(probe_attention_hook(pool)))
         if attentions and torch.is_grad_enabled():
             # Weights are frozen and token ids are integers: let the text embeddings carry
             # gradients so text-side relevance can differentiate the text attentions.
@@ -196,8 +202,17 @@ class ClipAdapter(ModelAdapter):
                   "text_attentions": tuple(out.text_model_output.attentions),
                   "prompts": inputs["prompts"], "notes": inputs["notes"]}
         if pool:
-            extras["readout"] = pool[0][:, 0, :]                          # [B, T]
+            probs = pool[0]                                               # [B, H, 1, T]
+            extras["readout"] = probs.mean(1)[:, 0, :]                    # [B, T], heads averaged
+            extras["grad_wrt"]["probe_attention"] = (probs,)
+            extras["probe_attention"] = (probs,)
         return scores, out.vision_model_output.attentions, extras
+
+    def _readout_attention(self, capture, target):
+        """SigLIP: the probe's attention weighted by its gradient for this prompt, E_h[(∇A ⊙ A)⁺], [T]."""
+        a = capture.extras["probe_attention"][0][0]                              # [H, 1, T]
+        g = capture.grads(target.index, "probe_attention")[0][0]                 # [H, 1, T]
+        return (g * a).clamp(min=0).mean(0)[0]                                   # [T]
 
     def _targets(self, inputs, scores):
         return tuple(Target(i, p, "prompt", float(s)) for i, (p, s) in enumerate(zip(inputs["prompts"], scores.tolist())))
@@ -221,6 +236,29 @@ class ClipAdapter(ModelAdapter):
         if method in ("relevance", "text_relevance") and self.kind == "clip":
             return {"start_layer": -1}
         return {}
+
+
+def probe_attention_hook(store: list):
+    """Forward hook for an ``nn.MultiheadAttention`` (batch_first) called as ``mha(query, key, value)``:
+    recompute its output from its own projections, append the per-head probabilities [B, H, Q, T] to
+    ``store`` and return the recomputed output, so those probabilities are what the output depends on.
+    Same maths as torch's ``multi_head_attention_forward`` without dropout or masks (eval)."""
+    def hook(m: torch.nn.MultiheadAttention, args, out):
+        query, key, value = args[:3]
+        b, nq, d = query.shape
+        h = m.num_heads
+        wq, wk, wv = m.in_proj_weight.chunk(3)
+        bq, bk, bv = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None,) * 3
+
+        def heads(x, w, bias):
+            y = torch.nn.functional.linear(x, w, bias)                               # [B, N, D]
+            return y.view(b, -1, h, d // h).transpose(1, 2)                          # [B, H, N, D/H]
+        q, k, v = heads(query, wq, bq), heads(key, wk, bk), heads(value, wv, bv)
+        probs = torch.softmax(q @ k.transpose(-1, -2) / (d // h) ** 0.5, dim=-1)    # [B, H, Q, T]
+        mixed = (probs @ v).transpose(1, 2).reshape(b, nq, d)                        # [B, Q, D]
+        store.append(probs)
+        return (m.out_proj(mixed), probs.mean(1))
+    return hook
 
 
 def tiny_tokenizer():

@@ -1,6 +1,8 @@
 """Helpers shared by the attention-family methods."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..errors import UsageError
@@ -45,18 +47,31 @@ def query_index(layout: TokenLayout, query: str) -> int:
     raise UsageError(f"Unknown query '{query}': use {names}, or a patch as 'row,col'.")
 
 
-def query_vector(capture: Capture, query: str) -> torch.Tensor:
-    """[T] weights over query tokens: "output" (how the model's output reads its tokens) or one token."""
-    if str(query).strip().lower() == "output":
-        if capture.readout is None:
+def is_output(query: str) -> bool:
+    return str(query).strip().lower() == "output"
+
+
+def query_vector(capture: Capture, query: str, readout: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[T] weights over query tokens: "output" (how the model's output reads its tokens: ``readout``,
+    by default the capture's class-agnostic one) or one token."""
+    if is_output(query):
+        readout = capture.readout if readout is None else readout
+        if readout is None:
             raise UsageError("This model has no single output token; choose a patch 'row,col' as the query.")
-        return capture.readout.to(capture.attentions[0].dtype)
+        return readout.to(capture.attentions[0].dtype)
     v = torch.zeros(capture.layout.n_tokens, dtype=capture.attentions[0].dtype)
     v[query_index(capture.layout, query)] = 1.0
     return v
 
 
-QUERY_HELP = ("Query: output (the token(s) the prediction reads: CLS, or CLS + distillation for distilled DeiT), "
+def target_query_vector(adapter, capture: Capture, target, query: str) -> torch.Tensor:
+    """``query_vector`` for a class-specific method: "output" reads the tokens as the model does for
+    ``target`` (an attention pooling weighted by its gradient for it: ``ModelAdapter.target_readout``)."""
+    return query_vector(capture, query, adapter.target_readout(capture, target) if is_output(query) else None)
+
+
+QUERY_HELP = ("Query: output (the token(s) the prediction reads: CLS; CLS + distillation for distilled DeiT; the patch "
+              "mean for BEiT; CLS + patch mean for DINOv2; the pooling attention for SigLIP and captioners), "
               "a prefix token (cls, distillation, registerN) or a patch 'row,col'.")
 
 

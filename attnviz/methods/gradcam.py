@@ -6,9 +6,12 @@ layout (never a hard-coded 14×14) and passed through an identity module so
 Captum's ``LayerGradCam`` sees an ordinary CNN-style layer. Channel weights
 are the spatial mean of the gradients; the map is ReLU(Σ_c w_c·A_c), >= 0.
 
-Default layer -2: after the last block, patch tokens no longer reach the
-CLS output, so their gradient there is zero (the usual ViT Grad-CAM uses
-the input of the last block, which is the output of the one before).
+Default layer from the model's pooling (``adapters/pooling.py``): the last
+block when the output reads its patch tokens (BEiT's patch mean, DINOv2's
+CLS + mean, SigLIP's probe, a captioner's cross-attention); otherwise -2,
+since after the last block patch tokens no longer reach a CLS output and
+their gradient there is zero (the usual ViT Grad-CAM uses the input of the
+last block, which is the output of the one before).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from captum.attr import LayerGradCam
 
 from ..errors import UsageError
 from ..types import Capture, Target
+from ..adapters.pooling import describe
 from .captum_common import ScoreFunction, pixel_input
 from .common import layer_index
 from .registry import Param, register
@@ -48,13 +52,15 @@ def _reshape_hook(grid_module: TokenGrid, n_prefix: int, rows: int, cols: int, o
 @register(
     "grad_cam",
     description="Grad-CAM on one block's patch tokens: feature maps weighted by their mean gradient.",
-    params=(Param("layer", -2, "Block whose output patch tokens are used (negative counts from the end)."),),
+    params=(Param("layer", -2, "Block whose output patch tokens are used (negative counts from the end; the model's "
+                  "default is the last block when its output reads patch tokens, else the one before)."),),
     class_specific=True, over="patches", kind="gradient",
 )
 def grad_cam(adapter, capture: Capture, target: Target, *, layer: int):
     li = layer_index(capture, layer)
-    if li == capture.n_layers - 1 and not adapter.last_block_patches_matter:
-        raise UsageError("Grad-CAM needs a block before the last: the last block's patch tokens do not reach the class score.")
+    if li == capture.n_layers - 1 and not adapter.reads_last_patches:
+        raise UsageError("Grad-CAM needs a block before the last for this model: its output reads only "
+                         f"{describe(adapter.pooling)}, so the last block's patch tokens do not reach the score.")
     lay = capture.layout
     grid = TokenGrid()
     handle = adapter.token_block(li).register_forward_hook(

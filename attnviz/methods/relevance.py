@@ -4,8 +4,11 @@
 Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV 2021
 (https://arxiv.org/abs/2103.15679), eqs. 5–6 for self-attention: R starts as
 I; for each layer Ā = E_h[(∇A ⊙ A)^+] and R ← R + Ā·R. The map is the query
-token's row over the patches: by default the output's readout (the CLS row;
-the mean of the CLS and distillation rows for distilled DeiT). Class-specific, >= 0.
+token's row over the patches: by default the output's readout (``adapters/pooling.py``: the CLS row; the
+mean of the CLS and distillation rows for distilled DeiT; the mean of the patch rows for BEiT; for an
+attention pooling, its attention weighted by its gradient for the target). On a captioner (a decoder
+reading the image by cross-attention) the output's relevance is the encoder–decoder rule,
+``caption_relevance``. Class-specific, >= 0.
 
 ``grad_rollout``: rollout (Abnar & Zuidema 2020) of Ā instead of raw
 attention, with the same 0.5·A + 0.5·I residual and row normalisation.
@@ -18,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from ..types import Capture, Target
-from .common import QUERY_HELP, layer_index, positive_grad_attention, query_vector, rollout_product
+from .captioning import caption_relevance
+from .common import QUERY_HELP, is_output, layer_index, positive_grad_attention, rollout_product, target_query_vector
 from .registry import Param, register
 
 QUERY = Param("query", "output", QUERY_HELP)
@@ -36,12 +40,17 @@ def weighted_attentions(capture: Capture, target: Target, start: int) -> list[to
     class_specific=True, over="patches", kind="attention",
 )
 def relevance(adapter, capture: Capture, target: Target, *, start_layer: int, query: str):
+    if capture.cross_attentions is not None and is_output(query):
+        # A decoder reads the image through cross-attention: the output's relevance is the encoder–decoder
+        # rule (Chefer et al. eqs. 6–10), not a fixed readout of the encoder's R (which barely depends on the word).
+        out = caption_relevance(adapter, capture, target)
+        return out, {"rule": "encoder–decoder (caption_relevance)"}
     mats = weighted_attentions(capture, target, layer_index(capture, start_layer))
     t = mats[0].shape[-1]
     r = torch.eye(t, dtype=mats[0].dtype, device=mats[0].device)                  # [T, T]
     for a_bar in mats:
         r = r + a_bar @ r
-    return capture.layout.to_grid(query_vector(capture, query) @ r)
+    return capture.layout.to_grid(target_query_vector(adapter, capture, target, query) @ r)
 
 
 @register(
@@ -57,7 +66,7 @@ def relevance(adapter, capture: Capture, target: Target, *, start_layer: int, qu
 def grad_rollout(adapter, capture: Capture, target: Target, *, discard_ratio: float, start_layer: int, query: str):
     mats = weighted_attentions(capture, target, layer_index(capture, start_layer))
     r = rollout_product(mats, discard_ratio)
-    return capture.layout.to_grid(query_vector(capture, query) @ r)
+    return capture.layout.to_grid(target_query_vector(adapter, capture, target, query) @ r)
 
 
 @register(
@@ -69,4 +78,4 @@ def grad_rollout(adapter, capture: Capture, target: Target, *, discard_ratio: fl
 def attn_grad(adapter, capture: Capture, target: Target, *, layer: int, query: str):
     li = layer_index(capture, layer)
     a_bar = positive_grad_attention(capture.attentions[li], capture.attention_grads(target.index)[li])  # [T, T]
-    return capture.layout.to_grid(query_vector(capture, query) @ a_bar)
+    return capture.layout.to_grid(target_query_vector(adapter, capture, target, query) @ a_bar)
