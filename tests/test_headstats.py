@@ -83,6 +83,26 @@ def test_real_capture_shapes_and_ranges(saved_models, photo):
     h, w = cap.layout.input_size
     assert np.all(d >= 0) and np.all(d <= math.hypot(h, w))
     assert np.all(e >= 0) and np.all(e <= math.log(cap.layout.n_tokens) + 1e-9)
+    # By hand with plain loops, from the model's own attentions (4 registers: 5 prefix tokens, 4×4 patches of 8 px)
+    x = cap.inputs["pixel_values"]
+    with torch.no_grad():
+        atts = adapter.model(pixel_values=x, output_attentions=True).attentions
+    prefix, rows, cols, ph, pw = 5, 4, 4, 8, 8
+    assert (cap.layout.n_prefix, cap.layout.rows, cap.layout.cols) == (prefix, rows, cols)
+    cells = [((i // cols + 0.5) * ph, (i % cols + 0.5) * pw) for i in range(rows * cols)]
+    for layer, a in enumerate(atts):
+        a = a[0].double().tolist()                                   # [H][T][T] nested lists
+        for head, rows_ in enumerate(a):
+            dist, ent = [], []
+            for q, row in enumerate(rows_):
+                ent.append(-sum(v * math.log(v) for v in row if v > 0))
+                if q >= prefix:
+                    patch = row[prefix:]
+                    total = sum(patch)
+                    dist.append(sum(v / total * math.dist(cells[q - prefix], cells[k])
+                                    for k, v in enumerate(patch)))
+            assert d[layer, head] == pytest.approx(sum(dist) / len(dist), rel=1e-9)
+            assert e[layer, head] == pytest.approx(sum(ent) / len(ent), rel=1e-9)
 
 
 @pytest.mark.parametrize("fn", [mean_attention_distance, attention_entropy])

@@ -296,17 +296,48 @@ def test_blip_with_its_default_vision_init_range_is_randomised(photo, tmp_path, 
     assert np.ptp(last) > 1e-3 * np.abs(last).mean()      # not uniform attention
 
 
-def test_randomisation_steps_and_the_identity_check(vit, photo):
+def _relevance_by_hand(model, x, target):
+    """Chefer et al. 2021 on a ViT classifier, from its own forward: R = I; R += E_h[(∇A ⊙ A)^+] R; CLS row."""
+    x = x.clone().requires_grad_(True)
+    out = model(pixel_values=x, output_attentions=True)
+    grads = torch.autograd.grad(out.logits[0, target], out.attentions)
+    t = out.attentions[0].shape[-1]
+    r = np.eye(t)
+    for a, g in zip(out.attentions, grads):
+        r = r + np.clip(g[0].numpy() * a[0].detach().numpy(), 0, None).mean(0) @ r
+    return r[0, 1:].reshape(4, 4)
+
+
+def test_randomisation_steps_and_the_identity_check(vit, photo, monkeypatch):
+    """Each step's map is relevance computed by hand on the model with those blocks replaced, and its
+    Spearman values are scipy's."""
+    import copy
+
+    from scipy.stats import spearmanr
+
+    import attnviz.metrics.randomisation as R
     cap = attnviz.capture(vit, photo)
     exp = attnviz.explain(vit, cap, "relevance", target=2)
+    clones = []
+    real_copy = R.copy_adapter
+    monkeypatch.setattr(R, "copy_adapter", lambda a: clones.append(real_copy(a)) or clones[-1])
     steps = cascading_randomisation(vit, cap, exp, seed=1)
     assert [s.blocks for s in steps] == [(), (1,), (0, 1)]
     assert [s.label for s in steps] == ["none", "block 1", "blocks 0–1"]
+    both = clones[-1].model                                      # the copy at the end: both blocks random
+    last_only = copy.deepcopy(vit.model)                         # block 1 as the copy had it, block 0 original
+    last_only.vit.layers[1].load_state_dict(both.vit.layers[1].state_dict())
+    x = cap.inputs["pixel_values"]
+    for step, model in zip(steps, (vit.model, last_only, both)):
+        np.testing.assert_allclose(step.map, _relevance_by_hand(model, x, 2), rtol=1e-4, atol=1e-7)
+        assert step.spearman_abs == pytest.approx(spearmanr(np.abs(exp.map).ravel(), np.abs(step.map).ravel())[0])
+        assert step.spearman == pytest.approx(spearmanr(exp.map.ravel(), step.map.ravel())[0])
     assert steps[0].spearman_abs == pytest.approx(1.0) and np.allclose(steps[0].map, exp.map)
-    assert all(-1 <= s.spearman_abs <= 1 for s in steps[1:])
     assert not np.allclose(steps[-1].map, exp.map)
     again = cascading_randomisation(vit, cap, exp, seed=1)                     # seeded: repeatable
     assert [s.spearman for s in again] == [s.spearman for s in steps]
+    other = cascading_randomisation(vit, cap, exp, seed=2)                     # another seed, other weights
+    assert not np.allclose(other[-1].map, steps[-1].map)
     assert len(cascading_randomisation(vit, cap, exp, max_blocks=1)) == 2
 
 
@@ -358,9 +389,44 @@ def test_randomisation_runs_take_turns_for_their_model_copies(vit, photo, monkey
 
 
 def test_demo_faithfulness_table_runs_through_the_engine():
+    """Each entry of the table is the mean over its scenes of numbers computed here piece by piece: the
+    top class from the model's logits, each curve's AUC by numpy's trapezoid over ``curve`` (itself checked
+    against a hand loop above), the Spearman after randomising every block by scipy, the pointing hit read
+    off the object's mask by hand."""
+    from scipy.stats import spearmanr
+
     from attnviz.demo.faithfulness import evaluate, markdown
-    r = evaluate(n=3, methods=("relevance", "saliency"))
-    rel, sal = r["methods"]["relevance"], r["methods"]["saliency"]
+    from attnviz.demo.scenes import make_dataset, mask_for_class, scene_to_pil
+    n, seed, methods = 3, 60_606, ("relevance", "saliency")
+    r = evaluate(n=n, seed=seed, methods=methods)
+    model = attnviz.load_model("demo-vit-shapes")
+    keys = ("deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc",
+            "randomised_spearman_abs", "pointing_cell")
+    per = {m: {k: [] for k in keys} for m in methods}
+    for k, scene in enumerate(make_dataset(n, seed, n_objects=2)):
+        cap = attnviz.capture(model, scene_to_pil(scene))
+        with torch.no_grad():
+            top = int(model.model(pixel_values=cap.inputs["pixel_values"]).logits[0].argmax())
+        mask = mask_for_class(scene, top)
+        assert mask.shape == cap.layout.input_size                 # scenes are drawn at the model's input size
+        ph, pw = cap.layout.patch_size
+        for m in methods:
+            exp = attnviz.explain(model, cap, m, target=top)
+            for kind in ("deletion", "insertion"):
+                for order, key in (("map", f"{kind}_auc"), ("random", f"random_{kind}_auc")):
+                    c = curve(model, cap, exp, kind, order=order, seed=k, target=top)
+                    per[m][key].append(np.trapezoid(c.values, c.fractions))
+            final = cascading_randomisation(model, cap, exp)[-1].map
+            per[m]["randomised_spearman_abs"].append(spearmanr(np.abs(exp.map).ravel(), np.abs(final).ravel())[0])
+            y, x = np.unravel_index(int(np.argmax(exp.map)), exp.map.shape)
+            row, col = (y, x) if exp.over == "patches" else (y // ph, x // pw)   # a pixel map: its hottest pixel's patch
+            per[m]["pointing_cell"].append(float(mask[row * ph:(row + 1) * ph, col * pw:(col + 1) * pw].any()))
+    for m in methods:
+        for key in keys:
+            assert r["methods"][m][key] == pytest.approx(np.mean(per[m][key]), rel=1e-6, abs=1e-9), (m, key)
+        beats = np.mean(np.array(per[m]["deletion_auc"]) < np.array(per[m]["random_deletion_auc"]))
+        assert r["methods"][m]["beats_random_deletion"] == pytest.approx(beats)
+    print({m: {k: np.round(v, 3) for k, v in per[m].items()} for m in methods})
+    rel = r["methods"]["relevance"]
     assert rel["deletion_auc"] < rel["random_deletion_auc"] and rel["beats_random_deletion"] == 1.0
-    assert 0 <= sal["pointing_cell"] <= 1 and -1 <= sal["randomised_spearman_abs"] <= 1
     assert markdown(r).count("\n") == 3                      # header, rule, two rows
