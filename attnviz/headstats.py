@@ -55,3 +55,38 @@ def attention_entropy(capture: Capture) -> np.ndarray:
         ent = -(torch.where(a > 0, a * torch.log(a.clamp_min(1e-300)), torch.zeros_like(a))).sum(-1)   # [H, T]
         out.append(ent.mean(-1))                                               # [H]
     return torch.stack(out).numpy()                                            # [L, H]
+
+
+def mass_mask(row: torch.Tensor, share: float) -> torch.Tensor:
+    """Boolean mask [N] of the smallest set of entries that holds ``share`` of the row's mass.
+
+    DINO's thresholded attention (Caron et al. 2021, Fig. 3 and its visualisation code,
+    https://arxiv.org/abs/2104.14294): sort the weights from largest down, keep entries while the
+    cumulative share before them is below ``share``. Ties at the boundary are broken by position.
+    """
+    if not 0.0 < share <= 1.0:
+        from .errors import UsageError
+        raise UsageError(f"The share of attention to keep must be in (0, 1], got {share}.")
+    w = row.double().clamp_min(0)
+    w = w / w.sum().clamp_min(1e-300)
+    order = torch.argsort(w, descending=True, stable=True)
+    before = torch.cumsum(w[order], 0) - w[order]                                # mass kept before each entry
+    keep = torch.zeros_like(w, dtype=torch.bool)
+    keep[order[before < share - 1e-7]] = True           # float sums: a share reached within 1e-7 counts
+    return keep
+
+
+def dino_masks(capture: Capture, layer: int = -1, share: float = 0.6, query: str = "output") -> np.ndarray:
+    """Per head, the patches holding ``share`` of a query's attention to the patches: bool [H, rows, cols].
+
+    The query is the output's readout by default (CLS for a CLS-pooled model, as in DINO), or any query
+    the attention method takes. Attention to prefix tokens (CLS, registers) is left out and the patch part
+    renormalised, as DINO's visualisation drops the CLS column.
+    """
+    from .methods.common import layer_index, query_vector
+    a = capture.attentions[layer_index(capture, layer)]                           # [H, T, T]
+    rows = query_vector(capture, query) @ a                                       # [H, T]
+    lay = capture.layout
+    patches = rows[:, lay.n_prefix:]                                              # [H, N]
+    masks = torch.stack([mass_mask(r, share) for r in patches])                   # [H, N]
+    return masks.reshape(-1, lay.rows, lay.cols).numpy()                          # [H, rows, cols]
