@@ -79,13 +79,40 @@ def run_on_click(button: str, key: str, run: Callable[[Callable[[int, int], None
     return out
 
 
+# --- clickable charts ----------------------------------------------------------
+
+def chart_key(base: str) -> str:
+    """The key a clickable chart is drawn under: it changes after every click it reports."""
+    return f"{base}#{st.session_state.get('_gen:' + base, 0)}"
+
+
+def clicked(base: str) -> Optional[list[int]]:
+    """customdata of the point just clicked on the chart ``base``, once per click.
+
+    A chart keeps its selection across reruns, so the same point clicked again (after a picker
+    moved elsewhere) would look like no click at all. After each reported click the chart is drawn
+    under a new key, with no selection, so every click is a new one.
+    """
+    event = st.session_state.get(chart_key(base))
+    points = event.get("selection", {}).get("points", []) if event else []
+    points = [p for p in points if p.get("customdata") is not None]
+    if not points:
+        return None
+    data = points[0]["customdata"]
+    # A numpy customdata row arrives as {"0": a, "1": b}; a list as [a, b].
+    values = [data[k] for k in sorted(data, key=int)] if isinstance(data, dict) else list(data)
+    st.session_state["_gen:" + base] = st.session_state.get("_gen:" + base, 0) + 1
+    return [int(v) for v in values]
+
+
 # --- state that outlives a page ------------------------------------------------
 
 # Streamlit forgets a widget's value on any run that does not draw the widget: another page, or a
 # page that stopped early (a rejected upload). Re-assigning the key at the start of every run keeps
 # it; each page still checks the value against its current options before drawing.
 KEEP_KEYS = ("method", "compare", "target", "pr_method", "pr_faith_prompt", "c_method", "c_layer", "c_head",
-             "c_word", "h_layer", "h_head", "h_qkind", "h_row", "h_col", "h_shared")
+             "c_word", "h_layer", "h_head", "h_qkind", "h_row", "h_col", "h_shared",
+             "l_layer", "l_head", "l_row", "l_col", "l_step", "l_guided", "l_share", "l_over")
 
 
 def forget_on_new_capture(ctx, key: str) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 import streamlit as st
 
@@ -11,33 +11,11 @@ from attnviz.methods.common import HEAD_FUSIONS
 from attnviz.ui import figures, state, urlstate
 from attnviz.ui.context import load_context, query_label
 from attnviz.ui.errors import guard
+from attnviz.ui.widgets import chart_key as _chart_key
+from attnviz.ui.widgets import clicked as _clicked
 from attnviz.ui.widgets import page_header, shared_url_values
 
 PATCH = "a patch"
-
-
-def _chart_key(base: str) -> str:
-    """The key a clickable chart is drawn under: it changes after every click it reports."""
-    return f"{base}#{st.session_state.get('_gen:' + base, 0)}"
-
-
-def _clicked(base: str) -> Optional[list[int]]:
-    """customdata of the point just clicked on the chart ``base``, once per click.
-
-    A chart keeps its selection across reruns, so the same thumbnail clicked again (after the picker
-    moved elsewhere) would look like no click at all. After each reported click the chart is drawn
-    under a new key, with no selection, so every click is a new one.
-    """
-    event = st.session_state.get(_chart_key(base))
-    points = event.get("selection", {}).get("points", []) if event else []
-    points = [p for p in points if p.get("customdata") is not None]
-    if not points:
-        return None
-    data = points[0]["customdata"]
-    # A numpy customdata row arrives as {"0": a, "1": b}; a list as [a, b].
-    values = [data[k] for k in sorted(data, key=int)] if isinstance(data, dict) else list(data)
-    st.session_state["_gen:" + base] = st.session_state.get("_gen:" + base, 0) + 1
-    return [int(v) for v in values]
 
 
 def _token_kinds(capture) -> list[str]:
