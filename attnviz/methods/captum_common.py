@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from ..errors import UsageError
@@ -27,6 +28,14 @@ class ScoreFunction:
         if self.progress is not None:
             self.progress(min(self.done, self.total), self.total)
         return out
+
+
+def seed_captum(seed: int) -> None:
+    """Seed the process-wide generators Captum draws from: torch (NoiseTunnel's noise, LIME / KernelSHAP
+    samples) and numpy (GradientShap's baseline choice and path points). The registry runs seeded methods
+    one at a time, so a seed gives the same map."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
 
 
 def pixel_input(adapter, capture: Capture, *, grad: bool = False) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from captum.attr import GradientShap, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 
 from ..types import Capture, Target
-from .captum_common import BASELINES, ScoreFunction, baseline_tensor, pixel_input
+from .captum_common import BASELINES, ScoreFunction, baseline_tensor, pixel_input, seed_captum
 from .registry import Param, register
 
 BASELINE = Param("baseline", "black", "Reference input: a black image or the dataset mean (zeros).", choices=BASELINES)
@@ -80,7 +80,7 @@ def gradient_shap(adapter, capture: Capture, target: Target, *, n_samples: int, 
     g = torch.Generator(device="cpu").manual_seed(seed)
     black = baseline_tensor(adapter, x, "black")
     bases = torch.cat([black, torch.zeros_like(x), (torch.rand(x.shape, generator=g) * 2 - 1).to(x.device)])
-    torch.manual_seed(seed)
+    seed_captum(seed)
     attr = GradientShap(ScoreFunction(adapter, capture, n_samples, progress)).attribute(
         x, baselines=bases, n_samples=n_samples, stdevs=stdevs, target=target.index)
     return attr[0].sum(0).detach().cpu().numpy()
@@ -98,7 +98,7 @@ def gradient_shap(adapter, capture: Capture, target: Target, *, n_samples: int, 
 )
 def smoothgrad(adapter, capture: Capture, target: Target, *, nt_samples: int, stdevs: float, seed: int, progress=None):
     x = pixel_input(adapter, capture, grad=True)
-    torch.manual_seed(seed)
+    seed_captum(seed)
     nt = NoiseTunnel(Saliency(ScoreFunction(adapter, capture, nt_samples, progress)))
     attr = nt.attribute(x, nt_type="smoothgrad", nt_samples=nt_samples, nt_samples_batch_size=8,
                         stdevs=stdevs, target=target.index, abs=True)

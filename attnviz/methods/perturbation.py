@@ -10,7 +10,8 @@ from captum._utils.models.linear_model import SkLearnLasso, SkLearnRidge
 from captum.attr import FeatureAblation, KernelShap, Lime, Occlusion
 
 from ..types import Capture, Target
-from .captum_common import BASELINES, ScoreFunction, baseline_tensor, patch_mask, per_patch, pixel_input
+from .captum_common import (BASELINES, ScoreFunction, baseline_tensor, patch_mask, per_patch, pixel_input,
+                             seed_captum)
 from .registry import Param, register
 
 BASELINE = Param("baseline", "black", "What a hidden patch is replaced with.", choices=BASELINES)
@@ -68,8 +69,7 @@ def feature_ablation(adapter, capture: Capture, target: Target, *, baseline: str
 )
 def lime(adapter, capture: Capture, target: Target, *, n_samples: int, baseline: str, batch_size: int,
          surrogate: str, alpha: float, seed: int, progress=None):
-    import torch
-    torch.manual_seed(seed)
+    seed_captum(seed)
     model = SkLearnRidge(alpha=alpha) if surrogate == "ridge" else SkLearnLasso(alpha=alpha)
     return _patch_features(Lime, adapter, capture, target, baseline, batch_size, progress, n_samples + 1,
                            init={"interpretable_model": model}, n_samples=n_samples)
@@ -84,7 +84,6 @@ def lime(adapter, capture: Capture, target: Target, *, n_samples: int, baseline:
 )
 def kernel_shap(adapter, capture: Capture, target: Target, *, n_samples: int, baseline: str, batch_size: int, seed: int,
                 progress=None):
-    import torch
-    torch.manual_seed(seed)
+    seed_captum(seed)
     return _patch_features(KernelShap, adapter, capture, target, baseline, batch_size, progress, n_samples + 1,
                            n_samples=n_samples)
