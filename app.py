@@ -13,6 +13,7 @@ page = st.navigation([
     st.Page("attnviz/ui/pages/heads.py", title="Heads", icon=":material/grid_view:"),
     st.Page("attnviz/ui/pages/prompts.py", title="Text prompts", icon=":material/text_fields:"),
     st.Page("attnviz/ui/pages/caption.py", title="Caption", icon=":material/subtitles:"),
+    st.Page("attnviz/ui/pages/lesson.py", title="How attention works", icon=":material/school:"),
 ])
 keep_page_state()
 sidebar_ui()
