@@ -1,0 +1,331 @@
+"""How attention works: one layer of the model taken apart on the user's image, step by step (issue 14).
+
+q, k and v come from the layer's own projections (``attnviz.anatomy``), captured only when this page
+asks and cached per image, model and layer. Every sentence under a plot is computed from the plotted
+numbers (``lesson_steps``); the softmax recomputed here is checked against the model's own attention row.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import streamlit as st
+
+from attnviz import render
+from attnviz.anatomy import Anatomy, attention_anatomy
+from attnviz.headstats import attention_entropy, dino_masks, mean_attention_distance
+from attnviz.ui import figures, state
+from attnviz.ui import lesson_figures as lf
+from attnviz.ui.compute import model_key
+from attnviz.ui.context import load_context
+from attnviz.ui.errors import guard
+from attnviz.ui.lesson_steps import (STEPS, HeadView, check_sentence, distance_sentence, head_view, heads_sentence,
+                                     keys_sentence, mask_sentence, output_sentence, patch_grid, query_sentence,
+                                     scores_sentence, sequence_sentence, softmax_sentence, token_label)
+from attnviz.ui.widgets import chart_key, clicked
+
+PAGES = {"heads": "attnviz/ui/pages/heads.py", "explore": "attnviz/ui/pages/explore.py",
+         "caption": "attnviz/ui/pages/caption.py"}
+THIS_IMAGE, SAMPLES = "this image", "the sample images"
+# Large type for projecting: the step box and the sentences computed from the plots.
+STYLE = """<style>
+.st-key-l_step_box p, .st-key-l_step_box li { font-size: 1.35rem; line-height: 1.55; }
+[class*="st-key-l_fact"] p { font-size: 1.15rem; line-height: 1.5; }
+</style>"""
+
+
+# --- cached computations ------------------------------------------------------------------------
+
+@st.cache_data(max_entries=24, ttl=state.CACHE_TTL, show_spinner=False)
+def layer_anatomy(digest: str, model: str, layer: int, _adapter, _inputs) -> Anatomy:
+    """One layer taken apart (one extra forward), per image (digest, prompts included), model and layer."""
+    return attention_anatomy(_adapter, _inputs, layer)
+
+
+@st.cache_data(max_entries=8, ttl=state.CACHE_TTL, show_spinner=False)
+def sample_head_stats(model: str, digests: tuple[str, ...], texts, _adapter,
+                      _images) -> tuple[np.ndarray, np.ndarray]:
+    """Mean attention distance and entropy [L, H], each averaged over the images (one forward each)."""
+    dist, ent = [], []
+    for img in _images:
+        inputs = _adapter.prepare(img, texts=list(texts)) if texts else _adapter.prepare(img)
+        cap = _adapter.capture(inputs, grads=False)
+        dist.append(mean_attention_distance(cap))
+        ent.append(attention_entropy(cap))
+    return np.mean(dist, axis=0), np.mean(ent, axis=0)
+
+
+# --- state --------------------------------------------------------------------------------------
+
+def _clamp_state(L: int, H: int, rows: int, cols: int) -> None:
+    """Keep stored picks valid when the model or image changes (a slider outside its range is an error)."""
+    ss = st.session_state
+    for key, n, default in (("l_layer", L, 0), ("l_head", H, 0), ("l_row", rows, rows // 2),
+                            ("l_col", cols, cols // 2), ("l_step", len(STEPS), 0)):
+        if not isinstance(ss.get(key), int) or not 0 <= ss[key] < n:
+            ss[key] = default
+    if not isinstance(ss.get("l_share"), float) or not 0.05 <= ss["l_share"] <= 1.0:
+        ss["l_share"] = 0.6
+    if ss.get("l_over") not in (THIS_IMAGE, SAMPLES):
+        ss["l_over"] = THIS_IMAGE
+    ss.setdefault("l_guided", True)
+
+
+def _move(delta: int) -> None:
+    st.session_state["l_step"] = min(max(st.session_state.get("l_step", 0) + delta, 0), len(STEPS) - 1)
+
+
+# --- the walk-through box -----------------------------------------------------------------------
+
+def walkthrough_ui() -> int:
+    """The current step: its number, title and paragraph in large type, and the buttons to move on."""
+    with st.container(key="l_step_box", border=True):
+        step = st.select_slider("Step", options=list(range(len(STEPS))), key="l_step",
+                                format_func=lambda i: str(i + 1))
+        s = STEPS[step]
+        st.subheader(f"Step {step + 1} of {len(STEPS)}: {s.title}")
+        st.markdown(s.text)
+        c1, c2, _ = st.columns([1, 1, 3])
+        c1.button("← Previous step", key="l_prev", on_click=_move, args=(-1,), disabled=step == 0)
+        c2.button("Next step →", key="l_next", on_click=_move, args=(1,), disabled=step == len(STEPS) - 1,
+                  type="primary")
+    return step
+
+
+def _fact(key: str, text: str) -> None:
+    """A sentence computed from the plot above it, in large type."""
+    with st.container(key=f"l_fact_{key}"):
+        st.markdown(text)
+
+
+# --- the sections ---------------------------------------------------------------------------------
+
+class Lesson:
+    """What every section reads: the context, the layer taken apart and the chosen head and query."""
+
+    def __init__(self, ctx, an: Anatomy, layer: int, head: int, row: int, col: int):
+        self.ctx, self.an, self.layer, self.head, self.row, self.col = ctx, an, layer, head, row, col
+        self.layout = ctx.capture.layout
+        self.query = self.layout.patch_token(row, col)
+        self.view: HeadView = head_view(an, head, self.query)
+
+    def signed_map(self, values: np.ndarray, label: str, *, compact: bool = False):
+        ctx = self.ctx
+        fig = render.heatmap_figure(ctx.img.display, patch_grid(self.layout, values), cmap="RdBu_r", norm="signed",
+                                    alpha=0.75, resample="nearest", box=ctx.box, hover_label=label, compact=compact)
+        return self.ring(fig)
+
+    def ring(self, fig):
+        """Ring the query patch on a figure drawn in display-image pixels."""
+        w, h = self.ctx.img.display.size
+        left, top, right, bottom = (0, 0, w, h) if self.ctx.box is None else self.ctx.box
+        pw, ph = (right - left) / self.layout.cols, (bottom - top) / self.layout.rows
+        fig.add_shape(type="rect", x0=left + self.col * pw, x1=left + (self.col + 1) * pw, y0=top + self.row * ph,
+                      y1=top + (self.row + 1) * ph, line=dict(color=lf.QUERY_COLOUR, width=3))
+        return fig
+
+    def prefix_values(self, values: np.ndarray, fmt: str) -> str:
+        lay = self.layout
+        return " · ".join(f"{token_label(lay, i)}: {format(values[i], fmt)}" for i in range(lay.n_prefix))
+
+
+def tokens_section(ls: Lesson) -> None:
+    st.plotly_chart(lf.token_strip_figure(ls.layout, ls.query), key="l_tokens", config={"displayModeBar": False})
+    _fact("tokens", sequence_sentence(ls.layout) + f" The query is {token_label(ls.layout, ls.query)}, "
+          f"token {ls.query} of the sequence (counting from 0).")
+
+
+def query_section(ls: Lesson) -> None:
+    st.plotly_chart(lf.vector_figure(ls.view.q, "q"), key="l_q", config={"displayModeBar": False})
+    _fact("query", query_sentence(ls.layout, ls.view))
+
+
+def keys_section(ls: Lesson) -> None:
+    st.plotly_chart(lf.keys_figure(ls.view, ls.layout), key="l_k", config={"displayModeBar": False})
+    _fact("keys", keys_sentence(ls.layout, ls.view))
+
+
+def scores_section(ls: Lesson) -> None:
+    v = ls.view
+    if v.bias is None:
+        st.plotly_chart(ls.signed_map(v.scores, "q·k/√d"), key="l_scores", config={"displayModeBar": False})
+    else:
+        parts = (("content: q·k/√d", v.dot), ("position term", v.bias), ("score (sum)", v.scores))
+        for col, (label, values), key in zip(st.columns(3), parts, ("l_dot", "l_bias", "l_scores")):
+            with col:
+                st.markdown(f"**{label}**")
+                st.plotly_chart(ls.signed_map(values, label, compact=True), key=key, config={"displayModeBar": False})
+    if ls.layout.n_prefix:
+        st.caption(f"Scores of the extra tokens (not on the image): {ls.prefix_values(v.scores, '.3f')}")
+    _fact("scores", scores_sentence(ls.layout, v))
+
+
+def softmax_section(ls: Lesson) -> None:
+    v, ctx = ls.view, ls.ctx
+    c1, c2 = st.columns(2)
+    with c1:
+        fig = render.heatmap_figure(ctx.img.display, patch_grid(ls.layout, v.weights), cmap="inferno", norm="minmax",
+                                    alpha=0.75, resample="nearest", box=ctx.box, hover_label="weight", compact=True)
+        st.plotly_chart(ls.ring(fig), key="l_softmax", config={"displayModeBar": False})
+    with c2:
+        st.plotly_chart(lf.check_figure(v, ls.layout), key="l_check", config={"displayModeBar": False})
+    if ls.layout.n_prefix:
+        st.caption(f"Weights of the extra tokens: {ls.prefix_values(v.weights, '.2%')}")
+    (st.success if v.check_passes else st.error)(check_sentence(v))
+    _fact("softmax", softmax_sentence(ls.layout, v))
+
+
+def output_section(ls: Lesson) -> None:
+    st.plotly_chart(lf.weighted_sum_figure(ls.view, ls.layout), key="l_output", config={"displayModeBar": False})
+    _fact("output", output_sentence(ls.layout, ls.view))
+
+
+def heads_section(ls: Lesson) -> None:
+    ctx, lay = ls.ctx, ls.layout
+    views = [head_view(ls.an, h, ls.query) for h in range(ls.an.n_heads)]
+    scores = np.stack([patch_grid(lay, v.scores) for v in views])                  # [H, rows, cols]
+    weights = np.stack([patch_grid(lay, v.weights) for v in views])                # [H, rows, cols]
+    s_lim, w_max = float(np.abs(scores).max()), float(weights.max())
+    per_row = min(len(views), 4)
+    st.caption(f"Layer {ls.layer}, query {token_label(lay, ls.query)}. For each head: the scores (red + / blue −, "
+               f"one scale ±{s_lim:.2f}) and the weights after the softmax (one scale, 0 to {w_max:.1%}).")
+    for start in range(0, len(views), per_row):
+        for col, v in zip(st.columns(per_row), views[start:start + per_row]):
+            d = ctx.display
+            s_img = render.overlay(ctx.img.display, scores[v.head], alpha=0.75, cmap="RdBu_r", norm="signed",
+                                   resample="nearest", box=ctx.box, vmin=-s_lim, vmax=s_lim)
+            w_img = render.overlay(ctx.img.display, weights[v.head], alpha=max(d.alpha, 0.6), cmap="inferno",
+                                   norm="minmax", resample="nearest", box=ctx.box, vmin=0.0, vmax=w_max)
+            top = int(v.weights.argmax())
+            col.image([s_img, w_img], width="stretch")
+            col.caption(f"head {v.head}: most to {token_label(lay, top)} ({v.weights[top]:.1%}) · "
+                        f"check {v.max_difference:.1e}")
+    _fact("heads", heads_sentence(lay, views))
+
+
+def distance_section(ls: Lesson) -> None:
+    ctx = ls.ctx
+    samples = state.sample_images()
+    over = st.radio("Mean attention distance of", [THIS_IMAGE, SAMPLES], key="l_over", horizontal=True,
+                    format_func=lambda o: o if o == THIS_IMAGE else f"the {len(samples)} sample images, averaged")
+    if over == SAMPLES and samples:
+        images = [state.decode(b) for b in samples.values()]
+        with st.spinner(f"Running the model on {len(images)} sample images (once)…"):
+            dist, ent = sample_head_stats(model_key(ctx.adapter), tuple(i.digest for i in images), ctx.texts,
+                                          ctx.adapter, [i.image for i in images])
+        where = f"Averaged over the {len(images)} sample images"
+    else:
+        dist, ent = state.engine().head_stats(ctx.adapter, ctx.entry, ctx.digest)
+        where = "On this image"
+    st.plotly_chart(figures.head_stats_figure(dist, ent, ls.layout.n_tokens, selected=(ls.layer, ls.head)),
+                    key="l_distance", config={"displayModeBar": False})
+    st.caption("Left: one dot per head and layer (the chosen head ringed). Right: each head's entropy, how "
+               "evenly it spreads its attention (the dotted line is perfectly even).")
+    _fact("distance", distance_sentence(dist, where))
+
+
+def dino_section(ls: Lesson) -> None:
+    ctx, cap, lay = ls.ctx, ls.ctx.capture, ls.layout
+    if "cls" in lay.prefix_names:
+        query, who = "cls", "CLS"
+    elif cap.readout is not None:
+        query, who = "output", "the output's pooling"
+    else:
+        st.info("This model has no CLS token and no single output token, so there is no row to threshold.")
+        return
+    share = st.slider("Share of the attention each head keeps", 0.05, 1.0, step=0.05, key="l_share",
+                      help="Per head, the smallest set of patches holding this share of the row (DINO uses 60 %).")
+    masks = dino_masks(cap, layer=ls.layer, share=float(share), query=query)         # [H, rows, cols]
+    per_row = min(masks.shape[0], 6)
+    st.caption(f"Layer {ls.layer}, attention from {who} to the patches (extra tokens left out, the rest "
+               f"renormalised). Bright: the patches kept.")
+    for start in range(0, masks.shape[0], per_row):
+        for col, h in zip(st.columns(per_row), range(start, min(start + per_row, masks.shape[0]))):
+            img = render.overlay(ctx.img.display, masks[h].astype(np.float32), alpha=0.7, cmap="gray",
+                                 norm="minmax", resample="nearest", box=ctx.box, vmin=0.0, vmax=1.0)
+            col.image(img, caption=f"head {h}: {int(masks[h].sum())} of {masks[h].size} patches", width="stretch")
+    _fact("dino", mask_sentence(masks, float(share), who))
+
+
+def explain_section(ls: Lesson) -> None:
+    c1, c2, c3 = st.columns(3)
+    c1.page_link(PAGES["heads"], label="Heads: every layer and head at once", icon=":material/grid_view:")
+    c2.page_link(PAGES["explore"], label="Explore: relevance and the faithfulness panel",
+                 icon=":material/visibility:")
+    c3.page_link(PAGES["caption"], label="Caption: cross-attention", icon=":material/subtitles:")
+    st.caption("On Explore, pick the attention method, open **Is the attention map faithful?** and run deletion / "
+               "insertion: if the curve does not fall faster than the random order, the map does not explain "
+               "the score. Try the same with relevance.")
+
+
+SECTIONS: dict[str, Callable[[Lesson], None]] = {
+    "tokens": tokens_section, "query": query_section, "keys": keys_section, "scores": scores_section,
+    "softmax": softmax_section, "output": output_section, "heads": heads_section, "distance": distance_section,
+    "dino": dino_section, "explain": explain_section}
+
+
+def picker_ui(ls: Lesson) -> None:
+    """The image cut into patches; a click makes a patch the query."""
+    ctx, lay = ls.ctx, ls.layout
+    st.markdown(f"**Click a patch** · layer {ls.layer}, head {ls.head}, query {token_label(lay, ls.query)}")
+    st.plotly_chart(lf.patch_grid_picker(ctx.img.display, lay, box=ctx.box, selected=(ls.row, ls.col)),
+                    key=chart_key("l_patch"), on_select="rerun", selection_mode="points",
+                    config={"displayModeBar": False})
+    c1, c2 = st.columns(2)
+    c1.number_input("Patch row", 0, lay.rows - 1, step=1, key="l_row")
+    c2.number_input("Patch column", 0, lay.cols - 1, step=1, key="l_col")
+
+
+def _draw(ls: Lesson, keys: list[str], guided: bool) -> None:
+    for k in keys:
+        i = next(n for n, s in enumerate(STEPS) if s.key == k)
+        if not guided:
+            st.markdown(f"### {i + 1} · {STEPS[i].title}")
+            st.markdown(STEPS[i].text)
+        with guard(f"Step {i + 1}"):
+            SECTIONS[k](ls)
+
+
+def main() -> None:
+    st.markdown(STYLE, unsafe_allow_html=True)
+    st.title("How attention works")
+    st.caption("One layer of the model taken apart on your image, with the model's own numbers.")
+    ctx = None
+    with guard("Preparing the image and model"):
+        ctx = load_context()
+    if ctx is None:
+        return
+    cap = ctx.capture
+    if not cap.attentions:
+        st.info(f"{ctx.adapter.name} has no attention layers to take apart; pick a vision transformer.")
+        return
+    lay, L, H = cap.layout, cap.n_layers, cap.n_heads
+    _clamp_state(L, H, lay.rows, lay.cols)
+    hit = clicked("l_patch")
+    if hit is not None:
+        st.session_state["l_row"], st.session_state["l_col"] = hit
+    guided = st.toggle("Guided walk-through, one step at a time", key="l_guided",
+                       help="Off: every step on one page.")
+    step: Optional[int] = walkthrough_ui() if guided else None
+    c1, c2 = st.columns(2)
+    layer = c1.slider("Layer", 0, L - 1, key="l_layer") if L > 1 else 0
+    head = c2.selectbox("Head", list(range(H)), key="l_head", format_func=lambda h: f"head {h}")
+    ls = None
+    with guard("Taking the layer apart"), st.spinner("Taking the layer apart (one more model run)…"):
+        an = layer_anatomy(ctx.digest, model_key(ctx.adapter), int(layer), ctx.adapter, cap.inputs)
+        ls = Lesson(ctx, an, int(layer), int(head), int(st.session_state["l_row"]), int(st.session_state["l_col"]))
+    if ls is None:
+        return
+    shown = [s for s in STEPS if step is None or s is STEPS[step]]
+    beside = [s.key for s in shown if s.needs_query]
+    if beside:
+        left, right = st.columns([2, 3], gap="large")
+        with left:
+            picker_ui(ls)
+        with right:
+            _draw(ls, beside, guided)
+    _draw(ls, [s.key for s in shown if not s.needs_query], guided)
+
+
+if __name__ == "__main__":
+    main()
