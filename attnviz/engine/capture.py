@@ -1,0 +1,108 @@
+"""One forward for several images: per-image captures from a batched forward.
+
+A vision transformer in eval mode treats each image of a batch on its own
+(LayerNorm is per token, attention stays inside an image), so a batch of B
+prepared inputs of one size gives, image by image, the same attentions and
+scores as B separate forwards, in one pass. The per-image captures it
+returns are ordinary :class:`~attnviz.types.Capture` objects: every method
+runs on them unchanged.
+
+Per-image gradients come from ONE backward per target rank: because image i's
+score depends only on image i's attentions, ``d(Σ_i score_i[t_i]) / dA`` has
+``d score_i[t_i] / dA_i`` in row i (``grads_for_batch``; a test checks this
+against per-image backwards).
+
+Only families whose forward depends on the pixels alone (no per-image prompt
+or caption) run batched here: :data:`BATCHED_FAMILIES`. Others are captured one
+image at a time by the adapter itself.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..types import Capture
+
+#: Families whose ``_run`` reads nothing per image but the pixels, and whose extras hold at most a
+#: per-image ``readout``. Image–text models (shared prompts, text-tower extras) and captioners (a caption
+#: per image) are captured one image per forward.
+BATCHED_FAMILIES = ("classifier",)
+
+
+def batchable(adapter) -> bool:
+    return adapter.family in BATCHED_FAMILIES
+
+
+def capture_batch(adapter, inputs: Sequence[dict[str, Any]], *, grads: bool = False) -> list[Capture]:
+    """Captures of several prepared images of the same input size from one forward.
+
+    ``grads``: keep the batch's graph so that :func:`grads_for_batch` (or a capture's own
+    ``attention_grads``) can take gradients to every layer's attention.
+    """
+    if not batchable(adapter):
+        return [adapter.capture(inp, grads=grads) for inp in inputs]
+    pixel_values = torch.cat([inp["pixel_values"] for inp in inputs]).to(adapter.device)   # [B, C, H, W]
+    with torch.set_grad_enabled(grads), adapter.lock:
+        # The weights are frozen: without an input that requires grad there would be no graph at all.
+        x = pixel_values.detach().clone().requires_grad_(grads)
+        scores, attentions, extras = adapter._run(inputs[0], x, attentions=True)
+    if not attentions or len(attentions) != adapter.n_layers:
+        raise RuntimeError(f"Expected {adapter.n_layers} attention tensors, got {len(attentions or ())}: "
+                           "the model is not running eager attention.")
+    readout = extras.pop("readout", None)                                  # [B, T] when the forward measured it
+    extras.pop("grad_wrt", None)
+    if extras:
+        raise RuntimeError(f"{adapter.family} forwards return per-image extras ({', '.join(extras)}); "
+                           "they cannot be captured in a batch.")
+    caps = []
+    for i, inp in enumerate(inputs):
+        layout = adapter.layout(inp)
+        if attentions[0].shape[-1] != layout.n_tokens:
+            raise RuntimeError(f"Token layout mismatch: attention over {attentions[0].shape[-1]} tokens, "
+                               f"layout says {layout.n_tokens}.")
+        s = scores[i].detach()                                            # [n_targets]
+        caps.append(Capture(
+            scores=s,
+            attentions=tuple(a[i].detach() for a in attentions),           # L × [H, T, T]
+            layout=layout, inputs=inp, targets=adapter._targets(inp, s), box=inp.get("box"),
+            readout=readout[i].detach() if readout is not None else adapter.readout(layout),
+            _grad_fn=_ImageGrads(scores, attentions, i) if grads else None,
+        ))
+    return caps
+
+
+class _ImageGrads:
+    """A capture's own gradient function: a backward through the batch's graph for image ``i`` only.
+
+    It also names the batch's graph, so :func:`grads_for_batch` can serve several images in one backward.
+    """
+
+    def __init__(self, scores: torch.Tensor, attentions: tuple[torch.Tensor, ...], i: int):
+        self.scores, self.attentions, self.i = scores, attentions, i      # [B, n_targets], L × [B, H, T, T]
+
+    def __call__(self, t: int) -> dict[str, tuple[torch.Tensor, ...]]:
+        gs = torch.autograd.grad(self.scores[self.i, t], self.attentions, retain_graph=True)
+        return {"attentions": tuple(g[self.i].detach() for g in gs)}         # L × [H, T, T]
+
+
+def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int]) -> None:
+    """Fill each capture's gradient cache for its target with ONE backward over the whole batch.
+
+    ``targets[i]`` is image i's target index. Captures from one :func:`capture_batch` call with
+    ``grads=True`` share one backward; any others get their own. Gradients already cached stay.
+    """
+    todo = [i for i, (c, t) in enumerate(zip(caps, targets)) if t not in c._grads]
+    fns = [caps[i]._grad_fn for i in todo]
+    batch = fns[0] if fns and isinstance(fns[0], _ImageGrads) else None
+    if batch is None or any(not isinstance(f, _ImageGrads) or f.scores is not batch.scores for f in fns):
+        for i in todo:
+            caps[i].attention_grads(targets[i])                  # one backward per image
+        return
+    rows = torch.tensor([f.i for f in fns])
+    cols = torch.tensor([targets[i] for i in todo])
+    total = batch.scores[rows, cols].sum()                       # images are independent: Σ_i s_i[t_i]
+    gs = torch.autograd.grad(total, batch.attentions, retain_graph=True)   # L × [B, H, T, T]
+    for i, f in zip(todo, fns):
+        with caps[i]._grad_lock:
+            caps[i]._grads[targets[i]] = {"attentions": tuple(g[f.i].detach() for g in gs)}

@@ -1,0 +1,39 @@
+"""What a batch run computes: one frozen description shared by every engine and worker.
+
+The in-process engine and each Ray worker build their :class:`~attnviz.engine.worker.Worker`
+from the same :class:`Job`, so the same image gives the same rows whatever the engine.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Job:
+    """One batch run: which model, which method with which parameters, for which targets.
+
+    ``model``: what :func:`attnviz.load_model` is given (a catalog name, hub id or folder).
+    ``target``: one target for every image (index or label), or None for the top one;
+    ``top_k``: explain each image's k highest-scoring targets instead (class-specific methods).
+    ``params``: method parameters as the user typed them (strings are parsed by the registry).
+    """
+
+    model: str
+    method: str = "rollout"
+    params: dict[str, Any] = field(default_factory=dict)
+    target: Optional[str] = None
+    top_k: int = 1
+    texts: tuple[str, ...] = ()
+    size: Optional[tuple[int, int]] = None
+    faithfulness: bool = False
+    batch_size: int = 8
+
+    def key(self) -> dict[str, Any]:
+        """What must match for a run to resume another's results (not the batch size)."""
+        d = asdict(self)
+        d.pop("batch_size")
+        d["texts"] = list(self.texts)
+        d["size"] = list(self.size) if self.size else None
+        return json.loads(json.dumps(d, sort_keys=True, default=str))

@@ -1,0 +1,143 @@
+"""The in-process engine (the default): one worker, images read in chunks, several per forward.
+
+Each chunk of files is read, explained (grouped by input size, ``batch_size`` per
+forward) and written as one Parquet part file, so an interrupted run loses at most
+one chunk and resumes after the last one written. Besides Parquet it writes what
+``batch`` always wrote: ``<file>.npy`` (the raw map), ``<file>.png`` (the overlay)
+and ``results.jsonl``, unless ``files=False``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..images import MAX_BYTES
+from .job import Job
+from .results import done_paths, start_run, write_part
+from .sources import Source, check_out_dir
+from .worker import ImageResult, Item, Worker
+
+
+@dataclass
+class Summary:
+    """What a run did: images explained, files rejected, images skipped as already done, rows written."""
+
+    explained: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    rows: list[dict] = field(default_factory=list)     # this run's result rows (maps included)
+    seconds: float = 0.0
+
+
+def pending_files(source: Source, out, job: Job) -> tuple[list[str], int]:
+    """Files still to do (the run's manifest written or checked first) and how many are already done."""
+    source.check()
+    check_out_dir(source, out)
+    start_run(out, job.key(), source.root)
+    done = done_paths(out)
+    files = source.files()
+    todo = [f for f in files if source.display(f) not in done]
+    return todo, len(files) - len(todo)
+
+
+def read_item(source: Source, fs_path: str) -> Item | tuple[Item, str]:
+    item = Item(source.display(fs_path), source.label(fs_path), b"")
+    try:
+        return Item(item.path, item.label, source.read(fs_path, MAX_BYTES))
+    except OSError as e:
+        return item, f"The file could not be read ({e.strerror or type(e).__name__})."
+
+
+def run_inprocess(job: Job, source: Source, out, *, adapter=None, files: bool = True, chunk: Optional[int] = None,
+                  progress: Optional[Callable[[int], None]] = None) -> Summary:
+    """Explain every pending image of ``source`` into ``out``; ``progress(n)`` after each chunk of n images."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    todo, skipped = pending_files(source, out, job)
+    worker = Worker(job, adapter)
+    summary = Summary(skipped=skipped)
+    chunk = chunk or 4 * job.batch_size
+    log = open(out / "results.jsonl", "a") if files else None
+    try:
+        for s in range(0, len(todo), chunk):
+            items, results = [], {}
+            for f in todo[s:s + chunk]:
+                got = read_item(source, f)
+                if isinstance(got, tuple):
+                    results[got[0].path] = worker.error_result(*got)
+                else:
+                    items.append(got)
+            results.update({r.path: r for r in worker.run(items)})
+            ordered = [results[source.display(f)] for f in todo[s:s + chunk]]
+            rows = [row for r in ordered for row in r.rows]
+            if files:
+                for f, r in zip(todo[s:s + chunk], ordered):
+                    _write_files(out, source.relative(f).as_posix(), r, log)
+            write_part(out, rows)
+            summary.rows += rows
+            summary.rejected += sum(r.error is not None for r in ordered)
+            summary.explained += sum(r.error is None for r in ordered)
+            if progress is not None:
+                progress(len(ordered))
+    finally:
+        if log is not None:
+            log.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _write_files(out: Path, rel: str, r: ImageResult, log) -> None:
+    """``<file>.npy`` and ``<file>.png`` (the whole file name, so a.jpg and a.png differ) and one
+    results.jsonl line per target; a map per target is ``<file>.t<index>.npy`` when there are several."""
+    from .. import render
+    if r.error is not None:
+        log.write(json.dumps({"file": rel, "error": r.error}) + "\n")
+        return
+    for row, exp in zip(r.rows, r.exps):
+        stem = out / (rel if len(r.exps) == 1 else f"{rel}.t{row['target_index']}")
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        np.save(f"{stem}.npy", exp.map.astype(np.float32))
+        if exp.over in ("patches", "pixels"):
+            img = render.overlay(r.image, exp.map, norm="signed" if exp.signed else "minmax", box=r.box)
+            Path(f"{stem}.png").write_bytes(render.to_png_bytes(img))
+        log.write(json.dumps({"file": rel, **_jsonl_record(row, exp)}) + "\n")
+    log.flush()
+
+
+def _jsonl_record(row: dict, exp) -> dict:
+    """The results.jsonl fields ``batch`` has always written, from a Parquet row."""
+    rec = {
+        "model": row["model"], "method": row["method"],
+        "target": {"index": row["target_index"], "label": row["target_label"], "kind": row["target_kind"]},
+        "score": row["score"], "class_specific": row["class_specific"], "map_shape": row["map_shape"],
+        "over": row["over"], "signed": row["signed"], "params": exp.params,
+        "meta": {k: v for k, v in exp.meta.items() if k != "seconds" and isinstance(v, (int, float, str, bool))},
+        "predicted": {"index": row["predicted_index"], "label": row["predicted_label"]},
+    }
+    if row.get("label") is not None:
+        rec["label"] = row["label"]
+    if row.get("deletion_auc") is not None:
+        rec["faithfulness"] = {k: row[k] for k in ("deletion_auc", "random_deletion_auc", "insertion_auc",
+                                                   "random_insertion_auc")}
+    return rec
+
+
+def faithfulness_line(rows: list[dict]) -> Optional[str]:
+    """One line over a run: mean AUCs and how often the map beat its random order."""
+    checked = [r for r in rows if r.get("deletion_auc") is not None]
+    if not checked:
+        return None
+    n = len(checked)
+    mean = {k: float(np.mean([c[k] for c in checked])) for k in ("deletion_auc", "random_deletion_auc",
+                                                                  "insertion_auc", "random_insertion_auc")}
+    beat_del = sum(c["deletion_auc"] < c["random_deletion_auc"] for c in checked)
+    beat_ins = sum(c["insertion_auc"] > c["random_insertion_auc"] for c in checked)
+    return (f"faithfulness over {n} images: deletion AUC {mean['deletion_auc']:.4g} (random "
+            f"{mean['random_deletion_auc']:.4g}), insertion AUC {mean['insertion_auc']:.4g} (random "
+            f"{mean['random_insertion_auc']:.4g}); the map beat random on deletion in {beat_del}/{n}, "
+            f"on insertion in {beat_ins}/{n}")

@@ -1,0 +1,147 @@
+"""Batch results on disk: a Parquet dataset with one row per image and target, and a run manifest.
+
+Layout of an output folder::
+
+    run.json                 what was run (model, method, parameters, targets) and from where
+    results.parquet/         part files, each written whole (in-process: temp file, then rename)
+    results.jsonl, *.npy, *.png   per-image files of the in-process engine (unless --no-files)
+
+A row holds the map as float32 values with its shape (``map``, ``map_shape``), what it
+is over, the target and its score, the model's top prediction, the folder label of a
+labelled folder, the crop box and image size (to lay the map back on the image), the
+faithfulness AUCs when asked, and ``error`` for a file that could not be read (then no map).
+
+Resuming: every path with a row in readable part files is done. A part file that
+cannot be read (a run killed while writing it) is renamed ``*.broken`` and its
+images are done again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import UsageError
+
+RESULTS = "results.parquet"
+MANIFEST = "run.json"
+
+SCHEMA = pa.schema([
+    ("path", pa.string()),                 # the image as read: an absolute path or a filesystem URI
+    ("label", pa.string()),                # the class subfolder of a labelled folder, else null
+    ("model", pa.string()),
+    ("method", pa.string()),
+    ("target_index", pa.int32()),
+    ("target_label", pa.string()),
+    ("target_kind", pa.string()),          # class | prompt | token | embedding
+    ("class_specific", pa.bool_()),        # false: the map is the same whatever the target
+    ("score", pa.float64()),               # the target's score (the scalar class-specific methods explain)
+    ("probability", pa.float64()),
+    ("predicted_index", pa.int32()),       # the model's top target
+    ("predicted_label", pa.string()),
+    ("predicted_probability", pa.float64()),
+    ("map", pa.list_(pa.float32())),       # row-major values of a map of shape map_shape
+    ("map_shape", pa.list_(pa.int32())),   # [rows, cols] over patches, [H, W] over pixels, [n] over tokens
+    ("over", pa.string()),
+    ("signed", pa.bool_()),
+    ("image_width", pa.int32()),
+    ("image_height", pa.int32()),
+    ("box", pa.list_(pa.int32())),         # (left, top, right, bottom) of the image the model saw; null: all
+    ("params", pa.string()),               # the method's parameters as JSON
+    ("deletion_auc", pa.float64()),        # faithfulness (--faithfulness), else null
+    ("random_deletion_auc", pa.float64()),
+    ("insertion_auc", pa.float64()),
+    ("random_insertion_auc", pa.float64()),
+    ("seconds", pa.float64()),             # this image's share of its batch's compute
+    ("error", pa.string()),                # why the file was not explained; null for a result
+])
+
+
+def to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts with any subset of the schema's fields) as a table of exactly :data:`SCHEMA`."""
+    rows = list(rows)
+    cols = {}
+    for f in SCHEMA:
+        values = [r.get(f.name) for r in rows]
+        if f.name == "map":
+            values = [None if v is None else np.asarray(v, dtype=np.float32) for v in values]
+        cols[f.name] = pa.array(values, type=f.type)
+    return pa.table(cols, schema=SCHEMA)
+
+
+def map_of(row: dict[str, Any]) -> np.ndarray:
+    """A row's map as a float32 array of its shape."""
+    return np.asarray(row["map"], dtype=np.float32).reshape([int(x) for x in row["map_shape"]])
+
+
+def results_dir(out: str | os.PathLike) -> Path:
+    return Path(out) / RESULTS
+
+
+def write_part(out: str | os.PathLike, rows: list[dict[str, Any]]) -> Optional[Path]:
+    """Write rows as one new part file, whole or not at all (temp file, then rename)."""
+    if not rows:
+        return None
+    folder = results_dir(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"part-{uuid.uuid4().hex}.parquet"
+    tmp = folder / f".{final.name}.tmp"
+    pq.write_table(to_table(rows), tmp)
+    os.replace(tmp, final)
+    return final
+
+
+def part_files(out: str | os.PathLike) -> list[Path]:
+    folder = results_dir(out)
+    return sorted(p for p in folder.glob("*.parquet") if p.is_file()) if folder.is_dir() else []
+
+
+def read_results(out: str | os.PathLike, columns: Optional[list[str]] = None) -> pa.Table:
+    """Every readable part file of a results folder as one table (unreadable ones are set aside)."""
+    tables = []
+    for p in part_files(out):
+        try:
+            tables.append(pq.read_table(p, columns=columns, schema=SCHEMA if columns is None else None))
+        except (pa.ArrowInvalid, OSError) as e:
+            broken = p.with_name(p.name + ".broken")
+            os.replace(p, broken)
+            print(f"attnviz: {p.name} could not be read ({type(e).__name__}); renamed to {broken.name}, "
+                  "its images will be done again.", file=sys.stderr)
+    if not tables:
+        schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+        return schema.empty_table()
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def done_paths(out: str | os.PathLike) -> set[str]:
+    """Paths with a row already (a result or a reported error): skipped when a run resumes."""
+    return set(read_results(out, ["path"]).column("path").to_pylist())
+
+
+def start_run(out: str | os.PathLike, key: dict[str, Any], source: str) -> None:
+    """Write the manifest, or check that an existing one describes the same run (resumption)."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        old = json.loads(manifest.read_text())
+        if old.get("job") != key or old.get("source") != source:
+            diff = sorted(k for k in set(key) | set(old.get("job", {})) if key.get(k) != old.get("job", {}).get(k))
+            what = ", ".join(diff) or "source"
+            raise UsageError(f"'{folder}' holds results of another run (different {what}); "
+                             "choose another --out-dir or remove that folder.")
+        return
+    from .. import __version__
+    manifest.write_text(json.dumps({"job": key, "source": source, "attnviz": __version__}, indent=1) + "\n")
+
+
+def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
+    p = Path(out) / MANIFEST
+    return json.loads(p.read_text()) if p.is_file() else {}

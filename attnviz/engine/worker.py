@@ -1,0 +1,164 @@
+"""A worker turns image files into result rows: decode, prepare, group by input size, explain in batches.
+
+The in-process engine runs one :class:`Worker`; the Ray engine runs one per actor (the model is
+loaded once per worker). Rows follow :data:`attnviz.engine.results.SCHEMA`: one per image and
+target, or one with ``error`` set for a file that could not be read.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..images import ImageRejected, load_image
+from ..methods.registry import explain, get_method, resolve_params
+from ..types import Capture, Explanation, Target
+from .capture import batchable, capture_batch, grads_for_batch
+from .job import Job
+from .pixels import BATCHED_PIXEL_METHODS, pixel_gradient_maps
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file to explain: where it came from, its class when the folder is labelled, its bytes."""
+
+    path: str
+    label: Optional[str]
+    data: bytes
+
+
+@dataclass
+class ImageResult:
+    """What one image left behind: its rows, and for the writers its image, capture box and maps."""
+
+    path: str
+    rows: list[dict[str, Any]]
+    image: Optional[Image.Image] = None
+    exps: list[Explanation] = field(default_factory=list)
+    box: Optional[tuple[int, int, int, int]] = None
+    error: Optional[str] = None
+
+
+def needs_attention_grads(spec) -> bool:
+    """Class-specific attention methods read d score / d attention (Chefer et al.'s relevance and kin)."""
+    return spec.kind == "attention" and spec.class_specific
+
+
+class Worker:
+    """Holds one loaded model and explains lists of :class:`Item` with it."""
+
+    def __init__(self, job: Job, adapter=None):
+        from .. import load_model
+        self.job = job
+        self.adapter = adapter if adapter is not None else load_model(job.model)
+        self.spec = get_method(job.method)
+        # Bad parameters fail here, once, in one sentence, before any image is read.
+        self.params = resolve_params(self.spec, dict(job.params), self.adapter.method_defaults(job.method))
+        self.user_params = dict(job.params)
+
+    # --- the whole pipeline for a list of files -------------------------
+    def run(self, items: Sequence[Item]) -> list[ImageResult]:
+        """Results in the order of ``items``; an unreadable file gives one error row, the rest go on."""
+        out: list[Optional[ImageResult]] = [None] * len(items)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        prepared: dict[int, tuple[Image.Image, dict]] = {}
+        for i, item in enumerate(items):
+            try:
+                image = load_image(item.data)
+            except ImageRejected as e:
+                out[i] = self.error_result(item, str(e))
+                continue
+            inputs = self.adapter.prepare(image, texts=list(self.job.texts) or None, size=self.job.size)
+            prepared[i] = (image, inputs)
+            groups.setdefault(tuple(inputs["pixel_values"].shape), []).append(i)   # same input size, one forward
+        for idxs in groups.values():
+            for s in range(0, len(idxs), self.job.batch_size):
+                chunk = idxs[s:s + self.job.batch_size]
+                t0 = time.perf_counter()
+                results = self.explain_images([items[i] for i in chunk], [prepared[i][0] for i in chunk],
+                                              [prepared[i][1] for i in chunk])
+                share = (time.perf_counter() - t0) / len(chunk)
+                for i, r in zip(chunk, results):
+                    for row in r.rows:
+                        row["seconds"] = share
+                    out[i] = r
+        return out                                                # type: ignore[return-value]
+
+    def error_result(self, item: Item, message: str) -> ImageResult:
+        row = {"path": item.path, "label": item.label, "model": self.adapter.name, "method": self.job.method,
+               "error": message}
+        return ImageResult(item.path, [row], error=message)
+
+    # --- one forward's worth of images ------------------------------------
+    def explain_images(self, items: Sequence[Item], images: Sequence[Image.Image],
+                       inputs: Sequence[dict]) -> list[ImageResult]:
+        """Explain images of one input size: one batched capture, one backward per target rank."""
+        adapter, spec = self.adapter, self.spec
+        batched = batchable(adapter)
+        # Per-image captures (other families) keep their graph as the CLI always did: their methods
+        # may differentiate towers and tokens this module does not know about.
+        caps = capture_batch(adapter, inputs, grads=needs_attention_grads(spec) if batched else True)
+        targets = [self.targets(c) for c in caps]
+        exps: list[list[Explanation]] = [[] for _ in caps]
+        for k in range(max(len(t) for t in targets)):
+            idx = [i for i, t in enumerate(targets) if k < len(t)]
+            ks = [targets[i][k] for i in idx]
+            if batched and needs_attention_grads(spec):
+                grads_for_batch([caps[i] for i in idx], [t.index for t in ks])
+            if batched and spec.name in BATCHED_PIXEL_METHODS:
+                t0 = time.perf_counter()
+                maps = pixel_gradient_maps(adapter, spec.name, [caps[i] for i in idx], [t.index for t in ks])
+                seconds = (time.perf_counter() - t0) / len(idx)
+                for i, t, m in zip(idx, ks, maps):
+                    exps[i].append(Explanation(map=m, over=spec.over, signed=spec.signed, method=spec.name,
+                                               target=t, params=dict(self.params), meta={"seconds": seconds}))
+            else:
+                for i, t in zip(idx, ks):
+                    exps[i].append(explain(adapter, caps[i], spec.name, t, **self.user_params))
+        results = []
+        for item, image, cap, es in zip(items, images, caps, exps):
+            rows = [self.row(item, image, cap, e) for e in es]
+            results.append(ImageResult(item.path, rows, image=image, exps=es, box=cap.box))
+            cap.release_graph()
+        return results
+
+    def targets(self, cap: Capture) -> list[Target]:
+        """The targets explained for one image: the user's, else the top k (the top one for a
+        class-agnostic method, whose map is the same whatever the class)."""
+        if self.job.target is not None:
+            return [self.adapter.resolve_target(cap, self.job.target)]
+        top = self.adapter.resolve_target(cap, None)
+        if not self.spec.class_specific or self.job.top_k <= 1 or top.kind not in ("class", "prompt"):
+            return [top]
+        ranked = sorted(cap.targets, key=lambda t: -t.score)
+        return ranked[: self.job.top_k]
+
+    def row(self, item: Item, image: Image.Image, cap: Capture, exp: Explanation) -> dict[str, Any]:
+        adapter = self.adapter
+        tgt = exp.target or adapter.resolve_target(cap, None)
+        top = adapter.resolve_target(cap, None)
+        probs = adapter.probabilities(cap)
+        prob = (lambda t: float(probs[t]) if t < probs.shape[0] else None)
+        row = {
+            "path": item.path, "label": item.label, "model": adapter.name, "method": exp.method,
+            "target_index": tgt.index, "target_label": tgt.label, "target_kind": tgt.kind,
+            "class_specific": exp.target is not None,
+            "score": float(cap.scores[tgt.index]), "probability": prob(tgt.index),
+            "predicted_index": top.index, "predicted_label": top.label, "predicted_probability": prob(top.index),
+            "map": np.asarray(exp.map, dtype=np.float32).ravel(), "map_shape": list(exp.map.shape),
+            "over": exp.over, "signed": exp.signed,
+            "image_width": image.width, "image_height": image.height,
+            "box": list(cap.box) if cap.box is not None else None,
+            "params": json.dumps(exp.params, sort_keys=True, default=str),
+            "error": None,
+        }
+        if self.job.faithfulness and exp.over in ("patches", "pixels"):
+            from ..metrics import deletion_insertion, deletion_summary
+            f = deletion_summary(deletion_insertion(adapter, cap, exp, target=tgt.index))
+            row.update({k: f[k] for k in ("deletion_auc", "random_deletion_auc", "insertion_auc",
+                                          "random_insertion_auc")})
+        return row
