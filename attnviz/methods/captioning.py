@@ -81,12 +81,18 @@ def _normalised(r: torch.Tensor) -> torch.Tensor:
     return rest / rest.sum(-1, keepdim=True).clamp_min(1e-12) + eye
 
 
+def _a_bar(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Eq. 5 in float64: eqs. 8–9 subtract I from R, whose diagonal is 1 + (small), so float32 would
+    keep only a few digits of what the normalisation divides."""
+    return positive_grad_attention(a, g).double()
+
+
 def encoder_relevance(capture: Capture, target: Target) -> torch.Tensor:
     """R^ii [T_image, T_image] of the image encoder (eq. 6 from R^ii = I)."""
     a0 = capture.attentions[0]
-    r = torch.eye(capture.layout.n_tokens, dtype=a0.dtype, device=a0.device)
+    r = torch.eye(capture.layout.n_tokens, dtype=torch.float64, device=a0.device)
     for a, g in zip(capture.attentions, capture.attention_grads(target.index)):
-        r = r + positive_grad_attention(a, g) @ r
+        r = r + _a_bar(a, g) @ r
     return r
 
 
@@ -105,21 +111,21 @@ def caption_relevance(adapter, capture: Capture, target: Target):
     if adapter.kind == "git":
         # GIT: one joint self-attention over [image tokens, text tokens].
         n = dec[0].shape[-1]
-        r = torch.eye(n, dtype=dec[0].dtype, device=dec[0].device)
+        r = torch.eye(n, dtype=torch.float64, device=dec[0].device)
         for a, g in zip(dec, dec_g):
-            r = r + positive_grad_attention(a, g) @ r                                   # eq. 6
+            r = r + _a_bar(a, g) @ r                                   # eq. 6
         row = r[n_img + t, :n_img] @ r_ii                                                # [T]
         return capture.layout.to_grid(row)
     cross = capture.cross_attentions                                                     # L × [H, Q, T]
     cross_g = [g[0] for g in capture.grads(t, "cross_attentions")]
     q = dec[0].shape[-1]
-    like = dict(dtype=dec[0].dtype, device=dec[0].device)
+    like = dict(dtype=torch.float64, device=dec[0].device)
     r_tt = torch.eye(q, **like)                                                          # eq. 3
     r_ti = torch.zeros(q, n_img, **like)                                                 # eq. 4
     r_ii_bar = _normalised(r_ii)                                                         # eqs. 8–9
     for a, g, c, cg in zip(dec, dec_g, cross, cross_g):
-        a_tt = positive_grad_attention(a, g)                                             # eq. 5, [Q, Q]
+        a_tt = _a_bar(a, g)                                             # eq. 5, [Q, Q]
         r_tt, r_ti = r_tt + a_tt @ r_tt, r_ti + a_tt @ r_ti                               # eqs. 6, 7
-        a_ti = positive_grad_attention(c, cg)                                            # eq. 5, [Q, T]
+        a_ti = _a_bar(c, cg)                                            # eq. 5, [Q, T]
         r_ti = r_ti + _normalised(r_tt).T @ a_ti @ r_ii_bar                              # eq. 10
     return capture.layout.to_grid(r_ti[t])

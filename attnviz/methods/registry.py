@@ -2,8 +2,16 @@
 
 A method is a function ``fn(adapter, capture, target, **params)`` returning a
 raw map (``np.ndarray``) or ``(map, meta)``; ``explain`` wraps the result in
-an ``Explanation``. A new method is one file that decorates its function with
+an ``Explanation`` (a ``meta["grid"]`` TokenLayout becomes its ``grid``: a patch
+map over another grid than the capture's layout, e.g. a CNN stage's). A new method is one file that decorates its function with
 ``@register(...)`` plus one import line in ``methods/__init__.py``.
+
+A method says what it needs from a capture (``needs``, keys of ``NEEDS``):
+attention weights, a CNN's stage maps or gates, or only pixels to perturb and
+differentiate. A model says what it provides (``ModelAdapter.provides``), and
+``explain`` refuses, in one sentence, a method whose needs a model does not
+meet. (``families`` remains for the few methods that read one family's own
+outputs: a text tower's prompts, a decoder's caption.)
 """
 from __future__ import annotations
 
@@ -50,6 +58,16 @@ class Param:
         return v
 
 
+#: What a method may need from a capture, as the refusal names it.
+NEEDS = {
+    "pixels": "a pixel input",
+    "attentions": "attention weights",
+    "stages": "convolutional feature maps",
+    "channel_gates": "channel attention gates (squeeze-and-excitation or ECA blocks)",
+    "spatial_gates": "spatial attention gates (CBAM blocks)",
+}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -59,12 +77,16 @@ class MethodSpec:
     over: str            # "patches" or "pixels"
     signed: bool
     description: str
-    kind: str            # "attention", "gradient" or "perturbation"
+    kind: str            # "attention", "gradient", "perturbation" or "gate" (read off a CNN's gates)
     slow: bool = False   # long enough to want a progress bar
     families: tuple[str, ...] = field(default=())  # empty: every family
+    needs: tuple[str, ...] = ("pixels",)            # keys of NEEDS
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
+
+    def applies_to(self, provides: frozenset, family: Optional[str] = None) -> bool:
+        return set(self.needs) <= provides and (not self.families or family is None or family in self.families)
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -72,9 +94,17 @@ _SEEDED = threading.Lock()
 
 
 def register(name: str, *, description: str, params: tuple[Param, ...] = (), class_specific: bool,
-             over: str, signed: bool = False, kind: str, slow: bool = False, families: tuple[str, ...] = ()):
+             over: str, signed: bool = False, kind: str, slow: bool = False, families: tuple[str, ...] = (),
+             needs: Optional[tuple[str, ...]] = None):
+    """``needs`` (keys of ``NEEDS``) defaults to attention weights for ``kind="attention"``, else pixels only."""
+    needs = needs if needs is not None else (("attentions",) if kind == "attention" else ("pixels",))
+    unknown = set(needs) - set(NEEDS)
+    if unknown:
+        raise ValueError(f"Method '{name}' needs unknown capture parts {sorted(unknown)}; known: {', '.join(NEEDS)}.")
+
     def deco(fn):
-        METHODS[name] = MethodSpec(name, fn, params, class_specific, over, signed, description, kind, slow, families)
+        METHODS[name] = MethodSpec(name, fn, params, class_specific, over, signed, description, kind, slow, families,
+                                   tuple(needs))
         return fn
     return deco
 
@@ -85,8 +115,28 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-def list_methods(family: Optional[str] = None) -> list[MethodSpec]:
-    return [m for m in METHODS.values() if not family or not m.families or family in m.families]
+def list_methods(model: Any = None) -> list[MethodSpec]:
+    """Every method, or those that apply to ``model``: an adapter (exactly: what it provides), or a family
+    name (what that family's models may provide: a ResNet and a RegNet-Y are both "cnn", only one has gates)."""
+    if not model:
+        return list(METHODS.values())
+    if isinstance(model, str):
+        from ..adapters import ADAPTERS
+        cls = ADAPTERS.get(model)
+        provides = (cls.PROVIDES | cls.MAY_PROVIDE) if cls is not None else frozenset(NEEDS)
+        return [m for m in METHODS.values() if m.applies_to(provides, model)]
+    return [m for m in METHODS.values() if m.applies_to(model.provides, model.family)]
+
+
+def _refusal(spec: MethodSpec, adapter) -> Optional[str]:
+    """One sentence when ``adapter``'s model lacks what ``spec`` needs, naming the methods that do apply."""
+    missing = [n for n in spec.needs if n not in adapter.provides]
+    if not missing:
+        return None
+    fits = [m.name for m in list_methods(adapter)]
+    shown = ", ".join(fits[:8]) + (", …" if len(fits) > 8 else "")
+    return (f"Method '{spec.name}' needs {NEEDS[missing[0]]}, which {adapter.name} does not have "
+            f"(methods for this model: {shown}).")
 
 
 def resolve_params(spec: MethodSpec, params: dict[str, Any], family_defaults: Optional[dict[str, Any]] = None
@@ -110,6 +160,9 @@ def explain(adapter, capture: Capture, method: str, target: Any = None, *,
     spec = get_method(method)
     if spec.families and adapter.family not in spec.families:
         raise UsageError(f"Method '{method}' does not apply to {adapter.family} models.")
+    refusal = _refusal(spec, adapter)
+    if refusal:
+        raise UsageError(refusal)
     tgt: Target = adapter.resolve_target(capture, target)
     values = resolve_params(spec, params, adapter.method_defaults(method))
     kwargs = dict(values)
@@ -117,8 +170,8 @@ def explain(adapter, capture: Capture, method: str, target: Any = None, *,
         kwargs["progress"] = progress
     t0 = time.perf_counter()
     if "seed" in values:
-        # Seeded methods (LIME, KernelSHAP, SmoothGrad, GradientSHAP) reseed torch's process-wide
-        # generator and draw from it inside Captum; in threads they take turns, or one run's
+        # Seeded methods (LIME, KernelSHAP, SmoothGrad, GradientSHAP) reseed torch's and numpy's process-wide
+        # generators and draw from them inside Captum; in threads they take turns, or one run's
         # draws would land in another's and the same seed would give different maps.
         with _SEEDED:
             out = spec.fn(adapter, capture, tgt, **kwargs)
@@ -130,5 +183,6 @@ def explain(adapter, capture: Capture, method: str, target: Any = None, *,
     if not np.all(np.isfinite(m)):
         raise RuntimeError(f"Method '{method}' produced a non-finite map.")
     meta = {"seconds": elapsed, **meta}
+    grid = meta.pop("grid", None)        # a patch map over another grid than the capture's layout (a CNN stage)
     return Explanation(map=m, over=spec.over, signed=spec.signed, method=method,
-                       target=tgt if spec.class_specific else None, params=values, meta=meta)
+                       target=tgt if spec.class_specific else None, params=values, meta=meta, grid=grid)
