@@ -23,8 +23,10 @@ def fuse_heads(a: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def layer_index(capture: Capture, layer: int) -> int:
-    """Python-style layer index (negative counts from the end), checked."""
-    n = capture.n_layers
+    """Python-style layer index (negative counts from the end), checked. A hierarchical model (Swin)
+    counts its attention blocks across every stage, in forward order."""
+    from .hierarchy import n_blocks
+    n = n_blocks(capture)
     if not -n <= layer < n:
         raise UsageError(f"Layer {layer} is out of range: this model has {n} layers (0–{n - 1}).")
     return layer % n
@@ -51,27 +53,41 @@ def is_output(query: str) -> bool:
     return str(query).strip().lower() == "output"
 
 
-def query_vector(capture: Capture, query: str, readout: Optional[torch.Tensor] = None) -> torch.Tensor:
+def query_vector(capture: Capture, query: str, readout: Optional[torch.Tensor] = None,
+                 stage: Optional[int] = None) -> torch.Tensor:
     """[T] weights over query tokens: "output" (how the model's output reads its tokens: ``readout``,
-    by default the capture's class-agnostic one) or one token."""
+    by default the capture's class-agnostic one) or one token.
+
+    A hierarchical model (Swin) asks for the query on one ``stage`` (default: the last, which the output
+    reads): the readout pulled down through the patch merges, or the token containing patch "row,col"
+    of the first grid (``methods/hierarchy.py``)."""
+    from .hierarchy import is_hierarchical, stage_query
+    dtype = capture.attentions[0].dtype if capture.attentions else torch.float32
     if is_output(query):
         readout = capture.readout if readout is None else readout
         if readout is None:
             raise UsageError("This model has no single output token; choose a patch 'row,col' as the query.")
-        return readout.to(capture.attentions[0].dtype)
-    v = torch.zeros(capture.layout.n_tokens, dtype=capture.attentions[0].dtype)
-    v[query_index(capture.layout, query)] = 1.0
+        readout = readout.to(dtype)
+    qi = None if is_output(query) else query_index(capture.layout, query)
+    if is_hierarchical(capture):
+        h = capture.extras["hierarchy"]
+        return stage_query(capture, qi, readout, h.n_stages - 1 if stage is None else stage)
+    if qi is None:
+        return readout
+    v = torch.zeros(capture.layout.n_tokens, dtype=dtype)
+    v[qi] = 1.0
     return v
 
 
-def target_query_vector(adapter, capture: Capture, target, query: str) -> torch.Tensor:
+def target_query_vector(adapter, capture: Capture, target, query: str, stage: Optional[int] = None) -> torch.Tensor:
     """``query_vector`` for a class-specific method: "output" reads the tokens as the model does for
     ``target`` (an attention pooling weighted by its gradient for it: ``ModelAdapter.target_readout``)."""
-    return query_vector(capture, query, adapter.target_readout(capture, target) if is_output(query) else None)
+    return query_vector(capture, query, adapter.target_readout(capture, target) if is_output(query) else None, stage)
 
 
 QUERY_HELP = ("Query: output (the token(s) the prediction reads: CLS; CLS + distillation for distilled DeiT; the patch "
-              "mean for BEiT; CLS + patch mean for DINOv2; the pooling attention for SigLIP and captioners), "
+              "mean for BEiT; CLS + patch mean for DINOv2; the last stage's token mean for Swin; the pooling "
+              "attention for SigLIP and captioners), "
               "a prefix token (cls, distillation, registerN) or a patch 'row,col'.")
 
 
@@ -81,7 +97,10 @@ def positive_grad_attention(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def rollout_product(mats: list[torch.Tensor], discard_ratio: float = 0.0) -> torch.Tensor:
-    """Abnar & Zuidema 2020 rollout of per-layer [T, T] matrices (earliest first).
+    """Abnar & Zuidema 2020 rollout of per-layer [T, T] matrices (earliest first), as a T×T matrix.
+
+    The methods pull the query's row down instead (``hierarchy.rollout_step``: T² per layer, not T³, the
+    same numbers); this matrix form is the reference they are tested against.
 
     Each layer: optionally zero the lowest ``discard_ratio`` fraction of the
     off-diagonal entries (a noise filter popularised by pytorch-grad-cam's

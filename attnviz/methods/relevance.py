@@ -15,22 +15,32 @@ attention, with the same 0.5·A + 0.5·I residual and row normalisation.
 
 ``attn_grad``: Ā of a single layer (default: the last), the simplest
 gradient-weighted view.
+
+Relevance and gradient rollout pull the query's row down through the layers (``hierarchy.py``),
+``v ← v + v·Ā`` from the last layer to ``start_layer``: the same numbers as ``q·R``, without T×T
+products; on Swin, through its shifted windows and patch merges.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 from ..types import Capture, Target
 from .captioning import caption_relevance
-from .common import QUERY_HELP, is_output, layer_index, positive_grad_attention, rollout_product, target_query_vector
+from .common import QUERY_HELP, is_output, layer_index, positive_grad_attention, target_query_vector
+from .hierarchy import (block_attention_grads, block_attentions, hierarchy, pull_down, relevance_step, rollout_step,
+                        to_first_grid)
 from .registry import Param, register
 
 QUERY = Param("query", "output", QUERY_HELP)
 
 
-def weighted_attentions(capture: Capture, target: Target, start: int) -> list[torch.Tensor]:
-    grads = capture.attention_grads(target.index)
-    return [positive_grad_attention(a, g) for a, g in zip(capture.attentions[start:], grads[start:])]  # each [T, T]
+def weighted_attentions(capture: Capture, target: Target, start: int) -> list[Optional[torch.Tensor]]:
+    """Per block Ā = E_h[(∇A ⊙ A)⁺], [n_windows, S, S] (a dense layer is one window); None before ``start``."""
+    grads = block_attention_grads(capture, target.index)
+    return [positive_grad_attention(a.transpose(0, 1), g.transpose(0, 1)) if li >= start else None
+            for li, (a, g) in enumerate(zip(block_attentions(capture), grads))]
 
 
 @register(
@@ -46,11 +56,8 @@ def relevance(adapter, capture: Capture, target: Target, *, start_layer: int, qu
         out = caption_relevance(adapter, capture, target)
         return out, {"rule": "encoder–decoder (caption_relevance)"}
     mats = weighted_attentions(capture, target, layer_index(capture, start_layer))
-    t = mats[0].shape[-1]
-    r = torch.eye(t, dtype=mats[0].dtype, device=mats[0].device)                  # [T, T]
-    for a_bar in mats:
-        r = r + a_bar @ r
-    return capture.layout.to_grid(target_query_vector(adapter, capture, target, query) @ r)
+    v = pull_down(hierarchy(capture), target_query_vector(adapter, capture, target, query), mats, relevance_step)
+    return capture.layout.to_grid(v)
 
 
 @register(
@@ -65,8 +72,9 @@ def relevance(adapter, capture: Capture, target: Target, *, start_layer: int, qu
 )
 def grad_rollout(adapter, capture: Capture, target: Target, *, discard_ratio: float, start_layer: int, query: str):
     mats = weighted_attentions(capture, target, layer_index(capture, start_layer))
-    r = rollout_product(mats, discard_ratio)
-    return capture.layout.to_grid(target_query_vector(adapter, capture, target, query) @ r)
+    v = pull_down(hierarchy(capture), target_query_vector(adapter, capture, target, query), mats,
+                  lambda v, a, win: rollout_step(v, a, win, discard_ratio))
+    return capture.layout.to_grid(v)
 
 
 @register(
@@ -77,5 +85,9 @@ def grad_rollout(adapter, capture: Capture, target: Target, *, discard_ratio: fl
 )
 def attn_grad(adapter, capture: Capture, target: Target, *, layer: int, query: str):
     li = layer_index(capture, layer)
-    a_bar = positive_grad_attention(capture.attentions[li], capture.attention_grads(target.index)[li])  # [T, T]
-    return capture.layout.to_grid(target_query_vector(adapter, capture, target, query) @ a_bar)
+    a_bar = weighted_attentions(capture, target, li)[li]                                    # [n_windows, S, S]
+    h = hierarchy(capture)
+    win = h.blocks[li]
+    # on Swin: the block's own stage grid, drawn on the first grid (each token over the patches it covers)
+    return to_first_grid(capture, h, win.pull(target_query_vector(adapter, capture, target, query, win.stage), a_bar),
+                         win.stage)

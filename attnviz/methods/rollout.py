@@ -3,11 +3,16 @@
 Convention: residual added as 0.5·A + 0.5·I, rows renormalised, layers
 multiplied from ``start_layer`` to the last. Class-agnostic: the map is the
 same whatever class is chosen.
+
+Computed as the query's row pulled down through the layers, ``v ← v·Â`` from the last layer to
+``start_layer`` (``hierarchy.py``): the same numbers as the matrix product ``q·Â_L···Â_1``, at T² per
+dense layer and tokens × window² per Swin block, with Swin's patch merges in between.
 """
 from __future__ import annotations
 
 from ..types import Capture, Target
-from .common import HEAD_FUSIONS, QUERY_HELP, fuse_heads, layer_index, query_vector, rollout_product
+from .common import HEAD_FUSIONS, QUERY_HELP, fuse_heads, layer_index, query_vector
+from .hierarchy import block_attentions, hierarchy, pull_down, rollout_step
 from .registry import Param, register
 
 
@@ -25,6 +30,8 @@ from .registry import Param, register
 def rollout(adapter, capture: Capture, target: Target, *, head_fusion: str, discard_ratio: float,
             start_layer: int, query: str):
     start = layer_index(capture, start_layer)
-    mats = [fuse_heads(a, head_fusion) for a in capture.attentions[start:]]   # each [T, T]
-    r = rollout_product(mats, discard_ratio)                                  # [T, T]
-    return capture.layout.to_grid(query_vector(capture, query) @ r)
+    mats = [fuse_heads(a.transpose(0, 1), head_fusion) if li >= start else None     # each [n_windows, S, S]
+            for li, a in enumerate(block_attentions(capture))]
+    v = pull_down(hierarchy(capture), query_vector(capture, query), mats,
+                  lambda v, a, win: rollout_step(v, a, win, discard_ratio))
+    return capture.layout.to_grid(v)

@@ -1,0 +1,197 @@
+"""Swin Transformer classifiers (Liu et al. 2021, https://arxiv.org/abs/2103.14030; V2: Liu et al. 2022).
+
+A Swin model has no CLS token and no global attention: each block attends inside windows of
+``window × window`` tokens of its stage's grid, every other block on a grid cyclically shifted by
+``window // 2``; between stages a patch merging turns 2×2 tokens into one. So a capture here is not
+``[H, T, T]`` per layer: ``capture`` hooks every block's attention module (``output_attentions`` returns
+only the last block of each stage) and keeps, per block, the softmax attention of every window and the
+geometry the block really used (stage grid for this input, window, shift, padding), read off the model
+during the forward. ``methods/hierarchy.py`` documents the capture layout and the conventions (padding,
+shift, merging split, readout) with which rollout and relevance go through the hierarchy.
+
+* ``layout``: the first stage's patch grid (no prefix tokens); every map is drawn on it.
+* ``pooling``: "mean": the classifier reads the mean of the last stage's tokens (after a LayerNorm),
+  so ``readout`` is 1/N over the last stage's tokens (not the layout's).
+* ``token_block(i)``: the i-th block counting across stages, its output on its stage's grid.
+
+transformers' ``SwinLayer`` (V1) clamps its window and switches its shift off when a stage's grid is no
+larger than the window, and keeps that change for every later input: a 224² image switches the last
+stage's shift off for a 448² image after it. ``_run`` puts back each block's own window and shift
+before every forward, so a result never depends on what was run before. A V1 grid smaller than the
+window makes the window attention and its position-bias table disagree in size (transformers raises);
+such an input is refused in one sentence with the smallest size that works. V2 fixes its windows when
+built and pads instead.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import transformers
+
+from ..errors import UsageError
+from ..types import Capture, TokenLayout
+from ..methods.hierarchy import Hierarchy, shifted_windows
+from .base import register_adapter
+from .classifier import ClassifierAdapter
+
+ARCHITECTURES = ("SwinForImageClassification", "Swinv2ForImageClassification")
+MODEL_TYPES = {"swin": "SwinForImageClassification", "swinv2": "Swinv2ForImageClassification"}
+
+
+def stage_grids(first: tuple[int, int], n_stages: int) -> list[tuple[int, int]]:
+    """Each stage's rows × cols: a patch merging halves the grid, padding an odd side by one."""
+    grids = [first]
+    for _ in range(n_stages - 1):
+        r, c = grids[-1]
+        grids.append(((r + 1) // 2, (c + 1) // 2))
+    return grids
+
+
+@register_adapter
+class SwinAdapter(ClassifierAdapter):
+    family = "swin"
+    task = "image-classification"
+
+    def __init__(self, model, processor, **kw):
+        super().__init__(model, processor, **kw)
+        # Each block's own window and shift as built: put back before every forward (see the module docstring).
+        self._built = [(b.window_size, b.shift_size) for b in self._blocks()]
+
+    @classmethod
+    def matches(cls, config) -> bool:
+        archs = getattr(config, "architectures", None) or []
+        return bool(set(archs) & set(ARCHITECTURES)) or (not archs and config.model_type in MODEL_TYPES)
+
+    @classmethod
+    def load(cls, source, config, *, name, local_only=False):
+        arch = next((a for a in getattr(config, "architectures", None) or [] if a in ARCHITECTURES),
+                    MODEL_TYPES.get(config.model_type))
+        kw = dict(use_safetensors=True, trust_remote_code=False, local_files_only=local_only)
+        return cls(getattr(transformers, arch).from_pretrained(source, attn_implementation="eager", **kw),
+                   transformers.AutoImageProcessor.from_pretrained(source, **kw), name=name, source=str(source))
+
+    @classmethod
+    def tiny(cls, kind: str = "swin", *, image_size: int = 24, patch_size: int = 2, window_size: int = 3,
+             num_labels: int = 5, seed: int = 0):
+        """A random 3-stage, 6-block model: kind "swin" or "swinv2". At 24² the grids are 12, 6, 3 with a
+        window of 3: shifted blocks in the first two stages, none in the last (grid = window)."""
+        torch.manual_seed(seed)
+        cfg_cls, model_cls = {"swin": (transformers.SwinConfig, transformers.SwinForImageClassification),
+                              "swinv2": (transformers.Swinv2Config, transformers.Swinv2ForImageClassification)}[kind]
+        cfg = cfg_cls(image_size=image_size, patch_size=patch_size, embed_dim=16, depths=[2, 2, 2],
+                      num_heads=[2, 2, 4], window_size=window_size, mlp_ratio=2.0, num_labels=num_labels,
+                      id2label={i: f"class_{i}" for i in range(num_labels)},
+                      label2id={f"class_{i}": i for i in range(num_labels)})
+        model = model_cls(cfg)
+        model.config.architectures = [model_cls.__name__]
+        model.set_attn_implementation("eager")
+        processor = transformers.ViTImageProcessor(size={"height": image_size, "width": image_size},
+                                                   image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        return cls(model, processor, name=f"tiny-{kind}", source="<memory>")
+
+    # --- geometry -----------------------------------------------------
+    def _blocks(self) -> list[torch.nn.Module]:
+        base = getattr(self.model, self.model.base_model_prefix)
+        return [b for stage in base.encoder.layers for b in stage.blocks]
+
+    @property
+    def n_layers(self) -> int:
+        return sum(self.config.depths)
+
+    def token_block(self, layer: int) -> torch.nn.Module:
+        return self._blocks()[layer]
+
+    def layout(self, inputs) -> TokenLayout:
+        """The first stage's grid: the patch embedding pads the input to whole patches, so a partial patch counts."""
+        h, w = inputs["pixel_values"].shape[-2:]
+        ph, pw = self.patch_size
+        return TokenLayout(prefix_names=(), rows=-(-h // ph), cols=-(-w // pw), patch_size=self.patch_size,
+                           input_size=(int(h), int(w)))
+
+    @property
+    def pooling(self) -> str:
+        """Swin's head: LayerNorm, then the mean over the last stage's tokens (``AdaptiveAvgPool1d``)."""
+        return "mean"
+
+    def readout(self, layout: TokenLayout) -> torch.Tensor:
+        """[N_last] 1/N on each token of the last stage (the one the mean pooling reads)."""
+        rows, cols = stage_grids((layout.rows, layout.cols), len(self.config.depths))[-1]
+        return torch.full((rows * cols,), 1.0 / (rows * cols))
+
+    def _check_size(self, pixel_values: torch.Tensor) -> None:
+        """V1 only: every stage's grid must be at least the window (else transformers' window and its
+        position-bias table disagree)."""
+        if self.config.model_type != "swin":
+            return
+        ph, pw = self.patch_size
+        h, w = pixel_values.shape[-2:]
+        win, n = self.config.window_size, len(self.config.depths)
+        grids = stage_grids((-(-h // ph), -(-w // pw)), n)
+        if min(min(g) for g in grids) < win:
+            side = ph * ((win - 1) * 2 ** (n - 1) + 1)
+            raise UsageError(f"This Swin model needs every stage's grid at least its window ({win}×{win} patches): "
+                             f"use an input of at least {side}×{side} pixels (this one is {h}×{w}).")
+
+    # --- forward ------------------------------------------------------
+    def _run(self, inputs, pixel_values, *, attentions):
+        """One forward. With ``attentions``: (scores [1, n], L × [n_windows, H, S, S] window attentions as the
+        forward used them, {"hierarchy": Hierarchy}); else (scores [B, n], None, {})."""
+        self._check_size(pixel_values)
+        blocks = self._blocks()
+        for b, (win, shift) in zip(blocks, self._built):
+            b.window_size, b.shift_size = win, shift
+        kw = self._forward_kwargs(pixel_values)
+        if not attentions:
+            return self.model(pixel_values=pixel_values.to(self.device), **kw).logits, None, {}
+        windows: list[torch.Tensor] = []
+        geometry: list[tuple[tuple[int, int], int, int]] = []
+
+        def keep_attention(module, args, out):
+            windows.append(out[1])                                            # [n_windows, H, S, S]
+
+        def keep_geometry(module, args, kwargs, out):
+            dims = args[1] if len(args) > 1 else kwargs["input_dimensions"]
+            # read after the forward: V1 may have clamped them for this grid
+            geometry.append(((int(dims[0]), int(dims[1])), int(module.window_size), int(module.shift_size)))
+
+        handles = [b.attention.register_forward_hook(keep_attention) for b in blocks]
+        handles += [b.register_forward_hook(keep_geometry, with_kwargs=True) for b in blocks]
+        try:
+            out = self.model(pixel_values=pixel_values.to(self.device), output_attentions=True, **kw)
+        finally:
+            for hd in handles:
+                hd.remove()
+        stage_of = [s for s, d in enumerate(self.config.depths) for _ in range(d)]
+        wins = tuple(shifted_windows(g, w, sh, stage) for (g, w, sh), stage in zip(geometry, stage_of))
+        grids = tuple(wins[i].grid for i in range(len(wins)) if i == 0 or stage_of[i] != stage_of[i - 1])
+        for i, (win, a) in enumerate(zip(wins, windows)):
+            if a.shape[0] != win.slots.shape[0] or a.shape[-1] != win.slots.shape[1]:
+                raise RuntimeError(f"Block {i}: attention {tuple(a.shape)} does not fit {win.slots.shape[0]} windows "
+                                   f"of {win.window}×{win.window} on a {win.grid} grid.")
+        return out.logits, tuple(windows), {"hierarchy": Hierarchy(blocks=wins, grids=grids)}
+
+    def capture(self, inputs: dict[str, Any], *, grads: bool = True) -> Capture:
+        """One forward with every block's window attentions (layout of the capture: ``methods/hierarchy.py``)."""
+        pixel_values = inputs["pixel_values"].to(self.device)
+        with torch.set_grad_enabled(grads), self.lock:
+            x = pixel_values.detach().clone().requires_grad_(grads)
+            scores, windows, extras = self._run(inputs, x, attentions=True)
+        layout = self.layout(inputs)
+        hier = extras["hierarchy"]
+        if hier.grids[0] != (layout.rows, layout.cols):
+            raise RuntimeError(f"Token layout mismatch: the first stage is {hier.grids[0]}, the layout says "
+                               f"{(layout.rows, layout.cols)}.")
+        scores = scores[0]                                                    # [n_targets], image batch of 1
+        grad_fn = None
+        if grads:
+            def grad_fn(t: int, _scores=scores, _windows=windows):
+                if not 0 <= t < _scores.shape[0]:
+                    raise UsageError(f"Target {t} is out of range (0–{_scores.shape[0] - 1}).")
+                gs = torch.autograd.grad(_scores[t], _windows, retain_graph=True, allow_unused=True)
+                return {"windows": tuple((torch.zeros_like(a) if g is None else g).detach()
+                                         for a, g in zip(_windows, gs))}
+        return Capture(scores=scores.detach(), attentions=(), layout=layout, inputs=inputs,
+                       targets=self._targets(inputs, scores.detach()), box=inputs.get("box"),
+                       extras={"hierarchy": hier, "windows": tuple(a.detach() for a in windows)},
+                       readout=self.readout(layout), pooling=self.pooling, _grad_fn=grad_fn)
