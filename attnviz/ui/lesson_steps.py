@@ -92,6 +92,10 @@ def patch_grid(layout: TokenLayout, per_token: np.ndarray) -> np.ndarray:
     return np.asarray(per_token)[layout.n_prefix:].reshape(layout.rows, layout.cols)     # [rows, cols]
 
 
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
@@ -130,7 +134,7 @@ def softmax_sentence(layout: TokenLayout, view: HeadView) -> str:
     top = int(order[0])
     n_half = int(np.searchsorted(np.cumsum(w[order]), 0.5) + 1)
     out = (f"After the softmax the weights are all positive and add up to {w.sum():.4f}. "
-           f"{token_label(layout, top)} gets the most: {_pct(w[top])}. "
+           f"{_capital(token_label(layout, top))} gets the most: {_pct(w[top])}. "
            f"The {n_half} largest weights hold half of the attention (of {w.size} tokens).")
     if view.query != top:
         out += f" The query token itself gets {_pct(w[view.query])}."

@@ -155,6 +155,9 @@ def scores_section(ls: Lesson) -> None:
             with col:
                 st.markdown(f"**{label}**")
                 st.plotly_chart(ls.signed_map(values, label, compact=True), key=key, config={"displayModeBar": False})
+    if v.bias is None and ls.an.bias is not None:
+        st.caption("This model adds a learned position term before the softmax; for this head and query it "
+                   "is zero everywhere, so the map is the content term alone.")
     if ls.layout.n_prefix:
         st.caption(f"Scores of the extra tokens (not on the image): {ls.prefix_values(v.scores, '.3f')}")
     _fact("scores", scores_sentence(ls.layout, v))
