@@ -70,12 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="PATH.npy (raw float32 map) or PATH.png (overlay at the original size)")
     e.add_argument("--json", action="store_true", help="print one JSON object with the result")
 
-    b = sub.add_parser("batch", help="explain every image in a folder")
-    b.add_argument("folder")
+    b = sub.add_parser("batch", help="explain every image in a folder, several per forward (or on Ray Data)")
+    b.add_argument("folder", help="a folder, subfolders included (one subfolder per class: a labelled set), "
+                                  "or a URI pyarrow's filesystems read")
     explain_args(b)
     b.add_argument("--out-dir", required=True,
-                   help="folder (not the images' own) for <file>.npy, <file>.png and results.jsonl; "
-                        "<file> is the image's whole name, e.g. cat.jpg.npy")
+                   help="folder (not the images' own) for results.parquet (one row per image and target), "
+                        "and in-process <file>.npy, <file>.png and results.jsonl; <file> is the image's whole "
+                        "name, e.g. cat.jpg.npy. Run again to resume: images already done are skipped")
+    b.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess",
+                   help="inprocess (default) or ray: Ray Data, a local instance unless RAY_ADDRESS names a cluster")
+    b.add_argument("--batch-size", type=int, default=8, help="images per forward (default 8)")
+    b.add_argument("--top-k", type=int, default=1,
+                   help="class-specific methods: explain each image's k top targets, one row each (default 1)")
+    b.add_argument("--workers", type=int, help="ray: workers, each holding the model (default: CPUs / --threads)")
+    b.add_argument("--threads", type=int, default=1, help="ray: CPUs and torch threads per worker (default 1)")
+    b.add_argument("--no-files", action="store_true",
+                   help="write results.parquet only (no per-image .npy / .png, no results.jsonl; ray never writes them)")
+
+    rp = sub.add_parser("report", help="one self-contained HTML page summarising a batch run")
+    rp.add_argument("results", help="a batch --out-dir")
+    rp.add_argument("--out", required=True, help="the HTML file to write")
+    rp.add_argument("--masks", help="a folder of object masks named like the images (same relative path, "
+                                    "any image extension; non-zero = object): adds the pointing game")
+    rp.add_argument("--examples", type=int, default=6, help="best and worst examples shown of each (default 6)")
 
     m = sub.add_parser("models", help="list the catalog and whether each model is available offline")
     m.add_argument("--methods", action="store_true", help="list the explanation methods and their parameters")
@@ -85,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--quick", action="store_true", help="a tiny model, for a smoke test")
     bench.add_argument("--captum", action="store_true", help="also time the (slow) Captum methods")
+    bench.add_argument("--batch", action="store_true",
+                       help="batch throughput instead: the batch engine against a bare batched forward, images/s")
+    bench.add_argument("--ray", action="store_true", help="with --batch: also the Ray engine against in-process")
+    bench.add_argument("--images", type=int, help="with --batch: images per run (default 32; 200 with --ray)")
     return ap
 
 
@@ -253,55 +275,55 @@ def _tqdm_progress():
 
 
 def cmd_batch(args) -> int:
-    from tqdm import tqdm
-    from .images import ImageRejected, load_path
-    folder, out = Path(args.folder), Path(args.out_dir)
-    if not folder.is_dir():
-        from .errors import UsageError
-        raise UsageError(f"'{folder}' is not a folder.")
-    if out.resolve() == folder.resolve():
-        from .errors import UsageError
-        raise UsageError("--out-dir must be another folder than the images (the maps would overwrite them).")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    """Explain a folder with the batch engine (in-process or Ray); results.parquet, resumable."""
+    from .engine import Job, Source, run_inprocess
+    from .engine.local import faithfulness_line, pending_files
+    from .errors import UsageError
+    if args.batch_size < 1 or args.top_k < 1 or args.threads < 1 or (args.workers is not None and args.workers < 1):
+        raise UsageError("--batch-size, --top-k, --threads and --workers must be at least 1.")
+    source, out = Source(args.folder), Path(args.out_dir)
     params = _method_params(args)
     adapter = _load(args)
-    out.mkdir(parents=True, exist_ok=True)
-    rejected = 0
-    checked: list[dict] = []
-    with open(out / "results.jsonl", "w") as log:
-        for path in tqdm(files, unit="image", file=sys.stderr):
-            try:
-                image = load_path(path)
-            except ImageRejected as e:
-                rejected += 1
-                log.write(json.dumps({"file": path.name, "error": str(e)}) + "\n")
-                continue
-            t0 = time.perf_counter()
-            cap, exp, timings, checks = _explain_one(adapter, image, args, params)
-            # named after the whole file name: a.jpg and a.png are two images, two sets of maps
-            _write_out(out / f"{path.name}.npy", image, cap, exp)
-            _write_out(out / f"{path.name}.png", image, cap, exp)
-            timings["total"] = time.perf_counter() - t0
-            log.write(json.dumps({"file": path.name, **_record(adapter, cap, exp, timings), **checks}) + "\n")
-            if "faithfulness" in checks:
-                checked.append(checks["faithfulness"])
-    print(f"{len(files) - rejected} explained, {rejected} rejected; results in {out / 'results.jsonl'}", file=sys.stderr)
-    if checked:
-        print(_faithfulness_line(checked), file=sys.stderr)
+    job = Job(model=_model_spec(args, adapter), method=args.method, params=params, target=args.target,
+              top_k=args.top_k, texts=tuple(args.text), size=args.size, faithfulness=args.faithfulness,
+              sanity=args.sanity, batch_size=args.batch_size)
+    if args.engine == "ray":
+        from .engine.ray_engine import rows_for, run_ray
+        from .engine.worker import Worker
+        Worker(job, adapter)                    # bad parameters or targets: one sentence before Ray starts
+        del adapter
+        todo, skipped = pending_files(source, out, job)
+        timing = run_ray(job, source, out, todo, workers=args.workers, threads=args.threads)
+        rows = rows_for(out, {source.display(f) for f in todo})
+        rejected = len({r["path"] for r in rows if r["error"] is not None})
+        explained = len({r["path"] for r in rows if r["error"] is None})
+        print(f"ray: start-up {timing['startup']:.1f} s, {len(todo)} images in {timing['seconds']:.1f} s",
+              file=sys.stderr)
+    else:
+        from tqdm import tqdm
+        with tqdm(unit="image", file=sys.stderr, disable=None) as bar:
+            s = run_inprocess(job, source, out, adapter=adapter, files=not args.no_files, progress=bar.update)
+        rows, rejected, explained, skipped = s.rows, s.rejected, s.explained, s.skipped
+    print(f"{explained} explained, {rejected} rejected, {skipped} already done; results in "
+          f"{out / 'results.parquet'}", file=sys.stderr)
+    line = faithfulness_line(rows)
+    if line:
+        print(line, file=sys.stderr)
     return EXIT_OK if rejected == 0 else EXIT_IMAGE
 
 
-def _faithfulness_line(checked: list[dict]) -> str:
-    """One line over a folder: mean AUCs and how often the map beat its random order."""
-    n = len(checked)
-    mean = {k: sum(c[k] for c in checked) / n for k in ("deletion_auc", "random_deletion_auc", "insertion_auc",
-                                                         "random_insertion_auc")}
-    beat_del = sum(c["deletion_auc"] < c["random_deletion_auc"] for c in checked)
-    beat_ins = sum(c["insertion_auc"] > c["random_insertion_auc"] for c in checked)
-    return (f"faithfulness over {n} images: deletion AUC {mean['deletion_auc']:.4g} (random "
-            f"{mean['random_deletion_auc']:.4g}), insertion AUC {mean['insertion_auc']:.4g} (random "
-            f"{mean['random_insertion_auc']:.4g}); the map beat random on deletion in {beat_del}/{n}, "
-            f"on insertion in {beat_ins}/{n}")
+def _model_spec(args, adapter) -> str:
+    """What every batch worker loads: the catalog name when the model is in the catalog, else its source."""
+    from .catalog import resolve
+    res = resolve(args.model)
+    return res.entry.name if res.entry else adapter.source
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+    path = build_report(args.results, args.out, masks=args.masks, examples=args.examples)
+    print(f"report written to {path}", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_models(args) -> int:
@@ -343,8 +365,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_explain(args)
         if args.command == "batch":
             return cmd_batch(args)
+        if args.command == "report":
+            return cmd_report(args)
         if args.command == "models":
             return cmd_models(args)
+        if args.batch or args.ray:
+            from .engine.bench import run_batch_bench
+            return run_batch_bench(images=args.images, ray=args.ray, quick=args.quick)
         from .bench import run_bench
         return run_bench(repeats=args.repeats, quick=args.quick, captum=args.captum)
     except UsageError as e:

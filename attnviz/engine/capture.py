@@ -67,6 +67,7 @@ def capture_batch(adapter, inputs: Sequence[dict[str, Any]], *, grads: bool = Fa
             attentions=tuple(a[i].detach() for a in attentions),           # L × [H, T, T]
             layout=layout, inputs=inp, targets=adapter._targets(inp, s), box=inp.get("box"),
             readout=readout[i].detach() if readout is not None else adapter.readout(layout),
+            pooling=adapter.pooling,
             _grad_fn=_ImageGrads(scores, attentions, i) if grads else None,
         ))
     return caps

@@ -28,6 +28,7 @@ class Job:
     texts: tuple[str, ...] = ()
     size: Optional[tuple[int, int]] = None
     faithfulness: bool = False
+    sanity: bool = False
     batch_size: int = 8
 
     def key(self) -> dict[str, Any]:

@@ -124,6 +124,8 @@ def _jsonl_record(row: dict, exp) -> dict:
     if row.get("deletion_auc") is not None:
         rec["faithfulness"] = {k: row[k] for k in ("deletion_auc", "random_deletion_auc", "insertion_auc",
                                                    "random_insertion_auc")}
+    if row.get("_sanity") is not None:
+        rec["sanity"] = row["_sanity"]
     return rec
 
 
@@ -133,11 +135,13 @@ def faithfulness_line(rows: list[dict]) -> Optional[str]:
     if not checked:
         return None
     n = len(checked)
+    images = len({c["path"] for c in checked})
+    what = f"{n} images" if images == n else f"{n} maps of {images} images"
     mean = {k: float(np.mean([c[k] for c in checked])) for k in ("deletion_auc", "random_deletion_auc",
                                                                   "insertion_auc", "random_insertion_auc")}
     beat_del = sum(c["deletion_auc"] < c["random_deletion_auc"] for c in checked)
     beat_ins = sum(c["insertion_auc"] > c["random_insertion_auc"] for c in checked)
-    return (f"faithfulness over {n} images: deletion AUC {mean['deletion_auc']:.4g} (random "
+    return (f"faithfulness over {what}: deletion AUC {mean['deletion_auc']:.4g} (random "
             f"{mean['random_deletion_auc']:.4g}), insertion AUC {mean['insertion_auc']:.4g} (random "
             f"{mean['random_insertion_auc']:.4g}); the map beat random on deletion in {beat_del}/{n}, "
             f"on insertion in {beat_ins}/{n}")

@@ -59,6 +59,7 @@ SCHEMA = pa.schema([
     ("random_deletion_auc", pa.float64()),
     ("insertion_auc", pa.float64()),
     ("random_insertion_auc", pa.float64()),
+    ("sanity_spearman", pa.list_(pa.float64())),   # --sanity: Spearman |map| per randomisation step, else null
     ("seconds", pa.float64()),             # this image's share of its batch's compute
     ("error", pa.string()),                # why the file was not explained; null for a result
 ])

@@ -161,4 +161,9 @@ class Worker:
             f = deletion_summary(deletion_insertion(adapter, cap, exp, target=tgt.index))
             row.update({k: f[k] for k in ("deletion_auc", "random_deletion_auc", "insertion_auc",
                                           "random_insertion_auc")})
+        if self.job.sanity and exp.over in ("patches", "pixels"):
+            from ..metrics import cascading_randomisation
+            steps = [s.to_dict() for s in cascading_randomisation(adapter, cap, exp)]
+            row["sanity_spearman"] = [s["spearman_abs"] for s in steps]
+            row["_sanity"] = steps                     # the step names too, for results.jsonl (not in Parquet)
         return row
