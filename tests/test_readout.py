@@ -13,24 +13,26 @@ import attnviz
 from attnviz.adapters.captioning import CaptionAdapter
 from attnviz.adapters.classifier import ClassifierAdapter
 from attnviz.adapters.clip import ClipAdapter
+from attnviz.adapters.swin import SwinAdapter
 from attnviz.errors import UsageError
 
 from .conftest import CAPTION_KINDS, CLASSIFIER_KINDS, CLIP_KINDS
 
 ALL_KINDS = [("classifier", k) for k in CLASSIFIER_KINDS] + [("clip", k) for k in CLIP_KINDS] + \
-            [("captioning", k) for k in CAPTION_KINDS]
+            [("captioning", k) for k in CAPTION_KINDS] + [("swin", k) for k in ("swin", "swinv2")]
 # What each family's head does, read from transformers' modelling code (not from attnviz):
 EXPECTED_POOLING = {"vit": "cls", "vit-headless": "cls", "deit": "cls", "deit-teacher": "cls+distillation",
                     "beit": "mean", "dinov2": "cls+mean", "dinov2-headless": "cls", "dinov2-registers": "cls+mean",
                     "clip": "cls", "siglip": "attention", "blip": "attention", "vit-gpt2": "attention",
-                    "git": "attention"}
+                    "git": "attention", "swin": "mean", "swinv2": "mean"}
 PROMPTS = ["a red circle", "a blue square", "a cat"]
 _tiny = {}
 
 
 def tiny(group, kind):
     if (group, kind) not in _tiny:
-        cls = {"classifier": ClassifierAdapter, "clip": ClipAdapter, "captioning": CaptionAdapter}[group]
+        cls = {"classifier": ClassifierAdapter, "clip": ClipAdapter, "captioning": CaptionAdapter,
+               "swin": SwinAdapter}[group]
         _tiny[group, kind] = cls.tiny(kind)
     return _tiny[group, kind]
 

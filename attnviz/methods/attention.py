@@ -6,6 +6,7 @@ import torch
 
 from ..types import Capture, Target
 from .common import HEAD_FUSIONS, QUERY_HELP, fuse_heads, layer_index, query_vector
+from .hierarchy import block_attention_map, is_hierarchical
 from .registry import Param, register
 
 
@@ -36,6 +37,8 @@ def head_or_fusion(a, head: str):
     class_specific=False, over="patches", kind="attention",
 )
 def attention(adapter, capture: Capture, target: Target, *, layer: int, head: str, query: str):
+    if is_hierarchical(capture):     # Swin: one block's windows, on its stage's grid (methods/hierarchy.py)
+        return block_attention_map(capture, layer_index(capture, layer), head, query)
     a = capture.attentions[layer_index(capture, layer)]          # [H, T, T]
     row = query_vector(capture, query) @ head_or_fusion(a, head)    # [T] @ [T, T] -> [T]
     return capture.layout.to_grid(row)

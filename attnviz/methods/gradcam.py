@@ -25,6 +25,7 @@ from ..types import Capture, Target
 from ..adapters.pooling import describe
 from .captum_common import ScoreFunction, pixel_input
 from .common import layer_index
+from .hierarchy import hierarchy, is_hierarchical, to_first_grid
 from .registry import Param, register
 
 
@@ -62,12 +63,18 @@ def grad_cam(adapter, capture: Capture, target: Target, *, layer: int):
         raise UsageError("Grad-CAM needs a block before the last for this model: its output reads only "
                          f"{describe(adapter.pooling)}, so the last block's patch tokens do not reach the score.")
     lay = capture.layout
+    rows, cols, stage = lay.rows, lay.cols, 0
+    if is_hierarchical(capture):     # Swin: the block's tokens lie on its own stage's grid
+        h = hierarchy(capture)
+        stage = h.blocks[li].stage
+        rows, cols = h.grids[stage]
     grid = TokenGrid()
     handle = adapter.token_block(li).register_forward_hook(
-        _reshape_hook(grid, lay.n_prefix, lay.rows, lay.cols, threading.get_ident()))
+        _reshape_hook(grid, lay.n_prefix, rows, cols, threading.get_ident()))
     try:
         cam = LayerGradCam(ScoreFunction(adapter, capture, 1, None), grid).attribute(
             pixel_input(adapter, capture, grad=True), target=target.index, relu_attributions=True)    # [1, 1, rows, cols]
     finally:
         handle.remove()
-    return cam[0, 0].detach().cpu().numpy()
+    # a coarser Swin stage is drawn on the first grid, each token over the patches it covers
+    return to_first_grid(capture, h, cam[0, 0].detach().reshape(-1), stage) if stage else cam[0, 0].detach().cpu().numpy()

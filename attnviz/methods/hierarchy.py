@@ -285,6 +285,17 @@ def stage_grid(h: Hierarchy, v: torch.Tensor, stage: int) -> np.ndarray:
     return v.detach().float().cpu().numpy().reshape(*v.shape[:-1], rows, cols).astype(np.float32)
 
 
+def block_attention_map(capture: Capture, li: int, head: str, query: str) -> np.ndarray:
+    """Block ``li``'s attention from ``query``, one head or heads fused (``attention.head_or_fusion``), on its
+    stage's grid drawn on the first grid: zero outside the query's window, the shift undone."""
+    from .attention import head_or_fusion
+    from .common import query_vector
+    h = hierarchy(capture)
+    win = h.blocks[li]
+    a = head_or_fusion(block_attentions(capture)[li].transpose(0, 1), head)          # [n_windows, S, S]
+    return to_first_grid(capture, h, win.pull(query_vector(capture, query, stage=win.stage), a), win.stage)
+
+
 def swin_head_grid(capture: Capture, stage: int, query: str = "output") -> np.ndarray:
     """Every block × head of one stage, as the query's attention on that stage's grid:
     float32 [blocks_in_stage, heads, rows_s, cols_s] (the Heads page's thumbnails for a hierarchical model).
