@@ -72,6 +72,26 @@ class Target:
     score: float = float("nan")
 
 
+@dataclass(frozen=True)
+class Gate:
+    """One attention gate of a convolutional block, as it fired for one image.
+
+    Channel gates (squeeze-and-excitation, Hu et al. 2018; ECA, Wang et al. 2020; CBAM's channel half,
+    Woo et al. 2018) scale each channel of a feature map by ``value[c]`` in [0, 1]; a spatial gate
+    (CBAM's spatial half) scales each location by ``value[i, j]``. ``features`` is the map the gate
+    multiplies (channel gates: ``[C, h, w]``, the block's own features before the gate), on ``grid``.
+    """
+
+    index: int                  # order in the forward pass
+    name: str                   # the gate module's path in the model
+    kind: str                   # "channel" | "spatial"
+    module: str                 # "SE" | "ECA" | "CBAM"
+    stage: int                  # the stage the block belongs to
+    value: torch.Tensor         # channel: [C]; spatial: [h, w]; in [0, 1]
+    grid: TokenLayout           # the gated feature map's h×w grid and stride
+    features: Optional[torch.Tensor] = None   # channel gates: [C, h, w] the map the gate scales
+
+
 @dataclass
 class Capture:
     """Everything one forward pass left behind for one image.
@@ -90,6 +110,13 @@ class Capture:
     half patch mean for DINOv2's classifier, the attention-pooling weights for
     SigLIP (``pooling`` names which; see ``adapters/pooling.py``). Methods read
     their map as ``readout @ M`` when the query is "output".
+
+    A convolutional network has no attention weights (``attentions`` is empty):
+    its capture holds each stage's feature map (``stages[s]``, ``[C, h, w]``, in
+    forward order; ``grads(t, "stages")`` their gradients), each stage's grid
+    (``stage_grids[s]``: rows × cols and the stride, a ``TokenLayout`` without
+    prefix tokens) and its gates (SE / ECA excitations, CBAM spatial maps).
+    ``layout`` is then the last stage's grid, the one its pooling reads.
     """
 
     scores: torch.Tensor                 # [n_targets]
@@ -102,6 +129,9 @@ class Capture:
     extras: dict[str, Any] = field(default_factory=dict)
     readout: Optional[torch.Tensor] = None                               # [T]
     pooling: str = "cls"                 # how the output reads the final tokens (adapters/pooling.py)
+    stages: tuple[torch.Tensor, ...] = ()           # CNNs: S × [C, h, w] stage outputs, detached
+    stage_grids: tuple[TokenLayout, ...] = ()       # CNNs: S stage grids (rows, cols, stride as patch_size)
+    gates: tuple[Gate, ...] = ()                    # CNNs: channel / spatial gates in forward order
     _grad_fn: Optional[Callable[[int], dict[str, tuple[torch.Tensor, ...]]]] = field(default=None, repr=False)
     _grads: dict[int, dict[str, tuple[torch.Tensor, ...]]] = field(default_factory=dict, repr=False)
     # Sessions sharing a capture take turns for a backward through its retained graph.
@@ -109,11 +139,12 @@ class Capture:
 
     @property
     def n_layers(self) -> int:
-        return len(self.attentions)
+        """What a layer index counts: attention layers of a transformer, stages of a CNN."""
+        return len(self.attentions) or len(self.stages)
 
     @property
     def n_heads(self) -> int:
-        return self.attentions[0].shape[0]
+        return self.attentions[0].shape[0] if self.attentions else 0
 
     def grads(self, target: int, key: str = "attentions") -> tuple[torch.Tensor, ...]:
         """d score[target] / d tensors named ``key`` (one backward per target, cached)."""
@@ -138,8 +169,11 @@ class Explanation:
     """A raw map plus what it is over and how to read it.
 
     ``over`` is "patches" (``map`` is [rows, cols] over the token grid) or
-    "pixels" ([H, W] of the model input). ``signed`` says whether negative
+    "pixels" ([H, W] of the model input), "tokens" (prompt tokens) or
+    "channels" (one value per channel of a block). ``signed`` says whether negative
     values carry meaning (evidence against); otherwise the map is >= 0.
+    ``grid`` is the geometry of a patch map that is not over the capture's
+    ``layout`` (a CNN stage other than the last); None means ``layout``.
     """
 
     map: np.ndarray
@@ -149,3 +183,4 @@ class Explanation:
     target: Optional[Target]
     params: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+    grid: Optional[TokenLayout] = None

@@ -90,3 +90,27 @@ def forwards(monkeypatch):
         return adapter
     monkeypatch.setattr(state, "load_model", loader)
     return count
+
+
+# --- CNNs (issue 11): tiny random ResNet, ConvNeXt, RegNet-Y, EfficientNet and the project's gated CNN ---
+CNN_KINDS = ("resnet", "convnext", "regnet-y", "efficientnet", "gated")
+_cnns = {}
+
+
+def reload_once(cache: dict, folders: dict, kind: str):
+    """The adapter of ``folders[kind]`` through the real loader (from_pretrained), loaded once per session."""
+    import attnviz
+    return cache[kind] if kind in cache else cache.setdefault(kind, attnviz.load_model(str(folders[kind])))
+
+
+@pytest.fixture(scope="session")
+def cnn_dirs(tmp_path_factory):
+    """kind -> a tiny random CNN folder (safetensors model + image processor)."""
+    from attnviz.adapters.cnn import CnnAdapter
+    return {kind: save_tiny(CnnAdapter.tiny(kind), tmp_path_factory.mktemp(f"tiny-{kind}")) for kind in CNN_KINDS}
+
+
+@pytest.fixture(params=CNN_KINDS)
+def cnn(request, cnn_dirs):
+    """(kind, adapter) of each tiny CNN, saved and reloaded."""
+    return request.param, reload_once(_cnns, cnn_dirs, request.param)

@@ -36,7 +36,7 @@ def test_registry_lists_params_and_descriptions():
             "input_x_gradient", "gradient_shap", "smoothgrad", "occlusion", "feature_ablation", "lime",
             "kernel_shap", "grad_cam"} <= names
     for m in list_methods():
-        assert m.description and m.over in ("patches", "pixels", "tokens")
+        assert m.description and m.over in ("patches", "pixels", "tokens", "channels")   # channels: a CNN block's gates
         assert (m.over == "tokens") <= bool(m.families)      # token maps belong to one family
         for p in m.params:
             assert p.help and p.parse(p.default) == p.default

@@ -5,6 +5,13 @@ An adapter turns one family of Hugging Face models into the same few calls:
 scores, gradients on demand), list ``targets``, and ``forward_scores`` for
 Captum. A new family is one file that subclasses ``ModelAdapter`` and is
 decorated with ``@register_adapter``.
+
+What a model gives the methods is declared, not inferred from its family name:
+``provides`` (per model) names what its captures hold, from
+``methods.registry.NEEDS``: "attentions" for transformers; "stages" (feature
+maps), and "channel_gates" / "spatial_gates" where it has SE / ECA / CBAM
+blocks, for CNNs. A method lists what it needs; the registry refuses a method
+whose needs a model does not provide, in one sentence.
 """
 from __future__ import annotations
 
@@ -49,8 +56,36 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
+def config_names(config, architectures: set[str], model_types: set[str]) -> bool:
+    """Whether a config names one of ``architectures`` (or, naming none, one of ``model_types``)."""
+    archs = getattr(config, "architectures", None) or []
+    return bool(set(archs) & architectures) or (not archs and config.model_type in model_types)
+
+
 def accepts_kwarg(fn: Callable, name: str) -> bool:
     return name in inspect.signature(fn).parameters
+
+
+#: Gradients whose leading batch dimension (one image) a capture drops, like the tensors it keeps.
+_PER_IMAGE = ("attentions", "stages")
+
+
+def _grad_function(scores: torch.Tensor, wrt: dict[str, tuple[torch.Tensor, ...]]):
+    """``t -> {name: d scores[t] / d tensors}``: one backward through the retained graph per target."""
+    def grad_fn(t: int):
+        if not 0 <= t < scores.shape[0]:
+            raise UsageError(f"Target {t} is out of range (0–{scores.shape[0] - 1}).")
+        names = list(wrt)
+        flat = [x for n in names for x in wrt[n]]
+        gs = torch.autograd.grad(scores[t], flat, retain_graph=True, allow_unused=True)
+        out, i = {}, 0
+        for n in names:
+            k = len(wrt[n])
+            got = tuple((torch.zeros_like(x) if g is None else g).detach() for x, g in zip(wrt[n], gs[i:i + k]))
+            out[n] = tuple(g[0] for g in got) if n in _PER_IMAGE else got   # image batch of 1
+            i += k
+        return out
+    return grad_fn
 
 
 class ModelAdapter:
@@ -58,6 +93,10 @@ class ModelAdapter:
 
     family: ClassVar[str] = "base"
     task: ClassVar[str] = ""
+    #: What every model of the family gives a method (keys of ``methods.registry.NEEDS``) ...
+    PROVIDES: ClassVar[frozenset] = frozenset({"pixels", "attentions"})
+    #: ... and what some of its models do (listing a family's methods without a model in hand).
+    MAY_PROVIDE: ClassVar[frozenset] = frozenset()
 
     def __init__(self, model: torch.nn.Module, processor: Any, *, name: str, source: str,
                  device: Optional[torch.device] = None):
@@ -116,6 +155,16 @@ class ModelAdapter:
         does; CLS pooling does not, so Grad-CAM on that block would see zero gradients)."""
         return self.pooling in READS_PATCHES
 
+    @property
+    def provides(self) -> frozenset:
+        """What this model's captures hold for the methods (``methods.registry.NEEDS``)."""
+        return self.PROVIDES
+
+    def block(self, layer: int) -> torch.nn.Module:
+        """The module holding block ``layer``'s weights (what the randomisation check re-initialises):
+        a transformer block here; a CNN's stage."""
+        return self.token_block(layer)
+
     # --- shared machinery ---------------------------------------------
     @property
     def n_layers(self) -> int:
@@ -160,39 +209,30 @@ class ModelAdapter:
         return scores
 
     def capture(self, inputs: dict[str, Any], *, grads: bool = True) -> Capture:
-        """One forward with attentions; ``grads`` keeps the graph for per-target backward passes."""
+        """One forward with attentions (or a CNN's stage maps and gates); ``grads`` keeps the graph for
+        per-target backward passes.
+
+        ``_run`` returns the attentions of a transformer; a CNN returns none and lists in ``extras``
+        its ``stages`` (S × [1, C, h, w], in the graph), ``stage_grids`` and ``gates``.
+        """
         pixel_values = inputs["pixel_values"].to(self.device)
         with torch.set_grad_enabled(grads), self.lock:
             x = pixel_values.detach().clone().requires_grad_(grads)
             scores, attentions, extras = self._run(inputs, x, attentions=True)
-        if not attentions or len(attentions) != self.n_layers:
-            got = 0 if not attentions else len(attentions)
-            raise RuntimeError(
-                f"Expected {self.n_layers} attention tensors, got {got}: the model is not running eager attention.")
+        attentions = tuple(attentions or ())
         layout = self.layout(inputs)
-        if attentions[0].shape[-1] != layout.n_tokens:
-            raise RuntimeError(
-                f"Token layout mismatch: attention over {attentions[0].shape[-1]} tokens, layout says {layout.n_tokens}.")
+        if "attentions" in self.provides:
+            self._check_attentions(attentions, layout)
+        stages = tuple(extras.pop("stages", ()))
         scores = scores[0]                                             # [n_targets]
-        # Tensors to differentiate: every layer's [1, H, T, T] attention as the forward used
-        # it, plus whatever else the family lists in extras["grad_wrt"] (name -> tuple).
-        wrt = {"attentions": tuple(attentions), **extras.pop("grad_wrt", {})}
+        # Tensors to differentiate: every layer's [1, H, T, T] attention as the forward used it, or every
+        # stage's [1, C, h, w] feature map, plus whatever else the family lists in extras["grad_wrt"].
+        wrt = {k: v for k, v in (("attentions", attentions), ("stages", stages)) if v}
+        wrt.update(extras.pop("grad_wrt", {}))
         readout = extras.pop("readout", None)                          # [1, T] when the forward measured it
-        grad_fn = None
-        if grads:
-            def grad_fn(t: int, _scores=scores, _wrt=wrt):
-                if not 0 <= t < _scores.shape[0]:
-                    raise UsageError(f"Target {t} is out of range (0–{_scores.shape[0] - 1}).")
-                names = list(_wrt)
-                flat = [x for n in names for x in _wrt[n]]
-                gs = torch.autograd.grad(_scores[t], flat, retain_graph=True, allow_unused=True)
-                out, i = {}, 0
-                for n in names:
-                    k = len(_wrt[n])
-                    got = tuple((torch.zeros_like(x) if g is None else g).detach() for x, g in zip(_wrt[n], gs[i:i + k]))
-                    out[n] = tuple(g[0] for g in got) if n == "attentions" else got   # image batch of 1
-                    i += k
-                return out
+        stage_grids = tuple(extras.pop("stage_grids", ()))
+        gates = tuple(extras.pop("gates", ()))
+        grad_fn = _grad_function(scores, wrt) if grads else None
         return Capture(
             scores=scores.detach(),
             attentions=tuple(a[0].detach() for a in attentions),     # L × [H, T, T]
@@ -203,8 +243,19 @@ class ModelAdapter:
             extras={k: (tuple(x.detach() for x in v) if isinstance(v, tuple) else v) for k, v in extras.items()},
             readout=readout[0].detach() if readout is not None else self.readout(layout),
             pooling=self.pooling,
+            stages=tuple(s[0].detach() for s in stages),             # S × [C, h, w]
+            stage_grids=stage_grids,
+            gates=gates,
             _grad_fn=grad_fn,
         )
+
+    def _check_attentions(self, attentions: tuple, layout: TokenLayout) -> None:
+        if len(attentions) != self.n_layers:
+            raise RuntimeError(f"Expected {self.n_layers} attention tensors, got {len(attentions)}: "
+                               "the model is not running eager attention.")
+        if attentions[0].shape[-1] != layout.n_tokens:
+            raise RuntimeError(
+                f"Token layout mismatch: attention over {attentions[0].shape[-1]} tokens, layout says {layout.n_tokens}.")
 
     def readout(self, layout: TokenLayout) -> Optional[torch.Tensor]:
         """[T] weights with which the output reads the last layer's tokens, from the declared pooling.

@@ -69,7 +69,12 @@ def patch_mask(layout: TokenLayout, device) -> torch.Tensor:
 
 
 def per_patch(attr: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-    """[1, C, H, W] pixel attributions -> [rows, cols] by summing channels and averaging each patch."""
+    """[1, C, H, W] pixel attributions -> [rows, cols] by summing channels and averaging each patch.
+
+    A CNN's grid may reach past the input (a padded stride-s convolution makes ⌈H / s⌉ cells): its
+    last row / column of cells averages the pixels they do hold."""
     ph, pw = layout.patch_size
-    a = attr[0].sum(0)[: layout.rows * ph, : layout.cols * pw]                            # [rows·ph, cols·pw]
-    return a.reshape(layout.rows, ph, layout.cols, pw).mean(dim=(1, 3))                     # [rows, cols]
+    a = attr[0].sum(0)[: layout.rows * ph, : layout.cols * pw]                            # [≤ rows·ph, ≤ cols·pw]
+    a = torch.nn.functional.pad(a, (0, layout.cols * pw - a.shape[1], 0, layout.rows * ph - a.shape[0]),
+                                value=float("nan"))                                     # [rows·ph, cols·pw]
+    return a.reshape(layout.rows, ph, layout.cols, pw).nanmean(dim=(1, 3))                  # [rows, cols]

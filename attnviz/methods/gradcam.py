@@ -1,4 +1,9 @@
-"""Grad-CAM (Selvaraju et al., ICCV 2017) on a transformer block's patch tokens.
+"""Grad-CAM (Selvaraju et al., ICCV 2017) on a transformer block's patch tokens or a CNN stage.
+
+On a CNN (a capture with ``stages``) the layer is a stage: its feature map A [C, h, w] and the
+gradient of the target's score with respect to it come from the capture (one backward per target
+gives every stage's); channel weights α_c = the spatial mean of ∂score/∂A_c (eq. 1), the map is
+ReLU(Σ_c α_c A_c) (eq. 2) over that stage's own grid (``Explanation.grid``). Default: the last stage.
 
 The block's output [B, T, D] is split into prefix and patch tokens; the
 patch tokens are reshaped to a [B, D, rows, cols] feature map by the token
@@ -58,6 +63,8 @@ def _reshape_hook(grid_module: TokenGrid, n_prefix: int, rows: int, cols: int, o
     class_specific=True, over="patches", kind="gradient",
 )
 def grad_cam(adapter, capture: Capture, target: Target, *, layer: int):
+    if capture.stages:
+        return _stage_grad_cam(capture, target, layer)
     li = layer_index(capture, layer)
     if li == capture.n_layers - 1 and not adapter.reads_last_patches:
         raise UsageError("Grad-CAM needs a block before the last for this model: its output reads only "
@@ -78,3 +85,20 @@ def grad_cam(adapter, capture: Capture, target: Target, *, layer: int):
         handle.remove()
     # a coarser Swin stage is drawn on the first grid, each token over the patches it covers
     return to_first_grid(capture, h, cam[0, 0].detach().reshape(-1), stage) if stage else cam[0, 0].detach().cpu().numpy()
+
+
+def stage_index(capture: Capture, layer: int) -> int:
+    """A CNN stage index (negative counts from the end), checked."""
+    n = len(capture.stages)
+    if not -n <= layer < n:
+        raise UsageError(f"Stage {layer} is out of range: this model has {n} stages (0–{n - 1}).")
+    return layer % n
+
+
+def _stage_grad_cam(capture: Capture, target: Target, layer: int):
+    si = stage_index(capture, layer)
+    a = capture.stages[si]                                              # [C, h, w]
+    g = capture.grads(target.index, "stages")[si]                       # [C, h, w]
+    alpha = g.mean(dim=(1, 2))                                          # [C]
+    cam = torch.relu((alpha[:, None, None] * a).sum(0))                # [h, w]
+    return cam.cpu().numpy(), {"stage": si, "grid": capture.stage_grids[si]}

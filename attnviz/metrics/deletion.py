@@ -88,8 +88,10 @@ def baseline_image(adapter, x: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def feature_units(exp: Explanation, capture: Capture) -> tuple[np.ndarray, np.ndarray]:
-    """(unit id per input pixel [H, W], importance per unit [n_units]) for a patch or pixel map."""
-    lay = capture.layout
+    """(unit id per input pixel [H, W], importance per unit [n_units]) for a patch or pixel map.
+
+    A patch map's units are the cells of its own grid: the capture's layout, or ``exp.grid`` (a CNN stage)."""
+    lay = exp.grid or capture.layout
     h, w = lay.input_size
     m = np.asarray(exp.map, dtype=np.float64)
     if exp.over == "patches":

@@ -9,18 +9,21 @@ with the original) shows the input or the architecture rather than the model.
 
 Conventions here:
 
-* Randomised are the image tower's transformer blocks (``adapter.token_block``),
-  last to first; the output head, the embeddings and, for image–text models
-  and captioners, the text side keep their weights (the target keeps its
-  meaning: the same class, prompt or caption token).
+* Randomised are the image tower's transformer blocks (``adapter.block``; a
+  CNN's stages), last to first; the output head, the embeddings (a CNN's stem)
+  and, for image–text models and captioners, the text side keep their weights
+  (the target keeps its meaning: the same class, prompt or caption token).
 * Re-initialisation at the scale of the weights it replaces: every weight
   matrix (ndim >= 2) of a randomised block ~ N(0, σ²) with σ the standard
   deviation of that matrix's own current entries, so a trained matrix becomes
   a random one of the same size and scale (its norm stays about the same and
   it moves by about √2 of its norm). A matrix whose entries are all equal
   (a zero-initialised position-bias table) takes σ of all the block's matrices
-  together. Biases 0, LayerNorm scales 1 and shifts 0; other vectors (BEiT's
-  and DINOv2's layer scales) keep their values; seeded.
+  together. Biases 0, LayerNorm scales 1 and shifts 0; a batch norm becomes a
+  fresh one (scale 1, shift 0, running mean 0 and variance 1: the statistics
+  of the weights it replaced would rescale the new ones' output arbitrarily);
+  other vectors (BEiT's, DINOv2's and ConvNeXt's layer scales) keep their
+  values; seeded.
   Why not the config's ``initializer_range``: it does not describe the
   weights being replaced, and ``BlipVisionConfig`` defaults it to 1e-10, which
   turned each "randomised" BLIP block into an identity (uniform attention,
@@ -91,7 +94,9 @@ def randomise_module(module: torch.nn.Module, generator: torch.Generator) -> Non
     random function.
     """
     params = list(module.named_parameters())
-    norms = {id(m.weight) for m in module.modules() if isinstance(m, torch.nn.LayerNorm) and m.weight is not None}
+    batch_norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = {id(m.weight) for m in module.modules()
+             if isinstance(m, (torch.nn.LayerNorm, torch.nn.modules.batchnorm._BatchNorm)) and m.weight is not None}
     matrices = [p for _, p in params if p.ndim >= 2]
     pooled = _spread(torch.cat([p.reshape(-1) for p in matrices])) if matrices else 0.0
     with torch.no_grad():
@@ -103,6 +108,9 @@ def randomise_module(module: torch.nn.Module, generator: torch.Generator) -> Non
                 p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p) * std)
             elif name.endswith("bias"):
                 p.zero_()
+        for m in batch_norms:
+            if m.track_running_stats:
+                m.reset_running_stats()
 
 
 def cascading_randomisation(adapter, capture: Capture, exp: Explanation, *, seed: int = 0,
@@ -113,7 +121,7 @@ def cascading_randomisation(adapter, capture: Capture, exp: Explanation, *, seed
     Returns one step per state: none randomised (the check), then the last block, the last two, ...,
     down to block 0 (or ``max_blocks`` of them).
     """
-    if exp.over not in ("patches", "pixels", "tokens"):
+    if exp.over not in ("patches", "pixels", "tokens", "channels"):
         raise UsageError(f"Cannot compare maps over {exp.over}.")
     # Each run holds a whole copy of the model: in a shared app (thirty students clicking at once)
     # runs take turns instead of holding thirty copies.
@@ -136,7 +144,7 @@ def _cascade(adapter, capture: Capture, exp: Explanation, *, seed: int, max_bloc
     for i in range(k + 1):
         if i > 0:
             layer = n - i
-            randomise_module(clone.token_block(layer), g)
+            randomise_module(clone.block(layer), g)
             done.append(layer)
         cap = clone.capture(dict(capture.inputs), grads=True)
         m = explain(clone, cap, exp.method, target, **exp.params).map.astype(np.float64)
