@@ -53,15 +53,21 @@ def _models(quick: bool):
                                      intermediate_size=128, image_size=64, patch_size=16)
     else:
         cfg = transformers.ViTConfig(num_labels=1000)   # ViT-B/16 at 224², as google/vit-base-patch16-224
-    torch.manual_seed(0)
-    eager = transformers.ViTForImageClassification(cfg)
-    eager.set_attn_implementation("eager")
-    sdpa = transformers.ViTForImageClassification(copy.deepcopy(cfg))   # own config: the attn choice lives there
-    sdpa.set_attn_implementation("sdpa")
-    sdpa.load_state_dict(eager.state_dict())
+    eager, sdpa = _eager_and_sdpa(transformers.ViTForImageClassification, cfg)
     processor = transformers.ViTImageProcessor(size={"height": cfg.image_size, "width": cfg.image_size})
     adapter = ClassifierAdapter(eager, processor, name="vit-b16-random", source="<config>")
-    return adapter, sdpa.eval().requires_grad_(False)
+    return adapter, sdpa
+
+
+def _eager_and_sdpa(model_cls, cfg):
+    """The same random weights twice: eager attention (what a capture reads) and SDPA (the bare unit)."""
+    torch.manual_seed(0)
+    eager = model_cls(cfg)
+    eager.set_attn_implementation("eager")
+    sdpa = model_cls(copy.deepcopy(cfg))                 # own config: the attn choice lives there
+    sdpa.set_attn_implementation("sdpa")
+    sdpa.load_state_dict(eager.state_dict())
+    return eager, sdpa.eval().requires_grad_(False)
 
 
 def run_bench(repeats: int = 5, quick: bool = False, captum: bool = False) -> int:
@@ -122,14 +128,73 @@ def run_bench(repeats: int = 5, quick: bool = False, captum: bool = False) -> in
 
     print(f"attnviz bench: {'tiny ViT' if quick else 'ViT-B/16'} random weights, input {size}×{size}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}")
+    failed = _print_rows(rows, TARGETS)
+    failed |= run_swin_bench(repeats, quick)          # issue 12: the same views through Swin's hierarchy
+    return 0 if (quick or not failed) else 1
+
+
+def _print_rows(rows, targets: dict[str, float]) -> bool:
+    """Print (name, seconds, ratio) rows with their targets; True when a target is missed."""
     print(f"{'what':44} {'seconds':>9} {'× forward':>10}  target   (ratios of paired runs: each right after a bare forward)")
     failed = False
     for name, t, ratio in rows:
-        target = TARGETS.get(name)
+        target = targets.get(name)
         mark = ""
         if target is not None:
             ok = ratio <= target
             failed |= not ok
             mark = f"<= {target:.1f}  {'ok' if ok else 'MISSED'}"
         print(f"{name:44} {t:9.4f} {ratio:10.2f}  {mark}")
-    return 0 if (quick or not failed) else 1
+    return failed
+
+
+# --- Swin (issue 12): rollout and relevance through shifted windows and patch merges ----------------------
+
+#: Against Swin's own bare SDPA forward, as the ViT targets are against ViT's.
+SWIN_TARGETS = {"rollout (capture + method)": 1.3, "relevance (capture + backward + method)": 3.0}
+
+
+def run_swin_bench(repeats: int = 5, quick: bool = False) -> bool:
+    """The swin-tiny architecture (random weights, 224²; a 2-stage toy with ``quick``): capture, rollout and
+    relevance (the row vector pulled through every block's windows and the merges) as ratios to its own bare
+    forward. True when a target is missed."""
+    import transformers
+
+    from .adapters.swin import SwinAdapter
+    from .methods.registry import explain
+    if quick:
+        cfg = transformers.SwinConfig(image_size=32, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 2],
+                                      window_size=4, num_labels=10)
+    else:
+        cfg = transformers.SwinConfig(num_labels=1000)   # = microsoft/swin-tiny-patch4-window7-224's architecture
+    eager, bare = _eager_and_sdpa(transformers.SwinForImageClassification, cfg)
+    size = cfg.image_size
+    adapter = SwinAdapter(eager, transformers.ViTImageProcessor(size={"height": size, "width": size}),
+                          name="swin-tiny-random", source="<config>")
+    inputs = {"pixel_values": torch.randn(1, 3, size, size), "box": None}
+    bare_forward = torch.no_grad()(lambda: bare(pixel_values=inputs["pixel_values"]))
+
+    def rollout_view():
+        explain(adapter, adapter.capture(inputs, grads=False), "rollout")
+
+    def relevance_view():
+        explain(adapter, adapter.capture(inputs, grads=True), "relevance")      # top class: one backward
+
+    unit = _median_time(bare_forward, repeats)
+    rows = [("bare SDPA forward (unit)", unit, 1.0)]
+    rows.append(("capture, no gradients", *_paired(lambda: adapter.capture(inputs, grads=False), bare_forward,
+                                                   repeats)))
+    rows.append(("rollout (capture + method)", *_paired(rollout_view, bare_forward, repeats)))
+    rows.append(("relevance (capture + backward + method)", *_paired(relevance_view, bare_forward, repeats)))
+    cap = adapter.capture(inputs, grads=True)
+    top = adapter.resolve_target(cap, None)
+    cap.grads(top.index, "windows")
+    for name in ("attention", "rollout", "relevance", "grad_rollout"):
+        t = _median_time(lambda n=name: explain(adapter, cap, n), repeats)
+        rows.append((f"  {name} on a ready capture", t, t / unit))
+    t = _median_time(lambda: cap._grad_fn(top.index), repeats)
+    rows.append(("  one backward to every window attention", t, t / unit))
+    h = cap.extras["hierarchy"]
+    print(f"\nSwin: {'tiny Swin' if quick else 'swin-tiny'} random weights, input {size}×{size}, stage grids "
+          f"{' '.join(f'{r}×{c}' for r, c in h.grids)}, window {cfg.window_size}, {len(h.blocks)} blocks")
+    return _print_rows(rows, SWIN_TARGETS)

@@ -94,7 +94,7 @@ class Windows:
 
     def pull(self, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """v·A for the block-diagonal matrix A: ``v`` [N], ``a`` [n_windows, S, S] -> [N]."""
-        return self.scatter(torch.einsum("wi,wij->wj", self.gather(v), a))
+        return self.scatter(torch.einsum("wi,wij->wj", self.gather(v.to(a)), a))
 
 
 def dense(n_tokens: int) -> Windows:
@@ -228,6 +228,7 @@ def _discard(a: torch.Tensor, win: Windows, ratio: float) -> torch.Tensor:
 
 def rollout_step(v: torch.Tensor, a: torch.Tensor, win: Windows, discard_ratio: float = 0.0) -> torch.Tensor:
     """v·Â with Â = ½A + ½I, each row renormalised over the real tokens (``a`` [n_windows, S, S] fused)."""
+    v = v.to(a)
     if discard_ratio > 0:
         a = _discard(a, win, discard_ratio)
     real_keys = win.real.to(a.device)[:, None, :]                                  # [nW, 1, S]
@@ -238,6 +239,7 @@ def rollout_step(v: torch.Tensor, a: torch.Tensor, win: Windows, discard_ratio: 
 
 def relevance_step(v: torch.Tensor, a_bar: torch.Tensor, win: Windows) -> torch.Tensor:
     """v + v·Ā (Chefer et al. 2021, eq. 6 as a row: R ← R + Ā·R read from the left)."""
+    v = v.to(a_bar)
     return v + win.pull(v, a_bar)
 
 
