@@ -6,11 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install app test models demo bench clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned: the local CPU wheel; nothing else may pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements.txt
+	# attnviz itself, editable: the `attnviz` command in .venv/bin (its dependencies came just above)
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -16,6 +16,8 @@ from typing import Optional
 from .errors import ModelUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
+if not (ROOT / "models" / "catalog.toml").is_file():   # installed from a wheel: models/ ships as attnviz/models
+    ROOT = Path(__file__).resolve().parent
 CATALOG_PATH = ROOT / "models" / "catalog.toml"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95})?$")
 REQUIRED_FILES = ("config.json", "model.safetensors")
