@@ -1,4 +1,4 @@
-"""Command line: ``python -m attnviz explain | batch | bench | models``.
+"""Command line: ``python -m attnviz explain | batch | bench | models | loadtest``.
 
 Exit codes (stable): 0 ok, 2 usage, 3 unreadable or rejected image,
 4 model not available. Errors are one sentence on stderr.
@@ -107,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="batch throughput instead: the batch engine against a bare batched forward, images/s")
     bench.add_argument("--ray", action="store_true", help="with --batch: also the Ray engine against in-process")
     bench.add_argument("--images", type=int, help="with --batch: images per run (default 32; 200 with --ray)")
+    bench.add_argument("--app", action="store_true",
+                       help="the app instead: server CPU per interaction (demo model and ViT-B/16, random weights)")
+
+    lt = sub.add_parser("loadtest", help="many sessions on one app server at once (Streamlit's protocol, no browsers)")
+    lt.add_argument("--sessions", type=int, default=30, help="concurrent sessions (default 30)")
+    lt.add_argument("--model", help="the started app's ATTNVIZ_MODEL (catalog name, hub id, folder, or "
+                                    "random-vit-b16); default: the app's own default")
+    lt.add_argument("--url", help="an app already running on this machine (http://127.0.0.1:PORT) instead")
+    lt.add_argument("--ramp", type=float, default=30.0, help="seconds over which the sessions open (default 30)")
+    lt.add_argument("--think", type=float, default=2.0, help="mean pause between a session's clicks (default 2 s)")
+    lt.add_argument("--seed", type=int, default=0)
+    lt.add_argument("--images", help="a folder of images to upload (default: a different synthetic scene each)")
+    lt.add_argument("--timeout", type=float, default=180.0, help="longest wait for one run (default 180 s)")
+    lt.add_argument("--limit", type=float, default=900.0, help="longest the whole test may take (default 900 s)")
+    lt.add_argument("--json", dest="json_path", help="also write the measurements to this JSON file")
     return ap
 
 
@@ -369,6 +384,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_report(args)
         if args.command == "models":
             return cmd_models(args)
+        if args.command == "loadtest":
+            from .loadtest import run_loadtest
+            return run_loadtest(sessions=args.sessions, model=args.model, url=args.url, ramp=args.ramp,
+                                think=args.think, seed=args.seed, images_dir=args.images, timeout=args.timeout,
+                                limit=args.limit, json_path=args.json_path)
+        if args.app:
+            from .bench import run_app_bench
+            return run_app_bench()
         if args.batch or args.ray:
             from .engine.bench import run_batch_bench
             return run_batch_bench(images=args.images, ray=args.ray, quick=args.quick)
