@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -63,7 +65,12 @@ def _images() -> ResultCache:
 
 @st.cache_resource(show_spinner=False, max_entries=3)
 def _model(spec: str):
-    return load_model(spec or None)
+    t0 = time.perf_counter()
+    adapter = load_model(spec or None)
+    # One line per load in the server's log: a teacher (and `attnviz loadtest`) can see it happened once.
+    print(f"attnviz: loaded model {getattr(adapter, 'source', spec) or spec} in {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr, flush=True)
+    return adapter
 
 
 def get_model(spec: str):
