@@ -198,3 +198,12 @@ def run_swin_bench(repeats: int = 5, quick: bool = False) -> bool:
     print(f"\nSwin: {'tiny Swin' if quick else 'swin-tiny'} random weights, input {size}×{size}, stage grids "
           f"{' '.join(f'{r}×{c}' for r, c in h.grids)}, window {cfg.window_size}, {len(h.blocks)} blocks")
     return _print_rows(rows, SWIN_TARGETS)
+
+
+# --- the app: server CPU per interaction (``bench --app``, issue 13) -----------------------------
+
+def run_app_bench(repeats: int = 3) -> int:
+    """Start the app on the demo model and on a random ViT-B/16 and print the server CPU of each
+    interaction against its target (see :mod:`attnviz.loadtest.appbench`); 0 when all are met."""
+    from .loadtest.appbench import run_app_bench as run
+    return run(repeats)
