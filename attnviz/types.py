@@ -139,8 +139,9 @@ class Capture:
 
     @property
     def n_layers(self) -> int:
-        """What a layer index counts: attention layers of a transformer, stages of a CNN."""
-        return len(self.attentions) or len(self.stages)
+        """What a layer index counts: attention layers of a transformer (Swin: its windowed blocks across
+        every stage, ``extras["windows"]``), stages of a CNN."""
+        return len(self.attentions) or len(self.extras.get("windows", ())) or len(self.stages)
 
     @property
     def n_heads(self) -> int:

@@ -151,7 +151,7 @@ def test_capture_holds_every_blocks_window_attention_as_hooked(swin, photo, size
     cap = attnviz.capture(adapter, photo, size=size)
     _, atts, geo = own_forward(adapter, cap.inputs["pixel_values"])
     got = cap.extras["windows"]
-    assert len(got) == len(atts) == adapter.n_layers == 6 and cap.attentions == ()
+    assert len(got) == len(atts) == adapter.n_layers == cap.n_layers == 6 and cap.attentions == ()
     for a, b in zip(got, atts):
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]), rtol=0, atol=1e-5)
@@ -278,28 +278,28 @@ def test_class_specific_maps_differ_between_targets_rollout_does_not(swin, photo
     np.testing.assert_array_equal(r0, r1)
 
 
-@pytest.mark.parametrize("layer", range(6))
-def test_grad_cam_at_every_block_by_hand(swin, photo, layer):
-    """Selvaraju et al. on block ``layer``'s output tokens, on its stage's grid: α_c = mean of ∂score/∂A_c, ReLU(Σ α_c
+def test_grad_cam_at_every_block_by_hand(swin, photo):
+    """Selvaraju et al. on each block's output tokens, on its stage's grid: α_c = mean of ∂score/∂A_c, ReLU(Σ α_c
     A_c), by autograd here; the library's map is that grid drawn on the first grid."""
     kind, adapter = swin
     cap = attnviz.capture(adapter, photo, size=(28, 20))
     t = adapter.resolve_target(cap, None).index
     kept = []
-    h = blocks_of(adapter.model)[layer].register_forward_hook(lambda m, a, o: kept.append(o[0]))
+    hooks = [b.register_forward_hook(lambda m, a, o: kept.append(o[0])) for b in blocks_of(adapter.model)]
     try:
         x = cap.inputs["pixel_values"].clone().requires_grad_(True)                # frozen weights: the graph
         logits = adapter.model(pixel_values=x, interpolate_pos_encoding=True).logits
     finally:
-        h.remove()
-    a = kept[0][0]                                                              # [N_s, C]
-    g, = torch.autograd.grad(logits[0, t], kept[0])
-    cam = torch.relu(a @ g[0].mean(0)).detach()                                 # [N_s]
-    grid = cap.extras["hierarchy"].blocks[layer].grid
-    stage = cap.extras["hierarchy"].blocks[layer].stage
-    up = np.kron(cam.view(grid).numpy(), np.ones((2 ** stage, 2 ** stage)))[:cap.layout.rows, :cap.layout.cols]
-    e = attnviz.explain(adapter, cap, "grad_cam", target=t, layer=layer)
-    np.testing.assert_allclose(e.map, up, rtol=1e-4, atol=1e-6)
+        for h in hooks:
+            h.remove()
+    grads = torch.autograd.grad(logits[0, t], kept)
+    for layer, (a, g) in enumerate(zip(kept, grads)):
+        cam = torch.relu(a[0] @ g[0].mean(0)).detach()                           # [N_s]
+        block = cap.extras["hierarchy"].blocks[layer]
+        up = np.kron(cam.view(block.grid).numpy(), np.ones((2 ** block.stage,) * 2))[:cap.layout.rows, :cap.layout.cols]
+        e = attnviz.explain(adapter, cap, "grad_cam", target=t, layer=layer)
+        np.testing.assert_allclose(e.map, up, rtol=1e-4, atol=1e-6)
+    assert len(kept) == 6
 
 
 def test_every_method_runs_and_faithfulness_checks_follow_the_model(swin, photo):

@@ -32,7 +32,7 @@ import transformers
 from ..errors import UsageError
 from ..types import Capture, TokenLayout
 from ..methods.hierarchy import Hierarchy, shifted_windows
-from .base import register_adapter
+from .base import _grad_function, register_adapter
 from .classifier import ClassifierAdapter
 
 ARCHITECTURES = ("SwinForImageClassification", "Swinv2ForImageClassification")
@@ -183,14 +183,8 @@ class SwinAdapter(ClassifierAdapter):
             raise RuntimeError(f"Token layout mismatch: the first stage is {hier.grids[0]}, the layout says "
                                f"{(layout.rows, layout.cols)}.")
         scores = scores[0]                                                    # [n_targets], image batch of 1
-        grad_fn = None
-        if grads:
-            def grad_fn(t: int, _scores=scores, _windows=windows):
-                if not 0 <= t < _scores.shape[0]:
-                    raise UsageError(f"Target {t} is out of range (0–{_scores.shape[0] - 1}).")
-                gs = torch.autograd.grad(_scores[t], _windows, retain_graph=True, allow_unused=True)
-                return {"windows": tuple((torch.zeros_like(a) if g is None else g).detach()
-                                         for a, g in zip(_windows, gs))}
+        # windows of the one image: [n_windows, H, S, S], no batch dimension to drop
+        grad_fn = _grad_function(scores, {"windows": windows}) if grads else None
         return Capture(scores=scores.detach(), attentions=(), layout=layout, inputs=inputs,
                        targets=self._targets(inputs, scores.detach()), box=inputs.get("box"),
                        extras={"hierarchy": hier, "windows": tuple(a.detach() for a in windows)},

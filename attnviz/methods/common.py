@@ -25,8 +25,7 @@ def fuse_heads(a: torch.Tensor, how: str) -> torch.Tensor:
 def layer_index(capture: Capture, layer: int) -> int:
     """Python-style layer index (negative counts from the end), checked. A hierarchical model (Swin)
     counts its attention blocks across every stage, in forward order."""
-    from .hierarchy import n_blocks
-    n = n_blocks(capture)
+    n = capture.n_layers
     if not -n <= layer < n:
         raise UsageError(f"Layer {layer} is out of range: this model has {n} layers (0–{n - 1}).")
     return layer % n

@@ -194,10 +194,6 @@ def hierarchy(capture: Capture) -> Hierarchy:
     return Hierarchy(blocks=(win,) * len(capture.attentions), grids=(None,))
 
 
-def n_blocks(capture: Capture) -> int:
-    return len(capture.extras["hierarchy"].blocks) if is_hierarchical(capture) else capture.n_layers
-
-
 def block_attentions(capture: Capture) -> tuple[torch.Tensor, ...]:
     """L × [n_windows, H, S, S] softmax attention per block (a dense layer is one window)."""
     if is_hierarchical(capture):
