@@ -57,12 +57,23 @@ def token_strip_figure(layout: TokenLayout, query: int):
     fig.add_trace(go.Scatter(x=[query], y=[1.25], mode="markers", marker=dict(symbol="triangle-down", size=14,
                                                                              color=QUERY_COLOUR),
                              hovertemplate=f"the query: {names[query]}<extra></extra>", showlegend=False))
-    ticks = sorted({*range(layout.n_prefix), layout.n_prefix, t - 1, query})
-    fig.update_xaxes(tickvals=ticks, ticktext=[("CLS" if names[i] == "CLS" else names[i].replace("patch ", ""))
-                                               for i in ticks], tickangle=-45 if len(ticks) > 4 else 0,
+    ticks = sorted({*range(layout.n_prefix), t - 1, query})          # the extra tokens, the query, the last patch
+    fig.update_xaxes(tickvals=ticks, ticktext=[names[i].replace("patch ", "").replace(" token", "") for i in ticks],
+                     tickangle=-45 if layout.n_prefix > 2 else 0,
                      range=[-0.6, t - 0.4], showgrid=False)
     fig.update_yaxes(visible=False, range=[0, 1.45])
     return _plain(fig, 150)
+
+
+def token_legend(layout: TokenLayout) -> str:
+    """What the strip's colours mean, for the tokens this model has."""
+    kinds = {}
+    for i in range(layout.n_prefix):
+        name = layout.prefix_names[i]
+        kinds.setdefault("registers" if name.startswith("register") else token_label(layout, i), _token_colour(layout, i))
+    kinds[f"the {layout.n_patches} patches, row by row"] = PATCH_COLOUR
+    return " · ".join(f"<span style='color:{c}'>■</span> {k}" for k, c in kinds.items()) + \
+        f" · <span style='color:{QUERY_COLOUR}'>▼</span> the query"
 
 
 def vector_figure(values: np.ndarray, name: str, colour: str = QUERY_COLOUR):

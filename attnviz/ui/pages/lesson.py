@@ -131,6 +131,7 @@ class Lesson:
 
 def tokens_section(ls: Lesson) -> None:
     st.plotly_chart(lf.token_strip_figure(ls.layout, ls.query), key="l_tokens", config={"displayModeBar": False})
+    st.caption(lf.token_legend(ls.layout), unsafe_allow_html=True)
     _fact("tokens", sequence_sentence(ls.layout) + f" The query is {token_label(ls.layout, ls.query)}, "
           f"token {ls.query} of the sequence (counting from 0).")
 
