@@ -16,7 +16,7 @@ import attnviz
 from attnviz.adapters.swin import SwinAdapter
 from attnviz.errors import UsageError
 from attnviz.methods.common import fuse_heads, positive_grad_attention, query_vector, rollout_product
-from attnviz.methods.hierarchy import Merge, stages, swin_head_grid
+from attnviz.methods.hierarchy import Merge, stage_info, swin_head_grid
 
 from .conftest import save_tiny
 
@@ -160,7 +160,7 @@ def test_capture_holds_every_blocks_window_attention_as_hooked(swin, photo, size
     assert h.grids[0] == (cap.layout.rows, cap.layout.cols) and cap.layout.n_prefix == 0
     n_last = h.grids[-1][0] * h.grids[-1][1]
     torch.testing.assert_close(cap.readout, torch.full((n_last,), 1 / n_last))
-    assert [s["shifts"] for s in stages(cap)][:2] == [[0, 1], [0, 1]]
+    assert [s["shifts"] for s in stage_info(cap)][:2] == [[0, 1], [0, 1]]
 
 
 def test_window_placement_is_the_models_own_mixing(photo):
@@ -213,6 +213,12 @@ def test_query_map_is_the_window_row_zero_outside_the_window(swin, photo, size):
                 grid = swin_head_grid(cap, stage, q)                   # [blocks, H, rows, cols]
                 want = torch.stack([blocks[i][0][:, r * cols + c] for i in ids]).view(grid.shape)
                 np.testing.assert_allclose(grid, want.numpy(), rtol=1e-5, atol=1e-7)
+        # "output" on this stage: the mean pooling's readout handed down through the merges (merge matrices here)
+        q_out = cap.readout.double()
+        for s in range(h.n_stages - 2, stage - 1, -1):
+            q_out = q_out @ merge_matrix(h.grids[s])
+        want = torch.stack([q_out @ blocks[i][0] for i in ids]).view(len(ids), -1, rows, cols)
+        np.testing.assert_allclose(swin_head_grid(cap, stage, "output"), want.numpy(), rtol=1e-5, atol=1e-7)
         # the registry's attention method: the same rows, drawn on the first grid (each token over its patches)
         li = ids[-1]
         e = attnviz.explain(adapter, cap, "attention", layer=li, head=1, query="1,2")

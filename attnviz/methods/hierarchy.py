@@ -298,23 +298,23 @@ def swin_head_grid(capture: Capture, stage: int, query: str = "output") -> np.nd
     """Every block × head of one stage, as the query's attention on that stage's grid:
     float32 [blocks_in_stage, heads, rows_s, cols_s] (the Heads page's thumbnails for a hierarchical model).
 
-    ``query``: "output" or a first-grid patch "row,col" (on this stage: the token that contains it).
-    Each map is zero outside the query's window; shifted blocks are drawn with the shift undone.
+    ``query``: "output" or a first-grid patch "row,col" (on this stage: the token that contains it; the
+    stage's own token (r, c) is the patch f"{r << stage},{c << stage}"). Each map is zero outside the query's
+    window; shifted blocks are drawn with the shift undone. ``stage_info`` labels the stages.
     """
-    from .common import query_index, is_output
+    from .common import query_vector
     if not is_hierarchical(capture):
         raise UsageError("This model has no stages: use attention_grid for its layers × heads.")
     h = hierarchy(capture)
     if not 0 <= stage < h.n_stages:
         raise UsageError(f"Stage {stage} is out of range: this model has {h.n_stages} stages (0–{h.n_stages - 1}).")
-    qi = None if is_output(query) else query_index(capture.layout, query)
-    q = stage_query(capture, qi, capture.readout, stage)
+    q = query_vector(capture, query, stage=stage)                                  # [N_stage]
     windows = capture.extras["windows"]
     rows = torch.stack([block_rows(h, li, q, windows[li]) for li in h.stage_blocks(stage)])   # [B_s, H, N_s]
     return stage_grid(h, rows, stage)
 
 
-def stages(capture: Capture) -> list[dict]:
+def stage_info(capture: Capture) -> list[dict]:
     """One dict per stage for labels: stage, grid (rows, cols), blocks (global indices), window, shifts, heads."""
     h = hierarchy(capture)
     windows = capture.extras.get("windows", ())
