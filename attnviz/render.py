@@ -341,6 +341,88 @@ def overlay(
     return Image.fromarray(out)
 
 
+# --------------------------------------------------------------------------
+# legends
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # a scalable font (Pillow >= 10.1 with FreeType)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def _tick(v: float) -> str:
+    return f"{v:.3g}"     # a plain hyphen: Pillow's built-in font has no minus sign
+
+
+def legend(
+    width: int,
+    lo: float,
+    hi: float,
+    *,
+    cmap: str = "inferno",
+    title: str = "",
+    signed: bool = False,
+    font_size: int | None = None,
+) -> Image.Image:
+    """A colour bar ``width`` pixels wide with its value ticks and a title: the key to one overlay.
+
+    The bar runs from ``lo`` (left, colour 0) to ``hi`` (right, colour 1), linearly, as
+    :func:`normalize` maps values for that range; a signed map (``lo = -hi``) gets a middle tick at 0.
+    Text scales with the width, so a legend under a large image stays readable on a projector.
+    """
+    w = int(width)
+    if w < 8:
+        raise ValueError(f"legend width must be at least 8 pixels, got {width!r}")
+    _check_limits(lo, hi)
+    size = int(font_size or max(11, min(28, round(w / 26))))
+    font = _font(size)
+    bar_h = max(8, size * 2 // 3)
+    pad = max(2, size // 4)
+    height = pad + bar_h + pad + size + pad + (size + pad if title else 0)
+    img = Image.new("RGB", (w, height), (255, 255, 255))
+    ramp = colorize(np.tile(np.linspace(0.0, 1.0, w, dtype=np.float32), (bar_h, 1)), cmap)  # [bar_h, w, 3]
+    img.paste(Image.fromarray(ramp), (0, pad))
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(img)
+    y = pad + bar_h + pad
+    ticks = [(0, _tick(lo), "la"), (w, _tick(hi), "ra")]
+    if signed and lo < 0 < hi:
+        ticks.insert(1, (round(w * (0 - lo) / (hi - lo)), "0", "ma"))
+    for x, text, anchor in ticks:
+        draw.text((x, y), text, fill=(40, 40, 40), font=font, anchor=anchor)
+    if title:
+        draw.text((w // 2, y + size + pad), title, fill=(40, 40, 40), font=font, anchor="ma")
+    return img
+
+
+def with_legend(image: Image.Image, key: Image.Image) -> Image.Image:
+    """``image`` with ``key`` (a :func:`legend`, resized to the image's width) under it."""
+    if key.width != image.width:
+        key = key.resize((image.width, max(1, round(key.height * image.width / key.width))), Image.Resampling.LANCZOS)
+    out = Image.new("RGB", (image.width, image.height + key.height), (255, 255, 255))
+    out.paste(image.convert("RGB"), (0, 0))
+    out.paste(key, (0, image.height))
+    return out
+
+
+def side_by_side(images: Sequence[Image.Image], *, gap: int = 8) -> Image.Image:
+    """Images next to each other, tops aligned, on white (a comparison as one PNG)."""
+    if not images:
+        raise ValueError("side_by_side needs at least one image")
+    w = sum(i.width for i in images) + gap * (len(images) - 1)
+    out = Image.new("RGB", (w, max(i.height for i in images)), (255, 255, 255))
+    x = 0
+    for i in images:
+        out.paste(i.convert("RGB"), (x, 0))
+        x += i.width + gap
+    return out
+
+
 def to_png_bytes(img: Image.Image) -> bytes:
     """Encode an image as PNG bytes (for downloads and ``--out x.png``)."""
     buf = io.BytesIO()

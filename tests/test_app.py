@@ -119,7 +119,7 @@ def test_faithfulness_checks_run_on_click_and_stay_cached(new_app, forwards):
     _ok(at)
     keys = [c.key for c in at.get("plotly_chart")]
     assert "faith:di:fig:relevance" in keys and len(keys) == n_charts + 1
-    assert "Deletion AUC" in _captions(at) and "random order" in _captions(at)
+    assert "Area under the curve (AUC): deletion" in _captions(at) and "for a random order" in _captions(at)
     assert "faith:di:relevance" not in [b.key for b in at.button]      # the result replaced its button
     ran = forwards["n"] - before
     assert ran >= 2 * 21 // 8                                    # batches of deletion and insertion steps
@@ -140,7 +140,7 @@ def test_choices_survive_other_pages_and_a_rejected_upload(new_app):
     """Streamlit forgets an undrawn widget's value; the app keeps method, comparison and target anyway."""
     at = new_app().run()
     at.selectbox(key="method").set_value("grad_cam").run()
-    at.multiselect(key="compare").set_value(["saliency"]).run()
+    at.button_group(key="compare").set_value(["saliency"]).run()
     at.selectbox(key="target").set_value(2).run()
     _ok(at)
     at.switch_page(HEADS).run()
@@ -148,7 +148,7 @@ def test_choices_survive_other_pages_and_a_rejected_upload(new_app):
     at.switch_page("attnviz/ui/pages/explore.py").run()
     _ok(at)
     assert at.selectbox(key="method").value == "grad_cam"
-    assert at.multiselect(key="compare").value == ["saliency"]
+    assert at.button_group(key="compare").value == ["saliency"]
     assert at.selectbox(key="target").value == 2
     at.file_uploader[0].set_value(("broken.png", BROKEN_BYTES, "image/png")).run()   # the page stops early
     assert [e.value for e in at.error] == [BROKEN_SENTENCE]
@@ -156,7 +156,7 @@ def test_choices_survive_other_pages_and_a_rejected_upload(new_app):
     at.button_group(key="sample").set_value(list(sample_images())[1]).run()
     _ok(at)
     assert at.selectbox(key="method").value == "grad_cam"
-    assert at.multiselect(key="compare").value == ["saliency"]
+    assert at.button_group(key="compare").value == ["saliency"]
 
 
 def test_offline_demo_default_opens_on_a_shapes_scene(monkeypatch):
@@ -175,13 +175,52 @@ def test_offline_demo_default_opens_on_a_shapes_scene(monkeypatch):
         _clear()
 
 
-def test_compare_methods_side_by_side_on_one_scale(new_app):
+def _legend_ranges(at) -> list[tuple[float, float]]:
+    """(low, high) of every map legend on the page, read from its HTML (the numbers a user sees)."""
+    import re
+    out = []
+    for m in at.markdown:
+        if "attnviz-legend" in m.value:
+            ticks = re.findall(r"<span>([^<]+)</span>", m.value)
+            out.append((float(ticks[0]), float(ticks[-1])))
+    return out
+
+
+def test_compared_maps_keep_their_own_scale_and_legend(new_app, saved_models):
+    """Issue 16: a signed method in a comparison made the one shared scale symmetric and washed out every
+    map. Each map now keeps its own scale, stated in its legend: the map's own range, computed here by
+    the library on the same image, not the page's shared range."""
+    import attnviz
+    from attnviz.images import load_image
+    from attnviz.ui.state import sample_images
     at = new_app().run()
-    at.multiselect(key="compare").set_value(["rollout", "attention"]).run()
+    at.button_group(key="compare").set_value(["rollout", "input_x_gradient"]).run()
     _ok(at)
-    assert len(_images(at)) == 3
-    assert "One shared scale" in " ".join(c.value for c in at.caption)
-    assert "class-agnostic" in _captions(at)
+    assert [im.captions[0] for im in _images(at)] == ["relevance", "rollout", "input x gradient"]
+    ranges = _legend_ranges(at)
+    assert len(ranges) == 3
+    adapter = attnviz.load_model(str(saved_models["vit"]))
+    cap = attnviz.capture(adapter, load_image(sample_images()[at.session_state["sample"]]))
+    target = at.selectbox(key="target").value
+    for (lo, hi), method in zip(ranges, ["relevance", "rollout", "input_x_gradient"]):
+        m = attnviz.explain(adapter, cap, method, target=target).map
+        want = (-np.abs(m).max(), np.abs(m).max()) if method == "input_x_gradient" else (m.min(), m.max())
+        assert lo == pytest.approx(want[0], rel=2e-3, abs=1e-9) and hi == pytest.approx(want[1], rel=2e-3), method
+    assert "own colour scale" in _captions(at) and "class-agnostic" in _captions(at)
+
+
+def test_compare_shows_every_choice_and_stops_at_three(new_app):
+    """The comparison is a row of pills that wraps (every choice visible, issue 16); a fourth is undone
+    with a sentence."""
+    at = new_app().run()
+    group = at.button_group(key="compare")
+    assert group.proto.style == group.proto.PILLS and group.proto.click_mode == group.proto.MULTI_SELECT
+    assert [o.content for o in group.proto.options][:4] == ["attention", "rollout", "grad rollout", "attn grad"]
+    at.button_group(key="compare").set_value(["attention", "rollout", "grad_rollout"]).run()
+    at.button_group(key="compare").set_value(["attention", "rollout", "grad_rollout", "attn_grad"]).run()
+    _ok(at)
+    assert len(at.button_group(key="compare").value) == 3
+    assert any("At most 3 maps beside the main one" in c for c in _captions(at).split(" | "))
 
 
 def test_slow_method_waits_for_run_then_stays_cached(new_app, forwards):
@@ -212,7 +251,7 @@ def test_url_parameters_restore_settings(new_app):
     assert at.selectbox(key="p:rollout:head_fusion").value == "max"
     assert at.selectbox(key="target").value == 2
     assert at.selectbox(key="cmap").value == "viridis" and at.slider(key="alpha").value == 0.7
-    assert at.multiselect(key="compare").value == ["attention"]
+    assert at.button_group(key="compare").value == ["attention"]
 
 
 def test_bad_url_values_warn_once_each_and_use_defaults(new_app):
@@ -343,7 +382,10 @@ def test_unexpected_failure_is_one_sentence_and_the_page_goes_on(new_app, monkey
 def test_config_toml_settings():
     import tomllib
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
-    assert cfg["server"]["maxUploadSize"] == 10
+    from attnviz.images import MAX_BYTES
+    from attnviz.ui.widgets import UPLOAD_TRANSPORT_MB
+    # files over the image cap still reach the app, which says what is wrong (issue 16)
+    assert cfg["server"]["maxUploadSize"] == UPLOAD_TRANSPORT_MB > MAX_BYTES / 2 ** 20
     assert cfg["server"]["enableXsrfProtection"] is True
     assert cfg["server"]["fileWatcherType"] == "none"
     assert cfg["client"]["showErrorDetails"] is False
@@ -390,20 +432,22 @@ def test_markdown_literal_shows_typed_text_as_typed():
     assert html_lib.unescape(out) == typed
 
 
-def test_sample_images_are_made_once_per_process(monkeypatch):
-    """The samples (files read, scenes drawn) are cached, not rebuilt on every rerun of every page."""
-    import attnviz.demo.scenes as scenes
+def test_sample_images_are_read_once_per_process_and_offer_every_scene(monkeypatch):
+    """The samples are cached, not re-read on every rerun of every page; every scene in assets/ is
+    offered (issue 16: three of six were), the README's example scene among them."""
     from attnviz.ui import state
     calls = {"n": 0}
-    real = scenes.make_scene
+    real = Path.read_bytes
 
-    def counted(*a, **kw):
+    def counted(self):
         calls["n"] += 1
-        return real(*a, **kw)
-    monkeypatch.setattr(scenes, "make_scene", counted)
+        return real(self)
+    monkeypatch.setattr(Path, "read_bytes", counted)
     state.sample_images.clear()
     first = state.sample_images()
-    made = calls["n"]
-    assert made >= 1 and state.is_scene_sample(state.first_scene_sample())
-    assert state.sample_images() == first and calls["n"] == made
+    read = calls["n"]
+    scenes = sorted(p.stem.replace("_", " ").replace("-", " ") for p in (ROOT / "assets").glob("scene_*.png"))
+    assert len(scenes) == 6 and sorted(n for n in first if state.is_scene_sample(n)) == scenes
+    assert "scene red triangle yellow cross" in first          # the README's example
+    assert read == len(first) and state.sample_images() == first and calls["n"] == read
     state.sample_images.clear()

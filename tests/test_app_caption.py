@@ -85,7 +85,8 @@ def test_faithfulness_of_a_words_map(caption_app):
     _ok(at)
     assert "faith:di:fig:cross_attention" in [c.key for c in at.get("plotly_chart")]
     text = " ".join(c.value for c in at.caption)
-    assert "Deletion AUC" in text and "the target's score" in text       # a token's logit, not a probability
+    assert "Area under the curve (AUC): deletion" in text and "the target's score" in text
+    assert "raw score (its logit" in text        # a token's logit, not a probability, and the page says why
     entries = [entry for _, entry in state.engine().captures._data.values()]
     assert len(entries) == 1
     fig = next(c for c in at.get("plotly_chart") if c.key == "faith:di:fig:cross_attention")

@@ -70,7 +70,7 @@ def test_faithfulness_of_a_chosen_prompt(prompts_app):
     at.button(key="faith:di:relevance").click().run()
     _ok(at)
     assert "faith:di:fig:relevance" in [c.key for c in at.get("plotly_chart")]
-    assert "Deletion AUC" in " ".join(c.value for c in at.caption)
+    assert "Area under the curve (AUC): deletion" in " ".join(c.value for c in at.caption)
     fig = next(c for c in at.get("plotly_chart") if c.key == "faith:di:fig:relevance")
     first_y = float(_trace_values(fig, 0, "y")[0])                        # deletion, map order, nothing deleted
     entries = [entry for _, entry in state.engine().captures._data.values()]
@@ -111,7 +111,7 @@ def test_map_method_and_its_settings(prompts_app):
     at = prompts_app()
     names = at.selectbox(key="pr_method").options
     assert "relevance" in names and "occlusion" not in names    # fast class-specific methods only
-    assert at.session_state["p:relevance:start_layer"] == -1                 # CLIP's default
+    assert at.session_state["p:relevance:start_layer"] == 1      # CLIP's default, the last layer (-1), as 0-based
     at.number_input(key="p:relevance:start_layer").set_value(0).run()
     _ok(at)
     at.selectbox(key="pr_method").set_value("attn_grad").run()

@@ -342,6 +342,98 @@ def test_prompts_page_offers_the_demo_clip_then_maps_each_prompt(server):
         page.screenshot(path=str(ARTIFACTS / "browser-prompts.png"))
 
 
+def _legend_ranges(page) -> list[tuple[float, float]]:
+    """(low, high) of every map legend on the page: the tick texts under each colour bar."""
+    ticks = page.locator(".attnviz-legend").evaluate_all(
+        "els => els.map(e => [...e.children[1].children].map(s => s.textContent))")
+    return [(float(t[0]), float(t[-1])) for t in ticks]
+
+
+def test_links_comparisons_uploads_over_the_cap_and_caption_words(server, photo):
+    """Issue 16 in a real browser: a link names its sample and reopens it; a comparison with a signed
+    method keeps every map on its own scale with a legend; a file over the 10 MB cap is one sentence in
+    the page with no image left on screen; a long caption's words wrap and every one can be clicked."""
+    from attnviz.render import to_png_bytes
+    with _opened(server) as page:
+        # A link carries the sample: pick another scene, open the address in a new tab.
+        scene = page.locator('[data-testid="stSidebar"] [data-testid="stButtonGroup"] button').filter(
+            has_text=re.compile("^scene")).nth(2)
+        name = scene.inner_text().strip()
+        scene.click()
+        page.wait_for_url(re.compile(r"[?&]sample=scene"))
+        _wait_idle(page)
+        other = page.context.new_page()
+        other.set_default_timeout(TIMEOUT_MS)
+        other.goto(page.url)
+        other.wait_for_selector('[data-testid="stImage"] img')
+        _wait_idle(other)
+        _no_exception(other)
+        chosen = other.locator('[data-testid="stSidebar"] [data-testid="stButtonGroup"] button[data-selected]')
+        assert chosen.count() == 1 and chosen.first.inner_text().strip() == name
+        assert other.get_by_text(f"the sample {name}").count() >= 1
+        other.close()
+
+        # A comparison with a signed method: three maps, three legends, each on its own range.
+        group = page.locator('[data-testid="stButtonGroup"]').filter(has_text="Compare side by side")
+        for label in ("rollout", "input x gradient"):
+            group.locator("button").filter(has_text=re.compile("^" + label)).first.click()
+            _wait_idle(page)
+        page.wait_for_function("document.querySelectorAll('.attnviz-legend').length === 3")
+        _wait_idle(page)
+        _no_exception(page)
+        assert page.locator('[data-testid="stMain"] [data-testid="stImage"] img').count() == 3
+        (rel_lo, rel_hi), (roll_lo, roll_hi), (ixg_lo, ixg_hi) = _legend_ranges(page)
+        assert ixg_lo == pytest.approx(-ixg_hi) and ixg_hi > 0            # the signed map: symmetric about 0
+        assert 0 <= rel_lo < rel_hi and 0 <= roll_lo < roll_hi            # the others keep their own ranges
+        assert (rel_lo, rel_hi) != (roll_lo, roll_hi)
+        page.screenshot(path=str(ARTIFACTS / "browser-compare.png"))
+
+        # A file over the cap: the sentence in the page (not a tooltip), no image left on screen.
+        big = to_png_bytes(photo) + b"\0" * int(12.6 * 2 ** 20)
+        page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+            files=[{"name": "holiday.png", "mimeType": "image/png", "buffer": big}])
+        page.locator('[data-testid="stMain"] [data-testid="stAlertContentError"]').filter(
+            has_text="holiday.png is 12.6 MB, over the 10 MB limit").first.wait_for()
+        _wait_idle(page)
+        _no_exception(page)
+        assert page.locator('[data-testid="stMain"] [data-testid="stImage"] img').count() == 0
+        page.screenshot(path=str(ARTIFACTS / "browser-over-cap.png"))
+
+        # A caption's words wrap at 1024 px: every pill inside its group's box, and the last one works.
+        page.set_viewport_size({"width": 1024, "height": 900})
+        page.locator('[data-testid="stSidebar"] [data-testid="stButtonGroup"] button').filter(
+            has_text=re.compile("^scene")).first.click()
+        page.wait_for_selector('[data-testid="stMain"] [data-testid="stImage"] img')
+        _wait_idle(page)
+        _go_to(page, "Caption", "is not a captioning model")
+        assert _demo_built("demo-captioner-shapes"), "models/demo-captioner-shapes is missing"
+        page.get_by_role("button", name=re.compile("^Use the demo captioner")).click()
+        page.get_by_text(re.compile(r"^Caption \(written by the model\)")).first.wait_for()
+        _wait_idle(page)
+        box = page.get_by_role("textbox", name="Caption to score (optional)")
+        box.fill("a cyan square , a yellow circle and a blue triangle and a dog")
+        box.press("Enter")
+        page.get_by_text(re.compile(r"^Caption \(typed by you")).first.wait_for()
+        _wait_idle(page)
+        _no_exception(page)
+        group = page.locator('[data-testid="stButtonGroup"]').filter(has_text="Click a word")
+        pills = group.locator("button").filter(has_text=re.compile(r"\S"))
+        n = pills.count()
+        assert n >= 11
+        right = group.bounding_box()["x"] + group.bounding_box()["width"]
+        boxes = [pills.nth(i).bounding_box() for i in range(n)]
+        assert all(b["x"] + b["width"] <= right + 1 for b in boxes), "a word pill is cut off or scrolled away"
+        assert len({round(b["y"]) for b in boxes}) >= 2                   # they wrap onto more rows
+        assert page.get_by_text("Read in pieces").count() >= 1            # "dog" is spelt out, and said so
+        last = pills.nth(n - 1)
+        word = last.inner_text().strip()
+        last.click()
+        page.get_by_text(f"for “{word}”").first.wait_for()
+        _wait_idle(page)
+        _no_exception(page)
+        page.screenshot(path=str(ARTIFACTS / "browser-caption-words.png"))
+
+
 def _save_readme_screenshot(src: Path, dst: Path, limit: int = 400_000) -> None:
     """The README's screenshot: palette PNG (much smaller than a full-colour one), under ``limit`` bytes."""
     from PIL import Image

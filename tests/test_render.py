@@ -350,3 +350,33 @@ def test_compact_heatmap_figure_puts_the_colour_bar_under_the_image():
     assert wide.data[0].colorbar.orientation in (None, "v") and narrow.data[0].colorbar.orientation == "h"
     assert narrow.layout.xaxis.showticklabels is False and narrow.layout.yaxis.showticklabels is False
     np.testing.assert_array_equal(np.asarray(narrow.data[0].z), np.asarray(wide.data[0].z))   # same values
+
+
+def test_legend_bar_runs_from_the_colormaps_first_colour_to_its_last():
+    """The legend under a map: its bar's ends are the colours normalize() gives the range's ends
+    (read from matplotlib's colormap directly), with its ticks and title drawn below the bar."""
+    import matplotlib
+
+    from attnviz.render import legend, with_legend
+    key = legend(300, -2.0, 2.0, cmap="RdBu_r", title="attribution", signed=True)
+    a = np.asarray(key)
+    row = a[max(2, key.height // 10) + 2]                      # a row inside the bar
+    cm = matplotlib.colormaps["RdBu_r"]
+    assert np.abs(row[0].astype(int) - np.round(np.array(cm(0.0)[:3]) * 255)).max() <= 1
+    assert np.abs(row[-1].astype(int) - np.round(np.array(cm(1.0)[:3]) * 255)).max() <= 1
+    assert np.abs(row[150].astype(int) - np.round(np.array(cm(0.5)[:3]) * 255)).max() <= 8
+    below = a[key.height // 2:]
+    assert (below.sum(-1) < 300).any()                          # dark text under the bar
+    image = Image.new("RGB", (600, 400), (10, 200, 30))
+    both = with_legend(image, key)
+    assert both.size == (600, 400 + round(key.height * 2)) and np.asarray(both)[:400].tolist() == np.asarray(image).tolist()
+    with pytest.raises(ValueError):
+        legend(4, 0.0, 1.0)
+
+
+def test_side_by_side_keeps_each_image_whole():
+    from attnviz.render import side_by_side
+    a, b = Image.new("RGB", (30, 20), (255, 0, 0)), Image.new("RGB", (10, 40), (0, 0, 255))
+    out = np.asarray(side_by_side([a, b], gap=5))
+    assert out.shape == (40, 45, 3)
+    assert (out[:20, :30] == [255, 0, 0]).all() and (out[:, 35:] == [0, 0, 255]).all() and (out[:, 30:35] == 255).all()

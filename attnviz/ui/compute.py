@@ -22,6 +22,7 @@ from ..methods.registry import get_method, resolve_params
 from ..metrics import cascading_randomisation, deletion_insertion
 from ..types import Capture, Explanation
 from .cache import ResultCache
+from .jobs import Jobs
 
 Progress = Callable[[int, int], None]
 
@@ -46,6 +47,7 @@ class Engine:
     def __init__(self, *, capture_entries: int = 6, result_entries: int = 256, ttl: float = 3600.0):
         self.captures = ResultCache(capture_entries, ttl)
         self.results = ResultCache(result_entries, ttl)
+        self.jobs = Jobs()          # slow maps and checks, running in threads of their own (keyed like results)
 
     def clear(self) -> None:
         self.captures.clear()
@@ -97,30 +99,30 @@ class Engine:
         return self.results.get_or_compute(key, run)
 
     # --- faithfulness checks --------------------------------------------
-    def _check_key(self, check: str, adapter, entry: CaptureEntry, digest: str, method: str, target: Any,
+    def check_key(self, check: str, adapter, entry: CaptureEntry, digest: str, method: str, target: Any,
                    params: dict[str, Any]) -> tuple:
         # the target always counts here: a class-agnostic map is still judged on the chosen target's score
         key = self.explanation_key(adapter, entry, digest, method, target, params)
         return (check, *key[1:-1], adapter.resolve_target(entry.capture, target).index)
 
     def peek_faithfulness(self, adapter, entry, digest, method, target, params) -> Optional[dict]:
-        return self.results.peek(self._check_key("deletion", adapter, entry, digest, method, target, params))
+        return self.results.peek(self.check_key("deletion", adapter, entry, digest, method, target, params))
 
     def faithfulness(self, adapter, entry: CaptureEntry, digest: str, method: str, target: Any,
                      params: dict[str, Any], *, exp: Explanation, progress: Optional[Progress] = None) -> dict:
         """Deletion and insertion curves of ``exp`` (RISE) with one random order each, cached."""
-        key = self._check_key("deletion", adapter, entry, digest, method, target, params)
+        key = self.check_key("deletion", adapter, entry, digest, method, target, params)
         tgt = key[-1]
         return self.results.get_or_compute(key, lambda: deletion_insertion(
             adapter, entry.capture, exp, target=tgt, progress=progress))
 
     def peek_randomisation(self, adapter, entry, digest, method, target, params) -> Optional[list]:
-        return self.results.peek(self._check_key("randomise", adapter, entry, digest, method, target, params))
+        return self.results.peek(self.check_key("randomise", adapter, entry, digest, method, target, params))
 
     def randomisation(self, adapter, entry: CaptureEntry, digest: str, method: str, target: Any,
                       params: dict[str, Any], *, exp: Explanation, progress: Optional[Progress] = None) -> list:
         """The cascading weight-randomisation check of ``exp`` (on a copy of the model), cached."""
-        key = self._check_key("randomise", adapter, entry, digest, method, target, params)
+        key = self.check_key("randomise", adapter, entry, digest, method, target, params)
         return self.results.get_or_compute(key, lambda: cascading_randomisation(
             adapter, entry.capture, exp, progress=progress))
 
@@ -138,17 +140,6 @@ class Engine:
 
 
 # --- helpers shared by the pages ---------------------------------------
-
-def comparable(m: np.ndarray) -> np.ndarray:
-    """A map in units of its own mean |value| ("× average"), so different methods share one scale.
-
-    Unit-free and independent of grid size: 3 means three times the map's
-    average magnitude, whatever the method's own units; the sign is kept.
-    """
-    m = np.asarray(m, dtype=np.float32)
-    scale = float(np.abs(m).mean())
-    return m / scale if scale > 0 else m
-
 
 def top_k(adapter, capture: Capture, k: int = 5) -> list[dict[str, Any]]:
     """The k highest-scoring targets with display probabilities, best first."""

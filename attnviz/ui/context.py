@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
 import streamlit as st
 
 from ..errors import ModelUnavailable, UsageError
 from ..images import ImageRejected
-from . import state, urlstate
+from . import panels, state, urlstate
 from .compute import CaptureEntry
 
 DEFAULT_PROMPTS = "a photo of a cat\na photo of a dog\na photo of a car\na drawing of shapes"
@@ -29,6 +31,7 @@ class Context:
     entry: CaptureEntry
     display: state.Display
     timings: dict[str, float] = field(default_factory=dict)
+    sample: Optional[str] = None       # the sample's name; None for an upload (a link cannot carry one)
 
     @property
     def capture(self):
@@ -98,7 +101,11 @@ def load_context(texts_slot=None) -> Optional[Context]:
     """
     c = state.choices()
     if c.image_bytes is None:
-        st.info("Upload an image in the sidebar, or pick one of the samples.")
+        if st.session_state.get("_link_image"):
+            st.info("This link was made on an uploaded image, which a link cannot carry: upload the same file "
+                    "in the sidebar to see its view (the link's method and settings are already set).")
+        else:
+            st.info("Upload an image in the sidebar, or pick one of the samples.")
         return None
     timings: dict[str, float] = {}
     try:
@@ -106,7 +113,7 @@ def load_context(texts_slot=None) -> Optional[Context]:
         img = state.decode(c.image_bytes)
         timings["decode"] = time.perf_counter() - t0
     except ImageRejected as e:
-        st.error(str(e))
+        st.error(rejected_sentence(e, c))
         return None
     missing = state.missing_demo_sentence(c.model_option)
     if missing:
@@ -125,27 +132,108 @@ def load_context(texts_slot=None) -> Optional[Context]:
     eng = state.engine()
     cached = eng.has_capture(adapter, img.digest, texts)
     t0 = time.perf_counter()
-    with st.spinner("Running the model on your image…"):
+    # While other sessions' work holds the model, the page says how many requests are ahead of it.
+    with (nullcontext() if cached else panels.model_turn(adapter)), st.spinner("Running the model on your image…"):
         entry = eng.capture(adapter, img.digest, img.image, texts)
     timings["capture"] = 0.0 if cached else time.perf_counter() - t0
     cap = entry.capture
     prefix = ", ".join(cap.layout.prefix_names) or "no prefix tokens"
     st.sidebar.caption(f"**{adapter.name}** on **{state.device_label(adapter)}** · {cap.n_layers} layers × "
                        f"{cap.n_heads} heads · {cap.layout.rows}×{cap.layout.cols} patches + {prefix}")
-    return Context(adapter, c.model_option, c.image_name or "image", img, texts, entry, c.display, timings)
+    ctx = Context(adapter, c.model_option, c.image_name or "image", img, texts, entry, c.display, timings,
+                  sample=c.image_name if c.is_sample else None)
+    st.caption(on_what(ctx))
+    return ctx
+
+
+def rejected_sentence(exc: ImageRejected, c) -> str:
+    """The page's one sentence for a rejected image: the file, what is wrong, and that none is shown."""
+    from ..images import MAX_BYTES
+    size = len(c.image_bytes or b"")
+    if size > MAX_BYTES:
+        return (f"{c.image_name or 'The file'} is {size / 2 ** 20:.1f} MB, over the {MAX_BYTES // 2 ** 20} MB "
+                "limit: shrink it or save it as JPEG and upload it again (no image is shown until then).")
+    return str(exc)
+
+
+FAMILY_WORDS = {"classifier": "image classifier", "clip": "image–text model", "captioning": "captioner",
+                "cnn": "convolutional classifier", "swin": "Swin transformer"}
+
+
+def on_what(ctx: Context) -> str:
+    """One line: which model this page is on, and which image (a link carries a sample, not an upload)."""
+    from .widgets import markdown_literal
+    family = FAMILY_WORDS.get(ctx.adapter.family, ctx.adapter.family)
+    w, h = ctx.img.image.size
+    if ctx.sample is not None:
+        image = f"the sample **{markdown_literal(ctx.sample)}**"
+    else:
+        image = (f"your upload **{markdown_literal(ctx.image_name)}** (a link cannot carry an uploaded image: "
+                 "whoever opens it uploads the same file)")
+    return f"Model **{markdown_literal(ctx.adapter.name)}** ({family}) · {image}, {w}×{h} px"
+
+
+def readout_token(capture) -> Optional[str]:
+    """The prefix token the output reads when it reads exactly one (CLS for ViT), else None.
+
+    Then "output" and that token are one query, offered once under the token's name."""
+    r = capture.readout
+    if r is None:
+        return None
+    w = np.asarray(r.detach().float().cpu()) if hasattr(r, "detach") else np.asarray(r, dtype=float)   # [T]
+    nonzero = np.flatnonzero(np.abs(w) > 1e-6)
+    if len(nonzero) == 1 and nonzero[0] < capture.layout.n_prefix and abs(w[nonzero[0]] - 1.0) < 1e-6:
+        return capture.layout.prefix_names[int(nonzero[0])]
+    return None
+
+
+def token_queries(capture) -> list[str]:
+    """Query tokens besides the patches: "output" (when the output reads more than one token) and the
+    prefix tokens (CLS, distillation, registers)."""
+    same = readout_token(capture)
+    return (["output"] if capture.readout is not None and same is None else []) + list(capture.layout.prefix_names)
 
 
 def query_options(capture) -> list[str]:
-    """Query tokens a user can pick: output (when the model has one), the prefix tokens, then every patch."""
+    """Query tokens a user can pick: the token queries, then every patch as "row,col"."""
     lay = capture.layout
-    head = (["output"] if capture.readout is not None else []) + list(lay.prefix_names)
-    return head + [f"{r},{c}" for r in range(lay.rows) for c in range(lay.cols)]
+    return token_queries(capture) + [f"{r},{c}" for r in range(lay.rows) for c in range(lay.cols)]
 
 
-def query_label(query: str) -> str:
+def query_value(capture, query: str) -> Optional[str]:
+    """``query`` as an option of :func:`query_options` ("output" becomes the token it reads), or None."""
+    q = str(query)
+    if q == "output":
+        q = readout_token(capture) or q
+    return q if q in query_options(capture) else None
+
+
+SKIP_WORDS = {"a", "an", "the", "and", "of", "on", "in", "with", "at", ",", "."}
+
+
+def first_content_word(capture) -> int:
+    """The first caption word that carries content (not "a", "and", …), else the first."""
+    return next((t.index for t in capture.targets
+                 if t.label.strip().lower() not in SKIP_WORDS and any(ch.isalnum() for ch in t.label)), 0)
+
+
+def default_target(adapter, capture) -> int:
+    """What a page explains first: the top class, the best-matching prompt, the first content word."""
+    kind = capture.targets[0].kind
+    if kind in ("class", "prompt"):
+        scores = np.asarray(capture.scores.detach().float().cpu())
+        return int(capture.targets[int(np.argmax(scores))].index)
+    if kind == "token":
+        return first_content_word(capture)
+    return adapter.resolve_target(capture, None).index
+
+
+def query_label(query: str, capture=None) -> str:
     q = str(query)
     if q == "output":
         return "the output token(s)"
+    if capture is not None and q == readout_token(capture):
+        return f"{q} (the token the prediction reads)"
     if "," in q:
         return f"patch ({q})"
     return q

@@ -1,8 +1,8 @@
 """The faithfulness panel under a map: deletion / insertion curves and the randomisation check.
 
-Both run the model many times, so they wait for a button and show progress;
-results are cached by the engine like maps (same image, model, method,
-settings and target: shown again without running).
+Both run the model many times, so they wait for a button and run as background jobs with a
+progress bar; results are cached by the engine like maps (same image, model, method, settings
+and target: shown again without running).
 """
 from __future__ import annotations
 
@@ -10,12 +10,32 @@ from typing import Any, Callable, Optional
 
 import streamlit as st
 
-from .. import render
 from ..methods.registry import MethodSpec
 from ..metrics import deletion_summary
-from . import figures, notes, state
+from . import figures, mapview, notes, state
 from .errors import guard
 from .widgets import pretty, run_on_click
+
+PANEL_KEY = "faith_panel"      # one key on every page: the panel stays open when the method or word changes
+BASELINE_WORDS = {"blur": "a blurred copy", "mean": "the mean colour", "black": "black", "zeros": "zeros"}
+
+
+def baseline_words(name: str) -> str:
+    return BASELINE_WORDS.get(str(name), f"the {name} image")
+
+
+def deletion_caption(s: dict) -> str:
+    """The line under the deletion / insertion chart, every term in plain words."""
+    text = (f"Area under the curve (AUC): deletion {s['deletion_auc']:.3f} against {s['random_deletion_auc']:.3f} "
+            f"for a random order (lower is better: the target's {s['quantity']} falls sooner) · insertion "
+            f"{s['insertion_auc']:.3f} against {s['random_insertion_auc']:.3f} (higher is better) · "
+            f"{s['steps']} steps; deleted parts become {baseline_words(s['deletion_baseline'])}, and insertion "
+            f"starts from {baseline_words(s['insertion_baseline'])} of the image.")
+    if s["quantity"] == "score":
+        text += (" The curve follows the target's raw score (its logit: any number, higher means surer), not a "
+                 "probability: this model's scores do not define one on their own (a caption word's probability "
+                 "is a softmax over the whole vocabulary at its place).")
+    return text
 
 
 def faithfulness_ui(ctx, spec: MethodSpec, exp, params: dict[str, Any], target: Any, *,
@@ -26,7 +46,8 @@ def faithfulness_ui(ctx, spec: MethodSpec, exp, params: dict[str, Any], target: 
     with one map per prompt lets the user choose which).
     """
     eng = state.engine()
-    with st.expander(label or f"Is the {pretty(spec.name)} map faithful?"):
+    # Keyed and tracked: open or closed, the panel stays so when the method, target or word changes.
+    with st.expander(label or f"Is the {pretty(spec.name)} map faithful?", key=PANEL_KEY, on_change="rerun"):
         st.markdown(notes.FAITHFULNESS)
         if pick is not None:
             exp, target = pick()
@@ -34,26 +55,24 @@ def faithfulness_ui(ctx, spec: MethodSpec, exp, params: dict[str, Any], target: 
         c1, c2 = st.columns(2)
         with c1, guard("Deletion and insertion"):
             curves = eng.peek_faithfulness(*args) or run_on_click(
-                "Run deletion / insertion", f"faith:di:{spec.name}",
+                "Run deletion / insertion", f"faith:di:{spec.name}", eng.check_key("deletion", *args),
                 lambda update: eng.faithfulness(*args, exp=exp, progress=update), label="Deletion and insertion")
             if curves is not None:
                 st.plotly_chart(figures.deletion_figure(curves), key=f"faith:di:fig:{spec.name}")
-                s = deletion_summary(curves)
-                st.caption(f"Deletion AUC {s['deletion_auc']:.3f} (random order {s['random_deletion_auc']:.3f}; "
-                           f"lower is better) · insertion AUC {s['insertion_auc']:.3f} (random "
-                           f"{s['random_insertion_auc']:.3f}; higher is better) · the target's {s['quantity']} over "
-                           f"{s['steps']} steps, deleted to the {s['deletion_baseline']} image, inserted into the "
-                           f"{s['insertion_baseline']} one.")
+                st.caption(deletion_caption(deletion_summary(curves)))
         with c2, guard("The randomisation check"):
             steps = eng.peek_randomisation(*args) or run_on_click(
-                "Randomise the model's weights", f"faith:rand:{spec.name}",
+                "Randomise the model's weights", f"faith:rand:{spec.name}", eng.check_key("randomise", *args),
                 lambda update: eng.randomisation(*args, exp=exp, progress=update), label="Randomisation check")
             if steps is not None:
                 st.plotly_chart(figures.randomisation_figure(steps), key=f"faith:rand:fig:{spec.name}")
+                st.caption("Spearman: the rank correlation of the two maps' values (1 = the same order, 0 = "
+                           "unrelated); |map| ranks by size whatever the sign. Blocks count from 0, the first "
+                           "block after the patch embedding.")
                 shown = [steps[0], steps[len(steps) // 2], steps[-1]] if len(steps) > 2 else list(steps)
                 d = ctx.display
-                st.caption("The map as blocks are randomised (from the top):")
+                st.caption("The map as blocks are randomised (from the top), each on its own scale:")
                 for col, s in zip(st.columns(len(shown)), shown):
-                    img = render.overlay(ctx.img.display, s.map, alpha=d.alpha, cmap=d.cmap_for(exp.signed),
-                                         norm=d.norm_for(exp.signed), resample=d.resample, box=ctx.box)
-                    col.image(img, caption=s.label, width="stretch")
+                    scale = mapview.scale_for(s.map, exp.signed, d)
+                    col.image(mapview.draw(ctx.img.display, s.map, scale, d, ctx.box), caption=s.label,
+                              width="stretch")

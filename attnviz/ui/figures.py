@@ -16,10 +16,18 @@ def _png_data_uri(img: Image.Image) -> str:
 
 
 LABEL_CHARS = 40     # longer labels (a long prompt) are cut in the axis; the hover shows them whole
+PRESENT_FONT = 20    # chart text in presentation mode (px)
+RING = (("#000000", 5), ("#ffffff", 2))   # a selection ring: a dark line under a light one, seen on any colour
+
+
+def ring(fig, x0: float, x1: float, y0: float, y1: float) -> None:
+    """Ring a rectangle so that it shows on any colour (a cyan object swallowed the old cyan ring)."""
+    for colour, width in RING:
+        fig.add_shape(type="rect", x0=x0, x1=x1, y0=y0, y1=y1, line=dict(color=colour, width=width))
 
 
 def predictions_figure(rows: Sequence[dict], selected: Optional[int] = None, *, value: str = "probability",
-                       keep_order: bool = False):
+                       keep_order: bool = False, font_size: Optional[int] = None):
     """Horizontal bars of the top-k targets, the first row on top; the selected target highlighted.
 
     Bars sit at numeric positions with the labels as tick text, so two equal (or equally cut) labels
@@ -36,62 +44,92 @@ def predictions_figure(rows: Sequence[dict], selected: Optional[int] = None, *, 
         x=vals, y=pos, orientation="h", marker_color=colours, customdata=[render.plotly_text(t) for t in full],
         text=[f"{v:.1%}" if value == "probability" else f"{v:.3g}" for v in vals], textposition="auto",
         hovertemplate="%{customdata}<br>" + value + "=%{x:.4g}<extra></extra>"))
-    fig.update_layout(height=60 + 28 * len(rows), margin=dict(l=10, r=10, t=10, b=10),
+    scale = (font_size or 14) / 14
+    fig.update_layout(height=int((60 + 28 * len(rows)) * scale), margin=dict(l=10, r=10, t=10, b=10),
+                      font=dict(size=font_size or 14),
                       xaxis=dict(range=[0, 1] if value == "probability" else None, title=value),
                       yaxis=dict(automargin=True, tickmode="array", tickvals=pos, ticktext=ticks))
     return fig
 
 
-def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "minmax", shared: bool = True,
-                       selected: Optional[tuple[int, int]] = None):
-    """Layer × head thumbnails as ONE heatmap (fast to draw even for 12×12 heads), clickable.
+MOSAIC_WIDTH = 600    # pixels the thumbnails fill, labels and colour bar aside
+MOSAIC_LABELS = (34, 24, 64)     # left (layer labels), top (head labels), bottom (colour bar) margins, px
 
-    ``maps``: [L, H, rows, cols]. A transparent marker sits on each thumbnail's
-    centre carrying (layer, head), so a click anywhere selects the nearest
-    thumbnail. With ``shared`` every head uses one colour range (brightness
-    compares across heads); otherwise each thumbnail is scaled on its own.
+
+def mosaic_image(maps: np.ndarray, cell: tuple[int, int], gap: int, *, cmap: str, norm: str, shared: bool,
+                 image: Optional[Image.Image] = None, alpha: float = 0.6,
+                 resample: str = "bilinear") -> tuple[np.ndarray, float, float]:
+    """(rgb [L·(h+gap)-gap, H·(w+gap)-gap, 3] uint8, lo, hi): every head's map coloured, on white gaps.
+
+    ``cell`` = (w, h) of a thumbnail; ``image`` (the model's view, already cropped) puts each map over
+    a small copy of the image. ``shared``: one colour range for all (lo..hi), else each its own.
+    """
+    L, H = maps.shape[:2]
+    w, h = cell
+    a = maps.astype(np.float64)
+    lo, hi = render.value_range(a.reshape(-1, a.shape[-1]), norm) if shared else (0.0, 1.0)
+    under = (image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR) if image is not None
+             else Image.new("RGB", (w, h)))
+    out = np.full((L * (h + gap) - gap, H * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for li in range(L):
+        for hj in range(H):
+            vmin, vmax = (lo, hi) if shared else render.value_range(a[li, hj], norm)
+            thumb = render.overlay(under, a[li, hj], alpha=alpha if image is not None else 1.0, cmap=cmap,
+                                   norm=norm, resample=resample, vmin=vmin, vmax=vmax)
+            y0, x0 = li * (h + gap), hj * (w + gap)
+            out[y0:y0 + h, x0:x0 + w] = np.asarray(thumb)
+    return out, lo, hi
+
+
+def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "minmax", shared: bool = True,
+                       selected: Optional[tuple[int, int]] = None, image: Optional[Image.Image] = None,
+                       alpha: float = 0.6, width: int = MOSAIC_WIDTH, font_size: Optional[int] = None):
+    """Layer × head thumbnails as ONE image (fast to draw even for 12×12 heads), clickable.
+
+    ``maps``: [L, H, rows, cols]. The figure is exactly as large as its thumbnails plus the label and
+    colour-bar margins (drawn at that width, no empty bands), the head labels sit on the top edge and
+    the layer labels on the left edge of the thumbnails, and the colour bar under them is as wide as
+    the grid. ``image``: the model's view of the image, drawn under each thumbnail. A transparent
+    marker on each thumbnail's centre carries (layer, head), so a click anywhere selects it. With
+    ``shared`` every head uses one colour range (brightness compares across heads); otherwise each
+    thumbnail is scaled on its own and there is no colour bar.
     """
     import plotly.graph_objects as go
     L, H, r, c = maps.shape
-    a = maps.astype(np.float64)
-    if shared:
-        zmin, zmax = render.shared_range([a.reshape(-1, c)], norm)
-    else:
-        flat = a.reshape(L, H, -1)
-        lo, hi = flat.min(-1, keepdims=True), flat.max(-1, keepdims=True)
-        a = ((flat - lo) / np.where(hi > lo, hi - lo, 1.0)).reshape(L, H, r, c)
-        zmin, zmax = 0.0, 1.0
-    if not zmax > zmin:
-        zmax = zmin + 1e-12
-    gap = max(1, round(min(r, c) / 8))
-    mosaic = np.full((L * (r + gap) - gap, H * (c + gap) - gap), np.nan)
-    for li in range(L):
-        for hi_ in range(H):
-            y0, x0 = li * (r + gap), hi_ * (c + gap)
-            mosaic[y0:y0 + r, x0:x0 + c] = a[li, hi_]
-    cx = [h * (c + gap) + (c - 1) / 2 for li in range(L) for h in range(H)]
-    cy = [li * (r + gap) + (r - 1) / 2 for li in range(L) for h in range(H)]
-    custom = [[li, h] for li in range(L) for h in range(H)]
+    left, top, bottom = MOSAIC_LABELS
+    gap = max(2, width // 200)
+    cw = int(np.clip((width - gap * (H - 1)) // H, 16, 128))
+    ch = max(8, round(cw * r / c))                                  # thumbnails keep the grid's aspect
+    rgb, lo, hi = mosaic_image(maps, (cw, ch), gap, cmap=cmap, norm=norm, shared=shared, image=image, alpha=alpha)
+    gh, gw = rgb.shape[:2]
+    cx = [h * (cw + gap) + (cw - 1) / 2 for li in range(L) for h in range(H)]
+    cy = [li * (ch + gap) + (ch - 1) / 2 for li in range(L) for h in range(H)]
     fig = go.Figure()
-    fig.add_trace(go.Heatmap(z=mosaic, zmin=zmin, zmax=zmax, colorscale=render.colorscale(cmap), hoverinfo="skip",
-                             showscale=shared, colorbar=dict(title="attention", thickness=12), zsmooth=False))
-    fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", customdata=custom,
-                             marker=dict(size=max(6, min(40, 300 // max(L, H))), symbol="square", opacity=0.0),
+    fig.add_trace(go.Image(z=rgb, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", customdata=[[li, h] for li in range(L) for h in range(H)],
+                             marker=dict(size=max(6, min(cw, ch)), symbol="square", opacity=0.0),
                              hovertemplate="layer %{customdata[0]}, head %{customdata[1]}<br>click to enlarge"
                                            "<extra></extra>", showlegend=False))
+    if shared:   # the colour bar: an empty trace that only carries the scale, as wide as the grid
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
+                                 marker=dict(colorscale=render.colorscale(cmap), cmin=lo, cmax=hi, color=[lo],
+                                             showscale=True,
+                                             colorbar=dict(orientation="h", x=0, xanchor="left", len=1.0,
+                                                           y=-8 / gh, yanchor="top", thickness=10,
+                                                           title=dict(text="attention weight", side="right")))))
     if selected is not None:
         li, h = selected
-        x0, y0 = h * (c + gap) - 0.5, li * (r + gap) - 0.5
-        fig.add_shape(type="rect", x0=x0 - gap / 2, x1=x0 + c + gap / 2, y0=y0 - gap / 2, y1=y0 + r + gap / 2,
-                      line=dict(color="#00e5ff", width=3))
-    fig.update_xaxes(tickvals=[h * (c + gap) + (c - 1) / 2 for h in range(H)], ticktext=[f"h{h}" for h in range(H)],
-                     side="top", showgrid=False, zeroline=False, constrain="domain")
-    fig.update_yaxes(tickvals=[li * (r + gap) + (r - 1) / 2 for li in range(L)], ticktext=[f"L{li}" for li in range(L)],
-                     autorange="reversed", showgrid=False, zeroline=False, scaleanchor="x", scaleratio=1,
-                     constrain="domain")
-    width_cells, height_cells = mosaic.shape[1], mosaic.shape[0]
-    fig.update_layout(height=int(min(1100, max(260, 720 * height_cells / max(width_cells, 1) + 60))),
-                      margin=dict(l=10, r=10, t=30, b=10), hovermode="closest", hoverdistance=-1,
+        x0, y0 = h * (cw + gap) - 0.5, li * (ch + gap) - 0.5
+        ring(fig, x0 - gap / 2, x0 + cw + gap / 2, y0 - gap / 2, y0 + ch + gap / 2)
+    fig.update_xaxes(range=[-0.5, gw - 0.5], tickvals=[h * (cw + gap) + (cw - 1) / 2 for h in range(H)],
+                     ticktext=[f"h{h}" for h in range(H)], side="top", showgrid=False, zeroline=False,
+                     ticks="", fixedrange=True)
+    fig.update_yaxes(range=[gh - 0.5, -0.5], tickvals=[li * (ch + gap) + (ch - 1) / 2 for li in range(L)],
+                     ticktext=[f"L{li}" for li in range(L)], showgrid=False, zeroline=False, ticks="",
+                     fixedrange=True)
+    fig.update_layout(width=left + gw + 8, height=top + gh + (bottom if shared else 8), autosize=False,
+                      margin=dict(l=left, r=8, t=top, b=bottom if shared else 8, pad=0),
+                      font=dict(size=font_size or 12), hovermode="closest", hoverdistance=-1,
                       clickmode="event+select", dragmode=False, plot_bgcolor="rgba(0,0,0,0)")
     return fig
 
@@ -113,8 +151,7 @@ def patch_picker_figure(image: Image.Image, rows: int, cols: int, *, box=None,
         showlegend=False))
     if selected is not None:
         sr, sc = selected
-        fig.add_shape(type="rect", x0=left + sc * pw, x1=left + (sc + 1) * pw, y0=top + sr * ph, y1=top + (sr + 1) * ph,
-                      line=dict(color="#00e5ff", width=3))
+        ring(fig, left + sc * pw, left + (sc + 1) * pw, top + sr * ph, top + (sr + 1) * ph)
     fig.add_layout_image(dict(source=_png_data_uri(image), xref="x", yref="y", x=0, y=0, sizex=w, sizey=h,
                               xanchor="left", yanchor="top", sizing="stretch", layer="below"))
     fig.update_xaxes(range=[0, w], showgrid=False, zeroline=False, visible=False, constrain="domain")
@@ -132,7 +169,8 @@ def head_stats_figure(distance: np.ndarray, entropy: np.ndarray, n_tokens: int, 
     from plotly.subplots import make_subplots
     L, H = distance.shape
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=("Mean attention distance (input pixels)", "Attention entropy (nats)"))
+                        subplot_titles=("Mean attention distance (input pixels)",
+                                        "Attention entropy (nats: natural-log units)"))
     layers = np.repeat(np.arange(L), H)
     heads = np.tile(np.arange(H), L)
     jitter = (heads - (H - 1) / 2) / max(H, 1) * 0.5           # spread a layer's heads sideways a little

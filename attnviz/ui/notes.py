@@ -20,9 +20,11 @@ PAGES = {
         "patch looks. DeiT adds a *distillation* token and some DINOv2 models add *register* tokens; "
         "they can be queries too.\n\n"
         "**The distance plot** is the ViT paper's Figure 7 for this one image: for each head, how far "
-        "(in pixels) it looks on average. Early layers mix near and far heads; later layers look far. "
-        "The entropy plot says how spread out each head's attention is (log of the number of tokens = "
-        "perfectly even).\n\n"
+        "(in pixels) it looks on average; the sentence under it says what this model does here. Over many "
+        "images, the paper's large trained ViTs mix near and far heads in early layers and look far in later "
+        "ones; a small, random or differently trained model need not, so read the plot, not the rule. "
+        "The entropy plot says how spread out each head's attention is, in nats (natural-log units): the "
+        "dotted line, the log of the number of tokens, is perfectly even attention.\n\n"
         "**Attention is not explanation.** A head looking somewhere does not mean that place changed "
         "the answer: values are mixed again in later layers."
     ),
@@ -54,7 +56,7 @@ PAGES = {
         "that the object is there: a prompt that matches badly still gets a map (look at its "
         "probability). Word shading compares the words of one prompt, not words across prompts.\n\n"
         "**The offline demo model** (demo-clip-shapes) knows only synthetic scenes: seven colours, five "
-        "shapes (circle, square, triangle, cross, diamond). Try a 'shapes' sample with prompts such as "
+        "shapes (circle, square, triangle, cross, diamond). Try a 'scene' sample with prompts such as "
         "'a red circle'."
     ),
 }
@@ -71,9 +73,10 @@ METHODS = {
         "— the map is the same for every target — and discarding weak links changes it a lot."
     ),
     "relevance": (
-        "Chefer et al.'s relevance: attention weighted by how much it changes the chosen class's score "
-        "(its gradient), accumulated through the layers. Class-specific: try another target and the map "
-        "moves. Caveat: gradients are local — they say what a small change would do."
+        "Chefer et al.'s relevance: attention weighted by how much it changes the target's score (the "
+        "chosen class, prompt or caption word; its gradient), accumulated through the layers. "
+        "Target-specific: pick another target and the map moves. Caveat: gradients are local — they say "
+        "what a small change would do."
     ),
     "grad_rollout": (
         "Rollout of attention weighted by its positive gradient for the target: rollout made "
@@ -139,7 +142,8 @@ METHODS = {
     ),
     "text_relevance": (
         "Which words of the prompt mattered for its match with the image: Chefer et al.'s relevance on "
-        "the text side (a value per word, not a map over pixels: see the Text prompts page or the CLI)."
+        "the text side, a value per word rather than a map over pixels (the shading of each prompt's words; "
+        "the CLI's --json lists the values)."
     ),
     "text_attention": (
         "How the prompt's summary token spreads its attention over the prompt's words (a value per word, "
@@ -148,13 +152,45 @@ METHODS = {
 }
 
 
+# What a method's numbers measure: the title of its map's legend.
+UNITS = {
+    "attention": "attention weight (a row sums to 1)",
+    "rollout": "share of the attention flow",
+    "relevance": "relevance (score units)",
+    "grad_rollout": "gradient-weighted attention flow",
+    "attn_grad": "gradient-weighted attention",
+    "grad_cam": "Grad-CAM (gradient-weighted activation)",
+    "saliency": "gradient size",
+    "smoothgrad": "average gradient size",
+    "input_x_gradient": "attribution (score units)",
+    "integrated_gradients": "attribution (score units)",
+    "gradient_shap": "attribution (score units)",
+    "occlusion": "score drop when hidden",
+    "feature_ablation": "score drop when hidden",
+    "lime": "surrogate weight (score units)",
+    "kernel_shap": "Shapley value estimate (score units)",
+    "cross_attention": "cross-attention weight",
+    "caption_relevance": "relevance (score units)",
+}
+
+
+def units(method: str) -> str:
+    return UNITS.get(method, "value")
+
+
+HEADS_DISTANCE_GLOSS = (
+    "Distance: for each patch query, the attention-weighted mean distance to the patches it looks at "
+    "(attention to CLS / register tokens left out, the rest renormalised), averaged over patches. "
+    "Entropy in nats: 0 when a head looks at one token, log(tokens) when it looks evenly at all.")
+
+
 FAITHFULNESS = (
     "Two checks of whether the map explains **the model** rather than just looking plausible. "
     "Both run the model many times, so they wait for a click.\n\n"
     "**Deletion / insertion** (Petsiuk et al. 2018): grey out the image's parts in the map's order, "
-    "most important first, and watch the target's probability (a caption word's score, for captioners); "
-    "a faithful map makes it **fall fast** "
-    "(small area under the curve). Insertion starts from a blurred image and puts parts back in the same "
+    "most important first, and watch the target's probability (a caption word's raw score, for "
+    "captioners); a faithful map makes it **fall fast** (a small area under the curve, AUC). "
+    "Insertion starts from a blurred image and puts parts back in the same "
     "order: it should **rise fast**. The dotted lines use a random order: a map is only informative "
     "where its curves beat them.\n\n"
     "**Randomisation check** (Adebayo et al. 2018): on a copy of the model, the learned weights are "

@@ -7,7 +7,6 @@ written to disk: image bytes stay in memory, keyed by their SHA-256.
 """
 from __future__ import annotations
 
-import io
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ from .. import catalog
 from ..errors import ModelUnavailable
 from ..images import MAX_BYTES, image_digest, load_image
 from ..loading import load_model  # noqa: F401  (tests patch attnviz.ui.state.load_model)
+from ..queue import TurnLock
 from .cache import ResultCache
 from .compute import Engine
 
@@ -67,6 +67,9 @@ def _images() -> ResultCache:
 def _model(spec: str):
     t0 = time.perf_counter()
     adapter = load_model(spec or None)
+    # Sessions share this model one forward at a time, first come first served, and a waiting page can
+    # say how many requests are ahead of it (panels.model_turn).
+    adapter.lock = TurnLock()
     # One line per load in the server's log: a teacher (and `attnviz loadtest`) can see it happened once.
     print(f"attnviz: loaded model {getattr(adapter, 'source', spec) or spec} in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr, flush=True)
@@ -159,7 +162,7 @@ def missing_demo_sentence(option: str) -> str:
 
 def is_scene_sample(name: str) -> bool:
     """Whether a sample is a synthetic shapes scene (what the demo models know)."""
-    return name.startswith(("scene", "shapes:"))
+    return name.startswith("scene")
 
 
 def first_scene_sample() -> Optional[str]:
@@ -177,25 +180,18 @@ def show_a_scene_for_the_demo() -> None:
 
 @st.cache_data(show_spinner=False)
 def sample_images() -> dict[str, bytes]:
-    """name -> bytes: up to six images from assets/ (not the README screenshot), then two synthetic scenes."""
+    """name -> bytes: every image in assets/ (not the README screenshot), in file-name order.
+
+    A scene's name is its file name in words ("scene red triangle yellow cross"): the objects
+    from left to right, as assets/README.md lists them.
+    """
     out: dict[str, bytes] = {}
     if ASSETS.is_dir():
         files = [p for p in sorted(ASSETS.iterdir())
                  if p.suffix.lower() in SAMPLE_SUFFIXES and p.is_file() and not p.name.startswith("screenshot")]
-        for p in files[:6]:
+        for p in files:
             if p.stat().st_size <= MAX_BYTES:
                 out[p.stem.replace("_", " ").replace("-", " ")] = p.read_bytes()
-    try:
-        from ..demo.scenes import make_scene
-        for seed in (3, 11):
-            scene = make_scene(seed, n_objects=2, clutter=4)
-            img = Image.fromarray(scene.image).resize((256, 256), Image.Resampling.NEAREST)
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-            names = " + ".join(f"{o.colour} {o.shape}" for o in scene.objects)
-            out[f"shapes: {names}"] = buf.getvalue()
-    except Exception:   # the synthetic scenes are a nicety; assets/ may still have samples
-        pass
     return out
 
 
@@ -207,6 +203,7 @@ class Display:
     cmap: str = "auto"
     norm: str = "auto"
     resample: str = "bilinear"
+    present: bool = False     # presentation mode: large maps and text, controls folded away
 
     def cmap_for(self, signed: bool) -> str:
         return ("RdBu_r" if signed else "inferno") if self.cmap == "auto" else self.cmap
@@ -225,6 +222,7 @@ class Choices:
     custom_id: str
     display: Display
     texts_slot: Any = None    # a sidebar container for the prompts / caption box, filled once the model is known
+    is_sample: bool = False   # the image is one of the samples (a link can name it), not an upload
 
 
 @dataclass

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from typing import Any, Callable, Optional, TypeVar
 
 import streamlit as st
@@ -11,8 +10,8 @@ import streamlit as st
 from .. import render
 from ..images import MAX_BYTES
 from ..methods.registry import MethodSpec, Param
-from . import notes, state, urlstate
-from .context import query_options
+from . import notes, panels, state, urlstate
+from .context import default_target, query_options, query_value, readout_token
 from .state import Choices, Display
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp"]
@@ -38,45 +37,88 @@ def method_label(spec: MethodSpec) -> str:
     return pretty(spec.name) + (f"  ({', '.join(tags)})" if tags else "")
 
 
+# The order a lesson meets the methods in: raw attention, then rollout, then class-specific
+# attention methods, then gradients, then the slow perturbation methods.
+LESSON_ORDER = ("attention", "rollout", "relevance", "grad_rollout", "attn_grad", "grad_cam", "cross_attention",
+                "caption_relevance", "saliency", "smoothgrad", "input_x_gradient", "integrated_gradients",
+                "gradient_shap", "occlusion", "feature_ablation", "lime", "kernel_shap")
+
+
+def lesson_order(names) -> list[str]:
+    """Method names in the order a lesson meets them (methods not listed keep their order, at the end)."""
+    rank = {n: i for i, n in enumerate(LESSON_ORDER)}
+    return sorted(names, key=lambda n: rank.get(n, len(rank)))
+
+
+# A path through the app for a lesson: (page file, title, what to do there).
+LESSON_PATH = (("heads", "Heads", "one head at a time"),
+               ("explore", "Explore", "attention, rollout, then relevance"),
+               ("explore", "Is the map faithful?", "under Explore's map"),
+               ("caption", "Caption", "a word at a time"))
+
+
+def lesson_path_md(page: str) -> str:
+    """One line: the suggested order of a lesson, the current page in bold."""
+    steps = []
+    for i, (where, title, what) in enumerate(LESSON_PATH, 1):
+        text = f"{i} · {title} ({what})"
+        steps.append(f"**{text}**" if where == page and title != "Is the map faithful?" else text)
+    return "A lesson path: " + " → ".join(steps)
+
+
 def page_header(title: str, page: str) -> None:
+    if st.session_state.get("present"):
+        present_style()
     st.title(title)
+    if any(where == page for where, _, _ in LESSON_PATH):
+        st.caption(lesson_path_md(page))
     with st.expander("About this page", expanded=False):
         st.markdown(notes.PAGES[page])
 
 
+PRESENT_CSS = """<style>
+html { font-size: 20px; }
+[data-testid="stMainBlockContainer"] { max-width: 100%; padding-left: 2rem; padding-right: 2rem; }
+</style>"""
+
+
+def present_style() -> None:
+    """Presentation mode: larger text everywhere (every size on the page is relative to the root font)."""
+    st.html(PRESENT_CSS)
+
+
 # --- long work on a click -------------------------------------------------------
 
-PROGRESS_EVERY_S = 0.15   # at most this often a progress bar update goes to the browser
+PROGRESS_EVERY_S = 0.25   # how often the page looks at a running job's progress
 
 
-def progress_bar(label: str):
-    """(bar, update(done, total)): a progress bar whose updates are throttled for the browser."""
+def run_on_click(button: str, key: str, job_key: Any, run: Callable[[Callable[[int, int], None]], T], *,
+                 label: str, note: str = "", help: Optional[str] = None, primary: bool = False) -> Optional[T]:
+    """None (with ``note`` under the button) until the button is clicked; then ``run(progress)`` as a
+    background job under ``job_key`` (the key of its cached result), watched with a progress bar.
+
+    A rerun (the user changed the opacity meanwhile) stops only the watching: the job goes on, and
+    the next run finds it by its key, shows its progress again and then its result.
+    """
+    jobs = state.engine().jobs
+    job = jobs.get(job_key)
+    if job is None:
+        slot = st.empty()
+        if not slot.button(button, key=key, help=help, type="primary" if primary else "secondary"):
+            if note:
+                st.caption(note)
+            return None
+        slot.empty()
+        job = jobs.start(job_key, run)
     bar = st.progress(0.0, text=f"{label}: starting…")
-    last = [0.0]
-
-    def update(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - last[0] < PROGRESS_EVERY_S:
-            return
-        last[0] = now
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{label}: {done}/{total} model evaluations")
-    return bar, update
-
-
-def run_on_click(button: str, key: str, run: Callable[[Callable[[int, int], None]], T], *, label: str,
-                 note: str = "", help: Optional[str] = None, primary: bool = False) -> Optional[T]:
-    """None (with ``note`` under the button) until the button is clicked; then ``run(progress)`` under a
-    progress bar. The result replaces the button in the same run."""
-    slot = st.empty()
-    if not slot.button(button, key=key, help=help, type="primary" if primary else "secondary"):
-        if note:
-            st.caption(note)
-        return None
-    slot.empty()
-    bar, update = progress_bar(label)
-    out = run(update)
+    while not job.wait(PROGRESS_EVERY_S):
+        fraction, text = job.status(label)
+        bar.progress(fraction, text=text)
     bar.empty()
-    return out
+    try:
+        return job.result()
+    finally:
+        jobs.forget(job)      # a failure is shown once; the next click starts afresh
 
 
 # --- clickable charts ----------------------------------------------------------
@@ -111,7 +153,8 @@ def clicked(base: str) -> Optional[list[int]]:
 # page that stopped early (a rejected upload). Re-assigning the key at the start of every run keeps
 # it; each page still checks the value against its current options before drawing.
 KEEP_KEYS = ("method", "compare", "target", "pr_method", "pr_faith_prompt", "c_method", "c_layer", "c_head",
-             "c_word", "h_layer", "h_head", "h_qkind", "h_row", "h_col", "h_shared",
+             "c_word", "h_layer", "h_head", "h_qkind", "h_row", "h_col", "h_shared", "h_over",
+             "view_tab", "c_view_tab", "pr_view_tab", "h_hover", "faith_panel",
              "l_layer", "l_head", "l_row", "l_col", "l_step", "l_guided", "l_share", "l_over")
 
 
@@ -135,6 +178,19 @@ def keep_page_state() -> None:
 # --- sidebar ----------------------------------------------------------------
 
 def _apply_sidebar_url(url: dict[str, str], options: list[str]) -> None:
+    if "sample" in url:
+        names = list(state.sample_images())
+        if url["sample"] in names:
+            st.session_state["sample"] = url["sample"]
+            _on_sample()
+        else:
+            urlstate.warn(f"The link's sample '{url['sample']}' is not one of this app's samples; "
+                          "showing the first sample.")
+    elif "image" in url:
+        # The link was made on an upload, which it cannot carry: show no sample in its place (the page
+        # says to upload the file), and remember which image the link's target belongs to.
+        st.session_state["sample"] = None
+        st.session_state["_link_image"] = str(url["image"]).lower()
     if "model" in url:
         v = url["model"]
         if v in options and v not in (state.ENV_MODEL, state.CUSTOM_MODEL):
@@ -170,6 +226,12 @@ def _on_upload() -> None:
         st.session_state["sample"] = None          # the upload is now the image: no sample looks chosen
 
 
+# What the uploader lets through to the app. Larger than the 10 MB image limit on purpose: a file
+# over the limit then reaches attnviz.images, which rejects it with one sentence on the page,
+# instead of the uploader's own silent rejection (a red mark whose message is a hover tooltip).
+UPLOAD_TRANSPORT_MB = 50
+
+
 def _on_sample() -> None:
     # A new uploader key empties the uploader, so exactly one image is ever shown as chosen.
     st.session_state["_upload_gen"] = st.session_state.get("_upload_gen", 0) + 1
@@ -187,9 +249,10 @@ def _first_sample(names: list[str]) -> str:
 def image_input_ui() -> tuple[Optional[str], Optional[bytes]]:
     """Upload (validated later by content) or a one-click sample; returns (name, bytes)."""
     up = st.file_uploader(
-        "Upload an image", type=UPLOAD_TYPES, key=f"upload{st.session_state.get('_upload_gen', 0)}",
-        on_change=_on_upload, max_upload_size=MAX_BYTES // (1024 * 1024),
-        help="PNG, JPEG, WebP, GIF or BMP, up to 10 MB. It stays in memory and is never written to disk.")
+        f"Upload an image ({MAX_BYTES // (1024 * 1024)} MB at most)", type=UPLOAD_TYPES, key=f"upload{st.session_state.get('_upload_gen', 0)}",
+        on_change=_on_upload, max_upload_size=UPLOAD_TRANSPORT_MB,
+        help=f"PNG, JPEG, WebP, GIF or BMP, up to {MAX_BYTES // (1024 * 1024)} MB. It stays in memory and is "
+             "never written to disk.")
     samples = state.sample_images()
     pick = None
     if samples:
@@ -225,35 +288,71 @@ def model_ui() -> tuple[str, str]:
     return option, custom
 
 
-DISPLAY_DEFAULTS = {"alpha": 0.5, "cmap": "auto", "norm": "auto", "resample": "bilinear"}
+DISPLAY_DEFAULTS = {"alpha": 0.5, "cmap": "auto", "norm": "auto", "resample": "bilinear", "present": False}
 
 
 def display_ui() -> Display:
     """Opacity, colormap, normalisation, resampling: these never run the model."""
     for k, v in DISPLAY_DEFAULTS.items():   # defaults via session state only (a link may have set them)
         st.session_state.setdefault(k, v)
-    alpha = st.slider("Opacity", 0.0, 1.0, step=0.05, key="alpha")
-    cmap = st.selectbox("Colormap", CMAPS, key="cmap",
+    # A change reruns only the page's map panel (panels.MAP_PANEL), or the whole page when it has none.
+    redraw = panels.display_changed
+    alpha = st.slider("Opacity", 0.0, 1.0, step=0.05, key="alpha", on_change=redraw)
+    cmap = st.selectbox("Colormap", CMAPS, key="cmap", on_change=redraw,
                         help="auto: inferno for maps ≥ 0, red-blue (RdBu_r) for signed maps.")
-    norm = st.selectbox("Normalisation", NORMS, key="norm",
+    norm = st.selectbox("Normalisation", NORMS, key="norm", on_change=redraw,
                         help="auto: min–max for maps ≥ 0, signed (0 = white) for signed maps; "
                              "percentile clips the top and bottom 1 % (robust to a few extreme patches).")
-    resample = st.radio("Upsampling", list(render.RESAMPLES), key="resample", horizontal=True,
+    resample = st.radio("Upsampling", list(render.RESAMPLES), key="resample", horizontal=True, on_change=redraw,
                         help="nearest shows each patch as a block; bilinear smooths between patches.")
-    return Display(alpha=alpha, cmap=cmap, norm=norm, resample=resample)
+    present = st.toggle("Presentation mode", key="present",
+                        help="For a projector: large maps and text, the controls folded into one box. Collapse "
+                             "the sidebar (the « at its top) for the most room.")
+    return Display(alpha=alpha, cmap=cmap, norm=norm, resample=resample, present=present)
 
 
-def shared_url_values(model_option: str, display: Display) -> dict[str, Any]:
-    """The link parameters every page writes: the model (not an ATTNVIZ_MODEL folder) and non-default display."""
+IMAGE_KEY_CHARS = 16       # an upload is named in a link by the start of its SHA-256
+
+
+def shared_url_values(ctx) -> dict[str, Any]:
+    """The link parameters every page writes: the image (a sample's name; an upload's digest, so the link
+    knows the image when it comes back), the model (not an ATTNVIZ_MODEL folder) and non-default display."""
     out: dict[str, Any] = {}
-    if model_option == state.CUSTOM_MODEL:
+    if ctx.sample is not None:
+        out["sample"] = ctx.sample
+    else:
+        out["image"] = ctx.img.digest[:IMAGE_KEY_CHARS]
+    if ctx.model_option == state.CUSTOM_MODEL:
         out["model"] = st.session_state.get("custom_id")
-    elif model_option != state.ENV_MODEL:
-        out["model"] = model_option
+    elif ctx.model_option != state.ENV_MODEL:
+        out["model"] = ctx.model_option
     for k, default in DISPLAY_DEFAULTS.items():
-        v = getattr(display, k)
+        v = getattr(ctx.display, k)
         out[k] = None if v == default else v
     return out
+
+
+def link_target(ctx, raw: Optional[str], scope: str) -> Optional[str]:
+    """A link's value that belongs to its image (Explore's target, Caption's word), or None while the
+    image on screen is not the link's.
+
+    ``raw`` is the link's value when the page first opened. A link made on an upload cannot carry the
+    image, so its value waits (per page, ``scope``) until an upload with the link's digest arrives.
+    """
+    ss = st.session_state
+    want = ss.get("_link_image")
+    if not want:
+        return raw
+    key = f"_link_pending:{scope}"
+    if raw is not None:
+        ss[key] = raw
+    if key not in ss:
+        return None
+    if ctx.sample is None and ctx.img.digest.startswith(want):
+        return ss.pop(key)
+    st.caption("This is not the image the link was made on, so the link's choice for it waits: upload that "
+               "file to see it.")
+    return None
 
 
 def sidebar_ui() -> Choices:
@@ -272,15 +371,19 @@ def sidebar_ui() -> Choices:
         if os.environ.get("ATTNVIZ_SHOW_CLEAR", "0") == "1":   # off by default: it evicts models for everyone
             if st.button("Clear caches", help="Forget loaded models and computed maps (frees memory)."):
                 state.clear_all()
-    ch = Choices(name, data, option, custom, display, slot)
+    ch = Choices(name, data, option, custom, display, slot,
+                 is_sample=data is not None and st.session_state.get("sample") == name and name is not None)
     st.session_state["_choices"] = ch
     default = state.default_model()
     if option == default.option and default.fallback and not default.missing:
-        st.info(f"Using {default.reason}. It knows synthetic shapes, not photos: try a 'shapes' sample.")
+        st.info(f"Using {default.reason}. It knows synthetic shapes, not photos: try a 'scene' sample.")
     return ch
 
 
 # --- explore page controls -------------------------------------------------------
+
+LAYER_PARAMS = ("layer", "start_layer")
+
 
 def _n_layers(spec_name: str, cap) -> int:
     """Layers a method's layer counts over: the decoder's for cross-attention, else the image encoder's."""
@@ -292,13 +395,16 @@ def _n_layers(spec_name: str, cap) -> int:
 def _param_widget(spec: MethodSpec, p: Param, key: str, ctx) -> Any:
     cap = ctx.capture
     label = pretty(p.name)
-    if p.name in ("layer", "start_layer"):
+    if p.name in LAYER_PARAMS:
+        # One numbering on every page: 0 is the first layer (the Heads slider's); a method's negative
+        # default ("the last layer") is shown as its positive number.
         n = _n_layers(spec.name, cap)
-        return st.number_input(label, min_value=-n, max_value=n - 1, step=1, key=key, help=p.help)
+        return st.number_input(f"{label} (0–{n - 1})", min_value=0, max_value=n - 1, step=1, key=key,
+                               help=f"{p.help} Layers count from 0, the first layer, to {n - 1}, the last.")
     if p.name == "head":
         return st.selectbox(label, _head_options(ctx), key=key, help=p.help)
     if p.name == "query":
-        return st.selectbox(label, query_options(cap), key=key, format_func=_query_format,
+        return st.selectbox(label, query_options(cap), key=key, format_func=lambda q: _query_format(q, cap),
                             help=p.help + " Type to search, e.g. 3,4.")
     if p.choices is not None:
         return st.selectbox(label, list(p.choices), key=key, help=p.help)
@@ -317,20 +423,24 @@ def _head_options(ctx) -> list[str]:
     return ["mean", "max", "min", *[str(h) for h in range(ctx.capture.n_heads)]]
 
 
-def _query_format(q: str) -> str:
-    return "output (what the prediction reads)" if q == "output" else q
+def _query_format(q: str, cap=None) -> str:
+    if q == "output":
+        return "output (what the prediction reads)"
+    if cap is not None and q == readout_token(cap):
+        return f"{q} (what the prediction reads)"
+    return q
 
 
 def widget_value(p: Param, value: Any, ctx, spec_name: str = "") -> Any:
     """``value`` as the widget holds it, or None when the widget cannot show it (e.g. after a model change)."""
     cap = ctx.capture
-    if p.name in ("layer", "start_layer"):
+    if p.name in LAYER_PARAMS:
         n = _n_layers(spec_name, cap)
-        return value if isinstance(value, int) and -n <= value < n else None
+        return value % n if isinstance(value, int) and not isinstance(value, bool) and -n <= value < n else None
     if p.name == "head":
         return str(value) if str(value) in _head_options(ctx) else None
     if p.name == "query":
-        return value if value in query_options(cap) else None
+        return query_value(cap, value)
     if p.choices is not None:
         return value if value in p.choices else None
     return value
@@ -360,28 +470,58 @@ def params_ui(spec: MethodSpec, ctx) -> dict[str, Any]:
     return out
 
 
+def is_default(p: Param, value: Any, ctx, spec_name: str, family_defaults: dict) -> bool:
+    """Whether ``value`` is what the widget starts on (a link need not carry it)."""
+    start = family_defaults.get(p.name, p.default)
+    return str(widget_value(p, start, ctx, spec_name)) == str(value)
+
+
 def default_method(family: str, names: list[str]) -> str:
     m = DEFAULT_METHOD.get(family, "relevance")
     return m if m in names else ("relevance" if "relevance" in names else names[0])
 
 
+MAX_COMPARE = 3
+
+
+def _limit_compare() -> None:
+    """At most three maps beside the main one: a fourth click is undone, with a sentence saying why."""
+    ss = st.session_state
+    chosen = list(ss.get("compare") or [])
+    if len(chosen) > MAX_COMPARE:
+        before = ss.get("_compare_before", [])
+        added = [n for n in chosen if n not in before]
+        ss["compare"] = [n for n in chosen if n in before][:MAX_COMPARE]
+        ss["_compare_note"] = (f"At most {MAX_COMPARE} maps beside the main one: remove one before adding "
+                               f"{', '.join(pretty(n) for n in added)}.")
+
+
 def method_ui(specs: dict[str, MethodSpec], family: str = "") -> tuple[str, list[str]]:
-    """The method, and up to three more to compare side by side."""
-    names = list(specs)
+    """The method, and up to three more to compare side by side (every choice visible, none cut off)."""
+    names = sorted(lesson_order(specs), key=lambda n: specs[n].slow)      # slow ones last, in lesson order
     if st.session_state.get("method") not in names:
         st.session_state["method"] = default_method(family, names)
     method = st.selectbox("Method", names, key="method", format_func=lambda n: method_label(specs[n]),
-                          help="Attention methods reuse the one model run; gradient methods add a backward "
-                               "pass; slow perturbation methods run the model many times.")
+                          help="In lesson order: attention and rollout first, then class-specific attention "
+                               "methods, then gradients; slow perturbation methods last (they run the model "
+                               "many times).")
     others = [n for n in names if n != method]
-    st.session_state["compare"] = [n for n in st.session_state.get("compare", []) if n in others]
-    compare = st.multiselect("Compare side by side with", others, key="compare", max_selections=3,
-                             format_func=lambda n: method_label(specs[n]))
-    return method, compare
+    st.session_state["compare"] = [n for n in st.session_state.get("compare") or [] if n in others][:MAX_COMPARE]
+    st.session_state["_compare_before"] = list(st.session_state["compare"])
+    compare = st.pills(f"Compare side by side with (up to {MAX_COMPARE})", others, key="compare",
+                       selection_mode="multi", on_change=_limit_compare, wrap=True,
+                       format_func=lambda n: pretty(n) + (" (slow)" if specs[n].slow else ""),
+                       help="Each map keeps its own colour scale and legend: methods measure different things "
+                            "in different units. Slow ones wait for a Run click.")
+    note = st.session_state.pop("_compare_note", None)
+    if note:
+        st.caption(note)
+    return method, list(compare or [])
 
 
 def target_ui(ctx) -> Any:
-    """What to explain: a class (any, searchable, top-1 by default), a prompt, or a caption word."""
+    """What to explain: a class (any, searchable, top-1 by default), a prompt (the best match by default),
+    or a caption word (the first content word by default)."""
     cap = ctx.capture
     probs = ctx.adapter.probabilities(cap).detach().float().cpu().numpy()
     kind = cap.targets[0].kind
@@ -390,7 +530,7 @@ def target_ui(ctx) -> Any:
     else:
         order = list(range(len(cap.targets)))
     if st.session_state.get("target") not in order:
-        st.session_state["target"] = ctx.adapter.resolve_target(cap, None).index
+        st.session_state["target"] = default_target(ctx.adapter, cap)
 
     def fmt(i: int) -> str:
         t = cap.targets[i]

@@ -20,17 +20,16 @@ from attnviz.methods import list_methods
 from attnviz.methods.captioning import cross_attention_strip
 from attnviz.methods.common import HEAD_FUSIONS
 from attnviz.methods.registry import MethodSpec
-from attnviz.ui import figures, notes, state, urlstate
-from attnviz.ui.context import load_context
+from attnviz.ui import figures, mapview, notes, state, urlstate
+from attnviz.ui.context import first_content_word, load_context
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
-from attnviz.ui.widgets import (forget_on_new_capture, markdown_literal, page_header, params_ui, pretty,
-                                run_on_click, shared_url_values)
+from attnviz.ui.widgets import (forget_on_new_capture, link_target, markdown_literal, page_header, params_ui,
+                                pretty, run_on_click, shared_url_values)
 
 DEMO_CAPTIONER = "demo-captioner-shapes"
 WORD_METHODS = ("cross_attention", "caption_relevance")       # per-word maps the strip can show
 IMAGE_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad")   # Captum, on the word's logit
-SKIP_WORDS = {"a", "an", "the", "and", "of", "on", "in", "with", "at", ",", "."}
 STRIP_COLUMNS = 6
 STRIP_SIDE = 192                 # strip overlays are drawn on a copy at most this big
 
@@ -52,15 +51,26 @@ def not_a_captioner_ui(adapter) -> None:
                    "`python -m attnviz.demo.train_captioner`.")
     else:
         st.button(f"Use the demo captioner ({DEMO_CAPTIONER})", key="c_use_demo", on_click=_use_demo_captioner,
-                  type="primary", help="A tiny captioner trained on synthetic shape scenes; try a 'shapes' sample.")
+                  type="primary", help="A tiny captioner trained on synthetic shape scenes; try a 'scene' sample.")
 
 
 # --- controls -------------------------------------------------------------------
 
 def _default_word(cap) -> int:
     """The first word that carries content (not "a", "and", …), else the first."""
-    return next((t.index for t in cap.targets
-                 if t.label.strip().lower() not in SKIP_WORDS and any(ch.isalnum() for ch in t.label)), 0)
+    return first_content_word(cap)
+
+
+def split_words_note(words: list[tuple[str, list[int]]], labels: list[str]) -> str:
+    """A sentence naming the caption's words that the model reads in several pieces (each piece is a
+    pill with a map of its own), or "" when every word is one token."""
+    split = [(w, [labels[i].strip() or "␣" for i in idx]) for w, idx in words if len(idx) > 1]
+    if not split:
+        return ""
+    shown = "; ".join(f"“{w}” as {' · '.join(pieces)}" for w, pieces in split[:5])
+    more = f" (and {len(split) - 5} more)" if len(split) > 5 else ""
+    return (f"Read in pieces, each with its own map: {shown}{more}. The model has no single token for "
+            "these words (a word it never learned is spelt out).")
 
 
 def _keep_a_word() -> None:
@@ -78,11 +88,14 @@ def words_ui(ctx) -> int:
     st.markdown(f"**Caption** ({source}): {markdown_literal(record['text'])}")
     for note in cap.extras.get("notes", []):
         st.caption(note)
+    pieces = split_words_note(adapter.caption_words(cap), [t.label for t in cap.targets])
+    if pieces:
+        st.caption(pieces)
     options = [t.index for t in cap.targets]
     if st.session_state.get("c_word") not in options:
         st.session_state["c_word"] = _default_word(cap)
     picked = st.pills("Click a word", options, key="c_word", format_func=lambda i: cap.targets[i].label,
-                      on_change=_keep_a_word,
+                      on_change=_keep_a_word, wrap=True,
                       help="Each token of the caption. Its map shows where the model looked to write it.")
     if picked is None:
         picked = _default_word(cap)
@@ -159,26 +172,28 @@ def word_map_ui(ctx, spec: MethodSpec, params: dict[str, Any], word: int) -> Opt
     if spec.slow:
         return run_on_click(
             f"Run {pretty(spec.name)}", f"c_run:{spec.name}",
+            eng.explanation_key(ctx.adapter, ctx.entry, ctx.digest, spec.name, word, params),
             lambda update: eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, word, params, progress=update),
             label=pretty(spec.name), primary=True, help="This method runs the model many times.",
-            note=f"{pretty(spec.name)} runs the model many times: press Run when the settings are right.")
+            note=f"{pretty(spec.name)} runs the model many times: press Run when the settings are right "
+                 "(display changes while it runs do not stop it).")
     return eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, word, params)
 
 
 def draw_word_map(ctx, exp, word_label: str) -> None:
     d = ctx.display
-    cmap, norm = d.cmap_for(exp.signed), d.norm_for(exp.signed)
+    scale = mapview.scale_for(exp.map, exp.signed, d)
     tab_img, tab_hover = st.tabs(["Overlay", "Hover for values"], key="c_view_tab", on_change="rerun")
     if tab_img.open is not False:
         with tab_img, guard("Drawing the map"):
-            img = render.overlay(ctx.img.display, exp.map, alpha=d.alpha, cmap=cmap, norm=norm,
-                                 resample=d.resample, box=ctx.box)
-            st.image(img, caption=f"{pretty(exp.method)} for “{word_label}”", width="stretch")
+            st.image(mapview.draw(ctx.img.display, exp.map, scale, d, ctx.box),
+                     caption=f"{pretty(exp.method)} for “{word_label}”", width="stretch")
+            st.markdown(mapview.legend_html(scale, mapview.legend_title(exp.method, scale)), unsafe_allow_html=True)
     if tab_hover.open is not False:
         with tab_hover, guard("Drawing the hover figure"):
             fig = render.heatmap_figure(ctx.img.display, exp.map, title=f"{pretty(exp.method)}: {word_label}",
-                                        cmap=cmap, norm=norm, alpha=d.alpha, resample=d.resample, box=ctx.box,
-                                        hover_label="value")
+                                        cmap=scale.cmap, norm=scale.norm, alpha=d.alpha, resample=d.resample,
+                                        box=ctx.box, hover_label=notes.units(exp.method))
             st.plotly_chart(fig, key="c_fig")
     bits = [f"{exp.meta.get('seconds', 0.0):.2f} s", f"map {'×'.join(map(str, exp.map.shape))} over {exp.over}"]
     if "image_share" in exp.meta and exp.meta["image_share"] < 0.999:
@@ -229,18 +244,18 @@ def strip_ui(ctx, method: str, params: dict[str, Any], word: int) -> None:
         note = "caption relevance"
     st.markdown("**Every word, in order**")
     maps = strip_maps(ctx, method, params)                                     # [n, rows, cols]
-    norm = d.norm_for(False)
-    vmin, vmax = render.shared_range(list(maps), norm)
+    scale = mapview.shared_scale(list(maps), False, d)       # one method, one unit: one scale for every word
     small, box = _small(ctx)
     labels = [t.label for t in cap.targets]
     for start in range(0, len(labels), STRIP_COLUMNS):
         cols = st.columns(STRIP_COLUMNS)
         for col, t in zip(cols, range(start, min(start + STRIP_COLUMNS, len(labels)))):
-            img = render.overlay(small, maps[t], alpha=d.alpha, cmap=d.cmap_for(False), norm=norm,
-                                 resample=d.resample, box=box, vmin=vmin, vmax=vmax)
             mark = " ◀" if t == word else ""
-            col.image(img, caption=f"{t}: {labels[t]}{mark}", width="stretch")
-    st.caption(f"Strip: {note}; one colour scale for all words ({vmin:.3g} to {vmax:.3g}).")
+            col.image(mapview.draw(small, maps[t], scale, d, box), caption=f"{t}: {labels[t]}{mark}",
+                      width="stretch")
+    st.markdown(mapview.legend_html(scale, "every word on this one scale: " + mapview.legend_title(method, scale)),
+                unsafe_allow_html=True)
+    st.caption(f"Strip: {note}; one colour scale for all words ({scale.describe()}).")
 
 
 # --- URL ----------------------------------------------------------------------------
@@ -255,7 +270,7 @@ def _apply_url(url: dict[str, str], specs: dict[str, MethodSpec], ctx) -> None:
             urlstate.warn(f"The link's caption method '{url['caption_method']}' is not offered on this page; "
                           "using cross attention.")
     n = len(ctx.capture.targets)
-    if "word" in url:
+    if url.get("word") is not None:
         try:
             w = int(url["word"])
             if not 0 <= w < n:
@@ -298,7 +313,10 @@ def main() -> None:
     forget_on_new_capture(ctx, "c_word")
     url = urlstate.consume("caption")
     if url:
-        _apply_url(url, specs, ctx)
+        _apply_url({k: v for k, v in url.items() if k != "word"}, specs, ctx)
+    word_link = link_target(ctx, url.get("word") if url else None, "caption")      # a word belongs to its image's caption
+    if word_link is not None:
+        _apply_url({"word": word_link}, specs, ctx)
 
     t0 = time.perf_counter()
     word, method, params = 0, None, {}
@@ -327,7 +345,7 @@ def main() -> None:
     st.caption(f"This view took {time.perf_counter() - t0:.2f} s "
                f"({'model run cached' if not ctx.timings.get('capture') else 'caption and model run included'}).",
                help="Switching words, layers or heads never runs the model again.")
-    values: dict[str, Any] = {**shared_url_values(ctx.model_option, ctx.display), "caption_method": method,
+    values: dict[str, Any] = {**shared_url_values(ctx), "caption_method": method,
                              "word": word}
     if method == "cross_attention":
         values.update(dec_layer=params["layer"], dec_head=params["head"])

@@ -1,4 +1,4 @@
-"""Explore: predictions, a target, one or more methods, the overlay, and exports."""
+"""Explore: predictions, a target, one or more methods, the overlays with their legends, and exports."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,6 +6,7 @@ import io
 import json
 import time
 from typing import Any, Optional
+from urllib.parse import urlencode
 
 import numpy as np
 import streamlit as st
@@ -14,18 +15,20 @@ from attnviz import render
 from attnviz.errors import UsageError
 from attnviz.methods import list_methods
 from attnviz.methods.registry import MethodSpec
-from attnviz.ui import figures, notes, state, urlstate
+from attnviz.ui import figures, mapview, notes, state, urlstate
+from attnviz.ui.compute import export_record, top_k
 from attnviz.ui.context import load_context, query_label
-from attnviz.ui.compute import comparable, export_record, top_k
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
-from attnviz.ui.widgets import (default_method, forget_on_new_capture, markdown_literal, method_ui, page_header,
-                                params_ui, pretty, run_on_click, shared_url_values, target_ui, widget_value)
+from attnviz.ui.widgets import (default_method, forget_on_new_capture, is_default, link_target, markdown_literal,
+                                method_ui, page_header, params_ui, pretty, run_on_click, shared_url_values,
+                                target_ui, widget_value)
 
+PER_ROW = 4            # maps side by side (two in presentation mode)
 
 
 def _apply_url(url: dict[str, str], specs: dict[str, MethodSpec], ctx) -> None:
-    """Method, comparisons, target and parameters from the link; one warning per bad value."""
+    """Method, comparisons and parameters from the link; one warning per bad value (the target: _apply_target)."""
     if "method" in url:
         if url["method"] in specs:
             st.session_state["method"] = url["method"]
@@ -37,11 +40,6 @@ def _apply_url(url: dict[str, str], specs: dict[str, MethodSpec], ctx) -> None:
         if bad:
             urlstate.warn(f"The link asks to compare unknown methods ({', '.join(bad)}); they are left out.")
         st.session_state["compare"] = [n for n in names if n in specs and n != st.session_state.get("method")][:3]
-    if "target" in url:
-        try:
-            st.session_state["target"] = ctx.adapter.resolve_target(ctx.capture, url["target"]).index
-        except UsageError:
-            urlstate.warn(f"The link's target '{url['target']}' is not one of this model's targets; using the top one.")
     main = st.session_state.get("method") or default_method(ctx.adapter.family, list(specs))
     store = st.session_state.setdefault("_params", {})
     for key, raw in url.items():
@@ -56,24 +54,36 @@ def _apply_url(url: dict[str, str], specs: dict[str, MethodSpec], ctx) -> None:
         except UsageError as e:
             urlstate.warn(f"The link's {str(e)[0].lower()}{str(e)[1:].rstrip('.')}; using the default.")
             continue
-        if widget_value(param, value, ctx, method) is None:      # e.g. a layer this model does not have
+        shown = widget_value(param, value, ctx, method)
+        if shown is None:      # e.g. a layer this model does not have
             urlstate.warn(f"The link's {name.replace('_', ' ')} '{raw}' does not fit this model; using the default.")
             continue
-        store.setdefault(method, {})[name] = value
+        store.setdefault(method, {})[name] = shown
         st.session_state.pop(f"p:{method}:{name}", None)
+
+
+def _apply_target(raw: Optional[str], ctx) -> None:
+    """The link's target, once the image it was made on is the one shown."""
+    if raw is None:
+        return
+    try:
+        st.session_state["target"] = ctx.adapter.resolve_target(ctx.capture, raw).index
+    except UsageError:
+        urlstate.warn(f"The link's target '{raw}' is not one of this model's targets; using the top one.")
 
 
 def _chosen_target(ctx) -> int:
     """The target the picker holds, or the one it will start on (drawn before the picker is)."""
+    from attnviz.ui.context import default_target
     t = st.session_state.get("target")
-    return t if isinstance(t, int) and 0 <= t < len(ctx.capture.targets) else \
-        ctx.adapter.resolve_target(ctx.capture, None).index
+    return t if isinstance(t, int) and 0 <= t < len(ctx.capture.targets) else default_target(ctx.adapter, ctx.capture)
 
 
 def predictions_ui(ctx) -> None:
     """What the model thinks: top classes, every prompt's match, or the caption word by word."""
     cap, adapter = ctx.capture, ctx.adapter
     kind = cap.targets[0].kind
+    font = figures.PRESENT_FONT if ctx.display.present else None
     if kind == "embedding":
         st.caption(f"This model has no classes: methods explain **{cap.targets[0].label}** "
                    f"({float(cap.scores[0]):.3g}).")
@@ -84,7 +94,7 @@ def predictions_ui(ctx) -> None:
         probs = adapter.probabilities(cap).detach().float().cpu().numpy()
         rows = [{"index": t.index, "label": f"{t.index}: {t.label}", "probability": float(probs[t.index])}
                 for t in cap.targets]
-        st.plotly_chart(figures.predictions_figure(rows, _chosen_target(ctx), keep_order=True),
+        st.plotly_chart(figures.predictions_figure(rows, _chosen_target(ctx), keep_order=True, font_size=font),
                         key="predictions", config={"displayModeBar": False})
         return
     k = min(5 if kind == "class" else 12, len(cap.targets))
@@ -92,12 +102,12 @@ def predictions_ui(ctx) -> None:
     multi = getattr(adapter, "multi_label", False) or getattr(adapter, "kind", "") == "siglip"
     what = "predictions" if kind == "class" else "prompt matches"
     st.markdown(f"**Top {k} {what}**" + (" (independent probabilities: several can be high)" if multi else ""))
-    st.plotly_chart(figures.predictions_figure(rows, _chosen_target(ctx)), key="predictions",
+    st.plotly_chart(figures.predictions_figure(rows, _chosen_target(ctx), font_size=font), key="predictions",
                     config={"displayModeBar": False})
 
 
 def compute_ui(ctx, spec: MethodSpec, params: dict[str, Any], target: Any) -> Optional[Any]:
-    """The cached map, or compute it (slow methods wait for the Run button and show progress)."""
+    """The cached map, or compute it (slow methods wait for the Run button and run as a background job)."""
     eng = state.engine()
     cached = eng.peek(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params)
     if cached is not None:
@@ -105,109 +115,162 @@ def compute_ui(ctx, spec: MethodSpec, params: dict[str, Any], target: Any) -> Op
     if spec.slow:
         return run_on_click(
             f"Run {pretty(spec.name)}", f"run:{spec.name}",
+            eng.explanation_key(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params),
             lambda update: eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params, progress=update),
             label=pretty(spec.name), primary=True,
             help="This method runs the model many times; it shows its progress while it works.",
             note=f"{pretty(spec.name)} runs the model many times: press Run when the settings are right "
-                 "(changing a setting while it runs stops it).")
+                 "(display changes while it runs do not stop it).")
     return eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params)
 
 
-def _meta_caption(exp) -> str:
+def _meta_caption(exp, ctx) -> str:
     bits = [f"{exp.meta.get('seconds', 0.0):.2f} s"]
     if exp.target is not None:
-        bits.append(f"for **{exp.target.label}**")
+        bits.append(f"for **{markdown_literal(exp.target.label)}**")
     else:
         bits.append("class-agnostic (same map for every target)")
     if "relative_delta" in exp.meta:
         bits.append(f"convergence delta {exp.meta['convergence_delta']:.3g} "
                     f"({exp.meta['relative_delta']:.1%} of the score gap)")
     if "query" in exp.params:
-        bits.append(f"query: {query_label(exp.params['query'])}")
+        bits.append(f"query: {query_label(exp.params['query'], ctx.capture)}")
     bits.append(f"map {'×'.join(map(str, exp.map.shape))} over {exp.over}")
     return " · ".join(bits)
 
 
-def results_ui(ctx, shown: list[tuple[MethodSpec, Any]]) -> None:
-    """Overlays side by side (one shared colour scale when several) and hoverable figures."""
+def scales_for(ctx, shown: list[tuple[MethodSpec, Any]]) -> list[mapview.Scale]:
+    """Each map on its own scale: methods differ in units and sign, so one shared scale washes some out."""
+    return [mapview.scale_for(exp.map, exp.signed, ctx.display) for _, exp in shown]
+
+
+def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Scale]) -> None:
+    """Overlays side by side, each with its legend, and hoverable figures."""
     d = ctx.display
-    if len(shown) == 1:
-        spec, exp = shown[0]
-        maps = [exp.map]
-        signed = exp.signed
-        vmin = vmax = None
-        hover = "value"
-    else:
-        maps = [comparable(e.map) for _, e in shown]
-        signed = any(e.signed for _, e in shown)
-        vmin, vmax = render.shared_range(maps, d.norm_for(signed))
-        hover = "× average"
-    cmap, norm = d.cmap_for(signed), d.norm_for(signed)
+    per_row = 2 if d.present else PER_ROW
     t0 = time.perf_counter()
     # Lazy tabs: only the open tab is drawn (the hover figure is the costly part of a redraw).
     # ``open`` is None when tab state is not tracked (then both are drawn).
     tab_img, tab_hover = st.tabs(["Overlay", "Hover for values"], key="view_tab", on_change="rerun")
-    if tab_img.open is not False:
-        with tab_img:
-            cols = st.columns(len(shown))
-            for col, (spec, exp), m in zip(cols, shown, maps):
-                with col, guard(f"Drawing {pretty(spec.name)}"):
-                    img = render.overlay(ctx.img.display, m, alpha=d.alpha, cmap=cmap, norm=norm,
-                                         resample=d.resample, box=ctx.box, vmin=vmin, vmax=vmax)
-                    st.image(img, caption=pretty(spec.name), width="stretch")
-            if len(shown) > 1:
-                st.caption(f"One shared scale for all maps, each in units of its own average |value| "
-                           f"({vmin:.3g} to {vmax:.3g} × average).")
-    if tab_hover.open is not False:
-        with tab_hover:
-            cols = st.columns(len(shown))
-            for col, (spec, exp), m in zip(cols, shown, maps):
-                with col, guard(f"Drawing {pretty(spec.name)}"):
-                    fig = render.heatmap_figure(ctx.img.display, m, title=pretty(spec.name), cmap=cmap, norm=norm,
-                                                alpha=d.alpha, resample=d.resample, box=ctx.box, vmin=vmin,
-                                                vmax=vmax, hover_label=hover, compact=len(shown) > 1)
-                    st.plotly_chart(fig, key=f"fig:{spec.name}")
+    for tab, hover in ((tab_img, False), (tab_hover, True)):
+        if tab.open is False:
+            continue
+        with tab:
+            for start in range(0, len(shown), per_row):
+                row = list(zip(shown, scales))[start:start + per_row]
+                cols = st.columns(per_row if len(shown) > 1 else 1)
+                for col, ((spec, exp), scale) in zip(cols, row):
+                    with col, guard(f"Drawing {pretty(spec.name)}"):
+                        title = mapview.legend_title(spec.name, scale)
+                        if hover:
+                            fig = render.heatmap_figure(ctx.img.display, exp.map, title=pretty(spec.name),
+                                                        cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
+                                                        resample=d.resample, box=ctx.box, vmin=scale.lo,
+                                                        vmax=scale.hi, hover_label=notes.units(spec.name),
+                                                        compact=len(shown) > 1)
+                            st.plotly_chart(fig, key=f"fig:{spec.name}")
+                        else:
+                            st.image(mapview.draw(ctx.img.display, exp.map, scale, d, ctx.box),
+                                     caption=pretty(spec.name), width="stretch")
+                            st.markdown(mapview.legend_html(scale, title), unsafe_allow_html=True)
+    if len(shown) > 1:
+        st.caption("Each map has its own colour scale, shown in its legend: the methods measure different things "
+                   "in different units (and some have a sign), so one shared scale would wash some of them out. "
+                   "Compare where each map is bright, not how bright.")
     ctx.timings["render"] = time.perf_counter() - t0
     for spec, exp in shown:
-        st.caption(f"**{pretty(spec.name)}** · {_meta_caption(exp)}")
+        st.caption(f"**{pretty(spec.name)}** · {_meta_caption(exp, ctx)}")
         with st.expander(f"About {pretty(spec.name)}"):
             st.markdown(notes.method_note(spec.name, spec.description))
             st.caption(spec.description)
 
 
-def export_ui(ctx, spec: MethodSpec, exp, settings: dict[str, Any]) -> None:
-    """Overlay PNG (original size, made on click), the raw map (.npy) and a JSON record."""
-    d = ctx.display
-    stem = f"attnviz-{spec.name}-{ctx.digest[:8]}"
-    image, box = ctx.img.image, ctx.capture.box
-    cmap, norm = d.cmap_for(exp.signed), d.norm_for(exp.signed)
+def export_png(ctx, shown, scales) -> bytes:
+    """Every shown map at the image's own size, side by side, each with its legend: the screen's colours."""
+    pictures = [mapview.picture(ctx.img.image, exp.map, scale, ctx.display, ctx.capture.box,
+                                f"{pretty(spec.name)} · {mapview.legend_title(spec.name, scale)}")
+                for (spec, exp), scale in zip(shown, scales)]
+    return render.to_png_bytes(render.side_by_side(pictures))
 
-    def png() -> bytes:
-        return render.to_png_bytes(render.overlay(image, exp.map, alpha=d.alpha, cmap=cmap, norm=norm,
-                                                  resample=d.resample, box=box))
+
+def export_maps(shown) -> tuple[bytes, str, str]:
+    """(bytes, suffix, mime): the raw map as .npy, or every compared map by method name in one .npz."""
     buf = io.BytesIO()
-    np.save(buf, exp.map.astype(np.float32))
-    record = export_record(adapter=ctx.adapter, capture=ctx.capture, exp=exp, settings=settings,
-                           timings=ctx.timings, image_name=ctx.image_name, digest=ctx.digest)
-    st.markdown(f"**Export** ({pretty(spec.name)})")
+    if len(shown) == 1:
+        np.save(buf, shown[0][1].map.astype(np.float32))
+        return buf.getvalue(), "npy", "application/octet-stream"
+    np.savez(buf, **{spec.name: exp.map.astype(np.float32) for spec, exp in shown})
+    return buf.getvalue(), "npz", "application/zip"
+
+
+def view_link(values: dict[str, Any]) -> str:
+    """The address that reopens this view (the page's own address, when the browser told it)."""
+    base = ""
+    try:
+        base = st.context.url or ""
+    except Exception:   # noqa: BLE001  (not inside a browser session, e.g. a test)
+        base = ""
+    query = urlencode({k: str(v) for k, v in values.items() if v is not None and v != ""})
+    return f"{base}?{query}" if query else base
+
+
+def export_ui(ctx, shown, scales, settings: dict[str, Any], link: str) -> None:
+    """Overlay PNG (every map, original size, legends), the raw maps and a JSON record with a link back."""
+    names = [spec.name for spec, _ in shown]
+    stem = f"attnviz-{'+'.join(names)}-{ctx.digest[:8]}"
+    raw, suffix, mime = export_maps(shown)
+    records = [export_record(adapter=ctx.adapter, capture=ctx.capture, exp=exp, settings=settings,
+                             timings=ctx.timings, image_name=ctx.image_name, digest=ctx.digest)
+               for _, exp in shown]
+    record = {**records[0], "link": link, "scales": {spec.name: {"low": s.lo, "high": s.hi, "colormap": s.cmap,
+                                                                  "normalisation": s.norm}
+                                                      for (spec, _), s in zip(shown, scales)}}
+    if len(records) > 1:
+        record["compared"] = [{k: r[k] for k in ("method", "params", "class_specific", "target", "map", "meta")}
+                              for r in records[1:]]
+    what = pretty(names[0]) if len(names) == 1 else f"all {len(names)} maps"
+    st.markdown(f"**Export** ({what})")
     c1, c2, c3 = st.columns(3)
-    c1.download_button("Overlay PNG", png, file_name=f"{stem}.png", mime="image/png", on_click="ignore",
-                       key="dl_png", width="stretch")
-    c2.download_button("Raw map .npy", buf.getvalue(), file_name=f"{stem}.npy", mime="application/octet-stream",
-                       on_click="ignore", key="dl_npy", width="stretch")
+    c1.download_button("Overlay PNG", lambda: export_png(ctx, shown, scales), file_name=f"{stem}.png",
+                       mime="image/png", on_click="ignore", key="dl_png", width="stretch",
+                       help="At the image's own size, each map with its legend, on the scales shown above.")
+    c2.download_button(f"Raw map{'s' if len(names) > 1 else ''} .{suffix}", raw, file_name=f"{stem}.{suffix}",
+                       mime=mime, on_click="ignore", key="dl_npy", width="stretch",
+                       help="float32: [rows, cols] over the patch grid or [H, W] over the model's input pixels"
+                            + ("; one array per method, by name." if len(names) > 1 else "."))
     c3.download_button("Settings .json", json.dumps(record, indent=2, default=str), file_name=f"{stem}.json",
-                       mime="application/json", on_click="ignore", key="dl_json", width="stretch")
+                       mime="application/json", on_click="ignore", key="dl_json", width="stretch",
+                       help="Model, methods, target, parameters, scales, scores, timings, versions, and the "
+                            "link that reopens this view.")
 
 
 def _url_values(ctx, method: str, compare: list[str], params: dict[str, dict], specs, target) -> dict[str, Any]:
-    out = shared_url_values(ctx.model_option, ctx.display)
+    out = shared_url_values(ctx)
     out.update(method=method, compare=",".join(compare) or None, target=target)
     for m, vals in params.items():
-        defaults = specs[m].defaults()
-        for k, v in vals.items():
-            if str(v) != str(defaults.get(k)):
-                out[k if m == method else f"{m}.{k}"] = v
+        family_defaults = getattr(ctx.adapter, "method_defaults", lambda _: {})(m)
+        for p in specs[m].params:
+            if p.name in vals and not is_default(p, vals[p.name], ctx, m, family_defaults):
+                out[p.name if m == method else f"{m}.{p.name}"] = vals[p.name]
     return out
+
+
+def controls_ui(ctx, specs: dict[str, MethodSpec]) -> tuple[Any, Optional[str], list[str], dict[str, dict]]:
+    """Predictions, the target, the method(s) and their settings (folded away until opened)."""
+    params: dict[str, dict] = {}
+    target, method, compare = None, None, []
+    with guard("Drawing the predictions"):
+        predictions_ui(ctx)
+    with guard("The target picker"):
+        target = target_ui(ctx)
+    with guard("The method picker"):
+        method, compare = method_ui(specs, ctx.adapter.family)
+        for name in [method, *compare]:
+            with st.expander(f"{pretty(name)} settings"):
+                if not specs[name].params:
+                    st.caption("This method has no settings.")
+                params[name] = params_ui(specs[name], ctx)
+    return target, method, compare, params
 
 
 def main() -> None:
@@ -224,22 +287,16 @@ def main() -> None:
     url = urlstate.consume("explore")
     if url:
         _apply_url(url, specs, ctx)
+    _apply_target(link_target(ctx, url.get("target") if url else None, "explore"), ctx)
 
-    left, right = st.columns([1, 2], gap="large")
-    params: dict[str, dict] = {}
-    method, compare, target = None, [], None
-    with left:
-        with guard("Drawing the predictions"):
-            predictions_ui(ctx)
-        with guard("The target picker"):
-            target = target_ui(ctx)
-        with guard("The method picker"):
-            method, compare = method_ui(specs, ctx.adapter.family)
-            for name in [method, *compare]:
-                with st.expander(f"{pretty(name)} settings", expanded=name == method and bool(specs[name].params)):
-                    if not specs[name].params:
-                        st.caption("This method has no settings.")
-                    params[name] = params_ui(specs[name], ctx)
+    if ctx.display.present:      # presentation: the controls fold into one box, the maps get the width
+        with st.expander("Target, method and settings", expanded=False):
+            target, method, compare, params = controls_ui(ctx, specs)
+        right = st.container()
+    else:
+        left, right = st.columns([1, 2], gap="large")
+        with left:
+            target, method, compare, params = controls_ui(ctx, specs)
     if method is None or method not in params:
         return
     shown = []
@@ -249,8 +306,9 @@ def main() -> None:
                 exp = compute_ui(ctx, specs[name], params[name], target)
                 if exp is not None:
                     shown.append((specs[name], exp))
+        scales = scales_for(ctx, shown)
         if shown:
-            results_ui(ctx, shown)
+            results_ui(ctx, shown, scales)
             if shown[0][0].name == method:
                 with guard("The faithfulness checks"):
                     faithfulness_ui(ctx, shown[0][0], shown[0][1], params[method], target)
@@ -262,12 +320,14 @@ def main() -> None:
             parts.append(f"drawing {t.get('render', 0):.2f} s")
             st.caption(f"This view took {total:.2f} s ({', '.join(parts)}).",
                        help="Changing opacity, colormap or normalisation redraws without running the model.")
+    values = _url_values(ctx, method, compare, params, specs, target)
     if shown and shown[0][0].name == method:
-        settings = {"model_option": ctx.model_option, "method": method, "compare": compare, "target": target,
-                    "params": params, "display": dataclasses.asdict(ctx.display)}
+        settings = {"model": getattr(ctx.adapter, "source", "") or ctx.adapter.name, "method": method,
+                    "compare": compare, "target": target, "params": params,
+                    "display": dataclasses.asdict(ctx.display)}
         with guard("Preparing the downloads"):
-            export_ui(ctx, shown[0][0], shown[0][1], settings)
-    urlstate.sync(_url_values(ctx, method, compare, params, specs, target))
+            export_ui(ctx, shown, scales, settings, view_link(values))
+    urlstate.sync(values)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ import streamlit as st
 
 from attnviz import render
 from attnviz.methods.common import HEAD_FUSIONS
-from attnviz.ui import figures, state, urlstate
-from attnviz.ui.context import load_context, query_label
+from attnviz.ui import figures, mapview, notes, state, urlstate
+from attnviz.ui.context import load_context, query_label, token_queries
 from attnviz.ui.errors import guard
+from attnviz.ui.lesson_steps import distance_sentence
 from attnviz.ui.widgets import chart_key as _chart_key
 from attnviz.ui.widgets import clicked as _clicked
 from attnviz.ui.widgets import page_header, shared_url_values
@@ -19,8 +20,8 @@ PATCH = "a patch"
 
 
 def _token_kinds(capture) -> list[str]:
-    """Query choices besides a patch: the output readout (when there is one) and the prefix tokens."""
-    return (["output"] if capture.readout is not None else []) + list(capture.layout.prefix_names)
+    """Query choices besides a patch: the output (when it reads more than one token) and the prefix tokens."""
+    return token_queries(capture)
 
 
 def _clamp_state(L: int, H: int, rows: int, cols: int, prefix: list[str]) -> None:
@@ -58,6 +59,8 @@ def _apply_url(url: dict[str, str], L: int, H: int, rows: int, cols: int, prefix
             urlstate.warn(f"The link's head '{v}' is not 0–{H - 1} or one of {', '.join(HEAD_FUSIONS)}; using mean.")
     if "query" in url:
         q = url["query"].strip().lower()
+        if q == "output" and "output" not in prefix and prefix:
+            q = prefix[0]          # the output reads exactly this token (CLS): one query, one name
         if q in prefix:
             ss["h_qkind"] = q
         else:
@@ -76,8 +79,10 @@ def query_ui(ctx) -> str:
     lay = ctx.capture.layout
     kinds = [*_token_kinds(ctx.capture), PATCH]
     kind = st.radio("Query token", kinds, key="h_qkind", horizontal=True,
-                    help="Whose attention the thumbnails show. output: the token(s) the prediction is read from "
-                         "(CLS; CLS and distillation averaged for distilled DeiT).")
+                    format_func=lambda k: query_label(k, ctx.capture) if k != PATCH else k,
+                    help="Whose attention the thumbnails show. output: the tokens the prediction is read from "
+                         "when it reads more than one (CLS and distillation averaged for distilled DeiT; the mean "
+                         "of the patches for BEiT).")
     if kind != PATCH:
         return kind
     hit = _clicked("h_patch_fig")
@@ -119,39 +124,46 @@ def main() -> None:
         query = query_ui(ctx)
     with top[1]:
         c1, c2 = st.columns(2)
-        layer = c1.slider("Layer", 0, L - 1, key="h_layer") if L > 1 else 0
+        layer = c1.slider("Layer (0 = first)", 0, L - 1, key="h_layer") if L > 1 else 0
         head = c2.selectbox("Head", [*range(H), *HEAD_FUSIONS], key="h_head",
                             format_func=lambda h: f"head {h}" if isinstance(h, int) else f"{h} of heads",
                             help="One head, or all heads fused by mean, max or min.")
         st.session_state.setdefault("h_shared", True)
-        shared = st.toggle("One colour scale for all thumbnails", key="h_shared",
+        st.session_state.setdefault("h_over", True)
+        c3, c4 = st.columns(2)
+        shared = c3.toggle("One colour scale for all", key="h_shared",
                            help="Off: each thumbnail is stretched to its own range (shows the pattern of weak heads).")
+        over = c4.toggle("Thumbnails over the image", key="h_over",
+                         help="Each head's map drawn over a small copy of the image (off: the map alone).")
 
     d = ctx.display
-    left, right = st.columns([3, 2], gap="large")
-    with left, guard("Drawing the thumbnails"):
+    sel = (layer, head) if isinstance(head, int) else None
+    mosaic_box, side_box = (st.container(), st.container()) if d.present else st.columns([3, 2], gap="large")
+    with mosaic_box, guard("Drawing the thumbnails"):
         grid = eng.attention_grid(ctx.adapter, ctx.entry, ctx.digest, query)        # [L, H, rows, cols]
-        st.markdown(f"**Attention from {query_label(query)}**, "
+        st.markdown(f"**Attention from {query_label(query, cap)}**, "
                     f"layers top to bottom, heads left to right — click one to enlarge")
-        sel = (layer, head) if isinstance(head, int) else None
-        norm = d.norm_for(False)
-        fig = figures.head_mosaic_figure(grid, cmap=d.cmap_for(False), norm=norm, shared=shared, selected=sel)
+        fig = figures.head_mosaic_figure(grid, cmap=d.cmap_for(False), norm=d.norm_for(False), shared=shared,
+                                         selected=sel, image=_model_view(ctx) if over else None,
+                                         alpha=max(d.alpha, 0.5), width=960 if d.present else figures.MOSAIC_WIDTH,
+                                         font_size=figures.PRESENT_FONT if d.present else None)
         st.plotly_chart(fig, key=_chart_key("h_mosaic"), on_select="rerun", selection_mode="points",
-                        config={"displayModeBar": False})
-    with right, guard("Drawing the enlarged head"):
+                        config={"displayModeBar": False}, width="content")
+        if not shared:
+            st.caption("Each thumbnail on its own scale: compare patterns, not brightness.")
+    with side_box, guard("Drawing the enlarged head"):
         t0 = time.perf_counter()
         exp = eng.explain(ctx.adapter, ctx.entry, ctx.digest, "attention", None,
                           {"layer": layer, "head": str(head), "query": query})
-        norm = d.norm_for(False)
-        img = render.overlay(ctx.img.display, exp.map, alpha=d.alpha, cmap=d.cmap_for(False), norm=norm,
-                             resample=d.resample, box=ctx.box)
+        scale = mapview.scale_for(exp.map, False, d)
         which = f"head {head}" if isinstance(head, int) else f"{head} of {H} heads"
-        st.image(img, caption=f"Layer {layer}, {which}: attention from {query_label(query)}",
-                 width="stretch")
+        st.image(mapview.draw(ctx.img.display, exp.map, scale, d, ctx.box),
+                 caption=f"Layer {layer}, {which}: attention from {query_label(query, cap)}", width="stretch")
+        st.markdown(mapview.legend_html(scale, mapview.legend_title("attention", scale)), unsafe_allow_html=True)
         hover = st.expander("Hover for values", key="h_hover", on_change="rerun")
         if hover.open:   # drawn only when opened: the figure is the costly part of a head switch
-            fig = render.heatmap_figure(ctx.img.display, exp.map, cmap=d.cmap_for(False), norm=norm,
-                                        alpha=d.alpha, resample=d.resample, box=ctx.box, hover_label="attention")
+            fig = render.heatmap_figure(ctx.img.display, exp.map, cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
+                                        resample=d.resample, box=ctx.box, hover_label="attention weight")
             hover.plotly_chart(fig, key="h_big")
         st.caption(f"Switched in {time.perf_counter() - t0:.3f} s, no model run (the one forward pass is cached).")
 
@@ -160,12 +172,17 @@ def main() -> None:
         st.markdown("**How far and how evenly each head looks** (the ViT paper's Fig. 7, for this image)")
         st.plotly_chart(figures.head_stats_figure(dist, ent, lay.n_tokens, selected=sel), key="h_stats",
                         config={"displayModeBar": False})
-        st.caption("Distance: for each patch query, the attention-weighted mean distance to the patches it looks "
-                   "at (attention to CLS/register tokens left out and the rest renormalised), averaged over "
-                   "patches. A wide spread in early layers means some heads look locally, some globally.")
+        st.caption(distance_sentence(dist, "On this image") + " " + notes.HEADS_DISTANCE_GLOSS)
 
-    values: dict[str, Any] = {**shared_url_values(ctx.model_option, d), "layer": layer, "head": head, "query": query}
+    values: dict[str, Any] = {**shared_url_values(ctx), "layer": layer, "head": head, "query": query}
     urlstate.sync(values)
+
+
+def _model_view(ctx):
+    """The part of the display image the model saw (its crop box), for the thumbnails' background."""
+    if ctx.box is None:
+        return ctx.img.display
+    return ctx.img.display.crop(tuple(int(round(v)) for v in ctx.box))
 
 
 if __name__ == "__main__":

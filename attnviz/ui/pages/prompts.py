@@ -15,7 +15,7 @@ import streamlit as st
 
 from attnviz import catalog, render
 from attnviz.methods import list_methods
-from attnviz.ui import figures, notes, state, urlstate
+from attnviz.ui import figures, mapview, notes, state, urlstate
 from attnviz.ui.context import MAX_URL_PROMPTS_CHARS, load_context
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
@@ -149,9 +149,9 @@ def maps_ui(ctx, spec, params: dict[str, Any]) -> None:
         with guard(f"Text relevance of prompt {t.index + 1}"):
             words[t.index] = eng.explain(ctx.adapter, ctx.entry, ctx.digest, "text_relevance", t.index, {})
     signed = any(e.signed for e in exps)
-    cmap, norm = d.cmap_for(signed), d.norm_for(signed)
-    maps = [e.map for e in exps]
-    vmin, vmax = render.shared_range(maps, norm)
+    # One method, one unit: one scale for every prompt, so a weak match also looks weak.
+    scale = mapview.shared_scale([e.map for e in exps], signed, d)
+    cmap, norm, vmin, vmax = scale.cmap, scale.norm, scale.lo, scale.hi
     t0 = time.perf_counter()
     tab_img, tab_hover = st.tabs(["Overlays", "Hover for values"], key="pr_view_tab", on_change="rerun")
     for tab, hover in ((tab_img, False), (tab_hover, True)):
@@ -169,12 +169,13 @@ def maps_ui(ctx, spec, params: dict[str, Any]) -> None:
                                                         vmax=vmax, compact=True)
                             st.plotly_chart(fig, key=f"pr_fig:{t.index}")
                         else:
-                            img = render.overlay(ctx.img.display, exp.map, alpha=d.alpha, cmap=cmap, norm=norm,
-                                                 resample=d.resample, box=ctx.box, vmin=vmin, vmax=vmax)
-                            st.image(img, caption=label, width="stretch")
+                            st.image(mapview.draw(ctx.img.display, exp.map, scale, d, ctx.box), caption=label,
+                                     width="stretch")
                         if t.index in words:
                             st.markdown(words_html(t.label, words[t.index].meta["words"]), unsafe_allow_html=True)
     ctx.timings["render"] = time.perf_counter() - t0
+    st.markdown(mapview.legend_html(scale, "every prompt on this one scale: " + mapview.legend_title(spec.name, scale)),
+                unsafe_allow_html=True)
     st.caption(f"{pretty(spec.name)} for each prompt, all on one colour scale ({vmin:.3g} to {vmax:.3g}): "
                "a brighter map leans harder on that region. Words are shaded by their text relevance, "
                "each prompt's strongest word darkest; hover a word for its value.")
@@ -229,7 +230,7 @@ def main() -> None:
             st.markdown(notes.method_note(spec.name, spec.description))
             st.markdown(notes.method_note("text_relevance"))
     prompts = "\n".join(ctx.texts or ())
-    urlstate.sync({**shared_url_values(ctx.model_option, ctx.display), "map_method": spec.name,
+    urlstate.sync({**shared_url_values(ctx), "map_method": spec.name,
                    "prompts": prompts if len(prompts) <= MAX_URL_PROMPTS_CHARS else None})
 
 

@@ -1,0 +1,83 @@
+"""How a map is drawn on a page: its colour scale, its legend and its overlay (pure: no Streamlit).
+
+Every map on screen carries a legend that says which values its colours stand for. Maps of
+different methods never share one scale: their units differ (attention weights sum to one,
+relevance and gradients have the score's units, perturbations the score's change) and so may
+their sign convention, and a shared scale lets the map with the largest numbers wash out the
+others. Maps of one method for several targets (a prompt each, a caption word each) do share
+one, so that a weak target also looks weak.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+from .. import render
+from . import notes
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The values that the colour bar's two ends stand for, and how colours are picked."""
+
+    lo: float
+    hi: float
+    cmap: str
+    norm: str
+    signed: bool
+
+    def describe(self) -> str:
+        return f"{self.lo:.3g} to {self.hi:.3g}"
+
+
+def scale_for(m: np.ndarray, signed: bool, display, *, vmin: Optional[float] = None,
+              vmax: Optional[float] = None) -> Scale:
+    """The scale ``display`` gives a map of this sign convention: its own range, or ``vmin``..``vmax``."""
+    norm, cmap = display.norm_for(signed), display.cmap_for(signed)
+    lo, hi = render.value_range(m, norm, vmin=vmin, vmax=vmax)
+    return Scale(lo, hi, cmap, norm, signed)
+
+
+def shared_scale(maps, signed: bool, display) -> Scale:
+    """One scale over several maps of the same method and units."""
+    norm = display.norm_for(signed)
+    lo, hi = render.shared_range(list(maps), norm)
+    return scale_for(np.asarray(maps[0]), signed, display, vmin=lo, vmax=hi)
+
+
+def draw(image: Image.Image, m: np.ndarray, scale: Scale, display, box=None) -> Image.Image:
+    """The overlay of ``m`` on ``image`` in exactly the colours its legend shows."""
+    return render.overlay(image, m, alpha=display.alpha, cmap=scale.cmap, norm=scale.norm,
+                          resample=display.resample, box=box, vmin=scale.lo, vmax=scale.hi)
+
+
+def legend_title(method: str, scale: Scale) -> str:
+    """What the colours measure, in plain words (and which colour is for and which against)."""
+    what = notes.units(method)
+    if scale.signed and scale.cmap in ("RdBu_r", "coolwarm"):
+        return f"{what}: red for the target, blue against"
+    return what
+
+
+def legend_html(scale: Scale, title: str) -> str:
+    """A colour bar with its end values and a title, as HTML (browser text: readable at any size)."""
+    stops = ", ".join(f"{c} {t * 100:.0f}%" for t, c in render.colorscale(scale.cmap, n=11))
+    ticks = [f"<span>{html.escape(f'{scale.lo:.3g}')}</span>"]
+    if scale.signed and scale.lo < 0 < scale.hi:
+        ticks.append("<span>0</span>")
+    ticks.append(f"<span>{html.escape(f'{scale.hi:.3g}')}</span>")
+    return ('<div class="attnviz-legend" style="font-size: 0.8em; line-height: 1.3; margin: -0.3em 0 0.8em 0">'
+            f'<div style="height: 0.7em; border-radius: 2px; background: linear-gradient(to right, {stops})"></div>'
+            f'<div style="display: flex; justify-content: space-between">{"".join(ticks)}</div>'
+            f'<div style="text-align: center; opacity: 0.8">{html.escape(title)}</div></div>')
+
+
+def picture(image: Image.Image, m: np.ndarray, scale: Scale, display, box, title: str) -> Image.Image:
+    """The overlay with its legend drawn under it (a download looks like the screen)."""
+    shown = draw(image, m, scale, display, box)
+    key = render.legend(shown.width, scale.lo, scale.hi, cmap=scale.cmap, title=title, signed=scale.signed)
+    return render.with_legend(shown, key)
