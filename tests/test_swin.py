@@ -16,7 +16,7 @@ import attnviz
 from attnviz.adapters.swin import SwinAdapter
 from attnviz.errors import UsageError
 from attnviz.methods.common import fuse_heads, positive_grad_attention, query_vector, rollout_product
-from attnviz.methods.hierarchy import Merge, stage_info, swin_head_grid
+from attnviz.methods.hierarchy import Merge, block_heads, stage_info, swin_head_grid
 
 from .conftest import save_tiny
 
@@ -161,6 +161,7 @@ def test_capture_holds_every_blocks_window_attention_as_hooked(swin, photo, size
     n_last = h.grids[-1][0] * h.grids[-1][1]
     torch.testing.assert_close(cap.readout, torch.full((n_last,), 1 / n_last))
     assert [s["shifts"] for s in stage_info(cap)][:2] == [[0, 1], [0, 1]]
+    assert [block_heads(cap, i) for i in range(6)] == [b.shape[1] for b in atts] == [2, 2, 2, 2, 4, 4]
 
 
 def test_window_placement_is_the_models_own_mixing(photo):

@@ -314,6 +314,12 @@ def swin_head_grid(capture: Capture, stage: int, query: str = "output") -> np.nd
     return stage_grid(h, rows, stage)
 
 
+def block_heads(capture: Capture, layer: int) -> int:
+    """How many heads block ``layer`` has (Swin's grow stage by stage; a ViT's are all ``capture.n_heads``)."""
+    from .common import layer_index
+    return int(block_attentions(capture)[layer_index(capture, layer)].shape[1])
+
+
 def stage_info(capture: Capture) -> list[dict]:
     """One dict per stage for labels: stage, grid (rows, cols), blocks (global indices), window, shifts, heads."""
     h = hierarchy(capture)
