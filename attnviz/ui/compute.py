@@ -8,6 +8,7 @@ and normalisation never reach this module at all.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -153,7 +154,9 @@ def top_k(adapter, capture: Capture, k: int = 5) -> list[dict[str, Any]]:
     return out
 
 
-def library_versions() -> dict[str, str]:
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
+    # Read once per process: importlib.metadata parses every package's METADATA file (30-60 ms a call).
     from .. import __version__
     out = {"attnviz": __version__}
     for dist in ("torch", "transformers", "captum", "streamlit", "plotly", "numpy", "pillow"):
@@ -161,7 +164,11 @@ def library_versions() -> dict[str, str]:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[dist] = "not installed"
-    return out
+    return tuple(out.items())
+
+
+def library_versions() -> dict[str, str]:
+    return dict(_versions())
 
 
 def export_record(*, adapter, capture: Capture, exp: Explanation, settings: dict[str, Any],

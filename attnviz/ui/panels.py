@@ -1,0 +1,137 @@
+"""The map panel as a fragment, cached overlay PNGs, and the model queue notice (issue 13).
+
+A display change (opacity, colormap, normalisation, upsampling) reruns only
+the page's map panel: the sidebar's display widgets call
+:func:`display_changed`, which asks Streamlit for a rerun of the fragment
+keyed :data:`MAP_PANEL` (a page without one reruns whole, as before). The
+panel draws from session state's display values, and each (map, display)
+overlay is rendered and PNG-encoded once per process (:func:`overlay_png`),
+so a change back to an earlier setting, or a second student on the same
+image, costs a dictionary look-up.
+
+What a panel keeps between its reruns must not hold the model's activations:
+Streamlit stores the fragment's arguments per session, so a capture passed
+to it would outlive the engine's bounded cache. :func:`light` strips a page
+context down to what drawing needs.
+
+When the model is busy with other sessions' work, :func:`model_turn` waits
+for this session's turn in the adapter's :class:`~attnviz.queue.TurnLock`
+and says how many requests are ahead, instead of a frozen page.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import streamlit as st
+import torch
+from streamlit.errors import StreamlitAPIException
+
+from .. import render
+from ..queue import TurnLock
+from . import mapview, state
+from .cache import ResultCache
+
+MAP_PANEL = "maps"                                   # the fragment key every page's map panel uses
+DISPLAY_KEYS = ("alpha", "cmap", "norm", "resample")  # the display widgets whose change reruns only the panel
+PNG_ENTRIES = state._env_int("ATTNVIZ_PNG_CACHE", 512)   # rendered overlays kept (tens of kB each)
+
+
+# --- a display change reruns only the map panel -----------------------------------
+
+def display_changed() -> None:
+    """on_change of the display widgets: rerun just the map panel when this page has one."""
+    try:
+        st.rerun(MAP_PANEL)
+    except StreamlitAPIException:      # no map panel rendered on this page: the page reruns whole
+        pass
+
+
+def current_display(base: state.Display) -> state.Display:
+    """``base`` with the display values the widgets hold now (the panel's rerun reads them here)."""
+    ss = st.session_state
+    return dataclasses.replace(base, **{k: ss[k] for k in DISPLAY_KEYS if k in ss})
+
+
+@st.fragment(key=MAP_PANEL)
+def _panel(draw: Callable[[Any], None], base: state.Display) -> None:
+    draw(current_display(base))
+
+
+def map_panel(draw: Callable[[Any], None], display: state.Display) -> None:
+    """Call ``draw(display)`` inside the page's map panel; on a display change only this reruns.
+
+    ``draw`` is kept by Streamlit between reruns: it must close over :func:`light` contexts,
+    maps and small values, never a capture.
+    """
+    _panel(draw, display)
+
+
+# --- what the panel may keep ------------------------------------------------------------
+
+def _slim_capture(cap):
+    """The capture without its activations, attention tensors and autograd graph (scores, targets,
+    layout, readout and small extras stay)."""
+    extras = {k: v for k, v in cap.extras.items()
+              if not (isinstance(v, tuple) and v and isinstance(v[0], torch.Tensor))}
+    return dataclasses.replace(cap, attentions=(), cross_attentions=None, stages=(), inputs={}, extras=extras,
+                               _grad_fn=None, _grads={})
+
+
+def light(ctx):
+    """A copy of a page context safe to keep in a fragment: the capture slimmed, the rest shared."""
+    from .compute import CaptureEntry
+    return dataclasses.replace(ctx, entry=CaptureEntry(_slim_capture(ctx.entry.capture), ctx.entry.seconds))
+
+
+# --- overlays rendered once ----------------------------------------------------------------
+
+@st.cache_resource(show_spinner=False)
+def _pngs() -> ResultCache:
+    """Overlay PNG bytes by (image, map, scale, display): shared by every session of this process."""
+    return ResultCache(PNG_ENTRIES, state.CACHE_TTL)
+
+
+def map_digest(m: np.ndarray) -> str:
+    a = np.ascontiguousarray(m, dtype=np.float32)
+    return hashlib.blake2b(a.tobytes() + str(a.shape).encode(), digest_size=16).hexdigest()
+
+
+def overlay_png(image_key: str, image, m: np.ndarray, scale: mapview.Scale, display, box=None) -> bytes:
+    """The PNG of ``m`` over ``image`` (``image_key`` names the image) in ``scale``'s colours, made once."""
+    key = ("overlay", image_key, image.size, map_digest(m), scale, float(display.alpha), display.resample,
+           tuple(box) if box is not None else None)
+    return _pngs().get_or_compute(key, lambda: render.to_png_bytes(mapview.draw(image, m, scale, display, box)))
+
+
+# --- waiting for the model ---------------------------------------------------------------
+
+def ahead_sentence(n: int) -> str:
+    return (f"The model is working for other users: {n} request{'s' if n != 1 else ''} ahead of you. "
+            "Your map comes next; this page updates by itself.")
+
+
+@contextmanager
+def model_turn(adapter, slot: Optional[Any] = None) -> Iterator[None]:
+    """Hold the model for the block; while others are ahead, say how many (updated as the line moves)."""
+    lock = getattr(adapter, "lock", None)
+    if not isinstance(lock, TurnLock):
+        yield
+        return
+    box = slot if slot is not None else st.empty()
+    shown = [False]
+
+    def on_wait(ahead: int) -> None:
+        box.info(ahead_sentence(ahead), icon=":material/hourglass_top:")
+        shown[0] = True
+    try:
+        with lock.turn(on_wait):
+            if shown[0]:
+                box.empty()
+            yield
+    finally:
+        if shown[0] and slot is None:
+            box.empty()
