@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", action="store_true",
                        help="batch throughput instead: the batch engine against a bare batched forward, images/s")
     bench.add_argument("--ray", action="store_true", help="with --batch: also the Ray engine against in-process")
-    bench.add_argument("--images", type=int, help="with --batch: images per run (default 32; 200 with --ray)")
+    bench.add_argument("--images", type=int, help="with --batch: images per run (default 16; 200 with --ray)")
     bench.add_argument("--app", action="store_true",
                        help="the app instead: server CPU per interaction (demo model and ViT-B/16, random weights)")
 
@@ -183,8 +183,9 @@ def _write_out(path: Path, image, cap, exp) -> None:
     from . import render
     from .errors import UsageError
     suffix = path.suffix.lower()
-    if exp.over == "tokens" and suffix == ".png":
-        raise UsageError("A map over prompt tokens has no image overlay; use --out x.npy or --json.")
+    if exp.over in ("tokens", "channels") and suffix == ".png":
+        what = "prompt tokens" if exp.over == "tokens" else "a block's channels"
+        raise UsageError(f"A map over {what} has no image overlay; use --out x.npy or --json.")
     if suffix == ".npy":
         import numpy as np
         np.save(path, exp.map.astype("float32"))

@@ -269,3 +269,32 @@ def test_bad_sizes_are_one_sentence(cnn_dirs, photo):
         adapter.prepare(photo, size=(16, 40))
     with pytest.raises(UsageError, match="at most"):
         adapter.prepare(photo, size=(2000, 2000))
+
+
+def test_cli_explains_a_tiny_cnn(capsys, tmp_path, cnn_dirs, photo):
+    """--method grad_cam | channel_attention | spatial_attention on the tiny gated CNN; JSON lists every block."""
+    import json
+
+    from attnviz.cli import main
+    img = tmp_path / "photo.png"
+    photo.save(img)
+
+    def run(*argv):
+        code = main([str(a) for a in argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    model = cnn_dirs["gated"]
+    code, out, err = run("explain", img, "--model", model, "--method", "grad_cam", "--layer", "1", "--json")
+    rec = json.loads(out)
+    assert code == 0 and rec["meta"]["stage"] == 1 and rec["map_shape"] == [16, 16] and rec["pooling"] == "mean"
+    code, out, err = run("explain", img, "--model", model, "--method", "channel_attention", "--json")
+    rec = json.loads(out)
+    assert code == 0 and rec["over"] == "channels" and rec["map_shape"] == [16]
+    assert [b["module"] for b in rec["meta"]["blocks"]] == ["SE", "ECA", "CBAM", "CBAM"]
+    assert {"mean", "std", "emphasised", "suppressed", "stage", "cells"} <= set(rec["meta"]["blocks"][0])
+    code, out, err = run("explain", img, "--model", model, "--method", "spatial_attention", "--out", tmp_path / "s.png")
+    assert code == 0 and (tmp_path / "s.png").stat().st_size > 0
+    code, out, err = run("explain", img, "--model", model, "--method", "channel_attention", "--out", tmp_path / "c.png")
+    assert code == 2 and "channels has no image overlay" in err
+    code, out, err = run("explain", img, "--model", cnn_dirs["resnet"], "--method", "spatial_attention")
+    assert code == 2 and "needs spatial attention gates" in err

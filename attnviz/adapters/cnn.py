@@ -56,6 +56,7 @@ class GateSite:
     module: str                  # "SE" | "ECA" | "CBAM"
     owner: torch.nn.Module       # the gate block; for a channel gate its input is the map the gate scales
     sigmoid: torch.nn.Module     # its output is the gate
+    stage: int                   # the stage whose weights hold it
 
 
 def _gate_table() -> dict[type, tuple[tuple[str, str, str], ...]]:
@@ -111,13 +112,15 @@ def model_stages(model) -> list[Stage]:
     raise ModelUnavailable(f"attnviz does not know the stages of {mt} models.")
 
 
-def gate_sites(model) -> list[GateSite]:
+def gate_sites(model, stages: Sequence[Stage]) -> list[GateSite]:
     """Every SE / ECA / CBAM gate of the model in module order (the order of the forward pass here)."""
     table = _gate_table()
+    owners = [{id(m) for m in st.weights.modules()} for st in stages]
     out = []
     for name, mod in model.named_modules():
+        stage = next((k for k, ids in enumerate(owners) if id(mod) in ids), 0)
         for kind, label, attr in table.get(type(mod), ()):
-            out.append(GateSite(f"{name}.{attr}", kind, label, mod, getattr(mod, attr)))
+            out.append(GateSite(f"{name}.{attr}", kind, label, mod, getattr(mod, attr), stage))
     return out
 
 
@@ -163,7 +166,7 @@ class CnnAdapter(ModelAdapter):
             raise ModelUnavailable("attnviz supports EfficientNets whose head averages the last feature map "
                                    f"(pooling_type 'mean'); this one uses '{self.config.pooling_type}'.")
         self.stage_specs = model_stages(model)
-        self.gate_specs = gate_sites(model)
+        self.gate_specs = gate_sites(model, self.stage_specs)
         self.multi_label = getattr(self.config, "problem_type", None) == "multi_label_classification"
         self._grids: OrderedDict[tuple[int, int], tuple[tuple[int, int], ...]] = OrderedDict()
 
@@ -321,14 +324,26 @@ class CnnAdapter(ModelAdapter):
         return logits, None, {"stages": tuple(stages), "stage_grids": grids,
                               "gates": self._gate_records(fired, grids)}
 
+    def channel_excitations(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """Every channel gate's excitations for a batch: one [B, C] per gate, in forward order (no graph)."""
+        fired: dict[int, torch.Tensor] = {}
+        handles = [g.sigmoid.register_forward_hook(lambda m, a, out, i=i: fired.__setitem__(i, out))
+                   for i, g in enumerate(self.gate_specs) if g.kind == "channel"]
+        try:
+            with torch.no_grad(), self.lock:
+                self.model(pixel_values=pixel_values.to(self.device))
+        finally:
+            for h in handles:
+                h.remove()
+        return [fired[i].reshape(pixel_values.shape[0], -1).cpu() for i in sorted(fired)]    # each [B, C]
+
     def _gate_records(self, fired, grids) -> tuple[Gate, ...]:
-        owners = [{id(m) for m in st.weights.modules()} for st in self.stage_specs]
         out = []
         for i, g in enumerate(self.gate_specs):
             rec = fired.get(i, {})
             if "value" not in rec:
                 continue                                                   # a gate this forward did not pass
-            stage = next((k for k, ids in enumerate(owners) if id(g.owner) in ids), 0)
+            stage = g.stage
             value = rec["value"][0].detach()
             feats = rec.get("features")
             if g.kind == "channel":

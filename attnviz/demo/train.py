@@ -324,7 +324,7 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, steps: int = 3000, teacher_s
 def main(argv: list[str] | None = None) -> int:
     # `python -m attnviz.demo.train clip|captioner [...]` trains the other demo models.
     args_in = list(sys.argv[1:] if argv is None else argv)
-    if args_in and args_in[0] in ("clip", "captioner"):
+    if args_in and args_in[0] in ("clip", "captioner", "cnn"):
         import importlib
         return importlib.import_module(f"attnviz.demo.train_{args_in[0]}").main(args_in[1:])
     argv = args_in
