@@ -77,7 +77,7 @@ def run_batch_bench(images: int | None = None, ray: bool = False, quick: bool = 
     torch.set_grad_enabled(True)
     adapter, bare = _models(quick)
     size = adapter.model.config.image_size
-    n = images or (8 if quick else 32)
+    n = images or (8 if quick else 16)
     data = _images(n, size)
     items = [Item(f"img{i}.jpg", None, d) for i, d in enumerate(data)]
     from ..images import load_image
@@ -89,13 +89,14 @@ def run_batch_bench(images: int | None = None, ray: bool = False, quick: bool = 
     _bare_rate(bare, batches[:1])
     rates: dict[str, list[float]] = {"bare": [], "rollout": [], "relevance": []}
     ratios: dict[str, list[float]] = {"rollout": [], "relevance": []}
-    for _ in range(1 if quick else repeats):
+    for i in range(1 if quick else repeats):
         for m, w in workers.items():
             unit = _bare_rate(bare, batches)
             r = _engine_rate(w, items)
             rates["bare"].append(unit)
             rates[m].append(r)
             ratios[m].append(r / unit)
+            print(f"  run {i + 1}: bare {unit:.2f} images/s, {m} {r:.2f} images/s ({r / unit:.2f}×)", flush=True)
     unit = statistics.median(rates["bare"])
     print(f"attnviz bench --batch: {'tiny ViT' if quick else 'ViT-B/16'} random weights, {size}×{size} JPEG, "
           f"{n} images, {batch_size} per forward, torch {torch.__version__}, {torch.get_num_threads()} threads")
