@@ -42,13 +42,11 @@ def _array(chart, trace: int, axis: str) -> np.ndarray:
 def _open(new_app, *, guided: bool = False, layer: int = 1, head: int = 2, row: int = 1, col: int = 2,
           check: bool = True):
     at = new_app().run()
+    for key, value in (("l_guided", guided), ("l_layer", layer), ("l_head", head), ("l_row", row), ("l_col", col)):
+        at.session_state[key] = value                   # the page's widgets start from these (one run, not five)
     at.switch_page(LESSON).run()
-    _ok(at)
-    at.toggle(key="l_guided").set_value(guided).run()
-    at.slider(key="l_layer").set_value(layer).run()
-    at.selectbox(key="l_head").set_value(head).run()
-    at.number_input(key="l_row").set_value(row).run()
-    at.number_input(key="l_col").set_value(col).run()
+    assert (at.slider(key="l_layer").value, at.selectbox(key="l_head").value) == (layer, head)
+    assert (at.number_input(key="l_row").value, at.number_input(key="l_col").value) == (row, col)
     if check:
         _ok(at)
     return at

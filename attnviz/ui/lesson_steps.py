@@ -191,9 +191,13 @@ def distance_sentence(distance: np.ndarray, where: str) -> str:
     if L == 1:
         return f"{where}: the heads look {lo0:.1f} to {hi0:.1f} pixels away on average."
     trend = "further" if m1 > m0 * 1.05 else "nearer" if m1 < m0 * 0.95 else "about as far"
+    near = np.unravel_index(int(distance.argmin()), distance.shape)
+    far = np.unravel_index(int(distance.argmax()), distance.shape)
     return (f"{where}: in layer 0 the heads look {lo0:.1f} to {hi0:.1f} pixels away on average (spread "
             f"{hi0 - lo0:.1f} px); in layer {L - 1}, {lo1:.1f} to {hi1:.1f} px (spread {hi1 - lo1:.1f} px). "
-            f"The average head of the last layer looks {trend} than in the first ({m0:.1f} → {m1:.1f} px).")
+            f"The average head of the last layer looks {trend} than in the first ({m0:.1f} → {m1:.1f} px). "
+            f"Nearest: layer {near[0]}, head {near[1]} ({distance[near]:.1f} px); farthest: layer {far[0]}, "
+            f"head {far[1]} ({distance[far]:.1f} px).")
 
 
 def mask_sentence(masks: np.ndarray, share: float, query: str) -> str:
