@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -118,6 +119,8 @@ def run_loadtest(*, sessions: int = 30, model: Optional[str] = None, url: Option
     if ramp < 0 or think < 0 or timeout <= 0 or limit <= 0:
         raise UsageError("--ramp and --think must be >= 0, --timeout and --limit > 0 (seconds).")
     plan = Plan(ramp=ramp, think=think, seed=seed, timeout=timeout)
+    # A kill (timeout, Ctrl-C) still stops the app this test started: SIGTERM unwinds like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     images = one_session_images(seed, sessions, Path(images_dir) if images_dir else None)
     if url is not None:
         if model:

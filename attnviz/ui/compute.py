@@ -12,7 +12,8 @@ import functools
 import time
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, Optional
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Optional
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from .cache import ResultCache
 from .jobs import Jobs
 
 Progress = Callable[[int, int], None]
+Turn = Callable[[], ContextManager[Any]]     # waits for this session's turn with the model (panels.model_turn)
 
 
 
@@ -55,17 +57,23 @@ class Engine:
         self.results.clear()
 
     # --- captures -----------------------------------------------------
-    def capture(self, adapter, digest: str, image, texts: Optional[tuple[str, ...]] = None) -> CaptureEntry:
+    def capture(self, adapter, digest: str, image, texts: Optional[tuple[str, ...]] = None,
+                turn: Optional[Turn] = None) -> CaptureEntry:
         """One forward of ``image`` (and prompts or a typed caption) through ``adapter``, cached.
 
         A capture is keyed by the image digest, the model and the texts, so
-        ``digest`` below stands for all three wherever a map is keyed.
+        ``digest`` below stands for all three wherever a map is keyed. ``turn()``
+        (a context manager) is entered around the work only when it has to be done.
         """
         def run() -> CaptureEntry:
-            t0 = time.perf_counter()
-            inputs = adapter.prepare(image, texts=list(texts)) if texts else adapter.prepare(image)
-            cap = adapter.capture(inputs, grads=True)
-            return CaptureEntry(cap, time.perf_counter() - t0)
+            # The turn is taken inside the cache's per-key lock, never around it: whoever computes a
+            # key holds that key's lock first and the model's line second, so two sessions cannot
+            # each hold what the other waits for.
+            with turn() if turn is not None else nullcontext():
+                t0 = time.perf_counter()
+                inputs = adapter.prepare(image, texts=list(texts)) if texts else adapter.prepare(image)
+                cap = adapter.capture(inputs, grads=True)
+                return CaptureEntry(cap, time.perf_counter() - t0)
         return self.captures.get_or_compute(self._capture_key(adapter, digest, texts), run)
 
     def _capture_key(self, adapter, digest: str, texts: Optional[tuple[str, ...]] = None) -> tuple:
@@ -89,14 +97,17 @@ class Engine:
         return self.results.peek(self.explanation_key(adapter, entry, digest, method, target, params))
 
     def explain(self, adapter, entry: CaptureEntry, digest: str, method: str, target: Any,
-                params: dict[str, Any], progress: Optional[Progress] = None) -> Explanation:
-        """A map from the cache, or computed once (a slow method reports ``progress(done, total)``)."""
+                params: dict[str, Any], progress: Optional[Progress] = None,
+                turn: Optional[Turn] = None) -> Explanation:
+        """A map from the cache, or computed once (a slow method reports ``progress(done, total)``;
+        ``turn()`` is entered around the computation, as in :meth:`capture`)."""
         key = self.explanation_key(adapter, entry, digest, method, target, params)
 
         def run() -> Explanation:
             # The engine handles sharing: forwards take the model's lock one batch at a time,
             # a capture's backward passes take turns, seeded methods take turns for the RNG.
-            return explain_capture(adapter, entry.capture, method, target, progress=progress, **params)
+            with turn() if turn is not None else nullcontext():
+                return explain_capture(adapter, entry.capture, method, target, progress=progress, **params)
         return self.results.get_or_compute(key, run)
 
     # --- faithfulness checks --------------------------------------------

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -132,9 +131,9 @@ def load_context(texts_slot=None) -> Optional[Context]:
     eng = state.engine()
     cached = eng.has_capture(adapter, img.digest, texts)
     t0 = time.perf_counter()
-    # While other sessions' work holds the model, the page says how many requests are ahead of it.
-    with (nullcontext() if cached else panels.model_turn(adapter)), st.spinner("Running the model on your image…"):
-        entry = eng.capture(adapter, img.digest, img.image, texts)
+    with st.spinner("Running the model on your image…"):
+        # While other sessions' work holds the model, the page says how many requests are ahead of it.
+        entry = eng.capture(adapter, img.digest, img.image, texts, turn=lambda: panels.model_turn(adapter))
     timings["capture"] = 0.0 if cached else time.perf_counter() - t0
     cap = entry.capture
     prefix = ", ".join(cap.layout.prefix_names) or "no prefix tokens"

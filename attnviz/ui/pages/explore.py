@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import time
@@ -15,7 +16,7 @@ from attnviz import render
 from attnviz.errors import UsageError
 from attnviz.methods import list_methods
 from attnviz.methods.registry import MethodSpec
-from attnviz.ui import figures, mapview, notes, state, urlstate
+from attnviz.ui import figures, mapview, notes, panels, state, urlstate
 from attnviz.ui.compute import export_record, top_k
 from attnviz.ui.context import load_context, query_label
 from attnviz.ui.errors import guard
@@ -121,7 +122,9 @@ def compute_ui(ctx, spec: MethodSpec, params: dict[str, Any], target: Any) -> Op
             help="This method runs the model many times; it shows its progress while it works.",
             note=f"{pretty(spec.name)} runs the model many times: press Run when the settings are right "
                  "(display changes while it runs do not stop it).")
-    return eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params)
+    # A class-specific map runs a backward through the model's graph: it takes its turn with the model.
+    turn = (lambda: panels.model_turn(ctx.adapter)) if spec.class_specific else None
+    return eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params, turn=turn)
 
 
 def _meta_caption(exp, ctx) -> str:
@@ -170,7 +173,7 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Sc
                                                         compact=len(shown) > 1)
                             st.plotly_chart(fig, key=f"fig:{spec.name}")
                         else:
-                            st.image(mapview.draw(ctx.img.display, exp.map, scale, d, ctx.box),
+                            st.image(panels.overlay_png(ctx.img.digest, ctx.img.display, exp.map, scale, d, ctx.box),
                                      caption=pretty(spec.name), width="stretch")
                             st.markdown(mapview.legend_html(scale, title), unsafe_allow_html=True)
     if len(shown) > 1:
@@ -255,6 +258,22 @@ def _url_values(ctx, method: str, compare: list[str], params: dict[str, dict], s
     return out
 
 
+def map_panel_ui(ctx, shown, settings: Optional[dict[str, Any]], values: dict[str, Any], display) -> None:
+    """What a display change redraws (the page's map panel): the maps, their exports and the link.
+
+    ``ctx`` is a :func:`panels.light` context (kept between the panel's reruns); ``settings`` is None
+    when the main method has no map yet (nothing to export).
+    """
+    ctx = dataclasses.replace(ctx, display=display)
+    scales = scales_for(ctx, shown)
+    results_ui(ctx, shown, scales)
+    values = {**values, **shared_url_values(ctx)}
+    if settings is not None:
+        with guard("Preparing the downloads"):
+            export_ui(ctx, shown, scales, {**settings, "display": dataclasses.asdict(display)}, view_link(values))
+    urlstate.sync(values)
+
+
 def controls_ui(ctx, specs: dict[str, MethodSpec]) -> tuple[Any, Optional[str], list[str], dict[str, dict]]:
     """Predictions, the target, the method(s) and their settings (folded away until opened)."""
     params: dict[str, dict] = {}
@@ -306,9 +325,13 @@ def main() -> None:
                 exp = compute_ui(ctx, specs[name], params[name], target)
                 if exp is not None:
                     shown.append((specs[name], exp))
-        scales = scales_for(ctx, shown)
         if shown:
-            results_ui(ctx, shown, scales)
+            settings = None
+            if shown[0][0].name == method:
+                settings = {"model": getattr(ctx.adapter, "source", "") or ctx.adapter.name, "method": method,
+                            "compare": compare, "target": target, "params": params}
+            panels.map_panel(functools.partial(map_panel_ui, panels.light(ctx), shown, settings,
+                                               _url_values(ctx, method, compare, params, specs, target)), ctx.display)
             if shown[0][0].name == method:
                 with guard("The faithfulness checks"):
                     faithfulness_ui(ctx, shown[0][0], shown[0][1], params[method], target)
@@ -320,14 +343,8 @@ def main() -> None:
             parts.append(f"drawing {t.get('render', 0):.2f} s")
             st.caption(f"This view took {total:.2f} s ({', '.join(parts)}).",
                        help="Changing opacity, colormap or normalisation redraws without running the model.")
-    values = _url_values(ctx, method, compare, params, specs, target)
-    if shown and shown[0][0].name == method:
-        settings = {"model": getattr(ctx.adapter, "source", "") or ctx.adapter.name, "method": method,
-                    "compare": compare, "target": target, "params": params,
-                    "display": dataclasses.asdict(ctx.display)}
-        with guard("Preparing the downloads"):
-            export_ui(ctx, shown, scales, settings, view_link(values))
-    urlstate.sync(values)
+    if not shown:
+        urlstate.sync(_url_values(ctx, method, compare, params, specs, target))
 
 
 if __name__ == "__main__":

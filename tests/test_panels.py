@@ -1,0 +1,94 @@
+"""The app's map panel helpers (issue 13): overlays rendered once, the model queue notice, light contexts."""
+import dataclasses
+import io
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+from attnviz import render
+from attnviz.queue import TurnLock
+from attnviz.ui import mapview, panels
+from attnviz.ui.state import Display
+
+
+def test_overlay_png_is_the_drawn_overlay_and_is_drawn_once_per_display(monkeypatch):
+    panels._pngs.clear()
+    image = Image.fromarray((np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3))
+    m = np.random.default_rng(0).random((3, 4)).astype(np.float32)
+    calls = {"n": 0}
+    real = mapview.draw
+
+    def counted(*a, **kw):
+        calls["n"] += 1
+        return real(*a, **kw)
+    monkeypatch.setattr(mapview, "draw", counted)
+    d = Display(alpha=0.6)
+    scale = mapview.scale_for(m, False, d)
+    png = panels.overlay_png("img-a", image, m, scale, d)
+    want = render.overlay(image, m, alpha=0.6, cmap="inferno", norm="minmax", vmin=float(m.min()), vmax=float(m.max()))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), np.asarray(want))
+    assert panels.overlay_png("img-a", image, m.copy(), scale, d) == png and calls["n"] == 1   # same map, cached
+    d2 = dataclasses.replace(d, alpha=0.3)
+    assert panels.overlay_png("img-a", image, m, scale, d2) != png and calls["n"] == 2          # new display
+    panels.overlay_png("img-a", image, m + 1e-3, scale, d)                                      # new map
+    panels.overlay_png("img-b", image, m, scale, d)                                             # new image
+    assert calls["n"] == 4
+    panels._pngs.clear()
+
+
+class _Slot:
+    """Stands in for an st.empty(): records what the page would show."""
+
+    def __init__(self):
+        self.calls = []
+
+    def info(self, text, **kw):
+        self.calls.append(("info", text))
+
+    def empty(self):
+        self.calls.append(("empty", None))
+
+
+def test_model_turn_says_how_many_are_ahead_then_clears_and_holds_the_model():
+    adapter = type("A", (), {})()
+    adapter.lock = TurnLock()
+    held, done = threading.Event(), threading.Event()
+
+    def other_session():                       # two requests: one running, one waiting before us
+        with adapter.lock:
+            held.set()
+            done.wait(5)
+    threads = [threading.Thread(target=other_session)]
+    threads[0].start()
+    held.wait(5)
+    second = adapter.lock.take()
+    threads.append(threading.Thread(target=lambda: (adapter.lock.wait(second), adapter.lock.release())))
+    threads[1].start()
+    slot = _Slot()
+    threading.Timer(0.4, done.set).start()
+    t0 = time.monotonic()
+    with panels.model_turn(adapter, slot):
+        inside = adapter.lock._owner == threading.get_ident()
+    assert inside and time.monotonic() - t0 >= 0.3
+    infos = [t for k, t in slot.calls if k == "info"]
+    assert infos and infos[0] == panels.ahead_sentence(2) and "2 requests ahead of you" in infos[0]
+    assert slot.calls[-1] == ("empty", None)
+    for t in threads:
+        t.join(5)
+
+
+def test_a_light_context_keeps_no_activations():
+    import attnviz
+    from attnviz.adapters.classifier import ClassifierAdapter
+    from attnviz.ui.compute import CaptureEntry
+    adapter = ClassifierAdapter.tiny("vit")
+    image = Image.fromarray(np.zeros((32, 32, 3), np.uint8))
+    cap = attnviz.capture(adapter, image)
+    attnviz.explain(adapter, cap, "relevance")                  # grads cached on the capture
+    ctx = dataclasses.make_dataclass("Ctx", [("entry", object), ("name", str)])(CaptureEntry(cap, 0.1), "x")
+    slim = panels.light(ctx).entry.capture
+    assert slim.attentions == () and slim._grad_fn is None and slim._grads == {} and slim.inputs == {}
+    assert slim.targets == cap.targets and slim.scores is cap.scores and slim.layout == cap.layout
+    assert len(cap.attentions) == adapter.n_layers and cap._grad_fn is not None   # the cached capture is untouched
