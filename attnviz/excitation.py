@@ -91,3 +91,29 @@ def compare(capture, profile: ClassProfile) -> list[dict]:
         out.append({"block": i, "name": g.name, "r": dict(zip(profile.classes, rs)),
                     "nearest": profile.classes[int(np.argmax(rs))], "specificity": profile.specificity[i]})
     return out
+
+
+def profile_figure(profile: ClassProfile, capture=None, *, height_per_block: int = 170):
+    """Hu et al.'s Fig. 6 as a Plotly figure: for each gated block (top: the first), the mean excitation of
+    every channel per class (a line each), this image's excitations dashed when ``capture`` is given; the
+    title of each row names the block and its class-specificity η²."""
+    from plotly.subplots import make_subplots
+
+    n = len(profile.blocks)
+    titles = [f"block {i} · {m} · stage {s} · η² {e:.2f}" for i, (m, s, e) in
+              enumerate(zip(profile.modules, profile.stages, profile.specificity))]
+    fig = make_subplots(rows=n, cols=1, subplot_titles=titles, vertical_spacing=0.35 / max(n, 1))
+    mine = [g for g in capture.gates if g.kind == "channel"] if capture is not None else []
+    for b, means in enumerate(profile.means):
+        for k, cls in enumerate(profile.classes):
+            fig.add_scatter(y=means[k], mode="lines", name=cls, legendgroup=cls, showlegend=b == 0,
+                            line={"width": 1.5, "color": f"hsl({int(360 * k / len(profile.classes))},70%,45%)"},
+                            row=b + 1, col=1)
+        if b < len(mine):
+            fig.add_scatter(y=mine[b].value.float().cpu().numpy(), mode="lines", name="this image",
+                            legendgroup="image", showlegend=b == 0, line={"width": 2, "dash": "dash", "color": "black"},
+                            row=b + 1, col=1)
+        fig.update_yaxes(range=[0, 1], row=b + 1, col=1)
+    fig.update_xaxes(title_text="channel", row=n, col=1)
+    fig.update_layout(height=height_per_block * n + 80, margin={"l": 40, "r": 10, "t": 40, "b": 40})
+    return fig

@@ -298,3 +298,51 @@ def test_cli_explains_a_tiny_cnn(capsys, tmp_path, cnn_dirs, photo):
     assert code == 2 and "channels has no image overlay" in err
     code, out, err = run("explain", img, "--model", cnn_dirs["resnet"], "--method", "spatial_attention")
     assert code == 2 and "needs spatial attention gates" in err
+
+
+def test_class_profile_by_depth_from_single_captures(cnn_dirs):
+    """Hu et al. 7.2: per-class mean excitations from a batched pass equal the means of one capture per scene,
+    and η² is the between-class share of the variance, written out here."""
+    from attnviz.demo.scenes import SHAPES, make_scene, scene_rng, scene_to_pil
+    from attnviz.excitation import class_profile, compare, correlation_ratio, profile_figure
+    adapter = attnviz.load_model(str(cnn_dirs["gated"]))
+    prof = class_profile(adapter, per_class=3, seed=5)
+    per_image = []                                                           # [N] lists of per-block vectors
+    labels = []
+    for k, shape in enumerate(SHAPES):
+        for i in range(3):
+            cap = attnviz.capture(adapter, scene_to_pil(make_scene(scene_rng(5, k * 3 + i), shapes=[shape])),
+                                  grads=False)
+            per_image.append([g.value.numpy() for g in cap.gates if g.kind == "channel"])
+            labels.append(k)
+    labels = np.array(labels)
+    assert prof.modules == ("SE", "ECA", "CBAM", "CBAM") and prof.stages == (0, 1, 2, 2)
+    for b in range(4):
+        v = np.stack([p[b] for p in per_image])                              # [N, C]
+        np.testing.assert_allclose(prof.means[b], np.stack([v[labels == k].mean(0) for k in range(5)]), atol=1e-5)
+        grand = v.mean(0)
+        ssb = sum(3 * ((v[labels == k].mean(0) - grand) ** 2).sum() for k in range(5))
+        assert prof.specificity[b] == pytest.approx(ssb / ((v - grand) ** 2).sum(), rel=1e-4)
+    assert prof.chance == pytest.approx(4 / 14)
+    assert correlation_ratio(np.array([[0.], [0.], [1.], [1.]]), np.array([0, 0, 1, 1])) == 1.0
+    assert correlation_ratio(np.array([[0.], [1.], [0.], [1.]]), np.array([0, 0, 1, 1])) == 0.0
+    rows = compare(cap, prof)
+    assert len(rows) == 4 and rows[0]["r"][SHAPES[0]] == pytest.approx(np.corrcoef(per_image[-1][0], prof.means[0][0])[0, 1])
+    assert len(profile_figure(prof, cap).data) == 4 * (5 + 1)
+
+
+def test_compare_offers_shared_and_own_methods(cnn_dirs, saved_models, photo):
+    from attnviz.compare import own_methods, shared_methods, side_by_side
+    vit = attnviz.load_model(str(saved_models["vit"]))
+    cnn = attnviz.load_model(str(cnn_dirs["gated"]))
+    shared = set(shared_methods(vit, cnn))
+    assert {"grad_cam", "integrated_gradients", "occlusion", "saliency"} <= shared
+    assert not {"relevance", "rollout", "spatial_attention", "channel_attention"} & shared
+    assert own_methods(vit) == ["relevance"] and own_methods(cnn) == ["spatial_attention", "channel_attention"]
+    assert own_methods(attnviz.load_model(str(cnn_dirs["resnet"]))) == ["grad_cam"]
+    sides = side_by_side([vit, cnn], photo, "grad_cam", target="class_3", faithfulness=True)
+    assert [s.target.label for s in sides] == ["class_3", "class_3"]
+    for s in sides:
+        ref = attnviz.explain(s.adapter, s.capture, "grad_cam", target=3)
+        np.testing.assert_allclose(s.explanation.map, ref.map, rtol=1e-5, atol=1e-7)
+        assert 0 <= s.faithfulness["deletion_auc"] <= 1

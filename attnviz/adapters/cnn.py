@@ -206,7 +206,7 @@ class CnnAdapter(ModelAdapter):
         elif kind == "gated":
             model = gated_cnn.GatedCnnForImageClassification(gated_cnn.GatedCnnConfig(
                 stem_channels=8, hidden_sizes=[8, 16, 16], depths=[1, 1, 2], strides=[1, 2, 2],
-                gates=["se", "eca", "cbam"], **labels))
+                gates=["se", "eca", "cbam"], se_reduction=1, **labels))
         else:
             raise ValueError(f"Unknown tiny CNN kind '{kind}'.")
         if kind in ("convnext", "efficientnet"):
