@@ -19,14 +19,18 @@ from .types import Explanation
 
 def image_report_html(image: Image.Image, exp: Explanation, *, record: Optional[dict[str, Any]] = None,
                       box: Optional[tuple[int, int, int, int]] = None, faithfulness: Optional[dict] = None,
-                      sanity: Optional[Sequence[Any]] = None, title: Optional[str] = None) -> str:
+                      sanity: Optional[Sequence[Any]] = None, title: Optional[str] = None,
+                      cmap: str = "inferno", norm: Optional[str] = None, vmin: Optional[float] = None,
+                      vmax: Optional[float] = None, alpha: float = 0.5) -> str:
     """The report as an HTML string.
 
     ``record``: the app's JSON export (``ui.compute.export_record``) or the CLI's ``--json`` record:
     model, target, top predictions, settings and versions are read from it when present. ``box``: the
     region of ``image`` the model saw (``capture.box``). ``faithfulness``: a
     :func:`attnviz.metrics.deletion_insertion` result; ``sanity``: the steps of
-    :func:`attnviz.metrics.cascading_randomisation` (objects or their ``to_dict()``).
+    :func:`attnviz.metrics.cascading_randomisation` (objects or their ``to_dict()``). ``cmap``, ``norm``
+    (default: "signed" for signed maps, else "minmax"), ``vmin``/``vmax`` and ``alpha``: the overlay's
+    look, as :func:`attnviz.render.overlay` takes them (the app passes the scale it shows).
     """
     from . import render
     record = record or {}
@@ -35,14 +39,14 @@ def image_report_html(image: Image.Image, exp: Explanation, *, record: Optional[
     heading = title or f"{record.get('model', 'attnviz')} · {exp.method}" + (f" · {tgt.get('label')}" if tgt else "")
     parts = []
     if exp.over in ("patches", "pixels"):
-        norm = "signed" if exp.signed else "minmax"
-        shown = render.overlay(image, exp.map, norm=norm, box=box)
-        lo, hi = render.value_range(exp.map, norm)
+        norm = norm or ("signed" if exp.signed else "minmax")
+        shown = render.overlay(image, exp.map, norm=norm, box=box, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha)
+        lo, hi = render.value_range(exp.map, norm, vmin=vmin, vmax=vmax)
         parts.append("<h2>Map</h2>" + H.grid([H.card(shown, "overlay on the image", max_side=512),
                                                H.card(H.map_image(exp.map, signed=exp.signed, side=256),
                                                       f"raw map {'×'.join(map(str, exp.map.shape))} over {exp.over}",
                                                       max_side=512)])
-                     + _colour_key(lo, hi, f"{exp.method} ({'signed' if exp.signed else '>= 0'})"))
+                     + _colour_key(lo, hi, f"{exp.method} ({'signed' if exp.signed else '>= 0'})", cmap))
     else:
         parts.append("<h2>Map</h2><p class='note'>This map is over prompt tokens: see the values below.</p>")
     facts = [("method", exp.method), ("map", f"{'×'.join(map(str, exp.map.shape))} over {exp.over}"),
@@ -76,11 +80,11 @@ def image_report_html(image: Image.Image, exp: Explanation, *, record: Optional[
     return H.page(heading, "".join(parts))
 
 
-def _colour_key(lo: float, hi: float, title: str) -> str:
+def _colour_key(lo: float, hi: float, title: str, cmap: str) -> str:
     """The overlay's colour scale, from the value shown darkest to the brightest."""
     import matplotlib as mpl
     fig, ax = H.new_figure(5, 0.45)
-    mpl.colorbar.ColorbarBase(ax, cmap="inferno", norm=mpl.colors.Normalize(lo, hi), orientation="horizontal")
+    mpl.colorbar.ColorbarBase(ax, cmap=cmap, norm=mpl.colors.Normalize(lo, hi), orientation="horizontal")
     ax.set_title(title, fontsize=9)
     return "<p>" + H.plot(fig, "colour key") + "</p>"
 
