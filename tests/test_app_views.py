@@ -190,7 +190,7 @@ def test_split_words_are_named():
     words = [("a", [0]), ("dog", [1, 2, 3]), ("runs", [4])]
     note = split_words_note(words, ["a", "d", "o", "g", "runs"])
     assert "“dog” as d · o · g" in note and "runs" not in note
-    assert split_words_note([("a", [0])], ["a"]) == ""
+    assert split_words_note([("a", [0]), (",", [1, 2])], ["a", " ", ","]) == ""      # spacing is not a piece
 
 
 @pytest.mark.skipif(not (DEMO_CAPTIONER / "model.safetensors").is_file(), reason="demo captioner not built")
@@ -330,7 +330,7 @@ def test_mosaic_is_as_large_as_its_thumbnails_and_can_lie_over_the_image():
     gh, gw = z.shape[:2]
     lay = fig.layout
     assert lay.width == lay.margin.l + gw + lay.margin.r and lay.height == lay.margin.t + gh + lay.margin.b
-    assert gw <= MOSAIC_WIDTH
+    assert lay.width <= MOSAIC_WIDTH
     cell = int(np.argmax((z == 255).all(axis=(0, 2))))              # the first white gap column
     assert cell >= 40
     xs = list(lay.xaxis.tickvals)

@@ -52,7 +52,7 @@ def predictions_figure(rows: Sequence[dict], selected: Optional[int] = None, *, 
     return fig
 
 
-MOSAIC_WIDTH = 600    # pixels the thumbnails fill, labels and colour bar aside
+MOSAIC_WIDTH = 570    # the figure's width in pixels: the Heads page's column at 1440 px, labels included
 MOSAIC_LABELS = (34, 24, 64)     # left (layer labels), top (head labels), bottom (colour bar) margins, px
 
 
@@ -98,7 +98,7 @@ def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "
     L, H, r, c = maps.shape
     left, top, bottom = MOSAIC_LABELS
     gap = max(2, width // 200)
-    cw = int(np.clip((width - gap * (H - 1)) // H, 16, 128))
+    cw = int(np.clip((width - left - 8 - gap * (H - 1)) // H, 16, 128))
     ch = max(8, round(cw * r / c))                                  # thumbnails keep the grid's aspect
     rgb, lo, hi = mosaic_image(maps, (cw, ch), gap, cmap=cmap, norm=norm, shared=shared, image=image, alpha=alpha)
     gh, gw = rgb.shape[:2]

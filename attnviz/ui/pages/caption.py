@@ -64,7 +64,9 @@ def _default_word(cap) -> int:
 def split_words_note(words: list[tuple[str, list[int]]], labels: list[str]) -> str:
     """A sentence naming the caption's words that the model reads in several pieces (each piece is a
     pill with a map of its own), or "" when every word is one token."""
-    split = [(w, [labels[i].strip() or "␣" for i in idx]) for w, idx in words if len(idx) > 1]
+    # a lone space before punctuation is the tokenizer's spacing, not a piece of a word
+    split = [(w, pieces) for w, idx in words
+             if len(pieces := [labels[i].strip() for i in idx if labels[i].strip()]) > 1]
     if not split:
         return ""
     shown = "; ".join(f"“{w}” as {' · '.join(pieces)}" for w, pieces in split[:5])

@@ -173,8 +173,9 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Sc
                                                         compact=len(shown) > 1)
                             st.plotly_chart(fig, key=f"fig:{spec.name}")
                         else:
-                            st.image(panels.overlay_png(ctx.img.digest, ctx.img.display, exp.map, scale, d, ctx.box),
-                                     caption=pretty(spec.name), width="stretch")
+                            st.image(panels.overlay_image(ctx.img.digest, ctx.img.display, exp.map, scale, d,
+                                                          ctx.box), caption=pretty(spec.name), width="stretch",
+                                     output_format="JPEG")
                             st.markdown(mapview.legend_html(scale, title), unsafe_allow_html=True)
     if len(shown) > 1:
         st.caption("Each map has its own colour scale, shown in its legend: the methods measure different things "

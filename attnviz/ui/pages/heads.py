@@ -130,15 +130,14 @@ def main() -> None:
                             help="One head, or all heads fused by mean, max or min.")
         st.session_state.setdefault("h_shared", True)
         st.session_state.setdefault("h_over", True)
-        c3, c4 = st.columns(2)
-        shared = c3.toggle("One colour scale for all", key="h_shared",
+        shared = st.toggle("One colour scale for all thumbnails", key="h_shared",
                            help="Off: each thumbnail is stretched to its own range (shows the pattern of weak heads).")
-        over = c4.toggle("Thumbnails over the image", key="h_over",
+        over = st.toggle("Thumbnails over the image", key="h_over",
                          help="Each head's map drawn over a small copy of the image (off: the map alone).")
 
     d = ctx.display
     sel = (layer, head) if isinstance(head, int) else None
-    mosaic_box, side_box = (st.container(), st.container()) if d.present else st.columns([3, 2], gap="large")
+    mosaic_box, side_box = (st.container(), st.container()) if d.present else st.columns([5, 3], gap="large")
     with mosaic_box, guard("Drawing the thumbnails"):
         grid = eng.attention_grid(ctx.adapter, ctx.entry, ctx.digest, query)        # [L, H, rows, cols]
         st.markdown(f"**Attention from {query_label(query, cap)}**, "
