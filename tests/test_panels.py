@@ -13,7 +13,7 @@ from attnviz.ui import mapview, panels
 from attnviz.ui.state import Display
 
 
-def test_overlay_png_is_the_drawn_overlay_and_is_drawn_once_per_display(monkeypatch):
+def test_overlay_image_is_the_drawn_overlay_and_is_drawn_once_per_display(monkeypatch):
     panels._pngs.clear()
     image = Image.fromarray((np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3))
     m = np.random.default_rng(0).random((3, 4)).astype(np.float32)
@@ -26,14 +26,17 @@ def test_overlay_png_is_the_drawn_overlay_and_is_drawn_once_per_display(monkeypa
     monkeypatch.setattr(mapview, "draw", counted)
     d = Display(alpha=0.6)
     scale = mapview.scale_for(m, False, d)
-    png = panels.overlay_png("img-a", image, m, scale, d)
+    jpeg = panels.overlay_image("img-a", image, m, scale, d)
     want = render.overlay(image, m, alpha=0.6, cmap="inferno", norm="minmax", vmin=float(m.min()), vmax=float(m.max()))
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), np.asarray(want))
-    assert panels.overlay_png("img-a", image, m.copy(), scale, d) == png and calls["n"] == 1   # same map, cached
+    shown = Image.open(io.BytesIO(jpeg))
+    assert shown.format == "JPEG" and shown.size == image.size
+    diff = np.abs(np.asarray(shown.convert("RGB"), dtype=int) - np.asarray(want, dtype=int))
+    assert diff.max() <= 8 and diff.mean() < 1.0                 # quality 100, no chroma subsampling
+    assert panels.overlay_image("img-a", image, m.copy(), scale, d) == jpeg and calls["n"] == 1   # same map, cached
     d2 = dataclasses.replace(d, alpha=0.3)
-    assert panels.overlay_png("img-a", image, m, scale, d2) != png and calls["n"] == 2          # new display
-    panels.overlay_png("img-a", image, m + 1e-3, scale, d)                                      # new map
-    panels.overlay_png("img-b", image, m, scale, d)                                             # new image
+    assert panels.overlay_image("img-a", image, m, scale, d2) != jpeg and calls["n"] == 2          # new display
+    panels.overlay_image("img-a", image, m + 1e-3, scale, d)                                      # new map
+    panels.overlay_image("img-b", image, m, scale, d)                                             # new image
     assert calls["n"] == 4
     panels._pngs.clear()
 
@@ -92,3 +95,30 @@ def test_a_light_context_keeps_no_activations():
     assert slim.attentions == () and slim._grad_fn is None and slim._grads == {} and slim.inputs == {}
     assert slim.targets == cap.targets and slim.scores is cap.scores and slim.layout == cap.layout
     assert len(cap.attentions) == adapter.n_layers and cap._grad_fn is not None   # the cached capture is untouched
+
+
+def test_a_loaded_model_waits_in_line_and_uses_the_apps_thread_count(monkeypatch, capfd):
+    """The app's model: a TurnLock (sessions queue, first come first served) and ATTNVIZ_TORCH_THREADS
+    threads for the script threads that run it; one log line per load."""
+    import types
+
+    import torch
+
+    from attnviz.ui import state
+    monkeypatch.setattr(state, "load_model", lambda spec: types.SimpleNamespace(source="tiny", lock=threading.RLock()))
+    monkeypatch.setattr(state, "TORCH_THREADS", 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)                    # so that one thread below can only come from the app
+    state._model.clear()
+    try:
+        adapter = state._model("tiny")
+        assert isinstance(adapter.lock, TurnLock)
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))   # a script thread
+        t.start()
+        t.join()
+        assert seen == [1]
+        assert state._model("tiny") is adapter and capfd.readouterr().err.count("attnviz: loaded model tiny") == 1
+    finally:
+        torch.set_num_threads(before)
+        state._model.clear()

@@ -38,9 +38,13 @@ SETTLE_S = 0.15                                                  # let the serve
 
 def _method_compute_ms(folder: Optional[str], image: bytes) -> dict[str, float]:
     """CPU ms of each method on a ready capture of ``image`` (relevance's backward already done),
-    in this process, one thread per core as the server has."""
+    in this process, with the app's number of torch threads."""
+    import torch
+
     import attnviz
     from attnviz.images import load_image
+    from attnviz.ui.state import TORCH_THREADS
+    torch.set_num_threads(TORCH_THREADS)                    # as many threads as the app gives the model
     adapter = attnviz.load_model(folder)
     cap = attnviz.capture(adapter, load_image(image))
     attnviz.explain(adapter, cap, "relevance")              # the page's first map: the backward is done

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import streamlit as st
+import torch
 from PIL import Image
 
 from .. import catalog
@@ -43,6 +44,11 @@ def _env_int(name: str, default: int) -> int:
 CAPTURE_ENTRIES = _env_int("ATTNVIZ_CAPTURE_CACHE", 6)     # a capture keeps its autograd graph: ~100 MB for ViT-B
 RESULT_ENTRIES = _env_int("ATTNVIZ_RESULT_CACHE", 256)     # maps are small: [rows, cols] or [H, W] float32
 CACHE_TTL = float(_env_int("ATTNVIZ_CACHE_TTL", 3600))     # seconds
+# Threads one model computation may use. Sessions take turns with the model, and their pages' Python
+# needs a core too; two threads on two busy cores spin against each other (a ViT-B/16 capture took
+# 2.3 s of CPU with two threads on this 2-core machine under load, 0.48 s with one: issue 13).
+TORCH_THREADS = _env_int("ATTNVIZ_TORCH_THREADS", max(1, len(os.sched_getaffinity(0)) - 1)
+                         if hasattr(os, "sched_getaffinity") else max(1, (os.cpu_count() or 2) - 1))
 
 
 def custom_models_allowed() -> bool:
@@ -70,6 +76,7 @@ def _model(spec: str):
     # Sessions share this model one forward at a time, first come first served, and a waiting page can
     # say how many requests are ahead of it (panels.model_turn).
     adapter.lock = TurnLock()
+    torch.set_num_threads(TORCH_THREADS)     # process-wide: script threads started from now on use it
     # One line per load in the server's log: a teacher (and `attnviz loadtest`) can see it happened once.
     print(f"attnviz: loaded model {getattr(adapter, 'source', spec) or spec} in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr, flush=True)
