@@ -186,3 +186,9 @@ def test_uri_source_and_out_dir_checks(tmp_path, saved_models):
     assert main(["batch", str(src), "--model", str(saved_models["vit"]), "--out-dir", str(src / "maps")]) == 2
     assert main(["batch", str(src), "--model", str(saved_models["vit"]), "--out-dir", str(tmp_path / "o2"),
                  "--batch-size", "0"]) == 2
+    # a run stopped by a bad target wrote nothing: the folder takes the corrected run
+    assert main(["batch", str(src), "--model", str(saved_models["vit"]), "--method", "relevance", "--target", "no",
+                 "--out-dir", str(tmp_path / "o3")]) == 2
+    assert main(["batch", str(src), "--model", str(saved_models["vit"]), "--method", "relevance", "--target", "1",
+                 "--out-dir", str(tmp_path / "o3")]) == 0
+    assert set(read_results(tmp_path / "o3").column("target_index").to_pylist()) == {1}

@@ -131,7 +131,7 @@ def start_run(out: str | os.PathLike, key: dict[str, Any], source: str) -> None:
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / MANIFEST
-    if manifest.is_file():
+    if manifest.is_file() and part_files(folder):      # a run that wrote nothing yet binds nothing
         old = json.loads(manifest.read_text())
         if old.get("job") != key or old.get("source") != source:
             diff = sorted(k for k in set(key) | set(old.get("job", {})) if key.get(k) != old.get("job", {}).get(k))
