@@ -219,30 +219,35 @@ def view_link(values: dict[str, Any]) -> str:
 
 
 def export_ui(ctx, shown, scales, settings: dict[str, Any], link: str) -> None:
-    """Overlay PNG (every map, original size, legends), the raw maps and a JSON record with a link back."""
+    """Overlay PNG (every map, original size, legends), the raw maps and a JSON record with a link back;
+    each file is made when its button is clicked (a display change redraws these buttons)."""
     names = [spec.name for spec, _ in shown]
     stem = f"attnviz-{'+'.join(names)}-{ctx.digest[:8]}"
-    raw, suffix, mime = export_maps(shown)
-    records = [export_record(adapter=ctx.adapter, capture=ctx.capture, exp=exp, settings=settings,
-                             timings=ctx.timings, image_name=ctx.image_name, digest=ctx.digest)
-               for _, exp in shown]
-    record = {**records[0], "link": link, "scales": {spec.name: {"low": s.lo, "high": s.hi, "colormap": s.cmap,
-                                                                  "normalisation": s.norm}
-                                                      for (spec, _), s in zip(shown, scales)}}
-    if len(records) > 1:
-        record["compared"] = [{k: r[k] for k in ("method", "params", "class_specific", "target", "map", "meta")}
-                              for r in records[1:]]
+    suffix, mime = ("npy", "application/octet-stream") if len(shown) == 1 else ("npz", "application/zip")
+
+    def record_json() -> str:
+        records = [export_record(adapter=ctx.adapter, capture=ctx.capture, exp=exp, settings=settings,
+                                 timings=ctx.timings, image_name=ctx.image_name, digest=ctx.digest)
+                   for _, exp in shown]
+        record = {**records[0], "link": link, "scales": {spec.name: {"low": s.lo, "high": s.hi, "colormap": s.cmap,
+                                                                      "normalisation": s.norm}
+                                                          for (spec, _), s in zip(shown, scales)}}
+        if len(records) > 1:
+            record["compared"] = [{k: r[k] for k in ("method", "params", "class_specific", "target", "map", "meta")}
+                                  for r in records[1:]]
+        return json.dumps(record, indent=2, default=str)
     what = pretty(names[0]) if len(names) == 1 else f"all {len(names)} maps"
     st.markdown(f"**Export** ({what})")
     c1, c2, c3 = st.columns(3)
     c1.download_button("Overlay PNG", lambda: export_png(ctx, shown, scales), file_name=f"{stem}.png",
                        mime="image/png", on_click="ignore", key="dl_png", width="stretch",
                        help="At the image's own size, each map with its legend, on the scales shown above.")
-    c2.download_button(f"Raw map{'s' if len(names) > 1 else ''} .{suffix}", raw, file_name=f"{stem}.{suffix}",
+    c2.download_button(f"Raw map{'s' if len(names) > 1 else ''} .{suffix}", lambda: export_maps(shown)[0],
+                       file_name=f"{stem}.{suffix}",
                        mime=mime, on_click="ignore", key="dl_npy", width="stretch",
                        help="float32: [rows, cols] over the patch grid or [H, W] over the model's input pixels"
                             + ("; one array per method, by name." if len(names) > 1 else "."))
-    c3.download_button("Settings .json", json.dumps(record, indent=2, default=str), file_name=f"{stem}.json",
+    c3.download_button("Settings .json", record_json, file_name=f"{stem}.json",
                        mime="application/json", on_click="ignore", key="dl_json", width="stretch",
                        help="Model, methods, target, parameters, scales, scores, timings, versions, and the "
                             "link that reopens this view.")
