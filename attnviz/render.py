@@ -320,17 +320,43 @@ def overlay(
     upsampled to the box (the model's view of the image; whole image when
     ``None``), coloured, and alpha-blended inside the box: ``alpha=0`` is the
     image, ``alpha=1`` the colours. Outside the box the image is dimmed by
-    :data:`OUTSIDE_DIM`.
+    :data:`OUTSIDE_DIM`. The two steps are :func:`colour_layer` and :func:`blend`
+    (the app keeps the first and redoes only the second when the opacity changes).
     """
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    height, width = rgb.shape[:2]
+    colours, px_box = colour_layer((rgb.shape[1], rgb.shape[0]), m, cmap=cmap, norm=norm, resample=resample,
+                                   box=box, vmin=vmin, vmax=vmax)
+    return blend(rgb, colours, px_box, alpha)
+
+
+def colour_layer(
+    size: tuple[int, int],
+    m: np.ndarray,
+    *,
+    cmap: str = "inferno",
+    norm: str = "minmax",
+    resample: str = "bilinear",
+    box: Box | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The coloured map :func:`overlay` blends onto an image of ``size = (width, height)``:
+    uint8 ``[box height, box width, 3]``, and the box in whole pixels."""
+    width, height = _check_size(size)
     left, top, right, bottom = _resolve_box(box, width, height)
-
     m01 = normalize(_as_map(m, two_d=True), norm, vmin=vmin, vmax=vmax)
-    colours = colorize(upsample(m01, (right - left, bottom - top), resample), cmap)  # [bh, bw, 3]
+    return colorize(upsample(m01, (right - left, bottom - top), resample), cmap), (left, top, right, bottom)
 
+
+def blend(rgb: np.ndarray, colours: np.ndarray, box: tuple[int, int, int, int], alpha: float = 0.5) -> Image.Image:
+    """:func:`overlay`'s last step: ``colours`` (from :func:`colour_layer`) over the uint8 ``rgb`` image
+    ``[h, w, 3]`` inside ``box`` at opacity ``alpha``; outside the box the image is dimmed."""
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    height, width = rgb.shape[:2]
+    left, top, right, bottom = box
     out = _dim_outside(rgb, (left, top, right, bottom))
     # Part of the box inside the image, in image and in box coordinates.
     x0, y0, x1, y1 = max(left, 0), max(top, 0), min(right, width), min(bottom, height)

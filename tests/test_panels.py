@@ -15,15 +15,16 @@ from attnviz.ui.state import Display
 
 def test_overlay_image_is_the_drawn_overlay_and_is_drawn_once_per_display(monkeypatch):
     panels._pngs.clear()
+    panels._layers.clear()
     image = Image.fromarray((np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3))
     m = np.random.default_rng(0).random((3, 4)).astype(np.float32)
     calls = {"n": 0}
-    real = mapview.draw
+    real = mapview.colours
 
     def counted(*a, **kw):
         calls["n"] += 1
         return real(*a, **kw)
-    monkeypatch.setattr(mapview, "draw", counted)
+    monkeypatch.setattr(mapview, "colours", counted)
     d = Display(alpha=0.6)
     scale = mapview.scale_for(m, False, d)
     jpeg = panels.overlay_image("img-a", image, m, scale, d)
@@ -34,11 +35,18 @@ def test_overlay_image_is_the_drawn_overlay_and_is_drawn_once_per_display(monkey
     assert diff.max() <= 8 and diff.mean() < 1.0                 # quality 100, no chroma subsampling
     assert panels.overlay_image("img-a", image, m.copy(), scale, d) == jpeg and calls["n"] == 1   # same map, cached
     d2 = dataclasses.replace(d, alpha=0.3)
-    assert panels.overlay_image("img-a", image, m, scale, d2) != jpeg and calls["n"] == 2          # new display
-    panels.overlay_image("img-a", image, m + 1e-3, scale, d)                                      # new map
-    panels.overlay_image("img-b", image, m, scale, d)                                             # new image
+    again = panels.overlay_image("img-a", image, m, scale, d2)        # a new opacity: blended, not recoloured
+    assert again != jpeg and calls["n"] == 1
+    diff = np.abs(np.asarray(Image.open(io.BytesIO(again)).convert("RGB"), dtype=int)
+                  - np.asarray(mapview.draw(image, m, scale, d2), dtype=int))
+    assert diff.max() <= 8 and diff.mean() < 1.0
+    viridis = mapview.scale_for(m, False, dataclasses.replace(d, cmap="viridis"))
+    panels.overlay_image("img-a", image, m, viridis, d)                                        # new colours
+    panels.overlay_image("img-a", image, m + 1e-3, scale, d)                                   # new map
+    panels.overlay_image("img-b", image, m, scale, d)                                          # new image
     assert calls["n"] == 4
     panels._pngs.clear()
+    panels._layers.clear()
 
 
 class _Slot:

@@ -55,6 +55,13 @@ def draw(image: Image.Image, m: np.ndarray, scale: Scale, display, box=None) -> 
                           resample=display.resample, box=box, vmin=scale.lo, vmax=scale.hi)
 
 
+def colours(size: tuple[int, int], m: np.ndarray, scale: Scale, display, box=None):
+    """What :func:`draw` blends onto an image of ``size``, before the opacity: (uint8 colours over the box,
+    the box in pixels), for :func:`render.blend`."""
+    return render.colour_layer(size, m, cmap=scale.cmap, norm=scale.norm, resample=display.resample, box=box,
+                               vmin=scale.lo, vmax=scale.hi)
+
+
 def legend_title(method: str, scale: Scale) -> str:
     """What the colours measure, in plain words (and which colour is for and which against)."""
     what = notes.units(method)

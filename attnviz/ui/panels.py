@@ -31,6 +31,7 @@ import streamlit as st
 import torch
 from streamlit.errors import StreamlitAPIException
 
+from .. import render
 from ..queue import TurnLock
 from . import mapview, state
 from .cache import ResultCache
@@ -38,6 +39,7 @@ from .cache import ResultCache
 MAP_PANEL = "maps"                                   # the fragment key every page's map panel uses
 DISPLAY_KEYS = ("alpha", "cmap", "norm", "resample")  # the display widgets whose change reruns only the panel
 PNG_ENTRIES = state._env_int("ATTNVIZ_OVERLAY_CACHE", 512)   # encoded overlays kept (tens to hundreds of kB)
+LAYER_ENTRIES = 48                                               # coloured maps / RGB images (up to 3 MB each)
 
 
 # --- a display change reruns only the map panel -----------------------------------
@@ -109,12 +111,25 @@ def _jpeg(img) -> bytes:
     return buf.getvalue()
 
 
+@st.cache_resource(show_spinner=False)
+def _layers() -> ResultCache:
+    """Coloured maps and RGB copies of display images (a few MB each at most): an opacity change only blends."""
+    return ResultCache(LAYER_ENTRIES, state.CACHE_TTL)
+
+
 def overlay_image(image_key: str, image, m: np.ndarray, scale: mapview.Scale, display, box=None) -> bytes:
     """JPEG bytes of ``m`` over ``image`` (``image_key`` names the image) in ``scale``'s colours, made once
-    per process; show them with ``st.image(..., output_format="JPEG")``."""
-    key = ("overlay", image_key, image.size, map_digest(m), scale, float(display.alpha), display.resample,
-           tuple(box) if box is not None else None)
-    return _pngs().get_or_compute(key, lambda: _jpeg(mapview.draw(image, m, scale, display, box)))
+    per process; show them with ``st.image(..., output_format="JPEG")``. The same pixels as
+    :func:`mapview.draw`; its coloured layer is kept, so a new opacity costs one blend."""
+    base = (image_key, image.size, map_digest(m), scale, display.resample, tuple(box) if box is not None else None)
+
+    def make() -> bytes:
+        layer, px_box = _layers().get_or_compute(("colours", *base),
+                                                 lambda: mapview.colours(image.size, m, scale, display, box))
+        rgb = _layers().get_or_compute(("rgb", image_key, image.size),
+                                       lambda: np.asarray(image.convert("RGB"), dtype=np.uint8))
+        return _jpeg(render.blend(rgb, layer, px_box, display.alpha))
+    return _pngs().get_or_compute(("overlay", *base, float(display.alpha)), make)
 
 
 # --- waiting for the model ---------------------------------------------------------------
