@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import ipaddress
+import threading
 import time
 import uuid
 from concurrent.futures import Executor
@@ -115,17 +116,34 @@ class Session:
         self._done: Optional[asyncio.Future] = None
         self._file_urls: dict[str, asyncio.Future] = {}
         self._closed = False
+        self._conn: Optional[http.client.HTTPConnection] = None
+        self._conn_lock = threading.Lock()
 
     # --- HTTP (blocking calls in the pool: loopback, small) ---------------------------
     def _http_blocking(self, method: str, path: str, body: bytes = b"", headers: Optional[dict] = None):
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        try:
-            conn.request(method, path, body=body or None, headers=headers or {})
-            resp = conn.getresponse()
-            data = resp.read()
-            return resp.status, resp.getheaders(), data
-        finally:
-            conn.close()
+        # One kept-alive connection per session, as a browser keeps one: a new connection per image
+        # would add the server's accept and close to every click.
+        with self._conn_lock:
+            for attempt in (0, 1):
+                if self._conn is None:
+                    self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                try:
+                    self._conn.request(method, path, body=body or None, headers=headers or {})
+                    resp = self._conn.getresponse()
+                    data = resp.read()
+                    if resp.will_close:
+                        self._drop_connection()
+                    return resp.status, resp.getheaders(), data
+                except (http.client.HTTPException, ConnectionError):
+                    self._drop_connection()      # the server closed an idle connection: once more, anew
+                    if attempt:
+                        raise
+        raise AssertionError("unreachable")
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     async def _http(self, method: str, path: str, body: bytes = b"", headers: Optional[dict] = None):
         loop = asyncio.get_running_loop()
@@ -164,6 +182,8 @@ class Session:
 
     async def close(self) -> None:
         self._closed = True
+        with self._conn_lock:
+            self._drop_connection()
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:
