@@ -192,7 +192,7 @@ def test_upload_explain_switch_heads_and_reject_a_broken_file(server, photo, tmp
             charts = page.locator('[data-testid="stPlotlyChart"]').count()
             t0 = time.perf_counter()
             page.get_by_role("button", name="Run deletion / insertion").click()
-            page.get_by_text(re.compile(r"^Deletion AUC")).first.wait_for()
+            page.get_by_text(re.compile(r"^Area under the curve \(AUC\): deletion")).first.wait_for()
             timings["deletion_insertion_s"] = time.perf_counter() - t0
             _wait_idle(page)
             page.get_by_role("button", name="Randomise the model's weights").click()
