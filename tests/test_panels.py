@@ -130,3 +130,43 @@ def test_a_loaded_model_waits_in_line_and_uses_the_apps_thread_count(monkeypatch
     finally:
         torch.set_num_threads(before)
         state._model.clear()
+
+
+def test_heads_thumbnails_and_predictions_are_drawn_once_per_capture(saved_models, monkeypatch):
+    """A head switch on the Heads page does not redraw the L × H thumbnails; a method switch on Explore
+    does not rebuild the predictions chart (both counted where they are made)."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from attnviz.ui import figures
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(saved_models["vit"]))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    calls = {"mosaic": 0, "predictions": 0}
+    real_mosaic, real_predictions = figures.mosaic_image, figures.predictions_figure
+
+    def mosaic(*a, **kw):
+        calls["mosaic"] += 1
+        return real_mosaic(*a, **kw)
+
+    def predictions(*a, **kw):
+        calls["predictions"] += 1
+        return real_predictions(*a, **kw)
+    monkeypatch.setattr(figures, "mosaic_image", mosaic)
+    monkeypatch.setattr(figures, "predictions_figure", predictions)
+    try:
+        at = AppTest.from_file(str(__import__("pathlib").Path(__file__).parents[1] / "app.py"), default_timeout=120)
+        at.run()
+        assert not at.exception and calls["predictions"] == 1
+        at.selectbox(key="method").set_value("rollout").run()
+        assert not at.exception and calls["predictions"] == 1 and len(at.get("image")) == 1
+        at.switch_page("attnviz/ui/pages/heads.py").run()
+        assert not at.exception and calls["mosaic"] == 1
+        at.selectbox(key="h_head").set_value(1).run()
+        assert not at.exception and calls["mosaic"] == 1 and "head 1" in " ".join(
+            c for im in at.get("image") for c in im.captions)
+        at.slider(key="h_layer").set_value(0).run()                # same thumbnails, another selection
+        assert calls["mosaic"] == 1
+    finally:
+        st.cache_resource.clear()
+        st.cache_data.clear()

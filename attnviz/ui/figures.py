@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -83,7 +83,8 @@ def mosaic_image(maps: np.ndarray, cell: tuple[int, int], gap: int, *, cmap: str
 
 def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "minmax", shared: bool = True,
                        selected: Optional[tuple[int, int]] = None, image: Optional[Image.Image] = None,
-                       alpha: float = 0.6, width: int = MOSAIC_WIDTH, font_size: Optional[int] = None):
+                       alpha: float = 0.6, width: int = MOSAIC_WIDTH, font_size: Optional[int] = None,
+                       thumbnails: Optional[Callable[..., tuple[np.ndarray, float, float]]] = None):
     """Layer × head thumbnails as ONE image (fast to draw even for 12×12 heads), clickable.
 
     ``maps``: [L, H, rows, cols]. The figure is exactly as large as its thumbnails plus the label and
@@ -100,7 +101,8 @@ def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "
     gap = max(2, width // 200)
     cw = int(np.clip((width - left - 8 - gap * (H - 1)) // H, 16, 128))
     ch = max(8, round(cw * r / c))                                  # thumbnails keep the grid's aspect
-    rgb, lo, hi = mosaic_image(maps, (cw, ch), gap, cmap=cmap, norm=norm, shared=shared, image=image, alpha=alpha)
+    make = thumbnails or mosaic_image          # the app passes a cached one (panels.thumbnails)
+    rgb, lo, hi = make(maps, (cw, ch), gap, cmap=cmap, norm=norm, shared=shared, image=image, alpha=alpha)
     gh, gw = rgb.shape[:2]
     cx = [h * (cw + gap) + (cw - 1) / 2 for li in range(L) for h in range(H)]
     cy = [li * (ch + gap) + (ch - 1) / 2 for li in range(L) for h in range(H)]

@@ -40,6 +40,7 @@ MAP_PANEL = "maps"                                   # the fragment key every pa
 DISPLAY_KEYS = ("alpha", "cmap", "norm", "resample")  # the display widgets whose change reruns only the panel
 PNG_ENTRIES = state._env_int("ATTNVIZ_OVERLAY_CACHE", 512)   # encoded overlays kept (tens to hundreds of kB)
 LAYER_ENTRIES = 48                                               # coloured maps / RGB images (up to 3 MB each)
+FIGURE_ENTRIES = 128                                             # plotly figures and thumbnail mosaics (small)
 
 
 # --- a display change reruns only the map panel -----------------------------------
@@ -130,6 +131,34 @@ def overlay_image(image_key: str, image, m: np.ndarray, scale: mapview.Scale, di
                                        lambda: np.asarray(image.convert("RGB"), dtype=np.uint8))
         return _jpeg(render.blend(rgb, layer, px_box, display.alpha))
     return _pngs().get_or_compute(("overlay", *base, float(display.alpha)), make)
+
+
+# --- figures and thumbnails built once per capture ------------------------------------------------
+
+@st.cache_resource(show_spinner=False)
+def _figures() -> ResultCache:
+    """Plotly figures and Heads thumbnails by what they show (st.plotly_chart copies a figure, never
+    changes it, so sessions share them)."""
+    return ResultCache(FIGURE_ENTRIES, state.CACHE_TTL)
+
+
+def figure(key: tuple, build: Callable[[], Any]) -> Any:
+    """The figure ``build()`` makes, made once per ``key`` (which must name everything it shows):
+    plotly's validation costs 20-40 ms per figure, on every run that draws it."""
+    return _figures().get_or_compute(("figure", *key), build)
+
+
+def thumbnails(key: tuple) -> Callable[..., Any]:
+    """A drop-in for :func:`figures.mosaic_image` whose result is kept under ``key`` (the capture and
+    the query) plus its own arguments: the Heads page's L × H thumbnails are drawn once per capture
+    and display, not on every click."""
+    from . import figures as figs
+
+    def make(maps, cell, gap, **kw):
+        args = tuple(sorted((k, v) for k, v in kw.items() if k != "image"))
+        full = ("thumbnails", *key, tuple(cell), gap, kw.get("image") is not None, args)
+        return _figures().get_or_compute(full, lambda: figs.mosaic_image(maps, cell, gap, **kw))
+    return make
 
 
 # --- waiting for the model ---------------------------------------------------------------

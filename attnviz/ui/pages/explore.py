@@ -17,7 +17,7 @@ from attnviz.errors import UsageError
 from attnviz.methods import list_methods
 from attnviz.methods.registry import MethodSpec
 from attnviz.ui import figures, mapview, notes, panels, state, urlstate
-from attnviz.ui.compute import export_record, top_k
+from attnviz.ui.compute import export_record, model_key, top_k
 from attnviz.ui.context import load_context, query_label
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
@@ -95,16 +95,20 @@ def predictions_ui(ctx) -> None:
         probs = adapter.probabilities(cap).detach().float().cpu().numpy()
         rows = [{"index": t.index, "label": f"{t.index}: {t.label}", "probability": float(probs[t.index])}
                 for t in cap.targets]
-        st.plotly_chart(figures.predictions_figure(rows, _chosen_target(ctx), keep_order=True, font_size=font),
-                        key="predictions", config={"displayModeBar": False})
+        chosen = _chosen_target(ctx)
+        fig = panels.figure(("predictions", ctx.digest, model_key(adapter), chosen, font),
+                            lambda: figures.predictions_figure(rows, chosen, keep_order=True, font_size=font))
+        st.plotly_chart(fig, key="predictions", config={"displayModeBar": False})
         return
     k = min(5 if kind == "class" else 12, len(cap.targets))
     rows = top_k(adapter, cap, k)
     multi = getattr(adapter, "multi_label", False) or getattr(adapter, "kind", "") == "siglip"
     what = "predictions" if kind == "class" else "prompt matches"
     st.markdown(f"**Top {k} {what}**" + (" (independent probabilities: several can be high)" if multi else ""))
-    st.plotly_chart(figures.predictions_figure(rows, _chosen_target(ctx), font_size=font), key="predictions",
-                    config={"displayModeBar": False})
+    chosen = _chosen_target(ctx)      # the figure is built once per capture, target and font
+    fig = panels.figure(("predictions", ctx.digest, model_key(adapter), chosen, font, k),
+                        lambda: figures.predictions_figure(rows, chosen, font_size=font))
+    st.plotly_chart(fig, key="predictions", config={"displayModeBar": False})
 
 
 def compute_ui(ctx, spec: MethodSpec, params: dict[str, Any], target: Any) -> Optional[Any]:

@@ -8,7 +8,8 @@ import streamlit as st
 
 from attnviz import render
 from attnviz.methods.common import HEAD_FUSIONS
-from attnviz.ui import figures, mapview, notes, state, urlstate
+from attnviz.ui import figures, mapview, notes, panels, state, urlstate
+from attnviz.ui.compute import model_key
 from attnviz.ui.context import load_context, query_label, token_queries
 from attnviz.ui.errors import guard
 from attnviz.ui.lesson_steps import distance_sentence
@@ -145,7 +146,8 @@ def main() -> None:
         fig = figures.head_mosaic_figure(grid, cmap=d.cmap_for(False), norm=d.norm_for(False), shared=shared,
                                          selected=sel, image=_model_view(ctx) if over else None,
                                          alpha=max(d.alpha, 0.5), width=960 if d.present else figures.MOSAIC_WIDTH,
-                                         font_size=figures.PRESENT_FONT if d.present else None)
+                                         font_size=figures.PRESENT_FONT if d.present else None,
+                                         thumbnails=panels.thumbnails((ctx.digest, model_key(ctx.adapter), query)))
         st.plotly_chart(fig, key=_chart_key("h_mosaic"), on_select="rerun", selection_mode="points",
                         config={"displayModeBar": False}, width="content")
         if not shared:
@@ -156,8 +158,9 @@ def main() -> None:
                           {"layer": layer, "head": str(head), "query": query})
         scale = mapview.scale_for(exp.map, False, d)
         which = f"head {head}" if isinstance(head, int) else f"{head} of {H} heads"
-        st.image(mapview.draw(ctx.img.display, exp.map, scale, d, ctx.box),
-                 caption=f"Layer {layer}, {which}: attention from {query_label(query, cap)}", width="stretch")
+        st.image(panels.overlay_image(ctx.img.digest, ctx.img.display, exp.map, scale, d, ctx.box),
+                 caption=f"Layer {layer}, {which}: attention from {query_label(query, cap)}", width="stretch",
+                 output_format="JPEG")
         st.markdown(mapview.legend_html(scale, mapview.legend_title("attention", scale)), unsafe_allow_html=True)
         hover = st.expander("Hover for values", key="h_hover", on_change="rerun")
         if hover.open:   # drawn only when opened: the figure is the costly part of a head switch
