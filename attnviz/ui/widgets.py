@@ -404,7 +404,8 @@ def _param_widget(spec: MethodSpec, p: Param, key: str, ctx) -> Any:
     if p.name == "head":
         return st.selectbox(label, _head_options(ctx), key=key, help=p.help)
     if p.name == "query":
-        return st.selectbox(label, query_options(cap), key=key, format_func=lambda q: _query_format(q, cap),
+        token = readout_token(cap)          # once, not once per option (a ViT-B/16 has 197)
+        return st.selectbox(label, query_options(cap), key=key, format_func=lambda q: _query_format(q, token),
                             help=p.help + " Type to search, e.g. 3,4.")
     if p.choices is not None:
         return st.selectbox(label, list(p.choices), key=key, help=p.help)
@@ -423,10 +424,11 @@ def _head_options(ctx) -> list[str]:
     return ["mean", "max", "min", *[str(h) for h in range(ctx.capture.n_heads)]]
 
 
-def _query_format(q: str, cap=None) -> str:
+def _query_format(q: str, readout: Optional[str] = None) -> str:
+    """A query option as shown; ``readout`` is the one token the prediction reads, if there is one."""
     if q == "output":
         return "output (what the prediction reads)"
-    if cap is not None and q == readout_token(cap):
+    if readout is not None and q == readout:
         return f"{q} (what the prediction reads)"
     return q
 
