@@ -13,7 +13,8 @@ passes through one gate before the sum, where SE-ResNet and CBAM put theirs:
   s = σ(conv1d_k(GAP(x))) across neighbouring channels, no reduction.
 * ``cbam``: Woo et al., ECCV 2018 (https://arxiv.org/abs/1807.06521): channel gate
   M_c = σ(MLP(AvgPool(x)) + MLP(MaxPool(x))), x' = x · M_c; then spatial gate
-  M_s = σ(f^{k×k}([mean_c(x'); max_c(x')])) (eq. 3, no batch norm), x'' = x' · M_s.
+  M_s = σ(BN(f^{k×k}([mean_c(x'); max_c(x')]))), x'' = x' · M_s (eq. 3; the batch norm on the
+  convolution's output is the authors' released code's, ``cbam_spatial_norm``).
 
 Each gate's sigmoid is its own ``nn.Sigmoid`` module named ``gate`` (CBAM: ``channel_gate`` and
 ``spatial_gate``), so a forward hook on it reads the gate as the forward applied it.
@@ -41,7 +42,8 @@ class GatedCnnConfig(PretrainedConfig):
     def __init__(self, num_channels: int = 3, stem_channels: int = 24, stem_stride: int = 2,
                  hidden_sizes: Sequence[int] = (32, 48, 64), depths: Sequence[int] = (1, 2, 2),
                  strides: Sequence[int] = (1, 2, 2), gates: Sequence[str] = ("se", "eca", "cbam"),
-                 se_reduction: int = 4, eca_kernel: int = 3, cbam_kernel: int = 7, **kwargs):
+                 se_reduction: int = 4, eca_kernel: int = 3, cbam_kernel: int = 7, cbam_spatial_norm: bool = True,
+                 **kwargs):
         n = len(hidden_sizes)
         if not (len(depths) == len(strides) == len(gates) == n):
             raise ValueError("hidden_sizes, depths, strides and gates need one entry per stage.")
@@ -52,6 +54,7 @@ class GatedCnnConfig(PretrainedConfig):
         self.hidden_sizes, self.depths = list(hidden_sizes), list(depths)
         self.strides, self.gates = list(strides), list(gates)
         self.se_reduction, self.eca_kernel, self.cbam_kernel = se_reduction, eca_kernel, cbam_kernel
+        self.cbam_spatial_norm = cbam_spatial_norm
         super().__init__(**kwargs)
 
 
@@ -92,12 +95,13 @@ class CBAM(nn.Module):
     """CBAM (Woo et al. 2018): a channel gate from average- and max-pooled features, then a spatial gate
     σ(k×k convolution of the channel-mean and channel-max maps)."""
 
-    def __init__(self, channels: int, reduction: int, kernel: int):
+    def __init__(self, channels: int, reduction: int, kernel: int, norm: bool = True):
         super().__init__()
         hidden = max(1, channels // reduction)
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
         self.channel_gate = nn.Sigmoid()
-        self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False)
+        conv = nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False)
+        self.spatial = nn.Sequential(conv, nn.BatchNorm2d(1)) if norm else nn.Sequential(conv)
         self.spatial_gate = nn.Sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +117,7 @@ def make_gate(kind: str, channels: int, config: GatedCnnConfig) -> nn.Module:
     if kind == "eca":
         return EfficientChannelAttention(channels, config.eca_kernel)
     if kind == "cbam":
-        return CBAM(channels, config.se_reduction, config.cbam_kernel)
+        return CBAM(channels, config.se_reduction, config.cbam_kernel, config.cbam_spatial_norm)
     return nn.Identity()
 
 

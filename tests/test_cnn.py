@@ -103,6 +103,11 @@ def test_excitations_are_what_each_gate_multiplies_by(kind, cnn_dirs, photo):
     blocks = [(n, m) for n, m in adapter.model.named_modules()
               if isinstance(m, (RegNetSELayer, EfficientNetSqueezeExciteLayer, gated_cnn.SqueezeExcitation,
                                 gated_cnn.EfficientChannelAttention, gated_cnn.CBAM))]
+    with torch.no_grad():                     # a spatial batch norm that is no identity, so the hand computation sees it
+        for _, m in blocks:
+            if isinstance(m, gated_cnn.CBAM):
+                bn = m.spatial[1]
+                bn.running_mean.fill_(0.3), bn.running_var.fill_(2.0), bn.weight.fill_(1.5), bn.bias.fill_(-0.2)
     hooks = [_gated_maps(m, None) for _, m in blocks]
     try:
         cap = attnviz.capture(adapter, photo, size=ODD)
@@ -125,8 +130,10 @@ def test_excitations_are_what_each_gate_multiplies_by(kind, cnn_dirs, photo):
             torch.testing.assert_close(g.value, mc.reshape(-1), rtol=1e-5, atol=1e-6)
             xc = x * mc[0]                                                   # [C, h, w]
             pooled = torch.stack([xc.mean(0), xc.amax(0)])[None]             # [1, 2, h, w]
-            k = mod.spatial.weight.shape[-1]
-            ms = torch.sigmoid(torch.nn.functional.conv2d(pooled, mod.spatial.weight, padding=k // 2))[0, 0]
+            conv, bn = mod.spatial[0], mod.spatial[1]                       # eq. 3, then the released code's BN
+            k = conv.weight.shape[-1]
+            z = torch.nn.functional.conv2d(pooled, conv.weight, padding=k // 2)[0, 0]           # [h, w]
+            ms = torch.sigmoid((z - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias)
             sp = next(s for s in spatial if s.name.startswith(name + "."))
             torch.testing.assert_close(sp.value, ms, rtol=1e-5, atol=1e-6)
             e = attnviz.explain(adapter, cap, "spatial_attention", block=spatial.index(sp))

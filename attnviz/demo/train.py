@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         return importlib.import_module(f"attnviz.demo.train_{args_in[0]}").main(args_in[1:])
     argv = args_in
     ap = argparse.ArgumentParser(prog="python -m attnviz.demo.train", description=__doc__.split("\n")[0],
-                                 epilog="`python -m attnviz.demo.train clip ...` / `... captioner ...` train the "
-                                        "image–text and captioning demo models (their own options follow).")
+                                 epilog="`python -m attnviz.demo.train clip ...` / `... captioner ...` / `... cnn ...` "
+                                        "train the image–text, captioning and CNN demo models (their own options follow).")
     ap.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     ap.add_argument("--seed", type=int, default=0, help="training data and init seed (default 0)")
     ap.add_argument("--steps", type=int, default=None, help="ViT steps (default 3000; 40 with --fast)")
