@@ -3,9 +3,11 @@
 Layout: ``widgets`` draws controls and returns what they chose; ``state`` holds
 process-wide cached resources (models via ``st.cache_resource``, the compute
 ``Engine``, samples); ``context`` builds each run's image + model + capture;
-``compute`` and ``cache`` do the cached work without Streamlit; ``figures``
-builds Plotly figures; ``notes`` holds the teaching notes; ``urlstate`` reads
-and writes the link's query parameters; ``pages/`` are the pages.
+``compute`` and ``cache`` do the cached work without Streamlit; ``jobs`` runs
+slow methods and checks in threads that outlive a script run; ``mapview``
+gives every map its colour scale, legend and overlay; ``figures`` builds
+Plotly figures; ``notes`` holds the teaching notes; ``urlstate`` reads and
+writes the link's query parameters; ``pages/`` are the pages.
 
 Environment: ``ATTNVIZ_MODEL`` (a catalog name, hub id or save_pretrained
 folder) sets the default model; ``ATTNVIZ_ALLOW_CUSTOM_MODELS=1`` lets users
