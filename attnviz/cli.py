@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--captum", action="store_true", help="also time the (slow) Captum methods")
     bench.add_argument("--batch", action="store_true",
                        help="batch throughput instead: the batch engine against a bare batched forward, images/s")
-    bench.add_argument("--ray", action="store_true", help="with --batch: also the Ray engine against in-process")
+    bench.add_argument("--ray", action="store_true",
+                       help="the Ray engine against in-process on the same files (with --batch: after it)")
     bench.add_argument("--images", type=int, help="with --batch: images per run (default 16; 200 with --ray)")
     bench.add_argument("--app", action="store_true",
                        help="the app instead: server CPU per interaction (demo model and ViT-B/16, random weights)")
@@ -395,7 +396,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_app_bench()
         if args.batch or args.ray:
             from .engine.bench import run_batch_bench
-            return run_batch_bench(images=args.images, ray=args.ray, quick=args.quick)
+            return run_batch_bench(images=args.images, ray=args.ray, batch=args.batch, quick=args.quick)
         from .bench import run_bench
         return run_bench(repeats=args.repeats, quick=args.quick, captum=args.captum)
     except UsageError as e:

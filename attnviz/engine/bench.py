@@ -79,14 +79,16 @@ class _StampReady:
         Path(self.folder, f"ready-{pid}").write_text(repr(t))
 
 
-def run_batch_bench(images: int | None = None, ray: bool = False, quick: bool = False, repeats: int = 3,
-                    batch_size: int = 8) -> int:
+def run_batch_bench(images: int | None = None, ray: bool = False, batch: bool = True, quick: bool = False,
+                    repeats: int = 3, batch_size: int = 8) -> int:
     from ..bench import _models
     from .job import Job
     from .worker import Item, Worker
     torch.set_grad_enabled(True)
     adapter, bare = _models(quick)
     size = adapter.model.config.image_size
+    if not batch:
+        return 0 if _ray_bench(adapter, images or (16 if quick else 200), batch_size, size, quick) else 1
     n = images or (8 if quick else 16)
     data = _images(n, size)
     items = [Item(f"img{i}.jpg", None, d) for i, d in enumerate(data)]
