@@ -3,6 +3,7 @@ import dataclasses
 import io
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -13,18 +14,21 @@ from attnviz.ui import mapview, panels
 from attnviz.ui.state import Display
 
 
+def _counting(fn, calls: dict, name: str):
+    """``fn``, counting its calls in ``calls[name]``."""
+    def counted(*a, **kw):
+        calls[name] += 1
+        return fn(*a, **kw)
+    return counted
+
+
 def test_overlay_image_is_the_drawn_overlay_and_is_drawn_once_per_display(monkeypatch):
     panels._pngs.clear()
     panels._layers.clear()
     image = Image.fromarray((np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3))
     m = np.random.default_rng(0).random((3, 4)).astype(np.float32)
     calls = {"n": 0}
-    real = mapview.colours
-
-    def counted(*a, **kw):
-        calls["n"] += 1
-        return real(*a, **kw)
-    monkeypatch.setattr(mapview, "colours", counted)
+    monkeypatch.setattr(mapview, "colours", _counting(mapview.colours, calls, "n"))
     d = Display(alpha=0.6)
     scale = mapview.scale_for(m, False, d)
     jpeg = panels.overlay_image("img-a", image, m, scale, d)
@@ -142,31 +146,22 @@ def test_heads_thumbnails_and_predictions_are_drawn_once_per_capture(saved_model
     monkeypatch.setenv("ATTNVIZ_MODEL", str(saved_models["vit"]))
     st.cache_resource.clear()
     st.cache_data.clear()
-    calls = {"mosaic": 0, "predictions": 0}
-    real_mosaic, real_predictions = figures.mosaic_image, figures.predictions_figure
-
-    def mosaic(*a, **kw):
-        calls["mosaic"] += 1
-        return real_mosaic(*a, **kw)
-
-    def predictions(*a, **kw):
-        calls["predictions"] += 1
-        return real_predictions(*a, **kw)
-    monkeypatch.setattr(figures, "mosaic_image", mosaic)
-    monkeypatch.setattr(figures, "predictions_figure", predictions)
+    calls = {"mosaic_image": 0, "predictions_figure": 0}
+    for name in calls:
+        monkeypatch.setattr(figures, name, _counting(getattr(figures, name), calls, name))
     try:
-        at = AppTest.from_file(str(__import__("pathlib").Path(__file__).parents[1] / "app.py"), default_timeout=120)
+        at = AppTest.from_file(str(Path(__file__).parents[1] / "app.py"), default_timeout=120)
         at.run()
-        assert not at.exception and calls["predictions"] == 1
+        assert not at.exception and calls["predictions_figure"] == 1
         at.selectbox(key="method").set_value("rollout").run()
-        assert not at.exception and calls["predictions"] == 1 and len(at.get("image")) == 1
+        assert not at.exception and calls["predictions_figure"] == 1 and len(at.get("image")) == 1
         at.switch_page("attnviz/ui/pages/heads.py").run()
-        assert not at.exception and calls["mosaic"] == 1
+        assert not at.exception and calls["mosaic_image"] == 1
         at.selectbox(key="h_head").set_value(1).run()
-        assert not at.exception and calls["mosaic"] == 1 and "head 1" in " ".join(
+        assert not at.exception and calls["mosaic_image"] == 1 and "head 1" in " ".join(
             c for im in at.get("image") for c in im.captions)
         at.slider(key="h_layer").set_value(0).run()                # same thumbnails, another selection
-        assert calls["mosaic"] == 1
+        assert calls["mosaic_image"] == 1
     finally:
         st.cache_resource.clear()
         st.cache_data.clear()
