@@ -226,7 +226,8 @@ def cmd_explain(args) -> int:
     from .images import load_path
     t0 = time.perf_counter()
     image = load_path(args.image)
-    params = _method_params(args)
+    t_image = time.perf_counter()
+    params = _method_params(args)     # the methods' first use imports torch, transformers and captum
     if args.out:
         from .errors import UsageError
         if Path(args.out).suffix.lower() not in (".npy", ".png"):
@@ -240,7 +241,7 @@ def cmd_explain(args) -> int:
     cap, exp, timings, checks = _explain_one(adapter, image, args, params, progress)
     if args.out:
         _write_out(Path(args.out), image, cap, exp)
-    timings = {"image": t_load - t0, "model_load": t_model - t_load, **timings,
+    timings = {"image": t_image - t0, "imports": t_load - t_image, "model_load": t_model - t_load, **timings,
                "total": time.perf_counter() - t0}
     rec = {**_record(adapter, cap, exp, timings), **checks}
     for note in cap.extras.get("notes", []):

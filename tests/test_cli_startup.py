@@ -35,8 +35,10 @@ def test_package_names_still_import_on_first_use():
         attnviz.no_such_name
 
 
-def test_class_agnostic_explain_captures_without_autograd(saved_models, monkeypatch, tmp_path, photo):
-    """rollout never differentiates the capture, so the CLI's forward keeps no graph; relevance does."""
+def test_class_agnostic_explain_captures_without_autograd(saved_models, monkeypatch, tmp_path, photo, capsys):
+    """rollout never differentiates the capture, so the CLI's forward keeps no graph; relevance does.
+    The timings name the imports (now paid on first use) apart from reading the image."""
+    import json
     from attnviz import cli
     from attnviz.adapters.base import ModelAdapter
     seen = []
@@ -51,3 +53,5 @@ def test_class_agnostic_explain_captures_without_autograd(saved_models, monkeypa
         assert cli.main(["explain", str(tmp_path / "p.png"), "--model", str(saved_models["vit"]),
                          "--method", method, "--json"]) == 0
     assert seen == [False, True]
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"image", "imports", "model_load", "capture", "method"} <= set(rec["timings"])
