@@ -2,12 +2,18 @@
 
 One model serves every session of the app, one forward (or backward) at a
 time. A plain lock makes a waiting session freeze and cannot tell it how
-long the line is; this one hands out tickets in arrival order, so a waiter
-can ask ``ahead(ticket)`` between short waits and show it ("2 requests ahead
-of you"). It is reentrant, so code that already holds it (the page waited
-for its turn, then the adapter takes the lock again inside ``capture``)
-goes on without a second ticket, and it is a drop-in for the adapter's
-``threading.RLock`` (``with lock:``, ``acquire``, ``release``).
+long the line is; this one hands out tickets and serves them in order, so a
+waiter can ask ``ahead(ticket)`` between short waits and show it ("2
+requests ahead of you"). It is reentrant, so code that already holds it (the
+page waited for its turn, then the adapter takes the lock again inside
+``capture``) goes on without a second ticket, and it is a drop-in for the
+adapter's ``threading.RLock`` (``with lock:``, ``acquire``, ``release``).
+
+A *priority* ticket goes ahead of every ordinary one (behind earlier priority
+tickets). The app gives it to a session that already has its image's forward
+pass and needs the backward for its first map: with plain arrival order, 30
+uploads at once would each wait for all 30 forwards before any first map,
+holding 30 activation graphs in memory meanwhile.
 
 No Streamlit here; the app's panel shows the count.
 """
@@ -19,44 +25,48 @@ from typing import Callable, Iterator, Optional
 
 
 class TurnLock:
-    """A reentrant FIFO lock with visible waiters.
+    """A reentrant lock that serves waiting tickets in order (priority ones first), with visible waiters.
 
     ``take()`` returns a ticket; ``wait(ticket, timeout)`` is True once the
     ticket's turn has come (the lock is then held), False on timeout (the
-    ticket keeps its place). Tickets are served in the order they were
-    taken. ``acquire``/``release``/``with`` work as for ``threading.RLock``.
+    ticket keeps its place). ``acquire``/``release``/``with`` work as for
+    ``threading.RLock``.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._next = 0             # the next ticket to hand out
-        self._serving = 0          # the ticket whose turn it is (held or about to be)
+        self._next = 0                   # the next ticket number
+        self._line: list[int] = []       # waiting tickets, in the order they will be served
+        self._priority: set[int] = set()  # those of them that are priority tickets
         self._owner: Optional[int] = None
         self._depth = 0
-        self._abandoned: set[int] = set()
 
     # --- tickets -----------------------------------------------------------------
-    def take(self) -> int:
-        """A place in the line (or, for the thread holding the lock, a ticket that is served at once)."""
+    def take(self, priority: bool = False) -> int:
+        """A place in the line (for the thread holding the lock, -1: it goes on at once)."""
         with self._cond:
             if self._owner == threading.get_ident():
                 return -1          # reentrant: no new place
             ticket = self._next
             self._next += 1
+            if priority:
+                self._line.insert(sum(1 for t in self._line if t in self._priority), ticket)
+                self._priority.add(ticket)
+            else:
+                self._line.append(ticket)
             return ticket
 
     def ahead(self, ticket: int) -> int:
         """How many requests will be served before ``ticket`` (the one running now included)."""
         with self._cond:
-            if ticket < 0:
+            if ticket not in self._line:
                 return 0
-            skipped = sum(1 for t in self._abandoned if self._serving <= t < ticket)
-            return max(0, ticket - self._serving - skipped)
+            return self._line.index(ticket) + (self._owner is not None)
 
     def waiting(self) -> int:
         """Requests in the line now, the one running included."""
         with self._cond:
-            return self._next - self._serving - len(self._abandoned)
+            return len(self._line) + (self._owner is not None)
 
     def wait(self, ticket: int, timeout: Optional[float] = None) -> bool:
         """Block until it is ``ticket``'s turn (then hold the lock) or ``timeout`` passes."""
@@ -65,27 +75,21 @@ class TurnLock:
             if ticket < 0 or self._owner == me:
                 self._owner, self._depth = me, self._depth + 1
                 return True
-            ok = self._cond.wait_for(lambda: self._serving == ticket and self._owner is None, timeout)
+            ok = self._cond.wait_for(lambda: self._owner is None and bool(self._line) and self._line[0] == ticket,
+                                     timeout)
             if ok:
+                self._line.pop(0)
+                self._priority.discard(ticket)
                 self._owner, self._depth = me, 1
             return ok
 
     def abandon(self, ticket: int) -> None:
-        """Give up a ticket that has not been served (the session went away): the line moves on."""
+        """Give up a ticket that has not been served (its session went away): the line moves on."""
         with self._cond:
-            if ticket < 0 or ticket < self._serving:
-                return
-            if ticket == self._serving and self._owner is None:
-                self._advance()
-            else:
-                self._abandoned.add(ticket)
-            self._cond.notify_all()
-
-    def _advance(self) -> None:
-        self._serving += 1
-        while self._serving in self._abandoned:
-            self._abandoned.discard(self._serving)
-            self._serving += 1
+            if ticket in self._line:
+                self._line.remove(ticket)
+                self._priority.discard(ticket)
+                self._cond.notify_all()
 
     # --- the lock protocol ---------------------------------------------------------
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
@@ -102,7 +106,6 @@ class TurnLock:
             self._depth -= 1
             if self._depth == 0:
                 self._owner = None
-                self._advance()
                 self._cond.notify_all()
 
     def __enter__(self) -> "TurnLock":
@@ -113,11 +116,11 @@ class TurnLock:
         self.release()
 
     @contextmanager
-    def turn(self, on_wait: Callable[[int], None], every: float = 0.25) -> Iterator[None]:
+    def turn(self, on_wait: Callable[[int], None], every: float = 0.25, priority: bool = False) -> Iterator[None]:
         """Hold the lock for the block; while waiting, ``on_wait(ahead)`` is called every ``every`` seconds
         (and once at once when anyone is ahead). An exception in ``on_wait`` (the page was stopped)
         gives the place up."""
-        ticket = self.take()
+        ticket = self.take(priority)
         try:
             if not self.wait(ticket, 0):
                 while True:

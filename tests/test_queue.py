@@ -114,3 +114,27 @@ def test_turn_reports_the_count_while_waiting_and_gives_up_its_place_when_stoppe
     with lock.turn(lambda n: ran.append(n)):
         ran.append("in")
     assert ran == ["in"]                             # nobody ahead: no report, straight in
+
+
+def test_priority_tickets_go_first_in_their_own_arrival_order():
+    """A session finishing its first map (priority) is served before new images (ordinary), and the
+    ordinary waiters see the line grow."""
+    lock = TurnLock()
+    done, runner = _held_elsewhere(lock)
+    a, b = lock.take(), lock.take()                  # two new images
+    p1 = lock.take(priority=True)                    # a first map, then another
+    p2 = lock.take(priority=True)
+    assert [lock.ahead(t) for t in (p1, p2, a, b)] == [1, 2, 3, 4]
+    order = []
+
+    def served(t):
+        assert lock.wait(t, 10)
+        order.append(t)
+        lock.release()
+    threads = [threading.Thread(target=served, args=(t,)) for t in (b, a, p2, p1)]
+    for t in threads:
+        t.start()
+    done.set()
+    for t in [runner, *threads]:
+        t.join(5)
+    assert order == [p1, p2, a, b] and lock.waiting() == 0

@@ -169,8 +169,11 @@ def ahead_sentence(n: int) -> str:
 
 
 @contextmanager
-def model_turn(adapter, slot: Optional[Any] = None) -> Iterator[None]:
-    """Hold the model for the block; while others are ahead, say how many (updated as the line moves)."""
+def model_turn(adapter, slot: Optional[Any] = None, *, priority: bool = False) -> Iterator[None]:
+    """Hold the model for the block; while others are ahead, say how many (updated as the line moves).
+
+    ``priority``: a session's follow-up on an image whose forward pass it already has (its first map's
+    backward) goes before new images, so that it finishes and frees that pass's memory."""
     lock = getattr(adapter, "lock", None)
     if not isinstance(lock, TurnLock):
         yield
@@ -182,7 +185,7 @@ def model_turn(adapter, slot: Optional[Any] = None) -> Iterator[None]:
         box.info(ahead_sentence(ahead), icon=":material/hourglass_top:")
         shown[0] = True
     try:
-        with lock.turn(on_wait):
+        with lock.turn(on_wait, priority=priority):
             if shown[0]:
                 box.empty()
             yield

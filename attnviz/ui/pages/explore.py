@@ -126,8 +126,9 @@ def compute_ui(ctx, spec: MethodSpec, params: dict[str, Any], target: Any) -> Op
             help="This method runs the model many times; it shows its progress while it works.",
             note=f"{pretty(spec.name)} runs the model many times: press Run when the settings are right "
                  "(display changes while it runs do not stop it).")
-    # A class-specific map runs a backward through the model's graph: it takes its turn with the model.
-    turn = (lambda: panels.model_turn(ctx.adapter)) if spec.class_specific else None
+    # A class-specific map runs a backward through the model's graph: it takes its turn with the model,
+    # ahead of other sessions' new images (this session's forward pass is done and held in memory).
+    turn = (lambda: panels.model_turn(ctx.adapter, priority=True)) if spec.class_specific else None
     return eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params, turn=turn)
 
 
