@@ -25,7 +25,7 @@ from attnviz.ui.widgets import (default_method, forget_on_new_capture, is_defaul
                                 method_ui, page_header, params_ui, pretty, run_on_click, shared_url_values,
                                 target_ui, widget_value)
 
-PER_ROW = 4            # maps side by side (two in presentation mode)
+PER_ROW = 2            # maps side by side: four across left each ~140 px at 1440 px, too small to read
 
 
 def _apply_url(url: dict[str, str], specs: dict[str, MethodSpec], ctx) -> None:
@@ -155,7 +155,7 @@ def scales_for(ctx, shown: list[tuple[MethodSpec, Any]]) -> list[mapview.Scale]:
 def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Scale]) -> None:
     """Overlays side by side, each with its legend, and hoverable figures."""
     d = ctx.display
-    per_row = 2 if d.present else PER_ROW
+    per_row = PER_ROW
     t0 = time.perf_counter()
     # Lazy tabs: only the open tab is drawn (the hover figure is the costly part of a redraw).
     # ``open`` is None when tab state is not tracked (then both are drawn).
