@@ -170,7 +170,8 @@ def _ray_bench(adapter, n: int, batch_size: int, size: int, quick: bool) -> bool
               f">= {TARGETS['ray']:.2f} of in-process {'ok' if ok else 'MISSED'}")
         workers_up = (max(ready) - (t0 + timing["startup"])) if ready else float("nan")
         print(f"Ray start-up (not in the rate): ray.init {timing['startup']:.1f} s, workers ready "
-              f"(model loaded) {workers_up:.1f} s after the run began")
+              f"(model loaded) {workers_up:.1f} s after the run began; end to end with start-up "
+              f"{n / (end - t0):.2f} images/s")
         import ray as _ray
         _ray.shutdown()
     return ok or quick
