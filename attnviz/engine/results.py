@@ -104,17 +104,21 @@ def part_files(out: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.glob("*.parquet") if p.is_file()) if folder.is_dir() else []
 
 
-def read_results(out: str | os.PathLike, columns: Optional[list[str]] = None) -> pa.Table:
-    """Every readable part file of a results folder as one table (unreadable ones are set aside)."""
+def read_results(out: str | os.PathLike, columns: Optional[list[str]] = None, *, set_aside: bool = False
+                 ) -> pa.Table:
+    """Every readable part file of a results folder as one table. An unreadable one is skipped with a
+    warning; ``set_aside`` (a run resuming) also renames it ``*.broken``, so its images are done again."""
     tables = []
     for p in part_files(out):
         try:
             tables.append(pq.read_table(p, columns=columns, schema=SCHEMA if columns is None else None))
         except (pa.ArrowInvalid, OSError) as e:
-            broken = p.with_name(p.name + ".broken")
-            os.replace(p, broken)
-            print(f"attnviz: {p.name} could not be read ({type(e).__name__}); renamed to {broken.name}, "
-                  "its images will be done again.", file=sys.stderr)
+            what = "skipped"
+            if set_aside:
+                broken = p.with_name(p.name + ".broken")
+                os.replace(p, broken)
+                what = f"renamed to {broken.name}, its images will be done again"
+            print(f"attnviz: {p.name} could not be read ({type(e).__name__}); {what}.", file=sys.stderr)
     if not tables:
         schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
         return schema.empty_table()
@@ -123,7 +127,7 @@ def read_results(out: str | os.PathLike, columns: Optional[list[str]] = None) ->
 
 def done_paths(out: str | os.PathLike) -> set[str]:
     """Paths with a row already (a result or a reported error): skipped when a run resumes."""
-    return set(read_results(out, ["path"]).column("path").to_pylist())
+    return set(read_results(out, ["path"], set_aside=True).column("path").to_pylist())
 
 
 def start_run(out: str | os.PathLike, key: dict[str, Any], source: str) -> None:
