@@ -23,7 +23,6 @@ from __future__ import annotations
 import threading
 
 import torch
-from captum.attr import LayerGradCam
 
 from ..errors import UsageError
 from ..types import Capture, Target
@@ -79,6 +78,7 @@ def grad_cam(adapter, capture: Capture, target: Target, *, layer: int):
     handle = adapter.token_block(li).register_forward_hook(
         _reshape_hook(grid, lay.n_prefix, rows, cols, threading.get_ident()))
     try:
+        from captum.attr import LayerGradCam    # imported on use: keeps the CLI's start-up light
         cam = LayerGradCam(ScoreFunction(adapter, capture, 1, None), grid).attribute(
             pixel_input(adapter, capture, grad=True), target=target.index, relu_attributions=True)    # [1, 1, rows, cols]
     finally:

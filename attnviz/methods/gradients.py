@@ -8,7 +8,6 @@ channels (Simonyan et al. 2014's convention) and are >= 0.
 from __future__ import annotations
 
 import torch
-from captum.attr import GradientShap, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 
 from ..types import Capture, Target
 from .captum_common import BASELINES, ScoreFunction, baseline_tensor, pixel_input, seed_captum
@@ -32,6 +31,7 @@ def integrated_gradients(adapter, capture: Capture, target: Target, *, n_steps: 
     x = pixel_input(adapter, capture, grad=True)
     base = baseline_tensor(adapter, x, baseline)
     f = ScoreFunction(adapter, capture, n_steps + 2, progress)
+    from captum.attr import IntegratedGradients    # imported on use: keeps the CLI's start-up light
     attr, delta = IntegratedGradients(f).attribute(
         x, baselines=base, target=target.index, n_steps=n_steps,
         internal_batch_size=internal_batch_size, return_convergence_delta=True)
@@ -50,6 +50,7 @@ def integrated_gradients(adapter, capture: Capture, target: Target, *, n_steps: 
 )
 def saliency(adapter, capture: Capture, target: Target):
     x = pixel_input(adapter, capture, grad=True)
+    from captum.attr import Saliency
     attr = Saliency(ScoreFunction(adapter, capture, 1, None)).attribute(x, target=target.index, abs=True)
     return attr[0].amax(0).detach().cpu().numpy()                            # [H, W]
 
@@ -61,6 +62,7 @@ def saliency(adapter, capture: Capture, target: Target):
 )
 def input_x_gradient(adapter, capture: Capture, target: Target):
     x = pixel_input(adapter, capture, grad=True)
+    from captum.attr import InputXGradient
     attr = InputXGradient(ScoreFunction(adapter, capture, 1, None)).attribute(x, target=target.index)
     return attr[0].sum(0).detach().cpu().numpy()
 
@@ -81,6 +83,7 @@ def gradient_shap(adapter, capture: Capture, target: Target, *, n_samples: int, 
     black = baseline_tensor(adapter, x, "black")
     bases = torch.cat([black, torch.zeros_like(x), (torch.rand(x.shape, generator=g) * 2 - 1).to(x.device)])
     seed_captum(seed)
+    from captum.attr import GradientShap
     attr = GradientShap(ScoreFunction(adapter, capture, n_samples, progress)).attribute(
         x, baselines=bases, n_samples=n_samples, stdevs=stdevs, target=target.index)
     return attr[0].sum(0).detach().cpu().numpy()
@@ -99,6 +102,7 @@ def gradient_shap(adapter, capture: Capture, target: Target, *, n_samples: int, 
 def smoothgrad(adapter, capture: Capture, target: Target, *, nt_samples: int, stdevs: float, seed: int, progress=None):
     x = pixel_input(adapter, capture, grad=True)
     seed_captum(seed)
+    from captum.attr import NoiseTunnel, Saliency
     nt = NoiseTunnel(Saliency(ScoreFunction(adapter, capture, nt_samples, progress)))
     attr = nt.attribute(x, nt_type="smoothgrad", nt_samples=nt_samples, nt_samples_batch_size=8,
                         stdevs=stdevs, target=target.index, abs=True)

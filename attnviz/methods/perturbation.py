@@ -6,8 +6,6 @@ image by default.
 """
 from __future__ import annotations
 
-from captum._utils.models.linear_model import SkLearnLasso, SkLearnRidge
-from captum.attr import FeatureAblation, KernelShap, Lime, Occlusion
 
 from ..types import Capture, Target
 from .captum_common import (BASELINES, ScoreFunction, baseline_tensor, patch_mask, per_patch, pixel_input,
@@ -30,6 +28,7 @@ def occlusion(adapter, capture: Capture, target: Target, *, window: int, baselin
     ph, pw = lay.patch_size
     n_windows = max(1, lay.rows - window + 1) * max(1, lay.cols - window + 1)
     f = ScoreFunction(adapter, capture, n_windows + 1, progress)
+    from captum.attr import Occlusion      # imported on use: keeps the CLI's start-up light
     attr = Occlusion(f).attribute(
         x, sliding_window_shapes=(3, min(window * ph, lay.input_size[0]), min(window * pw, lay.input_size[1])),
         strides=(3, ph, pw), baselines=baseline_tensor(adapter, x, baseline), target=target.index,
@@ -53,6 +52,7 @@ def _patch_features(cls, adapter, capture, target, baseline, batch_size, progres
     class_specific=True, over="patches", signed=True, kind="perturbation", slow=True,
 )
 def feature_ablation(adapter, capture: Capture, target: Target, *, baseline: str, batch_size: int, progress=None):
+    from captum.attr import FeatureAblation
     return _patch_features(FeatureAblation, adapter, capture, target, baseline, batch_size, progress,
                            capture.layout.n_patches + 1)
 
@@ -70,6 +70,8 @@ def feature_ablation(adapter, capture: Capture, target: Target, *, baseline: str
 def lime(adapter, capture: Capture, target: Target, *, n_samples: int, baseline: str, batch_size: int,
          surrogate: str, alpha: float, seed: int, progress=None):
     seed_captum(seed)
+    from captum._utils.models.linear_model import SkLearnLasso, SkLearnRidge
+    from captum.attr import Lime
     model = SkLearnRidge(alpha=alpha) if surrogate == "ridge" else SkLearnLasso(alpha=alpha)
     return _patch_features(Lime, adapter, capture, target, baseline, batch_size, progress, n_samples + 1,
                            init={"interpretable_model": model}, n_samples=n_samples)
@@ -85,5 +87,6 @@ def lime(adapter, capture: Capture, target: Target, *, n_samples: int, baseline:
 def kernel_shap(adapter, capture: Capture, target: Target, *, n_samples: int, baseline: str, batch_size: int, seed: int,
                 progress=None):
     seed_captum(seed)
+    from captum.attr import KernelShap
     return _patch_features(KernelShap, adapter, capture, target, baseline, batch_size, progress, n_samples + 1,
                            n_samples=n_samples)
