@@ -145,6 +145,7 @@ def run_loadtest(*, sessions: int = 30, model: Optional[str] = None, url: Option
     if json_path:
         out = {k: v for k, v in res.items() if k != "record"}
         out.update(errors=res["record"].errors, sessions=sessions, model_loads=loads,
-                   plan={"ramp": ramp, "think": think, "seed": seed})
+                   plan={"ramp": ramp, "think": think, "seed": seed},
+                   events=[dict(zip(("session", "action", "end_s", "seconds"), e)) for e in res["record"].events])
         Path(json_path).write_text(json.dumps(out, indent=2))
     return 0 if not res["record"].errors and res["record"].sessions_done == sessions else 1

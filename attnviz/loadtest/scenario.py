@@ -47,9 +47,12 @@ class Record:
     widgets_found: set = field(default_factory=set)
     first_maps: dict[int, tuple[tuple[int, int], str]] = field(default_factory=dict)  # session -> (size, sha256)
     sessions_done: int = 0
+    events: list[tuple[int, str, float, float]] = field(default_factory=list)   # session, action, end s, seconds
+    t0: float = field(default_factory=time.monotonic)
 
     def add(self, action: str, run, *, session: int, need_image: bool) -> None:
         self.seconds[action].append(run.seconds)
+        self.events.append((session, action, round(time.monotonic() - self.t0, 3), round(run.seconds, 3)))
         self.images[action] += len(run.images)
         self.image_bytes[action] += run.image_bytes
         self.kinds[action][run.kind] += 1

@@ -180,9 +180,12 @@ def model_turn(adapter, slot: Optional[Any] = None, *, priority: bool = False) -
         return
     box = slot if slot is not None else st.empty()
     shown = [False]
+    last = [-1]
 
     def on_wait(ahead: int) -> None:
-        box.info(ahead_sentence(ahead), icon=":material/hourglass_top:")
+        if ahead != last[0]:      # a message to the browser only when the count changes
+            box.info(ahead_sentence(ahead), icon=":material/hourglass_top:")
+            last[0] = ahead
         shown[0] = True
     try:
         with lock.turn(on_wait, priority=priority):

@@ -7,6 +7,7 @@ written to disk: image bytes stay in memory, keyed by their SHA-256.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import time
@@ -51,6 +52,19 @@ TORCH_THREADS = _env_int("ATTNVIZ_TORCH_THREADS", max(1, len(os.sched_getaffinit
                          if hasattr(os, "sched_getaffinity") else max(1, (os.cpu_count() or 2) - 1))
 
 
+def return_freed_memory() -> None:
+    """Have glibc give large freed blocks back to the system at once (a fixed 1 MB mmap threshold, two
+    arenas). Its default raises the threshold after each free and keeps per-thread arenas, so the
+    memory of evicted captures stayed with the server: 12 ViT-B/16 captures made in 12 threads and
+    freed left 2.2 GB resident, with this 1.1 GB, at the same speed (issue 13). Elsewhere: nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)     # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)           # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def custom_models_allowed() -> bool:
     return os.environ.get("ATTNVIZ_ALLOW_CUSTOM_MODELS", "0").strip().lower() in ("1", "true", "yes", "on")
 
@@ -71,6 +85,7 @@ def _images() -> ResultCache:
 
 @st.cache_resource(show_spinner=False, max_entries=3)
 def _model(spec: str):
+    return_freed_memory()
     t0 = time.perf_counter()
     adapter = load_model(spec or None)
     # Sessions share this model one forward at a time, first come first served, and a waiting page can
