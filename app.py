@@ -11,6 +11,7 @@ st.set_page_config(page_title="attnviz · where does the model look?", page_icon
 page = st.navigation([
     st.Page("attnviz/ui/pages/explore.py", title="Explore", icon=":material/visibility:", default=True),
     st.Page("attnviz/ui/pages/heads.py", title="Heads", icon=":material/grid_view:"),
+    st.Page("attnviz/ui/pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("attnviz/ui/pages/prompts.py", title="Text prompts", icon=":material/text_fields:"),
     st.Page("attnviz/ui/pages/caption.py", title="Caption", icon=":material/subtitles:"),
     st.Page("attnviz/ui/pages/lesson.py", title="How attention works", icon=":material/school:"),

@@ -2,6 +2,14 @@
 from __future__ import annotations
 
 PAGES = {
+    "compare": (
+        "**What you see.** Two models look at the same image. Each side shows what its model predicts and a map "
+        "for the same class: the same method where both models have it (Grad-CAM, integrated gradients, "
+        "occlusion, ...), or each model's own view (relevance for a transformer, the CBAM spatial gate for a "
+        "convolutional network with one). Each map keeps its own colour scale, shown in its legend: two models' "
+        "scores differ in size, and two methods in units. Under each map, deletion / insertion (on a click) says "
+        "how faithful it is: deletion AUC lower is better, insertion AUC higher is better."
+    ),
     "explore": (
         "**What you see.** The model looked at your image once. The bar chart is what it thinks the image "
         "shows. Pick a *target* (the class to explain) and a *method*; the coloured overlay marks the "

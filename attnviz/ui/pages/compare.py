@@ -1,0 +1,244 @@
+"""Compare: two models side by side on the same image (issue 11, item 6).
+
+By default the demo ViT and the demo CNN (when built); otherwise any two image classifiers, two ViTs
+included. Each side shows its predictions, a map of the chosen method (the same method where both
+models have it, or each model's own view: relevance for a transformer, spatial attention for a gated
+CNN), the map's legend on its own scale, and the deletion / insertion AUC on a click. Which methods are
+shared and which are a model's own comes from :mod:`attnviz.compare`. The URL keeps both models.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import streamlit as st
+
+from attnviz import compare
+from attnviz.errors import ModelUnavailable, UsageError
+from attnviz.images import ImageRejected
+from attnviz.methods.registry import get_method
+from attnviz.metrics import deletion_summary
+from attnviz.ui import figures, mapview, notes, panels, state, urlstate
+from attnviz.ui.compute import model_key, top_k
+from attnviz.ui.context import rejected_sentence
+from attnviz.ui.errors import guard
+from attnviz.ui.faithfulness import deletion_caption
+from attnviz.ui.widgets import markdown_literal, page_header, pretty, run_on_click, shared_url_values
+
+SIDES = ("a", "b")
+DEFAULTS = {"a": "demo-vit-shapes", "b": "demo-cnn-shapes"}
+OWN = "own"                          # the method choice "each model's own view"
+TOP = 5
+
+
+def _offline(option: str) -> bool:
+    return not state.missing_demo_sentence(option)
+
+
+def _options() -> dict[str, str]:
+    """Model options a side may take (option -> label): the sidebar's, less a typed hub id."""
+    return {v: label for v, label in state.model_options() if v != state.CUSTOM_MODEL}
+
+
+def _default(side: str, options: dict[str, str]) -> str:
+    """The demo ViT for A, the demo CNN for B when built; otherwise A's model again (two ViTs)."""
+    want = DEFAULTS[side]
+    if want in options and _offline(want):
+        return want
+    if side == "b" and st.session_state.get("cmp_a") in options:
+        return st.session_state["cmp_a"]
+    return next(iter(options))
+
+
+def _apply_url(url: dict[str, str], options: dict[str, str]) -> None:
+    for side in SIDES:
+        raw = url.get(f"model_{side}")
+        if raw is None:
+            continue
+        if raw in options:
+            st.session_state[f"cmp_{side}"] = raw
+        else:
+            urlstate.warn(f"The link's model {side.upper()} '{raw}' is not one of this server's models; "
+                          "using the default.")
+    if "method" in url:
+        st.session_state["cmp_method"] = url["method"]
+
+
+def _models_ui(options: dict[str, str]) -> dict[str, str]:
+    chosen = {}
+    cols = st.columns(2)
+    for side, col in zip(SIDES, cols):
+        key = f"cmp_{side}"
+        if st.session_state.get(key) not in options:
+            st.session_state[key] = _default(side, options)
+        chosen[side] = col.selectbox(f"Model {side.upper()}", list(options), key=key,
+                                     format_func=lambda v: options.get(v, v))
+    return chosen
+
+
+def _load(option: str):
+    """The shared adapter of an option, or one st.error sentence and None."""
+    missing = state.missing_demo_sentence(option)
+    if missing:
+        st.error(missing)
+        return None
+    try:
+        with st.spinner("Loading the model (once per server)…"):
+            adapter = state.get_model(state.model_spec(option))
+    except (ModelUnavailable, UsageError) as e:
+        st.error(str(e))
+        return None
+    if adapter.family in ("clip", "captioning"):
+        st.error(f"{adapter.name} is not an image classifier (its targets are texts): the Compare page compares "
+                 "classifiers; pick another model for this side.")
+        return None
+    return adapter
+
+
+def _method_ui(a, b) -> str:
+    shared = compare.shared_methods(a, b)
+    choices = [*shared, OWN]
+    own = {ad.name: [m for m in compare.own_methods(ad)] for ad in (a, b)}
+    if st.session_state.get("cmp_method") not in choices:
+        st.session_state["cmp_method"] = "grad_cam" if "grad_cam" in shared else choices[0]
+    own_words = " and ".join(f"{', '.join(pretty(m) for m in ms)} for {name}" for name, ms in own.items())
+    return st.selectbox("Method", choices, key="cmp_method",
+                        format_func=lambda m: f"each model's own ({own_words})" if m == OWN else pretty(m),
+                        help="A method both models have, or each model's own view: relevance (Chefer et al. "
+                             "2021) for a transformer, the CBAM spatial gate for a CNN with one.")
+
+
+def _side_method(adapter, choice: str) -> tuple[str, list[str]]:
+    """(the image map this side draws, the own views it has that are not over the image)."""
+    if choice != OWN:
+        return choice, []
+    names = compare.own_methods(adapter)
+    image = [n for n in names if get_method(n).over in compare.IMAGE_MAPS]
+    return (image[0] if image else "grad_cam"), [n for n in names if n not in image]
+
+
+def _target(adapter, cap, label: Optional[str]):
+    return compare._target(adapter, cap, label)
+
+
+def _compute(adapter, entry, digest: str, method: str, target: int, side: str):
+    """The cached map, or computed (a slow method waits for its Run button)."""
+    eng = state.engine()
+    spec = get_method(method)
+    cached = eng.peek(adapter, entry, digest, method, target, {})
+    if cached is not None:
+        return cached
+    if spec.slow:
+        return run_on_click(f"Run {pretty(method)} on {adapter.name}", f"cmp_run:{side}:{method}",
+                            eng.explanation_key(adapter, entry, digest, method, target, {}),
+                            lambda update: eng.explain(adapter, entry, digest, method, target, {}, progress=update),
+                            label=pretty(method), primary=True,
+                            note=f"{pretty(method)} runs the model many times: press Run.")
+    return eng.explain(adapter, entry, digest, method, target, {},
+                       turn=(lambda: panels.model_turn(adapter, priority=True)) if spec.class_specific else None)
+
+
+def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], label: str, display) -> dict[str, Any]:
+    """One column: predictions, the map with its legend, deletion / insertion on a click."""
+    cap = entry.capture
+    out: dict[str, Any] = {"model": adapter.name}
+    st.markdown(f"#### {side.upper()} · {markdown_literal(adapter.name)}")
+    tgt = _target(adapter, cap, label)
+    rows = top_k(adapter, cap, min(TOP, len(cap.targets)))
+    out["top"] = rows[0]["label"] if rows else None
+    st.markdown(f"**Top {len(rows)} predictions** · top class **{markdown_literal(str(out['top']))}**")
+    fig = panels.figure(("cmp_predictions", img.digest, model_key(adapter), tgt.index, len(rows)),
+                        lambda: figures.predictions_figure(rows, tgt.index))
+    st.plotly_chart(fig, key=f"cmp_pred_{side}", config={"displayModeBar": False})
+    if tgt.label.lower() != str(label).lower():
+        st.caption(f"{adapter.name} has no class '{label}': it explains its top class '{tgt.label}'.")
+    with guard(f"{pretty(method)} on {adapter.name}"):
+        exp = _compute(adapter, entry, img.digest, method, tgt.index, side)
+        if exp is None:
+            return out
+        scale = mapview.scale_for(exp.map, exp.signed, display)
+        box = None if cap.box is None else tuple(v * img.scale for v in cap.box)
+        st.image(panels.overlay_image(img.digest, img.display, exp.map, scale, display, box),
+                 caption=f"{pretty(method)} for {tgt.label} · map {'×'.join(map(str, exp.map.shape))} over "
+                         f"{exp.over}", width="stretch", output_format="JPEG")
+        st.markdown(mapview.legend_html(scale, mapview.legend_title(method, scale)), unsafe_allow_html=True)
+        out.update(method=method, units=notes.units(method), scale=scale)
+        for name in extra:
+            st.caption(f"{pretty(name)} is over channels, not the image: the Explore page shows it for "
+                       f"{adapter.name}.")
+        eng = state.engine()
+        args = (adapter, entry, img.digest, method, tgt.index, {})
+        curves = eng.peek_faithfulness(*args) or run_on_click(
+            "Deletion / insertion AUC", f"cmp_di:{side}:{method}", eng.check_key("deletion", *args),
+            lambda update: eng.faithfulness(*args, exp=exp, progress=update), label="Deletion and insertion",
+            note="Deletes (and inserts) the map's patches most important first and follows the score: runs the "
+                 "model many times.")
+        if curves is not None:
+            summary = deletion_summary(curves)
+            out["deletion_auc"] = summary["deletion_auc"]
+            st.caption(deletion_caption(summary))
+    return out
+
+
+def _scale_sentence(results: list[dict[str, Any]]) -> str:
+    shown = [r for r in results if "scale" in r]
+    if len(shown) < 2:
+        return ""
+    units = {r["units"] for r in shown}
+    what = (f"both in {next(iter(units))}, but two models' scores differ in size" if len(units) == 1 else
+            " and ".join(f"{r['model']} in {r['units']}" for r in shown) + ": different units")
+    return (f"Each map keeps its own colour scale, shown in its legend ({what}). Compare where each map is bright, "
+            "not how bright.")
+
+
+def main() -> None:
+    page_header("Two models, one image", "compare")
+    c = state.choices()
+    options = _options()
+    url = urlstate.consume("compare")
+    if url:
+        _apply_url(url, options)
+    chosen = _models_ui(options)
+    if c.image_bytes is None:
+        st.info("Upload an image in the sidebar, or pick one of the samples.")
+        return
+    try:
+        img = state.decode(c.image_bytes)
+    except ImageRejected as e:
+        st.error(rejected_sentence(e, c))
+        return
+    adapters = {side: _load(opt) for side, opt in chosen.items()}
+    if any(a is None for a in adapters.values()):
+        return
+    eng = state.engine()
+    entries = {}
+    with st.spinner("Running the models on your image…"):
+        for side, ad in adapters.items():
+            entries[side] = eng.capture(ad, img.digest, img.image, None, turn=lambda ad=ad: panels.model_turn(ad))
+    choice = _method_ui(adapters["a"], adapters["b"])
+    cap_a = entries["a"].capture
+    labels = [t.label for t in cap_a.targets]
+    top_a = adapters["a"].resolve_target(cap_a, None).label
+    if st.session_state.get("cmp_label") not in labels:
+        st.session_state["cmp_label"] = top_a
+    label = st.selectbox("Class to explain", labels, key="cmp_label",
+                         help="Both models explain this class when both know it (matched by name); a model "
+                              "without it explains its own top class.")
+    display = c.display
+    results = []
+    for side, col in zip(SIDES, st.columns(2, gap="large")):
+        method, extra = _side_method(adapters[side], choice)
+        with col:
+            results.append(_side_ui(side, adapters[side], entries[side], img, method, extra, label, display))
+    sentence = _scale_sentence(results)
+    if sentence:
+        st.caption(sentence)
+    st.caption("Deletion AUC: lower is better (the score falls sooner as the map's most important parts go); "
+               "insertion AUC: higher is better.")
+    ctx_like = type("Ctx", (), {"sample": c.image_name if c.is_sample else None, "img": img,
+                                "model_option": c.model_option, "display": display})()
+    urlstate.sync({**shared_url_values(ctx_like), "model_a": chosen["a"], "model_b": chosen["b"],
+                   "method": choice})
+
+
+if __name__ == "__main__":
+    main()
