@@ -158,7 +158,7 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
         scale = mapview.scale_for(exp.map, exp.signed, display)
         box = None if cap.box is None else tuple(v * img.scale for v in cap.box)
         st.image(panels.overlay_image(img.digest, img.display, exp.map, scale, display, box),
-                 caption=f"{pretty(method)} for {tgt.label} · map {'×'.join(map(str, exp.map.shape))} over "
+                 caption=f"{pretty(method)} {'for ' + tgt.label if exp.target is not None else '(class-agnostic)'} · map {'×'.join(map(str, exp.map.shape))} over "
                          f"{exp.over}", width="stretch", output_format="JPEG")
         st.markdown(mapview.legend_html(scale, mapview.legend_title(method, scale)), unsafe_allow_html=True)
         out.update(method=method, units=notes.units(method), scale=scale)
