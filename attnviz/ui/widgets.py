@@ -9,6 +9,7 @@ import streamlit as st
 
 from .. import render
 from ..images import MAX_BYTES
+from ..methods.hierarchy import block_heads, is_hierarchical
 from ..methods.registry import MethodSpec, Param
 from . import notes, panels, state, urlstate
 from .context import default_target, query_options, query_value, readout_token
@@ -421,7 +422,11 @@ def _param_widget(spec: MethodSpec, p: Param, key: str, ctx) -> Any:
 
 
 def _head_options(ctx) -> list[str]:
-    return ["mean", "max", "min", *[str(h) for h in range(ctx.capture.n_heads)]]
+    cap = ctx.capture
+    n = cap.n_heads
+    if is_hierarchical(cap):     # Swin's heads grow by stage (n_heads is 0): offer those every block has
+        n = min(block_heads(cap, li) for li in range(cap.n_layers))
+    return ["mean", "max", "min", *[str(h) for h in range(n)]]
 
 
 def _query_format(q: str, readout: Optional[str] = None) -> str:

@@ -8,7 +8,8 @@ import streamlit as st
 
 from attnviz import render
 from attnviz.methods.common import HEAD_FUSIONS
-from attnviz.ui import figures, mapview, notes, panels, state, urlstate
+from attnviz.methods.hierarchy import is_hierarchical
+from attnviz.ui import figures, mapview, notes, panels, stages, state, urlstate
 from attnviz.ui.compute import model_key
 from attnviz.ui.context import load_context, query_label, token_queries
 from attnviz.ui.errors import guard
@@ -112,6 +113,10 @@ def main() -> None:
     L, H, lay = cap.n_layers, cap.n_heads, cap.layout
     kinds = _token_kinds(cap)
     _clamp_state(L, H, lay.rows, lay.cols, kinds)
+    if is_hierarchical(cap):         # Swin: per stage, blocks × heads (heads and grids differ by stage)
+        stage, query = stages.stages_ui(ctx, query_ui)
+        urlstate.sync({**shared_url_values(ctx), "stage": stage, "query": query})
+        return
     url = urlstate.consume("heads")
     if url:
         _apply_url(url, L, H, lay.rows, lay.cols, kinds)
