@@ -62,6 +62,8 @@ def test_heads_page_shows_blocks_by_heads_per_stage(swin_app, swin_dir):
         assert label == (f"stage {s} · {g}×{g} tokens · window {cfg.window_size} · "
                          f"{cfg.depths[s]} blocks × {cfg.num_heads[s]} heads")
     assert any("not shown for this model" in c.value for c in at.caption)
+    assert any(f"{sum(cfg.depths)} blocks, heads by stage {'/'.join(map(str, cfg.num_heads))}" in c.value
+               for c in at.sidebar.caption)
     # A patch as the query, the last stage: its mosaic and the enlarged head, no error.
     at.radio(key="h_qkind").set_value("a patch").run()
     at.number_input(key="h_row").set_value(side - 1).run()

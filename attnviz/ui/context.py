@@ -11,6 +11,7 @@ import streamlit as st
 
 from ..errors import ModelUnavailable, UsageError
 from ..images import ImageRejected
+from ..methods.hierarchy import is_hierarchical, stage_info
 from . import panels, state, urlstate
 from .compute import CaptureEntry
 
@@ -137,8 +138,11 @@ def load_context(texts_slot=None) -> Optional[Context]:
     timings["capture"] = 0.0 if cached else time.perf_counter() - t0
     cap = entry.capture
     prefix = ", ".join(cap.layout.prefix_names) or "no prefix tokens"
-    st.sidebar.caption(f"**{adapter.name}** on **{state.device_label(adapter)}** · {cap.n_layers} layers × "
-                       f"{cap.n_heads} heads · {cap.layout.rows}×{cap.layout.cols} patches + {prefix}")
+    heads = f"{cap.n_layers} layers × {cap.n_heads} heads"
+    if is_hierarchical(cap):         # Swin: heads grow by stage (n_heads is 0)
+        heads = f"{cap.n_layers} blocks, heads by stage " + "/".join(str(i["heads"]) for i in stage_info(cap))
+    st.sidebar.caption(f"**{adapter.name}** on **{state.device_label(adapter)}** · {heads} · "
+                       f"{cap.layout.rows}×{cap.layout.cols} patches + {prefix}")
     ctx = Context(adapter, c.model_option, c.image_name or "image", img, texts, entry, c.display, timings,
                   sample=c.image_name if c.is_sample else None)
     st.caption(on_what(ctx))
