@@ -96,3 +96,17 @@ def test_compare_link_with_an_unknown_model_warns_once(new_app):
     assert not at.exception
     assert [w.value for w in at.warning] == [
         "The link's model B 'no-such-model' is not one of this server's models; using the default."]
+
+
+def test_compare_a_slow_shared_method_runs_on_each_click(new_app):
+    _need("demo-vit-shapes"), _need("demo-cnn-shapes")
+    at, _ = _open(new_app, method="occlusion")
+    _ok(at)
+    assert len(at.get("image")) == 0                    # slow: nothing runs before its button
+    for side in "ab":
+        at.button(key=f"cmp_run:{side}:occlusion").click().run()
+    _ok(at)
+    assert len(at.get("image")) == 2
+    md = " ".join(m.value for m in at.markdown)
+    assert md.count("attnviz-legend") == 2
+    assert "both in" in " ".join(c.value for c in at.caption)      # one method: same units, still own scales
