@@ -9,8 +9,8 @@ the saved image processor; ``capture`` / ``explain``), so this also checks the s
 * Grad-CAM pointing (Zhang et al. 2016): two-object scenes, each object's class explained at the
   last stage (8×8, stride 8); a hit when the map's maximum lies on that object
   (:func:`attnviz.metrics.pointing_game_hit`, its three modes), and how often it lies on the other;
-* CBAM gate pointing: the spatial gate is class-agnostic, so a hit is its maximum on *any* object;
-  ``chance`` is the hit rate of a cell drawn at random (the share of cells touching an object);
+* CBAM gate pointing, per CBAM block: the spatial gate is class-agnostic, so a hit is its maximum on
+  *any* object; ``chance`` is the hit rate of a cell drawn at random (the share of cells touching an object);
 * excitation class-specificity by depth (Hu et al. 2018 §7.2): :func:`attnviz.excitation.class_profile`
   over one-object scenes per shape;
 * deletion / insertion of the Grad-CAM map against a random order (Petsiuk et al. 2018).
@@ -51,7 +51,8 @@ def pointing(adapter, n: int, seed: int) -> dict:
 
     cam = {m: 0 for m in POINTING_MODES}
     cam_other = gate_chance = 0.0
-    gate = {m: 0 for m in POINTING_MODES}
+    n_cbam = len([g for g in adapter.gate_specs if g.kind == "spatial"])
+    gate = [{m: 0 for m in POINTING_MODES} for _ in range(n_cbam)]
     explained = 0
     scenes = make_dataset(n, seed, n_objects=2)
     for scene in scenes:
@@ -64,9 +65,10 @@ def pointing(adapter, n: int, seed: int) -> dict:
                 cam[mode] += pointing_game_hit(m, mask, mode=mode)
             cam_other += pointing_game_hit(m, objects & ~mask, mode="cell")
             explained += 1
-        g = attnviz.explain(adapter, cap, "spatial_attention", block=-1).map
-        for mode in POINTING_MODES:
-            gate[mode] += pointing_game_hit(g, objects, mode=mode)
+        for b in range(n_cbam):
+            g = attnviz.explain(adapter, cap, "spatial_attention", block=b).map
+            for mode in POINTING_MODES:
+                gate[b][mode] += pointing_game_hit(g, objects, mode=mode)
         rows, cols = g.shape
         touched = [objects[r * objects.shape[0] // rows:(r + 1) * objects.shape[0] // rows,
                            c * objects.shape[1] // cols:(c + 1) * objects.shape[1] // cols].any()
@@ -75,7 +77,8 @@ def pointing(adapter, n: int, seed: int) -> dict:
     return {"scenes": n, "seed": seed, "explained": explained,
             "grad_cam": {m: cam[m] / explained for m in POINTING_MODES},
             "grad_cam_cell_on_other_object": cam_other / explained,
-            "cbam_gate": {m: gate[m] / n for m in POINTING_MODES}, "cbam_gate_chance_cell": gate_chance / n}
+            "cbam_gate": [{m: g[m] / n for m in POINTING_MODES} for g in gate],     # per CBAM block
+            "cbam_gate_chance_cell": gate_chance / n}
 
 
 def faithfulness(adapter, n: int, seed: int) -> dict:
