@@ -110,3 +110,14 @@ def test_compare_a_slow_shared_method_runs_on_each_click(new_app):
     md = " ".join(m.value for m in at.markdown)
     assert md.count("attnviz-legend") == 2
     assert "both in" in " ".join(c.value for c in at.caption)      # one method: same units, still own scales
+
+
+def test_compare_choices_survive_a_visit_to_another_page(new_app):
+    _need("demo-vit-shapes")
+    at, _ = _open(new_app)
+    at.selectbox(key="cmp_b").set_value("$ATTNVIZ_MODEL").run()
+    at.selectbox(key="cmp_method").set_value("saliency").run()
+    at.switch_page("attnviz/ui/pages/explore.py").run()
+    at.switch_page(COMPARE).run()
+    _ok(at)
+    assert at.selectbox(key="cmp_b").value == "$ATTNVIZ_MODEL" and at.selectbox(key="cmp_method").value == "saliency"
