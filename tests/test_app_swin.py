@@ -72,3 +72,15 @@ def test_heads_page_shows_blocks_by_heads_per_stage(swin_app, swin_dir):
     assert len(at.get("image")) == 1
     assert at.query_params["stage"] == str(len(labels) - 1)
     assert at.query_params["query"].startswith(f"{side - 1},")
+
+
+def test_a_heads_link_opens_its_stage_and_query_on_a_swin(swin_app, swin_dir):
+    at = swin_app()
+    at.query_params.update({"stage": "1", "query": "2,3"})
+    at.run()
+    at.switch_page(HEADS).run()
+    _ok(at)
+    assert not at.warning
+    assert at.radio(key="h_stage").value == 1
+    assert (at.number_input(key="h_row").value, at.number_input(key="h_col").value) == (2, 3)
+    assert at.query_params["stage"] == "1" and at.query_params["query"] == "2,3"

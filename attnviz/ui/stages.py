@@ -9,12 +9,12 @@ the cyclic shift undone), and a clicked thumbnail is drawn large over the image
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import streamlit as st
 
 from ..methods import hierarchy
-from . import figures, mapview, panels, state
+from . import figures, mapview, panels, state, urlstate
 from .compute import model_key
 from .context import query_label
 from .errors import guard
@@ -30,11 +30,18 @@ def _stage_label(info: dict) -> str:
             f"{len(info['blocks'])} blocks × {info['heads']} heads")
 
 
-def stages_ui(ctx, query_ui: Callable[[object], str]) -> tuple[int, str]:
-    """Stage picker, query, the stage's blocks × heads mosaic, and the clicked head enlarged; (stage, query)."""
+def stages_ui(ctx, query_ui: Callable[[object], str], url: Optional[dict[str, str]] = None) -> tuple[int, str]:
+    """Stage picker, query, the stage's blocks × heads mosaic, and the clicked head enlarged; (stage, query).
+    ``url``: the link's values the first time the page opens (its stage; the query is the page's)."""
     cap, d = ctx.capture, ctx.display
     infos = hierarchy.stage_info(cap)
     ss = st.session_state
+    if url and "stage" in url:
+        raw = url["stage"]
+        if raw.isdigit() and int(raw) < len(infos):
+            ss["h_stage"] = int(raw)
+        else:
+            urlstate.warn(f"The link's stage '{raw}' is not between 0 and {len(infos) - 1}; using stage 0.")
     if not isinstance(ss.get("h_stage"), int) or not 0 <= ss["h_stage"] < len(infos):
         ss["h_stage"] = 0
     st.caption(NOT_HERE)

@@ -113,13 +113,13 @@ def main() -> None:
     L, H, lay = cap.n_layers, cap.n_heads, cap.layout
     kinds = _token_kinds(cap)
     _clamp_state(L, H, lay.rows, lay.cols, kinds)
-    if is_hierarchical(cap):         # Swin: per stage, blocks × heads (heads and grids differ by stage)
-        stage, query = stages.stages_ui(ctx, query_ui)
-        urlstate.sync({**shared_url_values(ctx), "stage": stage, "query": query})
-        return
     url = urlstate.consume("heads")
     if url:
         _apply_url(url, L, H, lay.rows, lay.cols, kinds)
+    if is_hierarchical(cap):         # Swin: per stage, blocks × heads (heads and grids differ by stage)
+        stage, query = stages.stages_ui(ctx, query_ui, url)
+        urlstate.sync({**shared_url_values(ctx), "stage": stage, "query": query})
+        return
 
     hit = _clicked("h_mosaic")
     if hit is not None:
