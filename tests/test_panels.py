@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from attnviz import render
@@ -162,6 +163,40 @@ def test_heads_thumbnails_and_predictions_are_drawn_once_per_capture(saved_model
             c for im in at.get("image") for c in im.captions)
         at.slider(key="h_layer").set_value(0).run()                # same thumbnails, another selection
         assert calls["mosaic_image"] == 1
+    finally:
+        st.cache_resource.clear()
+        st.cache_data.clear()
+
+
+@pytest.mark.parametrize("page", ["explore", "heads"])
+def test_a_session_keeps_no_capture_once_the_cache_lets_it_go(saved_models, monkeypatch, page):
+    """Streamlit keeps each widget's format_func and each fragment's arguments with the session; none
+    may hold a capture (its activations: ~140 MB for ViT-B/16), or every open session pins one and the
+    capture cache no longer bounds memory. Measured before the fix: +140 MB per session, kept."""
+    import gc
+    import weakref
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from attnviz.ui import state
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(saved_models["vit"]))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    try:
+        at = AppTest.from_file(str(Path(__file__).parents[1] / "app.py"), default_timeout=120)
+        at.run()
+        if page == "heads":
+            at.switch_page("attnviz/ui/pages/heads.py").run()
+        assert not at.exception and not at.error
+        eng = state.engine()
+        refs = [weakref.ref(entry.capture) for entry in (v for _, v in eng.captures._data.values())]
+        assert refs
+        eng.clear()
+        gc.collect()
+        assert [r() is None for r in refs] == [True] * len(refs)
+        at.run()                                    # the session goes on (the capture is made again)
+        assert not at.exception and not at.error
     finally:
         st.cache_resource.clear()
         st.cache_data.clear()

@@ -540,8 +540,10 @@ def target_ui(ctx) -> Any:
     if st.session_state.get("target") not in order:
         st.session_state["target"] = default_target(ctx.adapter, cap)
 
+    targets = cap.targets      # not the capture: Streamlit keeps format_func with the session (issue 13)
+
     def fmt(i: int) -> str:
-        t = cap.targets[i]
+        t = targets[i]
         p = f" · {probs[i]:.1%}" if i < len(probs) and kind != "embedding" else ""
         return f"{i}: {t.label}{p}" if kind == "token" else f"{t.label} (#{t.index}){p}"
     label = {"class": "Target class", "prompt": "Target prompt", "token": "Caption word"}.get(kind, "Target")

@@ -96,7 +96,8 @@ def words_ui(ctx) -> int:
     options = [t.index for t in cap.targets]
     if st.session_state.get("c_word") not in options:
         st.session_state["c_word"] = _default_word(cap)
-    picked = st.pills("Click a word", options, key="c_word", format_func=lambda i: cap.targets[i].label,
+    words = [t.label for t in cap.targets]      # not the capture: Streamlit keeps format_func (issue 13)
+    picked = st.pills("Click a word", options, key="c_word", format_func=lambda i: words[i],
                       on_change=_keep_a_word, wrap=True,
                       help="Each token of the caption. Its map shows where the model looked to write it.")
     if picked is None:

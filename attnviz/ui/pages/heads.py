@@ -80,8 +80,11 @@ def query_ui(ctx) -> str:
     """The query token: a prefix token, or a patch clicked on the image (or typed as row and column)."""
     lay = ctx.capture.layout
     kinds = [*_token_kinds(ctx.capture), PATCH]
+    # Labels made here: Streamlit keeps format_func with the session, and a closure over the capture
+    # would keep its activations alive as long as the session (issue 13).
+    labels = {k: query_label(k, ctx.capture) for k in kinds if k != PATCH}
     kind = st.radio("Query token", kinds, key="h_qkind", horizontal=True,
-                    format_func=lambda k: query_label(k, ctx.capture) if k != PATCH else k,
+                    format_func=lambda k: labels.get(k, k),
                     help="Whose attention the thumbnails show. output: the tokens the prediction is read from "
                          "when it reads more than one (CLS and distillation averaged for distilled DeiT; the mean "
                          "of the patches for BEiT).")
