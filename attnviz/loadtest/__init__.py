@@ -77,6 +77,7 @@ def measure(url: str, pid: int, images, plan: Plan, limit: float) -> dict:
         "machine_busy_s": procstats.machine_busy_seconds() - busy0, "cores": os.cpu_count() or 1,
         "load_before": load0, "load_after": procstats.machine_load(),
         "client_cpu_s": time.process_time() - client0, "warm_up_s": warm,
+        "rss_mb_timeline": [(t, round(b / 2**20)) for t, b in sampler.timeline],
     }
 
 

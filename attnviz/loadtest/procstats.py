@@ -114,12 +114,16 @@ class Sampler:
     def __init__(self, root: int, every: float = 0.25):
         self.root, self.every = root, every
         self.peak = rss_bytes(root)
+        self.t0 = time.monotonic()
+        self.timeline: list[tuple[float, int]] = []     # (seconds since start, bytes), one per sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
-            self.peak = max(self.peak, rss_bytes(self.root))
+            rss = rss_bytes(self.root)
+            self.peak = max(self.peak, rss)
+            self.timeline.append((round(time.monotonic() - self.t0, 2), rss))
 
     def __enter__(self) -> "Sampler":
         self._thread.start()
