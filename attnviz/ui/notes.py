@@ -94,6 +94,16 @@ METHODS = {
         "One layer's attention times its positive gradient for the target, heads averaged. A quick "
         "class-specific look at a single layer; earlier layers are noisier."
     ),
+    "spatial_attention": (
+        "CBAM's spatial gate (Woo et al. 2018) in one block of a convolutional network: a sigmoid over a 7×7 "
+        "convolution of the channel-mean and channel-max maps, one value in [0, 1] per location, multiplied "
+        "into the features. Class-agnostic. Caveat: it says what the block lets through, not why the class won."
+    ),
+    "channel_attention": (
+        "Squeeze-and-excitation (Hu et al. 2018) or ECA gates: one value in [0, 1] per channel of a block, "
+        "computed from this image and multiplied into that channel. A map over channels, not over the image. "
+        "Caveat: a channel's meaning is not given; its feature map over the image shows what it responds to."
+    ),
     "grad_cam": (
         "Grad-CAM on a block's patch tokens: each feature channel weighted by its average gradient. "
         "Coarse (one value per patch) and class-specific. Caveat: the last block's patch tokens do not "
@@ -179,6 +189,8 @@ UNITS = {
     "kernel_shap": "Shapley value estimate (score units)",
     "cross_attention": "cross-attention weight",
     "caption_relevance": "relevance (score units)",
+    "spatial_attention": "spatial gate (0 to 1)",
+    "channel_attention": "channel gate (0 to 1)",
 }
 
 
