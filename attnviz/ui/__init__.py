@@ -7,11 +7,16 @@ process-wide cached resources (models via ``st.cache_resource``, the compute
 slow methods and checks in threads that outlive a script run; ``mapview``
 gives every map its colour scale, legend and overlay; ``figures`` builds
 Plotly figures; ``notes`` holds the teaching notes; ``urlstate`` reads and
-writes the link's query parameters; ``pages/`` are the pages.
+writes the link's query parameters; ``panels`` holds the map panel fragment,
+the overlay and figure caches and the model queue notice; ``protocol`` is a
+browser's side of Streamlit's websocket for the load generator; ``pages/``
+are the pages.
 
 Environment: ``ATTNVIZ_MODEL`` (a catalog name, hub id or save_pretrained
 folder) sets the default model; ``ATTNVIZ_ALLOW_CUSTOM_MODELS=1`` lets users
 type a hub id; ``ATTNVIZ_CAPTURE_CACHE`` / ``ATTNVIZ_RESULT_CACHE`` /
-``ATTNVIZ_CACHE_TTL`` bound the caches (entries, entries, seconds);
-``ATTNVIZ_SHOW_CLEAR=1`` shows a "Clear caches" button.
+``ATTNVIZ_OVERLAY_CACHE`` / ``ATTNVIZ_CACHE_TTL`` bound the caches (entries,
+entries, entries, seconds); ``ATTNVIZ_TORCH_THREADS`` the threads one model
+computation uses (default: cores - 1); ``ATTNVIZ_SHOW_CLEAR=1`` shows a
+"Clear caches" button.
 """
