@@ -444,3 +444,16 @@ def test_exports_cover_every_compared_map_on_the_screens_scales(new_app, saved_m
                           box=cap.box)
     tile = np.asarray(png)[:image.height, image.width + 8:2 * image.width + 8]
     assert np.abs(tile.astype(int) - np.asarray(want).astype(int)).max() <= 1
+
+    # the single-image HTML report: the first map's overlay embedded, on the scale shown
+    import base64
+    import re
+    html = got["Report .html"]()
+    pngs = [Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")
+            for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)]
+    m = maps["relevance"]
+    want = render.overlay(image, m, alpha=0.5, cmap="inferno", norm="minmax", vmin=float(m.min()), vmax=float(m.max()),
+                          box=cap.box)
+    assert any(p.size == want.size and np.abs(np.asarray(p).astype(int) - np.asarray(want).astype(int)).max() <= 1
+               for p in pngs)
+    assert record["model"] in html

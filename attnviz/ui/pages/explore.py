@@ -243,7 +243,7 @@ def export_ui(ctx, shown, scales, settings: dict[str, Any], link: str) -> None:
         return json.dumps(record, indent=2, default=str)
     what = pretty(names[0]) if len(names) == 1 else f"all {len(names)} maps"
     st.markdown(f"**Export** ({what})")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     c1.download_button("Overlay PNG", lambda: export_png(ctx, shown, scales), file_name=f"{stem}.png",
                        mime="image/png", on_click="ignore", key="dl_png", width="stretch",
                        help="At the image's own size, each map with its legend, on the scales shown above.")
@@ -256,6 +256,16 @@ def export_ui(ctx, shown, scales, settings: dict[str, Any], link: str) -> None:
                        mime="application/json", on_click="ignore", key="dl_json", width="stretch",
                        help="Model, methods, target, parameters, scales, scores, timings, versions, and the "
                             "link that reopens this view.")
+
+    def report_html() -> str:
+        from attnviz.report_image import image_report_html
+        (spec, exp), scale = shown[0], scales[0]
+        return image_report_html(ctx.img.image, exp, record=json.loads(record_json()), box=ctx.capture.box,
+                                 cmap=scale.cmap, norm=scale.norm, vmin=scale.lo, vmax=scale.hi)
+    c4.download_button("Report .html", report_html, file_name=f"{stem}.html", mime="text/html",
+                       on_click="ignore", key="dl_html", width="stretch",
+                       help="One self-contained page: the first map on its overlay with its legend, the target, the "
+                            "top predictions, the settings and versions.")
 
 
 def _url_values(ctx, method: str, compare: list[str], params: dict[str, dict], specs, target) -> dict[str, Any]:
