@@ -14,18 +14,24 @@ def _wait_until(cond, limit=5.0):
         time.sleep(0.005)
 
 
-def test_waiters_are_served_in_arrival_order_and_see_who_is_ahead():
-    lock = TurnLock()
-    order, seen = [], {}
+def _held_elsewhere(lock):
+    """Hold ``lock`` in another thread until the returned event is set."""
     held, done = threading.Event(), threading.Event()
 
-    def running():                                   # someone else's forward is running
+    def running():
         with lock:
             held.set()
             done.wait(10)
-    runner = threading.Thread(target=running)
-    runner.start()
+    t = threading.Thread(target=running)
+    t.start()
     held.wait(5)
+    return done, t
+
+
+def test_waiters_are_served_in_arrival_order_and_see_who_is_ahead():
+    lock = TurnLock()
+    order, seen = [], {}
+    done, runner = _held_elsewhere(lock)             # someone else's forward is running
     threads = []
     for i in range(4):
         ticket = lock.take()                          # arrival order fixed here, not by thread start-up
@@ -61,20 +67,6 @@ def test_reentrant_for_the_holder_and_exclusive_for_others():
     lock.release()
     with pytest.raises(RuntimeError):
         lock.release()
-
-
-def _held_elsewhere(lock):
-    """Hold ``lock`` in another thread until the returned event is set."""
-    held, done = threading.Event(), threading.Event()
-
-    def running():
-        with lock:
-            held.set()
-            done.wait(10)
-    t = threading.Thread(target=running)
-    t.start()
-    held.wait(5)
-    return done, t
 
 
 def test_an_abandoned_place_does_not_block_the_line():
