@@ -47,34 +47,49 @@ def timings(model) -> dict:
     return {f"{s}px_batch{b}": forward_seconds(model, s, b) for s in (64, 128) for b in (1, 32)}
 
 
-def run(sizes=(500, 2000, 8000), steps: int = 800, teacher_steps: int = 200, seed: int = 0, eval_n: int = 1000,
-        quiet: bool = True) -> list[dict]:
+def _cnn_row(n: int, steps: int, seed: int, eval_n: int, quiet: bool) -> dict:
+    import torch
+
+    from attnviz.demo import train_cnn
+
+    t = time.process_time()
+    cnn = train_cnn.train(save=False, seed=seed, steps=steps, pool_size=n, refresh=0, eval_n=eval_n, quiet=quiet)
+    cpu = round(time.process_time() - t, 1)
+    torch.set_num_threads(1)
+    return {"model": "CNN (SE, ECA, CBAM)", "train_scenes": n, "steps": cnn["steps"],
+            "accuracy": cnn["exact_match_accuracy"], "params": cnn["params"], "train_cpu_seconds": cpu,
+            "forward": timings(cnn["model"])}
+
+
+def _vit_row(n: int, steps: int, teacher_steps: int, seed: int, eval_n: int, quiet: bool) -> dict:
     import torch
     from transformers import ViTForImageClassification
 
     from attnviz.demo import train as vit_train
-    from attnviz.demo import train_cnn
 
+    with tempfile.TemporaryDirectory() as out:
+        t = time.process_time()
+        vit = vit_train.train(out, seed=seed, steps=steps, teacher_steps=teacher_steps, pool_size=n, refresh=0,
+                              eval_n=eval_n, quiet=quiet)
+        cpu = round(time.process_time() - t, 1)
+        model = ViTForImageClassification.from_pretrained(out, use_safetensors=True).eval()
+    torch.set_num_threads(1)
+    return {"model": "ViT (+ CNN-teacher hints)", "train_scenes": n, "steps": vit["steps"],
+            "teacher_steps": teacher_steps, "accuracy": vit["exact_match_accuracy"], "params": vit["params"],
+            "train_cpu_seconds": cpu, "forward": timings(model)}
+
+
+def run(sizes=(500, 2000, 8000), steps: int = 800, teacher_steps: int = 200, seed: int = 0, eval_n: int = 1000,
+        quiet: bool = True, models=("cnn", "vit")) -> list[dict]:
+    """One row per model and training-set size (``models``: "cnn", "vit" or both)."""
     rows = []
     for n in sizes:
-        t = time.process_time()
-        cnn = train_cnn.train(save=False, seed=seed, steps=steps, pool_size=n, refresh=0, eval_n=eval_n, quiet=quiet)
-        torch.set_num_threads(1)
-        rows.append({"model": "CNN (SE, ECA, CBAM)", "train_scenes": n, "steps": cnn["steps"],
-                     "accuracy": cnn["exact_match_accuracy"], "params": cnn["params"],
-                     "train_cpu_seconds": round(time.process_time() - t, 1), "forward": timings(cnn["model"])})
-        with tempfile.TemporaryDirectory() as out:
-            t = time.process_time()
-            vit = vit_train.train(out, seed=seed, steps=steps, teacher_steps=teacher_steps, pool_size=n, refresh=0,
-                                  eval_n=eval_n, quiet=quiet)
-            cpu = round(time.process_time() - t, 1)
-            model = ViTForImageClassification.from_pretrained(out, use_safetensors=True).eval()
-        torch.set_num_threads(1)
-        rows.append({"model": "ViT (+ CNN-teacher hints)", "train_scenes": n, "steps": vit["steps"],
-                     "teacher_steps": teacher_steps, "accuracy": vit["exact_match_accuracy"], "params": vit["params"],
-                     "train_cpu_seconds": cpu, "forward": timings(model)})
+        if "cnn" in models:
+            rows.append(_cnn_row(n, steps, seed, eval_n, quiet))
+        if "vit" in models:
+            rows.append(_vit_row(n, steps, teacher_steps, seed, eval_n, quiet))
         if not quiet:
-            print(json.dumps(rows[-2:], indent=2), flush=True)
+            print(json.dumps(rows[-len(models):], indent=2), flush=True)
     return rows
 
 
@@ -98,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--teacher-steps", type=int, default=200)
     ap.add_argument("--eval-n", type=int, default=1000)
+    ap.add_argument("--models", nargs="+", default=["cnn", "vit"], choices=["cnn", "vit"])
     ap.add_argument("--out", help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     set_threads(1)
-    rows = run(args.sizes, args.steps, args.teacher_steps, eval_n=args.eval_n, quiet=False)
+    rows = run(args.sizes, args.steps, args.teacher_steps, eval_n=args.eval_n, quiet=False, models=tuple(args.models))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)
