@@ -75,7 +75,8 @@ def test_explore_shows_predictions_overlay_and_exports(new_app):
     assert [c.key for c in at.get("plotly_chart")] == ["predictions"]   # the hover tab is drawn when opened
     bars = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["marker"]["color"]
     assert bars.count("#e4572e") == 1                            # the target's bar is marked on the first run
-    assert [b.proto.label for b in at.download_button] == ["Overlay PNG", "Raw map .npy", "Settings .json"]
+    assert [b.proto.label for b in at.download_button] == ["Overlay PNG", "Raw map .npy", "Settings .json",
+                                                          "Report .html"]
     assert "on **CPU**" in _captions(at)
     assert "relevance" in _captions(at)
     at.session_state["view_tab"] = "Hover for values"
@@ -464,3 +465,21 @@ def test_sample_images_are_read_once_per_process_and_offer_every_scene(monkeypat
     assert "scene red triangle yellow cross" in first          # the README's example
     assert read == len(first) and state.sample_images() == first and calls["n"] == read
     state.sample_images.clear()
+
+
+def test_explore_offers_only_the_methods_the_loaded_cnn_provides(cnn_dirs, monkeypatch):
+    """A ResNet has no gates: Explore must not offer channel / spatial attention it would then refuse; the gated
+    demo-style CNN offers both (the list comes from what the loaded model provides, not from its family)."""
+    import attnviz
+    from attnviz.methods import list_methods
+    for kind, gated in (("resnet", False), ("gated", True)):
+        monkeypatch.setenv("ATTNVIZ_MODEL", str(cnn_dirs[kind]))
+        _clear()
+        at = AppTest.from_file(APP, default_timeout=120).run()
+        _ok(at)
+        offered = {o.split("  (")[0].replace(" ", "_") for o in at.selectbox(key="method").options}  # shown labels
+        model = attnviz.load_model(str(cnn_dirs[kind]))
+        expected = {m.name for m in list_methods(model) if m.over in ("patches", "pixels")}
+        assert ("spatial_attention" in offered) is gated
+        assert "relevance" not in offered and offered <= expected
+    _clear()

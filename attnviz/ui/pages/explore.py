@@ -322,7 +322,7 @@ def main() -> None:
     if ctx is None:
         return
     # Maps over text tokens (CLIP's text methods) are not drawn on the image; the CLI has them.
-    specs = {m.name: m for m in list_methods(ctx.adapter.family) if m.over in ("patches", "pixels")}
+    specs = {m.name: m for m in list_methods(ctx.adapter) if m.over in ("patches", "pixels")}
     forget_on_new_capture(ctx, "target")
     url = urlstate.consume("explore")
     if url:

@@ -115,7 +115,7 @@ def probabilities_ui(ctx) -> None:
 
 def map_method_ui(ctx):
     """The image-side method (fast, class-specific ones) and its settings."""
-    specs = {m.name: m for m in list_methods(ctx.adapter.family)
+    specs = {m.name: m for m in list_methods(ctx.adapter)
              if m.over in ("patches", "pixels") and m.class_specific and not m.slow}
     names = list(specs)
     url = urlstate.consume("prompts")
