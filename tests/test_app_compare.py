@@ -121,3 +121,14 @@ def test_compare_choices_survive_a_visit_to_another_page(new_app):
     at.switch_page(COMPARE).run()
     _ok(at)
     assert at.selectbox(key="cmp_b").value == "$ATTNVIZ_MODEL" and at.selectbox(key="cmp_method").value == "saliency"
+
+
+def test_compare_page_shows_the_attention_versus_convolution_table(new_app):
+    """The teaching note's table is the study's own JSON (models/demo-cnn-shapes), one row per run."""
+    import json
+    rows = json.loads((_need("demo-cnn-shapes") / "attention_vs_convolution.json").read_text())
+    at, _ = _open(new_app)
+    _ok(at)
+    table = at.table[0].value
+    assert len(table) == len(rows)
+    assert list(table["accuracy on fresh scenes"]) == [f"{100 * r['accuracy']:.1f} %" for r in rows]
