@@ -83,7 +83,9 @@ def class_profile(adapter, *, per_class: int = 40, seed: int = 777, batch: int =
 def compare(capture, profile: ClassProfile) -> list[dict]:
     """This image's excitations against each class's mean, block by block: Pearson r with every class mean and
     the nearest class (JSON-ready)."""
-    gates = [g for g in capture.gates if g.kind == "channel"]
+    from .methods.gates import gates_of
+
+    gates = gates_of(capture, "channel")
     out = []
     for i, (g, means) in enumerate(zip(gates, profile.means)):
         v = g.value.float().cpu().numpy()
@@ -99,11 +101,13 @@ def profile_figure(profile: ClassProfile, capture=None, *, height_per_block: int
     title of each row names the block and its class-specificity η²."""
     from plotly.subplots import make_subplots
 
+    from .methods.gates import gates_of
+
     n = len(profile.blocks)
     titles = [f"block {i} · {m} · stage {s} · η² {e:.2f}" for i, (m, s, e) in
               enumerate(zip(profile.modules, profile.stages, profile.specificity))]
     fig = make_subplots(rows=n, cols=1, subplot_titles=titles, vertical_spacing=0.35 / max(n, 1))
-    mine = [g for g in capture.gates if g.kind == "channel"] if capture is not None else []
+    mine = gates_of(capture, "channel") if capture is not None else []
     for b, means in enumerate(profile.means):
         for k, cls in enumerate(profile.classes):
             fig.add_scatter(y=means[k], mode="lines", name=cls, legendgroup=cls, showlegend=b == 0,
