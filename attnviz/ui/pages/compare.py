@@ -8,6 +8,9 @@ shared and which are a model's own comes from :mod:`attnviz.compare`. The URL ke
 """
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
 from typing import Any, Optional
 
 import streamlit as st
@@ -241,15 +244,22 @@ def main() -> None:
                    "method": choice})
 
 
+AVC_PATH = Path(__file__).resolve().parents[3] / "models" / "demo-cnn-shapes" / "attention_vs_convolution.json"
+
+
+@functools.lru_cache(maxsize=2)
+def _avc_rows(mtime_ns: int) -> list[dict[str, Any]]:
+    # Parsed once per version of the file (keyed by its mtime), not on every rerun of the page.
+    return json.loads(AVC_PATH.read_text())
+
+
 def _attention_vs_convolution_note() -> None:
     """The teaching note: this project's own small-data / large-data numbers (python -m
     attnviz.demo.attention_vs_convolution), read from the demo CNN's folder, not typed here."""
-    import json
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[3] / "models" / "demo-cnn-shapes" / "attention_vs_convolution.json"
-    if not path.is_file():
+    try:
+        rows = _avc_rows(AVC_PATH.stat().st_mtime_ns)
+    except FileNotFoundError:
         return
-    rows = json.loads(path.read_text())
     with st.expander("Is attention always better than convolution? (this project's own numbers)"):
         st.markdown(
             "Not always. Convolution builds in locality and translation equivariance and tends to win with little "
