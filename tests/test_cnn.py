@@ -13,6 +13,7 @@ import attnviz
 from attnviz.errors import UsageError
 from attnviz.methods import list_methods
 from attnviz.metrics import cascading_randomisation, deletion_insertion
+from attnviz.metrics.deletion import curve
 
 ODD = (70, 75)                                    # not a multiple of any stride
 CEIL = {"resnet", "regnet-y", "gated"}            # padded stride-2 convolutions: ⌈H / s⌉ cells; the others ⌊H / s⌋
@@ -352,4 +353,9 @@ def test_compare_offers_shared_and_own_methods(cnn_dirs, saved_models, photo):
     for s in sides:
         ref = attnviz.explain(s.adapter, s.capture, "grad_cam", target=3)
         np.testing.assert_allclose(s.explanation.map, ref.map, rtol=1e-5, atol=1e-7)
-        assert 0 <= s.faithfulness["deletion_auc"] <= 1
+        # the AUC is numpy's trapezoid over the deletion curve (same 20 steps), which starts at the
+        # model's own probability of class_3 on the untouched image (softmax of the capture's logits)
+        c = curve(s.adapter, s.capture, s.explanation, "deletion", target=3)
+        p = torch.softmax(torch.as_tensor(np.asarray(s.capture.scores), dtype=torch.float64), -1)[3]
+        assert c.values[0] == pytest.approx(float(p), rel=1e-4)
+        assert s.faithfulness["deletion_auc"] == pytest.approx(np.trapezoid(c.values, c.fractions), rel=1e-9)
