@@ -183,3 +183,14 @@ def test_shipped_demo_model_is_accurate_on_fresh_scenes():
     assert sum(p.stat().st_size for p in files) <= 5 * 1024 * 1024
     assert not any(p.suffix == ".bin" for p in files)
     assert exact_match_accuracy(str(SHIPPED), n=500, seed=12345) >= 0.95
+
+
+def test_time_cap_stops_after_the_deadline_only():
+    import time
+
+    from attnviz.demo.common import past_time_cap
+    lines = []
+    assert not past_time_cap(None, None, 3, 10, lines.append)
+    assert not past_time_cap(time.time() + 60, 1, 3, 10, lines.append) and lines == []
+    assert past_time_cap(time.time() - 1, 2, 3, 10, lines.append)
+    assert lines == ["time cap of 2 min reached at step 4/10; stopping early"]

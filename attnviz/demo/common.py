@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+import time
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -28,3 +29,12 @@ def start_run(seed: int, stream: int, quiet: bool) -> tuple[np.random.Generator,
         if not quiet:
             print(msg, flush=True)
     return rng, tqdm_kw, log
+
+
+def past_time_cap(deadline: Optional[float], minutes: Optional[float], step: int, steps: int,
+                  log: Callable[[str], None]) -> bool:
+    """True (and one log line) once a trainer's ``--minutes`` wall-clock cap has passed: stop early."""
+    if deadline is None or time.time() <= deadline:
+        return False
+    log(f"time cap of {minutes} min reached at step {step + 1}/{steps}; stopping early")
+    return True

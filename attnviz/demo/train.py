@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnviz.demo.common import set_threads, start_run
+from attnviz.demo.common import past_time_cap, set_threads, start_run
 
 DEFAULT_OUT = "models/demo-vit-shapes"
 IMAGE_MEAN = [0.5, 0.5, 0.5]
@@ -290,8 +290,7 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, steps: int = 3000, teacher_s
         ema_acc = acc if ema_acc is None else 0.98 * ema_acc + 0.02 * acc
         ema_bce = bce.item() if ema_bce is None else 0.98 * ema_bce + 0.02 * bce.item()
         bar.set_postfix(bce=f"{ema_bce:.3f}", acc=f"{ema_acc:.3f}", hint=f"{w_hint:.2f}", refresh=False)
-        if deadline is not None and time.time() > deadline:
-            log(f"time cap of {minutes} min reached at step {step + 1}/{steps}; stopping early")
+        if past_time_cap(deadline, minutes, step, steps, log):
             break
     bar.close()
     train_seconds = time.time() - t_start

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnviz.demo.common import set_threads, start_run
+from attnviz.demo.common import past_time_cap, set_threads, start_run
 
 DEFAULT_OUT = "models/demo-captioner-shapes"
 DEFAULT_ENCODER = "models/demo-vit-shapes"
@@ -327,8 +327,7 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, encoder:
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
         ema_acc = acc if ema_acc is None else 0.98 * ema_acc + 0.02 * acc
         bar.set_postfix(loss=f"{ema_loss:.3f}", acc=f"{ema_acc:.3f}", refresh=False)
-        if deadline is not None and time.time() > deadline:
-            log(f"time cap of {minutes} min reached at step {step + 1}/{steps}; stopping early")
+        if past_time_cap(deadline, minutes, step, steps, log):
             break
     bar.close()
     train_seconds = time.time() - t_start

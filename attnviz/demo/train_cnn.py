@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from attnviz.demo.common import set_threads, start_run
+from attnviz.demo.common import past_time_cap, set_threads, start_run
 from attnviz.demo.train import ScenePool, _exact_match, evaluate_arrays, make_image_processor
 
 DEFAULT_OUT = "models/demo-cnn-shapes"
@@ -84,8 +84,7 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, steps: int = 1200, batch: in
         acc = _exact_match(logits.detach(), y)
         ema = acc if ema is None else 0.98 * ema + 0.02 * acc
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{ema:.3f}", refresh=False)
-        if deadline is not None and time.time() > deadline:
-            log(f"time cap of {minutes} min reached at step {step + 1}/{steps}; stopping early")
+        if past_time_cap(deadline, minutes, step, steps, log):
             break
     bar.close()
     model.eval()
