@@ -51,7 +51,6 @@ def stage_grids(first: tuple[int, int], n_stages: int) -> list[tuple[int, int]]:
 @register_adapter
 class SwinAdapter(ClassifierAdapter):
     family = "swin"
-    task = "image-classification"
 
     def __init__(self, model, processor, **kw):
         super().__init__(model, processor, **kw)
