@@ -105,6 +105,10 @@ def test_beit_mean_pooling_is_explained_where_it_used_to_be_zero(photo):
     cap = attnviz.capture(adapter, photo)
     t = adapter.resolve_target(cap, None)
     g_last = cap.attention_grads(t.index)[-1]                                 # [H, T, T]
+    x = cap.inputs["pixel_values"].clone().requires_grad_(True)             # frozen weights: the input makes the graph
+    out = adapter.model(pixel_values=x, output_attentions=True)              # the model's own autograd
+    own = torch.autograd.grad(out.logits[0, t.index], out.attentions[-1])[0][0]           # [H, T, T]
+    torch.testing.assert_close(g_last.to(own.dtype), own, rtol=1e-4, atol=1e-7)
     assert g_last[:, 0].abs().max() == 0                                      # CLS row: the head never reads it
     assert g_last[:, cap.layout.n_prefix:].abs().max() > 0                    # patch rows: it does
     assert np.abs(attnviz.explain(adapter, cap, "attn_grad", target=t.index).map).max() > 0
