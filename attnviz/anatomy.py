@@ -24,6 +24,7 @@ from typing import Any, Optional
 import torch
 
 from .errors import UsageError
+from .methods.common import checked_index
 
 
 @dataclass(frozen=True)
@@ -104,10 +105,7 @@ def _project(m: torch.nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, to
 
 def attention_anatomy(adapter, inputs: dict[str, Any], layer: int) -> Anatomy:
     """Take layer ``layer`` of the image tower apart for ``inputs`` (one forward without gradients)."""
-    n = adapter.n_layers
-    if not -n <= layer < n:
-        raise UsageError(f"Layer {layer} is out of range: this model has {n} layers (0–{n - 1}).")
-    layer %= n
+    layer = checked_index(layer, adapter.n_layers, "Layer", "layers")
     module = attention_module(adapter.token_block(layer))
     seen: dict[str, Any] = {}
 

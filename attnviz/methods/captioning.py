@@ -38,20 +38,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import UsageError
 from ..types import Capture, Target
 from .attention import head_or_fusion
-from .common import positive_grad_attention
+from .common import checked_index, positive_grad_attention
 from .registry import Param, register
 
 FAMILY = ("captioning",)
 
 
 def decoder_layer_index(capture: Capture, layer: int) -> int:
-    n = len(capture.cross_attentions or ())
-    if not -n <= layer < n:
-        raise UsageError(f"Decoder layer {layer} is out of range: this model has {n} decoder layers (0–{n - 1}).")
-    return layer % n
+    return checked_index(layer, len(capture.cross_attentions or ()), "Decoder layer", "decoder layers")
 
 
 @register(

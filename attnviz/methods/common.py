@@ -22,13 +22,18 @@ def fuse_heads(a: torch.Tensor, how: str) -> torch.Tensor:
     raise UsageError(f"Head fusion must be one of {', '.join(HEAD_FUSIONS)}.")
 
 
+def checked_index(i: int, n: int, what: str, plural: str) -> int:
+    """Python-style index ``i`` into ``n`` things (negative counts from the end), checked; ``what`` / ``plural``
+    name them in the message ("Layer" / "layers")."""
+    if not -n <= i < n:
+        raise UsageError(f"{what} {i} is out of range: this model has {n} {plural} (0–{n - 1}).")
+    return i % n
+
+
 def layer_index(capture: Capture, layer: int) -> int:
     """Python-style layer index (negative counts from the end), checked. A hierarchical model (Swin)
     counts its attention blocks across every stage, in forward order."""
-    n = capture.n_layers
-    if not -n <= layer < n:
-        raise UsageError(f"Layer {layer} is out of range: this model has {n} layers (0–{n - 1}).")
-    return layer % n
+    return checked_index(layer, capture.n_layers, "Layer", "layers")
 
 
 def query_index(layout: TokenLayout, query: str) -> int:

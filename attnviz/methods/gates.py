@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from ..types import Capture, Gate
+from .common import checked_index
 
 KIND_WORDS = {"channel": "channel attention (SE / ECA / CBAM channel gate)", "spatial": "CBAM spatial attention"}
 
@@ -18,10 +19,8 @@ def pick_gate(capture: Capture, kind: str, block: int) -> tuple[int, Gate]:
     n = len(gates)
     if not n:
         raise UsageError(f"This model has no block with {KIND_WORDS[kind]}.")
-    if not -n <= block < n:
-        raise UsageError(f"Block {block} is out of range: this model has {n} blocks with {KIND_WORDS[kind]} "
-                         f"(0–{n - 1}).")
-    return block % n, gates[block % n]
+    i = checked_index(block, n, "Block", f"blocks with {KIND_WORDS[kind]}")
+    return i, gates[i]
 
 
 def describe_gate(i: int, g: Gate) -> dict:

@@ -28,7 +28,7 @@ from ..errors import UsageError
 from ..types import Capture, Target
 from ..adapters.pooling import describe
 from .captum_common import ScoreFunction, pixel_input
-from .common import layer_index
+from .common import checked_index, layer_index
 from .hierarchy import hierarchy, is_hierarchical, to_first_grid
 from .registry import Param, register
 
@@ -89,10 +89,7 @@ def grad_cam(adapter, capture: Capture, target: Target, *, layer: int):
 
 def stage_index(capture: Capture, layer: int) -> int:
     """A CNN stage index (negative counts from the end), checked."""
-    n = len(capture.stages)
-    if not -n <= layer < n:
-        raise UsageError(f"Stage {layer} is out of range: this model has {n} stages (0–{n - 1}).")
-    return layer % n
+    return checked_index(layer, len(capture.stages), "Stage", "stages")
 
 
 def _stage_grad_cam(capture: Capture, target: Target, layer: int):
