@@ -151,11 +151,17 @@ def main() -> None:
         grid = eng.attention_grid(ctx.adapter, ctx.entry, ctx.digest, query)        # [L, H, rows, cols]
         st.markdown(f"**Attention from {query_label(query, cap)}**, "
                     f"layers top to bottom, heads left to right — click one to enlarge")
-        fig = figures.head_mosaic_figure(grid, cmap=d.cmap_for(False), norm=d.norm_for(False), shared=shared,
-                                         selected=sel, image=_model_view(ctx) if over else None,
-                                         alpha=max(d.alpha, 0.5), width=960 if d.present else figures.MOSAIC_WIDTH,
-                                         font_size=figures.PRESENT_FONT if d.present else None,
-                                         thumbnails=panels.thumbnails((ctx.digest, model_key(ctx.adapter), query)))
+        # Built once per what it shows (plotly's validation costs tens of ms on every click otherwise).
+        alpha = max(d.alpha, 0.5)
+        fig = panels.figure(
+            ("h_mosaic", ctx.digest, model_key(ctx.adapter), query, d.cmap_for(False), d.norm_for(False), shared,
+             sel, over, alpha, d.present),
+            lambda: figures.head_mosaic_figure(
+                grid, cmap=d.cmap_for(False), norm=d.norm_for(False), shared=shared, selected=sel,
+                image=_model_view(ctx) if over else None, alpha=alpha,
+                width=960 if d.present else figures.MOSAIC_WIDTH,
+                font_size=figures.PRESENT_FONT if d.present else None,
+                thumbnails=panels.thumbnails((ctx.digest, model_key(ctx.adapter), query))))
         st.plotly_chart(fig, key=_chart_key("h_mosaic"), on_select="rerun", selection_mode="points",
                         config={"displayModeBar": False}, width="content")
         if not shared:
