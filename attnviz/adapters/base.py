@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 import os
 import threading
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Collection, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -56,10 +56,10 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def config_names(config, architectures: set[str], model_types: set[str]) -> bool:
+def config_names(config, architectures: Collection[str], model_types: Collection[str]) -> bool:
     """Whether a config names one of ``architectures`` (or, naming none, one of ``model_types``)."""
     archs = getattr(config, "architectures", None) or []
-    return bool(set(archs) & architectures) or (not archs and config.model_type in model_types)
+    return bool(set(archs) & set(architectures)) or (not archs and config.model_type in model_types)
 
 
 def accepts_kwarg(fn: Callable, name: str) -> bool:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..errors import UsageError
 from ..types import Target, TokenLayout
-from .base import ModelAdapter, accepts_kwarg, register_adapter
+from .base import ModelAdapter, accepts_kwarg, config_names, register_adapter
 from .geometry import grid_layout, pair, pixels
 
 # Architectures we accept by name (no remote code: every class is transformers' own).
@@ -58,8 +58,7 @@ class ClassifierAdapter(ModelAdapter):
 
     @classmethod
     def matches(cls, config) -> bool:
-        archs = getattr(config, "architectures", None) or []
-        return bool(set(archs) & ARCHITECTURES) or (not archs and config.model_type in MODEL_TYPES)
+        return config_names(config, ARCHITECTURES, MODEL_TYPES)
 
     @classmethod
     def load(cls, source, config, *, name, local_only=False):

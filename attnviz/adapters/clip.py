@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..errors import UsageError
 from ..types import Target, TokenLayout
-from .base import ModelAdapter, register_adapter
+from .base import ModelAdapter, config_names, register_adapter
 from .geometry import grid_layout, pair, pixels
 
 ARCHITECTURES = {"CLIPModel": "clip", "SiglipModel": "siglip"}
@@ -56,8 +56,7 @@ class ClipAdapter(ModelAdapter):
 
     @classmethod
     def matches(cls, config) -> bool:
-        archs = getattr(config, "architectures", None) or []
-        return bool(set(archs) & set(ARCHITECTURES)) or (not archs and config.model_type in ("clip", "siglip"))
+        return config_names(config, ARCHITECTURES, ("clip", "siglip"))
 
     @classmethod
     def load(cls, source, config, *, name, local_only=False):

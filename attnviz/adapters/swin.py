@@ -32,7 +32,7 @@ import transformers
 from ..errors import UsageError
 from ..types import Capture, TokenLayout
 from ..methods.hierarchy import Hierarchy, shifted_windows
-from .base import _grad_function, register_adapter
+from .base import _grad_function, config_names, register_adapter
 from .classifier import ClassifierAdapter
 
 ARCHITECTURES = ("SwinForImageClassification", "Swinv2ForImageClassification")
@@ -59,8 +59,7 @@ class SwinAdapter(ClassifierAdapter):
 
     @classmethod
     def matches(cls, config) -> bool:
-        archs = getattr(config, "architectures", None) or []
-        return bool(set(archs) & set(ARCHITECTURES)) or (not archs and config.model_type in MODEL_TYPES)
+        return config_names(config, ARCHITECTURES, MODEL_TYPES)
 
     @classmethod
     def load(cls, source, config, *, name, local_only=False):
