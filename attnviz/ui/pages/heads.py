@@ -186,8 +186,9 @@ def main() -> None:
     with guard("Computing the head statistics"):
         dist, ent = eng.head_stats(ctx.adapter, ctx.entry, ctx.digest)
         st.markdown("**How far and how evenly each head looks** (the ViT paper's Fig. 7, for this image)")
-        st.plotly_chart(figures.head_stats_figure(dist, ent, lay.n_tokens, selected=sel), key="h_stats",
-                        config={"displayModeBar": False})
+        fig = panels.figure(("h_stats", ctx.digest, model_key(ctx.adapter), sel),
+                            lambda: figures.head_stats_figure(dist, ent, lay.n_tokens, selected=sel))
+        st.plotly_chart(fig, key="h_stats", config={"displayModeBar": False})
         st.caption(distance_sentence(dist, "On this image") + " " + notes.HEADS_DISTANCE_GLOSS)
 
     values: dict[str, Any] = {**shared_url_values(ctx), "layer": layer, "head": head, "query": query}
