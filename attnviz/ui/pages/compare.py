@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import streamlit as st
 
@@ -100,7 +100,7 @@ def _load(option: str):
 def _method_ui(a, b) -> str:
     shared = compare.shared_methods(a, b)
     choices = [*shared, OWN]
-    own = {ad.name: [m for m in compare.own_methods(ad)] for ad in (a, b)}
+    own = {ad.name: compare.own_methods(ad) for ad in (a, b)}
     if st.session_state.get("cmp_method") not in choices:
         st.session_state["cmp_method"] = "grad_cam" if "grad_cam" in shared else choices[0]
     own_words = " and ".join(f"{', '.join(pretty(m) for m in ms)} for {name}" for name, ms in own.items())
@@ -117,10 +117,6 @@ def _side_method(adapter, choice: str) -> tuple[str, list[str]]:
     names = compare.own_methods(adapter)
     image = [n for n in names if get_method(n).over in compare.IMAGE_MAPS]
     return (image[0] if image else "grad_cam"), [n for n in names if n not in image]
-
-
-def _target(adapter, cap, label: Optional[str]):
-    return compare._target(adapter, cap, label)
 
 
 def _compute(adapter, entry, digest: str, method: str, target: int, side: str):
@@ -145,7 +141,7 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
     cap = entry.capture
     out: dict[str, Any] = {"model": adapter.name}
     st.markdown(f"#### {side.upper()} · {markdown_literal(adapter.name)}")
-    tgt = _target(adapter, cap, label)
+    tgt = compare._target(adapter, cap, label)
     rows = top_k(adapter, cap, min(TOP, len(cap.targets)))
     out["top"] = rows[0]["label"] if rows else None
     st.markdown(f"**Top {len(rows)} predictions** · top class **{markdown_literal(str(out['top']))}**")

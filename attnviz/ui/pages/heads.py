@@ -21,11 +21,6 @@ from attnviz.ui.widgets import page_header, shared_url_values
 PATCH = "a patch"
 
 
-def _token_kinds(capture) -> list[str]:
-    """Query choices besides a patch: the output (when it reads more than one token) and the prefix tokens."""
-    return token_queries(capture)
-
-
 def _clamp_state(L: int, H: int, rows: int, cols: int, prefix: list[str]) -> None:
     """Keep stored picks valid when the model changes (a slider value outside its range is an error)."""
     ss = st.session_state
@@ -79,7 +74,7 @@ def _apply_url(url: dict[str, str], L: int, H: int, rows: int, cols: int, prefix
 def query_ui(ctx) -> str:
     """The query token: a prefix token, or a patch clicked on the image (or typed as row and column)."""
     lay = ctx.capture.layout
-    kinds = [*_token_kinds(ctx.capture), PATCH]
+    kinds = [*token_queries(ctx.capture), PATCH]
     # Labels made here: Streamlit keeps format_func with the session, and a closure over the capture
     # would keep its activations alive as long as the session (issue 13).
     labels = {k: query_label(k, ctx.capture) for k in kinds if k != PATCH}
@@ -114,7 +109,7 @@ def main() -> None:
         return
     cap, eng = ctx.capture, state.engine()
     L, H, lay = cap.n_layers, cap.n_heads, cap.layout
-    kinds = _token_kinds(cap)
+    kinds = token_queries(cap)
     _clamp_state(L, H, lay.rows, lay.cols, kinds)
     url = urlstate.consume("heads")
     if url:
