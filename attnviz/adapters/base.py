@@ -222,7 +222,7 @@ class ModelAdapter:
         attentions = tuple(attentions or ())
         layout = self.layout(inputs)
         if "attentions" in self.provides:
-            self._check_attentions(attentions, layout)
+            self._check_attentions(attentions, layout, extras)
         stages = tuple(extras.pop("stages", ()))
         scores = scores[0]                                             # [n_targets]
         # Tensors to differentiate: every layer's [1, H, T, T] attention as the forward used it, or every
@@ -249,7 +249,7 @@ class ModelAdapter:
             _grad_fn=grad_fn,
         )
 
-    def _check_attentions(self, attentions: tuple, layout: TokenLayout) -> None:
+    def _check_attentions(self, attentions: tuple, layout: TokenLayout, extras: dict[str, Any]) -> None:
         if len(attentions) != self.n_layers:
             raise RuntimeError(f"Expected {self.n_layers} attention tensors, got {len(attentions)}: "
                                "the model is not running eager attention.")

@@ -30,9 +30,9 @@ import torch
 import transformers
 
 from ..errors import UsageError
-from ..types import Capture, TokenLayout
+from ..types import TokenLayout
 from ..methods.hierarchy import Hierarchy, shifted_windows
-from .base import _grad_function, config_names, register_adapter
+from .base import config_names, register_adapter
 from .classifier import ClassifierAdapter
 
 ARCHITECTURES = ("SwinForImageClassification", "Swinv2ForImageClassification")
@@ -133,8 +133,9 @@ class SwinAdapter(ClassifierAdapter):
 
     # --- forward ------------------------------------------------------
     def _run(self, inputs, pixel_values, *, attentions):
-        """One forward. With ``attentions``: (scores [1, n], L × [n_windows, H, S, S] window attentions as the
-        forward used them, {"hierarchy": Hierarchy}); else (scores [B, n], None, {})."""
+        """One forward. With ``attentions``: (scores [1, n], None, {"hierarchy": Hierarchy, "windows": L ×
+        [n_windows, H, S, S] window attentions as the forward used them, "grad_wrt": the same}); else
+        (scores [B, n], None, {})."""
         self._check_size(pixel_values)
         blocks = self._blocks()
         for b, (win, shift) in zip(blocks, self._built):
@@ -167,23 +168,14 @@ class SwinAdapter(ClassifierAdapter):
             if a.shape[0] != win.slots.shape[0] or a.shape[-1] != win.slots.shape[1]:
                 raise RuntimeError(f"Block {i}: attention {tuple(a.shape)} does not fit {win.slots.shape[0]} windows "
                                    f"of {win.window}×{win.window} on a {win.grid} grid.")
-        return out.logits, tuple(windows), {"hierarchy": Hierarchy(blocks=wins, grids=grids)}
+        # No plain attentions: ModelAdapter.capture keeps the windows (the one image's [n_windows, H, S, S],
+        # no batch dimension to drop) in extras and differentiates them (layout: ``methods/hierarchy.py``).
+        windows = tuple(windows)
+        return out.logits, None, {"hierarchy": Hierarchy(blocks=wins, grids=grids), "windows": windows,
+                                  "grad_wrt": {"windows": windows}}
 
-    def capture(self, inputs: dict[str, Any], *, grads: bool = True) -> Capture:
-        """One forward with every block's window attentions (layout of the capture: ``methods/hierarchy.py``)."""
-        pixel_values = inputs["pixel_values"].to(self.device)
-        with torch.set_grad_enabled(grads), self.lock:
-            x = pixel_values.detach().clone().requires_grad_(grads)
-            scores, windows, extras = self._run(inputs, x, attentions=True)
-        layout = self.layout(inputs)
+    def _check_attentions(self, attentions: tuple, layout: TokenLayout, extras: dict[str, Any]) -> None:
         hier = extras["hierarchy"]
         if hier.grids[0] != (layout.rows, layout.cols):
             raise RuntimeError(f"Token layout mismatch: the first stage is {hier.grids[0]}, the layout says "
                                f"{(layout.rows, layout.cols)}.")
-        scores = scores[0]                                                    # [n_targets], image batch of 1
-        # windows of the one image: [n_windows, H, S, S], no batch dimension to drop
-        grad_fn = _grad_function(scores, {"windows": windows}) if grads else None
-        return Capture(scores=scores.detach(), attentions=(), layout=layout, inputs=inputs,
-                       targets=self._targets(inputs, scores.detach()), box=inputs.get("box"),
-                       extras={"hierarchy": hier, "windows": tuple(a.detach() for a in windows)},
-                       readout=self.readout(layout), pooling=self.pooling, _grad_fn=grad_fn)
