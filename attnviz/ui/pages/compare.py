@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import streamlit as st
@@ -234,8 +235,9 @@ def main() -> None:
     st.caption("Deletion AUC: lower is better (the score falls sooner as the map's most important parts go); "
                "insertion AUC: higher is better.")
     _attention_vs_convolution_note()
-    ctx_like = type("Ctx", (), {"sample": c.image_name if c.is_sample else None, "img": img,
-                                "model_option": c.model_option, "display": display})()
+    # shared_url_values reads these four fields of a page context; this page has no single context
+    ctx_like = SimpleNamespace(sample=c.image_name if c.is_sample else None, img=img,
+                               model_option=c.model_option, display=display)
     urlstate.sync({**shared_url_values(ctx_like), "model_a": chosen["a"], "model_b": chosen["b"],
                    "method": choice})
 
