@@ -14,7 +14,7 @@ import streamlit as st
 from attnviz import render
 from attnviz.anatomy import Anatomy, attention_anatomy
 from attnviz.headstats import attention_entropy, dino_masks, mean_attention_distance
-from attnviz.ui import figures, state
+from attnviz.ui import figures, panels, state
 from attnviz.ui import lesson_figures as lf
 from attnviz.ui.compute import model_key
 from attnviz.ui.context import load_context
@@ -221,8 +221,12 @@ def distance_section(ls: Lesson) -> None:
     else:
         dist, ent = state.engine().head_stats(ctx.adapter, ctx.entry, ctx.digest)
         where = "On this image"
-    st.plotly_chart(figures.head_stats_figure(dist, ent, ls.layout.n_tokens, selected=(ls.layer, ls.head)),
-                    key="l_distance", config={"displayModeBar": False})
+    sel = (ls.layer, ls.head)
+    # ctx.digest carries the prompts too, which the samples' statistics also depend on
+    over_what = (tuple(samples), ctx.digest) if over == SAMPLES and samples else ctx.digest
+    fig = panels.figure(("l_distance", over_what, model_key(ctx.adapter), sel),
+                        lambda: figures.head_stats_figure(dist, ent, ls.layout.n_tokens, selected=sel))
+    st.plotly_chart(fig, key="l_distance", config={"displayModeBar": False})
     st.caption("Left: one dot per head and layer (the chosen head ringed). Right: each head's entropy, how "
                "evenly it spreads its attention (the dotted line is perfectly even).")
     _fact("distance", distance_sentence(dist, where))
