@@ -44,6 +44,7 @@ import transformers
 from PIL import Image
 
 from ..errors import ModelUnavailable, UsageError
+from ..methods.common import positive_grad_attention
 from ..types import Capture, Target, TokenLayout
 from .base import ModelAdapter, register_adapter
 from .classifier import prefix_names
@@ -391,10 +392,10 @@ class CaptionAdapter(ModelAdapter):
         if self.kind == "git":
             n_img = capture.layout.n_tokens
             pairs = zip(capture.extras["decoder_attentions"], capture.grads(t, "decoder_attentions"))
-            rows = [(g[0] * a).clamp(min=0).mean(0)[n_img + t, :n_img] for a, g in pairs]   # each [T_image]
+            rows = [positive_grad_attention(a, g[0])[n_img + t, :n_img] for a, g in pairs]   # each [T_image]
         else:
             pairs = zip(capture.cross_attentions, capture.grads(t, "cross_attentions"))
-            rows = [(g[0] * a).clamp(min=0).mean(0)[t] for a, g in pairs]                  # each [T_image]
+            rows = [positive_grad_attention(a, g[0])[t] for a, g in pairs]                  # each [T_image]
         return torch.stack(rows).mean(0)
 
     def _word_embeddings(self) -> torch.nn.Module:

@@ -21,6 +21,7 @@ import transformers
 from PIL import Image
 
 from ..errors import UsageError
+from ..methods.common import positive_grad_attention
 from ..types import Target, TokenLayout
 from .base import ModelAdapter, config_names, register_adapter
 from .geometry import grid_layout, pair, pixels
@@ -211,7 +212,7 @@ class ClipAdapter(ModelAdapter):
         """SigLIP: the probe's attention weighted by its gradient for this prompt, E_h[(∇A ⊙ A)⁺], [T]."""
         a = capture.extras["probe_attention"][0][0]                              # [H, 1, T]
         g = capture.grads(target.index, "probe_attention")[0][0]                 # [H, 1, T]
-        return (g * a).clamp(min=0).mean(0)[0]                                   # [T]
+        return positive_grad_attention(a, g)[0]                                  # [T]
 
     def _targets(self, inputs, scores):
         return tuple(Target(i, p, "prompt", float(s)) for i, (p, s) in enumerate(zip(inputs["prompts"], scores.tolist())))
