@@ -68,10 +68,13 @@ def stages_ui(ctx, query_ui: Callable[[object], str], url: Optional[dict[str, st
         st.markdown(f"**Stage {stage}: attention from {query_label(query, cap)}**, blocks {blocks[0]}–{blocks[-1]} "
                     f"top to bottom (the figure's 'layer' counts within the stage), heads left to right — click one "
                     f"to enlarge")
-        fig = figures.head_mosaic_figure(grid, cmap=d.cmap_for(False), norm=d.norm_for(False), shared=shared,
-                                         selected=pick, width=figures.MOSAIC_WIDTH,
-                                         thumbnails=panels.thumbnails((ctx.digest, model_key(ctx.adapter), "swin",
-                                                                       stage, query)))
+        fig = panels.figure(   # built once per what it shows, not on every click
+            ("h_swin_mosaic", ctx.digest, model_key(ctx.adapter), stage, query, d.cmap_for(False),
+             d.norm_for(False), shared, pick),
+            lambda: figures.head_mosaic_figure(
+                grid, cmap=d.cmap_for(False), norm=d.norm_for(False), shared=shared, selected=pick,
+                width=figures.MOSAIC_WIDTH,
+                thumbnails=panels.thumbnails((ctx.digest, model_key(ctx.adapter), "swin", stage, query))))
         st.plotly_chart(fig, key=chart_key(base), on_select="rerun", selection_mode="points",
                         config={"displayModeBar": False}, width="content")
         st.caption(f"Each thumbnail is the stage's {info['grid'][0]}×{info['grid'][1]} grid: zero outside the "
