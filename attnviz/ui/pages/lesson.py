@@ -21,7 +21,8 @@ from attnviz.ui.context import load_context
 from attnviz.ui.errors import guard
 from attnviz.ui.lesson_steps import (STEPS, HeadView, check_sentence, distance_sentence, head_view, heads_sentence,
                                      keys_sentence, mask_sentence, output_sentence, patch_grid, query_sentence,
-                                     scores_sentence, sequence_sentence, softmax_sentence, token_label)
+                                     scores_sentence, sequence_sentence, softmax_sentence, step_index,
+                                     token_label)
 from attnviz.ui.widgets import chart_key, clicked
 
 PAGES = {"heads": "attnviz/ui/pages/heads.py", "explore": "attnviz/ui/pages/explore.py",
@@ -286,7 +287,7 @@ def picker_ui(ls: Lesson) -> None:
 
 def _draw(ls: Lesson, keys: list[str], guided: bool) -> None:
     for k in keys:
-        i = next(n for n, s in enumerate(STEPS) if s.key == k)
+        i = step_index(k)
         if not guided:
             st.markdown(f"### {i + 1} · {STEPS[i].title}")
             st.markdown(STEPS[i].text)
