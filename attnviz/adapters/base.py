@@ -66,6 +66,17 @@ def accepts_kwarg(fn: Callable, name: str) -> bool:
     return name in inspect.signature(fn).parameters
 
 
+def class_targets(config, scores: torch.Tensor) -> tuple[Target, ...]:
+    """One target per class of a classification head, labelled from the config's ``id2label``."""
+    labels = config.id2label
+    return tuple(Target(i, str(labels.get(i, i)), "class", float(s)) for i, s in enumerate(scores.tolist()))
+
+
+def class_probabilities(scores: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """[B, classes] probabilities of a classification head: sigmoid for a multi-label one, else softmax."""
+    return torch.sigmoid(scores) if multi_label else torch.softmax(scores, -1)
+
+
 #: Gradients whose leading batch dimension (one image) a capture drops, like the tensors it keeps.
 _PER_IMAGE = ("attentions", "stages")
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..errors import UsageError
 from ..types import Target, TokenLayout
-from .base import ModelAdapter, accepts_kwarg, config_names, register_adapter
+from .base import ModelAdapter, accepts_kwarg, class_probabilities, class_targets, config_names, register_adapter
 from .geometry import grid_layout, pair, pixels
 
 # Architectures we accept by name (no remote code: every class is transformers' own).
@@ -131,8 +131,7 @@ class ClassifierAdapter(ModelAdapter):
     def _targets(self, inputs, scores):
         if self.headless:
             return (Target(0, "CLS embedding norm", "embedding", float(scores[0])),)
-        labels = self.config.id2label
-        return tuple(Target(i, str(labels.get(i, i)), "class", float(s)) for i, s in enumerate(scores.tolist()))
+        return class_targets(self.config, scores)
 
     def probabilities(self, capture):
         if self.headless:
@@ -142,7 +141,7 @@ class ClassifierAdapter(ModelAdapter):
     def probabilities_from_scores(self, scores):
         if self.headless:
             return None                     # the target is a norm, not a class
-        return torch.sigmoid(scores) if self.multi_label else torch.softmax(scores, -1)
+        return class_probabilities(scores, self.multi_label)
 
     @property
     def pooling(self) -> str:

@@ -30,8 +30,8 @@ from PIL import Image
 
 from .. import gated_cnn
 from ..errors import ModelUnavailable, UsageError
-from ..types import Gate, Target, TokenLayout
-from .base import ModelAdapter, config_names, register_adapter
+from ..types import Gate, TokenLayout
+from .base import ModelAdapter, class_probabilities, class_targets, config_names, register_adapter
 from .geometry import view_box
 
 ARCHITECTURES = {"ResNetForImageClassification", "ConvNextForImageClassification", "RegNetForImageClassification",
@@ -359,11 +359,10 @@ class CnnAdapter(ModelAdapter):
         return tuple(out)
 
     def _targets(self, inputs, scores):
-        labels = self.config.id2label
-        return tuple(Target(i, str(labels.get(i, i)), "class", float(s)) for i, s in enumerate(scores.tolist()))
+        return class_targets(self.config, scores)
 
     def probabilities(self, capture):
         return self.probabilities_from_scores(capture.scores[None])[0]
 
     def probabilities_from_scores(self, scores):
-        return torch.sigmoid(scores) if self.multi_label else torch.softmax(scores, -1)
+        return class_probabilities(scores, self.multi_label)
