@@ -9,8 +9,7 @@ class-agnostic (a gate does not know the class it will serve).
 
 The map is one block's excitation vector ([C], over "channels"); ``meta["blocks"]`` summarises every
 gated block (mean, spread, the channels it passes most and suppresses most), JSON-ready, so the CLI's
-``--json`` lists them all. :func:`top_channel_maps` gives the feature maps of a block's most-passed
-channels for drawing on the image.
+``--json`` lists them all.
 """
 from __future__ import annotations
 
@@ -46,13 +45,3 @@ def channel_attention(adapter, capture: Capture, target: Target, *, block: int, 
     blocks = [block_summary(j, x, top_k) for j, x in enumerate(gates_of(capture, "channel"))]
     return g.value.float().cpu().numpy(), {**describe_gate(i, g), "blocks": blocks}
 
-
-def top_channel_maps(capture: Capture, block: int = -1, k: int = 4, *, lowest: bool = False) -> list[dict]:
-    """The feature maps of block ``block``'s ``k`` most-passed channels (``lowest``: most suppressed), each
-    ``{"channel", "gate", "map" [h, w] float32 (the features before the gate), "grid" (TokenLayout)}``."""
-    i, g = pick_gate(capture, "channel", block)
-    v = g.value.float().cpu().numpy()
-    order = np.argsort(v if lowest else -v, kind="stable")[:k]
-    feats = g.features.float().cpu().numpy()                                    # [C, h, w]
-    return [{"channel": int(c), "gate": float(v[c]), "map": feats[c].astype(np.float32), "grid": g.grid}
-            for c in order]
