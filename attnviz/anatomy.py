@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import torch
 
+from .adapters.hooks import this_thread
 from .errors import UsageError
 from .methods.common import checked_index
 
@@ -116,8 +117,8 @@ def attention_anatomy(adapter, inputs: dict[str, Any], layer: int) -> Anatomy:
     def after(mod, args, kwargs, out):
         seen["weights"] = out[1] if isinstance(out, tuple) and len(out) > 1 else None
 
-    handles = [module.register_forward_pre_hook(before, with_kwargs=True),
-               module.register_forward_hook(after, with_kwargs=True)]
+    handles = [module.register_forward_pre_hook(this_thread(before), with_kwargs=True),
+               module.register_forward_hook(this_thread(after), with_kwargs=True)]
     try:
         with torch.no_grad(), adapter.lock:
             adapter._run(inputs, inputs["pixel_values"].to(adapter.device), attentions=True)

@@ -1,8 +1,12 @@
 """A first-come-first-served lock that can say how many requests are ahead of you.
 
-One model serves every session of the app, one forward (or backward) at a
-time. A plain lock makes a waiting session freeze and cannot tell it how
-long the line is; this one hands out tickets and serves them in order, so a
+One model serves every session of the app, ``lanes`` forwards (or
+backwards) at a time: one for a model whose forward keeps state on shared
+modules, more where two threads may run it at once
+(``ModelAdapter.concurrent_forwards``), so that on a machine with two cores
+two students' work runs side by side instead of leaving a core idle. A
+plain lock makes a waiting session freeze and cannot tell it how long the
+line is; this one hands out tickets and serves them in order, so a
 waiter can ask ``ahead(ticket)`` between short waits and show it ("2
 requests ahead of you"). It is reentrant, so code that already holds it (the
 page waited for its turn, then the adapter takes the lock again inside
@@ -25,7 +29,8 @@ from typing import Callable, Iterator, Optional
 
 
 class TurnLock:
-    """A reentrant lock that serves waiting tickets in order (priority ones first), with visible waiters.
+    """A reentrant lock for up to ``lanes`` threads at once that serves waiting tickets in order (priority
+    ones first), with visible waiters.
 
     ``take()`` returns a ticket; ``wait(ticket, timeout)`` is True once the
     ticket's turn has come (the lock is then held), False on timeout (the
@@ -33,19 +38,21 @@ class TurnLock:
     ``threading.RLock``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, lanes: int = 1) -> None:
+        if lanes < 1:
+            raise ValueError("a TurnLock needs at least one lane")
+        self.lanes = lanes
         self._cond = threading.Condition(threading.Lock())
         self._next = 0                   # the next ticket number
         self._line: list[int] = []       # waiting tickets, in the order they will be served
         self._priority: set[int] = set()  # those of them that are priority tickets
-        self._owner: Optional[int] = None
-        self._depth = 0
+        self._owners: dict[int, int] = {}   # holding thread -> how many times it entered (reentrant)
 
     # --- tickets -----------------------------------------------------------------
     def take(self, priority: bool = False) -> int:
         """A place in the line (for the thread holding the lock, -1: it goes on at once)."""
         with self._cond:
-            if self._owner == threading.get_ident():
+            if threading.get_ident() in self._owners:
                 return -1          # reentrant: no new place
             ticket = self._next
             self._next += 1
@@ -57,30 +64,37 @@ class TurnLock:
             return ticket
 
     def ahead(self, ticket: int) -> int:
-        """How many requests will be served before ``ticket`` (the one running now included)."""
+        """How many requests will be served before ``ticket`` (those running now included)."""
         with self._cond:
             if ticket not in self._line:
                 return 0
-            return self._line.index(ticket) + (self._owner is not None)
+            return self._line.index(ticket) + len(self._owners)
 
     def waiting(self) -> int:
-        """Requests in the line now, the one running included."""
+        """Requests in the line now, those running included."""
         with self._cond:
-            return len(self._line) + (self._owner is not None)
+            return len(self._line) + len(self._owners)
+
+    def holds(self) -> bool:
+        """Whether the calling thread holds a lane."""
+        with self._cond:
+            return threading.get_ident() in self._owners
 
     def wait(self, ticket: int, timeout: Optional[float] = None) -> bool:
         """Block until it is ``ticket``'s turn (then hold the lock) or ``timeout`` passes."""
         me = threading.get_ident()
         with self._cond:
-            if ticket < 0 or self._owner == me:
-                self._owner, self._depth = me, self._depth + 1
+            if ticket < 0 or me in self._owners:
+                self._owners[me] = self._owners.get(me, 0) + 1
                 return True
-            ok = self._cond.wait_for(lambda: self._owner is None and bool(self._line) and self._line[0] == ticket,
+            ok = self._cond.wait_for(lambda: len(self._owners) < self.lanes and bool(self._line)
+                                     and self._line[0] == ticket,
                                      timeout)
             if ok:
                 self._line.pop(0)
                 self._priority.discard(ticket)
-                self._owner, self._depth = me, 1
+                self._owners[me] = 1
+                self._cond.notify_all()      # the next in line may take another free lane
             return ok
 
     def abandon(self, ticket: int) -> None:
@@ -101,11 +115,12 @@ class TurnLock:
 
     def release(self) -> None:
         with self._cond:
-            if self._owner != threading.get_ident():
+            me = threading.get_ident()
+            if me not in self._owners:
                 raise RuntimeError("cannot release a TurnLock held by another thread")
-            self._depth -= 1
-            if self._depth == 0:
-                self._owner = None
+            self._owners[me] -= 1
+            if self._owners[me] == 0:
+                del self._owners[me]
                 self._cond.notify_all()
 
     def __enter__(self) -> "TurnLock":

@@ -87,7 +87,7 @@ def test_model_turn_says_how_many_are_ahead_then_clears_and_holds_the_model():
     threading.Timer(0.4, done.set).start()
     t0 = time.monotonic()
     with panels.model_turn(adapter, slot):
-        inside = adapter.lock._owner == threading.get_ident()
+        inside = adapter.lock.holds()
     assert inside and time.monotonic() - t0 >= 0.3
     infos = [t for k, t in slot.calls if k == "info"]
     assert infos and infos[0] == panels.ahead_sentence(2) and "2 requests ahead of you" in infos[0]

@@ -130,3 +130,37 @@ def test_priority_tickets_go_first_in_their_own_arrival_order():
     for t in [runner, *threads]:
         t.join(5)
     assert order == [p1, p2, a, b] and lock.waiting() == 0
+
+
+def test_two_lanes_serve_two_holders_at_once_and_the_third_in_line_order():
+    """A model whose forward allows it runs two sessions' work side by side; the next waits for a lane,
+    and waiters are still served first come, first served."""
+    lock = TurnLock(lanes=2)
+    done1, t1 = _held_elsewhere(lock)
+    done2, t2 = _held_elsewhere(lock)                # a second holder gets in at once: _held_elsewhere returned
+    assert lock.waiting() == 2
+    order, seen = [], {}
+    threads = []
+    for i in range(2):
+        ticket = lock.take()
+
+        def run(i=i, ticket=ticket):
+            seen[i] = lock.ahead(ticket)
+            assert lock.wait(ticket, 10)
+            order.append(i)
+            time.sleep(0.05)
+            lock.release()
+        threads.append(threading.Thread(target=run))
+    for t in threads:
+        t.start()
+    _wait_until(lambda: len(seen) == 2)
+    time.sleep(0.05)
+    assert order == [] and seen == {0: 2, 1: 3}      # both lanes busy: nobody else got in
+    done1.set()                                      # one lane frees: the first in line takes it
+    _wait_until(lambda: order == [0])
+    done2.set()
+    for t in [t1, t2, *threads]:
+        t.join(5)
+    assert order == [0, 1] and lock.waiting() == 0
+    with pytest.raises(ValueError):
+        TurnLock(lanes=0)

@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..errors import ModelUnavailable, UsageError
 from ..types import Capture, Target, TokenLayout
+from .fast_attention import use_fast_eager
 from .pooling import READS_PATCHES, static_readout
 
 ADAPTERS: dict[str, type["ModelAdapter"]] = {}
@@ -108,6 +109,11 @@ class ModelAdapter:
     PROVIDES: ClassVar[frozenset] = frozenset({"pixels", "attentions"})
     #: ... and what some of its models do (listing a family's methods without a model in hand).
     MAY_PROVIDE: ClassVar[frozenset] = frozenset()
+    #: Whether two threads may run this adapter's forward (and backward) on the one model at once: true
+    #: when the forward keeps no state on shared modules (its hooks act only for their own thread:
+    #: ``hooks.this_thread``). The app then serves that many sessions side by side (``queue.TurnLock``
+    #: lanes); tests/test_lanes.py checks every family that says so against a serial run.
+    concurrent_forwards: ClassVar[bool] = True
 
     def __init__(self, model: torch.nn.Module, processor: Any, *, name: str, source: str,
                  device: Optional[torch.device] = None):
@@ -115,6 +121,8 @@ class ModelAdapter:
         self.model = model.to(self.device).eval()
         # Only inputs need gradients (Captum, attention grads); frozen weights skip weight grads.
         self.model.requires_grad_(False)
+        # Eager attention (weights returned) in fewer passes, where it is provably the model's own arithmetic.
+        use_fast_eager(self.model)
         self.processor = processor
         self.name = name
         self.source = source

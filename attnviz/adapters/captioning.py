@@ -49,6 +49,7 @@ from ..types import Capture, Target, TokenLayout
 from .base import ModelAdapter, register_adapter
 from .classifier import prefix_names
 from .geometry import grid_layout, pair, view_box
+from .hooks import this_thread
 
 ARCHITECTURES = {"BlipForConditionalGeneration": "blip", "VisionEncoderDecoderModel": "vit-gpt2",
                  "GitForCausalLM": "git"}
@@ -336,10 +337,10 @@ class CaptionAdapter(ModelAdapter):
             # so the first decoder layer's self-attention can be differentiated too (a clone, not a
             # leaf: BLIP adds its position embeddings in place).
             hooks.append(self._word_embeddings().register_forward_hook(
-                lambda m, a, o: None if o.requires_grad else o.detach().requires_grad_().clone()))
+                this_thread(lambda m, a, o: None if o.requires_grad else o.detach().requires_grad_().clone())))
         if attentions and self.kind == "git":
             # GIT's forward does not return its image encoder's attentions: take them on the way.
-            hooks += [layer.self_attn.register_forward_hook(lambda m, a, o: caught.append(o[1]))
+            hooks += [layer.self_attn.register_forward_hook(this_thread(lambda m, a, o: caught.append(o[1])))
                       for layer in self.model.git.image_encoder.vision_model.encoder.layers]
         try:
             logits, enc, dec, cross = self._forward(pv, ids, attentions, caught)

@@ -25,6 +25,7 @@ from ..methods.common import positive_grad_attention
 from ..types import Target, TokenLayout
 from .base import ModelAdapter, config_names, register_adapter
 from .geometry import grid_layout, pair, pixels
+from .hooks import this_thread
 
 ARCHITECTURES = {"CLIPModel": "clip", "SiglipModel": "siglip"}
 
@@ -183,12 +184,12 @@ class ClipAdapter(ModelAdapter):
             # The MAP head's probe attention is the readout. nn.MultiheadAttention returns only a
             # head-averaged copy outside the graph, so the hook recomputes the head from its own weights
             # and keeps the per-head probabilities the output is computed from (differentiable).
-            hooks.append(self.model.vision_model.head.attention.register_forward_hook(probe_attention_hook(pool)))
+            hooks.append(self.model.vision_model.head.attention.register_forward_hook(this_thread(probe_attention_hook(pool))))
         if attentions and torch.is_grad_enabled():
             # Weights are frozen and token ids are integers: let the text embeddings carry
             # gradients so text-side relevance can differentiate the text attentions.
             hooks.append(self.model.text_model.embeddings.register_forward_hook(
-                lambda m, a, out: out.requires_grad_() if not out.requires_grad else None))
+                this_thread(lambda m, a, out: out.requires_grad_() if not out.requires_grad else None)))
         try:
             out = self.model(pixel_values=pixel_values.to(self.device), input_ids=ids, attention_mask=mask,
                              output_attentions=attentions, **kw)

@@ -33,6 +33,7 @@ from ..errors import ModelUnavailable, UsageError
 from ..types import Gate, TokenLayout
 from .base import ModelAdapter, class_probabilities, class_targets, config_names, register_adapter
 from .geometry import view_box
+from .hooks import this_thread
 
 ARCHITECTURES = {"ResNetForImageClassification", "ConvNextForImageClassification", "RegNetForImageClassification",
                  "EfficientNetForImageClassification", "GatedCnnForImageClassification"}
@@ -302,13 +303,14 @@ class CnnAdapter(ModelAdapter):
         handles = []
         if attentions:
             for st in self.stage_specs:
-                handles.append(st.output.register_forward_hook(lambda m, a, out: stages.append(out)))
+                handles.append(st.output.register_forward_hook(this_thread(lambda m, a, out: stages.append(out))))
             for i, g in enumerate(self.gate_specs):
                 rec = fired.setdefault(i, {})
-                handles.append(g.sigmoid.register_forward_hook(lambda m, a, out, rec=rec: rec.__setitem__("value", out)))
+                handles.append(g.sigmoid.register_forward_hook(
+                    this_thread(lambda m, a, out, rec=rec: rec.__setitem__("value", out))))
                 if g.kind == "channel":
                     handles.append(g.owner.register_forward_pre_hook(
-                        lambda m, args, rec=rec: rec.__setitem__("features", args[0])))
+                        this_thread(lambda m, args, rec=rec: rec.__setitem__("features", args[0]))))
         try:
             logits = self.model(pixel_values=pixel_values.to(self.device)).logits     # [B, classes]
         finally:
@@ -327,7 +329,7 @@ class CnnAdapter(ModelAdapter):
     def channel_excitations(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Every channel gate's excitations for a batch: one [B, C] per gate, in forward order (no graph)."""
         fired: dict[int, torch.Tensor] = {}
-        handles = [g.sigmoid.register_forward_hook(lambda m, a, out, i=i: fired.__setitem__(i, out))
+        handles = [g.sigmoid.register_forward_hook(this_thread(lambda m, a, out, i=i: fired.__setitem__(i, out)))
                    for i, g in enumerate(self.gate_specs) if g.kind == "channel"]
         try:
             with torch.no_grad(), self.lock:

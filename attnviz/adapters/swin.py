@@ -34,6 +34,7 @@ from ..types import TokenLayout
 from ..methods.hierarchy import Hierarchy, shifted_windows
 from .base import config_names, register_adapter
 from .classifier import ClassifierAdapter
+from .hooks import this_thread
 
 ARCHITECTURES = ("SwinForImageClassification", "Swinv2ForImageClassification")
 MODEL_TYPES = {"swin": "SwinForImageClassification", "swinv2": "Swinv2ForImageClassification"}
@@ -51,6 +52,9 @@ def stage_grids(first: tuple[int, int], n_stages: int) -> list[tuple[int, int]]:
 @register_adapter
 class SwinAdapter(ClassifierAdapter):
     family = "swin"
+    #: transformers' Swin V1 blocks rewrite their own window and shift during a forward on a small grid,
+    #: and this adapter puts the built ones back before each forward: two at once would race on them.
+    concurrent_forwards = False
 
     def __init__(self, model, processor, **kw):
         super().__init__(model, processor, **kw)
@@ -154,8 +158,8 @@ class SwinAdapter(ClassifierAdapter):
             # read after the forward: V1 may have clamped them for this grid
             geometry.append(((int(dims[0]), int(dims[1])), int(module.window_size), int(module.shift_size)))
 
-        handles = [b.attention.register_forward_hook(keep_attention) for b in blocks]
-        handles += [b.register_forward_hook(keep_geometry, with_kwargs=True) for b in blocks]
+        handles = [b.attention.register_forward_hook(this_thread(keep_attention)) for b in blocks]
+        handles += [b.register_forward_hook(this_thread(keep_geometry), with_kwargs=True) for b in blocks]
         try:
             out = self.model(pixel_values=pixel_values.to(self.device), output_attentions=True, **kw)
         finally:

@@ -20,12 +20,11 @@ last block, which is the output of the one before).
 """
 from __future__ import annotations
 
-import threading
-
 import torch
 
 from ..errors import UsageError
 from ..types import Capture, Target
+from ..adapters.hooks import this_thread
 from ..adapters.pooling import describe
 from .captum_common import ScoreFunction, pixel_input
 from .common import checked_index, layer_index
@@ -40,11 +39,10 @@ class TokenGrid(torch.nn.Module):
         return grid
 
 
-def _reshape_hook(grid_module: TokenGrid, n_prefix: int, rows: int, cols: int, owner: int):
+def _reshape_hook(grid_module: TokenGrid, n_prefix: int, rows: int, cols: int):
+    # The model is shared between app sessions: only rewire this thread's forward.
+    @this_thread
     def hook(module, args, out):
-        # The model is shared between app sessions: only rewire this thread's forward.
-        if threading.get_ident() != owner:
-            return None
         tokens = out[0] if isinstance(out, tuple) else out                  # [B, T, D]
         b, t, d = tokens.shape
         prefix, patches = tokens[:, :n_prefix], tokens[:, n_prefix:]
@@ -76,7 +74,7 @@ def grad_cam(adapter, capture: Capture, target: Target, *, layer: int):
         rows, cols = h.grids[stage]
     grid = TokenGrid()
     handle = adapter.token_block(li).register_forward_hook(
-        _reshape_hook(grid, lay.n_prefix, rows, cols, threading.get_ident()))
+        _reshape_hook(grid, lay.n_prefix, rows, cols))
     try:
         from captum.attr import LayerGradCam    # imported on use: keeps the CLI's start-up light
         cam = LayerGradCam(ScoreFunction(adapter, capture, 1, None), grid).attribute(

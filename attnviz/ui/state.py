@@ -45,11 +45,14 @@ def _env_int(name: str, default: int) -> int:
 CAPTURE_ENTRIES = _env_int("ATTNVIZ_CAPTURE_CACHE", 6)     # a capture keeps its autograd graph: ~100 MB for ViT-B
 RESULT_ENTRIES = _env_int("ATTNVIZ_RESULT_CACHE", 256)     # maps are small: [rows, cols] or [H, W] float32
 CACHE_TTL = float(_env_int("ATTNVIZ_CACHE_TTL", 3600))     # seconds
-# Threads one model computation may use. Sessions take turns with the model, and their pages' Python
-# needs a core too; two threads on two busy cores spin against each other (a ViT-B/16 capture took
-# 2.3 s of CPU with two threads on this 2-core machine under load, 0.48 s with one: issue 13).
-TORCH_THREADS = _env_int("ATTNVIZ_TORCH_THREADS", max(1, len(os.sched_getaffinity(0)) - 1)
-                         if hasattr(os, "sched_getaffinity") else max(1, (os.cpu_count() or 2) - 1))
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+# Model computations that may run at once (for a model whose forward allows it: queue.TurnLock), and
+# the threads each uses. Two lanes of one thread on two cores: two students' forwards run side by side
+# and no thread waits at another's barrier; two threads on two busy cores spin against each other (a
+# ViT-B/16 capture took 2.3 s of CPU with two threads on this 2-core machine under load, 0.48 s with
+# one: issue 13). One core is left for the pages' own Python where there are more.
+MODEL_LANES = _env_int("ATTNVIZ_MODEL_LANES", 2 if CORES >= 2 else 1)
+TORCH_THREADS = _env_int("ATTNVIZ_TORCH_THREADS", max(1, (CORES - 1) // MODEL_LANES))
 
 
 def return_freed_memory() -> None:
@@ -88,9 +91,10 @@ def _model(spec: str):
     return_freed_memory()
     t0 = time.perf_counter()
     adapter = load_model(spec or None)
-    # Sessions share this model one forward at a time, first come first served, and a waiting page can
-    # say how many requests are ahead of it (panels.model_turn).
-    adapter.lock = TurnLock()
+    # Sessions share this model first come first served, MODEL_LANES forwards at a time where the family
+    # allows it (one otherwise), and a waiting page can say how many requests are ahead of it
+    # (panels.model_turn).
+    adapter.lock = TurnLock(MODEL_LANES if getattr(adapter, "concurrent_forwards", False) else 1)
     torch.set_num_threads(TORCH_THREADS)     # process-wide: script threads started from now on use it
     # One line per load in the server's log: a teacher (and `attnviz loadtest`) can see it happened once.
     print(f"attnviz: loaded model {getattr(adapter, 'source', spec) or spec} in {time.perf_counter() - t0:.1f} s",
