@@ -1,0 +1,109 @@
+"""Eager attention that returns its weights, with fewer passes over the [B, H, T, T] scores.
+
+Every method here reads the softmax attention weights, so models run "eager" attention (SDPA and flash
+kernels return none). transformers' eager function (``eager_attention_forward`` of ViT, DeiT, BEiT, DINOv2,
+CLIP, SigLIP, Swin, GIT's vision tower) computes ``softmax(q·kᵀ · scaling + mask)`` in separate passes:
+the product, the scaling, the mask, a float32 softmax into a new tensor, a cast, dropout. ``fast_eager``
+computes the same numbers in fewer passes:
+
+* the scaling is BLAS's ``alpha`` of the batched product (``baddbmm``), applied as the product is written
+  (float32);
+* without autograd on CPU the mask is added and the softmax taken in place (``out=`` the scores);
+* float32 inputs skip the float32 round trip (a no-op cast); other dtypes keep it, as transformers does.
+
+Dropout is transformers' own call (training only), and the weights returned are the ones multiplied
+with the values (after dropout), so ``output_attentions`` and d score / d attention are unchanged.
+
+Only families whose attention modules call ``ALL_ATTENTION_FUNCTIONS.get_interface`` and whose own eager
+function is this arithmetic use it: :data:`FAST_EAGER_TYPES` (read from transformers 5's modelling code).
+Not on it: BLIP (its vision and text attention are their own modules, eager only), GIT (its text
+self-attention classes are picked from a table keyed by "eager"/"sdpa"), GPT-2 (ViT-GPT2's decoder
+special-cases ``_attn_implementation == "eager"``), Swin V2 (scaled cosine attention, its own module).
+They keep plain "eager" (:func:`use_fast_eager`).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import transformers
+from torch import nn
+from transformers.masking_utils import eager_mask
+
+#: The implementation name the attention and mask interfaces know ``fast_eager`` by.
+NAME = "attnviz_eager"
+
+#: Model types whose every attention module dispatches through the attention interface to an eager function
+#: equal to ``fast_eager``: matmul · scaling, + additive mask, softmax in float32 then cast, dropout in
+#: training, matmul with the values. The value says for which parameter dtypes: DINOv2's softmax runs in the
+#: input dtype (no float32 upcast), the same numbers only for float32 models.
+FAST_EAGER_TYPES: dict[str, Optional[tuple[torch.dtype, ...]]] = {
+    "vit": None, "deit": None, "beit": None, "swin": None,
+    "dinov2": (torch.float32,), "dinov2_with_registers": (torch.float32,),
+    "clip": None, "siglip": None,
+}
+
+
+def fast_eager(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: Optional[torch.Tensor], scaling: Optional[float] = None, dropout: float = 0.0,
+               **kwargs):
+    """transformers' attention-interface signature: q, k, v [B, H, T, d] -> (output [B, T, H, d] contiguous,
+    weights [B, H, T_q, T_k]), the numbers of the standard eager function."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    b, h, tq, d = query.shape
+    tk = key.shape[-2]
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (query, key, value, attention_mask))
+    if query.dtype == torch.float32 and key.shape[:2] == (b, h):
+        # alpha scales the float32 accumulator as the product is written: the same rounding as scaling the
+        # float32 product afterwards, without a second pass over [B, H, T, T]. (In half precision the
+        # product is rounded before transformers scales it: that path keeps its two steps.)
+        qf, kf = query.reshape(b * h, tq, d), key.reshape(b * h, tk, d)                    # [BH, T, d]
+        w = torch.baddbmm(query.new_zeros(()).expand(1, 1, 1), qf, kf.transpose(1, 2),
+                          beta=0, alpha=scaling).view(b, h, tq, tk)                          # [B, H, Tq, Tk]
+    else:
+        w = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    in_place = not grad and w.device.type == "cpu"
+    if attention_mask is not None:
+        if (in_place and torch.result_type(w, attention_mask) == w.dtype
+                and torch.broadcast_shapes(w.shape, attention_mask.shape) == w.shape):
+            w.add_(attention_mask)
+        else:
+            w = w + attention_mask
+    if query.dtype != torch.float32 or w.dtype != torch.float32:
+        w = nn.functional.softmax(w, dim=-1, dtype=torch.float32).to(query.dtype)    # transformers' own steps
+    elif in_place:
+        torch.softmax(w, -1, out=w)
+    else:
+        w = torch.softmax(w, -1)
+    if module.training and dropout > 0:
+        w = nn.functional.dropout(w, p=dropout, training=True)
+    out = torch.matmul(w, value).transpose(1, 2).contiguous()                              # [B, Tq, H, d]
+    return out, w
+
+
+transformers.AttentionInterface.register(NAME, fast_eager)
+# Text towers (CLIP, SigLIP) build their causal / padding masks per implementation name: the same additive
+# float mask as "eager" (an unknown name would get no mask at all).
+transformers.AttentionMaskInterface.register(NAME, eager_mask)
+
+
+def fast_eager_applies(model: nn.Module) -> bool:
+    """Whether ``model``'s own eager attention is ``fast_eager``'s arithmetic (model type and dtype)."""
+    config = getattr(model, "config", None)
+    if config is None or config.model_type not in FAST_EAGER_TYPES:
+        return False
+    dtypes = FAST_EAGER_TYPES[config.model_type]
+    param = next(model.parameters(), None)
+    return dtypes is None or param is None or param.dtype in dtypes
+
+
+def use_fast_eager(model: nn.Module) -> str:
+    """Switch a model that runs eager attention to :func:`fast_eager` where that is the same arithmetic
+    (:data:`FAST_EAGER_TYPES`); any other model keeps what it runs. Returns the implementation in use."""
+    current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if current == "eager" and fast_eager_applies(model):
+        model.set_attn_implementation(NAME)
+        return NAME
+    return current
