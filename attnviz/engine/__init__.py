@@ -2,6 +2,7 @@
 
 * :mod:`.capture`: per-image captures from one batched forward, per-image gradients from one backward;
 * :mod:`.pixels`: Captum's one-pass gradient methods over a whole batch;
+* :mod:`.attention`: rollout and relevance over a whole batch of dense captures;
 * :mod:`.worker`: files -> rows (decode, prepare, group by input size, explain);
 * :mod:`.results`: the Parquet schema, part files, resumption, the run manifest;
 * :mod:`.sources`: listing and reading a local folder or a pyarrow filesystem;

@@ -18,7 +18,7 @@ image at a time by the adapter itself.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -34,8 +34,19 @@ def batchable(adapter) -> bool:
     return adapter.family in BATCHED_FAMILIES
 
 
+class CaptureBatch(list):
+    """The per-image captures of one batched forward (a list, row ``i`` is ``self[i]``), and the batch's own
+    attention tensors, L × [B, H, T, T] detached: the captures' attentions are their rows, so a method that
+    runs on the whole batch (``engine/attention.py``) reads them without stacking B images again."""
+
+    def __init__(self, caps: Sequence[Capture], attentions: tuple[torch.Tensor, ...]):
+        super().__init__(caps)
+        self.attentions = attentions
+
+
 def capture_batch(adapter, inputs: Sequence[dict[str, Any]], *, grads: bool = False) -> list[Capture]:
-    """Captures of several prepared images of the same input size from one forward.
+    """Captures of several prepared images of the same input size from one forward: a
+    :class:`CaptureBatch` for a batched family, else a list of the adapter's own captures.
 
     ``grads``: keep the batch's graph so that :func:`grads_for_batch` (or a capture's own
     ``attention_grads``) can take gradients to every layer's attention.
@@ -70,7 +81,7 @@ def capture_batch(adapter, inputs: Sequence[dict[str, Any]], *, grads: bool = Fa
             pooling=adapter.pooling,
             _grad_fn=_ImageGrads(scores, attentions, i) if grads else None,
         ))
-    return caps
+    return CaptureBatch(caps, tuple(a.detach() for a in attentions))
 
 
 class _ImageGrads:
@@ -87,11 +98,14 @@ class _ImageGrads:
         return {"attentions": tuple(g[self.i].detach() for g in gs)}         # L × [H, T, T]
 
 
-def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int]) -> None:
+def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int]) -> Optional[tuple[torch.Tensor, ...]]:
     """Fill each capture's gradient cache for its target with ONE backward over the whole batch.
 
     ``targets[i]`` is image i's target index. Captures from one :func:`capture_batch` call with
     ``grads=True`` share one backward; any others get their own. Gradients already cached stay.
+
+    Returns that backward's gradients, L × [B, H, T, T] over the batch's rows (each capture's are its row,
+    ``caps[i]._grad_fn.i``), when every capture's came from it; else None.
     """
     todo = [i for i, (c, t) in enumerate(zip(caps, targets)) if t not in c._grads]
     fns = [caps[i]._grad_fn for i in todo]
@@ -99,7 +113,7 @@ def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int]) -> None:
     if batch is None or any(not isinstance(f, _ImageGrads) or f.scores is not batch.scores for f in fns):
         for i in todo:
             caps[i].attention_grads(targets[i])                  # one backward per image
-        return
+        return None
     rows = torch.tensor([f.i for f in fns])
     cols = torch.tensor([targets[i] for i in todo])
     total = batch.scores[rows, cols].sum()                       # images are independent: Σ_i s_i[t_i]
@@ -107,3 +121,4 @@ def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int]) -> None:
     for i, f in zip(todo, fns):
         with caps[i]._grad_lock:
             caps[i]._grads[targets[i]] = {"attentions": tuple(g[f.i].detach() for g in gs)}
+    return tuple(g.detach() for g in gs) if len(todo) == len(caps) else None

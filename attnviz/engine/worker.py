@@ -19,6 +19,7 @@ from PIL import Image
 from ..images import ImageRejected, load_image
 from ..methods.registry import explain, get_method, resolve_params
 from ..types import Capture, Explanation, Target
+from .attention import BATCHED_ATTENTION_METHODS, batched_attention_maps
 from .capture import batchable, capture_batch, grads_for_batch
 from .job import Job
 from .pixels import BATCHED_PIXEL_METHODS, pixel_gradient_maps
@@ -123,15 +124,25 @@ class Worker:
         for k in range(max(len(t) for t in targets)):
             idx = [i for i, t in enumerate(targets) if k < len(t)]
             ks = [targets[i][k] for i in idx]
+            batch_grads = None
             if batched and needs_attention_grads(spec):
-                grads_for_batch([caps[i] for i in idx], [t.index for t in ks])
+                batch_grads = grads_for_batch([caps[i] for i in idx], [t.index for t in ks])
+            t0 = time.perf_counter()
+            maps = None
             if batched and spec.name in BATCHED_PIXEL_METHODS:
-                t0 = time.perf_counter()
                 maps = pixel_gradient_maps(adapter, spec.name, [caps[i] for i in idx], [t.index for t in ks])
+            elif batched and spec.name in BATCHED_ATTENTION_METHODS:
+                with one_thread():
+                    # None (then image by image below) for captures it does not batch
+                    maps = batched_attention_maps(adapter, spec.name, caps, idx, ks, self.params, batch_grads)
+            if maps is not None:
                 seconds = (time.perf_counter() - t0) / len(idx)
                 for i, t, m in zip(idx, ks, maps):
+                    if not np.all(np.isfinite(m)):
+                        raise RuntimeError(f"Method '{spec.name}' produced a non-finite map.")
                     exps[i].append(Explanation(map=m, over=spec.over, signed=spec.signed, method=spec.name,
-                                               target=t, params=dict(self.params), meta={"seconds": seconds}))
+                                               target=t if spec.class_specific else None,
+                                               params=dict(self.params), meta={"seconds": seconds}))
             else:
                 with one_thread() if spec.kind == "attention" else contextlib.nullcontext():
                     for i, t in zip(idx, ks):
