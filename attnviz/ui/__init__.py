@@ -16,7 +16,8 @@ Environment: ``ATTNVIZ_MODEL`` (a catalog name, hub id or save_pretrained
 folder) sets the default model; ``ATTNVIZ_ALLOW_CUSTOM_MODELS=1`` lets users
 type a hub id; ``ATTNVIZ_CAPTURE_CACHE`` / ``ATTNVIZ_RESULT_CACHE`` /
 ``ATTNVIZ_OVERLAY_CACHE`` / ``ATTNVIZ_CACHE_TTL`` bound the caches (entries,
-entries, entries, seconds); ``ATTNVIZ_TORCH_THREADS`` the threads one model
-computation uses (default: cores - 1); ``ATTNVIZ_SHOW_CLEAR=1`` shows a
-"Clear caches" button.
+entries, entries, seconds); ``ATTNVIZ_MODEL_LANES`` how many model
+computations run at once for a model that allows it (default 2) and
+``ATTNVIZ_TORCH_THREADS`` the threads each uses (default: (cores - 1) /
+lanes, at least 1); ``ATTNVIZ_SHOW_CLEAR=1`` shows a "Clear caches" button.
 """
