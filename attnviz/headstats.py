@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import UsageError
 from .types import Capture, TokenLayout
 
 
@@ -84,6 +85,10 @@ def dino_masks(capture: Capture, layer: int = -1, share: float = 0.6, query: str
     renormalised, as DINO's visualisation drops the CLS column.
     """
     from .methods.common import layer_index, query_vector
+    from .methods.hierarchy import is_hierarchical
+    if is_hierarchical(capture) or not capture.attentions:
+        raise UsageError("DINO-style head masks need attention from one token to every patch; this model "
+                         "has none (Swin attends within windows, a CNN has no attention): pick a ViT-family model.")
     a = capture.attentions[layer_index(capture, layer)]                           # [H, T, T]
     rows = query_vector(capture, query) @ a                                       # [H, T]
     lay = capture.layout

@@ -84,3 +84,19 @@ def test_a_heads_link_opens_its_stage_and_query_on_a_swin(swin_app, swin_dir):
     assert at.radio(key="h_stage").value == 1
     assert (at.number_input(key="h_row").value, at.number_input(key="h_col").value) == (2, 3)
     assert at.query_params["stage"] == "1" and at.query_params["query"] == "2,3"
+
+
+def test_the_lesson_page_says_why_it_does_not_take_a_swin_apart(swin_app, swin_dir):
+    """Its one-layer walk-through needs one attention over every patch: a sentence, no traceback; the
+    DINO masks it draws refuse a Swin capture in one sentence too."""
+    import attnviz
+    from attnviz.errors import UsageError
+    from attnviz.headstats import dino_masks
+    at = swin_app().run()
+    at.switch_page("attnviz/ui/pages/lesson.py").run()
+    _ok(at)
+    assert any("shifted windows" in i.value for i in at.info)
+    adapter = attnviz.load_model(str(swin_dir))
+    cap = attnviz.capture(adapter, load_image(sample_images()[at.session_state["sample"]]), grads=False)
+    with pytest.raises(UsageError, match="pick a ViT-family model"):
+        dino_masks(cap)

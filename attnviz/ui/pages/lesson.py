@@ -14,6 +14,7 @@ import streamlit as st
 from attnviz import render
 from attnviz.anatomy import Anatomy, attention_anatomy
 from attnviz.headstats import attention_entropy, dino_masks, mean_attention_distance
+from attnviz.methods.hierarchy import is_hierarchical
 from attnviz.ui import figures, panels, state
 from attnviz.ui import lesson_figures as lf
 from attnviz.ui.compute import model_key
@@ -305,6 +306,11 @@ def main() -> None:
     if ctx is None:
         return
     cap = ctx.capture
+    if is_hierarchical(cap):
+        st.info(f"{ctx.adapter.name} attends within small shifted windows, not across the whole image, so this "
+                "page's one-layer walk-through does not apply; pick a ViT-family model here, or see Swin's "
+                "windows on the Heads page.")
+        return
     if not cap.attentions:
         st.info(f"{ctx.adapter.name} has no attention layers to take apart; pick a vision transformer.")
         return
