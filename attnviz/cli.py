@@ -1,18 +1,20 @@
 """Command line: ``python -m attnviz explain | batch | bench | models | loadtest``.
 
 Exit codes (stable): 0 ok, 2 usage, 3 unreadable or rejected image,
-4 model not available. Errors are one sentence on stderr.
+4 model not available, 141 output closed early (``| head``: no traceback, as
+a shell tool killed by SIGPIPE). Errors are one sentence on stderr.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-EXIT_OK, EXIT_USAGE, EXIT_IMAGE, EXIT_MODEL = 0, 2, 3, 4
+EXIT_OK, EXIT_USAGE, EXIT_IMAGE, EXIT_MODEL, EXIT_PIPE = 0, 2, 3, 4, 141
 
 
 def _quiet_libraries() -> None:
@@ -409,3 +411,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ModelUnavailable as e:
         print(f"attnviz: {e}", file=sys.stderr)
         return EXIT_MODEL
+    except BrokenPipeError:
+        # The reader went away (``attnviz models --json | head``): stop quietly. Point stdout at devnull
+        # so the interpreter's final flush does not raise a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE

@@ -55,3 +55,16 @@ def test_class_agnostic_explain_captures_without_autograd(saved_models, monkeypa
     assert seen == [False, True]
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"image", "imports", "model_load", "capture", "method"} <= set(rec["timings"])
+
+
+def test_output_closed_early_exits_quietly():
+    """`attnviz models --json | head -c1`-style: the reader is gone before the CLI writes. No traceback;
+    exit 141 as a shell tool killed by SIGPIPE (documented in the CLI's exit codes)."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "attnviz", "models", "--methods", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                     # the reader goes away before the interpreter has even started
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
