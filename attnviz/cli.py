@@ -399,7 +399,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_app_bench()
         if args.batch or args.ray:
             from .engine.bench import run_batch_bench
-            return run_batch_bench(images=args.images, ray=args.ray, batch=args.batch, quick=args.quick)
+            return run_batch_bench(images=args.images, ray=args.ray, batch=args.batch, quick=args.quick,
+                                   repeats=args.repeats)
         from .bench import run_bench
         return run_bench(repeats=args.repeats, quick=args.quick, captum=args.captum)
     except UsageError as e:

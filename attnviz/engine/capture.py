@@ -98,7 +98,8 @@ class _ImageGrads:
         return {"attentions": tuple(g[self.i].detach() for g in gs)}         # L × [H, T, T]
 
 
-def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int]) -> Optional[tuple[torch.Tensor, ...]]:
+def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int], *,
+                    last: bool = False) -> Optional[tuple[torch.Tensor, ...]]:
     """Fill each capture's gradient cache for its target with ONE backward over the whole batch.
 
     ``targets[i]`` is image i's target index. Captures from one :func:`capture_batch` call with
@@ -106,6 +107,10 @@ def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int]) -> Optional
 
     Returns that backward's gradients, L × [B, H, T, T] over the batch's rows (each capture's are its row,
     ``caps[i]._grad_fn.i``), when every capture's came from it; else None.
+
+    ``last``: no other backward will run through this batch's graph, so autograd frees each saved tensor
+    as soon as its step is done (the gradients then reuse that memory instead of new pages) and the
+    captures' graph is released.
     """
     todo = [i for i, (c, t) in enumerate(zip(caps, targets)) if t not in c._grads]
     fns = [caps[i]._grad_fn for i in todo]
@@ -117,8 +122,11 @@ def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int]) -> Optional
     rows = torch.tensor([f.i for f in fns])
     cols = torch.tensor([targets[i] for i in todo])
     total = batch.scores[rows, cols].sum()                       # images are independent: Σ_i s_i[t_i]
-    gs = torch.autograd.grad(total, batch.attentions, retain_graph=True)   # L × [B, H, T, T]
+    gs = torch.autograd.grad(total, batch.attentions, retain_graph=not last)   # L × [B, H, T, T]
     for i, f in zip(todo, fns):
         with caps[i]._grad_lock:
             caps[i]._grads[targets[i]] = {"attentions": tuple(g[f.i].detach() for g in gs)}
+    if last:
+        for c in caps:
+            c.release_graph()
     return tuple(g.detach() for g in gs) if len(todo) == len(caps) else None

@@ -121,12 +121,16 @@ class Worker:
         caps = capture_batch(adapter, inputs, grads=needs_attention_grads(spec) if batched else True)
         targets = [self.targets(c) for c in caps]
         exps: list[list[Explanation]] = [[] for _ in caps]
-        for k in range(max(len(t) for t in targets)):
+        ranks = max(len(t) for t in targets)
+        # the checks run after the maps may take more gradients through the captures' graph
+        checks = self.job.faithfulness or self.job.sanity
+        for k in range(ranks):
             idx = [i for i, t in enumerate(targets) if k < len(t)]
             ks = [targets[i][k] for i in idx]
             batch_grads = None
             if batched and needs_attention_grads(spec):
-                batch_grads = grads_for_batch([caps[i] for i in idx], [t.index for t in ks])
+                batch_grads = grads_for_batch([caps[i] for i in idx], [t.index for t in ks],
+                                              last=k == ranks - 1 and not checks)
             t0 = time.perf_counter()
             maps = None
             if batched and spec.name in BATCHED_PIXEL_METHODS:
