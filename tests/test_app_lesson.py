@@ -217,3 +217,29 @@ def test_guided_walk_through_moves_step_by_step_and_links_the_pages(new_app):
     assert set(links) == {"Heads", "Explore", "Caption"} and all(links.values())
     at.button(key="l_prev").click().run()
     assert at.subheader[0].value.startswith(f"Step {len(STEPS) - 1} of")
+
+
+def test_a_rerun_redraws_only_what_changed_and_a_new_head_is_drawn_anew(new_app, saved_models, monkeypatch):
+    """Issue 13 on this page: figures and pictures are kept per (image, model, layer, head, query), so moving the
+    DINO share redraws only the DINO masks; choosing another head draws that head's row of the model's own
+    attention (a stale cached figure would still show the old head)."""
+    from attnviz import render
+    at = _open(new_app, layer=1, head=2, row=1, col=2)
+    calls = {"overlay": 0, "heatmap_figure": 0}
+    for name in calls:
+        real = getattr(render, name)
+
+        def counted(*a, _real=real, _name=name, **kw):
+            calls[_name] += 1
+            return _real(*a, **kw)
+        monkeypatch.setattr(render, name, counted)
+    at.slider(key="l_share").set_value(0.85).run()
+    _ok(at)
+    assert calls == {"overlay": 4, "heatmap_figure": 0}      # the four heads' new masks, nothing else
+    attn = _model_attentions(saved_models["vit"], _image_bytes(at))[1]          # layer 1: [H, T, T]
+    query = 1 + 1 * 4 + 2
+    for head in (1, 3):
+        at.selectbox(key="l_head").set_value(head).run()
+        _ok(at)
+        shown = _array(_chart(at, "l_softmax"), 0, "z")                          # [rows, cols] weights
+        np.testing.assert_allclose(shown, attn[head, query, 1:].numpy().reshape(4, 4), rtol=1e-4, atol=1e-6)

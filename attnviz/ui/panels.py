@@ -134,6 +134,14 @@ def overlay_image(image_key: str, image, m: np.ndarray, scale: mapview.Scale, di
     return _pngs().get_or_compute(("overlay", *base, float(display.alpha)), make)
 
 
+def drawn_overlay(image_key: str, image, m: np.ndarray, **kw) -> bytes:
+    """JPEG bytes of ``render.overlay(image, m, **kw)``, made once per process for the same image, map and
+    arguments (the Lesson page's per-head pictures: a rerun that changes something else redraws none)."""
+    args = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in kw.items()))
+    return _pngs().get_or_compute(("drawn", image_key, image.size, map_digest(m), args),
+                                  lambda: _jpeg(render.overlay(image, m, **kw)))
+
+
 # --- figures and thumbnails built once per capture ------------------------------------------------
 
 @st.cache_resource(show_spinner=False)

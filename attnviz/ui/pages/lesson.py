@@ -111,11 +111,24 @@ class Lesson:
         self.query = self.layout.patch_token(row, col)
         self.view: HeadView = head_view(an, head, self.query)
 
-    def signed_map(self, values: np.ndarray, label: str, *, compact: bool = False):
+    def picture(self, values: np.ndarray, *, cmap: str, norm: str, label: str, compact: bool):
+        """A patch map over the image with the query ringed, built once per process for what it shows
+        (a rerun that changes another step reuses it)."""
+        ctx, lay = self.ctx, self.layout
+        where = (ctx.img.digest, None if ctx.box is None else tuple(ctx.box), lay.rows, lay.cols, self.row, self.col)
+        return panels.figure(("l_map", *where, panels.map_digest(values), cmap, norm, label, compact),
+                             lambda: self.ring(render.heatmap_figure(
+                                 ctx.img.display, patch_grid(lay, values), cmap=cmap, norm=norm, alpha=0.75,
+                                 resample="nearest", box=ctx.box, hover_label=label, compact=compact)))
+
+    def chart(self, name: str, build):
+        """A figure of this layer, head and query (``build()``), built once per process for them."""
         ctx = self.ctx
-        fig = render.heatmap_figure(ctx.img.display, patch_grid(self.layout, values), cmap="RdBu_r", norm="signed",
-                                    alpha=0.75, resample="nearest", box=ctx.box, hover_label=label, compact=compact)
-        return self.ring(fig)
+        return panels.figure((f"l_{name}", ctx.digest, model_key(ctx.adapter), self.layer, self.head, self.query),
+                             build)
+
+    def signed_map(self, values: np.ndarray, label: str, *, compact: bool = False):
+        return self.picture(values, cmap="RdBu_r", norm="signed", label=label, compact=compact)
 
     def ring(self, fig):
         """Ring the query patch on a figure drawn in display-image pixels."""
@@ -132,19 +145,22 @@ class Lesson:
 
 
 def tokens_section(ls: Lesson) -> None:
-    st.plotly_chart(lf.token_strip_figure(ls.layout, ls.query), key="l_tokens", config={"displayModeBar": False})
+    st.plotly_chart(ls.chart("tokens", lambda: lf.token_strip_figure(ls.layout, ls.query)), key="l_tokens",
+                    config={"displayModeBar": False})
     st.caption(lf.token_legend(ls.layout), unsafe_allow_html=True)
     _fact("tokens", sequence_sentence(ls.layout) + f" The query is {token_label(ls.layout, ls.query)}, "
           f"token {ls.query} of the sequence (counting from 0).")
 
 
 def query_section(ls: Lesson) -> None:
-    st.plotly_chart(lf.vector_figure(ls.view.q, "q"), key="l_q", config={"displayModeBar": False})
+    st.plotly_chart(ls.chart("q", lambda: lf.vector_figure(ls.view.q, "q")), key="l_q",
+                    config={"displayModeBar": False})
     _fact("query", query_sentence(ls.layout, ls.view))
 
 
 def keys_section(ls: Lesson) -> None:
-    st.plotly_chart(lf.keys_figure(ls.view, ls.layout), key="l_k", config={"displayModeBar": False})
+    st.plotly_chart(ls.chart("k", lambda: lf.keys_figure(ls.view, ls.layout)), key="l_k",
+                    config={"displayModeBar": False})
     _fact("keys", keys_sentence(ls.layout, ls.view))
 
 
@@ -167,14 +183,14 @@ def scores_section(ls: Lesson) -> None:
 
 
 def softmax_section(ls: Lesson) -> None:
-    v, ctx = ls.view, ls.ctx
+    v = ls.view
     c1, c2 = st.columns(2)
     with c1:
-        fig = render.heatmap_figure(ctx.img.display, patch_grid(ls.layout, v.weights), cmap="inferno", norm="minmax",
-                                    alpha=0.75, resample="nearest", box=ctx.box, hover_label="weight", compact=True)
-        st.plotly_chart(ls.ring(fig), key="l_softmax", config={"displayModeBar": False})
+        fig = ls.picture(v.weights, cmap="inferno", norm="minmax", label="weight", compact=True)
+        st.plotly_chart(fig, key="l_softmax", config={"displayModeBar": False})
     with c2:
-        st.plotly_chart(lf.check_figure(v, ls.layout), key="l_check", config={"displayModeBar": False})
+        st.plotly_chart(ls.chart("check", lambda: lf.check_figure(v, ls.layout)), key="l_check",
+                        config={"displayModeBar": False})
     if ls.layout.n_prefix:
         st.caption(f"Weights of the extra tokens: {ls.prefix_values(v.weights, '.2%')}")
     (st.success if v.check_passes else st.error)(check_sentence(v))
@@ -182,7 +198,8 @@ def softmax_section(ls: Lesson) -> None:
 
 
 def output_section(ls: Lesson) -> None:
-    st.plotly_chart(lf.weighted_sum_figure(ls.view, ls.layout), key="l_output", config={"displayModeBar": False})
+    st.plotly_chart(ls.chart("output", lambda: lf.weighted_sum_figure(ls.view, ls.layout)), key="l_output",
+                    config={"displayModeBar": False})
     _fact("output", output_sentence(ls.layout, ls.view))
 
 
@@ -198,12 +215,14 @@ def heads_section(ls: Lesson) -> None:
     for start in range(0, len(views), per_row):
         for col, v in zip(st.columns(per_row), views[start:start + per_row]):
             d = ctx.display
-            s_img = render.overlay(ctx.img.display, scores[v.head], alpha=0.75, cmap="RdBu_r", norm="signed",
-                                   resample="nearest", box=ctx.box, vmin=-s_lim, vmax=s_lim)
-            w_img = render.overlay(ctx.img.display, weights[v.head], alpha=max(d.alpha, 0.6), cmap="inferno",
-                                   norm="minmax", resample="nearest", box=ctx.box, vmin=0.0, vmax=w_max)
+            s_img = panels.drawn_overlay(ctx.img.digest, ctx.img.display, scores[v.head], alpha=0.75,
+                                         cmap="RdBu_r", norm="signed", resample="nearest", box=ctx.box,
+                                         vmin=-s_lim, vmax=s_lim)
+            w_img = panels.drawn_overlay(ctx.img.digest, ctx.img.display, weights[v.head], alpha=max(d.alpha, 0.6),
+                                         cmap="inferno", norm="minmax", resample="nearest", box=ctx.box,
+                                         vmin=0.0, vmax=w_max)
             top = int(v.weights.argmax())
-            col.image([s_img, w_img], width="stretch")
+            col.image([s_img, w_img], width="stretch", output_format="JPEG")
             col.caption(f"head {v.head}: most to {token_label(lay, top)} ({v.weights[top]:.1%}) · "
                         f"check {v.max_difference:.1e}")
     _fact("heads", heads_sentence(lay, views))
@@ -251,9 +270,11 @@ def dino_section(ls: Lesson) -> None:
                f"renormalised). Bright: the patches kept.")
     for start in range(0, masks.shape[0], per_row):
         for col, h in zip(st.columns(per_row), range(start, min(start + per_row, masks.shape[0]))):
-            img = render.overlay(ctx.img.display, masks[h].astype(np.float32), alpha=0.7, cmap="gray",
-                                 norm="minmax", resample="nearest", box=ctx.box, vmin=0.0, vmax=1.0)
-            col.image(img, caption=f"head {h}: {int(masks[h].sum())} of {masks[h].size} patches", width="stretch")
+            img = panels.drawn_overlay(ctx.img.digest, ctx.img.display, masks[h].astype(np.float32), alpha=0.7,
+                                       cmap="gray", norm="minmax", resample="nearest", box=ctx.box,
+                                       vmin=0.0, vmax=1.0)
+            col.image(img, caption=f"head {h}: {int(masks[h].sum())} of {masks[h].size} patches", width="stretch",
+                      output_format="JPEG")
     _fact("dino", mask_sentence(masks, float(share), who))
 
 
