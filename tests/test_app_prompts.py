@@ -47,7 +47,9 @@ def test_prompts_run_the_model_once_and_display_changes_never(prompts_app, forwa
     first = forwards["n"]
     assert first >= 1
     at.slider(key="alpha").set_value(0.8).run()
+    at.run()                          # a display change reran only the map panel: a full run finds the sidebar
     at.selectbox(key="cmap").set_value("viridis").run()
+    at.run()
     at.session_state["pr_view_tab"] = "Hover for values"
     at.run()
     _ok(at)
@@ -182,3 +184,20 @@ def test_words_html_escapes_and_scales_alpha():
     out = words_html("<b>a</b> & c", [("<", 0.0), ("b", 1.0), (">", 0.0), ("a", 0.2), ("&", 0.0), ("c", 0.2)])
     assert "<b>" not in out and "</b>" not in out and "&lt;" in out and "&gt;" in out and "&amp;" in out
     assert "rgba(228,87,46,0.85)" in out and "rgba(228,87,46,0.17)" in out and "relevance 0.2" in out
+
+
+def test_a_display_change_reruns_only_the_maps(prompts_app):
+    """Issue 13 on this page: opacity / colormap rerun the map panel (the zero-shot chart and the method
+    picker are not drawn again) and the overlays follow the new colormap."""
+    at = prompts_app()
+    _ok(at)
+    n = len(_images(at))
+    before = [im.proto.imgs[0].url for im in _images(at)]
+    at.selectbox(key="cmap").set_value("viridis").run()
+    _ok(at)
+    assert "prompt_probs" not in [c.key for c in at.get("plotly_chart")]      # only the panel reran
+    assert len(_images(at)) == n
+    assert [im.proto.imgs[0].url for im in _images(at)] != before              # drawn in the new colours
+    at.run()                                                                   # a full run draws it all again
+    _ok(at)
+    assert "prompt_probs" in [c.key for c in at.get("plotly_chart")] and len(_images(at)) == n

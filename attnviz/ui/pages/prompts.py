@@ -7,15 +7,17 @@ capture); every map comes from that one run.
 """
 from __future__ import annotations
 
+import functools
 import html
 import time
 from typing import Any, Sequence
 
+import numpy as np
 import streamlit as st
 
 from attnviz import catalog, render
 from attnviz.methods import list_methods
-from attnviz.ui import figures, mapview, notes, state, urlstate
+from attnviz.ui import figures, mapview, notes, panels, state, urlstate
 from attnviz.ui.context import MAX_URL_PROMPTS_CHARS, load_context
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
@@ -137,9 +139,10 @@ def map_method_ui(ctx):
 
 
 def maps_ui(ctx, spec, params: dict[str, Any]) -> None:
-    """One overlay per prompt, one shared colour scale, the prompt's words shaded underneath."""
+    """One overlay per prompt, one shared colour scale, the prompt's words shaded underneath: the maps are
+    computed here, drawn in the page's map panel (a display change reruns only the drawing)."""
     eng = state.engine()
-    cap, d = ctx.capture, ctx.display
+    cap = ctx.capture
     probs = ctx.adapter.probabilities(cap).detach().float().cpu().numpy()
     exps = []
     for t in cap.targets:
@@ -148,6 +151,12 @@ def maps_ui(ctx, spec, params: dict[str, Any]) -> None:
     for t in cap.targets:
         with guard(f"Text relevance of prompt {t.index + 1}"):
             words[t.index] = eng.explain(ctx.adapter, ctx.entry, ctx.digest, "text_relevance", t.index, {})
+    panels.map_panel(functools.partial(draw_maps, panels.light(ctx), spec.name, exps, words, probs), ctx.display)
+
+
+def draw_maps(ctx, method: str, exps, words: dict, probs: np.ndarray, d) -> None:
+    """The overlays (or hover figures), legend and caption of :func:`maps_ui` for display ``d``."""
+    cap = ctx.capture
     signed = any(e.signed for e in exps)
     # One method, one unit: one scale for every prompt, so a weak match also looks weak.
     scale = mapview.shared_scale([e.map for e in exps], signed, d)
@@ -169,14 +178,15 @@ def maps_ui(ctx, spec, params: dict[str, Any]) -> None:
                                                         vmax=vmax, compact=True)
                             st.plotly_chart(fig, key=f"pr_fig:{t.index}")
                         else:
-                            st.image(mapview.draw(ctx.img.display, exp.map, scale, d, ctx.box), caption=label,
-                                     width="stretch")
+                            st.image(panels.overlay_image(ctx.img.digest, ctx.img.display, exp.map, scale, d,
+                                                          ctx.box), caption=label, width="stretch",
+                                     output_format="JPEG")
                         if t.index in words:
                             st.markdown(words_html(t.label, words[t.index].meta["words"]), unsafe_allow_html=True)
     ctx.timings["render"] = time.perf_counter() - t0
-    st.markdown(mapview.legend_html(scale, "every prompt on this one scale: " + mapview.legend_title(spec.name, scale)),
+    st.markdown(mapview.legend_html(scale, "every prompt on this one scale: " + mapview.legend_title(method, scale)),
                 unsafe_allow_html=True)
-    st.caption(f"{pretty(spec.name)} for each prompt, all on one colour scale ({vmin:.3g} to {vmax:.3g}): "
+    st.caption(f"{pretty(method)} for each prompt, all on one colour scale ({vmin:.3g} to {vmax:.3g}): "
                "a brighter map leans harder on that region. Words are shaded by their text relevance, "
                "each prompt's strongest word darkest; hover a word for its value.")
 
