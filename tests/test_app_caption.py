@@ -204,3 +204,24 @@ def test_a_model_that_is_not_a_captioner_is_one_sentence(saved_models, monkeypat
         assert any(m.value.startswith("**Caption** (written by the model):") for m in at.markdown)
     finally:
         _clear()
+
+
+def test_a_display_change_reruns_only_the_word_map_and_the_strip(caption_app, runs):
+    """Issue 13 on this page: a colormap change redraws the chosen word's map and every word's strip map in
+    the new colours (both map panels) without the page: no token-probability chart, no model run."""
+    at = caption_app()
+    _ok(at)
+    n = _n_words(at)
+    forwards = dict(runs)
+    before = [im.proto.imgs[0].url for im in at.get("image")]
+    assert len(before) == 1 + n
+    at.selectbox(key="cmap").set_value("viridis").run()
+    _ok(at)
+    assert "c_probs" not in [c.key for c in at.get("plotly_chart")]           # the page did not rerun
+    after = [im.proto.imgs[0].url for im in at.get("image")]
+    assert len(after) == 1 + n                                               # the word's map and the strip
+    assert all(a != b for a, b in zip(after, before))                        # all drawn in the new colours
+    assert dict(runs) == forwards
+    at.run()
+    _ok(at)
+    assert "c_probs" in [c.key for c in at.get("plotly_chart")] and len(at.get("image")) == 1 + n

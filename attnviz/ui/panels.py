@@ -1,9 +1,10 @@
 """The map panel as a fragment, cached overlay PNGs, and the model queue notice (issue 13).
 
 A display change (opacity, colormap, normalisation, upsampling) reruns only
-the page's map panel: the sidebar's display widgets call
-:func:`display_changed`, which asks Streamlit for a rerun of the fragment
-keyed :data:`MAP_PANEL` (a page without one reruns whole, as before). The
+the page's map panels: the sidebar's display widgets call
+:func:`display_changed`, which asks Streamlit for a rerun of the fragments
+the page drew in its last full run (:data:`MAP_PANEL` by default; a page
+may draw more, each under its own key; a page without one reruns whole). The
 panel draws from session state's display values, and each (map, display)
 overlay is rendered and encoded once per process (:func:`overlay_image`),
 so a change back to an earlier setting, or a second student on the same
@@ -36,7 +37,8 @@ from ..queue import TurnLock
 from . import mapview, state
 from .cache import ResultCache
 
-MAP_PANEL = "maps"                                   # the fragment key every page's map panel uses
+MAP_PANEL = "maps"                                   # the fragment key of a page's (first) map panel
+PANELS_DRAWN = "_map_panels"                         # session state: the panel keys of this page's last full run
 DISPLAY_KEYS = ("alpha", "cmap", "norm", "resample")  # the display widgets whose change reruns only the panel
 PNG_ENTRIES = state._env_int("ATTNVIZ_OVERLAY_CACHE", 512)   # encoded overlays kept (tens to hundreds of kB)
 LAYER_ENTRIES = 48                                               # coloured maps / RGB images (up to 3 MB each)
@@ -46,11 +48,21 @@ FIGURE_ENTRIES = 128                                             # plotly figure
 # --- a display change reruns only the map panel -----------------------------------
 
 def display_changed() -> None:
-    """on_change of the display widgets: rerun just the map panel when this page has one."""
+    """on_change of the display widgets: rerun just the map panels this page drew (the whole page when it
+    drew none)."""
+    keys = list(st.session_state.get(PANELS_DRAWN) or ())
+    if not keys:
+        return                         # the callback returns: Streamlit reruns the whole page
     try:
-        st.rerun(MAP_PANEL)
-    except StreamlitAPIException:      # no map panel rendered on this page: the page reruns whole
+        st.rerun(keys)
+    except StreamlitAPIException:      # a key this run does not know: the page reruns whole
         pass
+
+
+def new_page_run() -> None:
+    """Called once per full run, before any panel (the sidebar's display widgets do it): forget the last
+    run's panels, so a display change reruns exactly the panels this run draws."""
+    st.session_state[PANELS_DRAWN] = []
 
 
 def current_display(base: state.Display) -> state.Display:
@@ -59,18 +71,29 @@ def current_display(base: state.Display) -> state.Display:
     return dataclasses.replace(base, **{k: ss[k] for k in DISPLAY_KEYS if k in ss})
 
 
-@st.fragment(key=MAP_PANEL)
-def _panel(draw: Callable[[Any], None], base: state.Display) -> None:
-    draw(current_display(base))
+_FRAGMENTS: dict[str, Callable[..., None]] = {}
 
 
-def map_panel(draw: Callable[[Any], None], display: state.Display) -> None:
-    """Call ``draw(display)`` inside the page's map panel; on a display change only this reruns.
+def _fragment(key: str) -> Callable[..., None]:
+    """The fragment function of panel ``key`` (one per key, made once)."""
+    if key not in _FRAGMENTS:
+        @st.fragment(key=key)
+        def panel(draw: Callable[[Any], None], base: state.Display) -> None:
+            draw(current_display(base))
+        _FRAGMENTS[key] = panel
+    return _FRAGMENTS[key]
+
+
+def map_panel(draw: Callable[[Any], None], display: state.Display, key: str = MAP_PANEL) -> None:
+    """Call ``draw(display)`` inside the map panel ``key``; on a display change only the page's panels rerun.
 
     ``draw`` is kept by Streamlit between reruns: it must close over :func:`light` contexts,
     maps and small values, never a capture.
     """
-    _panel(draw, display)
+    drawn = st.session_state.setdefault(PANELS_DRAWN, [])
+    if key not in drawn:
+        drawn.append(key)
+    _fragment(key)(draw, display)
 
 
 # --- what the panel may keep ------------------------------------------------------------

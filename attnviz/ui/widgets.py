@@ -297,7 +297,8 @@ def display_ui() -> Display:
     """Opacity, colormap, normalisation, resampling: these never run the model."""
     for k, v in DISPLAY_DEFAULTS.items():   # defaults via session state only (a link may have set them)
         st.session_state.setdefault(k, v)
-    # A change reruns only the page's map panel (panels.MAP_PANEL), or the whole page when it has none.
+    # A change reruns only the page's map panels (panels.map_panel), or the whole page when it has none.
+    panels.new_page_run()
     redraw = panels.display_changed
     alpha = st.slider("Opacity", 0.0, 1.0, step=0.05, key="alpha", on_change=redraw)
     cmap = st.selectbox("Colormap", CMAPS, key="cmap", on_change=redraw,

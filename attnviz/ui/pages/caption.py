@@ -8,6 +8,7 @@ Engine); switching words, layers or heads re-reads them.
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Optional
 
@@ -20,7 +21,7 @@ from attnviz.methods import list_methods
 from attnviz.methods.captioning import cross_attention_strip
 from attnviz.methods.common import HEAD_FUSIONS
 from attnviz.methods.registry import MethodSpec
-from attnviz.ui import figures, mapview, notes, state, urlstate
+from attnviz.ui import figures, mapview, notes, panels, state, urlstate
 from attnviz.ui.context import first_content_word, load_context
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
@@ -32,6 +33,7 @@ WORD_METHODS = ("cross_attention", "caption_relevance")       # per-word maps th
 IMAGE_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad")   # Captum, on the word's logit
 STRIP_COLUMNS = 6
 STRIP_SIDE = 192                 # strip overlays are drawn on a copy at most this big
+WORD_PANEL, STRIP_PANEL = "caption-word", "caption-strip"   # map panels: a display change redraws only these
 
 
 # --- not a captioner ----------------------------------------------------------
@@ -183,14 +185,14 @@ def word_map_ui(ctx, spec: MethodSpec, params: dict[str, Any], word: int) -> Opt
     return eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, word, params)
 
 
-def draw_word_map(ctx, exp, word_label: str) -> None:
-    d = ctx.display
+def draw_word_map(ctx, exp, word_label: str, d) -> None:
+    """The chosen word's map for display ``d`` (in the panel :data:`WORD_PANEL`: a ``panels.light`` context)."""
     scale = mapview.scale_for(exp.map, exp.signed, d)
     tab_img, tab_hover = st.tabs(["Overlay", "Hover for values"], key="c_view_tab", on_change="rerun")
     if tab_img.open is not False:
         with tab_img, guard("Drawing the map"):
-            st.image(mapview.draw(ctx.img.display, exp.map, scale, d, ctx.box),
-                     caption=f"{pretty(exp.method)} for “{word_label}”", width="stretch")
+            st.image(panels.overlay_image(ctx.img.digest, ctx.img.display, exp.map, scale, d, ctx.box),
+                     caption=f"{pretty(exp.method)} for “{word_label}”", width="stretch", output_format="JPEG")
             st.markdown(mapview.legend_html(scale, mapview.legend_title(exp.method, scale)), unsafe_allow_html=True)
     if tab_hover.open is not False:
         with tab_hover, guard("Drawing the hover figure"):
@@ -236,7 +238,7 @@ def _small(ctx) -> tuple[Image.Image, Optional[tuple]]:
 
 def strip_ui(ctx, method: str, params: dict[str, Any], word: int) -> None:
     """Small multiples, one per word in caption order, on one colour scale."""
-    cap, d = ctx.capture, ctx.display
+    cap = ctx.capture
     if method not in WORD_METHODS:
         method, params = "cross_attention", {"layer": len(cap.cross_attentions) - 1, "head": "mean"}
         note = "cross-attention (last decoder layer, mean of heads): the gradient methods run once per word"
@@ -247,15 +249,21 @@ def strip_ui(ctx, method: str, params: dict[str, Any], word: int) -> None:
         note = "caption relevance"
     st.markdown("**Every word, in order**")
     maps = strip_maps(ctx, method, params)                                     # [n, rows, cols]
+    panels.map_panel(functools.partial(draw_strip, panels.light(ctx), method, note, maps, word), ctx.display,
+                     key=STRIP_PANEL)
+
+
+def draw_strip(ctx, method: str, note: str, maps: np.ndarray, word: int, d) -> None:
+    """The strip's small maps on one scale for display ``d`` (in the panel :data:`STRIP_PANEL`)."""
     scale = mapview.shared_scale(list(maps), False, d)       # one method, one unit: one scale for every word
     small, box = _small(ctx)
-    labels = [t.label for t in cap.targets]
+    labels = [t.label for t in ctx.capture.targets]
     for start in range(0, len(labels), STRIP_COLUMNS):
         cols = st.columns(STRIP_COLUMNS)
         for col, t in zip(cols, range(start, min(start + STRIP_COLUMNS, len(labels)))):
             mark = " ◀" if t == word else ""
-            col.image(mapview.draw(small, maps[t], scale, d, box), caption=f"{t}: {labels[t]}{mark}",
-                      width="stretch")
+            col.image(panels.overlay_image(f"{ctx.img.digest}:strip", small, maps[t], scale, d, box),
+                      caption=f"{t}: {labels[t]}{mark}", width="stretch", output_format="JPEG")
     st.markdown(mapview.legend_html(scale, "every word on this one scale: " + mapview.legend_title(method, scale)),
                 unsafe_allow_html=True)
     st.caption(f"Strip: {note}; one colour scale for all words ({scale.describe()}).")
@@ -339,7 +347,8 @@ def main() -> None:
     with right, guard(pretty(method)):
         exp = word_map_ui(ctx, specs[method], params, word)
         if exp is not None:
-            draw_word_map(ctx, exp, label)
+            panels.map_panel(functools.partial(draw_word_map, panels.light(ctx), exp, label), ctx.display,
+                             key=WORD_PANEL)
             with guard("The faithfulness checks"):
                 faithfulness_ui(ctx, specs[method], exp, params, word,
                                 label=f"Is the {pretty(method)} map for “{label}” faithful?")
