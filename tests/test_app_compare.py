@@ -132,3 +132,19 @@ def test_compare_page_shows_the_attention_versus_convolution_table(new_app):
     table = at.table[0].value
     assert len(table) == len(rows)
     assert list(table["accuracy on fresh scenes"]) == [f"{100 * r['accuracy']:.1f} %" for r in rows]
+
+
+def test_a_display_change_redraws_only_the_two_maps(new_app):
+    """Issue 13 on this page: a colormap change reruns the two map panels (each side's overlay and legend,
+    in the new colours), not the predictions charts."""
+    _need("demo-vit-shapes"), _need("demo-cnn-shapes")
+    at, _ = _open(new_app)
+    _ok(at)
+    before = [im.proto.imgs[0].url for im in at.get("image")]
+    assert len(before) == 2
+    at.selectbox(key="cmap").set_value("viridis").run()
+    _ok(at)
+    assert not [c for c in at.get("plotly_chart") if c.key.startswith("cmp_pred_")]      # the page did not rerun
+    after = [im.proto.imgs[0].url for im in at.get("image")]
+    assert len(after) == 2 and after[0] != before[0] and after[1] != before[1]
+    assert " ".join(m.value for m in at.markdown).count("attnviz-legend") == 2

@@ -157,10 +157,11 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
             return out
         scale = mapview.scale_for(exp.map, exp.signed, display)
         box = None if cap.box is None else tuple(v * img.scale for v in cap.box)
-        st.image(panels.overlay_image(img.digest, img.display, exp.map, scale, display, box),
-                 caption=f"{pretty(method)} {'for ' + tgt.label if exp.target is not None else '(class-agnostic)'} · map {'×'.join(map(str, exp.map.shape))} over "
-                         f"{exp.over}", width="stretch", output_format="JPEG")
-        st.markdown(mapview.legend_html(scale, mapview.legend_title(method, scale)), unsafe_allow_html=True)
+        caption = (f"{pretty(method)} {'for ' + tgt.label if exp.target is not None else '(class-agnostic)'} · "
+                   f"map {'×'.join(map(str, exp.map.shape))} over {exp.over}")
+        # the map and its legend: a display change redraws only these (one map panel per side)
+        panels.map_panel(functools.partial(_draw_map, img, exp.map, exp.signed, method, caption, box), display,
+                         key=f"compare-{side}")
         out.update(method=method, units=notes.units(method), scale=scale)
         for name in extra:
             st.caption(f"{pretty(name)} is over channels, not the image: the Explore page shows it for "
@@ -177,6 +178,13 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
             out["deletion_auc"] = summary["deletion_auc"]
             st.caption(deletion_caption(summary))
     return out
+
+
+def _draw_map(img, m, signed: bool, method: str, caption: str, box, display) -> None:
+    scale = mapview.scale_for(m, signed, display)
+    st.image(panels.overlay_image(img.digest, img.display, m, scale, display, box), caption=caption,
+             width="stretch", output_format="JPEG")
+    st.markdown(mapview.legend_html(scale, mapview.legend_title(method, scale)), unsafe_allow_html=True)
 
 
 def _scale_sentence(results: list[dict[str, Any]]) -> str:
