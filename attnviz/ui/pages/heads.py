@@ -93,9 +93,11 @@ def query_ui(ctx) -> str:
     c = c2.number_input("Patch column", 0, lay.cols - 1, step=1, key="h_col")
     with guard("Drawing the patch picker"):
         st.caption("Click a patch on the image to make it the query.")
-        st.plotly_chart(figures.patch_picker_figure(ctx.img.display, lay.rows, lay.cols, box=ctx.box,
-                                                    selected=(int(r), int(c))),
-                        key=_chart_key("h_patch_fig"), on_select="rerun", selection_mode="points",
+        box = None if ctx.box is None else tuple(ctx.box)
+        fig = panels.figure(("h_picker", ctx.img.digest, box, lay.rows, lay.cols, int(r), int(c)),
+                            lambda: figures.patch_picker_figure(ctx.img.display, lay.rows, lay.cols, box=ctx.box,
+                                                                selected=(int(r), int(c))))
+        st.plotly_chart(fig, key=_chart_key("h_patch_fig"), on_select="rerun", selection_mode="points",
                         config={"displayModeBar": False})
     return f"{int(r)},{int(c)}"
 

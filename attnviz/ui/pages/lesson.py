@@ -299,8 +299,11 @@ def picker_ui(ls: Lesson) -> None:
     """The image cut into patches; a click makes a patch the query."""
     ctx, lay = ls.ctx, ls.layout
     st.markdown(f"**Click a patch** · layer {ls.layer}, head {ls.head}, query {token_label(lay, ls.query)}")
-    st.plotly_chart(lf.patch_grid_picker(ctx.img.display, lay, box=ctx.box, selected=(ls.row, ls.col)),
-                    key=chart_key("l_patch"), on_select="rerun", selection_mode="points",
+    box = None if ctx.box is None else tuple(ctx.box)
+    # built once per image, grid and chosen patch (the image's PNG and the grid lines cost ~150 ms a run)
+    fig = panels.figure(("l_picker", ctx.img.digest, box, lay.rows, lay.cols, ls.row, ls.col),
+                        lambda: lf.patch_grid_picker(ctx.img.display, lay, box=ctx.box, selected=(ls.row, ls.col)))
+    st.plotly_chart(fig, key=chart_key("l_patch"), on_select="rerun", selection_mode="points",
                     config={"displayModeBar": False})
     c1, c2 = st.columns(2)
     c1.number_input("Patch row", 0, lay.rows - 1, step=1, key="l_row")
