@@ -24,13 +24,15 @@ def test_compare_page_offline_two_models_own_views_and_deletion(server):
         main = page.locator('[data-testid="stMain"]')
         assert main.locator('[data-testid="stImage"] img').count() == 2
         assert main.locator(".attnviz-legend").count() == 2
-        assert "model_a=demo-vit-shapes" in page.url and "model_b=demo-cnn-shapes" in page.url
+        # the address bar is rewritten at the end of the run: wait for it rather than read it at once
+        page.wait_for_url(re.compile(r"model_a=demo-vit-shapes.*model_b=demo-cnn-shapes|"
+                                     r"model_b=demo-cnn-shapes.*model_a=demo-vit-shapes"), timeout=15_000)
 
         _pick(page, "Method", "each model's own")
         page.get_by_text("different units").first.wait_for()
         _wait_idle(page)
         _no_exception(page)
-        assert "method=own" in page.url
+        page.wait_for_url(re.compile(r"method=own"), timeout=15_000)
         page.get_by_role("button", name="Deletion / insertion AUC").first.click()
         page.get_by_text(re.compile(r"^Area under the curve \(AUC\): deletion")).first.wait_for()
         _wait_idle(page)
