@@ -243,3 +243,23 @@ def test_a_rerun_redraws_only_what_changed_and_a_new_head_is_drawn_anew(new_app,
         _ok(at)
         shown = _array(_chart(at, "l_softmax"), 0, "z")                          # [rows, cols] weights
         np.testing.assert_allclose(shown, attn[head, query, 1:].numpy().reshape(4, 4), rtol=1e-4, atol=1e-6)
+
+
+def test_the_layer_is_taken_apart_in_the_models_line_once_per_layer(new_app, monkeypatch):
+    """The extra forward of the anatomy waits for its turn with the model (so a waiting page can say how many
+    requests are ahead) and is shared: a rerun that changes something else takes no new forward."""
+    import attnviz.anatomy as anatomy
+    real, seen = anatomy.attention_anatomy, []
+
+    def spy(adapter, inputs, layer):
+        seen.append((layer, adapter.lock.holds()))            # the page's turn is held when the forward starts
+        return real(adapter, inputs, layer)
+    monkeypatch.setattr(anatomy, "attention_anatomy", spy)
+    at = _open(new_app, layer=1)
+    assert seen == [(1, True)]
+    at.slider(key="l_share").set_value(0.85).run()
+    _ok(at)
+    assert seen == [(1, True)]                                # cached: no second forward
+    at.slider(key="l_layer").set_value(0).run()
+    _ok(at)
+    assert seen == [(1, True), (0, True)]

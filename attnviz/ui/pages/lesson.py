@@ -38,23 +38,31 @@ STYLE = """<style>
 
 # --- cached computations ------------------------------------------------------------------------
 
-@st.cache_data(max_entries=24, ttl=state.CACHE_TTL, show_spinner=False)
-def layer_anatomy(digest: str, model: str, layer: int, _adapter, _inputs) -> Anatomy:
+# In the engine's shared cache (every session reuses them), computed once per key; the model work waits for
+# its turn in the model's line and says how many requests are ahead (panels.model_turn), as a capture does.
+
+def layer_anatomy(digest: str, layer: int, adapter, inputs) -> Anatomy:
     """One layer taken apart (one extra forward), per image (digest, prompts included), model and layer."""
-    return attention_anatomy(_adapter, _inputs, layer)
+    def run() -> Anatomy:
+        with panels.model_turn(adapter):
+            return attention_anatomy(adapter, inputs, layer)
+    return state.engine().results.get_or_compute(("anatomy", digest, model_key(adapter), layer), run)
 
 
-@st.cache_data(max_entries=8, ttl=state.CACHE_TTL, show_spinner=False)
-def sample_head_stats(model: str, digests: tuple[str, ...], texts, _adapter,
-                      _images) -> tuple[np.ndarray, np.ndarray]:
-    """Mean attention distance and entropy [L, H], each averaged over the images (one forward each)."""
-    dist, ent = [], []
-    for img in _images:
-        inputs = _adapter.prepare(img, texts=list(texts)) if texts else _adapter.prepare(img)
-        cap = _adapter.capture(inputs, grads=False)
-        dist.append(mean_attention_distance(cap))
-        ent.append(attention_entropy(cap))
-    return np.mean(dist, axis=0), np.mean(ent, axis=0)
+def sample_head_stats(digests: tuple[str, ...], texts, adapter, images) -> tuple[np.ndarray, np.ndarray]:
+    """Mean attention distance and entropy [L, H], each averaged over the images (one forward each, each
+    taking its own turn with the model)."""
+    def run() -> tuple[np.ndarray, np.ndarray]:
+        dist, ent = [], []
+        for img in images:
+            inputs = adapter.prepare(img, texts=list(texts)) if texts else adapter.prepare(img)
+            with panels.model_turn(adapter):
+                cap = adapter.capture(inputs, grads=False)
+            dist.append(mean_attention_distance(cap))
+            ent.append(attention_entropy(cap))
+        return np.mean(dist, axis=0), np.mean(ent, axis=0)
+    key = ("sample_head_stats", model_key(adapter), tuple(digests), tuple(texts or ()))
+    return state.engine().results.get_or_compute(key, run)
 
 
 # --- state --------------------------------------------------------------------------------------
@@ -236,7 +244,7 @@ def distance_section(ls: Lesson) -> None:
     if over == SAMPLES and samples:
         images = [state.decode(b) for b in samples.values()]
         with st.spinner(f"Running the model on {len(images)} sample images (once)…"):
-            dist, ent = sample_head_stats(model_key(ctx.adapter), tuple(i.digest for i in images), ctx.texts,
+            dist, ent = sample_head_stats(tuple(i.digest for i in images), ctx.texts,
                                           ctx.adapter, [i.image for i in images])
         where = f"Averaged over the {len(images)} sample images"
     else:
@@ -351,7 +359,7 @@ def main() -> None:
     head = c2.selectbox("Head", list(range(H)), key="l_head", format_func=lambda h: f"head {h}")
     ls = None
     with guard("Taking the layer apart"), st.spinner("Taking the layer apart (one more model run)…"):
-        an = layer_anatomy(ctx.digest, model_key(ctx.adapter), int(layer), ctx.adapter, cap.inputs)
+        an = layer_anatomy(ctx.digest, int(layer), ctx.adapter, cap.inputs)
         ls = Lesson(ctx, an, int(layer), int(head), int(st.session_state["l_row"]), int(st.session_state["l_col"]))
     if ls is None:
         return
