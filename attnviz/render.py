@@ -472,10 +472,16 @@ def plotly_text(text) -> str:
     return html.escape(str(text), quote=False)
 
 
-def _png_data_uri(img: Image.Image) -> str:
+def data_uri(png: bytes) -> str:
+    """PNG bytes as a ``data:`` URI (plotly layout images, the self-contained HTML reports)."""
     import base64
 
-    return "data:image/png;base64," + base64.b64encode(to_png_bytes(img)).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def png_data_uri(img: Image.Image) -> str:
+    """An image as a PNG ``data:`` URI."""
+    return data_uri(to_png_bytes(img))
 
 
 def _fit(w: int, h: int, max_side: int) -> tuple[int, int]:
@@ -553,7 +559,7 @@ def heatmap_figure(
     )
     fig.add_layout_image(
         dict(
-            source=_png_data_uri(background),
+            source=png_data_uri(background),
             xref="x",
             yref="y",
             x=0,

@@ -7,13 +7,14 @@ escaped.
 """
 from __future__ import annotations
 
-import base64
 import html
 import io
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
+
+from . import render
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:72rem;color:#222;
@@ -37,7 +38,7 @@ def png_uri(img: Image.Image, max_side: Optional[int] = None) -> str:
         img.thumbnail((max_side, max_side))
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return render.data_uri(buf.getvalue())
 
 
 def figure_uri(fig) -> str:
@@ -46,7 +47,7 @@ def figure_uri(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return render.data_uri(buf.getvalue())
 
 
 def new_figure(width: float = 6.0, height: float = 4.0):
@@ -81,7 +82,6 @@ def page(title: str, body: str) -> str:
 
 def map_image(m: np.ndarray, *, signed: bool = False, side: int = 160, cmap: str = "inferno") -> Image.Image:
     """A bare map as a coloured image (nearest-neighbour, so patches stay visible)."""
-    from . import render
     m01 = render.normalize(np.asarray(m, dtype=np.float64), "signed" if signed else "minmax")
     rgb = render.colorize(m01, cmap)
     h, w = rgb.shape[:2]

@@ -10,11 +10,6 @@ from PIL import Image
 from .. import render
 
 
-def _png_data_uri(img: Image.Image) -> str:
-    import base64
-    return "data:image/png;base64," + base64.b64encode(render.to_png_bytes(img)).decode("ascii")
-
-
 LABEL_CHARS = 40     # longer labels (a long prompt) are cut in the axis; the hover shows them whole
 PRESENT_FONT = 20    # chart text in presentation mode (px)
 RING = (("#000000", 5), ("#ffffff", 2))   # a selection ring: a dark line under a light one, seen on any colour
@@ -154,7 +149,7 @@ def patch_picker_figure(image: Image.Image, rows: int, cols: int, *, box=None,
     if selected is not None:
         sr, sc = selected
         ring(fig, left + sc * pw, left + (sc + 1) * pw, top + sr * ph, top + (sr + 1) * ph)
-    fig.add_layout_image(dict(source=_png_data_uri(image), xref="x", yref="y", x=0, y=0, sizex=w, sizey=h,
+    fig.add_layout_image(dict(source=render.png_data_uri(image), xref="x", yref="y", x=0, y=0, sizex=w, sizey=h,
                               xanchor="left", yanchor="top", sizing="stretch", layer="below"))
     fig.update_xaxes(range=[0, w], showgrid=False, zeroline=False, visible=False, constrain="domain")
     fig.update_yaxes(range=[h, 0], showgrid=False, zeroline=False, visible=False, scaleanchor="x", scaleratio=1,
