@@ -48,7 +48,9 @@ class Side:
     notes: list[str] = field(default_factory=list)
 
 
-def _target(adapter, cap, label: Optional[str]):
+def target_by_label(adapter, cap, label: Optional[str]):
+    """The capture's target named ``label`` (case-insensitive), else the model's top one: two models explain
+    the same class when both know it by name."""
     if label is not None:
         hit = [t for t in cap.targets if t.label.lower() == str(label).lower()]
         if hit:
@@ -67,7 +69,7 @@ def side_by_side(adapters, image, method: str, *, target: Optional[str] = None, 
         cap = attnviz.capture(ad, image)
         probs = ad.probabilities(cap).tolist()
         top = sorted(((t.label, probs[t.index]) for t in cap.targets), key=lambda x: -x[1])[:top_k]
-        tgt = _target(ad, cap, target)
+        tgt = target_by_label(ad, cap, target)
         notes = [] if target is None or tgt.label.lower() == str(target).lower() else [
             f"{ad.name} has no class '{target}'; it explains its top class '{tgt.label}'."]
         exp = attnviz.explain(ad, cap, method, target=tgt.index, **params)

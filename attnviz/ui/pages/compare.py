@@ -142,7 +142,7 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
     cap = entry.capture
     out: dict[str, Any] = {"model": adapter.name}
     st.markdown(f"#### {side.upper()} · {markdown_literal(adapter.name)}")
-    tgt = compare._target(adapter, cap, label)
+    tgt = compare.target_by_label(adapter, cap, label)
     rows = top_k(adapter, cap, min(TOP, len(cap.targets)))
     out["top"] = rows[0]["label"] if rows else None
     st.markdown(f"**Top {len(rows)} predictions** · top class **{markdown_literal(str(out['top']))}**")
