@@ -106,13 +106,38 @@ def _wait_idle(page, timeout_ms=TIMEOUT_MS):
 
 
 def _pick(page, label: str, option: str):
-    """Choose ``option`` (the start of its text) in the selectbox labelled ``label``."""
-    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
-    page.get_by_role("option", name=re.compile("^" + re.escape(option))).first.click()
+    """Choose ``option`` (the start of its text) in the selectbox labelled ``label``. A click sometimes only
+    focuses the box without opening its list (seen on the Caption page after a pill click): click again."""
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
+    wanted = page.get_by_role("option", name=re.compile("^" + re.escape(option))).first
+    for _ in range(3):
+        box.click()
+        try:
+            wanted.wait_for(timeout=5_000)
+            break
+        except Exception:                    # the list did not open: try again
+            continue
+    wanted.click()
 
 
 def _no_exception(page):
     assert page.locator('[data-testid="stException"]').count() == 0, "the page shows a Python exception"
+
+
+def _recolour(page, n_maps: int) -> None:
+    """A colormap change: every one of the page's ``n_maps`` overlays is drawn again in the new colours (the
+    map panels rerun), none goes missing, and nothing else on the page is lost."""
+    imgs = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
+    before = [imgs.nth(i).get_attribute("src") for i in range(imgs.count())]
+    assert len(before) == n_maps
+    _pick(page, "Colormap", "viridis")
+    page.wait_for_function(
+        """before => { const s = [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')]
+                                .map(i => i.getAttribute('src'));
+                       return s.length === before.length && s.every((x, i) => x !== before[i]); }""",
+        arg=before)
+    _wait_idle(page)
+    _no_exception(page)
 
 
 def _click_thumbnail(page, layer: int, head: int):
@@ -314,6 +339,8 @@ def test_caption_page_offers_the_demo_captioner_then_maps_each_word(server):
         _no_exception(page)
         assert page.locator('[data-testid="stImage"] img').count() == 1 + n      # the word's map + the strip
         assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+        _recolour(page, 1 + n)                                # both map panels: the word's map and the strip
+        assert page.get_by_text(f"cross attention for “{last}”").count() >= 1
         page.screenshot(path=str(ARTIFACTS / "browser-caption.png"))
 
 
@@ -339,6 +366,8 @@ def test_prompts_page_offers_the_demo_clip_then_maps_each_prompt(server):
         _wait_idle(page)
         _no_exception(page)
         assert page.locator('[data-testid="stImage"] img').count() == 2
+        _recolour(page, 2)
+        assert page.locator(".attnviz-words").count() == 2
         page.screenshot(path=str(ARTIFACTS / "browser-prompts.png"))
 
 

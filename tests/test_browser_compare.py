@@ -7,7 +7,7 @@ to test-artifacts/browser-compare-*.png.
 import re
 
 from .test_browser import (ARTIFACTS, _demo_built, _go_to, _no_exception, _opened, _pick,  # noqa: F401
-                           _wait_idle, browser_or_skip, server)
+                           _recolour, _wait_idle, browser_or_skip, server)
 
 
 def test_compare_page_offline_two_models_own_views_and_deletion(server):
@@ -27,6 +27,8 @@ def test_compare_page_offline_two_models_own_views_and_deletion(server):
         # the address bar is rewritten at the end of the run: wait for it rather than read it at once
         page.wait_for_url(re.compile(r"model_a=demo-vit-shapes.*model_b=demo-cnn-shapes|"
                                      r"model_b=demo-cnn-shapes.*model_a=demo-vit-shapes"), timeout=15_000)
+        _recolour(page, 2)                                   # both sides' map panels, in the new colours
+        assert main.locator(".attnviz-legend").count() == 2
 
         _pick(page, "Method", "each model's own")
         page.get_by_text("different units").first.wait_for()
