@@ -126,8 +126,9 @@ class ModelAdapter:
         self.processor = processor
         self.name = name
         self.source = source
-        # One model serves every app session: forwards take turns, one forward at a time,
-        # so a long method (IG, occlusion) never holds the model longer than one batch.
+        # One model serves every app session: forwards take turns (the app swaps in a queue.TurnLock with
+        # up to ATTNVIZ_MODEL_LANES at once where concurrent_forwards allows), one batch at a time, so a
+        # long method (IG, occlusion) never holds the model longer than one batch.
         self.lock = threading.RLock()
 
     # --- family hooks -------------------------------------------------
