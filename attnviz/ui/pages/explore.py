@@ -155,7 +155,6 @@ def scales_for(ctx, shown: list[tuple[MethodSpec, Any]]) -> list[mapview.Scale]:
 def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Scale]) -> None:
     """Overlays side by side, each with its legend, and hoverable figures."""
     d = ctx.display
-    per_row = PER_ROW
     t0 = time.perf_counter()
     # Lazy tabs: only the open tab is drawn (the hover figure is the costly part of a redraw).
     # ``open`` is None when tab state is not tracked (then both are drawn).
@@ -164,9 +163,9 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Sc
         if tab.open is False:
             continue
         with tab:
-            for start in range(0, len(shown), per_row):
-                row = list(zip(shown, scales))[start:start + per_row]
-                cols = st.columns(per_row if len(shown) > 1 else 1)
+            for start in range(0, len(shown), PER_ROW):
+                row = list(zip(shown, scales))[start:start + PER_ROW]
+                cols = st.columns(PER_ROW if len(shown) > 1 else 1)
                 for col, ((spec, exp), scale) in zip(cols, row):
                     with col, guard(f"Drawing {pretty(spec.name)}"):
                         title = mapview.legend_title(spec.name, scale)
@@ -259,7 +258,7 @@ def export_ui(ctx, shown, scales, settings: dict[str, Any], link: str) -> None:
 
     def report_html() -> str:
         from attnviz.report_image import image_report_html
-        (spec, exp), scale = shown[0], scales[0]
+        (_, exp), scale = shown[0], scales[0]
         return image_report_html(ctx.img.image, exp, record=json.loads(record_json()), box=ctx.capture.box,
                                  cmap=scale.cmap, norm=scale.norm, vmin=scale.lo, vmax=scale.hi)
     c4.download_button("Report .html", report_html, file_name=f"{stem}.html", mime="text/html",
