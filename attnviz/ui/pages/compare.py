@@ -155,14 +155,13 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
         exp = _compute(adapter, entry, img.digest, method, tgt.index, side)
         if exp is None:
             return out
-        scale = mapview.scale_for(exp.map, exp.signed, display)
         box = None if cap.box is None else tuple(v * img.scale for v in cap.box)
         caption = (f"{pretty(method)} {'for ' + tgt.label if exp.target is not None else '(class-agnostic)'} · "
                    f"map {'×'.join(map(str, exp.map.shape))} over {exp.over}")
         # the map and its legend: a display change redraws only these (one map panel per side)
         panels.map_panel(functools.partial(_draw_map, img, exp.map, exp.signed, method, caption, box), display,
                          key=f"compare-{side}")
-        out.update(method=method, units=notes.units(method), scale=scale)
+        out.update(method=method, units=notes.units(method))
         for name in extra:
             st.caption(f"{pretty(name)} is over channels, not the image: the Explore page shows it for "
                        f"{adapter.name}.")
@@ -188,7 +187,7 @@ def _draw_map(img, m, signed: bool, method: str, caption: str, box, display) -> 
 
 
 def _scale_sentence(results: list[dict[str, Any]]) -> str:
-    shown = [r for r in results if "scale" in r]
+    shown = [r for r in results if "units" in r]          # the sides that drew a map
     if len(shown) < 2:
         return ""
     units = {r["units"] for r in shown}
