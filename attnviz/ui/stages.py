@@ -73,7 +73,6 @@ def stages_ui(ctx, query_ui: Callable[[object], str], url: Optional[dict[str, st
              d.norm_for(False), shared, pick),
             lambda: figures.head_mosaic_figure(
                 grid, cmap=d.cmap_for(False), norm=d.norm_for(False), shared=shared, selected=pick,
-                width=figures.MOSAIC_WIDTH,
                 thumbnails=panels.thumbnails((ctx.digest, model_key(ctx.adapter), "swin", stage, query))))
         st.plotly_chart(fig, key=chart_key(base), on_select="rerun", selection_mode="points",
                         config={"displayModeBar": False}, width="content")
