@@ -338,8 +338,12 @@ def _best_worst(rows: list[dict], images: Images, n: int, mask_stats: Optional[d
         keyed = [(-(r["probability"] if r["probability"] is not None else r["score"]), r) for r in rows]
         how, shown = "the target's probability (higher is better)", (lambda k: f"{-k:.3g}")
     keyed.sort(key=lambda t: t[0])
-    best, worst = keyed[:n], keyed[::-1][:n]
+    # Fewer than 2n rows: split them (best gets the odd one) so no image is shown under both headings.
+    k_best = min(n, (len(keyed) + 1) // 2)
+    best, worst = keyed[:k_best], keyed[k_best:][::-1][:n]
     caption = (lambda k, r: f"{_name(r)} · {shown(k)}")
-    return (f"<h2>Best and worst examples</h2><p class='note'>Ranked by {H.esc(how)}.</p><h3>Best</h3>"
-            + H.grid(_thumb(r, images, caption(k, r)) for k, r in best)
-            + "<h3>Worst</h3>" + H.grid(_thumb(r, images, caption(k, r)) for k, r in worst))
+    html = (f"<h2>Best and worst examples</h2><p class='note'>Ranked by {H.esc(how)}.</p><h3>Best</h3>"
+            + H.grid(_thumb(r, images, caption(k, r)) for k, r in best))
+    if worst:
+        html += "<h3>Worst</h3>" + H.grid(_thumb(r, images, caption(k, r)) for k, r in worst)
+    return html

@@ -36,6 +36,20 @@ def test_off_centre_hand_built():
     assert off_centre(row) == pytest.approx(np.hypot(3 / 8, 3 / 8) / np.hypot(0.5, 0.5))
 
 
+def test_best_and_worst_do_not_repeat_an_image_on_a_small_run(tmp_path):
+    """Three images and --examples 2: the best two by probability, then only the one left as the worst
+    (not the middle image under both headings); one image: no empty Worst heading."""
+    from attnviz.report import Images, _best_worst
+    rows = [{"path": str(tmp_path / f"{name}.png"), "target_label": "c", "probability": p, "score": 0.0,
+             "signed": False, "map": np.arange(4, dtype=np.float32), "map_shape": [2, 2], "box": None}
+            for name, p in (("mid", 0.5), ("top", 0.9), ("low", 0.1))]
+    html = _best_worst(rows, Images(), 2, None)
+    best, worst = html.split("<h3>Worst</h3>")
+    assert [n for n in ("top", "mid", "low") if f"{n}.png" in best] == ["top", "mid"]
+    assert [n for n in ("top", "mid", "low") if f"{n}.png" in worst] == ["low"]
+    assert "<h3>Worst</h3>" not in _best_worst(rows[:1], Images(), 2, None)
+
+
 def test_dataset_report(tmp_path, saved_models):
     """Accuracy, pointing hits and faithfulness counts on the page equal those computed here image by image."""
     adapter = attnviz.load_model(str(saved_models["vit"]))
