@@ -208,6 +208,20 @@ def test_overlay_alpha_extremes():
     np.testing.assert_array_equal(np.asarray(overlay(img, grid, alpha=0.0)), orig)
 
 
+def test_overlay_intermediate_alpha_is_the_weighted_mean():
+    """alpha in (0, 1): (1 - alpha)·image + alpha·colour inside the box, written out here in float64 (the
+    overlay computes in float32, so a pixel may round the other way: at most 1 off)."""
+    img = _noise_image(40, 20)
+    grid = np.array([[0.0, 1.0]])
+    box = (10, 4, 30, 16)
+    orig = np.asarray(img).astype(np.float64)
+    out = np.asarray(overlay(img, grid, alpha=0.3, box=box, resample="nearest", cmap="viridis")).astype(int)
+    for cols, v in ((slice(10, 20), 0.0), (slice(20, 30), 1.0)):
+        want = np.round(0.7 * orig[4:16, cols] + 0.3 * np.asarray(_cmap_rgb("viridis", v), np.float64))
+        assert np.abs(out[4:16, cols] - want).max() <= 1
+    assert np.abs(out[4:16, 10:20] - np.round(orig[4:16, 10:20])).max() > 5     # the colour shows
+
+
 def test_overlay_box_dims_outside_and_colours_inside():
     img = Image.new("RGB", (40, 30), (200, 200, 200))
     box = (10, 5, 30, 25)
