@@ -104,3 +104,30 @@ def test_swin_falls_back_to_per_image_explain(monkeypatch):
     assert explained == ["rollout"] * 3 and all(m is None for m in used)
     for im, r in zip(images, results):
         np.testing.assert_allclose(map_of(r.rows[0]), attnviz.explain(adapter, im, "rollout").map, rtol=1e-5, atol=1e-7)
+
+
+def test_per_image_backward_runs_outside_the_one_thread_stretch(monkeypatch):
+    """Swin relevance (not batched): each capture's backward through the model runs with the process's torch
+    threads, before the one-thread stretch the small attention ops get, and the maps are explain's."""
+    adapter = tiny("swin")
+    images = [Image.fromarray(im) for im in (np.asarray(i.resize((24, 24))) for i in _images(2))]
+    seen = []
+    real = worker_mod.capture_batch
+
+    def recording(*a, **kw):
+        caps = real(*a, **kw)
+        for c in caps:
+            c._grad_fn = lambda t, fn=c._grad_fn: seen.append(torch.get_num_threads()) or fn(t)
+        return caps
+    monkeypatch.setattr(worker_mod, "capture_batch", recording)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = Worker(Job(model="x", method="relevance", batch_size=2), adapter).run(
+            [Item(f"i{k}", None, _png(im)) for k, im in enumerate(images)])
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [2, 2]
+    for im, r in zip(images, results):
+        ref = attnviz.explain(adapter, im, "relevance", r.rows[0]["target_index"]).map
+        np.testing.assert_allclose(map_of(r.rows[0]), ref, rtol=1e-5, atol=1e-7 * float(np.abs(ref).max()))

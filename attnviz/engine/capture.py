@@ -103,7 +103,8 @@ def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int], *,
     """Fill each capture's gradient cache for its target with ONE backward over the whole batch.
 
     ``targets[i]`` is image i's target index. Captures from one :func:`capture_batch` call with
-    ``grads=True`` share one backward; any others get their own. Gradients already cached stay.
+    ``grads=True`` share one backward; any others (any family's, made with gradients) get their own.
+    Gradients already cached stay.
 
     Returns that backward's gradients, L × [B, H, T, T] over the batch's rows (each capture's are its row,
     ``caps[i]._grad_fn.i``), when every capture's came from it; else None.
@@ -117,7 +118,10 @@ def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int], *,
     batch = fns[0] if fns and isinstance(fns[0], _ImageGrads) else None
     if batch is None or any(not isinstance(f, _ImageGrads) or f.scores is not batch.scores for f in fns):
         for i in todo:
-            caps[i].attention_grads(targets[i])                  # one backward per image
+            # one backward per image, to every tensor its family differentiates (Swin's are "windows")
+            with caps[i]._grad_lock:
+                if targets[i] not in caps[i]._grads:
+                    caps[i]._grads[targets[i]] = caps[i]._grad_fn(targets[i])
         return None
     rows = torch.tensor([f.i for f in fns])
     cols = torch.tensor([targets[i] for i in todo])

@@ -128,7 +128,8 @@ class Worker:
             idx = [i for i, t in enumerate(targets) if k < len(t)]
             ks = [targets[i][k] for i in idx]
             batch_grads = None
-            if batched and needs_attention_grads(spec):
+            if needs_attention_grads(spec):
+                # the backward here, on every thread, not inside a method's one-thread stretch below
                 batch_grads = grads_for_batch([caps[i] for i in idx], [t.index for t in ks],
                                               last=k == ranks - 1 and not checks)
             t0 = time.perf_counter()
