@@ -122,6 +122,25 @@ def run_on_click(button: str, key: str, job_key: Any, run: Callable[[Callable[[i
         jobs.forget(job)      # a failure is shown once; the next click starts afresh
 
 
+def map_or_run(adapter, entry, digest: str, spec: MethodSpec, target: Any, params: dict[str, Any], *,
+               button: str, key: str, note: str, help: Optional[str] = None) -> Optional[Any]:
+    """The map of ``spec``: cached; else, for a slow method, :func:`run_on_click` with ``button`` under
+    ``key`` (None until clicked); else computed now. A class-specific map runs a backward through the
+    model's graph: it takes its turn with the model, ahead of other sessions' new images (this
+    session's forward pass is done and held in memory)."""
+    eng = state.engine()
+    cached = eng.peek(adapter, entry, digest, spec.name, target, params)
+    if cached is not None:
+        return cached
+    if spec.slow:
+        return run_on_click(button, key, eng.explanation_key(adapter, entry, digest, spec.name, target, params),
+                            lambda update: eng.explain(adapter, entry, digest, spec.name, target, params,
+                                                       progress=update),
+                            label=pretty(spec.name), primary=True, help=help, note=note)
+    turn = (lambda: panels.model_turn(adapter, priority=True)) if spec.class_specific else None
+    return eng.explain(adapter, entry, digest, spec.name, target, params, turn=turn)
+
+
 # --- clickable charts ----------------------------------------------------------
 
 def chart_key(base: str) -> str:

@@ -26,7 +26,7 @@ from attnviz.ui.compute import model_key, top_k
 from attnviz.ui.context import rejected_sentence
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import deletion_caption
-from attnviz.ui.widgets import markdown_literal, page_header, pretty, run_on_click, shared_url_values
+from attnviz.ui.widgets import map_or_run, markdown_literal, page_header, pretty, run_on_click, shared_url_values
 
 SIDES = ("a", "b")
 DEFAULTS = {"a": "demo-vit-shapes", "b": "demo-cnn-shapes"}
@@ -122,19 +122,9 @@ def _side_method(adapter, choice: str) -> tuple[str, list[str]]:
 
 def _compute(adapter, entry, digest: str, method: str, target: int, side: str):
     """The cached map, or computed (a slow method waits for its Run button)."""
-    eng = state.engine()
-    spec = get_method(method)
-    cached = eng.peek(adapter, entry, digest, method, target, {})
-    if cached is not None:
-        return cached
-    if spec.slow:
-        return run_on_click(f"Run {pretty(method)} on {adapter.name}", f"cmp_run:{side}:{method}",
-                            eng.explanation_key(adapter, entry, digest, method, target, {}),
-                            lambda update: eng.explain(adapter, entry, digest, method, target, {}, progress=update),
-                            label=pretty(method), primary=True,
-                            note=f"{pretty(method)} runs the model many times: press Run.")
-    return eng.explain(adapter, entry, digest, method, target, {},
-                       turn=(lambda: panels.model_turn(adapter, priority=True)) if spec.class_specific else None)
+    return map_or_run(adapter, entry, digest, get_method(method), target, {},
+                      button=f"Run {pretty(method)} on {adapter.name}", key=f"cmp_run:{side}:{method}",
+                      note=f"{pretty(method)} runs the model many times: press Run.")
 
 
 def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], label: str, display) -> dict[str, Any]:

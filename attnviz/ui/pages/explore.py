@@ -16,13 +16,13 @@ from attnviz import render
 from attnviz.errors import UsageError
 from attnviz.methods import list_methods
 from attnviz.methods.registry import MethodSpec
-from attnviz.ui import figures, mapview, notes, panels, state, urlstate
+from attnviz.ui import figures, mapview, notes, panels, urlstate
 from attnviz.ui.compute import export_record, model_key, top_k
 from attnviz.ui.context import load_context, query_label
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
-from attnviz.ui.widgets import (default_method, forget_on_new_capture, is_default, link_target, markdown_literal,
-                                method_ui, page_header, params_ui, pretty, run_on_click, shared_url_values,
+from attnviz.ui.widgets import (default_method, forget_on_new_capture, is_default, link_target, map_or_run,
+                                markdown_literal, method_ui, page_header, params_ui, pretty, shared_url_values,
                                 target_ui, widget_value)
 
 PER_ROW = 2            # maps side by side: four across left each ~140 px at 1440 px, too small to read
@@ -113,23 +113,11 @@ def predictions_ui(ctx) -> None:
 
 def compute_ui(ctx, spec: MethodSpec, params: dict[str, Any], target: Any) -> Optional[Any]:
     """The cached map, or compute it (slow methods wait for the Run button and run as a background job)."""
-    eng = state.engine()
-    cached = eng.peek(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params)
-    if cached is not None:
-        return cached
-    if spec.slow:
-        return run_on_click(
-            f"Run {pretty(spec.name)}", f"run:{spec.name}",
-            eng.explanation_key(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params),
-            lambda update: eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params, progress=update),
-            label=pretty(spec.name), primary=True,
-            help="This method runs the model many times; it shows its progress while it works.",
-            note=f"{pretty(spec.name)} runs the model many times: press Run when the settings are right "
-                 "(display changes while it runs do not stop it).")
-    # A class-specific map runs a backward through the model's graph: it takes its turn with the model,
-    # ahead of other sessions' new images (this session's forward pass is done and held in memory).
-    turn = (lambda: panels.model_turn(ctx.adapter, priority=True)) if spec.class_specific else None
-    return eng.explain(ctx.adapter, ctx.entry, ctx.digest, spec.name, target, params, turn=turn)
+    return map_or_run(ctx.adapter, ctx.entry, ctx.digest, spec, target, params,
+                      button=f"Run {pretty(spec.name)}", key=f"run:{spec.name}",
+                      help="This method runs the model many times; it shows its progress while it works.",
+                      note=f"{pretty(spec.name)} runs the model many times: press Run when the settings are right "
+                           "(display changes while it runs do not stop it).")
 
 
 def _meta_caption(exp, ctx) -> str:
