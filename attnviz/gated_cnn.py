@@ -93,7 +93,8 @@ class EfficientChannelAttention(nn.Module):
 
 class CBAM(nn.Module):
     """CBAM (Woo et al. 2018): a channel gate from average- and max-pooled features, then a spatial gate
-    σ(k×k convolution of the channel-mean and channel-max maps)."""
+    σ(k×k convolution of the channel-mean and channel-max maps), with the released code's batch norm on
+    the convolution's output when ``norm``."""
 
     def __init__(self, channels: int, reduction: int, kernel: int, norm: bool = True):
         super().__init__()
