@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..images import ImageRejected, load_image
-from ..methods.registry import explain, get_method, resolve_params
+from ..methods.registry import explain, explanation, get_method, resolve_params
 from ..types import Capture, Explanation, Target
 from .attention import BATCHED_ATTENTION_METHODS, batched_attention_maps
 from .capture import batchable, capture_batch, grads_for_batch
@@ -143,11 +143,7 @@ class Worker:
             if maps is not None:
                 seconds = (time.perf_counter() - t0) / len(idx)
                 for i, t, m in zip(idx, ks, maps):
-                    if not np.all(np.isfinite(m)):
-                        raise RuntimeError(f"Method '{spec.name}' produced a non-finite map.")
-                    exps[i].append(Explanation(map=m, over=spec.over, signed=spec.signed, method=spec.name,
-                                               target=t if spec.class_specific else None,
-                                               params=dict(self.params), meta={"seconds": seconds}))
+                    exps[i].append(explanation(spec, m, t, dict(self.params), {"seconds": seconds}))
             else:
                 with one_thread() if spec.kind == "attention" else contextlib.nullcontext():
                     for i, t in zip(idx, ks):

@@ -179,10 +179,17 @@ def explain(adapter, capture: Capture, method: str, target: Any = None, *,
         out = spec.fn(adapter, capture, tgt, **kwargs)
     elapsed = time.perf_counter() - t0
     m, meta = out if isinstance(out, tuple) else (out, {})
-    m = np.asarray(m, dtype=np.float32)
-    if not np.all(np.isfinite(m)):
-        raise RuntimeError(f"Method '{method}' produced a non-finite map.")
     meta = {"seconds": elapsed, **meta}
     grid = meta.pop("grid", None)        # a patch map over another grid than the capture's layout (a CNN stage)
-    return Explanation(map=m, over=spec.over, signed=spec.signed, method=method,
-                       target=tgt if spec.class_specific else None, params=values, meta=meta, grid=grid)
+    return explanation(spec, m, tgt, values, meta, grid)
+
+
+def explanation(spec: MethodSpec, m, target: Target, params: dict[str, Any], meta: dict[str, Any],
+                grid=None) -> Explanation:
+    """Method ``spec``'s raw map ``m`` for ``target`` as an Explanation (float32, checked finite; a
+    class-agnostic method's has no target). ``explain`` and the batch engine's batched methods end here."""
+    m = np.asarray(m, dtype=np.float32)
+    if not np.all(np.isfinite(m)):
+        raise RuntimeError(f"Method '{spec.name}' produced a non-finite map.")
+    return Explanation(map=m, over=spec.over, signed=spec.signed, method=spec.name,
+                       target=target if spec.class_specific else None, params=params, meta=meta, grid=grid)
