@@ -118,3 +118,20 @@ def test_single_image_report(saved_models, photo):
     assert shown.size == photo.size and np.array_equal(np.asarray(shown), np.asarray(expected))
     assert f"{curves['deletion'].auc:.4f}" in html and f"{curves['random_insertion'][0].auc:.4f}" in html
     assert "class_2 (index 2)" in html and "opacity" in html and "Is the map faithful?" in html
+
+
+def test_single_image_report_uses_the_scale_it_is_given():
+    """The app's scale reaches the page: colormap, fixed range and opacity. A 1×2 map [0, 1] with vmax 2 at
+    opacity 1: the leftmost column is viridis(0) and the rightmost viridis(0.5) (1 of 2), from matplotlib."""
+    from matplotlib import colormaps
+
+    from attnviz.report_image import image_report_html
+    from attnviz.types import Explanation
+    img = Image.new("RGB", (32, 16), (128, 128, 128))
+    exp = Explanation(map=np.array([[0.0, 1.0]]), over="patches", signed=False, method="attention", target=None,
+                      params={})
+    html = image_report_html(img, exp, cmap="viridis", norm="minmax", vmin=0.0, vmax=2.0, alpha=1.0)
+    shown = np.asarray(_pngs(html)[0]).astype(int)
+    for col, t in ((0, 0.0), (31, 0.5)):
+        want = np.round(np.array(colormaps["viridis"](t)[:3]) * 255)
+        assert np.abs(shown[:, col] - want).max() <= 1
