@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UsageError
-from ..types import Capture, Target
 from ..adapters.hooks import this_thread
 from ..adapters.pooling import describe
+from ..errors import UsageError
+from ..types import Capture, Target
 from .captum_common import ScoreFunction, pixel_input
 from .common import checked_index, layer_index
 from .hierarchy import hierarchy, is_hierarchical, to_first_grid

@@ -6,7 +6,6 @@ image by default.
 """
 from __future__ import annotations
 
-
 from ..types import Capture, Target
 from .captum_common import (BASELINES, ScoreFunction, baseline_tensor, patch_mask, per_patch, pixel_input,
                              seed_captum)
