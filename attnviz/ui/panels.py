@@ -157,6 +157,15 @@ def overlay_image(image_key: str, image, m: np.ndarray, scale: mapview.Scale, di
     return _pngs().get_or_compute(("overlay", *base, float(display.alpha)), make)
 
 
+def show_map(img, m: np.ndarray, scale: mapview.Scale, display, box, *, method: str, caption: str,
+             width: Any = "stretch") -> None:
+    """``m`` over the page's image (``img``: a decoded image, its digest and display copy) and its legend:
+    the cached :func:`overlay_image` bytes, sent to the browser as they are."""
+    st.image(overlay_image(img.digest, img.display, m, scale, display, box), caption=caption, width=width,
+             output_format="JPEG")
+    st.markdown(mapview.legend_html(scale, mapview.legend_title(method, scale)), unsafe_allow_html=True)
+
+
 def drawn_overlay(image_key: str, image, m: np.ndarray, **kw) -> bytes:
     """JPEG bytes of ``render.overlay(image, m, **kw)``, made once per process for the same image, map and
     arguments (the Lesson page's per-head pictures: a rerun that changes something else redraws none)."""

@@ -82,8 +82,6 @@ def stages_ui(ctx, query_ui: Callable[[object], str], url: Optional[dict[str, st
         block, head = blocks[pick[0]], pick[1]
         m = hierarchy.block_attention_map(cap, block, str(head), query)
         scale = mapview.scale_for(m, False, d)
-        st.image(panels.overlay_image(ctx.img.digest, ctx.img.display, m, scale, d, ctx.box),
-                 caption=f"Block {block} (stage {stage}), head {head}: attention from {query_label(query, cap)}",
-                 output_format="JPEG")
-        st.markdown(mapview.legend_html(scale, mapview.legend_title("attention", scale)), unsafe_allow_html=True)
+        panels.show_map(ctx.img, m, scale, d, ctx.box, method="attention", width="content",
+                        caption=f"Block {block} (stage {stage}), head {head}: attention from {query_label(query, cap)}")
     return stage, query

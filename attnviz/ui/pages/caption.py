@@ -191,9 +191,8 @@ def draw_word_map(ctx, exp, word_label: str, d) -> None:
     tab_img, tab_hover = st.tabs(["Overlay", "Hover for values"], key="c_view_tab", on_change="rerun")
     if tab_img.open is not False:
         with tab_img, guard("Drawing the map"):
-            st.image(panels.overlay_image(ctx.img.digest, ctx.img.display, exp.map, scale, d, ctx.box),
-                     caption=f"{pretty(exp.method)} for “{word_label}”", width="stretch", output_format="JPEG")
-            st.markdown(mapview.legend_html(scale, mapview.legend_title(exp.method, scale)), unsafe_allow_html=True)
+            panels.show_map(ctx.img, exp.map, scale, d, ctx.box, method=exp.method,
+                            caption=f"{pretty(exp.method)} for “{word_label}”")
     if tab_hover.open is not False:
         with tab_hover, guard("Drawing the hover figure"):
             fig = render.heatmap_figure(ctx.img.display, exp.map, title=f"{pretty(exp.method)}: {word_label}",

@@ -171,9 +171,7 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
 
 def _draw_map(img, m, signed: bool, method: str, caption: str, box, display) -> None:
     scale = mapview.scale_for(m, signed, display)
-    st.image(panels.overlay_image(img.digest, img.display, m, scale, display, box), caption=caption,
-             width="stretch", output_format="JPEG")
-    st.markdown(mapview.legend_html(scale, mapview.legend_title(method, scale)), unsafe_allow_html=True)
+    panels.show_map(img, m, scale, display, box, method=method, caption=caption)
 
 
 def _scale_sentence(results: list[dict[str, Any]]) -> str:

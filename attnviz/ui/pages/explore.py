@@ -156,7 +156,6 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Sc
                 cols = st.columns(PER_ROW if len(shown) > 1 else 1)
                 for col, ((spec, exp), scale) in zip(cols, row):
                     with col, guard(f"Drawing {pretty(spec.name)}"):
-                        title = mapview.legend_title(spec.name, scale)
                         if hover:
                             fig = render.heatmap_figure(ctx.img.display, exp.map, title=pretty(spec.name),
                                                         cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
@@ -165,10 +164,8 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Sc
                                                         compact=len(shown) > 1)
                             st.plotly_chart(fig, key=f"fig:{spec.name}")
                         else:
-                            st.image(panels.overlay_image(ctx.img.digest, ctx.img.display, exp.map, scale, d,
-                                                          ctx.box), caption=pretty(spec.name), width="stretch",
-                                     output_format="JPEG")
-                            st.markdown(mapview.legend_html(scale, title), unsafe_allow_html=True)
+                            panels.show_map(ctx.img, exp.map, scale, d, ctx.box, method=spec.name,
+                                            caption=pretty(spec.name))
     if len(shown) > 1:
         st.caption("Each map has its own colour scale, shown in its legend: the methods measure different things "
                    "in different units (and some have a sign), so one shared scale would wash some of them out. "

@@ -169,10 +169,8 @@ def main() -> None:
                           {"layer": layer, "head": str(head), "query": query})
         scale = mapview.scale_for(exp.map, False, d)
         which = f"head {head}" if isinstance(head, int) else f"{head} of {H} heads"
-        st.image(panels.overlay_image(ctx.img.digest, ctx.img.display, exp.map, scale, d, ctx.box),
-                 caption=f"Layer {layer}, {which}: attention from {query_label(query, cap)}", width="stretch",
-                 output_format="JPEG")
-        st.markdown(mapview.legend_html(scale, mapview.legend_title("attention", scale)), unsafe_allow_html=True)
+        panels.show_map(ctx.img, exp.map, scale, d, ctx.box, method="attention",
+                        caption=f"Layer {layer}, {which}: attention from {query_label(query, cap)}")
         hover = st.expander("Hover for values", key="h_hover", on_change="rerun")
         if hover.open:   # drawn only when opened: the figure is the costly part of a head switch
             fig = render.heatmap_figure(ctx.img.display, exp.map, cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
