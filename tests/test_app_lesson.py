@@ -263,3 +263,37 @@ def test_the_layer_is_taken_apart_in_the_models_line_once_per_layer(new_app, mon
     at.slider(key="l_layer").set_value(0).run()
     _ok(at)
     assert seen == [(1, True), (0, True)]
+
+
+def test_layers_taken_apart_are_bounded_on_their_own(monkeypatch):
+    """A layer taken apart holds q, k, v and [H, T, T] attention (~5 MB for ViT-B/16): at most
+    lesson.ANATOMY_ENTRIES are kept, however many small maps the engine's result cache may hold. A hand-made
+    stand-in per (image, layer), watched by weak reference: the oldest is let go once one too many are made."""
+    import gc
+    import types
+    import weakref
+
+    from attnviz.ui import state
+    from attnviz.ui.pages import lesson
+
+    class Stand:            # an Anatomy stand-in a weak reference can follow
+        pass
+    made = []
+
+    def fake(adapter, inputs, layer):
+        made.append(Stand())
+        return made[-1]
+    monkeypatch.setattr(lesson, "attention_anatomy", fake)
+    state.clear_all()
+    adapter = types.SimpleNamespace(source="stand-in")
+    try:
+        first = weakref.ref(lesson.layer_anatomy("img-0", 0, adapter, {}))
+        assert lesson.layer_anatomy("img-0", 0, adapter, {}) is first() and len(made) == 1     # kept
+        for i in range(1, lesson.ANATOMY_ENTRIES + 1):
+            lesson.layer_anatomy(f"img-{i}", 0, adapter, {})
+        assert state.engine().results.max_entries > lesson.ANATOMY_ENTRIES + 1
+        made.clear()
+        gc.collect()
+        assert first() is None
+    finally:
+        state.clear_all()

@@ -17,6 +17,7 @@ from attnviz.headstats import attention_entropy, dino_masks, mean_attention_dist
 from attnviz.methods.hierarchy import is_hierarchical
 from attnviz.ui import figures, panels, state
 from attnviz.ui import lesson_figures as lf
+from attnviz.ui.cache import ResultCache
 from attnviz.ui.compute import model_key
 from attnviz.ui.context import load_context
 from attnviz.ui.errors import guard
@@ -38,15 +39,23 @@ STYLE = """<style>
 
 # --- cached computations ------------------------------------------------------------------------
 
-# In the engine's shared cache (every session reuses them), computed once per key; the model work waits for
-# its turn in the model's line and says how many requests are ahead (panels.model_turn), as a capture does.
+ANATOMY_ENTRIES = 24     # layers taken apart kept: each holds q, k, v and [H, T, T] (~5 MB for ViT-B/16)
+
+# Shared caches (every session reuses them), computed once per key; the model work waits for its turn in
+# the model's line and says how many requests are ahead (panels.model_turn), as a capture does.
+
+@st.cache_resource(show_spinner=False)
+def _anatomies() -> ResultCache:
+    """Layers taken apart, bounded on their own: the engine's result cache counts entries, sized for small maps."""
+    return ResultCache(ANATOMY_ENTRIES, state.CACHE_TTL)
+
 
 def layer_anatomy(digest: str, layer: int, adapter, inputs) -> Anatomy:
     """One layer taken apart (one extra forward), per image (digest, prompts included), model and layer."""
     def run() -> Anatomy:
         with panels.model_turn(adapter):
             return attention_anatomy(adapter, inputs, layer)
-    return state.engine().results.get_or_compute(("anatomy", digest, model_key(adapter), layer), run)
+    return _anatomies().get_or_compute((digest, model_key(adapter), layer), run)
 
 
 def sample_head_stats(digests: tuple[str, ...], texts, adapter, images) -> tuple[np.ndarray, np.ndarray]:
