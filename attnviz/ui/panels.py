@@ -34,7 +34,7 @@ from streamlit.errors import StreamlitAPIException
 
 from .. import render
 from ..queue import TurnLock
-from . import mapview, state
+from . import figures, mapview, state
 from .cache import ResultCache
 
 MAP_PANEL = "maps"                                   # the fragment key of a page's (first) map panel
@@ -193,12 +193,10 @@ def thumbnails(key: tuple) -> Callable[..., Any]:
     """A drop-in for :func:`figures.mosaic_image` whose result is kept under ``key`` (the capture and
     the query) plus its own arguments: the Heads page's L × H thumbnails are drawn once per capture
     and display, not on every click."""
-    from . import figures as figs
-
     def make(maps, cell, gap, **kw):
         args = tuple(sorted((k, v) for k, v in kw.items() if k != "image"))
         full = ("thumbnails", *key, tuple(cell), gap, kw.get("image") is not None, args)
-        return _figures().get_or_compute(full, lambda: figs.mosaic_image(maps, cell, gap, **kw))
+        return _figures().get_or_compute(full, lambda: figures.mosaic_image(maps, cell, gap, **kw))
     return make
 
 
