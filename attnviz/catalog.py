@@ -104,6 +104,10 @@ def resolve(spec: Optional[str]) -> Resolved:
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise ModelUnavailable(f"The folder '{spec}' has no config.json, so it is not a saved model.")
+        # a catalog model's own folder is that model, however it is named (one name in results and caches)
+        shipped = next((e for e in cat.entries if e.path and Path(e.source).resolve() == p.resolve()), None)
+        if shipped is not None:
+            return Resolved(shipped.source, shipped.name, shipped, local=True)
         return Resolved(str(p.resolve()), p.name, None, local=True)
     if not HUB_ID.match(spec) or ".." in spec:
         raise ModelUnavailable(f"'{spec}' is neither a catalog name, a model folder, nor a valid hub id (owner/name).")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 EXIT_OK, EXIT_USAGE, EXIT_IMAGE, EXIT_MODEL, EXIT_PIPE = 0, 2, 3, 4, 141
+REJECTED_SHOWN = 5           # batch: rejected files listed on stderr with their reason
 
 
 def _quiet_libraries() -> None:
@@ -326,6 +327,11 @@ def cmd_batch(args) -> int:
         rows, rejected, explained, skipped = s.rows, s.rejected, s.explained, s.skipped
     print(f"{explained} explained, {rejected} rejected, {skipped} already done; results in "
           f"{out / 'results.parquet'}", file=sys.stderr)
+    errors = {r["path"]: r["error"] for r in rows if r["error"] is not None}
+    for path, why in list(errors.items())[:REJECTED_SHOWN]:        # which files, and why, without opening the results
+        print(f"  rejected {path}: {why}", file=sys.stderr)
+    if len(errors) > REJECTED_SHOWN:
+        print(f"  … and {len(errors) - REJECTED_SHOWN} more (the error column of the results)", file=sys.stderr)
     line = faithfulness_line(rows)
     if line:
         print(line, file=sys.stderr)

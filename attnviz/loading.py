@@ -55,6 +55,14 @@ def _check_tokenizer(res: Resolved, adapter: ModelAdapter) -> None:
         raise ModelUnavailable(_no_tokenizer(res))
 
 
+def _catalog_lookalike(spec: str) -> str:
+    """The catalog model a hub-id-shaped name that is no folder here ends with (``models/demo-vit-shapes``
+    typed outside the repository root), or ""."""
+    from .catalog import load_catalog
+    entry = load_catalog().get(Path(spec).name)
+    return entry.name if entry is not None and not Path(spec).exists() else ""
+
+
 def _explain_failure(res: Resolved, exc: Exception, cls: Optional[type[ModelAdapter]] = None) -> str:
     text = str(exc)
     low = text.lower()
@@ -67,6 +75,10 @@ def _explain_failure(res: Resolved, exc: Exception, cls: Optional[type[ModelAdap
         return f"Model folder '{res.source}' could not be loaded ({type(exc).__name__})."
     if offline() or "offline" in low or "couldn't connect" in low or "cannot find the requested files" in low \
             or "connection" in low or "local_files_only" in low:
+        lookalike = _catalog_lookalike(res.name)
+        if lookalike:
+            return (f"There is no model folder '{res.name}' here and the hub cannot be reached: use the catalog "
+                    f"name '{lookalike}', which loads from any directory.")
         return f"Model '{res.name}' is not available: it is not in the local cache and the hub cannot be reached."
     if "not a valid model identifier" in low or "repository not found" in low or "404" in low:
         return f"Model '{res.name}' was not found on the hub."

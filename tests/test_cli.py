@@ -1,5 +1,6 @@
 """The CLI contract: exit codes 0 / 2 / 3 / 4, JSON fields, --out files, the bad-image corpus."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +145,10 @@ def test_batch_folder(capsys, tmp_path, saved_models, photo):
     code, _, err = run(capsys, "batch", src, "--model", saved_models["vit"], "--method", "rollout",
                        "--out-dir", tmp_path / "out")
     assert code == 3                                      # one image was rejected
+    from attnviz.images import ImageRejected, load_image
+    with pytest.raises(ImageRejected) as why:             # the reason images.load_image gives for that file
+        load_image(b"not an image")
+    assert f"rejected {src / 'c.png'}: {why.value}" in err or f"rejected c.png: {why.value}" in err, err
     lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert [x["file"] for x in lines] == ["a.png", "b.jpg", "c.png"]
     assert "error" in lines[2] and lines[0]["map_shape"] == [4, 4]
@@ -246,3 +251,19 @@ def test_text_layers_are_checked_against_the_text_tower(capsys, image_file, deep
         assert code == 2, err
         bad = argv[-1].split("=")[-1]
         assert f"Layer {bad} is out of range: this model's text tower has 3 layers (0–2)." in err
+
+
+def test_a_demo_folder_is_its_catalog_model_and_a_missing_one_names_it(tmp_path, monkeypatch):
+    """The shipped demo's folder resolves to the catalog entry itself (one name in results, so a batch
+    resumed with the name is the same run); the same path typed outside the repository, where it is no
+    folder, names the catalog model instead of blaming the hub."""
+    from attnviz.catalog import ROOT, load_catalog, resolve
+    from attnviz.errors import ModelUnavailable
+    entry = next(e for e in load_catalog().entries if e.path)
+    by_folder = resolve(str(ROOT / entry.path))
+    assert (by_folder.name, by_folder.entry, by_folder.source) == (entry.name, entry, entry.source)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelUnavailable, match=f"use the catalog name '{entry.name}'"):
+        import attnviz
+        attnviz.load_model(f"models/{Path(entry.path).name}")
+
