@@ -416,7 +416,9 @@ def test_exports_cover_every_compared_map_on_the_screens_scales(new_app, saved_m
         got[label] = data
         return real(self, label, data, *a, **kw)
     monkeypatch.setattr(DeltaGenerator, "download_button", capture)
-    at = new_app().run()
+    at = new_app()
+    at.session_state["alpha"] = 0.8                     # not the default: every export must follow the screen's opacity
+    at.run()
     at.button_group(key="compare").set_value(["rollout", "input_x_gradient"]).run()
     _ok(at)
     assert all(callable(v) for v in got.values())       # each file is made when its button is clicked (issue 13)
@@ -440,7 +442,7 @@ def test_exports_cover_every_compared_map_on_the_screens_scales(new_app, saved_m
     png = Image.open(io.BytesIO(got["Overlay PNG"]())).convert("RGB")
     assert png.width == 3 * image.width + 2 * 8 and png.height > image.height      # legends under the maps
     m = maps["rollout"]
-    want = render.overlay(image, m, alpha=0.5, cmap="inferno", norm="minmax", vmin=float(m.min()), vmax=float(m.max()),
+    want = render.overlay(image, m, alpha=0.8, cmap="inferno", norm="minmax", vmin=float(m.min()), vmax=float(m.max()),
                           box=cap.box)
     tile = np.asarray(png)[:image.height, image.width + 8:2 * image.width + 8]
     assert np.abs(tile.astype(int) - np.asarray(want).astype(int)).max() <= 1
@@ -452,7 +454,7 @@ def test_exports_cover_every_compared_map_on_the_screens_scales(new_app, saved_m
     pngs = [Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")
             for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)]
     m = maps["relevance"]
-    want = render.overlay(image, m, alpha=0.5, cmap="inferno", norm="minmax", vmin=float(m.min()), vmax=float(m.max()),
+    want = render.overlay(image, m, alpha=0.8, cmap="inferno", norm="minmax", vmin=float(m.min()), vmax=float(m.max()),
                           box=cap.box)
     assert any(p.size == want.size and np.abs(np.asarray(p).astype(int) - np.asarray(want).astype(int)).max() <= 1
                for p in pngs)

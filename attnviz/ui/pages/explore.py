@@ -245,7 +245,8 @@ def export_ui(ctx, shown, scales, settings: dict[str, Any], link: str) -> None:
         from attnviz.report_image import image_report_html
         (_, exp), scale = shown[0], scales[0]
         return image_report_html(ctx.img.image, exp, record=json.loads(record_json()), box=ctx.capture.box,
-                                 cmap=scale.cmap, norm=scale.norm, vmin=scale.lo, vmax=scale.hi)
+                                 cmap=scale.cmap, norm=scale.norm, vmin=scale.lo, vmax=scale.hi,
+                                 alpha=ctx.display.alpha)
     c4.download_button("Report .html", report_html, file_name=f"{stem}.html", mime="text/html",
                        on_click="ignore", key="dl_html", width="stretch",
                        help="One self-contained page: the first map on its overlay with its legend, the target, the "
