@@ -1,5 +1,6 @@
 """`python -m attnviz --help`, `models` and argument errors answer without importing torch or transformers
 (seconds of imports that these commands never use); explain keeps a class-agnostic forward free of autograd."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,19 @@ def test_output_closed_early_exits_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_the_app_settings_are_read_without_streamlit():
+    """`attnviz bench --app` reads the app's model lanes and torch threads from attnviz.ui.settings, a module
+    without Streamlit (attnviz imports Streamlit only inside the app); the app's state module uses the same
+    values."""
+    import subprocess
+    import sys
+    code = ("import sys, attnviz.ui.settings as s, attnviz.loadtest.appbench; "
+            "assert 'streamlit' not in sys.modules, 'streamlit imported'; print(s.MODEL_LANES, s.TORCH_THREADS)")
+    env = {**os.environ, "ATTNVIZ_MODEL_LANES": "3", "ATTNVIZ_TORCH_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "2"]
+    from attnviz.ui import settings, state
+    assert (state.MODEL_LANES, state.TORCH_THREADS) == (settings.MODEL_LANES, settings.TORCH_THREADS)

@@ -43,7 +43,7 @@ def _method_compute_ms(folder: Optional[str], image: bytes) -> dict[str, float]:
 
     import attnviz
     from attnviz.images import load_image
-    from attnviz.ui.state import TORCH_THREADS
+    from attnviz.ui.settings import TORCH_THREADS
     torch.set_num_threads(TORCH_THREADS)                    # as many threads as the app gives the model
     adapter = attnviz.load_model(folder)
     cap = attnviz.capture(adapter, load_image(image))

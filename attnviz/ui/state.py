@@ -26,6 +26,8 @@ from ..loading import load_model  # noqa: F401  (tests patch attnviz.ui.state.lo
 from ..queue import TurnLock
 from .cache import ResultCache
 from .compute import Engine
+# the server's settings from the environment (no Streamlit there: `attnviz bench --app` reads them too)
+from .settings import CACHE_TTL, CAPTURE_ENTRIES, CORES, MODEL_LANES, RESULT_ENTRIES, TORCH_THREADS, _env_int  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
@@ -33,26 +35,6 @@ SAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"}
 DISPLAY_MAX_SIDE = 1024          # overlays are drawn on a copy at most this big (the model sees the original)
 ENV_MODEL = "$ATTNVIZ_MODEL"     # the model option that stands for the ATTNVIZ_MODEL folder or id
 CUSTOM_MODEL = "$custom"         # the model option "a hub id I type" (ATTNVIZ_ALLOW_CUSTOM_MODELS=1)
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return max(1, int(os.environ.get(name, default)))
-    except ValueError:
-        return default
-
-
-CAPTURE_ENTRIES = _env_int("ATTNVIZ_CAPTURE_CACHE", 6)     # a capture keeps its autograd graph: ~100 MB for ViT-B
-RESULT_ENTRIES = _env_int("ATTNVIZ_RESULT_CACHE", 256)     # maps are small: [rows, cols] or [H, W] float32
-CACHE_TTL = float(_env_int("ATTNVIZ_CACHE_TTL", 3600))     # seconds
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-# Model computations that may run at once (for a model whose forward allows it: queue.TurnLock), and
-# the threads each uses. Two lanes of one thread on two cores: two students' forwards run side by side
-# and no thread waits at another's barrier; two threads on two busy cores spin against each other (a
-# ViT-B/16 capture took 2.3 s of CPU with two threads on this 2-core machine under load, 0.48 s with
-# one: issue 13). One core is left for the pages' own Python where there are more.
-MODEL_LANES = _env_int("ATTNVIZ_MODEL_LANES", 2 if CORES >= 2 else 1)
-TORCH_THREADS = _env_int("ATTNVIZ_TORCH_THREADS", max(1, (CORES - 1) // MODEL_LANES))
 
 
 def return_freed_memory() -> None:

@@ -1,0 +1,29 @@
+"""The app server's settings, read from the environment once (no Streamlit here: the load tools read them too).
+
+``ATTNVIZ_CAPTURE_CACHE`` / ``ATTNVIZ_RESULT_CACHE`` / ``ATTNVIZ_CACHE_TTL`` bound the shared caches;
+``ATTNVIZ_MODEL_LANES`` model computations run at once (for a model that allows it) with
+``ATTNVIZ_TORCH_THREADS`` threads each. The README's "Running a classroom" lists them all.
+"""
+from __future__ import annotations
+
+import os
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+CAPTURE_ENTRIES = _env_int("ATTNVIZ_CAPTURE_CACHE", 6)     # a capture keeps its autograd graph: ~100 MB for ViT-B
+RESULT_ENTRIES = _env_int("ATTNVIZ_RESULT_CACHE", 256)     # maps are small: [rows, cols] or [H, W] float32
+CACHE_TTL = float(_env_int("ATTNVIZ_CACHE_TTL", 3600))     # seconds
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+# Model computations that may run at once (for a model whose forward allows it: queue.TurnLock), and
+# the threads each uses. Two lanes of one thread on two cores: two students' forwards run side by side
+# and no thread waits at another's barrier; two threads on two busy cores spin against each other (a
+# ViT-B/16 capture took 2.3 s of CPU with two threads on this 2-core machine under load, 0.48 s with
+# one: issue 13). One core is left for the pages' own Python where there are more.
+MODEL_LANES = _env_int("ATTNVIZ_MODEL_LANES", 2 if CORES >= 2 else 1)
+TORCH_THREADS = _env_int("ATTNVIZ_TORCH_THREADS", max(1, (CORES - 1) // MODEL_LANES))
