@@ -4,7 +4,7 @@ Hu, Shen, Albanie, Sun & Wu, "Squeeze-and-Excitation Networks" (TPAMI 2019 / CVP
 https://arxiv.org/abs/1709.01507), section 7.2 ("Role of excitation"): averaged over the images of
 each class, early SE blocks excite nearly the same channels whatever the class (class-agnostic
 features), later blocks differently per class (class-specific). Here the images are the project's
-synthetic scenes with **one** object each (:mod:`attnviz.demo.scenes`), grouped by that object's
+synthetic scenes with **one** object each (:mod:`attnviz.scenes`), grouped by that object's
 shape, so the classes are known exactly for any model (for an ImageNet model they are just five
 shapes it was never trained on).
 
@@ -55,7 +55,7 @@ def class_profile(adapter, *, per_class: int = 40, seed: int = 777, batch: int =
     """Excitations of every channel gate over ``per_class`` one-object demo scenes of each shape."""
     import torch
 
-    from .demo.scenes import SHAPES, make_scene, scene_rng, scene_to_pil
+    from .scenes import SHAPES, make_scene, scene_rng, scene_to_pil
     from .errors import UsageError
 
     sites = [g for g in adapter.gate_specs if g.kind == "channel"] if hasattr(adapter, "gate_specs") else []

@@ -159,7 +159,7 @@ def test_view_box_of_a_shortest_edge_resize_then_centre_crop():
     """The box a 256-shortest-edge resize + 224 centre crop keeps, worked out by hand on a 640×480 image."""
     from types import SimpleNamespace
 
-    from attnviz.adapters.geometry import view_box
+    from attnviz.tokens.geometry import view_box
 
     proc = SimpleNamespace(do_center_crop=True, size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224})
     # resize: 480 -> 256, so 640 -> 341.33 -> 341; crop offsets (341-224)//2 = 58, (256-224)//2 = 16;

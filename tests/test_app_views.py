@@ -360,7 +360,7 @@ def _contrast(a, b) -> float:
 def test_selected_patch_ring_shows_on_every_scene_colour():
     from PIL import ImageColor
 
-    from attnviz.demo.scenes import COLOURS
+    from attnviz.scenes import COLOURS
     from attnviz.ui.figures import patch_picker_figure
     fig = patch_picker_figure(Image.new("RGB", (64, 64)), 8, 8, selected=(2, 3))
     lines = [ImageColor.getrgb(s.line.color) for s in fig.layout.shapes]

@@ -311,7 +311,7 @@ def test_cli_explains_a_tiny_cnn(capsys, tmp_path, cnn_dirs, photo):
 def test_class_profile_by_depth_from_single_captures(cnn_dirs):
     """Hu et al. 7.2: per-class mean excitations from a batched pass equal the means of one capture per scene,
     and η² is the between-class share of the variance, written out here."""
-    from attnviz.demo.scenes import SHAPES, make_scene, scene_rng, scene_to_pil
+    from attnviz.scenes import SHAPES, make_scene, scene_rng, scene_to_pil
     from attnviz.excitation import class_profile, compare, correlation_ratio, profile_figure
     adapter = attnviz.load_model(str(cnn_dirs["gated"]))
     prof = class_profile(adapter, per_class=3, seed=5)

@@ -10,7 +10,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from attnviz.demo import scenes as S  # noqa: E402
+from attnviz import scenes as S  # noqa: E402
 from attnviz.metrics import pointing_game_hit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

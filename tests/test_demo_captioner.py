@@ -10,7 +10,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from attnviz.demo import scenes as S  # noqa: E402
+from attnviz import scenes as S  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "demo-captioner-shapes"
@@ -120,7 +120,7 @@ def test_shipped_captioner_names_objects_and_points_at_them():
 def test_typed_caption_tokens_read_as_text():
     """A space the byte-level BPE leaves on its own (no merge for what follows) shows as ␣, never as Ġ."""
     import attnviz
-    from attnviz.demo.scenes import make_scene, scene_to_pil
+    from attnviz.scenes import make_scene, scene_to_pil
     model = attnviz.load_model(str(SHIPPED))
     cap = attnviz.capture(model, scene_to_pil(make_scene(5)), texts=["a red circle and a **x"])
     labels = [t.label for t in cap.targets]

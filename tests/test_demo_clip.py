@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import attnviz  # noqa: E402
-from attnviz.demo import scenes as S  # noqa: E402
+from attnviz import scenes as S  # noqa: E402
 from attnviz.demo import train_clip as T  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

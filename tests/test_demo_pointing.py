@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import attnviz
-from attnviz.demo.scenes import make_dataset, mask_for_class, scene_to_pil
+from attnviz.scenes import make_dataset, mask_for_class, scene_to_pil
 from attnviz.metrics import pointing_game_hit
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo-vit-shapes"

@@ -152,7 +152,7 @@ def test_deletion_runs_on_image_text_models_and_captioners(kind, photo, clip_dir
 
 def test_demo_classifier_maps_beat_random_orders():
     """On the demo classifier, deleting relevance's patches first drops the class faster than random orders."""
-    from attnviz.demo.scenes import make_dataset, scene_to_pil
+    from attnviz.scenes import make_dataset, scene_to_pil
     model = attnviz.load_model("demo-vit-shapes")
     wins_del = wins_ins = 0
     scenes = make_dataset(8, 4242, n_objects=2)
@@ -343,7 +343,7 @@ def test_randomisation_steps_and_the_identity_check(vit, photo, monkeypatch):
 
 def test_demo_classifier_relevance_passes_the_randomisation_check():
     """Adebayo et al.'s expectation for a faithful method: randomising every block decorrelates the map."""
-    from attnviz.demo.scenes import make_dataset, scene_to_pil
+    from attnviz.scenes import make_dataset, scene_to_pil
     model = attnviz.load_model("demo-vit-shapes")
     finals = []
     for sc in make_dataset(4, 77, n_objects=2):
@@ -396,7 +396,7 @@ def test_demo_faithfulness_table_runs_through_the_engine():
     from scipy.stats import spearmanr
 
     from attnviz.demo.faithfulness import evaluate, markdown
-    from attnviz.demo.scenes import make_dataset, mask_for_class, scene_to_pil
+    from attnviz.scenes import make_dataset, mask_for_class, scene_to_pil
     n, seed, methods = 3, 60_606, ("relevance", "saliency")
     r = evaluate(n=n, seed=seed, methods=methods)
     model = attnviz.load_model("demo-vit-shapes")

@@ -15,8 +15,11 @@ import torch
 import attnviz
 from attnviz.adapters.swin import SwinAdapter
 from attnviz.errors import UsageError
-from attnviz.methods.common import fuse_heads, positive_grad_attention, query_vector, rollout_product
-from attnviz.methods.hierarchy import Merge, block_heads, stage_info, swin_head_grid
+from attnviz.methods.attention import swin_head_grid
+from attnviz.methods.common import block_heads, query_vector
+from attnviz.methods.hierarchy import stage_info
+from attnviz.tokens.attention import fuse_heads, positive_grad_attention, rollout_product
+from attnviz.tokens.mixing import Merge
 
 from .conftest import save_tiny
 

@@ -57,7 +57,7 @@ def test_demo_captioner_word_maps_differ_between_words():
     (before the fix they correlated at 0.99: 96 % of each map was a readout that ignores the word)."""
     from pathlib import Path
 
-    from attnviz.demo import scenes
+    from attnviz import scenes
     folder = Path(__file__).resolve().parents[1] / "models" / "demo-captioner-shapes"
     adapter = attnviz.load_model(str(folder))
     corrs = []

@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 
 from ..errors import ModelUnavailable, UsageError
+from ..tokens.readout import READS_PATCHES, static_readout
 from ..types import Capture, Target, TokenLayout
 from .fast_attention import use_fast_eager
-from .pooling import READS_PATCHES, static_readout
 
 ADAPTERS: dict[str, type["ModelAdapter"]] = {}
 

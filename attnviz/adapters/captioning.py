@@ -44,11 +44,11 @@ import transformers
 from PIL import Image
 
 from ..errors import ModelUnavailable, UsageError
-from ..methods.common import positive_grad_attention
+from ..tokens.attention import positive_grad_attention
+from ..tokens.geometry import grid_layout, pair, view_box
 from ..types import Capture, Target, TokenLayout
 from .base import ModelAdapter, register_adapter
 from .classifier import prefix_names
-from .geometry import grid_layout, pair, view_box
 from .hooks import this_thread
 
 ARCHITECTURES = {"BlipForConditionalGeneration": "blip", "VisionEncoderDecoderModel": "vit-gpt2",

@@ -18,9 +18,9 @@ import transformers
 from PIL import Image
 
 from ..errors import UsageError
+from ..tokens.geometry import grid_layout, pair, pixels
 from ..types import Target, TokenLayout
 from .base import ModelAdapter, accepts_kwarg, class_probabilities, class_targets, config_names, register_adapter
-from .geometry import grid_layout, pair, pixels
 
 # Architectures we accept by name (no remote code: every class is transformers' own).
 ARCHITECTURES = {

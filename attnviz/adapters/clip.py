@@ -21,10 +21,10 @@ import transformers
 from PIL import Image
 
 from ..errors import UsageError
-from ..methods.common import positive_grad_attention
+from ..tokens.attention import positive_grad_attention
+from ..tokens.geometry import grid_layout, pair, pixels
 from ..types import Target, TokenLayout
 from .base import ModelAdapter, config_names, register_adapter
-from .geometry import grid_layout, pair, pixels
 from .hooks import this_thread
 
 ARCHITECTURES = {"CLIPModel": "clip", "SiglipModel": "siglip"}

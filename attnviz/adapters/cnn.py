@@ -30,9 +30,9 @@ from PIL import Image
 
 from .. import gated_cnn
 from ..errors import ModelUnavailable, UsageError
+from ..tokens.geometry import view_box
 from ..types import Gate, TokenLayout
 from .base import ModelAdapter, class_probabilities, class_targets, config_names, register_adapter
-from .geometry import view_box
 from .hooks import this_thread
 
 ARCHITECTURES = {"ResNetForImageClassification", "ConvNextForImageClassification", "RegNetForImageClassification",

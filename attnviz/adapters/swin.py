@@ -30,8 +30,8 @@ import torch
 import transformers
 
 from ..errors import UsageError
+from ..tokens.mixing import Hierarchy, shifted_windows
 from ..types import TokenLayout
-from ..methods.hierarchy import Hierarchy, shifted_windows
 from .base import config_names, register_adapter
 from .classifier import ClassifierAdapter
 from .hooks import this_thread

@@ -1,19 +1,5 @@
-"""Offline demo: a synthetic scene generator with known masks, and the training
-script of the small demo models shipped under ``models/``.
+"""Offline demo: the training and evaluation scripts of the small demo models shipped under ``models/``.
 
-Names are loaded lazily so that ``python -m attnviz.demo.scenes`` runs cleanly.
+The synthetic scenes they learn from (known masks and captions) are :mod:`attnviz.scenes`, a data module
+below every layer that uses them (the lesson, the excitation profiles, the load test and these scripts).
 """
-
-_SCENE_NAMES = ("COLOURS", "IMAGE_SIZE", "SHAPES", "Scene", "SceneObject", "caption_for",
-                "make_dataset", "make_scene", "mask_for_class", "scene_rng", "scene_to_pil",
-                "to_arrays")
-
-__all__ = list(_SCENE_NAMES)
-
-
-def __getattr__(name):
-    if name in _SCENE_NAMES:
-        from attnviz.demo import scenes
-
-        return getattr(scenes, name)
-    raise AttributeError(f"module 'attnviz.demo' has no attribute {name!r}")

@@ -34,7 +34,7 @@ def load(model_dir: str):
 
 
 def _pixel_values(processor, scenes):
-    from attnviz.demo.scenes import scene_to_pil
+    from attnviz.scenes import scene_to_pil
 
     return processor(images=[scene_to_pil(s) for s in scenes], return_tensors="pt")["pixel_values"]
 
@@ -45,7 +45,7 @@ def exact_match_accuracy(model_dir: str = DEFAULT_MODEL_DIR, n: int = 500, seed:
     right when each class's sigmoid is thresholded at ``threshold``."""
     import torch
 
-    from attnviz.demo.scenes import make_dataset
+    from attnviz.scenes import make_dataset
 
     model, processor = load(model_dir)
     scenes = make_dataset(n, seed)
@@ -109,7 +109,7 @@ def pointing_rate(model_dir: str = DEFAULT_MODEL_DIR, n: int = 200, seed: int = 
     pixel of the nearest-upsampled map; "cell": the argmax cell touches the mask)
     and how often the argmax cell touches the *other* object instead.
     """
-    from attnviz.demo.scenes import make_dataset, mask_for_class
+    from attnviz.scenes import make_dataset, mask_for_class
     from attnviz.metrics import pointing_game_hit
 
     model, processor = load(model_dir)

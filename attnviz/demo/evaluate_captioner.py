@@ -41,7 +41,7 @@ def evaluate(model_dir: str = DEFAULT_MODEL_DIR, n: int = 200, seed: int = DEFAU
              layers=None, relevance: bool = True, adapter=None) -> dict:
     """Caption accuracy and per-word pointing rates on ``n`` fresh scenes (see the module docstring)."""
     import attnviz
-    from attnviz.demo.scenes import COLOUR_NAMES, SHAPES, make_dataset, scene_to_pil
+    from attnviz.scenes import COLOUR_NAMES, SHAPES, make_dataset, scene_to_pil
     from attnviz.metrics import pointing_game_hit
     from attnviz.render import upsample
 

@@ -41,7 +41,7 @@ START_LAYERS = {"start_layer_-1": -1, "start_layer_0": 0}
 
 def distractor_captions(scene, k: int, rng: np.random.Generator) -> list[str]:
     """``k`` distinct captions, each the scene's caption with one object's colour or shape changed."""
-    from attnviz.demo.train_clip import hard_negative_caption
+    from attnviz.scenes import hard_negative_caption
 
     out: list[str] = []
     for _ in range(50 * k):
@@ -57,8 +57,8 @@ def evaluate(model_or_dir=DEFAULT_MODEL_DIR, n: int = 200, seed: int = EVAL_SEED
              progress: bool = False) -> dict:
     """Zero-shot accuracies and pointing-game rates on ``n`` fresh two-object scenes (see the module doc)."""
     import attnviz
-    from attnviz.demo.scenes import make_dataset, scene_to_pil
-    from attnviz.demo.train_clip import all_phrases, phrase
+    from attnviz.scenes import make_dataset, scene_to_pil
+    from attnviz.scenes import all_phrases, phrase
     from attnviz.metrics import POINTING_MODES, pointing_game_hit
 
     t0 = time.time()

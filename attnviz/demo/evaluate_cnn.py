@@ -30,7 +30,7 @@ DEFAULT_MODEL_DIR = "models/demo-cnn-shapes"
 def exact_match(adapter, n: int, seed: int, batch: int = 100) -> float:
     import torch
 
-    from attnviz.demo.scenes import make_dataset, scene_to_pil
+    from attnviz.scenes import make_dataset, scene_to_pil
 
     scenes = make_dataset(n, seed)
     hits = 0
@@ -46,7 +46,7 @@ def exact_match(adapter, n: int, seed: int, batch: int = 100) -> float:
 def pointing(adapter, n: int, seed: int) -> dict:
     """Grad-CAM (each object's class) and the last CBAM spatial gate (any object) on ``n`` two-object scenes."""
     import attnviz
-    from attnviz.demo.scenes import make_dataset, mask_for_class, scene_to_pil
+    from attnviz.scenes import make_dataset, mask_for_class, scene_to_pil
     from attnviz.metrics import POINTING_MODES, pointing_game_hit
 
     cam = {m: 0 for m in POINTING_MODES}
@@ -83,7 +83,7 @@ def pointing(adapter, n: int, seed: int) -> dict:
 
 def faithfulness(adapter, n: int, seed: int) -> dict:
     import attnviz
-    from attnviz.demo.scenes import make_dataset, scene_to_pil
+    from attnviz.scenes import make_dataset, scene_to_pil
     from attnviz.metrics import deletion_insertion, deletion_summary
 
     rows = []

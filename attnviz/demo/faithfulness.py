@@ -35,7 +35,7 @@ LIGHT = {"integrated_gradients": {"n_steps": 32}}
 def evaluate(model=DEFAULT_MODEL, n: int = 40, seed: int = 60_606, methods=DEFAULT_METHODS,
              progress: bool = False) -> dict:
     import attnviz
-    from attnviz.demo.scenes import make_dataset, mask_for_class, scene_to_pil
+    from attnviz.scenes import make_dataset, mask_for_class, scene_to_pil
     from attnviz.metrics import cascading_randomisation, deletion_insertion, deletion_summary, pointing_game_hit
 
     adapter = attnviz.load_model(model) if isinstance(model, (str, os.PathLike)) else model

@@ -4,7 +4,7 @@
                                  [--steps N] [--minutes M]
 
 A plain ``transformers.ViTForImageClassification`` (64×64 input, 8×8 patches, so
-an 8×8 grid plus one CLS token) trained on :mod:`attnviz.demo.scenes` with
+an 8×8 grid plus one CLS token) trained on :mod:`attnviz.scenes` with
 multi-label BCE, classifying from its own CLS token.
 
 Why a teacher: trained from scratch with BCE alone, a ViT this small sits at
@@ -47,14 +47,14 @@ class ScenePool:
     """
 
     def __init__(self, size: int, seed: int, refresh: int, rng: np.random.Generator):
-        from attnviz.demo.scenes import make_dataset, to_arrays
+        from attnviz.scenes import make_dataset, to_arrays
 
         self.seed, self.refresh, self.rng = seed, refresh, rng
         self.images, self.labels = to_arrays(make_dataset(size, seed))
         self.next_index = size
 
     def _refresh(self) -> None:
-        from attnviz.demo.scenes import make_scene, scene_rng
+        from attnviz.scenes import make_scene, scene_rng
 
         slots = self.rng.choice(len(self.images), size=self.refresh, replace=False)
         for slot in slots:
@@ -124,7 +124,7 @@ def make_teacher(n_classes: int, width: int = 64):
 def make_vit_config(hidden: int = 128, layers: int = 6, heads: int = 4, mlp: int = 256):
     from transformers import ViTConfig
 
-    from attnviz.demo.scenes import IMAGE_SIZE, SHAPES
+    from attnviz.scenes import IMAGE_SIZE, SHAPES
 
     return ViTConfig(
         image_size=IMAGE_SIZE,
@@ -145,7 +145,7 @@ def make_vit_config(hidden: int = 128, layers: int = 6, heads: int = 4, mlp: int
 def make_image_processor():
     from transformers import ViTImageProcessor
 
-    from attnviz.demo.scenes import IMAGE_SIZE
+    from attnviz.scenes import IMAGE_SIZE
 
     return ViTImageProcessor(
         do_resize=True,
@@ -221,7 +221,7 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, steps: int = 3000, teacher_s
     from tqdm import tqdm
     from transformers import ViTForImageClassification
 
-    from attnviz.demo.scenes import SHAPES, make_dataset, to_arrays
+    from attnviz.scenes import SHAPES, make_dataset, to_arrays
 
     set_threads(2)
     t_start = time.time()
@@ -300,7 +300,7 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, steps: int = 3000, teacher_s
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.config.attnviz_demo = {"generator": "attnviz.demo.scenes", "train_seed": seed}
+    model.config.attnviz_demo = {"generator": "attnviz.scenes", "train_seed": seed}
     model.save_pretrained(out_dir, safe_serialization=True)
     make_image_processor().save_pretrained(out_dir)
     size_bytes = sum(f.stat().st_size for f in out_dir.iterdir() if f.is_file())

@@ -8,7 +8,7 @@ A stock ``transformers.VisionEncoderDecoderModel``: a ViT encoder (64×64 input,
 8×8 patches, so an 8×8 grid plus one CLS token) and a small GPT-2 decoder whose
 blocks cross-attend to the encoder's tokens (``add_cross_attention``). It is
 trained with teacher forcing (cross-entropy on every caption token and the end
-token) to write the captions of :mod:`attnviz.demo.scenes`, e.g. "a red circle,
+token) to write the captions of :mod:`attnviz.scenes`, e.g. "a red circle,
 a blue square and an orange cross", objects named left to right.
 
 The encoder is the first three blocks of the demo classifier
@@ -56,7 +56,7 @@ MAX_POSITIONS = 24          # start + caption (at most 11 words for three object
 
 def caption_words() -> list[str]:
     """Every word a scene caption uses ("," is a byte of its own)."""
-    from attnviz.demo.scenes import COLOUR_NAMES, SHAPES
+    from attnviz.scenes import COLOUR_NAMES, SHAPES
 
     return ["a", "an", "and", *COLOUR_NAMES, *SHAPES]
 
@@ -95,7 +95,7 @@ class CaptionPool:
     """
 
     def __init__(self, size: int, seed: int, refresh: int, rng: np.random.Generator, tokenizer, length: int):
-        from attnviz.demo.scenes import make_dataset
+        from attnviz.scenes import make_dataset
 
         self.seed, self.refresh, self.rng, self.tok, self.length = seed, refresh, rng, tokenizer, length
         scenes = make_dataset(size, seed)
@@ -106,7 +106,7 @@ class CaptionPool:
         self.next_index = size
 
     def _store(self, slot: int, scene) -> None:
-        from attnviz.demo.scenes import caption_for
+        from attnviz.scenes import caption_for
 
         for flip, objects in enumerate((scene.objects, scene.objects[::-1])):
             ids = self.tok(caption_for(objects))["input_ids"]
@@ -114,7 +114,7 @@ class CaptionPool:
             self.ids[slot, flip, :len(ids)] = ids
 
     def _refresh(self) -> None:
-        from attnviz.demo.scenes import make_scene, scene_rng
+        from attnviz.scenes import make_scene, scene_rng
 
         for slot in self.rng.choice(len(self.images), size=self.refresh, replace=False):
             s = make_scene(scene_rng(self.seed, self.next_index))
@@ -158,7 +158,7 @@ def make_model(tokenizer, encoder_dir: str | None, *, encoder_layers: int = 3, h
     """A VisionEncoderDecoderModel: ViT (from ``encoder_dir`` when given) + a fresh GPT-2 with cross-attention."""
     from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 
-    from attnviz.demo.scenes import IMAGE_SIZE
+    from attnviz.scenes import IMAGE_SIZE
 
     source = None
     if encoder_dir:
@@ -262,7 +262,7 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, encoder:
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from attnviz.demo.scenes import make_dataset
+    from attnviz.scenes import make_dataset
     from attnviz.demo.train import make_image_processor
 
     if fast:
@@ -339,7 +339,7 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, encoder:
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.config.attnviz_demo = {"generator": "attnviz.demo.scenes", "train_seed": seed,
+    model.config.attnviz_demo = {"generator": "attnviz.scenes", "train_seed": seed,
                                  "encoder_init": "demo-vit-shapes" if enc_dir else "scratch"}
     model.save_pretrained(out_dir, safe_serialization=True)
     make_image_processor().save_pretrained(out_dir)

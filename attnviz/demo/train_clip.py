@@ -7,7 +7,7 @@ A plain ``transformers.CLIPModel`` (vision tower: 64×64 input, 8×8 patches, so
 8×8 grid plus CLS; a small text tower) with a byte-level BPE ``CLIPTokenizer``
 written here from the scene vocabulary (colours, shapes, "a", "and", ...), so
 every scene word is one token and any other text still tokenizes (into byte
-pieces). Data: :mod:`attnviz.demo.scenes` and their captions.
+pieces). Data: :mod:`attnviz.scenes` and their captions.
 
 Losses, per batch of scenes:
 
@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from attnviz.demo.common import set_threads, start_run
+from attnviz.scenes import all_phrases, hard_negative_caption, phrase  # noqa: F401  (the CLIP demo's prompts)
 
 DEFAULT_OUT = "models/demo-clip-shapes"
 DEFAULT_MINUTES = 8.5                    # CLI default cap: with the evaluation the run stays under 10 minutes
@@ -65,7 +66,7 @@ EXAMPLE_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yello
 # --------------------------------------------------------------------------- text
 
 def vocabulary() -> list[str]:
-    from attnviz.demo.scenes import COLOUR_NAMES, SHAPES
+    from attnviz.scenes import COLOUR_NAMES, SHAPES
 
     return list(EXTRA_WORDS) + list(COLOUR_NAMES) + list(SHAPES)
 
@@ -115,33 +116,6 @@ def build_tokenizer(words=None):
     return tok
 
 
-def phrase(colour: str, shape: str) -> str:
-    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}"
-
-
-def all_phrases() -> list[str]:
-    """The 35 object phrases, colour-major: index = colour_index * len(SHAPES) + shape_index."""
-    from attnviz.demo.scenes import COLOUR_NAMES, SHAPES
-
-    return [phrase(c, s) for c in COLOUR_NAMES for s in SHAPES]
-
-
-def hard_negative_caption(objects, rng: np.random.Generator) -> str:
-    """The scene's caption with one object's colour or its shape changed (shapes stay distinct)."""
-    from attnviz.demo.scenes import COLOUR_NAMES, SHAPES, SceneObject, caption_for
-
-    objs = list(objects)
-    i = int(rng.integers(len(objs)))
-    o = objs[i]
-    if rng.random() < 0.5:
-        colour = [c for c in COLOUR_NAMES if c != o.colour][int(rng.integers(len(COLOUR_NAMES) - 1))]
-        objs[i] = SceneObject(o.shape, colour, o.bbox)
-    else:
-        free = [s for s in SHAPES if s not in {p.shape for p in objs}]
-        objs[i] = SceneObject(free[int(rng.integers(len(free)))], o.colour, o.bbox)
-    return caption_for(objs)
-
-
 # --------------------------------------------------------------------------- images
 
 def to_pixel_values(images_uint8: np.ndarray):
@@ -165,7 +139,7 @@ def patch_targets(scene) -> np.ndarray:
     """float32 [rows, cols, 1 + 35]: the share of each patch covered by each object (by its phrase index,
     shifted by one), the rest background (index 0). Soft targets: a patch at an object's edge is only
     partly that object."""
-    from attnviz.demo.scenes import COLOUR_NAMES, SHAPES
+    from attnviz.scenes import COLOUR_NAMES, SHAPES
 
     n, h, w = scene.masks.shape
     cover = scene.masks.reshape(n, h // PATCH, PATCH, w // PATCH, PATCH).mean((2, 4))  # [n, rows, cols]
@@ -178,7 +152,7 @@ def patch_targets(scene) -> np.ndarray:
 
 def scene_targets(scene) -> np.ndarray:
     """float32 [35] multi-hot over :func:`all_phrases`."""
-    from attnviz.demo.scenes import COLOUR_NAMES, SHAPES
+    from attnviz.scenes import COLOUR_NAMES, SHAPES
 
     y = np.zeros(len(COLOUR_NAMES) * len(SHAPES), np.float32)
     for o in scene.objects:
@@ -190,7 +164,7 @@ class ScenePool:
     """Generated scenes, partly replaced by fresh ones every step (scene k = make_scene(scene_rng(seed, k)))."""
 
     def __init__(self, size: int, seed: int, refresh: int, rng: np.random.Generator):
-        from attnviz.demo.scenes import IMAGE_SIZE, COLOUR_NAMES, SHAPES
+        from attnviz.scenes import IMAGE_SIZE, COLOUR_NAMES, SHAPES
 
         self.seed, self.refresh, self.rng = seed, refresh, rng
         g = IMAGE_SIZE // PATCH
@@ -203,7 +177,7 @@ class ScenePool:
         self.next_index = size
 
     def _put(self, slot: int, index: int) -> None:
-        from attnviz.demo.scenes import make_scene, scene_rng
+        from attnviz.scenes import make_scene, scene_rng
 
         s = make_scene(scene_rng(self.seed, index))
         self.images[slot], self.targets[slot] = s.image, scene_targets(s)
@@ -227,7 +201,7 @@ def make_config(tokenizer, *, width: int = 128, layers: int = 6, heads: int = 4,
                 text_width: int = 64, text_layers: int = 2, text_heads: int = 4, projection: int = 64):
     from transformers import CLIPConfig
 
-    from attnviz.demo.scenes import IMAGE_SIZE
+    from attnviz.scenes import IMAGE_SIZE
 
     text = dict(vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width,
                 num_hidden_layers=text_layers, num_attention_heads=text_heads,
@@ -245,7 +219,7 @@ def make_config(tokenizer, *, width: int = 128, layers: int = 6, heads: int = 4,
 def make_image_processor():
     from transformers import CLIPImageProcessor
 
-    from attnviz.demo.scenes import IMAGE_SIZE
+    from attnviz.scenes import IMAGE_SIZE
 
     # the whole image, squashed to 64×64 (scenes are square; no centre crop)
     return CLIPImageProcessor(do_resize=True, size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
@@ -457,7 +431,7 @@ def train(out: str = DEFAULT_OUT, seed: int = 0, fast: bool = False, *, steps: i
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
-    model.config.attnviz_demo = {"generator": "attnviz.demo.scenes", "train_seed": seed,
+    model.config.attnviz_demo = {"generator": "attnviz.scenes", "train_seed": seed,
                                  "example_prompts": list(EXAMPLE_PROMPTS)}
     # Six blocks, not CLIP's twelve: accumulating relevance from the first block gives the sharper map
     # here (the model card measures both), so the checkpoint declares it over CLIP's last-layer default.
@@ -480,7 +454,7 @@ def train(out: str = DEFAULT_OUT, seed: int = 0, fast: bool = False, *, steps: i
 
 
 def _caption(objects) -> str:
-    from attnviz.demo.scenes import caption_for
+    from attnviz.scenes import caption_for
 
     return caption_for(objects)
 

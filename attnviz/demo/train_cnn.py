@@ -7,7 +7,7 @@ Auto classes, so the folder loads with ``from_pretrained``, safetensors, no remo
 stem, then three stages at strides 4, 8 and 8 (16², 8², 8² on the 64² scenes; the last grid is the
 demo ViT's 8×8 patch grid) gated by squeeze-and-excitation (1 block), ECA (1) and CBAM (channel +
 spatial, 2), a global average pool and one linear layer (0.19 M parameters, about 0.17 CPU-seconds
-per step of 64 on one core); multi-label BCE on :mod:`attnviz.demo.scenes`, the same
+per step of 64 on one core); multi-label BCE on :mod:`attnviz.scenes`, the same
 data stream, image processor and held-out scenes as the demo ViT (:mod:`attnviz.demo.train`).
 No teacher: a CNN learns this task from scratch in a few hundred steps.
 """
@@ -27,7 +27,7 @@ DEFAULT_OUT = "models/demo-cnn-shapes"
 
 
 def make_config(**overrides):
-    from attnviz.demo.scenes import SHAPES
+    from attnviz.scenes import SHAPES
     from attnviz.gated_cnn import GatedCnnConfig
 
     kw = dict(stem_channels=16, stem_stride=2, hidden_sizes=[24, 48, 64], depths=[1, 1, 2], strides=[2, 2, 1],
@@ -45,7 +45,7 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, steps: int = 1200, batch: in
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from attnviz.demo.scenes import make_dataset, to_arrays
+    from attnviz.scenes import make_dataset, to_arrays
     from attnviz.gated_cnn import GatedCnnForImageClassification
 
     set_threads(2)
@@ -97,7 +97,7 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, steps: int = 1200, batch: in
     if save:
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
-        model.config.attnviz_demo = {"generator": "attnviz.demo.scenes", "train_seed": seed}
+        model.config.attnviz_demo = {"generator": "attnviz.scenes", "train_seed": seed}
         model.config.architectures = [type(model).__name__]
         model.save_pretrained(out_dir, safe_serialization=True)
         make_image_processor().save_pretrained(out_dir)

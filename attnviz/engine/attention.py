@@ -8,9 +8,9 @@ the batch, one row per image:
 
 * rollout (Abnar & Zuidema 2020): heads fused (``fuse_heads`` over the head dimension), the weakest
   ``discard_ratio`` of each image's off-diagonal links dropped (its own threshold), ``v ← v·Â`` with
-  Â = ½A + ½I rows renormalised: ``hierarchy.rollout_step`` on one dense window, per image;
+  Â = ½A + ½I rows renormalised: ``tokens.mixing.rollout_step`` on one dense window, per image;
 * relevance (Chefer, Gur & Wolf 2021, eqs. 5–6): Ā = E_h[(∇A ⊙ A)⁺] from the batch's gradients
-  (``grads_for_batch``), ``v ← v + v·Ā``: ``hierarchy.relevance_step``.
+  (``grads_for_batch``), ``v ← v + v·Ā``: ``tokens.mixing.relevance_step``.
 
 The query vectors are the per-image methods' own (``query_vector`` / ``target_query_vector``), the
 layers those from ``start_layer``. A test holds the maps to ``explain``'s, image by image. Anything else
@@ -24,8 +24,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from ..methods.common import fuse_heads, layer_index, positive_grad_attention, query_vector, target_query_vector
+from ..methods.common import layer_index, query_vector, target_query_vector
 from ..methods.hierarchy import is_hierarchical
+from ..tokens.attention import fuse_heads, positive_grad_attention
 from ..types import Capture, Target
 from .capture import CaptureBatch
 

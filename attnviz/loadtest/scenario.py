@@ -68,7 +68,7 @@ def scene_images(n: int, seed: int = 0, size: int = 384) -> list[bytes]:
     """``n`` different PNG scenes (the demo models know these shapes), ``size`` pixels square."""
     from PIL import Image
 
-    from ..demo.scenes import make_scene
+    from ..scenes import make_scene
     out = []
     for i in range(n):
         scene = make_scene(seed * 100_003 + i, clutter=4)

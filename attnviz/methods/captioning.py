@@ -40,7 +40,8 @@ import torch
 
 from ..types import Capture, Target
 from .attention import head_or_fusion
-from .common import checked_index, positive_grad_attention
+from ..tokens.attention import positive_grad_attention
+from .common import checked_index
 from .registry import Param, register
 
 FAMILY = ("captioning",)

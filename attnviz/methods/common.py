@@ -6,21 +6,9 @@ from typing import Optional
 import torch
 
 from ..errors import UsageError
+from ..tokens.attention import HEAD_FUSIONS, fuse_heads  # noqa: F401  (the methods' head fusions)
 from ..types import Capture, TokenLayout
-
-HEAD_FUSIONS = ("mean", "max", "min")
-
-
-def fuse_heads(a: torch.Tensor, how: str) -> torch.Tensor:
-    """[H, T, T] -> [T, T] by mean, max or min over heads."""
-    if how == "mean":
-        return a.mean(0)
-    if how == "max":
-        return a.amax(0)
-    if how == "min":
-        return a.amin(0)
-    raise UsageError(f"Head fusion must be one of {', '.join(HEAD_FUSIONS)}.")
-
+from .hierarchy import block_attentions, is_hierarchical, stage_query
 
 def checked_index(i: int, n: int, what: str, plural: str) -> int:
     """Python-style index ``i`` into ``n`` things (negative counts from the end), checked; ``what`` / ``plural``
@@ -65,7 +53,6 @@ def query_vector(capture: Capture, query: str, readout: Optional[torch.Tensor] =
     A hierarchical model (Swin) asks for the query on one ``stage`` (default: the last, which the output
     reads): the readout pulled down through the patch merges, or the token containing patch "row,col"
     of the first grid (``methods/hierarchy.py``)."""
-    from .hierarchy import is_hierarchical, stage_query
     dtype = capture.attentions[0].dtype if capture.attentions else torch.float32
     if is_output(query):
         readout = capture.readout if readout is None else readout
@@ -95,35 +82,6 @@ QUERY_HELP = ("Query: output (the token(s) the prediction reads: CLS; CLS + dist
               "a prefix token (cls, distillation, registerN) or a patch 'row,col'.")
 
 
-def positive_grad_attention(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Chefer et al. 2021, eq. 5 head average: E_h[(∇A ⊙ A)^+], [H, T, T] -> [T, T]."""
-    return (g * a).clamp_(min=0).mean(0)        # in place on the fresh product: one [H, T, T] pass less
-
-
-def rollout_product(mats: list[torch.Tensor], discard_ratio: float = 0.0) -> torch.Tensor:
-    """Abnar & Zuidema 2020 rollout of per-layer [T, T] matrices (earliest first), as a T×T matrix.
-
-    The methods pull the query's row down instead (``hierarchy.rollout_step``: T² per layer, not T³, the
-    same numbers); this matrix form is the reference they are tested against.
-
-    Each layer: optionally zero the lowest ``discard_ratio`` fraction of the
-    off-diagonal entries (a noise filter popularised by pytorch-grad-cam's
-    ViT examples, not in the paper), add the residual as 0.5·A + 0.5·I,
-    renormalise rows to sum to 1, and multiply: R = Â_L ··· Â_1.
-    """
-    t = mats[0].shape[-1]
-    eye = torch.eye(t, dtype=mats[0].dtype, device=mats[0].device)
-    result = eye.clone()
-    for a in mats:
-        a = a.clone()
-        if discard_ratio > 0:
-            off = ~eye.bool()
-            vals = a[off]
-            k = int(vals.numel() * discard_ratio)
-            if k > 0:
-                thresh = vals.kthvalue(k).values
-                a[off & (a <= thresh)] = 0
-        a = 0.5 * a + 0.5 * eye
-        a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
-        result = a @ result
-    return result
+def block_heads(capture: Capture, layer: int) -> int:
+    """How many heads block ``layer`` has (Swin's grow stage by stage; a ViT's are all ``capture.n_heads``)."""
+    return int(block_attentions(capture)[layer_index(capture, layer)].shape[1])

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..adapters.hooks import this_thread
-from ..adapters.pooling import describe
+from ..tokens.readout import describe
 from ..errors import UsageError
 from ..types import Capture, Target
 from .captum_common import ScoreFunction, pixel_input

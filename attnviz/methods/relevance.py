@@ -28,9 +28,10 @@ import torch
 
 from ..types import Capture, Target
 from .captioning import caption_relevance
-from .common import QUERY_HELP, is_output, layer_index, positive_grad_attention, target_query_vector
-from .hierarchy import (block_attention_grads, block_attentions, hierarchy, pull_down, relevance_step, rollout_step,
-                        to_first_grid)
+from ..tokens.attention import positive_grad_attention
+from ..tokens.mixing import pull_down, relevance_step, rollout_step
+from .common import QUERY_HELP, is_output, layer_index, target_query_vector
+from .hierarchy import block_attention_grads, block_attentions, hierarchy, to_first_grid
 from .registry import Param, register
 
 QUERY = Param("query", "output", QUERY_HELP)

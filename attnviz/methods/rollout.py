@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from ..types import Capture, Target
 from .common import HEAD_FUSIONS, QUERY_HELP, fuse_heads, layer_index, query_vector
-from .hierarchy import block_attentions, hierarchy, pull_down, rollout_step
+from ..tokens.mixing import pull_down, rollout_step
+from .hierarchy import block_attentions, hierarchy
 from .registry import Param, register
 
 

@@ -16,7 +16,7 @@ import torch
 from ..errors import UsageError
 from ..types import Capture, Target
 from .attention import head_or_fusion
-from .common import positive_grad_attention
+from ..tokens.attention import positive_grad_attention
 from .registry import Param, register
 
 

@@ -14,6 +14,7 @@ from ..images import ImageRejected
 from ..methods.hierarchy import is_hierarchical, stage_info
 from . import panels, state, urlstate
 from .compute import CaptureEntry
+from .text import markdown_literal
 
 DEFAULT_PROMPTS = "a photo of a cat\na photo of a dog\na photo of a car\na drawing of shapes"
 MAX_URL_PROMPTS_CHARS = 2000       # a link carries the prompts; longer ones stay out of the address bar
@@ -165,7 +166,6 @@ FAMILY_WORDS = {"classifier": "image classifier", "clip": "image–text model", 
 
 def on_what(ctx: Context) -> str:
     """One line: which model this page is on, and which image (a link carries a sample, not an upload)."""
-    from .widgets import markdown_literal
     family = FAMILY_WORDS.get(ctx.adapter.family, ctx.adapter.family)
     w, h = ctx.img.image.size
     if ctx.sample is not None:

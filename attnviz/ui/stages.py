@@ -3,9 +3,9 @@
 A Swin block attends inside (shifted) windows, and each stage has its own grid, window count and head
 count, so the plain layers × heads mosaic and the head statistics (one global attention per layer) do
 not apply. Here a stage is picked; its blocks (rows) × heads (columns) show the query's attention on
-that stage's grid (:func:`attnviz.methods.hierarchy.swin_head_grid`: zero outside the query's window,
+that stage's grid (:func:`attnviz.methods.attention.swin_head_grid`: zero outside the query's window,
 the cyclic shift undone), and a clicked thumbnail is drawn large over the image
-(:func:`~attnviz.methods.hierarchy.block_attention_map`).
+(:func:`~attnviz.methods.attention.block_attention_map`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import streamlit as st
 
-from ..methods import hierarchy
+from ..methods import attention, hierarchy
 from . import figures, mapview, panels, state, urlstate
 from .compute import model_key
 from .context import query_label
@@ -63,7 +63,7 @@ def stages_ui(ctx, query_ui: Callable[[object], str], url: Optional[dict[str, st
     with guard("Drawing the stage's thumbnails"):
         grid = state.engine().results.get_or_compute(
             ("swin_grid", ctx.digest, model_key(ctx.adapter), stage, query),
-            lambda: hierarchy.swin_head_grid(cap, stage, query))                    # [B_s, H_s, rows_s, cols_s]
+            lambda: attention.swin_head_grid(cap, stage, query))                    # [B_s, H_s, rows_s, cols_s]
         shifts = ", ".join(f"block {b}: shift {s}" for b, s in zip(blocks, info["shifts"]))
         st.markdown(f"**Stage {stage}: attention from {query_label(query, cap)}**, blocks {blocks[0]}–{blocks[-1]} "
                     f"top to bottom (the figure's 'layer' counts within the stage), heads left to right — click one "
@@ -80,7 +80,7 @@ def stages_ui(ctx, query_ui: Callable[[object], str], url: Optional[dict[str, st
                    f"query's {info['window']}×{info['window']} window, the cyclic shift undone ({shifts}).")
     with guard("Drawing the enlarged head"):
         block, head = blocks[pick[0]], pick[1]
-        m = hierarchy.block_attention_map(cap, block, str(head), query)
+        m = attention.block_attention_map(cap, block, str(head), query)
         scale = mapview.scale_for(m, False, d)
         panels.show_map(ctx.img, m, scale, d, ctx.box, method="attention", width="content",
                         caption=f"Block {block} (stage {stage}), head {head}: attention from {query_label(query, cap)}")

@@ -2,29 +2,25 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Callable, Optional, TypeVar
 
 import streamlit as st
 
 from .. import render
 from ..images import MAX_BYTES
-from ..methods.hierarchy import block_heads, is_hierarchical
+from ..methods.common import block_heads
+from ..methods.hierarchy import is_hierarchical
 from ..methods.registry import MethodSpec, Param
 from . import notes, panels, state, urlstate
 from .context import default_target, query_options, query_value, readout_token
 from .state import Choices, Display
+from .text import markdown_literal  # noqa: F401  (pages take it from here with the other widgets)
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp"]
 CMAPS = ["auto", "inferno", "viridis", "magma", "plasma", "turbo", "jet", "RdBu_r", "coolwarm", "gray"]
 NORMS = ["auto", *render.NORMALIZATIONS]
 T = TypeVar("T")
 DEFAULT_METHOD = {"captioning": "caption_relevance"}    # per family; otherwise relevance
-
-
-def markdown_literal(text: str) -> str:
-    """User text (a typed caption) for st.markdown, shown as typed: not read as Markdown or LaTeX."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
 
 
 def pretty(name: str) -> str:

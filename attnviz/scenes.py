@@ -237,6 +237,30 @@ def caption_for(objects: Sequence[SceneObject]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+def phrase(colour: str, shape: str) -> str:
+    """'a red circle', 'an orange cross': one object's phrase, as ``caption_for`` writes it."""
+    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}"
+
+
+def all_phrases() -> list[str]:
+    """The 35 object phrases, colour-major: index = colour_index * len(SHAPES) + shape_index."""
+    return [phrase(c, s) for c in COLOUR_NAMES for s in SHAPES]
+
+
+def hard_negative_caption(objects, rng: np.random.Generator) -> str:
+    """The scene's caption with one object's colour or its shape changed (shapes stay distinct)."""
+    objs = list(objects)
+    i = int(rng.integers(len(objs)))
+    o = objs[i]
+    if rng.random() < 0.5:
+        colour = [c for c in COLOUR_NAMES if c != o.colour][int(rng.integers(len(COLOUR_NAMES) - 1))]
+        objs[i] = SceneObject(o.shape, colour, o.bbox)
+    else:
+        free = [s for s in SHAPES if s not in {p.shape for p in objs}]
+        objs[i] = SceneObject(free[int(rng.integers(len(free)))], o.colour, o.bbox)
+    return caption_for(objs)
+
+
 def make_scene(seed_or_rng=None, *, n_objects: int | None = None,
                shapes: Sequence[str] | None = None,
                colours: Sequence[str] | None = None,
@@ -342,12 +366,12 @@ def scene_slug(scene: Scene) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Write scenes as PNGs: ``python -m attnviz.demo.scenes --seeds 1 2 --out DIR``."""
+    """Write scenes as PNGs: ``python -m attnviz.scenes --seeds 1 2 --out DIR``."""
     import argparse
     import json
     from pathlib import Path
 
-    ap = argparse.ArgumentParser(prog="python -m attnviz.demo.scenes", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m attnviz.scenes", description=main.__doc__)
     ap.add_argument("--seeds", type=int, nargs="+", required=True, help="make_scene(seed) for each")
     ap.add_argument("--out", default=".", help="folder for scene_<colour-shape_...>.png")
     args = ap.parse_args(argv)
