@@ -19,12 +19,12 @@ from attnviz.errors import UsageError
 from .conftest import CAPTION_KINDS, CLASSIFIER_KINDS, CLIP_KINDS
 
 ALL_KINDS = [("classifier", k) for k in CLASSIFIER_KINDS] + [("clip", k) for k in CLIP_KINDS] + \
-            [("captioning", k) for k in CAPTION_KINDS] + [("swin", k) for k in ("swin", "swinv2")]
+            [("captioning", k) for k in CAPTION_KINDS] + [("swin", k) for k in ("swin", "swinv2", "swin-headless")]
 # What each family's head does, read from transformers' modelling code (not from attnviz):
 EXPECTED_POOLING = {"vit": "cls", "vit-headless": "cls", "deit": "cls", "deit-teacher": "cls+distillation",
                     "beit": "mean", "dinov2": "cls+mean", "dinov2-headless": "cls", "dinov2-registers": "cls+mean",
                     "clip": "cls", "siglip": "attention", "blip": "attention", "vit-gpt2": "attention",
-                    "git": "attention", "swin": "mean", "swinv2": "mean"}
+                    "git": "attention", "swin": "mean", "swinv2": "mean", "swin-headless": "mean"}
 PROMPTS = ["a red circle", "a blue square", "a cat"]
 _tiny = {}
 

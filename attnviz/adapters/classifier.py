@@ -46,6 +46,8 @@ def prefix_names(config) -> tuple[str, ...]:
 class ClassifierAdapter(ModelAdapter):
     family = "classifier"
     task = "image-classification"
+    #: a headless backbone's one target: what ``_run`` scores when the model has no classes
+    headless_target = "CLS embedding norm"
 
     def __init__(self, model, processor, **kw):
         super().__init__(model, processor, **kw)
@@ -130,7 +132,7 @@ class ClassifierAdapter(ModelAdapter):
 
     def _targets(self, inputs, scores):
         if self.headless:
-            return (Target(0, "CLS embedding norm", "embedding", float(scores[0])),)
+            return (Target(0, self.headless_target, "embedding", float(scores[0])),)
         return class_targets(self.config, scores)
 
     def probabilities(self, capture):

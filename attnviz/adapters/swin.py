@@ -1,4 +1,5 @@
-"""Swin Transformer classifiers (Liu et al. 2021, https://arxiv.org/abs/2103.14030; V2: Liu et al. 2022).
+"""Swin Transformer classifiers and headless Swin backbones (Liu et al. 2021, https://arxiv.org/abs/2103.14030;
+V2: Liu et al. 2022).
 
 A Swin model has no CLS token and no global attention: each block attends inside windows of
 ``window × window`` tokens of its stage's grid, every other block on a grid cyclically shifted by
@@ -13,6 +14,9 @@ shift, merging split, readout) with which rollout and relevance go through the h
 * ``pooling``: "mean": the classifier reads the mean of the last stage's tokens (after a LayerNorm),
   so ``readout`` is 1/N over the last stage's tokens (not the layout's).
 * ``token_block(i)``: the i-th block counting across stages, its output on its stage's grid.
+* A headless ``SwinModel`` / ``Swinv2Model`` has no classes: its one target is the norm of the mean of the
+  last stage's tokens before the final LayerNorm (what the pooled embedding is made from; after the
+  LayerNorm every token's norm is nearly fixed), the same readout as the classifier's (1/N each).
 
 transformers' ``SwinLayer`` (V1) clamps its window and switches its shift off when a stage's grid is no
 larger than the window, and keeps that change for every later input: a 224² image switches the last
@@ -36,7 +40,7 @@ from .base import config_names, register_adapter
 from .classifier import ClassifierAdapter
 from .hooks import this_thread
 
-ARCHITECTURES = ("SwinForImageClassification", "Swinv2ForImageClassification")
+ARCHITECTURES = ("SwinForImageClassification", "Swinv2ForImageClassification", "SwinModel", "Swinv2Model")
 MODEL_TYPES = {"swin": "SwinForImageClassification", "swinv2": "Swinv2ForImageClassification"}
 
 
@@ -55,6 +59,7 @@ class SwinAdapter(ClassifierAdapter):
     #: transformers' Swin V1 blocks rewrite their own window and shift during a forward on a small grid,
     #: and this adapter puts the built ones back before each forward: two at once would race on them.
     concurrent_forwards = False
+    headless_target = "mean-token embedding norm"
 
     def __init__(self, model, processor, **kw):
         super().__init__(model, processor, **kw)
@@ -76,11 +81,13 @@ class SwinAdapter(ClassifierAdapter):
     @classmethod
     def tiny(cls, kind: str = "swin", *, image_size: int = 24, patch_size: int = 2, window_size: int = 3,
              num_labels: int = 5, seed: int = 0):
-        """A random 3-stage, 6-block model: kind "swin" or "swinv2". At 24² the grids are 12, 6, 3 with a
-        window of 3: shifted blocks in the first two stages, none in the last (grid = window)."""
+        """A random 3-stage, 6-block model: kind "swin", "swinv2" or "swin-headless" (a ``SwinModel``). At 24²
+        the grids are 12, 6, 3 with a window of 3: shifted blocks in the first two stages, none in the last
+        (grid = window)."""
         torch.manual_seed(seed)
         cfg_cls, model_cls = {"swin": (transformers.SwinConfig, transformers.SwinForImageClassification),
-                              "swinv2": (transformers.Swinv2Config, transformers.Swinv2ForImageClassification)}[kind]
+                              "swinv2": (transformers.Swinv2Config, transformers.Swinv2ForImageClassification),
+                              "swin-headless": (transformers.SwinConfig, transformers.SwinModel)}[kind]
         cfg = cfg_cls(image_size=image_size, patch_size=patch_size, embed_dim=16, depths=[2, 2, 2],
                       num_heads=[2, 2, 4], window_size=window_size, mlp_ratio=2.0, num_labels=num_labels,
                       id2label={i: f"class_{i}" for i in range(num_labels)},
@@ -94,7 +101,7 @@ class SwinAdapter(ClassifierAdapter):
 
     # --- geometry -----------------------------------------------------
     def _blocks(self) -> list[torch.nn.Module]:
-        base = getattr(self.model, self.model.base_model_prefix)
+        base = getattr(self.model, self.model.base_model_prefix, self.model)     # a headless model is its own base
         return [b for stage in base.encoder.layers for b in stage.blocks]
 
     @property
@@ -145,8 +152,10 @@ class SwinAdapter(ClassifierAdapter):
         for b, (win, shift) in zip(blocks, self._built):
             b.window_size, b.shift_size = win, shift
         kw = self._forward_kwargs(pixel_values)
+        if self.headless:
+            kw["output_hidden_states"] = True
         if not attentions:
-            return self.model(pixel_values=pixel_values.to(self.device), **kw).logits, None, {}
+            return self._scores(self.model(pixel_values=pixel_values.to(self.device), **kw)), None, {}
         windows: list[torch.Tensor] = []
         geometry: list[tuple[tuple[int, int], int, int]] = []
 
@@ -175,8 +184,14 @@ class SwinAdapter(ClassifierAdapter):
         # No plain attentions: ModelAdapter.capture keeps the windows (the one image's [n_windows, H, S, S],
         # no batch dimension to drop) in extras and differentiates them (layout: ``methods/hierarchy.py``).
         windows = tuple(windows)
-        return out.logits, None, {"hierarchy": Hierarchy(blocks=wins, grids=grids), "windows": windows,
+        return self._scores(out), None, {"hierarchy": Hierarchy(blocks=wins, grids=grids), "windows": windows,
                                   "grad_wrt": {"windows": windows}}
+
+    def _scores(self, out) -> torch.Tensor:
+        """[B, classes] logits, or for a headless model [B, 1]: the norm of the last stage's token mean."""
+        if not self.headless:
+            return out.logits
+        return out.hidden_states[-1].mean(1).norm(dim=-1, keepdim=True)   # [B, N_last, C] -> [B, 1]
 
     def _check_attentions(self, attentions: tuple, layout: TokenLayout, extras: dict[str, Any]) -> None:
         hier = extras["hierarchy"]
