@@ -59,7 +59,7 @@ def test_batch_gradients_are_each_images_own(deit):
             assert g_own.abs().max() > 0
     # the batch graph itself: image 0's score does not depend on image 1's attentions
     fn = caps[0]._grad_fn
-    g = torch.autograd.grad(fn.scores[0, 1], fn.attentions, retain_graph=True)
+    g = torch.autograd.grad(fn.scores[0, 1], fn.wrt["attentions"], retain_graph=True)
     assert all(float(x[1:].abs().max()) == 0.0 for x in g) and any(float(x[0].abs().max()) > 0 for x in g)
 
 
@@ -194,3 +194,36 @@ def test_uri_source_and_out_dir_checks(tmp_path, saved_models):
     assert main(["batch", str(src), "--model", str(saved_models["vit"]), "--method", "relevance", "--target", "1",
                  "--out-dir", str(tmp_path / "o3")]) == 0
     assert set(read_results(tmp_path / "o3").column("target_index").to_pylist()) == {1}
+
+
+@pytest.mark.parametrize("kind", ["swin", "swinv2"])
+def test_swin_images_share_one_forward_and_keep_their_own_windows(kind):
+    """Swin batches too: image i's window attentions and their gradients are its own rows of the batch's
+    [B · n_windows, H, S, S], equal to a separate single-image forward and backward (issue 25 item 6), and the
+    batch worker's relevance maps equal `explain` on each image alone."""
+    from attnviz.adapters.swin import SwinAdapter
+    swin = SwinAdapter.tiny(kind)
+    images = _images(3)
+    inputs = [swin.prepare(im) for im in images]
+    calls = []
+    swin.model.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0] if a else None))
+    caps = capture_batch(swin, inputs, grads=True)
+    assert len(calls) == 1                                      # one forward for the three images
+    targets = [1, 4, 2]
+    grads_for_batch(caps, targets)
+    for im, cap, t in zip(images, caps, targets):
+        single = attnviz.capture(swin, im)
+        assert torch.allclose(cap.scores, single.scores, atol=1e-5)
+        for a_b, a_s in zip(cap.extras["windows"], single.extras["windows"]):      # [n_windows, H, S, S]
+            assert a_b.shape == a_s.shape and torch.allclose(a_b, a_s, atol=1e-6, rtol=1e-4)
+        for g_b, g_s in zip(cap.grads(t, "windows"), single.grads(t, "windows")):
+            assert g_b.shape == g_s.shape and torch.allclose(g_b, g_s, atol=1e-6, rtol=1e-4)
+        np.testing.assert_allclose(attnviz.explain(swin, cap, "relevance", target=t).map,
+                                   attnviz.explain(swin, single, "relevance", target=t).map, rtol=1e-4, atol=1e-6)
+    worker = Worker(Job(model="x", method="relevance", top_k=1, batch_size=3), swin)
+    results = worker.run([Item(f"img{i}", None, _png(im)) for i, im in enumerate(images)])
+    for im, r in zip(images, results):
+        single = attnviz.capture(swin, im)
+        top = swin.resolve_target(single, None)
+        np.testing.assert_allclose(r.exps[0].map, attnviz.explain(swin, single, "relevance", target=top.index).map,
+                                   rtol=1e-4, atol=1e-6)

@@ -114,6 +114,14 @@ class ModelAdapter:
     #: ``hooks.this_thread``). The app then serves that many sessions side by side (``queue.TurnLock``
     #: lanes); tests/test_lanes.py checks every family that says so against a serial run.
     concurrent_forwards: ClassVar[bool] = True
+    #: whether several images of one size can share a forward (``engine/capture.capture_batch``): the
+    #: forward reads nothing per image but the pixels, and its extras are shared by every image of the
+    #: batch (``batch_shared_extras``) or hold each image's rows in turn (``batch_row_extras``: tensors
+    #: whose first dimension is B × k, image i's rows i·k … (i+1)·k − 1, as transformers' window partition
+    #: orders them)
+    batches_images: ClassVar[bool] = False
+    batch_shared_extras: ClassVar[tuple[str, ...]] = ()
+    batch_row_extras: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: torch.nn.Module, processor: Any, *, name: str, source: str,
                  device: Optional[torch.device] = None):

@@ -46,6 +46,7 @@ def prefix_names(config) -> tuple[str, ...]:
 class ClassifierAdapter(ModelAdapter):
     family = "classifier"
     task = "image-classification"
+    batches_images = True
     #: a headless backbone's one target: what ``_run`` scores when the model has no classes
     headless_target = "CLS embedding norm"
 

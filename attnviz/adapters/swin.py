@@ -60,6 +60,9 @@ class SwinAdapter(ClassifierAdapter):
     #: and this adapter puts the built ones back before each forward: two at once would race on them.
     concurrent_forwards = False
     headless_target = "mean-token embedding norm"
+    # a batch of one input size shares the hierarchy; each block's windows hold image i's n_windows in turn
+    batch_shared_extras = ("hierarchy",)
+    batch_row_extras = ("windows",)
 
     def __init__(self, model, processor, **kw):
         super().__init__(model, processor, **kw)
@@ -144,8 +147,8 @@ class SwinAdapter(ClassifierAdapter):
 
     # --- forward ------------------------------------------------------
     def _run(self, inputs, pixel_values, *, attentions):
-        """One forward. With ``attentions``: (scores [1, n], None, {"hierarchy": Hierarchy, "windows": L ×
-        [n_windows, H, S, S] window attentions as the forward used them, "grad_wrt": the same}); else
+        """One forward. With ``attentions``: (scores [B, n], None, {"hierarchy": Hierarchy, "windows": L ×
+        [B · n_windows, H, S, S] window attentions as the forward used them, "grad_wrt": the same}); else
         (scores [B, n], None, {})."""
         self._check_size(pixel_values)
         blocks = self._blocks()
@@ -177,12 +180,13 @@ class SwinAdapter(ClassifierAdapter):
         stage_of = [s for s, d in enumerate(self.config.depths) for _ in range(d)]
         wins = tuple(shifted_windows(g, w, sh, stage) for (g, w, sh), stage in zip(geometry, stage_of))
         grids = tuple(wins[i].grid for i in range(len(wins)) if i == 0 or stage_of[i] != stage_of[i - 1])
+        n_images = pixel_values.shape[0]
         for i, (win, a) in enumerate(zip(wins, windows)):
-            if a.shape[0] != win.slots.shape[0] or a.shape[-1] != win.slots.shape[1]:
-                raise RuntimeError(f"Block {i}: attention {tuple(a.shape)} does not fit {win.slots.shape[0]} windows "
-                                   f"of {win.window}×{win.window} on a {win.grid} grid.")
-        # No plain attentions: ModelAdapter.capture keeps the windows (the one image's [n_windows, H, S, S],
-        # no batch dimension to drop) in extras and differentiates them (layout: ``methods/hierarchy.py``).
+            if a.shape[0] != n_images * win.slots.shape[0] or a.shape[-1] != win.slots.shape[1]:
+                raise RuntimeError(f"Block {i}: attention {tuple(a.shape)} does not fit {n_images} × "
+                                   f"{win.slots.shape[0]} windows of {win.window}×{win.window} on a {win.grid} grid.")
+        # No plain attentions: ModelAdapter.capture keeps the windows (one image's [n_windows, H, S, S]; a batch's
+        # [B · n_windows, H, S, S], image by image) in extras and differentiates them (``methods/hierarchy.py``).
         windows = tuple(windows)
         return self._scores(out), None, {"hierarchy": Hierarchy(blocks=wins, grids=grids), "windows": windows,
                                   "grad_wrt": {"windows": windows}}

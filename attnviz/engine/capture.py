@@ -12,9 +12,11 @@ score depends only on image i's attentions, ``d(Σ_i score_i[t_i]) / dA`` has
 ``d score_i[t_i] / dA_i`` in row i (``grads_for_batch``; a test checks this
 against per-image backwards).
 
-Only families whose forward depends on the pixels alone (no per-image prompt
-or caption) run batched here: :data:`BATCHED_FAMILIES`. Others are captured one
-image at a time by the adapter itself.
+Families whose forward depends on the pixels alone (no per-image prompt or caption) run batched here:
+those whose adapter says ``batches_images`` (ViT-family classifiers and backbones, Swin). A Swin block's
+window attentions come batched as ``[B · n_windows, H, S, S]`` (transformers' window partition puts image
+i's windows in rows i·n_windows …), so image i's capture holds its own rows and its gradients are those rows
+of the batch's. Others are captured one image at a time by the adapter itself.
 """
 from __future__ import annotations
 
@@ -24,14 +26,14 @@ import torch
 
 from ..types import Capture
 
-#: Families whose ``_run`` reads nothing per image but the pixels, and whose extras hold at most a
-#: per-image ``readout``. Image–text models (shared prompts, text-tower extras) and captioners (a caption
-#: per image) are captured one image per forward.
-BATCHED_FAMILIES = ("classifier",)
-
-
 def batchable(adapter) -> bool:
-    return adapter.family in BATCHED_FAMILIES
+    return bool(getattr(adapter, "batches_images", False))
+
+
+def _rows(name: str, t: torch.Tensor, n_images: int, i: int) -> torch.Tensor:
+    """Image ``i``'s part of a batch tensor: ``attentions`` [B, H, T, T] -> [H, T, T]; a row extra
+    [B · k, ...] -> [k, ...]."""
+    return t[i] if name == "attentions" else t.unflatten(0, (n_images, -1))[i]
 
 
 class CaptureBatch(list):
@@ -54,32 +56,35 @@ def capture_batch(adapter, inputs: Sequence[dict[str, Any]], *, grads: bool = Fa
     if not batchable(adapter):
         return [adapter.capture(inp, grads=grads) for inp in inputs]
     pixel_values = torch.cat([inp["pixel_values"] for inp in inputs]).to(adapter.device)   # [B, C, H, W]
+    n = len(inputs)
     with torch.set_grad_enabled(grads), adapter.lock:
         # The weights are frozen: without an input that requires grad there would be no graph at all.
         x = pixel_values.detach().clone().requires_grad_(grads)
         scores, attentions, extras = adapter._run(inputs[0], x, attentions=True)
-    if not attentions or len(attentions) != adapter.n_layers:
-        raise RuntimeError(f"Expected {adapter.n_layers} attention tensors, got {len(attentions or ())}: "
-                           "the model is not running eager attention.")
+    attentions = tuple(attentions or ())
     readout = extras.pop("readout", None)                                  # [B, T] when the forward measured it
-    extras.pop("grad_wrt", None)
+    wrt = {"attentions": attentions} if attentions else {}
+    wrt.update(extras.pop("grad_wrt", {}))
+    shared = {k: extras.pop(k) for k in adapter.batch_shared_extras if k in extras}
+    rows = {k: extras.pop(k) for k in adapter.batch_row_extras if k in extras}
     if extras:
         raise RuntimeError(f"{adapter.family} forwards return per-image extras ({', '.join(extras)}); "
                            "they cannot be captured in a batch.")
+    if "attentions" in adapter.provides:          # the images share one size, so one layout checks them all
+        adapter._check_attentions(attentions, adapter.layout(inputs[0]), shared)
     caps = []
     for i, inp in enumerate(inputs):
         layout = adapter.layout(inp)
-        if attentions[0].shape[-1] != layout.n_tokens:
-            raise RuntimeError(f"Token layout mismatch: attention over {attentions[0].shape[-1]} tokens, "
-                               f"layout says {layout.n_tokens}.")
         s = scores[i].detach()                                            # [n_targets]
+        own = {k: tuple(_rows(k, t, n, i).detach() for t in v) for k, v in rows.items()}
         caps.append(Capture(
             scores=s,
             attentions=tuple(a[i].detach() for a in attentions),           # L × [H, T, T]
             layout=layout, inputs=inp, targets=adapter._targets(inp, s), box=inp.get("box"),
+            extras={**shared, **own},
             readout=readout[i].detach() if readout is not None else adapter.readout(layout),
             pooling=adapter.pooling,
-            _grad_fn=_ImageGrads(scores, attentions, i) if grads else None,
+            _grad_fn=_ImageGrads(scores, wrt, i, n) if grads else None,
         ))
     return CaptureBatch(caps, tuple(a.detach() for a in attentions))
 
@@ -90,12 +95,20 @@ class _ImageGrads:
     It also names the batch's graph, so :func:`grads_for_batch` can serve several images in one backward.
     """
 
-    def __init__(self, scores: torch.Tensor, attentions: tuple[torch.Tensor, ...], i: int):
-        self.scores, self.attentions, self.i = scores, attentions, i      # [B, n_targets], L × [B, H, T, T]
+    def __init__(self, scores: torch.Tensor, wrt: dict[str, tuple[torch.Tensor, ...]], i: int, n_images: int):
+        self.scores, self.wrt, self.i, self.n = scores, wrt, i, n_images   # [B, n_targets], name -> batch tensors
+        self.flat = tuple(t for v in wrt.values() for t in v)
+
+    def split(self, gs: Sequence[torch.Tensor], i: int) -> dict[str, tuple[torch.Tensor, ...]]:
+        """The batch's gradients (in ``flat`` order) -> image ``i``'s, by name."""
+        out, k = {}, 0
+        for name, v in self.wrt.items():
+            out[name] = tuple(_rows(name, g, self.n, i).detach() for g in gs[k:k + len(v)])
+            k += len(v)
+        return out
 
     def __call__(self, t: int) -> dict[str, tuple[torch.Tensor, ...]]:
-        gs = torch.autograd.grad(self.scores[self.i, t], self.attentions, retain_graph=True)
-        return {"attentions": tuple(g[self.i].detach() for g in gs)}         # L × [H, T, T]
+        return self.split(torch.autograd.grad(self.scores[self.i, t], self.flat, retain_graph=True), self.i)
 
 
 def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int], *,
@@ -106,8 +119,9 @@ def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int], *,
     ``grads=True`` share one backward; any others (any family's, made with gradients) get their own.
     Gradients already cached stay.
 
-    Returns that backward's gradients, L × [B, H, T, T] over the batch's rows (each capture's are its row,
-    ``caps[i]._grad_fn.i``), when every capture's came from it; else None.
+    Returns that backward's attention gradients, L × [B, H, T, T] over the batch's rows (each capture's are
+    its row, ``caps[i]._grad_fn.i``), when every capture's came from it and the family has plain attentions;
+    else None.
 
     ``last``: no other backward will run through this batch's graph, so autograd frees each saved tensor
     as soon as its step is done (the gradients then reuse that memory instead of new pages) and the
@@ -126,11 +140,13 @@ def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int], *,
     rows = torch.tensor([f.i for f in fns])
     cols = torch.tensor([targets[i] for i in todo])
     total = batch.scores[rows, cols].sum()                       # images are independent: Σ_i s_i[t_i]
-    gs = torch.autograd.grad(total, batch.attentions, retain_graph=not last)   # L × [B, H, T, T]
+    gs = torch.autograd.grad(total, batch.flat, retain_graph=not last)   # every tensor of the batch's graph
     for i, f in zip(todo, fns):
         with caps[i]._grad_lock:
-            caps[i]._grads[targets[i]] = {"attentions": tuple(g[f.i].detach() for g in gs)}
+            caps[i]._grads[targets[i]] = batch.split(gs, f.i)
     if last:
         for c in caps:
             c.release_graph()
-    return tuple(g.detach() for g in gs) if len(todo) == len(caps) else None
+    if len(todo) != len(caps) or "attentions" not in batch.wrt:
+        return None
+    return tuple(g.detach() for g in gs[:len(batch.wrt["attentions"])])         # L × [B, H, T, T]
