@@ -86,6 +86,30 @@ def test_a_heads_link_opens_its_stage_and_query_on_a_swin(swin_app, swin_dir):
     assert at.query_params["stage"] == "1" and at.query_params["query"] == "2,3"
 
 
+def test_a_heads_link_with_layer_and_head_opens_that_block_on_a_swin(swin_app, swin_dir):
+    """Issue 25 item 6: a link's layer (a block, counted across stages) and head open that block's stage with
+    that head enlarged, no warning; a head the block does not have warns once."""
+    cfg = AutoModelForImageClassification.from_pretrained(swin_dir).config
+    last = sum(cfg.depths) - 1                                  # the last block: the last stage, most heads
+    head = cfg.num_heads[-1] - 1                                # a head only the last stage has
+    at = swin_app()
+    at.query_params.update({"layer": str(last), "head": str(head), "query": "output"})
+    at.run()
+    at.switch_page(HEADS).run()
+    _ok(at)
+    assert not at.warning, [w.value for w in at.warning]
+    assert at.radio(key="h_stage").value == len(cfg.depths) - 1
+    captions = [im.proto.imgs[0].caption for im in at.get("image")]
+    assert any(c.startswith(f"Block {last} (stage {len(cfg.depths) - 1}), head {head}:") for c in captions), captions
+    at = swin_app()
+    at.query_params.update({"layer": "0", "head": str(cfg.num_heads[0])})     # one past block 0's heads
+    at.run()
+    at.switch_page(HEADS).run()
+    _ok(at)
+    assert [w.value for w in at.warning] == [f"The link's head '{cfg.num_heads[0]}' is not one of block 0's heads "
+                                             f"(0–{cfg.num_heads[0] - 1}); using head 0."]
+
+
 def test_the_lesson_page_says_why_it_does_not_take_a_swin_apart(swin_app, swin_dir):
     """Its one-layer walk-through needs one attention over every patch: a sentence, no traceback; the
     DINO masks it draws refuse a Swin capture in one sentence too."""

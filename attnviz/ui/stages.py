@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import streamlit as st
 
 from ..methods import attention, hierarchy
+from ..methods.common import HEAD_FUSIONS
 from . import figures, mapview, panels, state, urlstate
 from .compute import model_key
 from .context import query_label
@@ -30,6 +31,32 @@ def _stage_label(info: dict) -> str:
             f"{len(info['blocks'])} blocks × {info['heads']} heads")
 
 
+def _apply_block_link(url: dict[str, str], infos: list[dict]) -> None:
+    """A link's ``layer`` (a block, counted across stages, negative from the end) and ``head`` (one of that
+    block's heads; a fusion name or none: head 0) open that block's stage with that head enlarged."""
+    ss = st.session_state
+    n = sum(len(i["blocks"]) for i in infos)
+    try:
+        li = int(url["layer"])
+        if not -n <= li < n:
+            raise ValueError
+    except ValueError:
+        urlstate.warn(f"The link's layer '{url['layer']}' is not a block between 0 and {n - 1}; using stage 0.")
+        return
+    li %= n
+    info = next(i for i in infos if li in i["blocks"])
+    head = url.get("head", "0")
+    if not head.isdigit() or int(head) >= info["heads"]:
+        if not head.isdigit() and head in HEAD_FUSIONS:
+            head = "0"                 # the mosaic enlarges one head: the link's fusion has no thumbnail here
+        else:
+            urlstate.warn(f"The link's head '{head}' is not one of block {li}'s heads (0–{info['heads'] - 1}); "
+                          "using head 0.")
+            head = "0"
+    ss["h_stage"] = info["stage"]
+    ss[f"h_swin_pick_{info['stage']}"] = (info["blocks"].index(li), int(head))
+
+
 def stages_ui(ctx, query_ui: Callable[[object], str], url: Optional[dict[str, str]] = None) -> tuple[int, str]:
     """Stage picker, query, the stage's blocks × heads mosaic, and the clicked head enlarged; (stage, query).
     ``url``: the link's values the first time the page opens (its stage; the query is the page's)."""
@@ -42,6 +69,8 @@ def stages_ui(ctx, query_ui: Callable[[object], str], url: Optional[dict[str, st
             ss["h_stage"] = int(raw)
         else:
             urlstate.warn(f"The link's stage '{raw}' is not between 0 and {len(infos) - 1}; using stage 0.")
+    if url and "layer" in url:
+        _apply_block_link(url, infos)
     if not isinstance(ss.get("h_stage"), int) or not 0 <= ss["h_stage"] < len(infos):
         ss["h_stage"] = 0
     st.caption(NOT_HERE)

@@ -115,7 +115,9 @@ def main() -> None:
     _clamp_state(L, H, lay.rows, lay.cols, kinds)
     url = urlstate.consume("heads")
     if url:
-        _apply_url(url, L, H, lay.rows, lay.cols, kinds)
+        # a Swin's layer and head name a block and one of its heads (heads differ by stage): stages_ui reads them
+        own = {k: v for k, v in url.items() if k not in ("layer", "head")} if is_hierarchical(cap) else url
+        _apply_url(own, L, H, lay.rows, lay.cols, kinds)
     if is_hierarchical(cap):         # Swin: per stage, blocks × heads (heads and grids differ by stage)
         stage, query = stages.stages_ui(ctx, query_ui, url)
         urlstate.sync({**shared_url_values(ctx), "stage": stage, "query": query})
