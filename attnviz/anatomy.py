@@ -9,7 +9,8 @@ Scaled dot-product attention (Vaswani et al. 2017, https://arxiv.org/abs/1706.03
     out_h[i]      = Σ_j a_h[i, j] v_h[j]
 
 q, k and v come from the layer's own projections applied to the exact hidden states its attention module
-received in one extra forward (a pre-hook; no gradients), and any additive bias is the tensor the model
+received in one extra forward (a pre-hook; no gradients; every layer the lesson may show in that one
+forward: ``attention_anatomies``), and any additive bias is the tensor the model
 passed to that module. Nothing here re-implements the model: the check that matters for a lesson,
 ``softmax(q·k/√d + bias)`` against the attention the model itself returned, is ``Anatomy.max_difference``.
 
@@ -106,25 +107,43 @@ def _project(m: torch.nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, to
 
 def attention_anatomy(adapter, inputs: dict[str, Any], layer: int) -> Anatomy:
     """Take layer ``layer`` of the image tower apart for ``inputs`` (one forward without gradients)."""
-    layer = checked_index(layer, adapter.n_layers, "Layer", "layers")
-    module = attention_module(adapter.token_block(layer))
-    seen: dict[str, Any] = {}
+    return attention_anatomies(adapter, inputs, [layer])[checked_index(layer, adapter.n_layers, "Layer", "layers")]
 
-    def before(mod, args, kwargs):
-        seen["hidden"] = args[0] if args else kwargs["hidden_states"]
-        seen["mask"] = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
 
-    def after(mod, args, kwargs, out):
-        seen["weights"] = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+def attention_anatomies(adapter, inputs: dict[str, Any], layers=None) -> dict[int, Anatomy]:
+    """Take several layers (default: every one) apart for ``inputs`` in ONE forward without gradients:
+    layer index (from 0) -> ``Anatomy``. A lesson that moves through the layers pays one forward, not one
+    per layer."""
+    layers = range(adapter.n_layers) if layers is None else layers
+    idx = sorted({checked_index(li, adapter.n_layers, "Layer", "layers") for li in layers})
+    modules = {li: attention_module(adapter.token_block(li)) for li in idx}
+    seen: dict[int, dict[str, Any]] = {li: {} for li in idx}
 
-    handles = [module.register_forward_pre_hook(this_thread(before), with_kwargs=True),
-               module.register_forward_hook(this_thread(after), with_kwargs=True)]
+    def hooks_for(li):
+        def before(mod, args, kwargs):
+            seen[li]["hidden"] = args[0] if args else kwargs["hidden_states"]
+            seen[li]["mask"] = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+        def after(mod, args, kwargs, out):
+            seen[li]["weights"] = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+        return before, after
+
+    handles = []
+    for li, module in modules.items():
+        before, after = hooks_for(li)
+        handles += [module.register_forward_pre_hook(this_thread(before), with_kwargs=True),
+                    module.register_forward_hook(this_thread(after), with_kwargs=True)]
     try:
         with torch.no_grad(), adapter.lock:
             adapter._run(inputs, inputs["pixel_values"].to(adapter.device), attentions=True)
     finally:
         for h in handles:
             h.remove()
+    return {li: _anatomy(li, modules[li], seen[li]) for li in idx}
+
+
+def _anatomy(layer: int, module: torch.nn.Module, seen: dict[str, Any]) -> Anatomy:
+    """One layer's ``Anatomy`` from what its attention module received and returned in the forward."""
     if seen.get("weights") is None:
         raise UsageError("This model did not return its attention weights (it is not running eager attention).")
     with torch.no_grad():

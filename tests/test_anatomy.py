@@ -100,3 +100,25 @@ def test_dino_masks_follow_each_heads_cls_row(photo):
         n_needed = int(np.searchsorted(np.cumsum(smallest), 0.6 - 1e-12) + 1)
         assert kept.sum() == n_needed                                             # and no more patches
         assert w[kept].min() >= w[~kept].max() if (~kept).any() else True         # the heaviest ones
+
+
+@pytest.mark.parametrize("group,kind", [("classifier", "vit"), ("classifier", "dinov2-registers"), ("clip", "clip")])
+def test_every_layer_taken_apart_in_one_forward(group, kind, photo):
+    """Issue 25 item 8: the lesson's layers come from ONE forward (was one per layer), each equal to the
+    model's own attention of a separate capture and to softmax(q·k/√d) of its own projections."""
+    from attnviz.anatomy import attention_anatomies
+    adapter = tiny(group, kind)
+    cap = attnviz.capture(adapter, photo, texts=["a red circle"] if group == "clip" else None, grads=False)
+    forwards = []
+    handle = adapter.model.register_forward_pre_hook(lambda m, a: forwards.append(1))
+    try:
+        every = attention_anatomies(adapter, cap.inputs)
+    finally:
+        handle.remove()
+    assert sorted(every) == list(range(cap.n_layers)) and len(forwards) == 1
+    for layer, an in every.items():
+        assert an.layer == layer
+        assert float((an.model_attention - cap.attentions[layer]).abs().max()) <= 1e-6
+        q = 0 if cap.layout.n_prefix else cap.layout.n_tokens // 2
+        want = torch.softmax(torch.einsum("hd,htd->ht", an.q[:, q], an.k) * an.scale, -1)   # [H, T]
+        assert float((want - cap.attentions[layer][:, q]).abs().max()) <= 1e-5
