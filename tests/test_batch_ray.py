@@ -7,7 +7,7 @@ from PIL import Image
 pytest.importorskip("ray")
 
 from attnviz.cli import main  # noqa: E402
-from attnviz.engine import Job, Source, read_results  # noqa: E402
+from attnviz.engine import Job, Source, Worker, read_results  # noqa: E402
 from attnviz.engine.bench import _StampReady  # noqa: E402
 from attnviz.engine.local import pending_files, run_inprocess  # noqa: E402
 from attnviz.engine.ray_engine import run_ray  # noqa: E402
@@ -34,7 +34,7 @@ def test_ray_engine_matches_in_process(tmp_path, saved_models, ray_session, caps
     run_inprocess(job, source, tmp_path / "local", files=False)
     stamps = tmp_path / "stamps"
     stamps.mkdir()
-    todo, skipped = pending_files(source, tmp_path / "ray", job)
+    todo, skipped = pending_files(source, tmp_path / "ray", Worker(job))
     assert (len(todo), skipped) == (7, 0)
     timing = run_ray(job, source, tmp_path / "ray", todo, workers=2, threads=1, on_ready=_StampReady(str(stamps)))
     assert timing["workers"] == 2 and len(list(stamps.iterdir())) == 2      # one model load per worker
