@@ -62,7 +62,8 @@ SCHEMA = pa.schema([
     ("signed", pa.bool_()),
     ("image_width", pa.int32()),
     ("image_height", pa.int32()),
-    ("box", pa.list_(pa.int32())),         # (left, top, right, bottom) of the image the model saw; null: all
+    ("box", pa.list_(pa.int32())),         # (left, top, right, bottom) where the map lies on the image: the part
+                                           # the model saw, or past it where a CNN's last cells overhang; null: all
     ("params", pa.string()),               # the method's parameters as JSON
     ("deletion_auc", pa.float64()),        # faithfulness (--faithfulness), else null
     ("random_deletion_auc", pa.float64()),
