@@ -105,8 +105,7 @@ def run_ray(job: Job, source: Source, out, todo: list[str], *, workers: Optional
                         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads,
                         fn_constructor_kwargs={"job": job, "root": source.root, "out": str(Path(out).resolve()),
                                                "threads": threads, "on_ready": on_ready})
-    for _ in ds.iter_batches(batch_size=None):          # the actors write; the driver only waits
-        pass
+    ds.materialize()                                    # the actors write the parts; the driver waits
     return {"startup": startup, "seconds": time.perf_counter() - t1, "workers": workers}
 
 
