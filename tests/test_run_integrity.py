@@ -213,3 +213,38 @@ def test_killed_anywhere_then_resumed_equals_an_uninterrupted_run(tmp_path, save
             np.testing.assert_array_equal(np.load(out / f"img{i:02d}.png.npy"),
                                           np.load(tmp_path / "clean" / f"img{i:02d}.png.npy"))
         assert not list((out / "results.parquet").glob(".*.tmp"))
+
+
+def test_a_hub_model_is_identified_by_its_revision(tmp_path, saved_models, monkeypatch):
+    """A hub model's files sit in the HF cache under snapshots/<commit>, refs/main naming the commit: the
+    identity is that commit and the files' digest; when main moves on, resuming is refused, naming the
+    revisions."""
+    from types import SimpleNamespace
+
+    import huggingface_hub.constants as hf_constants
+
+    from attnviz.engine.identity import model_identity
+    from attnviz.engine.results import start_run
+    cache = tmp_path / "hub"
+    repo = cache / "models--someone--tiny-vit"
+
+    def publish(commit, seed):
+        snap = repo / "snapshots" / commit
+        _tiny_vit_folder(snap, seed)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        return snap
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    first = publish("a" * 40, 0)
+    model = SimpleNamespace(source="someone/tiny-vit", model=None)
+    ident = model_identity(model)
+    own = hashlib.sha256((first / "model.safetensors").read_bytes()).hexdigest()
+    assert ident == {"revision": "a" * 40,
+                     "weights": hashlib.sha256(f"model.safetensors\0{own}\n".encode()).hexdigest()}
+    out = tmp_path / "out"
+    start_run(out, {"method": "rollout"}, "src", ident)
+    (out / "results.parquet").mkdir()
+    (out / "results.parquet" / "part-x.parquet").write_bytes(b"")     # the run wrote rows
+    publish("b" * 40, 1)
+    with pytest.raises(UsageError, match=f"another hub revision of the model \\({'a' * 40} there, {'b' * 40} now\\)"):
+        start_run(out, {"method": "rollout"}, "src", model_identity(model))
