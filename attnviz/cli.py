@@ -1,7 +1,8 @@
 """Command line: ``python -m attnviz explain | batch | bench | models | loadtest``.
 
 Exit codes (stable): 0 ok, 2 usage, 3 unreadable or rejected image,
-4 model not available, 141 output closed early (``| head``: no traceback, as
+4 model not available, 75 ``batch``'s --out-dir is in use by another batch run
+(sysexits' EX_TEMPFAIL: try again when it ends), 141 output closed early (``| head``: no traceback, as
 a shell tool killed by SIGPIPE). Errors are one sentence on stderr.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-EXIT_OK, EXIT_USAGE, EXIT_IMAGE, EXIT_MODEL, EXIT_PIPE = 0, 2, 3, 4, 141
+EXIT_OK, EXIT_USAGE, EXIT_IMAGE, EXIT_MODEL, EXIT_BUSY, EXIT_PIPE = 0, 2, 3, 4, 75, 141
 REJECTED_SHOWN = 5           # batch: rejected files listed on stderr with their reason
 
 
@@ -194,7 +195,8 @@ def _write_out(path: Path, image, cap, exp) -> None:
         import numpy as np
         np.save(path, exp.map.astype("float32"))
     elif suffix == ".png":
-        img = render.overlay(image, exp.map, norm="signed" if exp.signed else "minmax", box=cap.box)
+        img = render.overlay(image, exp.map, norm="signed" if exp.signed else "minmax",
+                             box=cap.map_box(exp.map.shape, image.size, exp.over))
         path.write_bytes(render.to_png_bytes(img))
     else:
         raise UsageError(f"--out must end in .npy or .png, got '{path.name}'.")
@@ -211,7 +213,7 @@ def _record(adapter, cap, exp, timings) -> dict:
         "map_shape": list(exp.map.shape),
         "over": exp.over,
         "signed": exp.signed,
-        "pooling": cap.pooling,               # what the "output" query reads (adapters/pooling.py)
+        "pooling": cap.pooling,               # what the "output" query reads (tokens/readout.py)
         "params": exp.params,
         "meta": {k: v for k, v in exp.meta.items() if k != "seconds"},
         "timings": {k: round(v, 4) for k, v in timings.items()},
@@ -298,7 +300,7 @@ def _tqdm_progress():
 def cmd_batch(args) -> int:
     """Explain a folder with the batch engine (in-process or Ray); results.parquet, resumable."""
     from .engine import Job, Source, run_inprocess
-    from .engine.local import faithfulness_line, pending_files
+    from .engine.local import check_places, faithfulness_line, pending_files
     from .errors import UsageError
     if args.batch_size < 1 or args.top_k < 1 or args.threads < 1 or (args.workers is not None and args.workers < 1):
         raise UsageError("--batch-size, --top-k, --threads and --workers must be at least 1.")
@@ -309,12 +311,16 @@ def cmd_batch(args) -> int:
               top_k=args.top_k, texts=tuple(args.text), size=args.size, faithfulness=args.faithfulness,
               sanity=args.sanity, batch_size=args.batch_size)
     if args.engine == "ray":
+        from .engine.results import run_lock
         from .engine.ray_engine import rows_for, run_ray
         from .engine.worker import Worker
-        Worker(job, adapter)                    # bad parameters or targets: one sentence before Ray starts
+        worker = Worker(job, adapter)           # bad parameters or targets: one sentence before Ray starts
         del adapter
-        todo, skipped = pending_files(source, out, job)
-        timing = run_ray(job, source, out, todo, workers=args.workers, threads=args.threads)
+        check_places(source, out)
+        with run_lock(out):
+            todo, skipped = pending_files(source, out, worker)
+            del worker
+            timing = run_ray(job, source, out, todo, workers=args.workers, threads=args.threads)
         rows = rows_for(out, {source.display(f) for f in todo})
         rejected = len({r["path"] for r in rows if r["error"] is not None})
         explained = len({r["path"] for r in rows if r["error"] is None})
@@ -382,7 +388,7 @@ def cmd_models(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)      # argparse exits 2 on usage errors
-    from .errors import ModelUnavailable, UsageError
+    from .errors import ModelUnavailable, OutDirBusy, UsageError
     from .images import ImageRejected
     if args.command != "models":     # `models` never loads torch or transformers: it answers at once
         _quiet_libraries()
@@ -418,6 +424,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ModelUnavailable as e:
         print(f"attnviz: {e}", file=sys.stderr)
         return EXIT_MODEL
+    except OutDirBusy as e:
+        print(f"attnviz: {e}", file=sys.stderr)
+        return EXIT_BUSY
     except BrokenPipeError:
         # The reader went away (``attnviz models --json | head``): stop quietly. Point stdout at devnull
         # so the interpreter's final flush does not raise a second time.

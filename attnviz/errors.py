@@ -17,3 +17,9 @@ class ModelUnavailable(AttnvizError):
     """Offline and not cached, unknown id, unsupported family or no safetensors (CLI exit 4)."""
 
     exit_code = 4
+
+
+class OutDirBusy(AttnvizError):
+    """Another batch run holds the output folder's lock (CLI exit 75, sysexits' EX_TEMPFAIL: try again later)."""
+
+    exit_code = 75

@@ -10,7 +10,10 @@ passes through one gate before the sum, where SE-ResNet and CBAM put theirs:
 * ``se``: squeeze-and-excitation, Hu et al., CVPR 2018 (https://arxiv.org/abs/1709.01507):
   s = σ(W₂ ReLU(W₁ GAP(x))), x ← x · s per channel.
 * ``eca``: efficient channel attention, Wang et al., CVPR 2020 (https://arxiv.org/abs/1910.03151):
-  s = σ(conv1d_k(GAP(x))) across neighbouring channels, no reduction.
+  s = σ(conv1d_k(GAP(x))) across neighbouring channels, no reduction. The kernel follows the
+  paper's adaptive rule (eq. 12) unless ``eca_kernel`` fixes it: k = ψ(C) = |log₂(C)/γ + b/γ|_odd
+  with γ = 2, b = 1 (``eca_gamma``, ``eca_b``), |t|_odd the odd number nearest t (ties upwards, as
+  the authors' code: t truncated, plus one when even). It gives 3 for 8–127 channels, 5 for 128–2047.
 * ``cbam``: Woo et al., ECCV 2018 (https://arxiv.org/abs/1807.06521): channel gate
   M_c = σ(MLP(AvgPool(x)) + MLP(MaxPool(x))), x' = x · M_c; then spatial gate
   M_s = σ(BN(f^{k×k}([mean_c(x'); max_c(x')]))), x'' = x' · M_s (eq. 3; the batch norm on the
@@ -22,6 +25,7 @@ The head is a global average pool of the last stage and one linear layer (multi-
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -42,8 +46,8 @@ class GatedCnnConfig(PretrainedConfig):
     def __init__(self, num_channels: int = 3, stem_channels: int = 24, stem_stride: int = 2,
                  hidden_sizes: Sequence[int] = (32, 48, 64), depths: Sequence[int] = (1, 2, 2),
                  strides: Sequence[int] = (1, 2, 2), gates: Sequence[str] = ("se", "eca", "cbam"),
-                 se_reduction: int = 4, eca_kernel: int = 3, cbam_kernel: int = 7, cbam_spatial_norm: bool = True,
-                 **kwargs):
+                 se_reduction: int = 4, eca_kernel: Optional[int] = None, eca_gamma: float = 2.0,
+                 eca_b: float = 1.0, cbam_kernel: int = 7, cbam_spatial_norm: bool = True, **kwargs):
         n = len(hidden_sizes)
         if not (len(depths) == len(strides) == len(gates) == n):
             raise ValueError("hidden_sizes, depths, strides and gates need one entry per stage.")
@@ -53,7 +57,12 @@ class GatedCnnConfig(PretrainedConfig):
         self.num_channels, self.stem_channels, self.stem_stride = num_channels, stem_channels, stem_stride
         self.hidden_sizes, self.depths = list(hidden_sizes), list(depths)
         self.strides, self.gates = list(strides), list(gates)
+        if eca_kernel is not None and (isinstance(eca_kernel, bool) or not isinstance(eca_kernel, int)
+                                       or eca_kernel < 1 or eca_kernel % 2 == 0):
+            raise ValueError(f"eca_kernel must be an odd whole number (a convolution centred on each channel), "
+                             f"got {eca_kernel!r}; leave it unset for Wang et al.'s adaptive size.")
         self.se_reduction, self.eca_kernel, self.cbam_kernel = se_reduction, eca_kernel, cbam_kernel
+        self.eca_gamma, self.eca_b = eca_gamma, eca_b
         self.cbam_spatial_norm = cbam_spatial_norm
         super().__init__(**kwargs)
 
@@ -112,11 +121,18 @@ class CBAM(nn.Module):
         return x * self.spatial_gate(self.spatial(pooled))                                # [B, 1, h, w] gate
 
 
+def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
+    """Wang et al.'s adaptive ECA kernel (eq. 12): |log₂(C)/γ + b/γ|_odd."""
+    t = int(abs((math.log2(channels) + b) / gamma))
+    return t if t % 2 else t + 1
+
+
 def make_gate(kind: str, channels: int, config: GatedCnnConfig) -> nn.Module:
     if kind == "se":
         return SqueezeExcitation(channels, config.se_reduction)
     if kind == "eca":
-        return EfficientChannelAttention(channels, config.eca_kernel)
+        k = config.eca_kernel or eca_kernel_size(channels, config.eca_gamma, config.eca_b)
+        return EfficientChannelAttention(channels, k)
     if kind == "cbam":
         return CBAM(channels, config.se_reduction, config.cbam_kernel, config.cbam_spatial_norm)
     return nn.Identity()

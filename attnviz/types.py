@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +53,19 @@ class TokenLayout:
             return self.prefix_names[index]
         r, c = divmod(index - self.n_prefix, self.cols)
         return f"patch({r},{c})"
+
+    def footprint(self, box: Optional[Sequence[float]], image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """Where the grid's cells lie on the original image, as (left, top, right, bottom).
+
+        ``box``: the part of an image of ``image_size = (width, height)`` the model saw (None: all of
+        it), which the input tensor fills. A cell is ``patch_size`` input pixels, so the grid reaches
+        past the input where a CNN's ⌈H / stride⌉ cells overhang it (the last cell holds fewer real
+        pixels) and falls short where a ViT leaves rows unread: the box scaled by
+        rows·patch / H and cols·patch / W from its top-left corner."""
+        left, top, right, bottom = box if box is not None else (0, 0, image_size[0], image_size[1])
+        h, w = self.input_size
+        ph, pw = self.patch_size
+        return (left, top, left + (right - left) * self.cols * pw / w, top + (bottom - top) * self.rows * ph / h)
 
     def to_grid(self, per_token: torch.Tensor | np.ndarray) -> np.ndarray:
         """Patch part of a per-token vector as a float32 [rows, cols] grid."""
@@ -108,7 +121,7 @@ class Capture:
     one-hot on CLS for most ViTs, half CLS / half distillation token for
     distilled DeiT, 1/N on each patch for mean pooling (BEiT), half CLS and
     half patch mean for DINOv2's classifier, the attention-pooling weights for
-    SigLIP (``pooling`` names which; see ``adapters/pooling.py``). Methods read
+    SigLIP (``pooling`` names which; see ``tokens/readout.py``). Methods read
     their map as ``readout @ M`` when the query is "output".
 
     A convolutional network has no attention weights (``attentions`` is empty):
@@ -128,7 +141,7 @@ class Capture:
     cross_attentions: Optional[tuple[torch.Tensor, ...]] = None  # L × [H, Q, T_image]
     extras: dict[str, Any] = field(default_factory=dict)
     readout: Optional[torch.Tensor] = None                               # [T]
-    pooling: str = "cls"                 # how the output reads the final tokens (adapters/pooling.py)
+    pooling: str = "cls"                 # how the output reads the final tokens (tokens/readout.py)
     stages: tuple[torch.Tensor, ...] = ()           # CNNs: S × [C, h, w] stage outputs, detached
     stage_grids: tuple[TokenLayout, ...] = ()       # CNNs: S stage grids (rows, cols, stride as patch_size)
     gates: tuple[Gate, ...] = ()                    # CNNs: channel / spatial gates in forward order
@@ -155,6 +168,20 @@ class Capture:
                     raise RuntimeError("This capture was made without gradients.")
                 self._grads[target] = self._grad_fn(target)
         return self._grads[target][key]
+
+    def map_box(self, shape: Sequence[int], image_size: tuple[int, int], over: str = "patches"
+                ) -> Optional[tuple[int, int, int, int]]:
+        """The box to lay a map of ``shape`` on the original image with (``render.overlay``'s ``box``):
+        a CNN's grid map where its cells truly lie (:meth:`TokenLayout.footprint` of the stage grid of
+        that shape), else the part of the image the model saw (``box``; None: all)."""
+        if over != "patches" or not self.stage_grids:
+            return self.box
+        for grid in self.stage_grids:
+            if (grid.rows, grid.cols) == tuple(shape):
+                if (grid.rows * grid.patch_size[0], grid.cols * grid.patch_size[1]) == tuple(grid.input_size):
+                    return self.box                                       # the cells fill the input exactly
+                return tuple(int(round(v)) for v in grid.footprint(self.box, image_size))  # type: ignore[return-value]
+        return self.box
 
     def attention_grads(self, target: int) -> tuple[torch.Tensor, ...]:
         """d score[target] / d attentions[l], L × [H, T, T]."""

@@ -338,8 +338,18 @@ def test_bad_captions_and_limits(caption_dirs, photo):
 
 def test_beam_search(caption_dirs, photo):
     adapter = load(caption_dirs, "vit-gpt2")
-    cap = adapter.capture(adapter.prepare(photo, num_beams=3, max_new_tokens=4))
-    assert 1 <= len(cap.targets) <= 4 and cap.extras["generation"] == {"num_beams": 3, "max_new_tokens": 4}
+    inputs = adapter.prepare(photo, num_beams=3, max_new_tokens=4)
+    cap = adapter.capture(inputs)
+    assert cap.extras["generation"] == {"num_beams": 3, "max_new_tokens": 4}
+    # the caption is the model's own beam search, after its start token and up to its end token
+    with torch.no_grad():
+        seq = adapter.model.generate(pixel_values=inputs["pixel_values"], num_beams=3, max_new_tokens=4,
+                                     do_sample=False, min_new_tokens=1)[0].tolist()
+    eos = adapter.model.generation_config.eos_token_id
+    eos = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    body = seq[1:]
+    body = body[:min(i for i, x in enumerate(body) if x in eos)] if eos & set(body) else body
+    assert cap.extras["caption_ids"] == body and len(cap.targets) == len(body) > 0
     assert np.isfinite(attnviz.explain(adapter, cap, "cross_attention", target=0).map).all()
 
 

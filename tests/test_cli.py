@@ -196,7 +196,8 @@ def test_batch_never_writes_over_the_images(capsys, tmp_path, saved_models, phot
     assert code == 0, err
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} == {"a.png.npy", "a.png.png", "a.jpg.npy", "a.jpg.png", "results.jsonl",
-                                               "results.parquet", "run.json"}
+                                               "results.parquet", "run.json", ".attnviz.lock"}
+    assert not (src / ".attnviz.lock").exists()          # the refused run took no lock in the images' folder
     assert np.load(out / "a.png.npy").shape == (4, 4) and np.load(out / "a.jpg.npy").shape == (4, 4)
     assert (src / "a.png").read_bytes() == before
 

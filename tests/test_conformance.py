@@ -420,8 +420,14 @@ class TestBlipBase(_RealChecks):
         # the decoder starts at the text config's bos ([DEC], beyond the 30522 BERT lines) and stops at [SEP]
         assert cap.inputs["caption_ids"][0, 0] == ad.start_id == cfg["bos_token_id"] == 30522 < cfg["vocab_size"]
         assert ad.end_ids == {cfg["sep_token_id"]} == {vocab["[SEP]"]}
-        # the generated caption: 1 to 3 tokens (greedy, max_new_tokens=3), none of them the end token
-        assert 1 <= len(cap.targets) <= 3 and not set(cap.extras["caption_ids"]) & ad.end_ids
+        # the generated caption: the model's own greedy generate (max_new_tokens=3), after its start token
+        # and up to its first [SEP]
+        with torch.no_grad():
+            seq = ad.model.generate(pixel_values=cap.inputs["pixel_values"], max_new_tokens=3, num_beams=1,
+                                    do_sample=False, min_new_tokens=1)[0].tolist()
+        body = seq[1:]
+        body = body[:body.index(cfg["sep_token_id"])] if cfg["sep_token_id"] in body else body
+        assert seq[0] == 30522 and cap.extras["caption_ids"] == body and len(cap.targets) == len(body) > 0
 
     def test_cross_attention_reads_all_577_image_tokens(self, built):
         cfg = read_json(FIX / BLIP / "config.json")["text_config"]

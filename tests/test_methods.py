@@ -28,6 +28,41 @@ def test_every_method_every_family(method, cap_ns):
     assert np.isfinite(e.map).all()
     assert e.signed or (e.map >= -1e-7).all()
     assert (e.target is not None) == METHODS[method].class_specific
+    if method in BY_HAND:
+        np.testing.assert_allclose(e.map, BY_HAND[method](adapter, cap, e.target.index), rtol=1e-4, atol=1e-6)
+
+
+def _input_grad(adapter, cap, t):
+    """(x, d score_t / d x) from a plain forward and backward of the model."""
+    x = cap.inputs["pixel_values"].detach().clone().requires_grad_(True)          # [1, 3, H, W]
+    g, = torch.autograd.grad(adapter.forward_scores(x, cap.inputs)[0, t], x)
+    return x.detach()[0], g[0]                                                    # [3, H, W] each
+
+
+def _ablation_by_hand(adapter, cap, t):
+    """Each patch set to a black pixel, (0 − mean) / std from the processor's numbers: score drop."""
+    lay = cap.layout
+    ph, pw = lay.patch_size
+    black = (0 - torch.tensor(adapter.processor.image_mean)) / torch.tensor(adapter.processor.image_std)
+    x = cap.inputs["pixel_values"]
+    with torch.no_grad():
+        base = float(adapter.forward_scores(x, cap.inputs)[0, t])
+        out = np.zeros((lay.rows, lay.cols), np.float32)
+        for r in range(lay.rows):
+            for c in range(lay.cols):
+                x2 = x.clone()
+                x2[0, :, r * ph:(r + 1) * ph, c * pw:(c + 1) * pw] = black.view(3, 1, 1)
+                out[r, c] = base - float(adapter.forward_scores(x2, cap.inputs)[0, t])
+    return out
+
+
+# Maps computed here another way, from the model's own forward and autograd (Simonyan et al.'s saliency:
+# max over colour channels of |gradient|; input × gradient summed over channels; ablation by hand)
+BY_HAND = {
+    "saliency": lambda ad, cap, t: _input_grad(ad, cap, t)[1].abs().amax(0).numpy(),
+    "input_x_gradient": lambda ad, cap, t: (lambda x, g: (x * g).sum(0).numpy())(*_input_grad(ad, cap, t)),
+    "feature_ablation": _ablation_by_hand,
+}
 
 
 def test_registry_lists_params_and_descriptions():

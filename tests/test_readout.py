@@ -98,6 +98,20 @@ def test_distilled_deit_logits_average_the_two_heads_the_readout_weights(photo):
                                    rtol=1e-5, atol=1e-8)
 
 
+def test_mean_pooling_reads_each_patch_with_one_nth(photo):
+    """BEiT's head reads the mean of the N patch tokens: the readout is 1/N on each patch and 0 on CLS, and the
+    model's own gradient of a score with respect to the last block's tokens is the same vector for every
+    patch (each read with the same weight) and zero for CLS."""
+    adapter = tiny("classifier", "beit")
+    cap = attnviz.capture(adapter, photo)
+    p, n = cap.layout.n_prefix, cap.layout.n_patches
+    assert (p, n) == (1, 16)
+    torch.testing.assert_close(cap.readout.float(), torch.tensor([0.0] + [1 / 16] * 16))
+    g = last_block_token_grads(adapter, cap, [t.index for t in cap.targets[:2]])       # [2, T, D]
+    assert g[:, 0].abs().max() == 0 and g[:, 1:].abs().max() > 0
+    torch.testing.assert_close(g[:, 1:], g[:, 1:2].expand_as(g[:, 1:]), rtol=1e-5, atol=1e-9)
+
+
 def test_beit_mean_pooling_is_explained_where_it_used_to_be_zero(photo):
     """Issue 10 defect 1: with CLS as the readout, BEiT's last-layer d score/dA on the read row was all zero,
     attn_grad was an all-zero map and Grad-CAM refused the block the head reads."""

@@ -5,6 +5,7 @@
 * :mod:`.attention`: rollout and relevance over a whole batch of dense captures;
 * :mod:`.worker`: files -> rows (decode, prepare, group by input size, explain);
 * :mod:`.results`: the Parquet schema, part files, resumption, the run manifest;
+* :mod:`.identity`: which weights a run explains (safetensors digests, hub revision);
 * :mod:`.sources`: listing and reading a local folder or a pyarrow filesystem;
 * :mod:`.local`: the in-process engine (the default); :mod:`.ray_engine`: the Ray Data engine.
 """

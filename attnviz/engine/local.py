@@ -4,21 +4,25 @@ Each chunk of files is read, explained (grouped by input size, ``batch_size`` pe
 forward) and written as one Parquet part file, so an interrupted run loses at most
 one chunk and resumes after the last one written. Besides Parquet it writes what
 ``batch`` always wrote: ``<file>.npy`` (the raw map), ``<file>.png`` (the overlay)
-and ``results.jsonl``, unless ``files=False``.
+and ``results.jsonl``, unless ``files=False``. A chunk's files are written before its
+part file; a run killed in between leaves lines in ``results.jsonl`` for images that
+are not done, which the next run drops before it starts (with any half-written line).
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 import numpy as np
 
 from ..images import MAX_BYTES
+from .identity import model_identity
 from .job import Job
-from .results import done_paths, start_run, write_part
+from .results import done_paths, run_lock, start_run, write_part
 from .sources import Source, check_out_dir
 from .worker import ImageResult, Item, Worker
 
@@ -34,15 +38,51 @@ class Summary:
     seconds: float = 0.0
 
 
-def pending_files(source: Source, out, job: Job) -> tuple[list[str], int]:
-    """Files still to do (the run's manifest written or checked first) and how many are already done."""
+def run_key(worker: Worker) -> dict:
+    """The job as run.json records it: the method's parameters as the worker runs them (defaults, the
+    model's own, then the user's, parsed), so ``discard_ratio=0.0`` and the default are one run."""
+    return {**worker.job.key(), "params": json.loads(json.dumps(worker.params, sort_keys=True, default=str))}
+
+
+def check_places(source: Source, out) -> None:
+    """The images' folder exists and the output is not inside it (before anything is written there)."""
     source.check()
     check_out_dir(source, out)
-    start_run(out, job.key(), source.root)
+
+
+def pending_files(source: Source, out, worker: Worker) -> tuple[list[str], int]:
+    """Files still to do (the run's manifest written or checked first) and how many are already done.
+    The caller holds the folder (:func:`.results.run_lock`), taken after :func:`check_places`."""
+    check_places(source, out)
+    start_run(out, run_key(worker), source.root, model_identity(worker.adapter))
     done = done_paths(out)
     files = source.files()
     todo = [f for f in files if source.display(f) not in done]
+    _keep_done_lines(Path(out) / "results.jsonl", source, done)
     return todo, len(files) - len(todo)
+
+
+def _keep_done_lines(log: Path, source: Source, done: set[str]) -> None:
+    """results.jsonl keeps only whole lines of images with rows: a killed run may have written lines
+    (the last one perhaps cut short) for images whose part file never appeared; they are done again."""
+    if not log.is_file():
+        return
+    base = PurePosixPath(source.base)
+    kept, dropped = [], 0
+    for line in log.read_text(errors="replace").splitlines(keepends=True):
+        try:
+            rec = json.loads(line) if line.endswith("\n") else None
+            ok = rec is not None and source.display(str(base / rec["file"])) in done
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if ok:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = log.with_name(f".{log.name}.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, log)
 
 
 def read_item(source: Source, fs_path: str) -> Item | tuple[Item, str]:
@@ -58,8 +98,18 @@ def run_inprocess(job: Job, source: Source, out, *, adapter=None, files: bool = 
     """Explain every pending image of ``source`` into ``out``; ``progress(n)`` after each chunk of n images."""
     t0 = time.perf_counter()
     out = Path(out)
-    todo, skipped = pending_files(source, out, job)
+    check_places(source, out)
     worker = Worker(job, adapter)
+    with run_lock(out):
+        summary = _run_locked(worker, source, out, files, chunk, progress)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _run_locked(worker: Worker, source: Source, out: Path, files: bool, chunk: Optional[int],
+                progress: Optional[Callable[[int], None]]) -> Summary:
+    job = worker.job
+    todo, skipped = pending_files(source, out, worker)
     summary = Summary(skipped=skipped)
     chunk = chunk or 4 * job.batch_size
     log = open(out / "results.jsonl", "a") if files else None
@@ -78,6 +128,7 @@ def run_inprocess(job: Job, source: Source, out, *, adapter=None, files: bool = 
             if files:
                 for f, r in zip(todo[s:s + chunk], ordered):
                     _write_files(out, source.relative(f).as_posix(), r, log)
+                log.flush()                              # every line of the chunk on disk before its part
             write_part(out, rows)
             summary.rows += rows
             summary.rejected += sum(r.error is not None for r in ordered)
@@ -87,7 +138,6 @@ def run_inprocess(job: Job, source: Source, out, *, adapter=None, files: bool = 
     finally:
         if log is not None:
             log.close()
-    summary.seconds = time.perf_counter() - t0
     return summary
 
 
@@ -103,7 +153,7 @@ def _write_files(out: Path, rel: str, r: ImageResult, log) -> None:
         stem.parent.mkdir(parents=True, exist_ok=True)
         np.save(f"{stem}.npy", exp.map.astype(np.float32))
         if exp.over in ("patches", "pixels"):
-            img = render.overlay(r.image, exp.map, norm="signed" if exp.signed else "minmax", box=r.box)
+            img = render.overlay(r.image, exp.map, norm="signed" if exp.signed else "minmax", box=row["box"])
             Path(f"{stem}.png").write_bytes(render.to_png_bytes(img))
         log.write(json.dumps({"file": rel, **_jsonl_record(row, exp)}) + "\n")
     log.flush()

@@ -2,9 +2,11 @@
 
 ``read_binary_files`` reads the pending files (a local folder or any pyarrow
 filesystem), ``map_batches`` hands batches to :class:`RayExplainer` actors (each
-loads the model once and keeps it), and ``write_parquet`` appends the rows to the
-run's ``results.parquet`` folder, the schema and resumption being the in-process
-engine's. ``ray.init()`` starts a local instance unless ``RAY_ADDRESS`` names a
+loads the model once and keeps it), and each actor writes its batch's rows as one part
+file of the run's ``results.parquet`` folder the way the in-process engine does (a temp
+file, then a rename: whole or absent, so a run killed at any moment resumes exactly; Ray's
+own ``write_parquet`` writes in place, leaving a cut-short file to a killed run). The
+actors need ``out`` on a filesystem they share (one machine, or a shared mount). ``ray.init()`` starts a local instance unless ``RAY_ADDRESS`` names a
 cluster to join.
 
 Threads: Ray sets ``OMP_NUM_THREADS`` to an actor's CPUs; the actor also sets
@@ -17,11 +19,11 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import UsageError
 from .job import Job
-from .results import results_dir
 from .sources import Source
 
 #: Environment passed on to the workers (a remote cluster's workers do not share ours).
@@ -31,7 +33,7 @@ FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "ATTNVIZ_DEVICE", 
 class RayExplainer:
     """A Ray Data actor: loads the model once, then explains each batch of files it is handed."""
 
-    def __init__(self, job: Job, root: str, threads: int = 1,
+    def __init__(self, job: Job, root: str, out: str, threads: int = 1,
                  on_ready: Optional[Callable[[int, float], None]] = None):
         import torch
         torch.set_num_threads(threads)                 # explicit: not whatever the worker inherited
@@ -43,18 +45,22 @@ class RayExplainer:
         transformers.logging.set_verbosity_error()     # one notice per worker would flood the driver's log
         from .worker import Worker
         self.source = Source(root)
+        self.out = out
         self.worker = Worker(job)
         if on_ready is not None:
             on_ready(os.getpid(), time.time())
 
     def __call__(self, batch):
-        """A pyarrow batch of files (``bytes``, ``path``) -> a table of result rows."""
-        from .results import to_table
+        """A pyarrow batch of files (``bytes``, ``path``) -> one part file of rows; returns how many."""
+        import pyarrow as pa
+        from .results import write_part
         from .worker import Item
         paths = batch.column("path").to_pylist()
         data = batch.column("bytes").to_pylist()
         items = [Item(self.source.display(p), self.source.label(p), d) for p, d in zip(paths, data)]
-        return to_table(row for r in self.worker.run(items) for row in r.rows)
+        rows = [row for r in self.worker.run(items) for row in r.rows]
+        write_part(self.out, rows)
+        return pa.table({"rows": [len(rows)]})
 
 
 def _init_ray(workers: Optional[int], threads: int):
@@ -97,9 +103,9 @@ def run_ray(job: Job, source: Source, out, todo: list[str], *, workers: Optional
                                     override_num_blocks=max(1, -(-len(todo) // job.batch_size)))
     ds = ds.map_batches(RayExplainer, batch_size=job.batch_size, batch_format="pyarrow",
                         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads,
-                        fn_constructor_kwargs={"job": job, "root": source.root, "threads": threads,
-                                               "on_ready": on_ready})
-    ds.write_parquet(str(results_dir(out)))
+                        fn_constructor_kwargs={"job": job, "root": source.root, "out": str(Path(out).resolve()),
+                                               "threads": threads, "on_ready": on_ready})
+    ds.materialize()                                    # the actors write the parts; the driver waits
     return {"startup": startup, "seconds": time.perf_counter() - t1, "workers": workers}
 
 

@@ -13,10 +13,18 @@ faithfulness AUCs when asked, and ``error`` for a file that could not be read (t
 
 Resuming: every path with a row in readable part files is done. A part file that
 cannot be read (a run killed while writing it) is renamed ``*.broken`` and its
-images are done again.
+images are done again. A run may be killed at any moment (SIGKILL included): part
+files appear whole by rename, ``run.json`` too, and the next run ends with exactly the
+rows of an uninterrupted one. Results are added to only by the run that made them:
+same job (parameters compared after defaults), same images, same weights (see
+:mod:`.identity`) and same attnviz version; a folder with parts but no ``run.json`` is
+refused. One run at a time per folder: ``.attnviz.lock`` is held with ``flock``, which
+the operating system lets go when its process ends, however it ends.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -28,10 +36,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import UsageError
+from ..errors import OutDirBusy, UsageError
 
 RESULTS = "results.parquet"
 MANIFEST = "run.json"
+LOCK = ".attnviz.lock"
 
 SCHEMA = pa.schema([
     ("path", pa.string()),                 # the image as read: an absolute path or a filesystem URI
@@ -53,7 +62,8 @@ SCHEMA = pa.schema([
     ("signed", pa.bool_()),
     ("image_width", pa.int32()),
     ("image_height", pa.int32()),
-    ("box", pa.list_(pa.int32())),         # (left, top, right, bottom) of the image the model saw; null: all
+    ("box", pa.list_(pa.int32())),         # (left, top, right, bottom) where the map lies on the image: the part
+                                           # the model saw, or past it where a CNN's last cells overhang; null: all
     ("params", pa.string()),               # the method's parameters as JSON
     ("deletion_auc", pa.float64()),        # faithfulness (--faithfulness), else null
     ("random_deletion_auc", pa.float64()),
@@ -130,21 +140,78 @@ def done_paths(out: str | os.PathLike) -> set[str]:
     return set(read_results(out, ["path"], set_aside=True).column("path").to_pylist())
 
 
-def start_run(out: str | os.PathLike, key: dict[str, Any], source: str) -> None:
-    """Write the manifest, or check that an existing one describes the same run (resumption)."""
+def start_run(out: str | os.PathLike, key: dict[str, Any], source: str,
+              identity: Optional[dict[str, Any]] = None) -> None:
+    """Write the manifest, or check that an existing one describes the same run (resumption).
+
+    ``identity``: which weights (:func:`.identity.model_identity`); a run that wrote rows is resumed
+    only by the same job, source, weights and attnviz version, and rows with no manifest by none.
+    """
+    from .. import __version__
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / MANIFEST
-    if manifest.is_file() and part_files(folder):      # a run that wrote nothing yet binds nothing
-        old = json.loads(manifest.read_text())
-        if old.get("job") != key or old.get("source") != source:
-            diff = sorted(k for k in set(key) | set(old.get("job", {})) if key.get(k) != old.get("job", {}).get(k))
-            what = ", ".join(diff) or "source"
-            raise UsageError(f"'{folder}' holds results of another run (different {what}); "
-                             "choose another --out-dir or remove that folder.")
+    for tmp in results_dir(folder).glob(".*.tmp") if results_dir(folder).is_dir() else ():
+        tmp.unlink(missing_ok=True)                   # a part a killed run was writing: never renamed in
+    if part_files(folder):                            # a run that wrote nothing yet binds nothing
+        why = _other_run(folder, key, source, identity, __version__)
+        if why:
+            raise UsageError(f"'{folder}' {why}; choose another --out-dir or remove that folder.")
         return
-    from .. import __version__
-    manifest.write_text(json.dumps({"job": key, "source": source, "attnviz": __version__}, indent=1) + "\n")
+    text = json.dumps({"job": key, "source": source, "model": identity, "attnviz": __version__}, indent=1) + "\n"
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, manifest)                         # whole or not at all
+
+
+def _other_run(folder: Path, key: dict[str, Any], source: str, identity: Optional[dict[str, Any]],
+               version: str) -> Optional[str]:
+    """Why the results in ``folder`` are not this run's (a phrase), or None when they are."""
+    try:
+        old = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return f"holds results but no {MANIFEST}, so the run that made them is unknown"
+    except ValueError:
+        return f"holds results whose {MANIFEST} cannot be read, so the run that made them is unknown"
+    job = old.get("job") or {}
+    if job != key or old.get("source") != source:
+        diff = sorted(k for k in set(key) | set(job) if key.get(k) != job.get(k))
+        return f"holds results of another run (different {', '.join(diff) or 'source'})"
+    was = old.get("model") or {}
+    if identity is not None:
+        if was.get("revision") != identity.get("revision"):
+            return (f"holds results of another hub revision of the model ({was.get('revision') or 'none recorded'} "
+                    f"there, {identity.get('revision') or 'none'} now)")
+        if was.get("weights") != identity.get("weights"):
+            return (f"holds results of other weights under the same model name (sha256 "
+                    f"{str(was.get('weights') or 'not recorded')[:12]} there, {identity['weights'][:12]} now)")
+    if old.get("attnviz") != version:
+        return (f"holds results of attnviz {old.get('attnviz') or 'of an unknown version'}, and this is "
+                f"attnviz {version}, whose maps may differ")
+    return None
+
+
+@contextlib.contextmanager
+def run_lock(out: str | os.PathLike):
+    """Hold the output folder for one run (an exclusive ``flock`` on ``.attnviz.lock``): a second run on
+    it at once is refused in one sentence (:class:`~attnviz.errors.OutDirBusy`). The lock belongs to the
+    open file, so a killed run leaves nothing stuck."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)     # not inherited by child processes
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            who = f" (process {holder})" if holder.isdigit() else ""
+            raise OutDirBusy(f"'{folder}' is being written by another attnviz batch run{who}; wait for it to "
+                             f"end or choose another --out-dir.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)                                  # closing lets go of the lock
 
 
 def read_manifest(out: str | os.PathLike) -> dict[str, Any]:

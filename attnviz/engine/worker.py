@@ -181,7 +181,7 @@ class Worker:
             "map": np.asarray(exp.map, dtype=np.float32).ravel(), "map_shape": list(exp.map.shape),
             "over": exp.over, "signed": exp.signed,
             "image_width": image.width, "image_height": image.height,
-            "box": list(cap.box) if cap.box is not None else None,
+            "box": None if (box := cap.map_box(exp.map.shape, image.size, exp.over)) is None else list(box),
             "params": json.dumps(exp.params, sort_keys=True, default=str),
             "error": None,
         }

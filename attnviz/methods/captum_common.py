@@ -5,6 +5,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import UsageError
 from ..types import Capture, TokenLayout
@@ -44,14 +45,29 @@ def pixel_input(adapter, capture: Capture, *, grad: bool = False) -> torch.Tenso
 
 
 def baseline_tensor(adapter, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """'black': an all-black image after the processor's normalisation; 'mean': zeros (the dataset mean colour)."""
+    """'black': an all-black image as the model's processor turns it into pixel values (every step it
+    takes: rescaling, an offset, normalisation, and EfficientNet's second division by the standard
+    deviation); 'mean': zeros (the dataset mean colour)."""
     if kind == "mean":
         return torch.zeros_like(x)
     if kind == "black":
-        mean = torch.tensor(getattr(adapter.processor, "image_mean", None) or [0.0] * 3, dtype=x.dtype)
-        std = torch.tensor(getattr(adapter.processor, "image_std", None) or [1.0] * 3, dtype=x.dtype)
-        return ((0 - mean) / std).view(1, 3, 1, 1).expand_as(x).to(x.device).clone()
+        return black_pixel(adapter.processor).to(device=x.device, dtype=x.dtype).expand_as(x).clone()
     raise UsageError(f"Baseline must be one of {', '.join(BASELINES)}.")
+
+
+def black_pixel(processor) -> torch.Tensor:
+    """[1, 3, 1, 1]: what ``processor`` makes of a black pixel (a small black image, not resized or
+    cropped); a processor that cannot say gives (0 − mean) / std from its configuration."""
+    try:
+        out = processor(images=Image.new("RGB", (16, 16)), do_resize=False, do_center_crop=False,
+                        return_tensors="pt")["pixel_values"]
+    except (TypeError, ValueError, KeyError):
+        out = None
+    if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[1] == 3:
+        return out[:1, :, :1, :1].float()                                                  # [1, 3, 1, 1]
+    mean = torch.tensor(getattr(processor, "image_mean", None) or [0.0] * 3, dtype=torch.float32)
+    std = torch.tensor(getattr(processor, "image_std", None) or [1.0] * 3, dtype=torch.float32)
+    return ((0 - mean) / std).view(1, 3, 1, 1)
 
 
 def patch_mask(layout: TokenLayout, device) -> torch.Tensor:

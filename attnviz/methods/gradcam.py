@@ -11,7 +11,7 @@ layout (never a hard-coded 14×14) and passed through an identity module so
 Captum's ``LayerGradCam`` sees an ordinary CNN-style layer. Channel weights
 are the spatial mean of the gradients; the map is ReLU(Σ_c w_c·A_c), >= 0.
 
-Default layer from the model's pooling (``adapters/pooling.py``): the last
+Default layer from the model's pooling (``tokens/readout.py``): the last
 block when the output reads its patch tokens (BEiT's patch mean, DINOv2's
 CLS + mean, SigLIP's probe, a captioner's cross-attention); otherwise -2,
 since after the last block patch tokens no longer reach a CLS output and

@@ -4,7 +4,7 @@
 Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV 2021
 (https://arxiv.org/abs/2103.15679), eqs. 5–6 for self-attention: R starts as
 I; for each layer Ā = E_h[(∇A ⊙ A)^+] and R ← R + Ā·R. The map is the query
-token's row over the patches: by default the output's readout (``adapters/pooling.py``: the CLS row; the
+token's row over the patches: by default the output's readout (``tokens/readout.py``: the CLS row; the
 mean of the CLS and distillation rows for distilled DeiT; the mean of the patch rows for BEiT; for an
 attention pooling, its attention weighted by its gradient for the target). On a captioner (a decoder
 reading the image by cross-attention) the output's relevance is the encoder–decoder rule,
