@@ -34,7 +34,9 @@ def test_overlay_image_is_the_drawn_overlay_and_is_drawn_once_per_display(monkey
     d = Display(alpha=0.6)
     scale = mapview.scale_for(m, False, d)
     jpeg = panels.overlay_image("img-a", image, m, scale, d)
-    want = render.overlay(image, m, alpha=0.6, cmap="inferno", norm="minmax", vmin=float(m.min()), vmax=float(m.max()))
+    # the default scale: lowest value to the 99th percentile (issue 20)
+    want = render.overlay(image, m, alpha=0.6, cmap="inferno", norm="minmax", vmin=float(m.min()),
+                          vmax=float(np.percentile(m, 99)))
     shown = Image.open(io.BytesIO(jpeg))
     assert shown.format == "JPEG" and shown.size == image.size
     diff = np.abs(np.asarray(shown.convert("RGB"), dtype=int) - np.asarray(want, dtype=int))

@@ -19,7 +19,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from .. import catalog
+from .. import catalog, render
 from ..errors import ModelUnavailable
 from ..images import MAX_BYTES, image_digest, load_image
 from ..loading import load_model  # noqa: F401  (tests patch attnviz.ui.state.load_model)
@@ -217,7 +217,8 @@ class Display:
         return ("RdBu_r" if signed else "inferno") if self.cmap == "auto" else self.cmap
 
     def norm_for(self, signed: bool) -> str:
-        return ("signed" if signed else "minmax") if self.norm == "auto" else self.norm
+        # auto: robust to a few outlier patches (real trained ViTs have them; issue 20)
+        return render.default_norm(signed) if self.norm == "auto" else self.norm
 
 
 @dataclass(frozen=True)

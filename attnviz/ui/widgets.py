@@ -323,8 +323,11 @@ def display_ui() -> Display:
     cmap = st.selectbox("Colormap", CMAPS, key="cmap", on_change=redraw,
                         help="auto: inferno for maps ≥ 0, red-blue (RdBu_r) for signed maps.")
     norm = st.selectbox("Normalisation", NORMS, key="norm", on_change=redraw,
-                        help="auto: min–max for maps ≥ 0, signed (0 = white) for signed maps; "
-                             "percentile clips the top and bottom 1 % (robust to a few extreme patches).")
+                        help="auto: robust for maps ≥ 0 (lowest value to the 99th percentile; the few values "
+                             "above it are shown at the top colour, so one extreme patch cannot take the whole "
+                             "scale), signed-robust for signed maps (0 = white, ±the 99th percentile of |value| at "
+                             "the ends). minmax: lowest to highest value; percentile clips the top and bottom 1 %; "
+                             "signed: ±the largest |value|.")
     resample = st.radio("Upsampling", list(render.RESAMPLES), key="resample", horizontal=True, on_change=redraw,
                         help="nearest shows each patch as a block; bilinear smooths between patches.")
     present = st.toggle("Presentation mode", key="present",
