@@ -103,3 +103,60 @@ def test_default_scale_keeps_the_other_patches_visible(app_on, outlier_dir, meth
     _ok(at)
     (lo2, hi2, title2), = _legends(at)
     assert hi2 == pytest.approx(raw.max(), rel=1e-2) and "99th" not in title2
+
+
+# --- 2. the heads grid is not empty --------------------------------------------------------------
+
+def _mosaic_rgb(at) -> tuple[np.ndarray, list[float], list[float]]:
+    """The Heads mosaic as the browser gets it: its RGB pixels and the thumbnails' centres (x, y)."""
+    import base64
+    import json
+    chart = next(c for c in at.get("plotly_chart") if "h_mosaic" in c.proto.id or "h_mosaic" in str(c.key))
+    spec = json.loads(chart.proto.spec)
+    z = spec["data"][0]["z"]
+    if isinstance(z, dict):
+        shape = [int(s) for s in str(z["shape"]).split(",")]
+        z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(shape)
+    return np.asarray(z, dtype=np.uint8), spec["layout"]["xaxis"]["tickvals"], spec["layout"]["yaxis"]["tickvals"]
+
+
+def _colour_indices(rgb: np.ndarray, cmap: str = "inferno") -> np.ndarray:
+    """Each pixel's entry in the colormap's lookup table (the nearest entry): what value it shows."""
+    from attnviz.render import colorize
+    lut = colorize(np.linspace(0, 1, COLOURS, dtype=np.float32)[None], cmap)[0].astype(int)    # [256, 3]
+    d = ((rgb.reshape(-1, 1, 3).astype(int) - lut[None]) ** 2).sum(-1)
+    return d.argmin(1).reshape(rgb.shape[:2])
+
+
+def test_heads_thumbnails_each_on_their_own_scale_by_default(app_on, outlier_dir):
+    """On a model whose one patch takes most of the attention, the Heads grid opens with each thumbnail on
+    its own scale, so every head's pattern spans the colours; one shared scale stays an option, and with
+    it the outlier leaves the other patches at the bottom of the bar."""
+    at = app_on(outlier_dir).run()
+    at.switch_page(HEADS).run()
+    _ok(at)
+    assert at.toggle(key="h_shared").value is False
+    assert "Each thumbnail on its own scale" in " ".join(c.value for c in at.caption)
+    at.toggle(key="h_over").set_value(False).run()      # the maps alone: each pixel's colour is its value
+    _ok(at)
+
+    def spreads() -> list[float]:
+        rgb, xs, ys = _mosaic_rgb(at)
+        step = xs[1] - xs[0]
+        white = np.where((rgb[0] == 255).all(-1))[0]
+        cw = int(white[0])                                  # the first gap column ends the first thumbnail
+        out = []
+        for y in ys:
+            for x in xs:
+                x0, y0 = int(round(x - (cw - 1) / 2)), int(round(y - (cw - 1) / 2))
+                idx = _colour_indices(rgb[y0:y0 + cw, x0:x0 + cw])
+                lo, hi = np.percentile(idx, [2, 95])      # the colours most of the thumbnail shows
+                out.append((hi - lo) / (COLOURS - 1))
+        assert len(out) == 2 * 4 and step > cw
+        return out
+    own = spreads()
+    assert min(own) >= 0.4, own
+    at.toggle(key="h_shared").set_value(True).run()
+    _ok(at)
+    shared = spreads()
+    assert min(shared) < 0.15, shared            # the situation the default avoids: some heads look empty

@@ -134,10 +134,12 @@ def main() -> None:
         head = c2.selectbox("Head", [*range(H), *HEAD_FUSIONS], key="h_head",
                             format_func=lambda h: f"head {h}" if isinstance(h, int) else f"{h} of heads",
                             help="One head, or all heads fused by mean, max or min.")
-        st.session_state.setdefault("h_shared", True)
+        st.session_state.setdefault("h_shared", False)   # own scales: one outlier head cannot blank the rest
         st.session_state.setdefault("h_over", True)
         shared = st.toggle("One colour scale for all thumbnails", key="h_shared",
-                           help="Off: each thumbnail is stretched to its own range (shows the pattern of weak heads).")
+                           help="Off (the default): each thumbnail is stretched to its own range, so every head's "
+                                "pattern shows. On: brightness compares across heads, but on a real model one "
+                                "head's outlier patch can leave all the others looking like the plain photo.")
         over = st.toggle("Thumbnails over the image", key="h_over",
                          help="Each head's map drawn over a small copy of the image (off: the map alone).")
 
