@@ -160,3 +160,90 @@ def test_heads_thumbnails_each_on_their_own_scale_by_default(app_on, outlier_dir
     _ok(at)
     shared = spreads()
     assert min(shared) < 0.15, shared            # the situation the default avoids: some heads look empty
+
+
+# --- 3. the lesson opens each step on the layer that shows it ------------------------------------
+
+@pytest.fixture(scope="module")
+def deep_dir(tmp_path_factory):
+    """A 12-layer model (ViT-B's and DINOv2-S's depth), no outlier."""
+    return real.build(tmp_path_factory.mktemp("deep-dinov2"), layers=12, outlier=0.0)
+
+
+def _attentions(folder, data: bytes) -> list[np.ndarray]:
+    """The model's own attention per layer, [H, T, T] float64, straight from transformers."""
+    import torch
+
+    import attnviz
+    from attnviz.images import load_image
+    adapter = attnviz.load_model(str(folder))
+    with torch.no_grad():
+        out = adapter.model(pixel_values=adapter.prepare(load_image(data))["pixel_values"], output_attentions=True)
+    return [a[0].double().numpy() for a in out.attentions]
+
+
+def _distance(attentions, rows: int = real.GRID, patch: int = 4) -> np.ndarray:
+    """ViT Fig. 7 written out with numpy: [L, H] mean over patch queries of Σ_k a_qk·|c_q − c_k|, the
+    patch keys' weights renormalised (the one prefix token, CLS, left out)."""
+    yx = (np.stack(np.mgrid[0:rows, 0:rows], -1).reshape(-1, 2) + 0.5) * patch              # [N, 2]
+    far = np.linalg.norm(yx[:, None] - yx[None], axis=-1)                                    # [N, N]
+    out = []
+    for a in attentions:
+        w = a[:, 1:, 1:]                                                                      # [H, N, N]
+        w = w / w.sum(-1, keepdims=True)
+        out.append((w * far).sum(-1).mean(-1))
+    return np.array(out)
+
+
+def _page_text(at) -> str:
+    return " ".join([m.value for m in at.markdown] + [c.value for c in at.caption]
+                    + [c for im in at.get("image") for c in im.captions])
+
+
+def test_lesson_steps_open_on_the_last_layer_and_say_what_they_show(app_on, deep_dir):
+    from attnviz.ui.lesson_steps import STEPS, step_index
+    from attnviz.ui.state import is_scene_sample, sample_images
+    at = app_on(deep_dir).run()
+    at.switch_page(LESSON).run()
+    _ok(at)
+    assert at.slider(key="l_layer").value == 0                         # the first steps: one layer, any
+    for _ in range(step_index("heads")):
+        at.button(key="l_next").click().run()
+    _ok(at)
+    assert at.subheader[0].value.endswith(STEPS[step_index("heads")].title)
+    assert at.slider(key="l_layer").value == 11
+    assert "Layer 11 (the last), query" in _page_text(at)
+    at.slider(key="l_layer").set_value(4).run()                        # the user can move it
+    _ok(at)
+    assert at.slider(key="l_layer").value == 4 and "Layer 4 of 0–11" in _page_text(at)
+
+    # step 8: the distance averaged over the samples a photo model is meant for (the photos, no scenes)
+    at.button(key="l_next").click().run()
+    at.radio(key="l_over").set_value("the sample images").run()
+    _ok(at)
+    photos = {n: b for n, b in sample_images().items() if not is_scene_sample(n)}
+    assert 0 < len(photos) < len(sample_images())
+    want = np.mean([_distance(_attentions(deep_dir, b)) for b in photos.values()], 0)
+    chart = next(c for c in at.get("plotly_chart") if c.key == "l_distance")
+    from tests.test_app_lesson import _array
+    np.testing.assert_allclose(_array(chart, 0, "y").reshape(12, 4), want, rtol=1e-4)
+    text = _page_text(at)
+    assert f"Averaged over the {len(photos)} sample photos" in text
+    m0, m1 = want[0].mean(), want[-1].mean()
+    if m1 > 1.05 * m0:
+        assert "As in the ViT paper, the later layers of this model look farther" in text
+    else:                                                               # never a promise the plot breaks
+        assert "Unlike the trained ViTs of the ViT paper" in text and "As in the ViT paper" not in text
+    assert "heads of later layers look far." not in text
+
+    # step 9: DINO's masks of the last layer, the counts as the model's own CLS row gives them
+    at.button(key="l_next").click().run()
+    _ok(at)
+    assert at.slider(key="l_layer").value == 11
+    attn = _attentions(deep_dir, sample_images()[at.session_state["sample"]])[11]
+    shown = [c for im in at.get("image") for c in im.captions if "patches" in c]
+    for h in range(4):
+        w = np.sort(attn[h, 0, 1:])[::-1]
+        needed = int(np.argmax(np.cumsum(w / w.sum()) >= 0.6 - 1e-7)) + 1
+        assert shown[h] == f"head {h}: {needed} of 256 patches"
+    assert "In layer 11 (the last), to hold 60%" in _page_text(at)

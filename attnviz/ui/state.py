@@ -173,6 +173,20 @@ def is_scene_sample(name: str) -> bool:
     return name.startswith("scene")
 
 
+def knows_only_shapes(adapter) -> bool:
+    """Whether ``adapter`` is one of the repo's demo models, trained on the synthetic shape scenes only."""
+    demos = {e.name for e in catalog.load_catalog().entries if e.path}
+    return getattr(adapter, "name", "") in demos or Path(str(getattr(adapter, "source", "") or "")).name in demos
+
+
+def samples_for(adapter) -> dict[str, bytes]:
+    """The samples a model is meant for: the shape scenes for a demo model, the photos for any other
+    (all samples when there are none of that kind)."""
+    shapes = knows_only_shapes(adapter)
+    out = {n: b for n, b in sample_images().items() if is_scene_sample(n) == shapes}
+    return out or sample_images()
+
+
 def first_scene_sample() -> Optional[str]:
     return next((n for n in sample_images() if is_scene_sample(n)), None)
 
