@@ -247,3 +247,58 @@ def test_lesson_steps_open_on_the_last_layer_and_say_what_they_show(app_on, deep
         needed = int(np.argmax(np.cumsum(w / w.sum()) >= 0.6 - 1e-7)) + 1
         assert shown[h] == f"head {h}: {needed} of 256 patches"
     assert "In layer 11 (the last), to hold 60%" in _page_text(at)
+
+
+# --- 5. a backbone without classes --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def backbone_dir(tmp_path_factory):
+    """A headless DINOv2 (no classifier: what DINO / DINOv2 checkpoints are), 3 layers."""
+    return real.build(tmp_path_factory.mktemp("dinov2-backbone"), layers=3, headless=True, outlier=0.0)
+
+
+def test_a_backbone_opens_on_its_last_layers_heads_with_dino_masks(app_on, backbone_dir):
+    """Not called an image classifier; opens on the last layer's CLS attention per head, each with the DINO
+    mask its own attention row gives; one line says what a class-specific method explains here."""
+    at = app_on(backbone_dir).run()
+    _ok(at)
+    text = _page_text(at)
+    assert "image classifier" not in text and "backbone without classes" in text
+    assert "the length of its last-layer CLS vector" in text
+    assert at.selectbox(key="method").value == "attention"
+    attn = _attentions(backbone_dir, at_sample_bytes(at))[-1]                    # the last layer, [H, T, T]
+    heads = [im for im in at.get("image") if any(c.startswith("head ") for c in im.captions)]
+    assert len(heads) == 4
+    for h, im in enumerate(heads):
+        w = np.sort(attn[h, 0, 1:])[::-1]                                         # CLS → patches, largest first
+        needed = int(np.argmax(np.cumsum(w / w.sum()) >= 0.6 - 1e-7)) + 1
+        assert im.captions == [f"head {h}: 60% of its attention in {needed} of 256 patches"]
+    assert "Where the CLS token looks in the last layer (layer 2)" in text
+
+
+def at_sample_bytes(at) -> bytes:
+    from attnviz.ui.state import sample_images
+    return sample_images()[at.session_state["sample"]]
+
+
+def test_masked_picture_dims_exactly_the_patches_outside_the_mask():
+    """The backbone panel's picture: the overlay as drawn, and outside the mask's patches the same pixels
+    times the dimming factor (a 2 x 2 mask on a 40 x 20 image with a box: checked pixel by pixel)."""
+    from PIL import Image
+
+    from attnviz import render
+    from attnviz.ui import mapview
+    from attnviz.ui.state import Display
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (20, 40, 3), dtype=np.uint8))
+    m = rng.random((2, 2))
+    mask = np.array([[True, False], [False, True]])
+    d = Display()
+    scale = mapview.scale_for(m, False, d)
+    box = (10, 0, 30, 20)                                         # the model saw the middle 20 x 20
+    got = np.asarray(mapview.masked_picture(image, m, mask, scale, d, box)).astype(int)
+    full = np.asarray(render.overlay(image, m, norm="minmax", vmin=scale.lo, vmax=scale.hi, box=box)).astype(float)
+    keep = np.zeros((20, 40), bool)
+    keep[0:10, 10:20] = keep[10:20, 20:30] = True                # the mask's two patches, in image pixels
+    want = np.where(keep[..., None], full, full * render.OUTSIDE_DIM)
+    assert np.abs(got - np.rint(want)).max() <= 1

@@ -167,6 +167,8 @@ def on_what(ctx: Context) -> str:
     """One line: which model this page is on, and which image (a link carries a sample, not an upload)."""
     from .widgets import markdown_literal
     family = FAMILY_WORDS.get(ctx.adapter.family, ctx.adapter.family)
+    if getattr(ctx.adapter, "headless", False):
+        family = "backbone without classes"
     w, h = ctx.img.image.size
     if ctx.sample is not None:
         image = f"the sample **{markdown_literal(ctx.sample)}**"

@@ -109,3 +109,18 @@ def picture(image: Image.Image, m: np.ndarray, scale: Scale, display, box, title
     shown = draw(image, m, scale, display, box)
     key = render.legend(shown.width, scale.lo, scale.hi, cmap=scale.cmap, title=title, signed=scale.signed)
     return render.with_legend(shown, key)
+
+
+def masked_picture(image: Image.Image, m: np.ndarray, mask: np.ndarray, scale: Scale, display, box=None,
+                   dim: float = render.OUTSIDE_DIM) -> Image.Image:
+    """:func:`draw`'s overlay with the patches outside ``mask`` (bool, the map's grid) dimmed: a head's
+    attention and its DINO mask (Caron et al. 2021) in one picture."""
+    shown = np.asarray(draw(image, m, scale, display, box), dtype=np.float32)       # [h, w, 3]
+    h, w = shown.shape[:2]
+    left, top, right, bottom = (0, 0, w, h) if box is None else (int(round(v)) for v in box)
+    keep = np.zeros((h, w), dtype=bool)
+    inside = render.upsample(np.asarray(mask, dtype=np.float32), (right - left, bottom - top), "nearest") > 0.5
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(bottom, h), min(right, w)
+    keep[y0:y1, x0:x1] = inside[y0 - top:y1 - top, x0 - left:x1 - left]
+    shown[~keep] *= dim
+    return Image.fromarray(np.rint(shown).astype(np.uint8))

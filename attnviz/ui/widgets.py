@@ -19,7 +19,13 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp"]
 CMAPS = ["auto", "inferno", "viridis", "magma", "plasma", "turbo", "jet", "RdBu_r", "coolwarm", "gray"]
 NORMS = ["auto", *render.NORMALIZATIONS]
 T = TypeVar("T")
-DEFAULT_METHOD = {"captioning": "caption_relevance"}    # per family; otherwise relevance
+DEFAULT_METHOD = {"captioning": "caption_relevance",    # per family; otherwise relevance
+                  "backbone": "attention"}              # no classes: the last layer's CLS attention (issue 20)
+
+
+def method_family(adapter) -> str:
+    """The key of DEFAULT_METHOD for a model: its family, or "backbone" for one without classes."""
+    return "backbone" if getattr(adapter, "headless", False) else adapter.family
 
 
 def markdown_literal(text: str) -> str:
