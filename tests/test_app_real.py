@@ -302,3 +302,80 @@ def test_masked_picture_dims_exactly_the_patches_outside_the_mask():
     keep[0:10, 10:20] = keep[10:20, 20:30] = True                # the mask's two patches, in image pixels
     want = np.where(keep[..., None], full, full * render.OUTSIDE_DIM)
     assert np.abs(got - np.rint(want)).max() <= 1
+
+
+# --- 6. faithfulness says what its numbers mean ----------------------------------------------------
+
+def _curve(kind: str, values, order: str = "map"):
+    from attnviz.metrics.deletion import Curve
+    v = np.asarray(values, dtype=float)
+    return Curve(kind=kind, order=order, baseline="blur", fractions=np.linspace(0, 1, len(v)), values=v,
+                 quantity="score")
+
+
+def _flat(auc: float, start: float, end: float, n: int = 21) -> np.ndarray:
+    """A curve from ``start`` to ``end`` whose trapezoid area is ``auc`` (a straight line with a bump)."""
+    x = np.linspace(0, 1, n)
+    line = start + (end - start) * x
+    bump = np.sin(np.pi * x)
+    base = float(np.sum(np.diff(x) * (line[1:] + line[:-1]) / 2))
+    area = float(np.sum(np.diff(x) * (bump[1:] + bump[:-1]) / 2))
+    return line + (auc - base) / area * bump
+
+
+@pytest.mark.parametrize("d, rd, i, ri, words, tone", [
+    (30.1, 30.7, 27.3, 30.2, ("deletion is no better than random", "insertion is worse than a random order"), "bad"),
+    (20.0, 30.7, 38.0, 30.2, ("deletion is better than a random order", "insertion is better than a random order"),
+     "good"),
+    (20.0, 30.7, 30.0, 30.2, ("deletion is better than a random order", "insertion is no better than random"),
+     "mixed"),
+])
+def test_the_verdict_follows_the_numbers(d, rd, i, ri, words, tone):
+    """The issue's numbers (a logit from 40 on the intact image to 20 with everything changed): deletion 30.1
+    against random 30.7 is within 5 % of the 20-point swing, so no better; insertion 27.3 against 30.2 lies
+    2.9 below, so worse."""
+    from attnviz.ui.faithfulness import verdict
+    result = {"deletion": _curve("deletion", _flat(d, 40, 20)), "insertion": _curve("insertion", _flat(i, 20, 40)),
+              "random_deletion": [_curve("deletion", _flat(rd, 40, 20), "random")],
+              "random_insertion": [_curve("insertion", _flat(ri, 20, 40), "random")]}
+    assert result["deletion"].auc == pytest.approx(d) and result["random_insertion"][0].auc == pytest.approx(ri)
+    sentence, got = verdict(result)
+    assert all(w in sentence for w in words) and got == tone
+
+
+def test_faithfulness_panel_gives_a_verdict_and_readable_charts(app_on, outlier_dir):
+    """On the page: the verdict computed here from the plotted curves (trapezoid areas, the 5 % rule) is the
+    one the page prints; the randomisation chart keeps room for its whole axis titles."""
+    import json
+    at = app_on(outlier_dir).run()
+    at.selectbox(key="method").set_value("rollout").run()
+    at.button(key="faith:di:rollout").click().run()
+    _ok(at)
+    chart = next(c for c in at.get("plotly_chart") if c.key == "faith:di:fig:rollout")
+    traces = json.loads(chart.proto.spec)["data"]
+
+    def xy(t):
+        from tests.test_app_lesson import _array
+        return _array(chart, t, "x"), _array(chart, t, "y")
+
+    def area(t):
+        x, y = xy(t)
+        return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+    names = [t["name"] for t in traces]
+    idx = {k: next(j for j, n in enumerate(names) if n.startswith(f"{k}, map order")) for k in ("deletion", "insertion")}
+    rnd = {k: next(j for j, n in enumerate(names) if n.startswith(f"{k}, random order")) for k in idx}
+    words = {}
+    for k in idx:
+        swing = abs(xy(idx[k])[1][0] - xy(idx[k])[1][-1])
+        gain = (area(rnd[k]) - area(idx[k])) * (1 if k == "deletion" else -1)
+        words[k] = "better" if gain > 0.05 * swing else "worse" if gain < -0.05 * swing else "no better"
+    shown = " ".join(e.value for e in [*at.success, *at.warning, *at.info])
+    for k, w in words.items():
+        assert (f"{k} is {w} than a random order" if w != "no better" else f"{k} is no better than random") in shown
+
+    at.button(key="faith:rand:rollout").click().run()
+    _ok(at)
+    fig = json.loads(next(c for c in at.get("plotly_chart") if c.key == "faith:rand:fig:rollout").proto.spec)
+    x_axis = fig["layout"]["xaxis"]
+    assert x_axis["title"]["text"] == "blocks randomised, from the top" and x_axis["automargin"] is True
+    assert fig["layout"]["yaxis"]["automargin"] is True

@@ -207,9 +207,10 @@ def deletion_figure(result: dict):
                                      name=f"{kind}, random order (AUC {r.auc:.3f})",
                                      hovertemplate="%{x:.0%} changed<br>%{y:.4g}<extra></extra>"))
     q = result["deletion"].quantity
-    fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.25),
-                      xaxis=dict(title="share of the image changed", tickformat=".0%"),
-                      yaxis=dict(title=f"target {q}", range=[0, 1.02] if q == "probability" else None))
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.3),
+                      xaxis=dict(title="share of the image changed", tickformat=".0%", automargin=True),
+                      yaxis=dict(title=f"target {q}", range=[0, 1.02] if q == "probability" else None,
+                                 automargin=True))
     return fig
 
 
@@ -225,8 +226,11 @@ def randomisation_figure(steps: Sequence):
     fig.add_trace(go.Scatter(x=labels, y=[s.spearman for s in steps], mode="lines+markers",
                              name="Spearman of the signed map", line=dict(color="#4c78a8", width=1.5, dash="dot")))
     fig.add_hline(y=0, line_color="gray", line_width=1)
-    fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10),
+    # Room for the axis titles: with a 10 px margin the x title was cut ("…from the to", issue 20).
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
-                      xaxis=dict(title="blocks randomised (from the top)", type="category"),
-                      yaxis=dict(title="Spearman with the original", range=[-1.05, 1.05]))
+                      xaxis=dict(title=dict(text="blocks randomised, from the top", standoff=8), type="category",
+                                 automargin=True),
+                      yaxis=dict(title=dict(text="Spearman with the original", standoff=4), range=[-1.05, 1.05],
+                                 automargin=True))
     return fig

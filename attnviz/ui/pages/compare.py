@@ -25,7 +25,7 @@ from attnviz.ui import figures, mapview, notes, panels, state, urlstate
 from attnviz.ui.compute import model_key, top_k
 from attnviz.ui.context import rejected_sentence
 from attnviz.ui.errors import guard
-from attnviz.ui.faithfulness import deletion_caption
+from attnviz.ui.faithfulness import deletion_caption, verdict
 from attnviz.ui.widgets import map_or_run, markdown_literal, page_header, pretty, run_on_click, shared_url_values
 
 SIDES = ("a", "b")
@@ -165,7 +165,7 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
         if curves is not None:
             summary = deletion_summary(curves)
             out["deletion_auc"] = summary["deletion_auc"]
-            st.caption(deletion_caption(summary))
+            st.caption(verdict(curves, summary)[0] + " " + deletion_caption(summary))
     return out
 
 
