@@ -379,3 +379,41 @@ def test_faithfulness_panel_gives_a_verdict_and_readable_charts(app_on, outlier_
     x_axis = fig["layout"]["xaxis"]
     assert x_axis["title"]["text"] == "blocks randomised, from the top" and x_axis["automargin"] is True
     assert fig["layout"]["yaxis"]["automargin"] is True
+
+
+# --- 7 and 8. a CNN on the Heads page; its channel gates on Explore ----------------------------------
+
+def test_heads_page_on_a_cnn_says_so_in_one_sentence(app_on, cnn_dirs):
+    """No 'failed unexpectedly' boxes and no layer / head controls for a model without heads."""
+    at = app_on(cnn_dirs["gated"]).run()
+    at.switch_page(HEADS).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert [i.value for i in at.info if "no attention heads" in i.value] and len(at.info) >= 1
+    keys = [w.key for w in [*at.slider, *at.selectbox, *at.toggle, *at.radio]]
+    assert not {"h_layer", "h_head", "h_shared", "h_over", "h_qkind"} & set(keys)
+
+
+def test_explore_shows_a_cnns_channel_gates(app_on, cnn_dirs):
+    """The gated CNN's SE / ECA / CBAM channel gates are on Explore: the chosen block's gates as bars (the
+    capture's own excitation vector), the most-passed channels' feature maps with their gates."""
+    import json
+
+    import attnviz
+    at = app_on(cnn_dirs["gated"]).run()
+    _ok(at)
+    adapter = attnviz.load_model(str(cnn_dirs["gated"]))
+    cap = attnviz.capture(adapter, _sample_image(at))
+    gates = [g for g in cap.gates if g.kind == "channel"]
+    assert len(gates) >= 2
+    for block in (len(gates) - 1, 0):
+        at.selectbox(key="gate_block").set_value(block).run()
+        _ok(at)
+        bars = json.loads(next(c for c in at.get("plotly_chart") if c.key == "gate_bars").proto.spec)["data"][0]
+        from tests.test_app_lesson import _array
+        chart = next(c for c in at.get("plotly_chart") if c.key == "gate_bars")
+        want = gates[block].value.float().numpy()
+        np.testing.assert_allclose(_array(chart, 0, "y"), want, rtol=1e-5, atol=1e-6)
+        top = np.argsort(-want, kind="stable")[:3]
+        assert bars["marker"]["color"].count("#e4572e") == 3
+        caps = [c for im in at.get("image") for c in im.captions if c.startswith("channel ")]
+        assert caps == [f"channel {c}: gate {want[c]:.2f}" for c in top]

@@ -182,7 +182,7 @@ KEEP_KEYS = ("method", "compare", "target", "pr_method", "pr_faith_prompt", "c_m
              "c_word", "h_layer", "h_head", "h_qkind", "h_row", "h_col", "h_shared", "h_over",
              "view_tab", "c_view_tab", "pr_view_tab", "h_hover", "faith_panel",
              "l_layer", "l_head", "l_row", "l_col", "l_step", "l_guided", "l_share", "l_over",
-             "cmp_a", "cmp_b", "cmp_method", "cmp_label", "h_stage")
+             "cmp_a", "cmp_b", "cmp_method", "cmp_label", "h_stage", "gate_block")
 
 
 def forget_on_new_capture(ctx, key: str) -> None:

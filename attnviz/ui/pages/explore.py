@@ -16,7 +16,7 @@ from attnviz import render
 from attnviz.errors import UsageError
 from attnviz.methods import list_methods
 from attnviz.methods.registry import MethodSpec
-from attnviz.ui import backbone, figures, mapview, notes, panels, urlstate
+from attnviz.ui import backbone, figures, gates_panel, mapview, notes, panels, urlstate
 from attnviz.ui.compute import export_record, model_key, top_k
 from attnviz.ui.context import load_context, query_label
 from attnviz.ui.errors import guard
@@ -350,6 +350,8 @@ def main() -> None:
             parts.append(f"drawing {t.get('render', 0):.2f} s")
             st.caption(f"This view took {total:.2f} s ({', '.join(parts)}).",
                        help="Changing opacity, colormap or normalisation redraws without running the model.")
+        with guard("The channel gates"):
+            gates_panel.gates_ui(ctx)       # a CNN's SE / ECA / CBAM gates: over channels, not a map on the image
     if not shown:
         urlstate.sync(_url_values(ctx, method, compare, params, specs, target))
 

@@ -110,6 +110,14 @@ def main() -> None:
     if ctx is None:
         return
     cap, eng = ctx.capture, state.engine()
+    if not cap.attentions:          # a CNN: no heads to show, and no layer / head controls for it
+        what = "is a convolutional network" if ctx.adapter.family == "cnn" else "has no attention layers"
+        gated = (" Its channel gates (squeeze-and-excitation, ECA, CBAM) are on the Explore page."
+                 if any(g.kind == "channel" for g in cap.gates) else "")
+        st.info(f"{ctx.adapter.name} {what}: it has no attention heads to show here.{gated} Pick a vision "
+                "transformer to see heads.")
+        urlstate.sync(shared_url_values(ctx))
+        return
     L, H, lay = cap.n_layers, cap.n_heads, cap.layout
     kinds = token_queries(cap)
     _clamp_state(L, H, lay.rows, lay.cols, kinds)
