@@ -417,3 +417,31 @@ def test_explore_shows_a_cnns_channel_gates(app_on, cnn_dirs):
         assert bars["marker"]["color"].count("#e4572e") == 3
         caps = [c for im in at.get("image") for c in im.captions if c.startswith("channel ")]
         assert caps == [f"channel {c}: gate {want[c]:.2f}" for c in top]
+
+
+# --- 9. a model that needs a download ------------------------------------------------------------
+
+def test_a_model_that_needs_a_download_says_what_to_run_and_keeps_the_last_one(app_on, outlier_dir):
+    """Picking a catalog model that is not downloaded (the hub is offline here): one sentence naming
+    `make models`, not 'use the catalog name' it already is; the picker and the page stay on the model that
+    worked; picker labels are short enough not to be cut."""
+    from attnviz import catalog
+    from attnviz.ui.state import ENV_MODEL
+    entry = next(e for e in catalog.load_catalog().entries if e.hub and not catalog.is_available_offline(e))
+    at = app_on(outlier_dir).run()
+    _ok(at)
+    assert len(at.get("image")) >= 1
+    at.selectbox(key="model").set_value(entry.name).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "`make models`" in errors[0] and "use the catalog name" not in errors[0]
+    assert errors[0].endswith(f"The page stays on {real_name(outlier_dir)}, the last model that loaded.")
+    assert at.selectbox(key="model").value == ENV_MODEL
+    assert len(at.get("image")) >= 1 and real_name(outlier_dir) in _page_text(at)
+    labels = at.selectbox(key="model").options
+    assert max(len(x) for x in labels) <= 36, labels
+
+
+def real_name(folder) -> str:
+    import attnviz
+    return attnviz.load_model(str(folder)).name

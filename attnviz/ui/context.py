@@ -127,8 +127,18 @@ def load_context(texts_slot=None) -> Optional[Context]:
         timings["model_load"] = time.perf_counter() - t0
         texts = texts_ui(adapter, texts_slot if texts_slot is not None else c.texts_slot)
     except (ModelUnavailable, UsageError) as e:
+        last = st.session_state.get(state.LAST_GOOD)
+        if isinstance(e, ModelUnavailable) and last is not None and last != (c.model_option, c.custom_id):
+            # Keep the page on the last model that worked, with the picker back on it (issue 20).
+            st.session_state[state.FAILED] = str(e)
+            st.session_state[state.RESTORE] = last
+            st.rerun()
         st.error(str(e))
         return None
+    st.session_state[state.LAST_GOOD] = (c.model_option, c.custom_id)
+    failed = st.session_state.pop(state.FAILED, None)
+    if failed:
+        st.error(f"{failed} The page stays on {adapter.name}, the last model that loaded.")
     eng = state.engine()
     cached = eng.has_capture(adapter, img.digest, texts)
     t0 = time.perf_counter()

@@ -132,10 +132,15 @@ def model_options() -> list[tuple[str, str]]:
             ok = catalog.is_available_offline(e)
         except Exception:   # a broken HF cache must not break the picker
             ok = False
-        out.append((e.name, f"{e.name} · {'offline ✓' if ok else 'needs download'}"))
+        out.append((e.name, f"{e.name} {'✓' if ok else '↓'}"))     # short: a cut label hides the mark
     if custom_models_allowed():
         out.append((CUSTOM_MODEL, "Another hub model (type its id)…"))
     return out
+
+
+LAST_GOOD = "_last_good_model"        # session state: (option, custom id) of the last model that loaded
+RESTORE = "_restore_model"            # session state: the picker goes back to this before it is drawn
+FAILED = "_model_failed"              # session state: why the model picked last could not be used
 
 
 def model_spec(option: str, custom_id: str = "") -> str:
@@ -164,7 +169,7 @@ def missing_demo_sentence(option: str) -> str:
     entry = catalog.load_catalog().get(option)
     if entry is not None and entry.path and not catalog.is_available_offline(entry):
         return (f"The offline demo model {entry.name} has not been built yet: run `make demo`, "
-                "or pick a model marked offline ✓.")
+                "or pick a model marked ✓ (offline).")
     return ""
 
 

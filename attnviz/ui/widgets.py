@@ -299,11 +299,14 @@ def model_ui() -> tuple[str, str]:
     opts = state.model_options()
     values, labels = [v for v, _ in opts], dict(opts)
     default = state.default_model()
+    back = st.session_state.pop(state.RESTORE, None)
+    if back is not None:      # the model picked last could not be loaded: back to the last one that could
+        st.session_state["model"], st.session_state["custom_id"] = back
     if st.session_state.get("model") not in values:
         st.session_state["model"] = default.option if default.option in values else values[0]
     option = st.selectbox("Model", values, key="model", format_func=lambda v: labels.get(v, v),
-                          help="Models marked offline ✓ load without a network. The model is loaded once "
-                               "per server and shared by everyone using it.")
+                          help="✓: loads without a network; ↓: needs a download first (`make models`). The model "
+                               "is loaded once per server and shared by everyone using it.")
     custom = ""
     if option == state.CUSTOM_MODEL:
         custom = st.text_input("Hub id", key="custom_id", placeholder="owner/model-name",
