@@ -445,3 +445,21 @@ def test_a_model_that_needs_a_download_says_what_to_run_and_keeps_the_last_one(a
 def real_name(folder) -> str:
     import attnviz
     return attnviz.load_model(str(folder)).name
+
+
+# --- 10. the shapes demo models on a photo, on Compare -----------------------------------------------
+
+def test_compare_says_the_shapes_models_do_not_know_photos(app_on, outlier_dir):
+    from tests.test_app_compare import _need
+    _need("demo-vit-shapes"), _need("demo-cnn-shapes")
+    at = app_on(outlier_dir).run()
+    at.button_group(key="sample").set_value("coffee").run()
+    at.switch_page("attnviz/ui/pages/compare.py").run()
+    _ok(at)
+    notes = [i.value for i in at.info if "not photos" in i.value]
+    assert notes == ["demo-vit-shapes and demo-cnn-shapes know synthetic shapes, not photos: on this image their "
+                     "predictions and maps say little about them. Pick a 'scene' sample."]
+    scene = next(n for n in at.button_group(key="sample").options if n.startswith("scene"))
+    at.button_group(key="sample").set_value(scene).run()
+    _ok(at)
+    assert not [i.value for i in at.info if "not photos" in i.value]

@@ -204,6 +204,12 @@ def main() -> None:
     adapters = {side: _load(opt) for side, opt in chosen.items()}
     if any(a is None for a in adapters.values()):
         return
+    shapes = [a.name for a in adapters.values() if state.knows_only_shapes(a)]
+    if shapes and not (c.is_sample and state.is_scene_sample(c.image_name or "")):
+        many = len(set(shapes)) > 1
+        st.info(f"{' and '.join(dict.fromkeys(shapes))} {'know' if many else 'knows'} synthetic shapes, not "
+                f"photos: on this image {'their' if many else 'its'} predictions and maps say little about "
+                f"{'them' if many else 'it'}. Pick a 'scene' sample.")
     eng = state.engine()
     entries = {}
     with st.spinner("Running the models on your image…"):
