@@ -463,3 +463,31 @@ def test_compare_says_the_shapes_models_do_not_know_photos(app_on, outlier_dir):
     at.button_group(key="sample").set_value(scene).run()
     _ok(at)
     assert not [i.value for i in at.info if "not photos" in i.value]
+
+
+# --- 4. the model's input size, with its cost shown first ---------------------------------------------
+
+def test_a_chosen_input_size_reaches_every_page_with_its_cost_shown(app_on, outlier_dir):
+    """The whole image at a chosen long side (no crop): a finer map on Explore and Heads; each option says
+    its tokens and attention memory (L·H·T²·4 bytes, written out here) before it is picked."""
+    from attnviz.images import load_image
+    from attnviz.ui.state import sample_images
+    at = app_on(outlier_dir).run()
+    at.button_group(key="sample").set_value("coffee").run()
+    _ok(at)
+    assert "map 16×16 over patches" in _page_text(at)                  # the processor's 64 × 64
+    w, h = load_image(sample_images()["coffee"]).size
+    s = 224 / max(w, h)
+    rows, cols = round(h * s / 4), round(w * s / 4)
+    t = 1 + rows * cols
+    want = f"{cols * 4}×{rows * 4} · {t:,} tokens · {2 * 4 * t * t * 4 / 2 ** 20:.0f} MB"
+    box = at.selectbox(key="input_side")
+    assert want in box.options, box.options
+    box.set_value(224).run()
+    _ok(at)
+    assert f"map {rows}×{cols} over patches" in _page_text(at)
+    at.switch_page(HEADS).run()
+    _ok(at)
+    at.radio(key="h_qkind").set_value("a patch").run()
+    _ok(at)
+    assert (at.number_input(key="h_row").max, at.number_input(key="h_col").max) == (rows - 1, cols - 1)

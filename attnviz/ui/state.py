@@ -251,6 +251,7 @@ class Choices:
     display: Display
     texts_slot: Any = None    # a sidebar container for the prompts / caption box, filled once the model is known
     is_sample: bool = False   # the image is one of the samples (a link can name it), not an upload
+    input_side: int = 0       # the model input's long side in pixels, the whole image uncropped (0: the processor's)
 
 
 @dataclass

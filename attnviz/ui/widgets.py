@@ -11,7 +11,7 @@ from .. import render
 from ..images import MAX_BYTES
 from ..methods.hierarchy import block_heads, is_hierarchical
 from ..methods.registry import MethodSpec, Param
-from . import notes, panels, state, urlstate
+from . import input_size, notes, panels, state, urlstate
 from .context import default_target, query_options, query_value, readout_token
 from .state import Choices, Display
 
@@ -389,6 +389,16 @@ def link_target(ctx, raw: Optional[str], scope: str) -> Optional[str]:
     return None
 
 
+def _image_size(data: Optional[bytes]) -> Optional[tuple[int, int]]:
+    """The chosen image's (width, height), or None (no image, or one the page will reject)."""
+    if data is None:
+        return None
+    try:
+        return state.decode(data).image.size
+    except Exception:   # noqa: BLE001  (the page says what is wrong with the file)
+        return None
+
+
 def sidebar_ui() -> Choices:
     """Image, model and display controls shared by every page; stored for the pages to read."""
     url = urlstate.consume("sidebar")
@@ -399,6 +409,7 @@ def sidebar_ui() -> Choices:
         name, data = image_input_ui()
         st.markdown("#### 2 · Model")
         option, custom = model_ui()
+        side = input_size.input_size_ui(_image_size(data))
         slot = st.container()          # prompts (image–text models) or a caption (captioners) go here
         st.markdown("#### 3 · Display")
         display = display_ui()
@@ -406,7 +417,8 @@ def sidebar_ui() -> Choices:
             if st.button("Clear caches", help="Forget loaded models and computed maps (frees memory)."):
                 state.clear_all()
     ch = Choices(name, data, option, custom, display, slot,
-                 is_sample=data is not None and st.session_state.get("sample") == name and name is not None)
+                 is_sample=data is not None and st.session_state.get("sample") == name and name is not None,
+                 input_side=side)
     st.session_state["_choices"] = ch
     default = state.default_model()
     if option == default.option and default.fallback and not default.missing:
