@@ -130,7 +130,8 @@ def load_context(texts_slot=None) -> Optional[Context]:
         texts = texts_ui(adapter, texts_slot if texts_slot is not None else c.texts_slot)
     except (ModelUnavailable, UsageError) as e:
         last = st.session_state.get(state.LAST_GOOD)
-        if isinstance(e, ModelUnavailable) and last is not None and last != (c.model_option, c.custom_id):
+        if (isinstance(e, ModelUnavailable) and last is not None and last != (c.model_option, c.custom_id)
+                and c.model_option != state.CUSTOM_MODEL):   # a hub id being typed keeps its box
             # Keep the page on the last model that worked, with the picker back on it (issue 20).
             st.session_state[state.FAILED] = str(e)
             st.session_state[state.RESTORE] = last

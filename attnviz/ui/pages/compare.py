@@ -165,7 +165,8 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
         if curves is not None:
             summary = deletion_summary(curves)
             out["deletion_auc"] = summary["deletion_auc"]
-            st.caption(verdict(curves, summary)[0] + " " + deletion_caption(summary))
+            st.caption(deletion_caption(summary))
+            st.caption(verdict(curves, summary)[0])
     return out
 
 

@@ -110,7 +110,7 @@ def main() -> None:
     if ctx is None:
         return
     cap, eng = ctx.capture, state.engine()
-    if not cap.attentions:          # a CNN: no heads to show, and no layer / head controls for it
+    if not cap.attentions and not is_hierarchical(cap):          # a CNN: no heads to show, and no layer / head controls for it
         what = "is a convolutional network" if ctx.adapter.family == "cnn" else "has no attention layers"
         gated = (" Its channel gates (squeeze-and-excitation, ECA, CBAM) are on the Explore page."
                  if any(g.kind == "channel" for g in cap.gates) else "")
