@@ -446,7 +446,8 @@ def legend(
     font = _font(size)
     bar_h = max(8, size * 2 // 3)
     pad = max(2, size // 4)
-    height = pad + bar_h + pad + size + pad + (size + pad if title else 0)
+    lines = _wrap(title, font, w) if title else []
+    height = pad + bar_h + pad + size + pad + (size + pad) * len(lines)
     img = Image.new("RGB", (w, height), (255, 255, 255))
     ramp = colorize(np.tile(np.linspace(0.0, 1.0, w, dtype=np.float32), (bar_h, 1)), cmap)  # [bar_h, w, 3]
     img.paste(Image.fromarray(ramp), (0, pad))
@@ -459,9 +460,22 @@ def legend(
         ticks.insert(1, (round(w * (0 - lo) / (hi - lo)), "0", "ma"))
     for x, text, anchor in ticks:
         draw.text((x, y), text, fill=(40, 40, 40), font=font, anchor=anchor)
-    if title:
-        draw.text((w // 2, y + size + pad), title, fill=(40, 40, 40), font=font, anchor="ma")
+    for i, line in enumerate(lines):      # the title wrapped to the bar's width: never cut
+        draw.text((w // 2, y + (size + pad) * (i + 1)), line, fill=(40, 40, 40), font=font, anchor="ma")
     return img
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels in ``font`` (words kept whole unless one alone is wider)."""
+    from PIL import ImageDraw
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    lines: list[str] = []
+    for word in str(text).split():
+        if lines and measure(lines[-1] + " " + word, font=font) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def with_legend(image: Image.Image, key: Image.Image) -> Image.Image:

@@ -208,7 +208,11 @@ def test_compared_maps_keep_their_own_scale_and_legend(new_app, saved_models):
     at = new_app().run()
     at.button_group(key="compare").set_value(["rollout", "input_x_gradient"]).run()
     _ok(at)
-    assert [im.captions[0] for im in _images(at)] == ["relevance", "rollout", "input x gradient"]
+    label = next(t.label for t in attnviz.capture(attnviz.load_model(str(saved_models["vit"])),
+                                                    load_image(sample_images()[at.session_state["sample"]])).targets
+                 if t.index == at.selectbox(key="target").value)
+    assert [im.captions[0] for im in _images(at)] == [f"relevance for {label}", "rollout",
+                                                      f"input x gradient for {label}"]   # titles name the target
     ranges = _legend_ranges(at)
     assert len(ranges) == 3
     adapter = attnviz.load_model(str(saved_models["vit"]))

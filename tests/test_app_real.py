@@ -491,3 +491,64 @@ def test_a_chosen_input_size_reaches_every_page_with_its_cost_shown(app_on, outl
     at.radio(key="h_qkind").set_value("a patch").run()
     _ok(at)
     assert (at.number_input(key="h_row").max, at.number_input(key="h_col").max) == (rows - 1, cols - 1)
+
+
+# --- 11-14. presentation mode from a link, slide-sized exports, honest timings, the CNN footer ----------
+
+def test_a_link_opens_presentation_mode_and_the_heads_switches(app_on, outlier_dir):
+    """present=True in a link opens in presentation mode (it was written but ignored); the Heads page's two
+    switches travel in its link; in presentation mode the Heads controls are folded and the thumbnails
+    come first."""
+    at = app_on(outlier_dir)
+    at.query_params.update({"present": "True", "shared": "1", "over": "0"})
+    at.run()
+    at.switch_page(HEADS).run()
+    _ok(at)
+    assert at.session_state["present"] is True
+    assert any("font-size: 20px" in h.proto.body for h in at.get("html"))
+    box = next(e for e in at.expander if e.label == "Query, layer, head and display")
+    assert box.proto.expanded is False and box.toggle(key="h_shared").value is True
+    assert at.toggle(key="h_over").value is False
+    link = dict(at.query_params)
+    assert link.get("present") == "True" and link.get("shared") == "1" and link.get("over") == "0"
+    assert any(c.value.startswith("Drawn on the server in ") and "the browser then takes its own time" in c.value
+               for c in at.caption)                                     # says what the number measures
+
+
+def test_overlay_export_of_a_scene_is_slide_sized_with_its_whole_legend(app_on, outlier_dir, monkeypatch):
+    """A 64 px scene exports at 1024 px with its legend under it; the legend's title wraps to the picture's
+    width instead of running off its edges."""
+    import io
+
+    from PIL import Image, ImageDraw
+    from streamlit.delta_generator import DeltaGenerator
+
+    from attnviz import render
+    got = {}
+    real_button = DeltaGenerator.download_button
+
+    def keep(self, label, data, *a, **kw):
+        got[label] = data
+        return real_button(self, label, data, *a, **kw)
+    monkeypatch.setattr(DeltaGenerator, "download_button", keep)
+    at = app_on(outlier_dir).run()
+    scene = next(n for n in at.button_group(key="sample").options if n.startswith("scene"))
+    at.button_group(key="sample").set_value(scene).run()
+    _ok(at)
+    png = Image.open(io.BytesIO(got["Overlay PNG"]()))
+    assert png.width == 1024 and png.height > 1024
+    title = "relevance: red for the target, blue against (values beyond the 99th percentile of |value| shown at " \
+            "the end colours)"
+    key = render.legend(1024, -1.0, 1.0, cmap="RdBu_r", title=title, signed=True)
+    font = render._font(28)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    lines = render._wrap(title, font, 1024)
+    assert len(lines) >= 2 and max(measure(x, font=font) for x in lines) <= 1024 and " ".join(lines) == title
+    assert key.height > render.legend(1024, -1.0, 1.0, title="short").height
+
+
+def test_the_cnn_footer_counts_stages_not_heads(app_on, cnn_dirs):
+    at = app_on(cnn_dirs["gated"]).run()
+    _ok(at)
+    footer = " ".join(c.value for c in at.sidebar.caption)
+    assert "stages, no attention heads" in footer and "× 0 heads" not in footer

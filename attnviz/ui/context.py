@@ -164,6 +164,8 @@ def load_context(texts_slot=None) -> Optional[Context]:
     input_size.remember(adapter, cap, img.image.size, c.input_side if size else 0, entry.seconds)
     prefix = ", ".join(cap.layout.prefix_names) or "no prefix tokens"
     heads = f"{cap.n_layers} layers × {cap.n_heads} heads"
+    if not cap.attentions and not is_hierarchical(cap):     # a CNN: stages, no heads
+        heads = f"{cap.n_layers} stages, no attention heads"
     if is_hierarchical(cap):         # Swin: heads grow by stage (n_heads is 0)
         heads = f"{cap.n_layers} blocks, heads by stage " + "/".join(str(i["heads"]) for i in stage_info(cap))
     st.sidebar.caption(f"**{adapter.name}** on **{state.device_label(adapter)}** · {heads} · "

@@ -104,8 +104,21 @@ def legend_html(scale: Scale, title: str) -> str:
             f'<div style="text-align: center; opacity: 0.8">{html.escape(title)}</div></div>')
 
 
+SLIDE_SIDE = 1024     # exports are at least this large on their long side: a 64 px scene fills a slide
+
+
+def slide_sized(image: Image.Image, box=None, side: int = SLIDE_SIDE):
+    """(image, box) enlarged so the long side is at least ``side`` pixels (the box scaled with it)."""
+    k = side / max(image.size)
+    if k <= 1.0:
+        return image, box
+    big = image.resize((round(image.width * k), round(image.height * k)), Image.Resampling.LANCZOS)
+    return big, (None if box is None else tuple(float(v) * big.width / image.width for v in box))
+
+
 def picture(image: Image.Image, m: np.ndarray, scale: Scale, display, box, title: str) -> Image.Image:
-    """The overlay with its legend drawn under it (a download looks like the screen)."""
+    """The overlay with its legend drawn under it (a download looks like the screen), slide-sized."""
+    image, box = slide_sized(image, box)
     shown = draw(image, m, scale, display, box)
     key = render.legend(shown.width, scale.lo, scale.hi, cmap=scale.cmap, title=title, signed=scale.signed)
     return render.with_legend(shown, key)

@@ -238,6 +238,17 @@ def _apply_sidebar_url(url: dict[str, str], options: list[str]) -> None:
             st.session_state["alpha"] = round(a, 2)
         except ValueError:
             urlstate.warn(f"The link's opacity '{url['alpha']}' is not a number from 0 to 1; using the default.")
+    if "present" in url:           # presentation mode travels in the link (issue 20)
+        st.session_state["present"] = str(url["present"]).lower() in ("true", "1", "yes")
+    if "size" in url:
+        try:
+            side = int(url["size"])
+            if side not in input_size.SIDES:
+                raise ValueError
+            st.session_state[input_size.KEY] = side
+        except ValueError:
+            urlstate.warn(f"The link's input size '{url['size']}' is not one of "
+                          f"{', '.join(map(str, input_size.SIDES[1:]))}; using the model's own.")
     for key, allowed, what in (("cmap", CMAPS, "colormap"), ("norm", NORMS, "normalisation"),
                                ("resample", list(render.RESAMPLES), "resampling")):
         if key in url:
@@ -363,6 +374,7 @@ def shared_url_values(ctx) -> dict[str, Any]:
     for k, default in DISPLAY_DEFAULTS.items():
         v = getattr(ctx.display, k)
         out[k] = None if v == default else v
+    out["size"] = st.session_state.get(input_size.KEY) or None     # the model input's long side, when chosen
     return out
 
 

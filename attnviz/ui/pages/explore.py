@@ -139,6 +139,11 @@ def scales_for(ctx, shown: list[tuple[MethodSpec, Any]]) -> list[mapview.Scale]:
     return [mapview.scale_for(exp.map, exp.signed, ctx.display) for _, exp in shown]
 
 
+def map_title(spec: MethodSpec, exp) -> str:
+    """A map's title: the method, and the target it explains ("relevance for square"), when it has one."""
+    return pretty(spec.name) + (f" for {exp.target.label}" if exp.target is not None else "")
+
+
 def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Scale]) -> None:
     """Overlays side by side, each with its legend, and hoverable figures."""
     d = ctx.display
@@ -156,7 +161,7 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Sc
                 for col, ((spec, exp), scale) in zip(cols, row):
                     with col, guard(f"Drawing {pretty(spec.name)}"):
                         if hover:
-                            fig = render.heatmap_figure(ctx.img.display, exp.map, title=pretty(spec.name),
+                            fig = render.heatmap_figure(ctx.img.display, exp.map, title=map_title(spec, exp),
                                                         cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
                                                         resample=d.resample, box=ctx.box, vmin=scale.lo,
                                                         vmax=scale.hi, hover_label=notes.units(spec.name),
@@ -164,7 +169,7 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Sc
                             st.plotly_chart(fig, key=f"fig:{spec.name}")
                         else:
                             panels.show_map(ctx.img, exp.map, scale, d, ctx.box, method=spec.name,
-                                            caption=pretty(spec.name))
+                                            caption=map_title(spec, exp))
     if len(shown) > 1:
         st.caption("Each map has its own colour scale, shown in its legend: the methods measure different things "
                    "in different units (and some have a sign), so one shared scale would wash some of them out. "

@@ -38,6 +38,9 @@ def _clamp_state(L: int, H: int, rows: int, cols: int, prefix: list[str]) -> Non
 
 def _apply_url(url: dict[str, str], L: int, H: int, rows: int, cols: int, prefix: list[str]) -> None:
     ss = st.session_state
+    for key, name in (("h_shared", "shared"), ("h_over", "over")):    # the two switches travel in the link
+        if name in url:
+            ss[key] = str(url[name]).lower() in ("1", "true", "yes")
     if "layer" in url:
         try:
             li = int(url["layer"])
@@ -110,7 +113,7 @@ def main() -> None:
     if ctx is None:
         return
     cap, eng = ctx.capture, state.engine()
-    if not cap.attentions and not is_hierarchical(cap):          # a CNN: no heads to show, and no layer / head controls for it
+    if not cap.attentions and not is_hierarchical(cap):    # a CNN: no heads, so no layer / head controls either
         what = "is a convolutional network" if ctx.adapter.family == "cnn" else "has no attention layers"
         gated = (" Its channel gates (squeeze-and-excitation, ECA, CBAM) are on the Explore page."
                  if any(g.kind == "channel" for g in cap.gates) else "")
@@ -133,7 +136,11 @@ def main() -> None:
     if hit is not None:
         st.session_state["h_layer"], st.session_state["h_head"] = int(hit[0]), int(hit[1])
 
-    top = st.columns([3, 2])
+    d = ctx.display
+    # Presentation mode: the controls fold into one box, the thumbnails come first (issue 20).
+    controls = st.expander("Query, layer, head and display", expanded=False) if d.present else st.container()
+    with controls:
+        top = st.columns([3, 2])
     with top[0]:
         query = query_ui(ctx)
     with top[1]:
@@ -151,7 +158,6 @@ def main() -> None:
         over = st.toggle("Thumbnails over the image", key="h_over",
                          help="Each head's map drawn over a small copy of the image (off: the map alone).")
 
-    d = ctx.display
     sel = (layer, head) if isinstance(head, int) else None
     mosaic_box, side_box = (st.container(), st.container()) if d.present else st.columns([5, 3], gap="large")
     with mosaic_box, guard("Drawing the thumbnails"):
@@ -186,7 +192,8 @@ def main() -> None:
             fig = render.heatmap_figure(ctx.img.display, exp.map, cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
                                         resample=d.resample, box=ctx.box, hover_label="attention weight")
             hover.plotly_chart(fig, key="h_big")
-        st.caption(f"Switched in {time.perf_counter() - t0:.3f} s, no model run (the one forward pass is cached).")
+        st.caption(f"Drawn on the server in {time.perf_counter() - t0:.3f} s, no model run (the one forward pass "
+                   "is cached); the browser then takes its own time to receive and show the page.")
 
     with guard("Computing the head statistics"):
         dist, ent = eng.head_stats(ctx.adapter, ctx.entry, ctx.digest)
@@ -196,7 +203,8 @@ def main() -> None:
         st.plotly_chart(fig, key="h_stats", config={"displayModeBar": False})
         st.caption(distance_sentence(dist, "On this image") + " " + notes.HEADS_DISTANCE_GLOSS)
 
-    values: dict[str, Any] = {**shared_url_values(ctx), "layer": layer, "head": head, "query": query}
+    values: dict[str, Any] = {**shared_url_values(ctx), "layer": layer, "head": head, "query": query,
+                              "shared": "1" if shared else None, "over": None if over else "0"}
     urlstate.sync(values)
 
 
