@@ -552,3 +552,15 @@ def test_the_cnn_footer_counts_stages_not_heads(app_on, cnn_dirs):
     _ok(at)
     footer = " ".join(c.value for c in at.sidebar.caption)
     assert "stages, no attention heads" in footer and "× 0 heads" not in footer
+
+
+def test_the_patch_picker_does_not_cover_a_fine_grid_with_dots():
+    """16 × 16 patches (a 224 px ViT-B/14 or the 64 px models here): no visible dots over the face, yet every
+    patch still answers a click; a coarse 4 × 4 grid keeps its dots."""
+    from PIL import Image
+
+    from attnviz.ui.figures import patch_picker_figure
+    fine = patch_picker_figure(Image.new("RGB", (64, 64)), 16, 16).data[0]
+    coarse = patch_picker_figure(Image.new("RGB", (64, 64)), 4, 4).data[0]
+    assert fine.marker.opacity == 0.0 and len(fine.x) == 256 and fine.marker.size >= 4
+    assert coarse.marker.opacity is None and "255,255,255" in coarse.marker.color

@@ -131,9 +131,14 @@ def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "
     return fig
 
 
+DOTS_UP_TO = 12     # patches a side up to which the picker draws a dot on each patch
+
+
 def patch_picker_figure(image: Image.Image, rows: int, cols: int, *, box=None,
                         selected: Optional[tuple[int, int]] = None):
-    """The image with a clickable dot on every patch centre; the selected patch ringed."""
+    """The image with a clickable dot on every patch centre; the selected patch ringed. On a fine grid
+    (more than :data:`DOTS_UP_TO` patches a side) the dots would hide the image: each patch is then an
+    invisible square that still answers hover and click."""
     import plotly.graph_objects as go
     w, h = image.size
     left, top, right, bottom = (0, 0, w, h) if box is None else box
@@ -142,8 +147,9 @@ def patch_picker_figure(image: Image.Image, rows: int, cols: int, *, box=None,
     xs, ys = left + (cc.ravel() + 0.5) * pw, top + (rr.ravel() + 0.5) * ph
     fig = go.Figure(go.Scatter(
         x=xs, y=ys, mode="markers", customdata=np.stack([rr.ravel(), cc.ravel()], 1),
-        marker=dict(size=max(3, min(10, 400 // max(rows, cols))), color="rgba(255,255,255,0.55)",
-                    line=dict(color="rgba(0,0,0,0.5)", width=1)),
+        marker=(dict(size=max(3, min(10, 400 // max(rows, cols))), color="rgba(255,255,255,0.55)",
+                     line=dict(color="rgba(0,0,0,0.5)", width=1)) if max(rows, cols) <= DOTS_UP_TO else
+                dict(size=max(4, 380 // max(rows, cols)), symbol="square", opacity=0.0)),
         hovertemplate="patch row %{customdata[0]}, col %{customdata[1]}<br>click to query<extra></extra>",
         showlegend=False))
     if selected is not None:
