@@ -195,7 +195,7 @@ def _write_out(path: Path, image, cap, exp) -> None:
         import numpy as np
         np.save(path, exp.map.astype("float32"))
     elif suffix == ".png":
-        img = render.overlay(image, exp.map, norm="signed" if exp.signed else "minmax",
+        img = render.overlay(image, exp.map, norm=render.default_norm(exp.signed),
                              box=cap.map_box(exp.map.shape, image.size, exp.over))
         path.write_bytes(render.to_png_bytes(img))
     else:

@@ -76,9 +76,13 @@ def _explain_failure(res: Resolved, exc: Exception, cls: Optional[type[ModelAdap
     if offline() or "offline" in low or "couldn't connect" in low or "cannot find the requested files" in low \
             or "connection" in low or "local_files_only" in low:
         lookalike = _catalog_lookalike(res.name)
-        if lookalike:
+        if lookalike and lookalike != res.name:
             return (f"There is no model folder '{res.name}' here and the hub cannot be reached: use the catalog "
                     f"name '{lookalike}', which loads from any directory.")
+        if lookalike:        # the catalog name itself, not downloaded yet: say what to run (issue 20)
+            return (f"Model '{res.name}' is not downloaded yet and the hub cannot be reached from here: run "
+                    f"`make models` (`python -m attnviz.download`: every catalog model) where the hub can be "
+                    f"reached, or pick a model marked ✓ (offline).")
         return f"Model '{res.name}' is not available: it is not in the local cache and the hub cannot be reached."
     if "not a valid model identifier" in low or "repository not found" in low or "404" in low:
         return f"Model '{res.name}' was not found on the hub."

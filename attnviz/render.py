@@ -23,7 +23,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-NORMALIZATIONS = ("minmax", "percentile", "signed")
+NORMALIZATIONS = ("robust", "signed-robust", "minmax", "percentile", "signed")
+# The percentile at which the robust normalisations put the top colour: real trained ViTs have a few
+# patches 5-100x brighter than the rest (high-norm "register" artefacts), and a min-max scale then shows
+# one bright patch on black. Values above it are drawn in the top colour, and the legend says so.
+ROBUST_TOP = 99.0
 RESAMPLES = ("nearest", "bilinear")
 
 # Brightness factor for the part of the image the model did not see.
@@ -79,10 +83,33 @@ def _check_clip(clip) -> tuple[float, float]:
 # normalisation
 
 
+def default_norm(signed: bool) -> str:
+    """The normalisation a map gets unless the user picks one: robust to a few outlier values
+    (``signed-robust`` for signed maps, ``robust`` for the rest)."""
+    return "signed-robust" if signed else "robust"
+
+
+def is_robust(mode: str) -> bool:
+    return mode in ("robust", "signed-robust")
+
+
+def _robust_top(a: np.ndarray) -> float:
+    """The :data:`ROBUST_TOP` percentile of ``a``, or its maximum when that percentile is its minimum
+    (a map with fewer than 1 % non-minimal values, such as a head that attends to one patch, would
+    otherwise be drawn all in the bottom colour)."""
+    top = float(np.percentile(a, ROBUST_TOP))
+    return top if top > float(a.min()) else float(a.max())
+
+
 def _data_range(a: np.ndarray, mode: str, clip) -> tuple[float, float]:
     """The (vmin, vmax) a map's own values imply under ``mode``."""
     if mode == "minmax":
         return float(a.min()), float(a.max())
+    if mode == "robust":
+        return float(a.min()), _robust_top(a)
+    if mode == "signed-robust":
+        s = _robust_top(np.abs(a))
+        return -s, s
     if mode == "percentile":
         lo, hi = _check_clip(clip)
         pl, ph = np.percentile(a, [lo, hi])
@@ -93,7 +120,7 @@ def _data_range(a: np.ndarray, mode: str, clip) -> tuple[float, float]:
 
 def normalize(
     m: np.ndarray,
-    mode: str = "minmax",
+    mode: str = "robust",
     *,
     clip: tuple[float, float] = (1.0, 99.0),
     vmin: float | None = None,
@@ -101,9 +128,13 @@ def normalize(
 ) -> np.ndarray:
     """Map values to float32 in [0, 1].
 
+    ``robust`` (the default for maps >= 0): min -> 0, the :data:`ROBUST_TOP`
+    (99th) percentile -> 1, values above it clipped to 1: a few outlier
+    patches (the high-norm "register" artefacts of trained ViTs) no longer
+    take the whole colour range. ``signed-robust`` (the default for signed
+    maps): as ``signed`` with s = the 99th percentile of |m|.
     ``minmax``: (m - min) / (max - min). ``percentile``: clip to the ``clip``
-    percentiles, then minmax (robust to a few outlier patches, e.g. the
-    high-norm "register" artefacts of ViTs). ``signed``: 0 -> 0.5,
+    percentiles, then minmax. ``signed``: 0 -> 0.5,
     -max|m| -> 0, +max|m| -> 1, so the sign survives (for attributions such
     as integrated gradients; use a diverging colormap).
 
@@ -116,9 +147,9 @@ def normalize(
     a = _as_map(m)
     _check_limits(vmin, vmax)
 
-    if mode == "signed":
+    if mode in ("signed", "signed-robust"):
         if vmin is None and vmax is None:
-            s = float(np.abs(a).max())
+            s = _data_range(a, mode, clip)[1]
         else:
             s = max(abs(float(v)) for v in (vmin, vmax) if v is not None)
         if s <= 0.0:
@@ -137,7 +168,7 @@ def normalize(
 
 def value_range(
     m: np.ndarray,
-    mode: str = "minmax",
+    mode: str = "robust",
     *,
     clip: tuple[float, float] = (1.0, 99.0),
     vmin: float | None = None,
@@ -152,7 +183,7 @@ def value_range(
     _check_choice(mode, NORMALIZATIONS, "normalization")
     _check_limits(vmin, vmax)
     a = _as_map(m)
-    if mode == "signed":
+    if mode in ("signed", "signed-robust"):
         if vmin is None and vmax is None:
             lo, hi = _data_range(a, mode, clip)
         else:
@@ -166,7 +197,7 @@ def value_range(
 
 def _display_range(lo: float, hi: float, mode: str) -> tuple[float, float]:
     """(lo, hi) made safe for Plotly's zmin/zmax, matching normalize()'s colours."""
-    if mode == "signed":
+    if mode in ("signed", "signed-robust"):
         s = max(abs(lo), abs(hi))
         s = s if s > 0.0 else 1.0  # normalize() gives 0.5 -> the middle colour
         return -s, s
@@ -180,8 +211,9 @@ def shared_range(
 ) -> tuple[float, float]:
     """The (vmin, vmax) to pass to :func:`normalize` so ``maps`` share one scale.
 
-    minmax: global min and max; percentile: the percentiles of all values
-    pooled; signed: (-s, s) with s the largest |value| of any map.
+    minmax: global min and max; percentile and robust: the percentiles of all
+    values pooled; signed: (-s, s) with s the largest |value| of any map
+    (signed-robust: the 99th percentile of all |values| pooled).
     """
     _check_choice(mode, NORMALIZATIONS, "normalization")
     if len(maps) == 0:
@@ -189,9 +221,9 @@ def shared_range(
     arrays = [_as_map(m, name=f"map {i}") for i, m in enumerate(maps)]
     if mode == "minmax":
         return float(min(a.min() for a in arrays)), float(max(a.max() for a in arrays))
-    if mode == "percentile":
+    if mode in ("percentile", "robust", "signed-robust"):
         pooled = np.concatenate([a.ravel() for a in arrays])
-        return _data_range(pooled, "percentile", clip)
+        return _data_range(pooled, mode, clip)
     s = float(max(np.abs(a).max() for a in arrays))
     return -s, s
 
@@ -308,7 +340,7 @@ def overlay(
     *,
     alpha: float = 0.5,
     cmap: str = "inferno",
-    norm: str = "minmax",
+    norm: str = "robust",
     resample: str = "bilinear",
     box: Box | None = None,
     vmin: float | None = None,
@@ -336,7 +368,7 @@ def colour_layer(
     m: np.ndarray,
     *,
     cmap: str = "inferno",
-    norm: str = "minmax",
+    norm: str = "robust",
     resample: str = "bilinear",
     box: Box | None = None,
     vmin: float | None = None,
@@ -414,7 +446,8 @@ def legend(
     font = _font(size)
     bar_h = max(8, size * 2 // 3)
     pad = max(2, size // 4)
-    height = pad + bar_h + pad + size + pad + (size + pad if title else 0)
+    lines = _wrap(title, font, w) if title else []
+    height = pad + bar_h + pad + size + pad + (size + pad) * len(lines)
     img = Image.new("RGB", (w, height), (255, 255, 255))
     ramp = colorize(np.tile(np.linspace(0.0, 1.0, w, dtype=np.float32), (bar_h, 1)), cmap)  # [bar_h, w, 3]
     img.paste(Image.fromarray(ramp), (0, pad))
@@ -427,9 +460,22 @@ def legend(
         ticks.insert(1, (round(w * (0 - lo) / (hi - lo)), "0", "ma"))
     for x, text, anchor in ticks:
         draw.text((x, y), text, fill=(40, 40, 40), font=font, anchor=anchor)
-    if title:
-        draw.text((w // 2, y + size + pad), title, fill=(40, 40, 40), font=font, anchor="ma")
+    for i, line in enumerate(lines):      # the title wrapped to the bar's width: never cut
+        draw.text((w // 2, y + (size + pad) * (i + 1)), line, fill=(40, 40, 40), font=font, anchor="ma")
     return img
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels in ``font`` (words kept whole unless one alone is wider)."""
+    from PIL import ImageDraw
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    lines: list[str] = []
+    for word in str(text).split():
+        if lines and measure(lines[-1] + " " + word, font=font) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def with_legend(image: Image.Image, key: Image.Image) -> Image.Image:
@@ -495,7 +541,7 @@ def heatmap_figure(
     *,
     title: str = "",
     cmap: str = "inferno",
-    norm: str = "minmax",
+    norm: str = "robust",
     alpha: float = 0.5,
     resample: str = "bilinear",
     box: Box | None = None,
@@ -593,7 +639,7 @@ def grid_figure(
     *,
     cols: int,
     cmap: str = "inferno",
-    norm: str = "minmax",
+    norm: str = "robust",
     shared: bool = True,
 ):
     """Small multiples (e.g. layer x head thumbnails), one heatmap per map.

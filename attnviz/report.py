@@ -261,7 +261,7 @@ def _thumb(row: dict, images: Images, caption: str) -> str:
         if box is not None and img.size != (row["image_width"], row["image_height"]):
             sx, sy = img.width / row["image_width"], img.height / row["image_height"]
             box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-        shown = render.overlay(img, m, norm="signed" if row["signed"] else "minmax", box=box)
+        shown = render.overlay(img, m, norm=render.default_norm(bool(row["signed"])), box=box)
     else:
         shown = H.map_image(m, signed=row["signed"])
     return H.card(shown, caption)

@@ -82,7 +82,7 @@ def page(title: str, body: str) -> str:
 
 def map_image(m: np.ndarray, *, signed: bool = False, side: int = 160, cmap: str = "inferno") -> Image.Image:
     """A bare map as a coloured image (nearest-neighbour, so patches stay visible)."""
-    m01 = render.normalize(np.asarray(m, dtype=np.float64), "signed" if signed else "minmax")
+    m01 = render.normalize(np.asarray(m, dtype=np.float64), render.default_norm(signed))
     rgb = render.colorize(m01, cmap)
     h, w = rgb.shape[:2]
     scale = max(1, side // max(h, w))

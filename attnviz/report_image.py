@@ -29,7 +29,7 @@ def image_report_html(image: Image.Image, exp: Explanation, *, record: Optional[
     region of ``image`` the model saw (``capture.box``). ``faithfulness``: a
     :func:`attnviz.metrics.deletion_insertion` result; ``sanity``: the steps of
     :func:`attnviz.metrics.cascading_randomisation` (objects or their ``to_dict()``). ``cmap``, ``norm``
-    (default: "signed" for signed maps, else "minmax"), ``vmin``/``vmax`` and ``alpha``: the overlay's
+    (default: :func:`attnviz.render.default_norm`, robust to outliers), ``vmin``/``vmax`` and ``alpha``: the overlay's
     look, as :func:`attnviz.render.overlay` takes them (the app passes the scale it shows).
     """
     from . import render
@@ -39,7 +39,7 @@ def image_report_html(image: Image.Image, exp: Explanation, *, record: Optional[
     heading = title or f"{record.get('model', 'attnviz')} · {exp.method}" + (f" · {tgt.get('label')}" if tgt else "")
     parts = []
     if exp.over in ("patches", "pixels"):
-        norm = norm or ("signed" if exp.signed else "minmax")
+        norm = norm or render.default_norm(exp.signed)
         shown = render.overlay(image, exp.map, norm=norm, box=box, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha)
         lo, hi = render.value_range(exp.map, norm, vmin=vmin, vmax=vmax)
         parts.append("<h2>Map</h2>" + H.grid([H.card(shown, "overlay on the image", max_side=512),

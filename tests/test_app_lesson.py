@@ -162,12 +162,13 @@ def test_distance_on_this_image_and_over_the_samples_and_dino_masks(new_app, sav
                                                      1, 4, 4, 8), rtol=1e-5)
     at.radio(key="l_over").set_value("the sample images").run()
     _ok(at)
-    samples = sample_images()
+    from attnviz.ui.state import is_scene_sample
+    samples = {n: b for n, b in sample_images().items() if not is_scene_sample(n)}   # a photo model: the photos
     avg = np.mean([_hand_distance(_model_attentions(saved_models["vit"], b), 1, 4, 4, 8) for b in samples.values()], 0)
     plotted = _array(_chart(at, "l_distance"), 0, "y").reshape(2, 4)
     np.testing.assert_allclose(plotted, avg, rtol=1e-5)
     assert not np.allclose(plotted, dist)                                          # another quantity than one image
-    assert any(m.value.startswith(f"Averaged over the {len(samples)} sample images: in layer 0") for m in at.markdown)
+    assert any(m.value.startswith(f"Averaged over the {len(samples)} sample photos: in layer 0") for m in at.markdown)
 
     # DINO: per head, the number of patches holding the share of CLS's attention to the patches.
     attn = _model_attentions(saved_models["vit"], _image_bytes(at))[1]

@@ -440,11 +440,15 @@ def test_exports_cover_every_compared_map_on_the_screens_scales(new_app, saved_m
         np.testing.assert_allclose(raw[m], maps[m], rtol=1e-4, atol=1e-6)
 
     png = Image.open(io.BytesIO(got["Overlay PNG"]())).convert("RGB")
-    assert png.width == 3 * image.width + 2 * 8 and png.height > image.height      # legends under the maps
-    m = maps["rollout"]
-    want = render.overlay(image, m, alpha=0.8, cmap="inferno", norm="minmax", vmin=float(m.min()), vmax=float(m.max()),
-                          box=cap.box)
-    tile = np.asarray(png)[:image.height, image.width + 8:2 * image.width + 8]
+    # slide-sized (issue 20): a picture smaller than 1024 px is enlarged to 1024 on its long side
+    k = max(1.0, 1024 / max(image.size))
+    big = image.resize((round(image.width * k), round(image.height * k)), Image.Resampling.LANCZOS) if k > 1 else image
+    assert png.width == 3 * big.width + 2 * 8 and png.height > big.height      # legends under the maps
+    m = raw["rollout"].astype(np.float64)             # the map shown (checked against the recomputed one above)
+    want = render.overlay(big, m, alpha=0.8, cmap="inferno", norm="minmax", vmin=float(m.min()),
+                          vmax=float(np.percentile(m, 99)),               # the default scale's top (issue 20)
+                          box=None if cap.box is None else tuple(v * big.width / image.width for v in cap.box))
+    tile = np.asarray(png)[:big.height, big.width + 8:2 * big.width + 8]
     assert np.abs(tile.astype(int) - np.asarray(want).astype(int)).max() <= 1
 
     # the single-image HTML report: the first map's overlay embedded, on the scale shown
@@ -453,8 +457,9 @@ def test_exports_cover_every_compared_map_on_the_screens_scales(new_app, saved_m
     html = got["Report .html"]()
     pngs = [Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")
             for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)]
-    m = maps["relevance"]
-    want = render.overlay(image, m, alpha=0.8, cmap="inferno", norm="minmax", vmin=float(m.min()), vmax=float(m.max()),
+    m = raw["relevance"].astype(np.float64)
+    want = render.overlay(image, m, alpha=0.8, cmap="inferno", norm="minmax", vmin=float(m.min()),
+                          vmax=float(np.percentile(m, 99)),
                           box=cap.box)
     assert any(p.size == want.size and np.abs(np.asarray(p).astype(int) - np.asarray(want).astype(int)).max() <= 1
                for p in pngs)

@@ -23,12 +23,14 @@ def _counting(fn, calls: dict, name: str):
     return counted
 
 
-def _overlay_by_hand(image, m, alpha):
-    """The overlay computed here, not with render's helpers: min–max to [0, 1], torch's bilinear upsampling
-    (pixel centres aligned), matplotlib's inferno, then (1 − α)·image + α·colours, rounded."""
+def _overlay_by_hand(image, m, alpha, vmax=None):
+    """The overlay computed here, not with render's helpers: [min, vmax] (default the max) to [0, 1] with values
+    above vmax at the top colour, torch's bilinear upsampling (pixel centres aligned), matplotlib's inferno,
+    then (1 − α)·image + α·colours, rounded."""
     import matplotlib
     import torch
-    m01 = (m - m.min()) / (m.max() - m.min())
+    top = float(m.max()) if vmax is None else float(vmax)
+    m01 = np.clip((m - m.min()) / (top - m.min()), 0.0, 1.0)
     up = torch.nn.functional.interpolate(torch.from_numpy(m01)[None, None], size=image.size[::-1], mode="bilinear",
                                          align_corners=False)[0, 0].numpy()                          # [H, W]
     colours = np.round(matplotlib.colormaps["inferno"](up)[..., :3] * 255)                           # [H, W, 3]
@@ -47,7 +49,8 @@ def test_overlay_image_is_the_drawn_overlay_and_is_drawn_once_per_display(monkey
     d = Display(alpha=0.6)
     scale = mapview.scale_for(m, False, d)
     jpeg = panels.overlay_image("img-a", image, m, scale, d)
-    want = _overlay_by_hand(image, m, 0.6)
+    # the default scale: lowest value to the 99th percentile (issue 20)
+    want = _overlay_by_hand(image, m, 0.6, vmax=np.percentile(m, 99))
     shown = Image.open(io.BytesIO(jpeg))
     assert shown.format == "JPEG" and shown.size == image.size
     diff = np.abs(np.asarray(shown.convert("RGB"), dtype=int) - np.asarray(want, dtype=int))
@@ -57,7 +60,7 @@ def test_overlay_image_is_the_drawn_overlay_and_is_drawn_once_per_display(monkey
     again = panels.overlay_image("img-a", image, m, scale, d2)        # a new opacity: blended, not recoloured
     assert again != jpeg and calls["n"] == 1
     diff = np.abs(np.asarray(Image.open(io.BytesIO(again)).convert("RGB"), dtype=int)
-                  - np.asarray(_overlay_by_hand(image, m, 0.3), dtype=int))
+                  - np.asarray(_overlay_by_hand(image, m, 0.3, vmax=np.percentile(m, 99)), dtype=int))
     assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 8
     viridis = mapview.scale_for(m, False, dataclasses.replace(d, cmap="viridis"))
     panels.overlay_image("img-a", image, m, viridis, d)                                        # new colours

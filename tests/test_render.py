@@ -97,7 +97,7 @@ def test_degenerate_maps_do_not_produce_nan(mode, value):
     m = np.full((3, 4), value)
     out = normalize(m, mode)
     assert np.all(np.isfinite(out))
-    if mode == "signed":
+    if mode in ("signed", "signed-robust"):
         expected = 0.5 + 0.5 * np.sign(value)
     else:
         expected = 0.0
@@ -271,7 +271,8 @@ def _heatmaps(fig):
 def test_heatmap_figure_carries_raw_values():
     img = _noise_image(60, 40)
     m = np.array([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])  # 2 rows x 3 cols
-    fig = heatmap_figure(img, m, resample="nearest", alpha=0.7, title="t", hover_label="attention")
+    fig = heatmap_figure(img, m, resample="nearest", alpha=0.7, title="t", hover_label="attention",
+                         norm="minmax")
     (hm,) = _heatmaps(fig)
     z = np.asarray(hm.z)
     # row 1, col 2 is the patch centred at x = 50, y = 30 in image pixels
@@ -305,7 +306,7 @@ def test_grid_figure_one_trace_per_map_shared_scale():
     rng = np.random.default_rng(3)
     maps = [rng.random((4, 4)) * k for k in (1.0, 2.0, 3.0, 4.0, 5.0)]
     titles = [f"L0 H{i}" for i in range(5)]
-    fig = grid_figure(maps, titles, cols=3)
+    fig = grid_figure(maps, titles, cols=3, norm="minmax")
     hms = _heatmaps(fig)
     assert len(hms) == len(maps)
     lo, hi = min(m.min() for m in maps), max(m.max() for m in maps)
@@ -394,3 +395,49 @@ def test_side_by_side_keeps_each_image_whole():
     out = np.asarray(side_by_side([a, b], gap=5))
     assert out.shape == (40, 45, 3)
     assert (out[:20, :30] == [255, 0, 0]).all() and (out[:, 35:] == [0, 0, 255]).all() and (out[:, 30:35] == 255).all()
+
+
+# ---------------------------------------------------------------- robust defaults (issue 20)
+
+
+def test_robust_is_the_default_and_clips_at_the_99th_percentile():
+    """One outlier patch among 255 ordinary ones (a trained ViT's high-norm token): the default scale runs
+    from the lowest value to the 99th percentile (numpy's linear percentile, written out here), so the
+    ordinary patches spread over the colour range; min-max squeezes them into its bottom few percent."""
+    rng = np.random.default_rng(0)
+    m = rng.uniform(0.01, 0.03, size=256)
+    m[77] = 0.6
+    s = np.sort(m)
+    k = 0.99 * 255                                       # linear interpolation between order statistics
+    p99 = s[int(k)] + (k - int(k)) * (s[int(k) + 1] - s[int(k)])
+    out = normalize(m.reshape(16, 16)).ravel()
+    np.testing.assert_allclose(out, np.clip((m - m.min()) / (p99 - m.min()), 0, 1), atol=1e-6)
+    assert render.value_range(m.reshape(16, 16)) == pytest.approx((m.min(), p99))
+    assert out[77] == 1.0 and np.ptp(np.delete(out, 77)) > 0.9
+    assert np.ptp(np.delete(normalize(m, "minmax"), 77)) < 0.05
+
+
+def test_robust_keeps_a_one_hot_map_visible():
+    """A head that attends to one patch: its 99th percentile is the minimum, so the scale falls back to
+    the maximum (else the whole map would be the bottom colour)."""
+    m = np.zeros((16, 16))
+    m[3, 4] = 1.0
+    assert normalize(m)[3, 4] == 1.0 and normalize(m).sum() == 1.0
+    assert normalize(-m + 0, "signed-robust")[3, 4] == 0.0
+
+
+def test_signed_robust_clips_at_the_99th_percentile_of_the_magnitude():
+    """Integrated gradients on a real model: a few pixels carry huge attributions. signed-robust puts
+    ±(99th percentile of |m|) at the ends and keeps 0 at the middle colour."""
+    rng = np.random.default_rng(1)
+    m = rng.normal(0, 1, size=(50, 50))
+    m[0, 0], m[1, 1] = 400.0, -300.0
+    s = np.percentile(np.abs(m), 99)
+    out = normalize(m, "signed-robust")
+    np.testing.assert_allclose(out, 0.5 + 0.5 * np.clip(m / s, -1, 1), atol=1e-6)
+    assert render.value_range(m, "signed-robust") == pytest.approx((-s, s))
+    assert render.default_norm(True) == "signed-robust" and render.default_norm(False) == "robust"
+    # pooled over several maps, as a shared scale
+    lo, hi = shared_range([m, 2 * m], "signed-robust")
+    assert hi == pytest.approx(np.percentile(np.abs(np.concatenate([m.ravel(), 2 * m.ravel()])), 99))
+    assert lo == -hi

@@ -153,7 +153,7 @@ def _write_files(out: Path, rel: str, r: ImageResult, log) -> None:
         stem.parent.mkdir(parents=True, exist_ok=True)
         np.save(f"{stem}.npy", exp.map.astype(np.float32))
         if exp.over in ("patches", "pixels"):
-            img = render.overlay(r.image, exp.map, norm="signed" if exp.signed else "minmax", box=row["box"])
+            img = render.overlay(r.image, exp.map, norm=render.default_norm(exp.signed), box=row["box"])
             Path(f"{stem}.png").write_bytes(render.to_png_bytes(img))
         log.write(json.dumps({"file": rel, **_jsonl_record(row, exp)}) + "\n")
     log.flush()

@@ -58,12 +58,13 @@ class Engine:
 
     # --- captures -----------------------------------------------------
     def capture(self, adapter, digest: str, image, texts: Optional[tuple[str, ...]] = None,
-                turn: Optional[Turn] = None) -> CaptureEntry:
+                turn: Optional[Turn] = None, size: Optional[tuple[int, int]] = None) -> CaptureEntry:
         """One forward of ``image`` (and prompts or a typed caption) through ``adapter``, cached.
 
         A capture is keyed by the image digest, the model and the texts, so
         ``digest`` below stands for all three wherever a map is keyed. ``turn()``
-        (a context manager) is entered around the work only when it has to be done.
+        (a context manager) is entered around the work only when it has to be done. ``size``:
+        the model input (height, width), the whole image without a crop (None: the processor's).
         """
         def run() -> CaptureEntry:
             # The turn is taken inside the cache's per-key lock, never around it: whoever computes a
@@ -71,16 +72,19 @@ class Engine:
             # each hold what the other waits for.
             with turn() if turn is not None else nullcontext():
                 t0 = time.perf_counter()
-                inputs = adapter.prepare(image, texts=list(texts)) if texts else adapter.prepare(image)
+                kw = {"size": size} if size is not None else {}
+                inputs = adapter.prepare(image, texts=list(texts), **kw) if texts else adapter.prepare(image, **kw)
                 cap = adapter.capture(inputs, grads=True)
                 return CaptureEntry(cap, time.perf_counter() - t0)
-        return self.captures.get_or_compute(self._capture_key(adapter, digest, texts), run)
+        return self.captures.get_or_compute(self._capture_key(adapter, digest, texts, size), run)
 
-    def _capture_key(self, adapter, digest: str, texts: Optional[tuple[str, ...]] = None) -> tuple:
-        return ("capture", digest, model_key(adapter), texts or ())
+    def _capture_key(self, adapter, digest: str, texts: Optional[tuple[str, ...]] = None,
+                     size: Optional[tuple[int, int]] = None) -> tuple:
+        return ("capture", digest, model_key(adapter), texts or (), size)
 
-    def has_capture(self, adapter, digest: str, texts: Optional[tuple[str, ...]] = None) -> bool:
-        return self._capture_key(adapter, digest, texts) in self.captures
+    def has_capture(self, adapter, digest: str, texts: Optional[tuple[str, ...]] = None,
+                    size: Optional[tuple[int, int]] = None) -> bool:
+        return self._capture_key(adapter, digest, texts, size) in self.captures
 
     # --- explanations -------------------------------------------------
     def explanation_key(self, adapter, entry: CaptureEntry, digest: str, method: str, target: Any,

@@ -12,7 +12,7 @@ import streamlit as st
 from ..errors import ModelUnavailable, UsageError
 from ..images import ImageRejected
 from ..methods.hierarchy import is_hierarchical, stage_info
-from . import panels, state, urlstate
+from . import input_size, panels, state, urlstate
 from .compute import CaptureEntry
 from .text import markdown_literal
 
@@ -33,6 +33,7 @@ class Context:
     display: state.Display
     timings: dict[str, float] = field(default_factory=dict)
     sample: Optional[str] = None       # the sample's name; None for an upload (a link cannot carry one)
+    size: Optional[tuple[int, int]] = None   # the model input chosen (height, width); None: the processor's
 
     @property
     def capture(self):
@@ -41,9 +42,10 @@ class Context:
     @property
     def digest(self) -> str:
         """Keys every cached map: the image digest, plus the prompts or caption when there are any."""
+        sized = self.img.digest + (f"@{self.size[0]}x{self.size[1]}" if self.size else "")
         if not self.texts:
-            return self.img.digest
-        return self.img.digest + ":" + hashlib.sha256("\x1f".join(self.texts).encode()).hexdigest()[:16]
+            return sized
+        return sized + ":" + hashlib.sha256("\x1f".join(self.texts).encode()).hexdigest()[:16]
 
     @property
     def box(self):
@@ -128,24 +130,49 @@ def load_context(texts_slot=None) -> Optional[Context]:
         timings["model_load"] = time.perf_counter() - t0
         texts = texts_ui(adapter, texts_slot if texts_slot is not None else c.texts_slot)
     except (ModelUnavailable, UsageError) as e:
+        last = st.session_state.get(state.LAST_GOOD)
+        if (isinstance(e, ModelUnavailable) and last is not None and last != (c.model_option, c.custom_id)
+                and c.model_option != state.CUSTOM_MODEL):   # a hub id being typed keeps its box
+            # Keep the page on the last model that worked, with the picker back on it (issue 20).
+            st.session_state[state.FAILED] = str(e)
+            st.session_state[state.RESTORE] = last
+            st.rerun()
         st.error(str(e))
         return None
+    st.session_state[state.LAST_GOOD] = (c.model_option, c.custom_id)
+    failed = st.session_state.pop(state.FAILED, None)
+    if failed:
+        st.error(f"{failed} The page stays on {adapter.name}, the last model that loaded.")
     eng = state.engine()
-    cached = eng.has_capture(adapter, img.digest, texts)
+    size = None
+    if c.input_side:              # the whole image at the chosen long side, in whole patches (issue 20)
+        patch = getattr(adapter, "patch_size", None)
+        patch = tuple(patch) if isinstance(patch, (tuple, list)) else (int(patch or 1),) * 2
+        size = input_size.size_for(img.image.size, c.input_side, patch)
+    cached = eng.has_capture(adapter, img.digest, texts, size)
     t0 = time.perf_counter()
-    with st.spinner("Running the model on your image…"):
-        # While other sessions' work holds the model, the page says how many requests are ahead of it.
+    try:
+        with st.spinner("Running the model on your image…"):
+            # While other sessions' work holds the model, the page says how many requests are ahead of it.
+            entry = eng.capture(adapter, img.digest, img.image, texts, turn=lambda: panels.model_turn(adapter),
+                                size=size)
+    except UsageError as e:       # a size this model cannot take: say so, and use its own
+        st.error(f"{e} The page uses the model's own input size.")
+        size, cached = None, eng.has_capture(adapter, img.digest, texts)
         entry = eng.capture(adapter, img.digest, img.image, texts, turn=lambda: panels.model_turn(adapter))
     timings["capture"] = 0.0 if cached else time.perf_counter() - t0
     cap = entry.capture
+    input_size.remember(adapter, cap, img.image.size, c.input_side if size else 0, entry.seconds)
     prefix = ", ".join(cap.layout.prefix_names) or "no prefix tokens"
     heads = f"{cap.n_layers} layers × {cap.n_heads} heads"
+    if not cap.attentions and not is_hierarchical(cap):     # a CNN: stages, no heads
+        heads = f"{cap.n_layers} stages, no attention heads"
     if is_hierarchical(cap):         # Swin: heads grow by stage (n_heads is 0)
         heads = f"{cap.n_layers} blocks, heads by stage " + "/".join(str(i["heads"]) for i in stage_info(cap))
     st.sidebar.caption(f"**{adapter.name}** on **{state.device_label(adapter)}** · {heads} · "
                        f"{cap.layout.rows}×{cap.layout.cols} patches + {prefix}")
     ctx = Context(adapter, c.model_option, c.image_name or "image", img, texts, entry, c.display, timings,
-                  sample=c.image_name if c.is_sample else None)
+                  sample=c.image_name if c.is_sample else None, size=size)
     st.caption(on_what(ctx))
     return ctx
 
@@ -167,6 +194,8 @@ FAMILY_WORDS = {"classifier": "image classifier", "clip": "image–text model", 
 def on_what(ctx: Context) -> str:
     """One line: which model this page is on, and which image (a link carries a sample, not an upload)."""
     family = FAMILY_WORDS.get(ctx.adapter.family, ctx.adapter.family)
+    if getattr(ctx.adapter, "headless", False):
+        family = "backbone without classes"
     w, h = ctx.img.image.size
     if ctx.sample is not None:
         image = f"the sample **{markdown_literal(ctx.sample)}**"

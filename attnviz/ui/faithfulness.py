@@ -38,6 +38,39 @@ def deletion_caption(s: dict) -> str:
     return text
 
 
+VERDICT_MARGIN = 0.05     # an AUC within 5 % of the curve's swing (intact image vs all changed) of random's: a tie
+
+
+def _compare(kind: str, result: dict, s: dict) -> str:
+    """'better', 'no better' or 'worse': the map's order against the random order(s), for one curve kind.
+    Deletion is better when its AUC is lower, insertion when it is higher."""
+    c = result[kind]
+    swing = abs(float(c.values[0]) - float(c.values[-1]))
+    margin = VERDICT_MARGIN * max(swing, 1e-12)
+    gain = s[f"random_{kind}_auc"] - s[f"{kind}_auc"]          # > 0: the map's curve lies lower
+    gain = gain if kind == "deletion" else -gain
+    return "better" if gain > margin else "worse" if gain < -margin else "no better"
+
+
+def verdict(result: dict, s: Optional[dict] = None) -> tuple[str, str]:
+    """(sentence, tone) for deletion / insertion: is the map's order better than random, no better, or worse?
+    ``tone``: "good" (both better), "bad" (neither), "mixed". Computed from the curves' numbers."""
+    s = s or deletion_summary(result)
+    if s["random_deletion_auc"] is None or s["random_insertion_auc"] is None:
+        return "", "mixed"
+    d, i = _compare("deletion", result, s), _compare("insertion", result, s)
+
+    def part(kind: str, word: str) -> str:
+        return f"{kind} is {word} than a random order" if word != "no better" else f"{kind} is no better than random"
+    text = f"Verdict: {part('deletion', d)} and {part('insertion', i)}"
+    if d == i == "better":
+        return text + ": the map ranks first the parts this score depends on.", "good"
+    if "better" not in (d, i):
+        return (text + ": on this image the map does not find what the score depends on any better than chance "
+                "(read it as a picture of the method, not as an explanation).", "bad")
+    return text + ": a mixed result; trust the map only where both curves agree.", "mixed"
+
+
 def faithfulness_ui(ctx, spec: MethodSpec, exp, params: dict[str, Any], target: Any, *,
                     label: Optional[str] = None, pick: Optional[Callable[[], tuple[Any, Any]]] = None) -> None:
     """An expander with the two checks for the shown map (``exp`` of ``spec`` with ``params``).
@@ -59,7 +92,11 @@ def faithfulness_ui(ctx, spec: MethodSpec, exp, params: dict[str, Any], target: 
                 lambda update: eng.faithfulness(*args, exp=exp, progress=update), label="Deletion and insertion")
             if curves is not None:
                 st.plotly_chart(figures.deletion_figure(curves), key=f"faith:di:fig:{spec.name}")
-                st.caption(deletion_caption(deletion_summary(curves)))
+                summary = deletion_summary(curves)
+                sentence, tone = verdict(curves, summary)
+                if sentence:
+                    {"good": st.success, "bad": st.warning}.get(tone, st.info)(sentence)
+                st.caption(deletion_caption(summary))
         with c2, guard("The randomisation check"):
             steps = eng.peek_randomisation(*args) or run_on_click(
                 "Randomise the model's weights", f"faith:rand:{spec.name}", eng.check_key("randomise", *args),

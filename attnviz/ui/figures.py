@@ -131,9 +131,14 @@ def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "
     return fig
 
 
+DOTS_UP_TO = 12     # patches a side up to which the picker draws a dot on each patch
+
+
 def patch_picker_figure(image: Image.Image, rows: int, cols: int, *, box=None,
                         selected: Optional[tuple[int, int]] = None):
-    """The image with a clickable dot on every patch centre; the selected patch ringed."""
+    """The image with a clickable dot on every patch centre; the selected patch ringed. On a fine grid
+    (more than :data:`DOTS_UP_TO` patches a side) the dots would hide the image: each patch is then an
+    invisible square that still answers hover and click."""
     import plotly.graph_objects as go
     w, h = image.size
     left, top, right, bottom = (0, 0, w, h) if box is None else box
@@ -142,8 +147,9 @@ def patch_picker_figure(image: Image.Image, rows: int, cols: int, *, box=None,
     xs, ys = left + (cc.ravel() + 0.5) * pw, top + (rr.ravel() + 0.5) * ph
     fig = go.Figure(go.Scatter(
         x=xs, y=ys, mode="markers", customdata=np.stack([rr.ravel(), cc.ravel()], 1),
-        marker=dict(size=max(3, min(10, 400 // max(rows, cols))), color="rgba(255,255,255,0.55)",
-                    line=dict(color="rgba(0,0,0,0.5)", width=1)),
+        marker=(dict(size=max(3, min(10, 400 // max(rows, cols))), color="rgba(255,255,255,0.55)",
+                     line=dict(color="rgba(0,0,0,0.5)", width=1)) if max(rows, cols) <= DOTS_UP_TO else
+                dict(size=max(4, 380 // max(rows, cols)), symbol="square", opacity=0.0)),
         hovertemplate="patch row %{customdata[0]}, col %{customdata[1]}<br>click to query<extra></extra>",
         showlegend=False))
     if selected is not None:
@@ -207,9 +213,10 @@ def deletion_figure(result: dict):
                                      name=f"{kind}, random order (AUC {r.auc:.3f})",
                                      hovertemplate="%{x:.0%} changed<br>%{y:.4g}<extra></extra>"))
     q = result["deletion"].quantity
-    fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.25),
-                      xaxis=dict(title="share of the image changed", tickformat=".0%"),
-                      yaxis=dict(title=f"target {q}", range=[0, 1.02] if q == "probability" else None))
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.3),
+                      xaxis=dict(title="share of the image changed", tickformat=".0%", automargin=True),
+                      yaxis=dict(title=f"target {q}", range=[0, 1.02] if q == "probability" else None,
+                                 automargin=True))
     return fig
 
 
@@ -225,8 +232,11 @@ def randomisation_figure(steps: Sequence):
     fig.add_trace(go.Scatter(x=labels, y=[s.spearman for s in steps], mode="lines+markers",
                              name="Spearman of the signed map", line=dict(color="#4c78a8", width=1.5, dash="dot")))
     fig.add_hline(y=0, line_color="gray", line_width=1)
-    fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10),
+    # Room for the axis titles: with a 10 px margin the x title was cut ("…from the to", issue 20).
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
-                      xaxis=dict(title="blocks randomised (from the top)", type="category"),
-                      yaxis=dict(title="Spearman with the original", range=[-1.05, 1.05]))
+                      xaxis=dict(title=dict(text="blocks randomised, from the top", standoff=8), type="category",
+                                 automargin=True),
+                      yaxis=dict(title=dict(text="Spearman with the original", standoff=4), range=[-1.05, 1.05],
+                                 automargin=True))
     return fig

@@ -92,7 +92,7 @@ def patch_grid(layout: TokenLayout, per_token: np.ndarray) -> np.ndarray:
     return np.asarray(per_token)[layout.n_prefix:].reshape(layout.rows, layout.cols)     # [rows, cols]
 
 
-def _capital(text: str) -> str:
+def capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
@@ -134,7 +134,7 @@ def softmax_sentence(layout: TokenLayout, view: HeadView) -> str:
     top = int(order[0])
     n_half = int(np.searchsorted(np.cumsum(w[order]), 0.5) + 1)
     out = (f"After the softmax the weights are all positive and add up to {w.sum():.4f}. "
-           f"{_capital(token_label(layout, top))} gets the most: {_pct(w[top])}. "
+           f"{capital(token_label(layout, top))} gets the most: {_pct(w[top])}. "
            f"The {n_half} largest weights hold half of the attention (of {w.size} tokens).")
     if view.query != top:
         out += f" The query token itself gets {_pct(w[view.query])}."
@@ -200,12 +200,34 @@ def distance_sentence(distance: np.ndarray, where: str) -> str:
             f"head {far[1]} ({distance[far]:.1f} px).")
 
 
-def mask_sentence(masks: np.ndarray, share: float, query: str) -> str:
-    """DINO masks [H, rows, cols]: how many patches each head needs for ``share``."""
+def trend_sentence(distance: np.ndarray) -> str:
+    """How this model's plot compares with the ViT paper's finding (later layers look farther), from the
+    plotted numbers: never promises what the plot does not show."""
+    if distance.shape[0] < 2:
+        return ""
+    m0, m1 = float(distance[0].mean()), float(distance[-1].mean())
+    if m1 > m0 * 1.05:
+        return "As in the ViT paper, the later layers of this model look farther than its first."
+    return ("Unlike the trained ViTs of the ViT paper, the last layer of this model does not look farther than its "
+            f"first here ({m0:.1f} → {m1:.1f} px on average).")
+
+
+def layer_name(layer: int, n_layers: int) -> str:
+    """'layer 11 (the last)', 'layer 0 (the first)', 'layer 4 of 0–11'."""
+    if n_layers > 1 and layer == n_layers - 1:
+        return f"layer {layer} (the last)"
+    if layer == 0:
+        return "layer 0 (the first)"
+    return f"layer {layer} of 0–{n_layers - 1}"
+
+
+def mask_sentence(masks: np.ndarray, share: float, query: str, where: str = "") -> str:
+    """DINO masks [H, rows, cols]: how many patches each head needs for ``share`` (``where``: the layer shown)."""
     counts = masks.reshape(masks.shape[0], -1).sum(1)
     n = masks[0].size
     fewest, most = int(counts.argmin()), int(counts.argmax())
-    return (f"To hold {share:.0%} of {query}'s attention to the patches, head {fewest} needs {counts[fewest]} of "
+    lead = f"In {where}, to hold" if where else "To hold"
+    return (f"{lead} {share:.0%} of {query}'s attention to the patches, head {fewest} needs {counts[fewest]} of "
             f"{n} patches, head {most} needs {counts[most]}. Fewer patches = a more focused head.")
 
 
@@ -217,6 +239,7 @@ class Step:
     title: str
     text: str            # what you see, what to try (plain words; Markdown)
     needs_query: bool    # shown beside the clickable image
+    last_layer: bool = False   # opens on the last layer (what the step shows is clearest there; the user may move it)
 
 
 STEPS: tuple[Step, ...] = (
@@ -254,17 +277,21 @@ STEPS: tuple[Step, ...] = (
          "A layer has several heads side by side, each with its own three matrices, so each asks its own "
          "question of the same tokens. Their outputs are joined and mixed before the next layer: this is "
          "**multi-head attention**. **Try:** click other patches and other layers. The **Heads** page shows "
-         "every layer and head at once.", True),
+         "every layer and head at once. This step opens on the last layer, where heads differ most.", True,
+         True),
     Step("distance", "Near and far: where heads look across depth",
          "For every head, the **mean attention distance** is how far, in pixels, a patch looks on average "
-         "(weighted by its attention). The ViT paper (Dosovitskiy et al. 2021, Fig. 7) found that some heads "
-         "of the first layers look near and some far, and that heads of later layers look far. Each dot is "
-         "one head. **Try:** switch to the average over the sample images, and compare with what this one "
-         "image shows.", False),
+         "(weighted by its attention). In the ViT paper's trained models (Dosovitskiy et al. 2021, Fig. 7) "
+         "some heads of the first layers look near and some far, and the heads of later layers look far; the "
+         "sentence under the plot says whether this model does the same. Each dot is one head, the chosen "
+         "layer's head ringed. **Try:** switch to the average over the sample images the model is meant for, "
+         "and compare with what this one image shows.", False, True),
     Step("dino", "Heads that find objects (DINO)",
          "Caron et al. (DINO, 2021) kept, for each head, only the patches that hold most of the CLS token's "
-         "attention. In their self-supervised models these patches outline the objects. **Try:** move the "
-         "share: at 60 % each head keeps the smallest set of patches holding 60 % of its attention.", False),
+         "attention in the last layer. In their self-supervised models these patches outline the objects. "
+         "This step opens on the last layer. **Try:** move the share: at 60 % each head keeps the smallest set "
+         "of patches holding 60 % of its attention; move the layer to see the outlines fade in earlier "
+         "layers.", False, True),
     Step("explain", "Attention is not an explanation by itself",
          "Attention shows where a token *gathers* information, not what changed the answer: values are mixed "
          "again in later layers and by the feed-forward parts in between, so a bright patch may not matter and "

@@ -29,9 +29,20 @@ class Scale:
     cmap: str
     norm: str
     signed: bool
+    clipped: bool = False     # some values lie beyond the bar's ends (a robust scale cut the outliers off)
 
     def describe(self) -> str:
         return f"{self.lo:.3g} to {self.hi:.3g}"
+
+    def clip_note(self) -> str:
+        """What the legend says when the scale clips outliers ('' when it clips nothing)."""
+        if not self.clipped:
+            return ""
+        if self.norm == "robust":
+            return "values above the 99th percentile shown at the top colour"
+        if self.norm == "signed-robust":
+            return "values beyond the 99th percentile of |value| shown at the end colours"
+        return "values beyond the bar's ends shown at its end colours"
 
 
 def scale_for(m: np.ndarray, signed: bool, display, *, vmin: Optional[float] = None,
@@ -39,14 +50,23 @@ def scale_for(m: np.ndarray, signed: bool, display, *, vmin: Optional[float] = N
     """The scale ``display`` gives a map of this sign convention: its own range, or ``vmin``..``vmax``."""
     norm, cmap = display.norm_for(signed), display.cmap_for(signed)
     lo, hi = render.value_range(m, norm, vmin=vmin, vmax=vmax)
-    return Scale(lo, hi, cmap, norm, signed)
+    return Scale(lo, hi, cmap, norm, signed, _beyond(np.asarray(m), lo, hi))
+
+
+def _beyond(m: np.ndarray, lo: float, hi: float) -> bool:
+    """Whether any value of ``m`` lies outside [lo, hi] by more than rounding."""
+    tol = 1e-6 * max(abs(lo), abs(hi), 1e-12)
+    return bool(m.size) and (float(m.max()) > hi + tol or float(m.min()) < lo - tol)
 
 
 def shared_scale(maps, signed: bool, display) -> Scale:
     """One scale over several maps of the same method and units."""
     norm = display.norm_for(signed)
     lo, hi = render.shared_range(list(maps), norm)
-    return scale_for(np.asarray(maps[0]), signed, display, vmin=lo, vmax=hi)
+    first = scale_for(np.asarray(maps[0]), signed, display, vmin=lo, vmax=hi)
+    lo, hi = first.lo, first.hi
+    clipped = any(_beyond(np.asarray(m), lo, hi) for m in maps)
+    return Scale(lo, hi, first.cmap, first.norm, signed, clipped)
 
 
 def draw(image: Image.Image, m: np.ndarray, scale: Scale, display, box=None) -> Image.Image:
@@ -66,8 +86,9 @@ def legend_title(method: str, scale: Scale) -> str:
     """What the colours measure, in plain words (and which colour is for and which against)."""
     what = notes.units(method)
     if scale.signed and scale.cmap in ("RdBu_r", "coolwarm"):
-        return f"{what}: red for the target, blue against"
-    return what
+        what = f"{what}: red for the target, blue against"
+    note = scale.clip_note()
+    return f"{what} ({note})" if note else what
 
 
 def legend_html(scale: Scale, title: str) -> str:
@@ -83,8 +104,36 @@ def legend_html(scale: Scale, title: str) -> str:
             f'<div style="text-align: center; opacity: 0.8">{html.escape(title)}</div></div>')
 
 
+SLIDE_SIDE = 1024     # exports are at least this large on their long side: a 64 px scene fills a slide
+
+
+def slide_sized(image: Image.Image, box=None, side: int = SLIDE_SIDE):
+    """(image, box) enlarged so the long side is at least ``side`` pixels (the box scaled with it)."""
+    k = side / max(image.size)
+    if k <= 1.0:
+        return image, box
+    big = image.resize((round(image.width * k), round(image.height * k)), Image.Resampling.LANCZOS)
+    return big, (None if box is None else tuple(float(v) * big.width / image.width for v in box))
+
+
 def picture(image: Image.Image, m: np.ndarray, scale: Scale, display, box, title: str) -> Image.Image:
-    """The overlay with its legend drawn under it (a download looks like the screen)."""
+    """The overlay with its legend drawn under it (a download looks like the screen), slide-sized."""
+    image, box = slide_sized(image, box)
     shown = draw(image, m, scale, display, box)
     key = render.legend(shown.width, scale.lo, scale.hi, cmap=scale.cmap, title=title, signed=scale.signed)
     return render.with_legend(shown, key)
+
+
+def masked_picture(image: Image.Image, m: np.ndarray, mask: np.ndarray, scale: Scale, display, box=None,
+                   dim: float = render.OUTSIDE_DIM) -> Image.Image:
+    """:func:`draw`'s overlay with the patches outside ``mask`` (bool, the map's grid) dimmed: a head's
+    attention and its DINO mask (Caron et al. 2021) in one picture."""
+    shown = np.asarray(draw(image, m, scale, display, box), dtype=np.float32)       # [h, w, 3]
+    h, w = shown.shape[:2]
+    left, top, right, bottom = (0, 0, w, h) if box is None else (int(round(v)) for v in box)
+    keep = np.zeros((h, w), dtype=bool)
+    inside = render.upsample(np.asarray(mask, dtype=np.float32), (right - left, bottom - top), "nearest") > 0.5
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(bottom, h), min(right, w)
+    keep[y0:y1, x0:x1] = inside[y0 - top:y1 - top, x0 - left:x1 - left]
+    shown[~keep] *= dim
+    return Image.fromarray(np.rint(shown).astype(np.uint8))

@@ -80,7 +80,7 @@ def stages_ui(ctx, query_ui: Callable[[object], str], url: Optional[dict[str, st
     with top[1]:
         stage = st.radio("Stage", list(range(len(infos))), key="h_stage", format_func=lambda s: _stage_label(infos[s]),
                          help="Each stage merges 2×2 tokens into one: a coarser grid, more heads.")
-        st.session_state.setdefault("h_shared", True)
+        st.session_state.setdefault("h_shared", False)   # own scales: one outlier head cannot blank the rest
         shared = st.toggle("One colour scale for all thumbnails", key="h_shared")
     info = infos[stage]
     blocks = info["blocks"]

@@ -19,7 +19,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from .. import catalog
+from .. import catalog, render
 from ..errors import ModelUnavailable
 from ..images import MAX_BYTES, image_digest, load_image
 from ..loading import load_model  # noqa: F401  (tests patch attnviz.ui.state.load_model)
@@ -132,10 +132,15 @@ def model_options() -> list[tuple[str, str]]:
             ok = catalog.is_available_offline(e)
         except Exception:   # a broken HF cache must not break the picker
             ok = False
-        out.append((e.name, f"{e.name} · {'offline ✓' if ok else 'needs download'}"))
+        out.append((e.name, f"{e.name} {'✓' if ok else '↓'}"))     # short: a cut label hides the mark
     if custom_models_allowed():
         out.append((CUSTOM_MODEL, "Another hub model (type its id)…"))
     return out
+
+
+LAST_GOOD = "_last_good_model"        # session state: (option, custom id) of the last model that loaded
+RESTORE = "_restore_model"            # session state: the picker goes back to this before it is drawn
+FAILED = "_model_failed"              # session state: why the model picked last could not be used
 
 
 def model_spec(option: str, custom_id: str = "") -> str:
@@ -164,13 +169,27 @@ def missing_demo_sentence(option: str) -> str:
     entry = catalog.load_catalog().get(option)
     if entry is not None and entry.path and not catalog.is_available_offline(entry):
         return (f"The offline demo model {entry.name} has not been built yet: run `make demo`, "
-                "or pick a model marked offline ✓.")
+                "or pick a model marked ✓ (offline).")
     return ""
 
 
 def is_scene_sample(name: str) -> bool:
     """Whether a sample is a synthetic shapes scene (what the demo models know)."""
     return name.startswith("scene")
+
+
+def knows_only_shapes(adapter) -> bool:
+    """Whether ``adapter`` is one of the repo's demo models, trained on the synthetic shape scenes only."""
+    demos = {e.name for e in catalog.load_catalog().entries if e.path}
+    return getattr(adapter, "name", "") in demos or Path(str(getattr(adapter, "source", "") or "")).name in demos
+
+
+def samples_for(adapter) -> dict[str, bytes]:
+    """The samples a model is meant for: the shape scenes for a demo model, the photos for any other
+    (all samples when there are none of that kind)."""
+    shapes = knows_only_shapes(adapter)
+    out = {n: b for n, b in sample_images().items() if is_scene_sample(n) == shapes}
+    return out or sample_images()
 
 
 def first_scene_sample() -> Optional[str]:
@@ -217,7 +236,8 @@ class Display:
         return ("RdBu_r" if signed else "inferno") if self.cmap == "auto" else self.cmap
 
     def norm_for(self, signed: bool) -> str:
-        return ("signed" if signed else "minmax") if self.norm == "auto" else self.norm
+        # auto: robust to a few outlier patches (real trained ViTs have them; issue 20)
+        return render.default_norm(signed) if self.norm == "auto" else self.norm
 
 
 @dataclass(frozen=True)
@@ -231,6 +251,7 @@ class Choices:
     display: Display
     texts_slot: Any = None    # a sidebar container for the prompts / caption box, filled once the model is known
     is_sample: bool = False   # the image is one of the samples (a link can name it), not an upload
+    input_side: int = 0       # the model input's long side in pixels, the whole image uncropped (0: the processor's)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from ..images import MAX_BYTES
 from ..methods.common import block_heads
 from ..methods.hierarchy import is_hierarchical
 from ..methods.registry import MethodSpec, Param
-from . import notes, panels, state, urlstate
+from . import input_size, notes, panels, state, urlstate
 from .context import default_target, query_options, query_value, readout_token
 from .state import Choices, Display
 from .text import markdown_literal  # noqa: F401  (pages take it from here with the other widgets)
@@ -20,7 +20,13 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp"]
 CMAPS = ["auto", "inferno", "viridis", "magma", "plasma", "turbo", "jet", "RdBu_r", "coolwarm", "gray"]
 NORMS = ["auto", *render.NORMALIZATIONS]
 T = TypeVar("T")
-DEFAULT_METHOD = {"captioning": "caption_relevance"}    # per family; otherwise relevance
+DEFAULT_METHOD = {"captioning": "caption_relevance",    # per family; otherwise relevance
+                  "backbone": "attention"}              # no classes: the last layer's CLS attention (issue 20)
+
+
+def method_family(adapter) -> str:
+    """The key of DEFAULT_METHOD for a model: its family, or "backbone" for one without classes."""
+    return "backbone" if getattr(adapter, "headless", False) else adapter.family
 
 
 def pretty(name: str) -> str:
@@ -172,7 +178,7 @@ KEEP_KEYS = ("method", "compare", "target", "pr_method", "pr_faith_prompt", "c_m
              "c_word", "h_layer", "h_head", "h_qkind", "h_row", "h_col", "h_shared", "h_over",
              "view_tab", "c_view_tab", "pr_view_tab", "h_hover", "faith_panel",
              "l_layer", "l_head", "l_row", "l_col", "l_step", "l_guided", "l_share", "l_over",
-             "cmp_a", "cmp_b", "cmp_method", "cmp_label", "h_stage")
+             "cmp_a", "cmp_b", "cmp_method", "cmp_label", "h_stage", "gate_block")
 
 
 def forget_on_new_capture(ctx, key: str) -> None:
@@ -228,6 +234,17 @@ def _apply_sidebar_url(url: dict[str, str], options: list[str]) -> None:
             st.session_state["alpha"] = round(a, 2)
         except ValueError:
             urlstate.warn(f"The link's opacity '{url['alpha']}' is not a number from 0 to 1; using the default.")
+    if "present" in url:           # presentation mode travels in the link (issue 20)
+        st.session_state["present"] = str(url["present"]).lower() in ("true", "1", "yes")
+    if "size" in url:
+        try:
+            side = int(url["size"])
+            if side not in input_size.SIDES:
+                raise ValueError
+            st.session_state[input_size.KEY] = side
+        except ValueError:
+            urlstate.warn(f"The link's input size '{url['size']}' is not one of "
+                          f"{', '.join(map(str, input_size.SIDES[1:]))}; using the model's own.")
     for key, allowed, what in (("cmap", CMAPS, "colormap"), ("norm", NORMS, "normalisation"),
                                ("resample", list(render.RESAMPLES), "resampling")):
         if key in url:
@@ -289,11 +306,14 @@ def model_ui() -> tuple[str, str]:
     opts = state.model_options()
     values, labels = [v for v, _ in opts], dict(opts)
     default = state.default_model()
+    back = st.session_state.pop(state.RESTORE, None)
+    if back is not None:      # the model picked last could not be loaded: back to the last one that could
+        st.session_state["model"], st.session_state["custom_id"] = back
     if st.session_state.get("model") not in values:
         st.session_state["model"] = default.option if default.option in values else values[0]
     option = st.selectbox("Model", values, key="model", format_func=lambda v: labels.get(v, v),
-                          help="Models marked offline ✓ load without a network. The model is loaded once "
-                               "per server and shared by everyone using it.")
+                          help="✓: loads without a network; ↓: needs a download first (`make models`). The model "
+                               "is loaded once per server and shared by everyone using it.")
     custom = ""
     if option == state.CUSTOM_MODEL:
         custom = st.text_input("Hub id", key="custom_id", placeholder="owner/model-name",
@@ -319,8 +339,11 @@ def display_ui() -> Display:
     cmap = st.selectbox("Colormap", CMAPS, key="cmap", on_change=redraw,
                         help="auto: inferno for maps ≥ 0, red-blue (RdBu_r) for signed maps.")
     norm = st.selectbox("Normalisation", NORMS, key="norm", on_change=redraw,
-                        help="auto: min–max for maps ≥ 0, signed (0 = white) for signed maps; "
-                             "percentile clips the top and bottom 1 % (robust to a few extreme patches).")
+                        help="auto: robust for maps ≥ 0 (lowest value to the 99th percentile; the few values "
+                             "above it are shown at the top colour, so one extreme patch cannot take the whole "
+                             "scale), signed-robust for signed maps (0 = white, ±the 99th percentile of |value| at "
+                             "the ends). minmax: lowest to highest value; percentile clips the top and bottom 1 %; "
+                             "signed: ±the largest |value|.")
     resample = st.radio("Upsampling", list(render.RESAMPLES), key="resample", horizontal=True, on_change=redraw,
                         help="nearest shows each patch as a block; bilinear smooths between patches.")
     present = st.toggle("Presentation mode", key="present",
@@ -347,6 +370,7 @@ def shared_url_values(ctx) -> dict[str, Any]:
     for k, default in DISPLAY_DEFAULTS.items():
         v = getattr(ctx.display, k)
         out[k] = None if v == default else v
+    out["size"] = st.session_state.get(input_size.KEY) or None     # the model input's long side, when chosen
     return out
 
 
@@ -373,6 +397,16 @@ def link_target(ctx, raw: Optional[str], scope: str) -> Optional[str]:
     return None
 
 
+def _image_size(data: Optional[bytes]) -> Optional[tuple[int, int]]:
+    """The chosen image's (width, height), or None (no image, or one the page will reject)."""
+    if data is None:
+        return None
+    try:
+        return state.decode(data).image.size
+    except Exception:   # noqa: BLE001  (the page says what is wrong with the file)
+        return None
+
+
 def sidebar_ui() -> Choices:
     """Image, model and display controls shared by every page; stored for the pages to read."""
     url = urlstate.consume("sidebar")
@@ -383,6 +417,7 @@ def sidebar_ui() -> Choices:
         name, data = image_input_ui()
         st.markdown("#### 2 · Model")
         option, custom = model_ui()
+        side = input_size.input_size_ui(_image_size(data))
         slot = st.container()          # prompts (image–text models) or a caption (captioners) go here
         st.markdown("#### 3 · Display")
         display = display_ui()
@@ -390,7 +425,8 @@ def sidebar_ui() -> Choices:
             if st.button("Clear caches", help="Forget loaded models and computed maps (frees memory)."):
                 state.clear_all()
     ch = Choices(name, data, option, custom, display, slot,
-                 is_sample=data is not None and st.session_state.get("sample") == name and name is not None)
+                 is_sample=data is not None and st.session_state.get("sample") == name and name is not None,
+                 input_side=side)
     st.session_state["_choices"] = ch
     default = state.default_model()
     if option == default.option and default.fallback and not default.missing:

@@ -25,7 +25,7 @@ from attnviz.ui import figures, mapview, notes, panels, state, urlstate
 from attnviz.ui.compute import model_key, top_k
 from attnviz.ui.context import rejected_sentence
 from attnviz.ui.errors import guard
-from attnviz.ui.faithfulness import deletion_caption
+from attnviz.ui.faithfulness import deletion_caption, verdict
 from attnviz.ui.widgets import map_or_run, markdown_literal, page_header, pretty, run_on_click, shared_url_values
 
 SIDES = ("a", "b")
@@ -166,6 +166,7 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
             summary = deletion_summary(curves)
             out["deletion_auc"] = summary["deletion_auc"]
             st.caption(deletion_caption(summary))
+            st.caption(verdict(curves, summary)[0])
     return out
 
 
@@ -204,6 +205,12 @@ def main() -> None:
     adapters = {side: _load(opt) for side, opt in chosen.items()}
     if any(a is None for a in adapters.values()):
         return
+    shapes = [a.name for a in adapters.values() if state.knows_only_shapes(a)]
+    if shapes and not (c.is_sample and state.is_scene_sample(c.image_name or "")):
+        many = len(set(shapes)) > 1
+        st.info(f"{' and '.join(dict.fromkeys(shapes))} {'know' if many else 'knows'} synthetic shapes, not "
+                f"photos: on this image {'their' if many else 'its'} predictions and maps say little about "
+                f"{'them' if many else 'it'}. Pick a 'scene' sample.")
     eng = state.engine()
     entries = {}
     with st.spinner("Running the models on your image…"):

@@ -16,14 +16,14 @@ from attnviz import render
 from attnviz.errors import UsageError
 from attnviz.methods import list_methods
 from attnviz.methods.registry import MethodSpec
-from attnviz.ui import figures, mapview, notes, panels, urlstate
+from attnviz.ui import backbone, figures, gates_panel, mapview, notes, panels, urlstate
 from attnviz.ui.compute import export_record, model_key, top_k
 from attnviz.ui.context import load_context, query_label
 from attnviz.ui.errors import guard
 from attnviz.ui.faithfulness import faithfulness_ui
 from attnviz.ui.widgets import (default_method, forget_on_new_capture, is_default, link_target, map_or_run,
-                                markdown_literal, method_ui, page_header, params_ui, pretty, shared_url_values,
-                                target_ui, widget_value)
+                                markdown_literal, method_family, method_ui, page_header, params_ui, pretty,
+                                shared_url_values, target_ui, widget_value)
 
 PER_ROW = 2            # maps side by side: four across left each ~140 px at 1440 px, too small to read
 
@@ -41,7 +41,7 @@ def _apply_url(url: dict[str, str], specs: dict[str, MethodSpec], ctx) -> None:
         if bad:
             urlstate.warn(f"The link asks to compare unknown methods ({', '.join(bad)}); they are left out.")
         st.session_state["compare"] = [n for n in names if n in specs and n != st.session_state.get("method")][:3]
-    main = st.session_state.get("method") or default_method(ctx.adapter.family, list(specs))
+    main = st.session_state.get("method") or default_method(method_family(ctx.adapter), list(specs))
     store = st.session_state.setdefault("_params", {})
     for key, raw in url.items():
         method, _, name = key.rpartition(".")
@@ -86,8 +86,7 @@ def predictions_ui(ctx) -> None:
     kind = cap.targets[0].kind
     font = figures.PRESENT_FONT if ctx.display.present else None
     if kind == "embedding":
-        st.caption(f"This model has no classes: methods explain **{cap.targets[0].label}** "
-                   f"({float(cap.scores[0]):.3g}).")
+        st.caption(backbone.target_sentence(cap.targets[0].label, float(cap.scores[0])))
         return
     if kind == "token":
         if hasattr(adapter, "caption_text"):
@@ -140,6 +139,11 @@ def scales_for(ctx, shown: list[tuple[MethodSpec, Any]]) -> list[mapview.Scale]:
     return [mapview.scale_for(exp.map, exp.signed, ctx.display) for _, exp in shown]
 
 
+def map_title(spec: MethodSpec, exp) -> str:
+    """A map's title: the method, and the target it explains ("relevance for square"), when it has one."""
+    return pretty(spec.name) + (f" for {exp.target.label}" if exp.target is not None else "")
+
+
 def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Scale]) -> None:
     """Overlays side by side, each with its legend, and hoverable figures."""
     d = ctx.display
@@ -157,7 +161,7 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Sc
                 for col, ((spec, exp), scale) in zip(cols, row):
                     with col, guard(f"Drawing {pretty(spec.name)}"):
                         if hover:
-                            fig = render.heatmap_figure(ctx.img.display, exp.map, title=pretty(spec.name),
+                            fig = render.heatmap_figure(ctx.img.display, exp.map, title=map_title(spec, exp),
                                                         cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
                                                         resample=d.resample, box=ctx.box, vmin=scale.lo,
                                                         vmax=scale.hi, hover_label=notes.units(spec.name),
@@ -165,7 +169,7 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Sc
                             st.plotly_chart(fig, key=f"fig:{spec.name}")
                         else:
                             panels.show_map(ctx.img, exp.map, scale, d, ctx.box, method=spec.name,
-                                            caption=pretty(spec.name))
+                                            caption=map_title(spec, exp))
     if len(shown) > 1:
         st.caption("Each map has its own colour scale, shown in its legend: the methods measure different things "
                    "in different units (and some have a sign), so one shared scale would wash some of them out. "
@@ -289,7 +293,7 @@ def controls_ui(ctx, specs: dict[str, MethodSpec]) -> tuple[Any, Optional[str], 
     with guard("The target picker"):
         target = target_ui(ctx)
     with guard("The method picker"):
-        method, compare = method_ui(specs, ctx.adapter.family)
+        method, compare = method_ui(specs, method_family(ctx.adapter))
         for name in [method, *compare]:
             with st.expander(f"{pretty(name)} settings"):
                 if not specs[name].params:
@@ -326,6 +330,8 @@ def main() -> None:
         return
     shown = []
     with right:
+        if backbone.is_backbone(ctx.adapter):       # what a backbone is looked at for comes first
+            backbone.heads_ui(ctx)
         for name in [method, *compare]:
             with guard(f"{pretty(name)}"):
                 exp = compute_ui(ctx, specs[name], params[name], target)
@@ -349,6 +355,8 @@ def main() -> None:
             parts.append(f"drawing {t.get('render', 0):.2f} s")
             st.caption(f"This view took {total:.2f} s ({', '.join(parts)}).",
                        help="Changing opacity, colormap or normalisation redraws without running the model.")
+        with guard("The channel gates"):
+            gates_panel.gates_ui(ctx)       # a CNN's SE / ECA / CBAM gates: over channels, not a map on the image
     if not shown:
         urlstate.sync(_url_values(ctx, method, compare, params, specs, target))
 

@@ -38,6 +38,9 @@ def _clamp_state(L: int, H: int, rows: int, cols: int, prefix: list[str]) -> Non
 
 def _apply_url(url: dict[str, str], L: int, H: int, rows: int, cols: int, prefix: list[str]) -> None:
     ss = st.session_state
+    for key, name in (("h_shared", "shared"), ("h_over", "over")):    # the two switches travel in the link
+        if name in url:
+            ss[key] = str(url[name]).lower() in ("1", "true", "yes")
     if "layer" in url:
         try:
             li = int(url["layer"])
@@ -110,6 +113,14 @@ def main() -> None:
     if ctx is None:
         return
     cap, eng = ctx.capture, state.engine()
+    if not cap.attentions and not is_hierarchical(cap):    # a CNN: no heads, so no layer / head controls either
+        what = "is a convolutional network" if ctx.adapter.family == "cnn" else "has no attention layers"
+        gated = (" Its channel gates (squeeze-and-excitation, ECA, CBAM) are on the Explore page."
+                 if any(g.kind == "channel" for g in cap.gates) else "")
+        st.info(f"{ctx.adapter.name} {what}: it has no attention heads to show here.{gated} Pick a vision "
+                "transformer to see heads.")
+        urlstate.sync(shared_url_values(ctx))
+        return
     L, H, lay = cap.n_layers, cap.n_heads, cap.layout
     kinds = token_queries(cap)
     _clamp_state(L, H, lay.rows, lay.cols, kinds)
@@ -127,7 +138,11 @@ def main() -> None:
     if hit is not None:
         st.session_state["h_layer"], st.session_state["h_head"] = int(hit[0]), int(hit[1])
 
-    top = st.columns([3, 2])
+    d = ctx.display
+    # Presentation mode: the controls fold into one box, the thumbnails come first (issue 20).
+    controls = st.expander("Query, layer, head and display", expanded=False) if d.present else st.container()
+    with controls:
+        top = st.columns([3, 2])
     with top[0]:
         query = query_ui(ctx)
     with top[1]:
@@ -136,14 +151,15 @@ def main() -> None:
         head = c2.selectbox("Head", [*range(H), *HEAD_FUSIONS], key="h_head",
                             format_func=lambda h: f"head {h}" if isinstance(h, int) else f"{h} of heads",
                             help="One head, or all heads fused by mean, max or min.")
-        st.session_state.setdefault("h_shared", True)
+        st.session_state.setdefault("h_shared", False)   # own scales: one outlier head cannot blank the rest
         st.session_state.setdefault("h_over", True)
         shared = st.toggle("One colour scale for all thumbnails", key="h_shared",
-                           help="Off: each thumbnail is stretched to its own range (shows the pattern of weak heads).")
+                           help="Off (the default): each thumbnail is stretched to its own range, so every head's "
+                                "pattern shows. On: brightness compares across heads, but on a real model one "
+                                "head's outlier patch can leave all the others looking like the plain photo.")
         over = st.toggle("Thumbnails over the image", key="h_over",
                          help="Each head's map drawn over a small copy of the image (off: the map alone).")
 
-    d = ctx.display
     sel = (layer, head) if isinstance(head, int) else None
     mosaic_box, side_box = (st.container(), st.container()) if d.present else st.columns([5, 3], gap="large")
     with mosaic_box, guard("Drawing the thumbnails"):
@@ -178,7 +194,8 @@ def main() -> None:
             fig = render.heatmap_figure(ctx.img.display, exp.map, cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
                                         resample=d.resample, box=ctx.box, hover_label="attention weight")
             hover.plotly_chart(fig, key="h_big")
-        st.caption(f"Switched in {time.perf_counter() - t0:.3f} s, no model run (the one forward pass is cached).")
+        st.caption(f"Drawn on the server in {time.perf_counter() - t0:.3f} s, no model run (the one forward pass "
+                   "is cached); the browser then takes its own time to receive and show the page.")
 
     with guard("Computing the head statistics"):
         dist, ent = eng.head_stats(ctx.adapter, ctx.entry, ctx.digest)
@@ -188,7 +205,8 @@ def main() -> None:
         st.plotly_chart(fig, key="h_stats", config={"displayModeBar": False})
         st.caption(distance_sentence(dist, "On this image") + " " + notes.HEADS_DISTANCE_GLOSS)
 
-    values: dict[str, Any] = {**shared_url_values(ctx), "layer": layer, "head": head, "query": query}
+    values: dict[str, Any] = {**shared_url_values(ctx), "layer": layer, "head": head, "query": query,
+                              "shared": "1" if shared else None, "over": None if over else "0"}
     urlstate.sync(values)
 
 

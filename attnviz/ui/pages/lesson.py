@@ -21,10 +21,10 @@ from attnviz.ui.cache import ResultCache
 from attnviz.ui.compute import model_key
 from attnviz.ui.context import load_context
 from attnviz.ui.errors import guard
-from attnviz.ui.lesson_steps import (STEPS, HeadView, check_sentence, distance_sentence, head_view, heads_sentence,
-                                     keys_sentence, mask_sentence, output_sentence, patch_grid, query_sentence,
-                                     scores_sentence, sequence_sentence, softmax_sentence, step_index,
-                                     token_label)
+from attnviz.ui.lesson_steps import (STEPS, HeadView, capital, check_sentence, distance_sentence, head_view,
+                                     heads_sentence, keys_sentence, layer_name, mask_sentence, output_sentence,
+                                     patch_grid, query_sentence, scores_sentence, sequence_sentence,
+                                     softmax_sentence, step_index, token_label, trend_sentence)
 from attnviz.ui.widgets import chart_key, clicked
 
 PAGES = {"heads": "attnviz/ui/pages/heads.py", "explore": "attnviz/ui/pages/explore.py",
@@ -90,23 +90,30 @@ def _clamp_state(L: int, H: int, rows: int, cols: int) -> None:
     ss.setdefault("l_guided", True)
 
 
-def _move(delta: int) -> None:
+def _move(delta: int, n_layers: int) -> None:
     st.session_state["l_step"] = min(max(st.session_state.get("l_step", 0) + delta, 0), len(STEPS) - 1)
+    _opened(n_layers)
+
+
+def _opened(n_layers: int) -> None:
+    """A step was opened: a step that reads best on the last layer (heads, distance, DINO) opens there."""
+    if STEPS[st.session_state.get("l_step", 0)].last_layer:
+        st.session_state["l_layer"] = n_layers - 1
 
 
 # --- the walk-through box -----------------------------------------------------------------------
 
-def walkthrough_ui() -> int:
+def walkthrough_ui(n_layers: int) -> int:
     """The current step: its number, title and paragraph in large type, and the buttons to move on."""
     with st.container(key="l_step_box", border=True):
         step = st.select_slider("Step", options=list(range(len(STEPS))), key="l_step",
-                                format_func=lambda i: str(i + 1))
+                                format_func=lambda i: str(i + 1), on_change=_opened, args=(n_layers,))
         s = STEPS[step]
         st.subheader(f"Step {step + 1} of {len(STEPS)}: {s.title}")
         st.markdown(s.text)
         c1, c2, _ = st.columns([1, 1, 3])
-        c1.button("← Previous step", key="l_prev", on_click=_move, args=(-1,), disabled=step == 0)
-        c2.button("Next step →", key="l_next", on_click=_move, args=(1,), disabled=step == len(STEPS) - 1,
+        c1.button("← Previous step", key="l_prev", on_click=_move, args=(-1, n_layers), disabled=step == 0)
+        c2.button("Next step →", key="l_next", on_click=_move, args=(1, n_layers), disabled=step == len(STEPS) - 1,
                   type="primary")
     return step
 
@@ -125,6 +132,7 @@ class Lesson:
     def __init__(self, ctx, an: Anatomy, layer: int, head: int, row: int, col: int):
         self.ctx, self.an, self.layer, self.head, self.row, self.col = ctx, an, layer, head, row, col
         self.layout = ctx.capture.layout
+        self.an_layers = ctx.capture.n_layers
         self.query = self.layout.patch_token(row, col)
         self.view: HeadView = head_view(an, head, self.query)
 
@@ -145,7 +153,7 @@ class Lesson:
                              build)
 
     def signed_map(self, values: np.ndarray, label: str, *, compact: bool = False):
-        return self.picture(values, cmap="RdBu_r", norm="signed", label=label, compact=compact)
+        return self.picture(values, cmap="RdBu_r", norm=render.default_norm(True), label=label, compact=compact)
 
     def ring(self, fig):
         """Ring the query patch on a figure drawn in display-image pixels."""
@@ -203,7 +211,7 @@ def softmax_section(ls: Lesson) -> None:
     v = ls.view
     c1, c2 = st.columns(2)
     with c1:
-        fig = ls.picture(v.weights, cmap="inferno", norm="minmax", label="weight", compact=True)
+        fig = ls.picture(v.weights, cmap="inferno", norm=render.default_norm(False), label="weight", compact=True)
         st.plotly_chart(fig, key="l_softmax", config={"displayModeBar": False})
     with c2:
         st.plotly_chart(ls.chart("check", lambda: lf.check_figure(v, ls.layout)), key="l_check",
@@ -225,10 +233,13 @@ def heads_section(ls: Lesson) -> None:
     views = [head_view(ls.an, h, ls.query) for h in range(ls.an.n_heads)]
     scores = np.stack([patch_grid(lay, v.scores) for v in views])                  # [H, rows, cols]
     weights = np.stack([patch_grid(lay, v.weights) for v in views])                # [H, rows, cols]
-    s_lim, w_max = float(np.abs(scores).max()), float(weights.max())
+    # One scale per row of pictures, robust to one outlier token (issue 20): beyond it, the end colours.
+    s_lim = render.shared_range(list(scores), "signed-robust")[1]
+    w_max = render.shared_range(list(weights), "robust")[1]
     per_row = min(len(views), 4)
-    st.caption(f"Layer {ls.layer}, query {token_label(lay, ls.query)}. For each head: the scores (red + / blue −, "
-               f"one scale ±{s_lim:.2f}) and the weights after the softmax (one scale, 0 to {w_max:.1%}).")
+    st.caption(f"{capital(layer_name(ls.layer, ls.an_layers))}, query {token_label(lay, ls.query)}. For each head: "
+               f"the scores (red + / blue −, one scale ±{s_lim:.2f}) and the weights after the softmax (one "
+               f"scale, 0 to {w_max:.1%}); values beyond the 99th percentile are drawn at the end colours.")
     for start in range(0, len(views), per_row):
         for col, v in zip(st.columns(per_row), views[start:start + per_row]):
             d = ctx.display
@@ -247,15 +258,16 @@ def heads_section(ls: Lesson) -> None:
 
 def distance_section(ls: Lesson) -> None:
     ctx = ls.ctx
-    samples = state.sample_images()
+    samples = state.samples_for(ctx.adapter)        # photos for a photo model, shape scenes for a demo model
+    kind = "shape scenes" if state.knows_only_shapes(ctx.adapter) else "sample photos"
     over = st.radio("Mean attention distance of", [THIS_IMAGE, SAMPLES], key="l_over", horizontal=True,
-                    format_func=lambda o: o if o == THIS_IMAGE else f"the {len(samples)} sample images, averaged")
+                    format_func=lambda o: o if o == THIS_IMAGE else f"the {len(samples)} {kind}, averaged")
     if over == SAMPLES and samples:
         images = [state.decode(b) for b in samples.values()]
-        with st.spinner(f"Running the model on {len(images)} sample images (once)…"):
+        with st.spinner(f"Running the model on {len(images)} {kind} (once)…"):
             dist, ent = sample_head_stats(tuple(i.digest for i in images), ctx.texts,
                                           ctx.adapter, [i.image for i in images])
-        where = f"Averaged over the {len(images)} sample images"
+        where = f"Averaged over the {len(images)} {kind}"
     else:
         dist, ent = state.engine().head_stats(ctx.adapter, ctx.entry, ctx.digest)
         where = "On this image"
@@ -267,7 +279,7 @@ def distance_section(ls: Lesson) -> None:
     st.plotly_chart(fig, key="l_distance", config={"displayModeBar": False})
     st.caption("Left: one dot per head and layer (the chosen head ringed). Right: each head's entropy, how "
                "evenly it spreads its attention (the dotted line is perfectly even).")
-    _fact("distance", distance_sentence(dist, where))
+    _fact("distance", distance_sentence(dist, where) + " " + trend_sentence(dist))
 
 
 def dino_section(ls: Lesson) -> None:
@@ -283,7 +295,8 @@ def dino_section(ls: Lesson) -> None:
                       help="Per head, the smallest set of patches holding this share of the row (DINO uses 60 %).")
     masks = dino_masks(cap, layer=ls.layer, share=float(share), query=query)         # [H, rows, cols]
     per_row = min(masks.shape[0], 6)
-    st.caption(f"Layer {ls.layer}, attention from {who} to the patches (extra tokens left out, the rest "
+    where = layer_name(ls.layer, ls.an_layers)
+    st.caption(f"{capital(where)}, attention from {who} to the patches (extra tokens left out, the rest "
                f"renormalised). Bright: the patches kept.")
     for start in range(0, masks.shape[0], per_row):
         for col, h in zip(st.columns(per_row), range(start, min(start + per_row, masks.shape[0]))):
@@ -292,7 +305,7 @@ def dino_section(ls: Lesson) -> None:
                                        vmin=0.0, vmax=1.0)
             col.image(img, caption=f"head {h}: {int(masks[h].sum())} of {masks[h].size} patches", width="stretch",
                       output_format="JPEG")
-    _fact("dino", mask_sentence(masks, float(share), who))
+    _fact("dino", mask_sentence(masks, float(share), who, where))
 
 
 def explain_section(ls: Lesson) -> None:
@@ -362,7 +375,7 @@ def main() -> None:
         st.session_state["l_row"], st.session_state["l_col"] = hit
     guided = st.toggle("Guided walk-through, one step at a time", key="l_guided",
                        help="Off: every step on one page.")
-    step: Optional[int] = walkthrough_ui() if guided else None
+    step: Optional[int] = walkthrough_ui(L) if guided else None
     c1, c2 = st.columns(2)
     layer = c1.slider("Layer", 0, L - 1, key="l_layer") if L > 1 else 0
     head = c2.selectbox("Head", list(range(H)), key="l_head", format_func=lambda h: f"head {h}")
