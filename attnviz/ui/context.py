@@ -55,6 +55,12 @@ class Context:
             return None
         return tuple(v * self.img.scale for v in b)
 
+    def map_box(self, shape, over: str = "patches"):
+        """Where a map of ``shape`` lies on the display image: a CNN's grid where its cells truly lie (the last
+        cell of an input that is not a multiple of the stride overhangs it: ``Capture.map_box``), else the crop."""
+        b = self.capture.map_box(tuple(shape), self.img.image.size, over)
+        return None if b is None else tuple(v * self.img.scale for v in b)
+
 
 def default_prompts(adapter) -> str:
     """The model's example prompts (the demo models name theirs in their config), else generic ones."""

@@ -58,4 +58,4 @@ def gates_ui(ctx) -> None:
             with col:
                 m = feats[c]
                 panels.show_map(ctx.img, m, mapview.scale_for(m, bool((m < 0).any()), ctx.display), ctx.display,
-                                ctx.box, method="feature", caption=f"channel {c}: gate {v[c]:.2f}")
+                                ctx.map_box(m.shape), method="feature", caption=f"channel {c}: gate {v[c]:.2f}")

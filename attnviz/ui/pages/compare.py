@@ -145,7 +145,8 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
         exp = _compute(adapter, entry, img.digest, method, tgt.index, side)
         if exp is None:
             return out
-        box = None if cap.box is None else tuple(v * img.scale for v in cap.box)
+        box = cap.map_box(exp.map.shape, img.image.size, exp.over)        # a CNN grid where its cells lie
+        box = None if box is None else tuple(v * img.scale for v in box)
         caption = (f"{pretty(method)} {'for ' + tgt.label if exp.target is not None else '(class-agnostic)'} · "
                    f"map {'×'.join(map(str, exp.map.shape))} over {exp.over}")
         # the map and its legend: a display change redraws only these (one map panel per side)

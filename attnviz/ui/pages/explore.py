@@ -161,15 +161,16 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Sc
                 for col, ((spec, exp), scale) in zip(cols, row):
                     with col, guard(f"Drawing {pretty(spec.name)}"):
                         if hover:
+                            box = ctx.map_box(exp.map.shape, exp.over)      # a CNN grid where its cells lie
                             fig = render.heatmap_figure(ctx.img.display, exp.map, title=map_title(spec, exp),
                                                         cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
-                                                        resample=d.resample, box=ctx.box, vmin=scale.lo,
+                                                        resample=d.resample, box=box, vmin=scale.lo,
                                                         vmax=scale.hi, hover_label=notes.units(spec.name),
                                                         compact=len(shown) > 1)
                             st.plotly_chart(fig, key=f"fig:{spec.name}")
                         else:
-                            panels.show_map(ctx.img, exp.map, scale, d, ctx.box, method=spec.name,
-                                            caption=map_title(spec, exp))
+                            panels.show_map(ctx.img, exp.map, scale, d, ctx.map_box(exp.map.shape, exp.over),
+                                            method=spec.name, caption=map_title(spec, exp))
     if len(shown) > 1:
         st.caption("Each map has its own colour scale, shown in its legend: the methods measure different things "
                    "in different units (and some have a sign), so one shared scale would wash some of them out. "
