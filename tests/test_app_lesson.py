@@ -121,9 +121,10 @@ def test_every_step_shows_the_models_own_numbers(new_app, saved_models):
 def test_the_check_fails_when_the_recomputation_is_wrong(new_app, monkeypatch):
     """A recomputation with the wrong scale is shown as a failed check, with its (large) difference."""
     import attnviz.anatomy as anatomy
-    real = anatomy.attention_anatomy
-    monkeypatch.setattr(anatomy, "attention_anatomy",
-                        lambda *a, **kw: dataclasses.replace(real(*a, **kw), scale=real(*a, **kw).scale * 3))
+    real = anatomy.attention_anatomies
+    monkeypatch.setattr(anatomy, "attention_anatomies",
+                        lambda *a, **kw: {li: dataclasses.replace(an, scale=an.scale * 3)
+                                          for li, an in real(*a, **kw).items()})
     at = _open(new_app, check=False)
     assert not at.exception and not at.success
     [err] = [e.value for e in at.error]
@@ -246,30 +247,36 @@ def test_a_rerun_redraws_only_what_changed_and_a_new_head_is_drawn_anew(new_app,
         np.testing.assert_allclose(shown, attn[head, query, 1:].numpy().reshape(4, 4), rtol=1e-4, atol=1e-6)
 
 
-def test_the_layer_is_taken_apart_in_the_models_line_once_per_layer(new_app, monkeypatch):
+def test_every_layer_is_taken_apart_in_the_models_line_in_one_forward(new_app, monkeypatch):
     """The extra forward of the anatomy waits for its turn with the model (so a waiting page can say how many
-    requests are ahead) and is shared: a rerun that changes something else takes no new forward."""
+    requests are ahead), takes every layer apart at once and is shared: a rerun that changes something else,
+    or another layer, takes no new forward (issue 25 item 8: it was one forward per layer)."""
     import attnviz.anatomy as anatomy
-    real, seen = anatomy.attention_anatomy, []
+    real, seen = anatomy.attention_anatomies, []
 
-    def spy(adapter, inputs, layer):
-        seen.append((layer, adapter.lock.holds()))            # the page's turn is held when the forward starts
-        return real(adapter, inputs, layer)
-    monkeypatch.setattr(anatomy, "attention_anatomy", spy)
+    def spy(adapter, inputs, layers=None):
+        forwards = []
+        handle = adapter.model.register_forward_pre_hook(lambda m, a: forwards.append(1))
+        try:
+            out = real(adapter, inputs, layers)
+        finally:
+            handle.remove()
+        seen.append((len(forwards), adapter.lock.holds()))    # the page's turn is held when the forward starts
+        return out
+    monkeypatch.setattr(anatomy, "attention_anatomies", spy)
     at = _open(new_app, layer=1)
     assert seen == [(1, True)]
     at.slider(key="l_share").set_value(0.85).run()
     _ok(at)
-    assert seen == [(1, True)]                                # cached: no second forward
     at.slider(key="l_layer").set_value(0).run()
     _ok(at)
-    assert seen == [(1, True), (0, True)]
+    assert seen == [(1, True)]                                # cached: no second forward for another layer
 
 
 def test_layers_taken_apart_are_bounded_on_their_own(monkeypatch):
-    """A layer taken apart holds q, k, v and [H, T, T] attention (~5 MB for ViT-B/16): at most
-    lesson.ANATOMY_ENTRIES are kept, however many small maps the engine's result cache may hold. A hand-made
-    stand-in per (image, layer), watched by weak reference: the oldest is let go once one too many are made."""
+    """A layer taken apart holds q, k, v and [H, T, T] attention (~5 MB for ViT-B/16): the layers of at most
+    lesson.ANATOMY_ENTRIES images are kept, however many small maps the engine's result cache may hold. A hand-made
+    stand-in per image, watched by weak reference: the oldest is let go once one too many are made."""
     import gc
     import types
     import weakref
@@ -281,10 +288,10 @@ def test_layers_taken_apart_are_bounded_on_their_own(monkeypatch):
         pass
     made = []
 
-    def fake(adapter, inputs, layer):
+    def fake(adapter, inputs):
         made.append(Stand())
-        return made[-1]
-    monkeypatch.setattr(lesson, "attention_anatomy", fake)
+        return {0: made[-1]}
+    monkeypatch.setattr(lesson, "attention_anatomies", fake)
     state.clear_all()
     adapter = types.SimpleNamespace(source="stand-in")
     try:

@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from attnviz import render
-from attnviz.anatomy import Anatomy, attention_anatomy
+from attnviz.anatomy import Anatomy, attention_anatomies
 from attnviz.headstats import attention_entropy, dino_masks, mean_attention_distance
 from attnviz.methods.hierarchy import is_hierarchical
 from attnviz.ui import figures, panels, state
@@ -39,7 +39,7 @@ STYLE = """<style>
 
 # --- cached computations ------------------------------------------------------------------------
 
-ANATOMY_ENTRIES = 24     # layers taken apart kept: each holds q, k, v and [H, T, T] (~5 MB for ViT-B/16)
+ANATOMY_ENTRIES = 2      # images whose every layer is taken apart (q, k, v and [H, T, T]: ~5 MB a layer for ViT-B/16)
 
 # Shared caches (every session reuses them), computed once per key; the model work waits for its turn in
 # the model's line and says how many requests are ahead (panels.model_turn), as a capture does.
@@ -51,11 +51,14 @@ def _anatomies() -> ResultCache:
 
 
 def layer_anatomy(digest: str, layer: int, adapter, inputs) -> Anatomy:
-    """One layer taken apart (one extra forward), per image (digest, prompts included), model and layer."""
-    def run() -> Anatomy:
+    """One layer taken apart, per image (digest, prompts included) and model. The first layer asked for takes
+    every layer apart in the same one extra forward (``attention_anatomies``): moving the layer slider after
+    it runs no model."""
+    def run() -> dict[int, Anatomy]:
         with panels.model_turn(adapter):
-            return attention_anatomy(adapter, inputs, layer)
-    return _anatomies().get_or_compute((digest, model_key(adapter), layer), run)
+            return attention_anatomies(adapter, inputs)
+    every = _anatomies().get_or_compute((digest, model_key(adapter)), run)
+    return every[layer % len(every)]
 
 
 def sample_head_stats(digests: tuple[str, ...], texts, adapter, images) -> tuple[np.ndarray, np.ndarray]:
