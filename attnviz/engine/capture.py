@@ -31,7 +31,7 @@ BATCHED_FAMILIES = ("classifier",)
 
 
 def batchable(adapter) -> bool:
-    return adapter.family in BATCHED_FAMILIES
+    return getattr(adapter, "family", None) in BATCHED_FAMILIES
 
 
 class CaptureBatch(list):

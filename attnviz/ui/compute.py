@@ -65,7 +65,17 @@ class Engine:
         ``digest`` below stands for all three wherever a map is keyed. ``turn()``
         (a context manager) is entered around the work only when it has to be done.
         """
+        server = getattr(adapter, "server", None)
+
         def run() -> CaptureEntry:
+            if server is not None and not texts:
+                # A family that batches: this session's forward (and its first map's backward) waits in
+                # the model's batching line and runs with other sessions' (serve.local); ``turn`` only
+                # shows the wait there.
+                with turn() if turn is not None else nullcontext():
+                    t0 = time.perf_counter()
+                    cap = server.capture(adapter.prepare(image))
+                    return CaptureEntry(cap, time.perf_counter() - t0)
             # The turn is taken inside the cache's per-key lock, never around it: whoever computes a
             # key holds that key's lock first and the model's line second, so two sessions cannot
             # each hold what the other waits for.

@@ -134,7 +134,7 @@ def load_context(texts_slot=None) -> Optional[Context]:
     t0 = time.perf_counter()
     with st.spinner("Running the model on your image…"):
         # While other sessions' work holds the model, the page says how many requests are ahead of it.
-        entry = eng.capture(adapter, img.digest, img.image, texts, turn=lambda: panels.model_turn(adapter))
+        entry = eng.capture(adapter, img.digest, img.image, texts, turn=lambda: panels.model_wait(adapter))
     timings["capture"] = 0.0 if cached else time.perf_counter() - t0
     cap = entry.capture
     prefix = ", ".join(cap.layout.prefix_names) or "no prefix tokens"

@@ -27,3 +27,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (o
 # one: issue 13). One core is left for the pages' own Python where there are more.
 MODEL_LANES = _env_int("ATTNVIZ_MODEL_LANES", 2 if CORES >= 2 else 1)
 TORCH_THREADS = _env_int("ATTNVIZ_TORCH_THREADS", max(1, (CORES - 1) // MODEL_LANES))
+# Cross-session batching (serve.local.ModelServer) for families that batch: at most BATCH_SIZE requests per
+# forward + backward, a lone request waiting BATCH_WINDOW_S for batch-mates. ATTNVIZ_BATCH=1 turns it off.
+BATCH_SIZE = _env_int("ATTNVIZ_BATCH", 8)
+BATCH_WINDOW_S = _env_int("ATTNVIZ_BATCH_WINDOW_MS", 50) / 1000
