@@ -204,18 +204,20 @@ class Batcher:
     class in arrival order. ``lock`` (the model's :class:`TurnLock`) is held around each run, so work
     that does not batch (slow methods, checks, other pages) shares the model with the batches in line.
 
-    ``stats()`` reports the batch sizes and queue waits seen so far. No torch here: the tests drive it
+    ``stats()`` reports the batch sizes and queue waits seen so far; ``on_batch(requests, seconds)`` is
+    told of each batch once it has run. No torch here: the tests drive it
     with a fake slow model.
     """
 
     every = 0.25     # how often a waiting thread's notice is refreshed
 
     def __init__(self, run: Callable[[list], list], *, max_batch: int = 8, window: float = 0.05, lanes: int = 1,
-                 lock: Optional[TurnLock] = None, name: str = "batcher", history: int = 4096):
+                 lock: Optional[TurnLock] = None, name: str = "batcher", history: int = 4096,
+                 on_batch: Optional[Callable[[list, float], None]] = None):
         if max_batch < 1 or lanes < 1 or window < 0:
             raise ValueError("a Batcher needs max_batch >= 1, lanes >= 1 and window >= 0")
         self._run, self.max_batch, self.window, self.lanes = run, int(max_batch), float(window), int(lanes)
-        self.lock, self.name, self.history = lock, name, history
+        self.lock, self.name, self.history, self.on_batch = lock, name, history, on_batch
         self._cond = threading.Condition(threading.Lock())
         self._line: list[Request] = []             # waiting, in service order (first requests ahead)
         self._running = 0                          # requests in batches being run now
@@ -327,9 +329,11 @@ class Batcher:
 
     def _serve(self, batch: list[Request]) -> None:
         """Run one batch (holding the model's lane) and hand each waiter its result or the error."""
+        t0 = time.monotonic()
         try:
             if self.lock is not None:
                 self.lock.wait(self.lock.take(priority=any(r.first for r in batch)))
+            t0 = time.monotonic()
             try:
                 values = self._run([r.payload for r in batch])
             finally:
@@ -347,3 +351,8 @@ class Batcher:
                 self._running -= len(batch)
             for r in batch:
                 r.done.set()
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(batch, time.monotonic() - t0)
+                except Exception:   # noqa: BLE001  (a full disk must not stop the model's line)
+                    pass

@@ -13,6 +13,10 @@ The app reads the batch size and wait window from ``ATTNVIZ_BATCH`` and ``ATTNVI
 from __future__ import annotations
 
 import functools
+import json
+import os
+import threading
+import time
 from typing import Any, Optional
 
 from ..queue import Batcher, TurnLock
@@ -26,11 +30,23 @@ WINDOW_S = 0.05        # how long a lone request waits for batch-mates (measured
 class ModelServer:
     """Batched captures of one adapter for every session and thread of the process."""
 
-    def __init__(self, adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1):
-        self.adapter = adapter
+    def __init__(self, adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
+                 log: Optional[str] = None):
+        self.adapter, self.log = adapter, log
+        self._log_lock = threading.Lock()
         lock = adapter.lock if isinstance(getattr(adapter, "lock", None), TurnLock) else None
         self.batcher = Batcher(functools.partial(run_batch, adapter), max_batch=max_batch, window=window,
-                               lanes=lanes, lock=lock, name=f"attnviz-batch-{getattr(adapter, 'name', 'model')}")
+                               lanes=lanes, lock=lock, name=f"attnviz-batch-{getattr(adapter, 'name', 'model')}",
+                               on_batch=self._write_log if log else None)
+
+    def _write_log(self, batch: list, seconds: float) -> None:
+        """One JSON line per batch in ``log`` (``ATTNVIZ_BATCH_LOG``): what ``attnviz loadtest`` reads for
+        the batch sizes and queue waits. Appended whole, so several app servers may share one file."""
+        line = json.dumps({"t": time.time(), "pid": os.getpid(), "model": getattr(self.adapter, "name", ""),
+                           "size": len(batch), "first": sum(1 for r in batch if r.first),
+                           "waits_s": [round(r.queue_wait, 4) for r in batch], "run_s": round(seconds, 4)})
+        with self._log_lock, open(self.log, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
 
     def _inline(self) -> bool:
         """Whether this thread already holds the model (a page that took its turn first): then it runs
@@ -58,9 +74,9 @@ class ModelServer:
 
 
 def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S,
-                  lanes: int = 1) -> Optional[ModelServer]:
+                  lanes: int = 1, log: Optional[str] = None) -> Optional[ModelServer]:
     """Give ``adapter`` its :class:`ModelServer` (``adapter.server``) when its family batches and
     ``max_batch`` is above 1; else None (the app keeps its one-image path)."""
-    adapter.server = (ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes)
+    adapter.server = (ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes, log=log)
                       if batchable(adapter) and max_batch > 1 else None)
     return adapter.server
