@@ -35,3 +35,4 @@ BATCH_WINDOW_S = _env_int("ATTNVIZ_BATCH_WINDOW_MS", 50) / 1000
 # sessions find their capture again at their next click instead of waiting for another forward + backward.
 CAPTURE_ENTRIES = _env_int("ATTNVIZ_CAPTURE_CACHE", 18 if BATCH_SIZE > 1 else 6)
 BATCH_LOG = os.environ.get("ATTNVIZ_BATCH_LOG", "").strip() or None   # a JSON line per batch (attnviz loadtest)
+SERVE_APP = os.environ.get("ATTNVIZ_SERVE", "").strip() or None   # a Ray Serve application doing the model work

@@ -1,0 +1,49 @@
+"""The app's side of the Ray Serve application (``ATTNVIZ_SERVE``): captures and maps over the network.
+
+The app keeps its own copy of the model's adapter for what needs no computation (preparing an image,
+labels, method defaults), and sends the model work to the Serve application ``ray_app`` deployed:
+a capture comes back as its summary (scores, targets, token layout; the attention tensors stay on the
+replica) and a map as its :class:`~attnviz.types.Explanation`. The app caches maps as before, so a
+display change (opacity, colormap, normalisation) never crosses the network.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import torch
+
+from ..types import Capture, Explanation
+
+
+class RemoteModel:
+    """Serve handle calls for one application: ``capture(inputs)`` and ``explain(inputs, ...)``."""
+
+    def __init__(self, app_name: str, handle=None):
+        if handle is None:
+            import ray
+            from ray import serve
+            if not ray.is_initialized():
+                ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
+            handle = serve.get_app_handle(app_name)
+        self.app_name, self.handle = app_name, handle
+
+    def capture(self, inputs: dict[str, Any]) -> Capture:
+        """A capture with the replica's scores, targets and layout; its attentions are placeholders of
+        the right shape that hold no values (a zero broadcast: 4 bytes each), so a page can count layers
+        and heads, while every map is computed where the real ones are."""
+        s = self.handle.capture.remote(inputs).result()
+        layers, heads, tokens = s["shape"]
+        hollow = torch.zeros(()).expand(heads, tokens, tokens)           # [H, T, T], no storage behind it
+        return Capture(scores=s["scores"], attentions=(hollow,) * layers, layout=s["layout"], inputs=inputs,
+                       targets=s["targets"], box=s["box"], readout=s["readout"], pooling=s["pooling"],
+                       extras={"remote": self.app_name})
+
+    def explain(self, inputs: dict[str, Any], method: str, target: Any = None,
+                params: Optional[dict[str, Any]] = None) -> Explanation:
+        return self.handle.explain.remote(inputs, method, target, dict(params or {})).result()
+
+
+def is_remote(capture: Capture) -> bool:
+    """Whether ``capture`` is a summary of one held by a Serve replica (its attentions hold no values)."""
+    return "remote" in capture.extras
