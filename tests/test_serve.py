@@ -153,3 +153,14 @@ def test_app_engine_routes_captures_through_the_line(deit):
 def test_families_that_do_not_batch_get_no_server(clip_dirs):
     clip = attnviz.load_model(str(clip_dirs["clip"]))
     assert attach_server(clip) is None and clip.server is None
+
+
+def test_a_copy_of_a_served_adapter_has_no_server(deit):
+    """The randomisation check deep-copies the adapter; the copy runs on its own weights, outside the line."""
+    from attnviz.metrics.randomisation import copy_adapter
+    attach_server(deit, max_batch=2)
+    try:
+        twin = copy_adapter(deit)
+        assert twin.server is None and twin.model is not deit.model
+    finally:
+        deit.server = None

@@ -23,8 +23,8 @@ from ..queue import Batcher, TurnLock
 from ..types import Capture
 from .batched import Work, batch_key, batchable, run_batch
 
-MAX_BATCH = 8          # ViT-B/16 on 2 cores: 8 images per forward+backward cost ~half as much each as 1
-WINDOW_S = 0.05        # how long a lone request waits for batch-mates (measured: README "Running a classroom")
+MAX_BATCH = 4          # the app's default (ui/settings.py, measured: README "Batching a burst")
+WINDOW_S = 0.05        # how long a lone request waits for batch-mates (README "Batching a burst")
 
 
 class ModelServer:
@@ -47,6 +47,10 @@ class ModelServer:
                            "waits_s": [round(r.queue_wait, 4) for r in batch], "run_s": round(seconds, 4)})
         with self._log_lock, open(self.log, "a", encoding="utf-8") as f:
             f.write(line + "\n")
+
+    def __deepcopy__(self, memo) -> None:
+        # A copy of the adapter (the randomisation check's) is not served by this line: it has no server.
+        return None
 
     def _inline(self) -> bool:
         """Whether this thread already holds the model (a page that took its turn first): then it runs

@@ -28,6 +28,10 @@ class RemoteModel:
             handle = serve.get_app_handle(app_name)
         self.app_name, self.handle = app_name, handle
 
+    def __deepcopy__(self, memo) -> None:
+        # A copy of the adapter (the randomisation check's) runs here, on its own weights: no remote.
+        return None
+
     def capture(self, inputs: dict[str, Any]) -> Capture:
         """A capture with the replica's scores, targets and layout; its attentions are placeholders of
         the right shape that hold no values (a zero broadcast: 4 bytes each), so a page can count layers

@@ -28,7 +28,7 @@ MODEL_LANES = _env_int("ATTNVIZ_MODEL_LANES", 2 if CORES >= 2 else 1)
 TORCH_THREADS = _env_int("ATTNVIZ_TORCH_THREADS", max(1, (CORES - 1) // MODEL_LANES))
 # Cross-session batching (serve.local.ModelServer) for families that batch: at most BATCH_SIZE requests per
 # forward + backward, a lone request waiting BATCH_WINDOW_S for batch-mates. ATTNVIZ_BATCH=1 turns it off.
-BATCH_SIZE = _env_int("ATTNVIZ_BATCH", 8)
+BATCH_SIZE = _env_int("ATTNVIZ_BATCH", 4)
 BATCH_WINDOW_S = _env_int("ATTNVIZ_BATCH_WINDOW_MS", 50) / 1000
 # A capture of a family that does not batch keeps its autograd graph (~140 MB for ViT-B/16); a batched one
 # keeps its attentions and one target's gradients (45 MB), so the same memory holds 3× as many: a burst's
