@@ -2,6 +2,7 @@
 that come back over Serve equal the model run in this process. One Ray start for the whole file
 (~40 s on a busy 2-core machine)."""
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,3 +64,48 @@ def test_maps_over_serve_equal_in_process_maps(served, saved_models):
     status = serve.status().applications["attnviz-test"].deployments["AttnvizModel"]
     assert status.replica_states.get("RUNNING") == 2
     assert time.monotonic() - t0 < 60
+
+
+def test_the_app_explores_through_serve(served, saved_models, monkeypatch):
+    """The app with ATTNVIZ_SERVE naming the application: the Explore page draws its first map and a method
+    switch from Serve (the engine holds only capture summaries), the maps equal the in-process ones, a
+    display change reruns without a new request, and a page that needs the attention weights says why not."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from attnviz.errors import UsageError
+    from attnviz.serve.remote import RemoteModel, is_remote
+    from attnviz.ui import state
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(saved_models["deit-teacher"]))
+    monkeypatch.setattr(state, "SERVE_APP", "attnviz-test")
+    calls = {"capture": 0, "explain": 0}                          # requests that crossed to Serve
+    for name in calls:
+        def counted(self, *a, _name=name, _orig=getattr(RemoteModel, name), **kw):
+            calls[_name] += 1
+            return _orig(self, *a, **kw)
+        monkeypatch.setattr(RemoteModel, name, counted)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    try:
+        at = AppTest.from_file(str(Path(__file__).parents[1] / "app.py"), default_timeout=120).run()
+        assert not at.exception and not at.error, [e.value for e in at.exception]
+        at.selectbox(key="method").set_value("rollout").run()
+        assert not at.exception and not at.error
+        eng = state.engine()
+        entries = [v for _, v in eng.captures._data.values()]
+        assert entries and all(is_remote(e.capture) for e in entries)
+        maps = {k[3]: v for k, (_, v) in eng.results._data.items() if k[0] == "explain"}
+        assert set(maps) >= {"relevance", "rollout"}
+        local = attnviz.load_model(str(saved_models["deit-teacher"]))
+        alone = local.capture(entries[0].capture.inputs)
+        for method, exp in maps.items():
+            np.testing.assert_allclose(exp.map, attnviz.explain(local, alone, method, exp.target).map, atol=1e-5)
+        before = dict(calls)
+        at.slider(key="alpha").set_value(0.7).run()                  # a display change
+        assert not at.exception and not at.error
+        assert calls == before and calls["explain"] >= 2 and calls["capture"] >= 1
+        with pytest.raises(UsageError, match="stay on the Ray Serve replicas"):
+            eng.head_stats(local, entries[0], "d")
+    finally:
+        st.cache_resource.clear()
+        st.cache_data.clear()
