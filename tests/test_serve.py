@@ -164,3 +164,19 @@ def test_a_copy_of_a_served_adapter_has_no_server(deit):
         assert twin.server is None and twin.model is not deit.model
     finally:
         deit.server = None
+
+
+def test_serve_named_but_unreachable_is_one_sentence(monkeypatch):
+    """ATTNVIZ_SERVE without a Ray cluster: the app's model load fails with one sentence naming what to do."""
+    pytest.importorskip("ray.serve")
+    import ray
+
+    from attnviz.errors import ModelUnavailable
+    from attnviz.serve.remote import RemoteModel
+
+    def no_cluster(*a, **kw):
+        raise ConnectionError("Could not find any running Ray instance.")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    with pytest.raises(ModelUnavailable, match="'classroom'.*could not be reached.*unset ATTNVIZ_SERVE"):
+        RemoteModel("classroom")

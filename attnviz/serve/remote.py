@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..errors import ModelUnavailable
 from ..types import Capture, Explanation
 
 
@@ -21,11 +22,7 @@ class RemoteModel:
 
     def __init__(self, app_name: str, handle=None):
         if handle is None:
-            import ray
-            from ray import serve
-            if not ray.is_initialized():
-                ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
-            handle = serve.get_app_handle(app_name)
+            handle = _connect(app_name)
         self.app_name, self.handle = app_name, handle
 
     def __deepcopy__(self, memo) -> None:
@@ -46,6 +43,23 @@ class RemoteModel:
     def explain(self, inputs: dict[str, Any], method: str, target: Any = None,
                 params: Optional[dict[str, Any]] = None) -> Explanation:
         return self.handle.explain.remote(inputs, method, target, dict(params or {})).result()
+
+
+def _connect(app_name: str):
+    """A handle to the Serve application ``app_name`` on the Ray cluster at ``RAY_ADDRESS`` (default: the
+    one running on this machine); ModelUnavailable in one sentence when there is none."""
+    import ray
+    from ray import serve
+    address = os.environ.get("RAY_ADDRESS", "auto")
+    try:
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False)
+        return serve.get_app_handle(app_name)
+    except Exception as exc:   # noqa: BLE001  (Ray raises several kinds; the page needs one sentence)
+        raise ModelUnavailable(
+            f"ATTNVIZ_SERVE names the Ray Serve application '{app_name}', but it could not be reached on the Ray "
+            f"cluster at {address} ({type(exc).__name__}): start it (README, More than one machine) or unset "
+            "ATTNVIZ_SERVE.") from exc
 
 
 def is_remote(capture: Capture) -> bool:
