@@ -39,6 +39,7 @@ def test_maps_over_serve_equal_in_process_maps(served, saved_models):
     """Three images sent at once to a 2-replica deployment: each image's relevance and rollout maps and
     its capture's scores equal the in-process model's; the capture's attentions did not cross over
     (placeholders without storage); and the application runs two replicas."""
+    from attnviz.serve.ray_app import digest_of
     from attnviz.serve.remote import RemoteModel, is_remote
     t0 = time.monotonic()
     local = attnviz.load_model(str(saved_models["deit-teacher"]))
@@ -61,6 +62,8 @@ def test_maps_over_serve_equal_in_process_maps(served, saved_models):
         assert is_remote(cap) and cap.n_layers == alone.n_layers and cap.n_heads == alone.n_heads
         torch.testing.assert_close(cap.scores, alone.scores, atol=1e-5, rtol=1e-4)
         assert all(a.untyped_storage().size() <= 4 for a in cap.attentions)
+        # the image's later requests went where its capture is (its digest is the multiplexed model id)
+        assert remote._to(x).stats.remote(digest_of(x)).result()["holds"]
     status = serve.status().applications["attnviz-test"].deployments["AttnvizModel"]
     assert status.replica_states.get("RUNNING") == 2
     assert time.monotonic() - t0 < 60

@@ -1,7 +1,9 @@
 """The model work on Ray Serve: one deployment per model, ``@serve.batch`` around the batched worker.
 
 Each replica loads the model once and keeps the captures it made (attentions and gradients, the heavy
-tensors) in its own bounded cache, keyed by the image's digest. What crosses the network is small: the
+tensors) in its own bounded cache, keyed by the image's digest; the app names that digest as the
+request's multiplexed model id, so Serve's router sends an image's later requests to the replica that
+holds its capture. What crosses the network is small: the
 app sends the prepared model input (one image's pixel tensor) and asks for a capture's summary (scores,
 targets, token layout: no attention tensor) or a map; the replica answers with that summary or with the
 :class:`~attnviz.types.Explanation` (the raw map). Requests that need a forward (a new image, or one
@@ -62,8 +64,17 @@ class AttnvizModel:
         # the model runs in a thread: the replica's event loop goes on gathering the next batch
         return await asyncio.to_thread(run_batch, self.adapter, works)
 
+    @serve.multiplexed(max_num_models_per_replica=CACHE)
+    async def _claim(self, digest: str) -> str:
+        """Tell Serve's router this replica holds the image ``digest`` (a multiplexed "model" id): later
+        requests that name it go to this replica, where its capture is. Nothing is computed here, since
+        Serve loads one multiplexed model at a time per replica and captures must batch."""
+        return digest
+
     async def _capture(self, inputs: dict[str, Any]):
         key = digest_of(inputs)
+        if serve.get_multiplexed_model_id() == key:
+            await self._claim(key)
         cap = self.cache.get(key)
         if cap is None:
             cap = await self._run(Work(inputs))
@@ -92,8 +103,9 @@ class AttnvizModel:
                 cap._grads[t] = (await self._run(Work(inputs, t)))._grads[t]
         return await asyncio.to_thread(explain, self.adapter, cap, method, target, **(params or {}))
 
-    async def stats(self) -> dict[str, Any]:
-        return {"batches": list(self.batches), "captures": len(self.cache)}
+    async def stats(self, digest: str = "") -> dict[str, Any]:
+        """This replica's batch sizes so far, how many captures it holds, and whether it holds ``digest``'s."""
+        return {"batches": list(self.batches), "captures": len(self.cache), "holds": digest in self.cache}
 
 
 def app(args: dict[str, str]):

@@ -33,7 +33,7 @@ class RemoteModel:
         """A capture with the replica's scores, targets and layout; its attentions are placeholders of
         the right shape that hold no values (a zero broadcast: 4 bytes each), so a page can count layers
         and heads, while every map is computed where the real ones are."""
-        s = self.handle.capture.remote(inputs).result()
+        s = self._to(inputs).capture.remote(inputs).result()
         layers, heads, tokens = s["shape"]
         hollow = torch.zeros(()).expand(heads, tokens, tokens)           # [H, T, T], no storage behind it
         return Capture(scores=s["scores"], attentions=(hollow,) * layers, layout=s["layout"], inputs=inputs,
@@ -42,7 +42,13 @@ class RemoteModel:
 
     def explain(self, inputs: dict[str, Any], method: str, target: Any = None,
                 params: Optional[dict[str, Any]] = None) -> Explanation:
-        return self.handle.explain.remote(inputs, method, target, dict(params or {})).result()
+        return self._to(inputs).explain.remote(inputs, method, target, dict(params or {})).result()
+
+    def _to(self, inputs: dict[str, Any]):
+        """The handle for this image: its digest as the multiplexed model id, so that Serve sends it to
+        the replica that holds its capture (``ray_app.AttnvizModel._claim``)."""
+        from .ray_app import digest_of
+        return self.handle.options(multiplexed_model_id=digest_of(inputs))
 
 
 def _connect(app_name: str):
