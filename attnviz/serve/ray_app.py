@@ -1,9 +1,10 @@
 """The model work on Ray Serve: one deployment per model, ``@serve.batch`` around the batched worker.
 
 Each replica loads the model once and keeps the captures it made (attentions and gradients, the heavy
-tensors) in its own bounded cache, keyed by the image's digest; the app names that digest as the
-request's multiplexed model id, so Serve's router sends an image's later requests to the replica that
-holds its capture. What crosses the network is small: the
+tensors) in its own bounded cache, keyed by the image's digest, and claims that digest as a multiplexed
+model id; the app names it in an image's later requests, so Serve's router sends them to the replica
+that holds the capture. A new image's capture request names no id: Serve waits up to a second for a
+replica holding an id it has not seen, which would hand new images to ``@serve.batch`` one by one. What crosses the network is small: the
 app sends the prepared model input (one image's pixel tensor) and asks for a capture's summary (scores,
 targets, token layout: no attention tensor) or a map; the replica answers with that summary or with the
 :class:`~attnviz.types.Explanation` (the raw map). Requests that need a forward (a new image, or one
@@ -73,8 +74,6 @@ class AttnvizModel:
 
     async def _capture(self, inputs: dict[str, Any]):
         key = digest_of(inputs)
-        if serve.get_multiplexed_model_id() == key:
-            await self._claim(key)
         cap = self.cache.get(key)
         if cap is None:
             cap = await self._run(Work(inputs))
@@ -85,6 +84,9 @@ class AttnvizModel:
             while len(self.cache) > self.size:
                 self.cache.popitem(last=False)
         self.cache.move_to_end(key)
+        # after the capture, not before: the multiplexer claims one id at a time per replica, which would
+        # hand new images to the batch one by one
+        await self._claim(key)
         return cap
 
     async def capture(self, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ class RemoteModel:
         """A capture with the replica's scores, targets and layout; its attentions are placeholders of
         the right shape that hold no values (a zero broadcast: 4 bytes each), so a page can count layers
         and heads, while every map is computed where the real ones are."""
-        s = self._to(inputs).capture.remote(inputs).result()
+        s = self.handle.capture.remote(inputs).result()     # a new image: any replica, so that new ones batch
         layers, heads, tokens = s["shape"]
         hollow = torch.zeros(()).expand(heads, tokens, tokens)           # [H, T, T], no storage behind it
         return Capture(scores=s["scores"], attentions=(hollow,) * layers, layout=s["layout"], inputs=inputs,
@@ -45,8 +45,8 @@ class RemoteModel:
         return self._to(inputs).explain.remote(inputs, method, target, dict(params or {})).result()
 
     def _to(self, inputs: dict[str, Any]):
-        """The handle for this image: its digest as the multiplexed model id, so that Serve sends it to
-        the replica that holds its capture (``ray_app.AttnvizModel._claim``)."""
+        """The handle for a request on an image already captured: its digest as the multiplexed model id,
+        so that Serve sends it to the replica that holds the capture (``ray_app.AttnvizModel._claim``)."""
         from .ray_app import digest_of
         return self.handle.options(multiplexed_model_id=digest_of(inputs))
 
