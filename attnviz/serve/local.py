@@ -8,7 +8,7 @@ backward for another target (a session choosing another class) is a new request 
 recomputing that image's forward with the others of its batch. First maps go before such later requests.
 
 The app reads the batch size and wait window from ``ATTNVIZ_BATCH`` and ``ATTNVIZ_BATCH_WINDOW_MS``
-(``ui/settings.py``; README "Running a classroom").
+(``ui/settings.py``; README "Batching a burst").
 """
 from __future__ import annotations
 
