@@ -119,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--sessions", type=int, default=30, help="concurrent sessions (default 30)")
     lt.add_argument("--model", help="the started app's ATTNVIZ_MODEL (catalog name, hub id, folder, or "
                                     "random-vit-b16); default: the app's own default")
-    lt.add_argument("--url", help="an app already running on this machine (http://127.0.0.1:PORT) instead")
+    lt.add_argument("--url", action="append", help="an app already running on this machine (http://127.0.0.1:PORT) "
+                    "instead; repeat it for several servers (each session stays on one)")
+    lt.add_argument("--batch-log", help="with --url: the ATTNVIZ_BATCH_LOG file those apps write (batch sizes, "
+                                        "queue waits)")
     lt.add_argument("--ramp", type=float, default=30.0, help="seconds over which the sessions open (default 30)")
     lt.add_argument("--think", type=float, default=2.0, help="mean pause between a session's clicks (default 2 s)")
     lt.add_argument("--seed", type=int, default=0)
@@ -405,7 +408,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .loadtest import run_loadtest
             return run_loadtest(sessions=args.sessions, model=args.model, url=args.url, ramp=args.ramp,
                                 think=args.think, seed=args.seed, images_dir=args.images, timeout=args.timeout,
-                                limit=args.limit, json_path=args.json_path)
+                                limit=args.limit, json_path=args.json_path, batch_log=args.batch_log)
         if args.app:
             from .bench import run_app_bench
             return run_app_bench()

@@ -1,4 +1,5 @@
-"""A first-come-first-served lock that can say how many requests are ahead of you.
+"""The app's model queue: a first-come-first-served lock that can say how many requests are ahead of you,
+and a line that batches requests from different sessions.
 
 One model serves every session of the app, ``lanes`` forwards (or
 backwards) at a time: one for a model whose forward keeps state on shared
@@ -19,13 +20,18 @@ pass and needs the backward for its first map: with plain arrival order, 30
 uploads at once would each wait for all 30 forwards before any first map,
 holding 30 activation graphs in memory meanwhile.
 
+:class:`Batcher` (issue 23) puts requests from many sessions in one line and runs those that can share
+a forward together, up to a batch size and a short wait window, first maps ahead of later requests;
+``serve.local`` gives each model that batches one such line in front of its TurnLock.
+
 No Streamlit here; the app's panel shows the count.
 """
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Hashable, Iterator, Optional
 
 
 class TurnLock:
@@ -149,3 +155,204 @@ class TurnLock:
             yield
         finally:
             self.release()
+
+
+# --- cross-session batching -------------------------------------------------------------------
+
+_notice = threading.local()     # the calling page's ``on_wait(ahead)`` while it waits for a batch (see notices)
+
+
+@contextmanager
+def notices(on_wait: Optional[Callable[[int], None]]) -> Iterator[None]:
+    """While the block runs, a :class:`Batcher` that makes this thread wait calls ``on_wait(ahead)``
+    every ``Batcher.every`` seconds: the page's "N requests ahead of you" without passing it down through
+    every method that may need a backward."""
+    before = getattr(_notice, "fn", None)
+    _notice.fn = on_wait
+    try:
+        yield
+    finally:
+        _notice.fn = before
+
+
+class Request:
+    """One unit of work waiting for a batch: its payload, its result once run, and what it waited."""
+
+    def __init__(self, payload: Any, key: Hashable, first: bool, seq: int):
+        self.payload, self.key, self.first, self.seq = payload, key, first, seq
+        self.arrived = time.monotonic()
+        self.started: Optional[float] = None       # when its batch began
+        self.batch_size = 0
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: Optional[BaseException] = None
+
+    @property
+    def queue_wait(self) -> float:
+        """Seconds between arrival and the start of its batch."""
+        return (self.started if self.started is not None else time.monotonic()) - self.arrived
+
+
+class Batcher:
+    """Requests from many threads run together: ``run(payloads) -> results`` on up to ``max_batch`` at once.
+
+    A worker thread (``lanes`` of them) takes the first request in line and waits until ``max_batch``
+    requests with the same ``key`` (what can share one forward: the model input's shape) are in line or
+    ``window`` seconds have passed since that request arrived, then runs them as one call. While a worker
+    is busy the line grows, so under load batches fill without any wait at all; alone, a request waits
+    at most ``window``. ``first`` requests (a session's first map) are served before the others, each
+    class in arrival order. ``lock`` (the model's :class:`TurnLock`) is held around each run, so work
+    that does not batch (slow methods, checks, other pages) shares the model with the batches in line.
+
+    ``stats()`` reports the batch sizes and queue waits seen so far; ``on_batch(requests, seconds)`` is
+    told of each batch once it has run. No torch here: the tests drive it
+    with a fake slow model.
+    """
+
+    every = 0.25     # how often a waiting thread's notice is refreshed
+
+    def __init__(self, run: Callable[[list], list], *, max_batch: int = 8, window: float = 0.05, lanes: int = 1,
+                 lock: Optional[TurnLock] = None, name: str = "batcher", history: int = 4096,
+                 on_batch: Optional[Callable[[list, float], None]] = None):
+        if max_batch < 1 or lanes < 1 or window < 0:
+            raise ValueError("a Batcher needs max_batch >= 1, lanes >= 1 and window >= 0")
+        self._run, self.max_batch, self.window, self.lanes = run, int(max_batch), float(window), int(lanes)
+        self.lock, self.name, self.history, self.on_batch = lock, name, history, on_batch
+        self._cond = threading.Condition(threading.Lock())
+        self._line: list[Request] = []             # waiting, in service order (first requests ahead)
+        self._running = 0                          # requests in batches being run now
+        self._seq = 0
+        self._workers: list[threading.Thread] = []
+        self.batch_sizes: list[int] = []           # every batch run (the last ``history``)
+        self.queue_waits: list[float] = []         # every request's wait for its batch, seconds
+
+    # --- submitting -----------------------------------------------------------------------
+    def submit(self, payload: Any, *, key: Hashable = None, first: bool = False) -> Request:
+        """Put ``payload`` in line; the returned request is finished by a worker (see :meth:`wait`)."""
+        with self._cond:
+            req = Request(payload, key, first, self._seq)
+            self._seq += 1
+            at = sum(1 for r in self._line if r.first) if first else len(self._line)
+            self._line.insert(at, req)
+            self._start_workers()
+            self._cond.notify_all()
+            return req
+
+    def ahead(self, req: Request) -> int:
+        """Requests that will be served before ``req``, those running now included (0 once it runs)."""
+        with self._cond:
+            if req.started is not None:
+                return 0
+            return (self._line.index(req) if req in self._line else 0) + self._running
+
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._line) + self._running
+
+    def abandon(self, req: Request) -> None:
+        """Withdraw a request not yet taken into a batch (its page went away)."""
+        with self._cond:
+            if req in self._line:
+                self._line.remove(req)
+
+    def wait(self, req: Request, on_wait: Optional[Callable[[int], None]] = None) -> Any:
+        """``req``'s result (its exception raised here). ``on_wait(ahead)`` (default: the thread's
+        :func:`notices`) is called every ``every`` seconds while it waits; an exception from it (the page
+        was stopped) withdraws the request and propagates."""
+        on_wait = on_wait if on_wait is not None else getattr(_notice, "fn", None)
+        try:
+            while not req.done.wait(self.every):
+                if on_wait is not None:
+                    on_wait(self.ahead(req))
+        except BaseException:
+            self.abandon(req)
+            raise
+        if req.error is not None:
+            raise req.error
+        return req.value
+
+    def __call__(self, payload: Any, *, key: Hashable = None, first: bool = False) -> Any:
+        """Submit and wait: the result of ``payload``, computed in some batch."""
+        return self.wait(self.submit(payload, key=key, first=first))
+
+    def stats(self) -> dict[str, Any]:
+        """Batches run, their mean and largest size, and the requests' queue waits (p50 / p95 / max, s)."""
+        with self._cond:
+            sizes, waits = list(self.batch_sizes), sorted(self.queue_waits)
+        pick = (lambda q: waits[min(len(waits) - 1, int(q * len(waits)))] if waits else 0.0)
+        return {"batches": len(sizes), "requests": sum(sizes),
+                "mean_batch": (sum(sizes) / len(sizes)) if sizes else 0.0, "max_batch": max(sizes, default=0),
+                "wait_p50_s": pick(0.5), "wait_p95_s": pick(0.95), "wait_max_s": waits[-1] if waits else 0.0}
+
+    # --- the workers ----------------------------------------------------------------------
+    def _start_workers(self) -> None:
+        while len(self._workers) < self.lanes:
+            t = threading.Thread(target=self._work, name=f"{self.name}-{len(self._workers)}", daemon=True)
+            self._workers.append(t)
+            t.start()
+
+    def _take(self) -> list[Request]:
+        """The next batch (called with the condition held; blocks until there is one)."""
+        while True:
+            while not self._line:
+                self._cond.wait()
+            batch, left = self._ready()
+            if batch:
+                for r in batch:
+                    self._line.remove(r)
+                return batch
+            self._cond.wait(left)       # more may come, or the head may change (a first request)
+
+    def _ready(self) -> tuple[list[Request], float]:
+        """(the batch to run now, or [] and how long to wait for more). A helper, so that a worker
+        waiting for work holds no reference to a request another worker has taken (nor its result)."""
+        head = self._line[0]
+        same = [r for r in self._line if r.key == head.key]
+        left = head.arrived + self.window - time.monotonic()
+        return (same[: self.max_batch], 0.0) if len(same) >= self.max_batch or left <= 0 else ([], left)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._take()
+                now = time.monotonic()
+                for r in batch:
+                    r.started, r.batch_size = now, len(batch)
+                self._running += len(batch)
+                self.batch_sizes.append(len(batch))
+                self.queue_waits.extend(r.queue_wait for r in batch)
+                del self.batch_sizes[:-self.history], self.queue_waits[:-self.history]
+            self._serve(batch)
+            # this thread keeps no request (nor its result) alive while it waits for the next batch:
+            # a capture's memory is the cache's to bound
+            batch = r = None
+
+    def _serve(self, batch: list[Request]) -> None:
+        """Run one batch (holding the model's lane) and hand each waiter its result or the error."""
+        t0 = time.monotonic()
+        try:
+            if self.lock is not None:
+                self.lock.wait(self.lock.take(priority=any(r.first for r in batch)))
+            t0 = time.monotonic()
+            try:
+                values = self._run([r.payload for r in batch])
+            finally:
+                if self.lock is not None:
+                    self.lock.release()
+            if len(values) != len(batch):
+                raise RuntimeError(f"{self.name}: {len(values)} results for a batch of {len(batch)}.")
+            for r, v in zip(batch, values):
+                r.value = v
+        except BaseException as exc:      # noqa: BLE001  (every waiter of this batch hears of it)
+            for r in batch:
+                r.error = exc
+        finally:
+            with self._cond:
+                self._running -= len(batch)
+            for r in batch:
+                r.done.set()
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(batch, time.monotonic() - t0)
+                except Exception:   # noqa: BLE001  (a full disk must not stop the model's line)
+                    pass

@@ -52,6 +52,10 @@ def caption_dirs(tmp_path_factory):
 _loaded = {}
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ray_serve: starts a local Ray instance with Ray Serve (about a minute)")
+
+
 @pytest.fixture(params=CLASSIFIER_KINDS)
 def family(request, saved_models):
     """(kind, adapter) reloaded through the real loader."""

@@ -58,3 +58,47 @@ def test_proc_readings_match_this_process():
     assert abs(procstats.cpu_seconds(os.getpid()) - own) < 0.05 + 4 / procstats.TICK
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024    # kB on Linux
     assert 0 < procstats.rss_bytes(os.getpid()) <= peak * 1.05
+
+
+def test_batch_log_summary_from_hand_written_lines(tmp_path):
+    """The batch log read back: only the run's time span, a half-written last line skipped, sizes and
+    waits summarised as counted by hand."""
+    import json
+
+    from attnviz.loadtest import batches
+    log = tmp_path / "b.jsonl"
+    rows = [{"t": 5.0, "pid": 1, "size": 9, "first": 9, "waits_s": [9.0] * 9, "run_s": 9.0},   # before the run
+            {"t": 10.0, "pid": 1, "size": 1, "first": 1, "waits_s": [0.05], "run_s": 0.4},
+            {"t": 11.0, "pid": 2, "size": 3, "first": 2, "waits_s": [0.0, 0.1, 0.2], "run_s": 1.0},
+            {"t": 12.0, "pid": 1, "size": 4, "first": 0, "waits_s": [1.0, 1.0, 1.0, 2.0], "run_s": 1.2}]
+    log.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"t": 12.5, "si')
+    s = batches.summary(batches.read(str(log), 8.0, 13.0))
+    assert s["batches"] == 3 and s["requests"] == 8 and s["first_maps"] == 3 and s["servers"] == 2
+    assert s["sizes"] == {1: 1, 3: 1, 4: 1} and s["max_size"] == 4 and s["mean_size"] == pytest.approx(8 / 3)
+    # eight waits sorted: 0, .05, .1, .2, 1, 1, 1, 2 -> median between .2 and 1
+    assert s["wait_p50_s"] == pytest.approx(0.6) and s["wait_max_s"] == 2.0 and s["run_p50_s"] == 1.0
+    assert batches.summary(batches.read(str(tmp_path / "none.jsonl"), 0, 1)) == {"batches": 0, "requests": 0}
+
+
+def test_url_repeated_drives_two_servers_with_sticky_sessions(tmp_path, capsys):
+    """Two app servers writing one batch log, two sessions over `--url` twice: each server serves one
+    session (its own batches in the log, its model loaded once), the report counts per action with no
+    errors."""
+    import json
+
+    from attnviz.loadtest import run_loadtest
+    log, out = tmp_path / "batches.jsonl", tmp_path / "res.json"
+    with AppServer({"ATTNVIZ_BATCH_LOG": str(log)}) as a, AppServer({"ATTNVIZ_BATCH_LOG": str(log)}) as b:
+        code = run_loadtest(sessions=2, url=[a.url, b.url], ramp=0.0, think=0.0, timeout=60, limit=90,
+                            batch_log=str(log), json_path=str(out))
+        loads = (a.model_loads(), b.model_loads())
+        pids = {a.pid, b.pid}
+    assert code == 0 and loads == (1, 1)
+    res = json.loads(out.read_text())
+    assert res["errors"] == [] and res["servers"] == [a.url, b.url]
+    assert res["actions"]["upload → map"]["n"] == 2 and res["actions"]["upload → map"]["errors"] == 0
+    logged = [json.loads(x) for x in log.read_text().splitlines()]
+    assert {x["pid"] for x in logged} <= pids
+    # each server ran at least its own session's first map (the teacher's warm-up visit came before the run)
+    assert res["batching"]["servers"] == 2 and res["batching"]["first_maps"] >= 2
+    assert "batching:" in capsys.readouterr().out

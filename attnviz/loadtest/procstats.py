@@ -109,11 +109,13 @@ def pid_listening_on(port: int) -> Optional[int]:
 
 
 class Sampler:
-    """Samples the tree's resident memory every ``every`` seconds in a thread; keeps the peak."""
+    """Samples the resident memory of one tree (or the sum over several: ``root`` a list of pids) every
+    ``every`` seconds in a thread; keeps the peak."""
 
-    def __init__(self, root: int, every: float = 0.25):
-        self.root, self.every = root, every
-        self.peak = rss_bytes(root)
+    def __init__(self, root, every: float = 0.25):
+        self.roots = list(root) if isinstance(root, (list, tuple)) else [root]
+        self.every = every
+        self.peak = self._rss()
         self.t0 = time.monotonic()
         self.timeline: list[tuple[float, int]] = []     # (seconds since start, bytes), one per sample
         self._stop = threading.Event()
@@ -121,7 +123,7 @@ class Sampler:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
-            rss = rss_bytes(self.root)
+            rss = self._rss()
             self.peak = max(self.peak, rss)
             self.timeline.append((round(time.monotonic() - self.t0, 2), rss))
 
@@ -132,4 +134,7 @@ class Sampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self.peak = max(self.peak, rss_bytes(self.root))
+        self.peak = max(self.peak, self._rss())
+
+    def _rss(self) -> int:
+        return sum(rss_bytes(r) for r in self.roots)

@@ -43,6 +43,7 @@ class Record:
     image_bytes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     kinds: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
     errors: list[str] = field(default_factory=list)
+    error_counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))   # per action
     waited: int = 0                       # runs that showed the queue notice
     widgets_found: set = field(default_factory=set)
     first_maps: dict[int, tuple[tuple[int, int], str]] = field(default_factory=dict)  # session -> (size, sha256)
@@ -59,9 +60,13 @@ class Record:
         if any(WAITING_MARK in t for t in run.texts):
             self.waited += 1
         for e in run.errors:
-            self.errors.append(f"session {session}, {action}: {e}")
+            self.error(session, action, e)
         if need_image and not run.images and not run.errors:
-            self.errors.append(f"session {session}, {action}: no map came back.")
+            self.error(session, action, "no map came back.")
+
+    def error(self, session: int, action: str, message) -> None:
+        self.errors.append(f"session {session}, {action}: {message}")
+        self.error_counts[action] += 1
 
 
 def scene_images(n: int, seed: int = 0, size: int = 384) -> list[bytes]:
@@ -141,7 +146,7 @@ async def student(i: int, url: str, image: bytes, plan: Plan, pool: Executor, re
             rec.add(step, await s.set(w, value), session=i, need_image=True)
         rec.sessions_done += 1
     except (ProtocolError, LookupError, TimeoutError, asyncio.TimeoutError, OSError) as exc:
-        rec.errors.append(f"session {i}, {step}: {exc}")
+        rec.error(i, step, exc)
     finally:
         try:
             await asyncio.wait_for(s.close(), 10)
@@ -159,14 +164,18 @@ async def _png_size(s, url: str) -> tuple[tuple[int, int], str]:
         return im.size, hashlib.sha256(data).hexdigest()
 
 
-async def run_sessions(url: str, images: Sequence[bytes], plan: Plan, *, limit: float) -> Record:
-    """Every session at once (each opening at its ramp time); returns when all end or ``limit`` passes."""
+async def run_sessions(url, images: Sequence[bytes], plan: Plan, *, limit: float) -> Record:
+    """Every session at once (each opening at its ramp time); returns when all end or ``limit`` passes.
+
+    ``url``: one app server, or a list of them: session i then stays on ``url[i % len(url)]`` (as a load
+    balancer with sticky sessions would keep it)."""
     from concurrent.futures import ThreadPoolExecutor
+    urls = [url] if isinstance(url, str) else list(url)
     n = len(images)
     rec = Record()
     deadline = time.monotonic() + limit
     with ThreadPoolExecutor(max_workers=min(64, 2 * n + 2), thread_name_prefix="loadtest-http") as pool:
-        tasks = [asyncio.create_task(student(i, url, images[i], plan, pool, rec,
+        tasks = [asyncio.create_task(student(i, urls[i % len(urls)], images[i], plan, pool, rec,
                                              plan.ramp * i / max(n - 1, 1) if n > 1 else 0.0, deadline))
                  for i in range(n)]
         done, pending = await asyncio.wait(tasks, timeout=max(1.0, deadline - time.monotonic()))

@@ -22,6 +22,8 @@ from ..methods import attention as attention_methods
 from ..methods.registry import explain as explain_capture
 from ..methods.registry import get_method, resolve_params
 from ..metrics import cascading_randomisation, deletion_insertion
+from ..errors import UsageError
+from ..serve.remote import is_remote
 from ..types import Capture, Explanation
 from .cache import ResultCache
 from .jobs import Jobs
@@ -66,7 +68,22 @@ class Engine:
         (a context manager) is entered around the work only when it has to be done. ``size``:
         the model input (height, width), the whole image without a crop (None: the processor's).
         """
+        server = getattr(adapter, "server", None)
+        remote = getattr(adapter, "remote", None)
+
         def run() -> CaptureEntry:
+            if remote is not None and not texts:
+                # ATTNVIZ_SERVE: the forward runs on a Serve replica, which keeps the tensors (serve.remote)
+                t0 = time.perf_counter()
+                return CaptureEntry(remote.capture(adapter.prepare(image)), time.perf_counter() - t0)
+            if server is not None and not texts:
+                # A family that batches: this session's forward (and its first map's backward) waits in
+                # the model's batching line and runs with other sessions' (serve.local); ``turn`` only
+                # shows the wait there.
+                with turn() if turn is not None else nullcontext():
+                    t0 = time.perf_counter()
+                    cap = server.capture(adapter.prepare(image))
+                    return CaptureEntry(cap, time.perf_counter() - t0)
             # The turn is taken inside the cache's per-key lock, never around it: whoever computes a
             # key holds that key's lock first and the model's line second, so two sessions cannot
             # each hold what the other waits for.
@@ -107,6 +124,12 @@ class Engine:
         ``turn()`` is entered around the computation, as in :meth:`capture`)."""
         key = self.explanation_key(adapter, entry, digest, method, target, params)
 
+        remote = getattr(adapter, "remote", None)
+        if remote is not None and is_remote(entry.capture):
+            # the map is made where the capture's tensors are; the app keeps it like any other map
+            return self.results.get_or_compute(key, lambda: remote.explain(entry.capture.inputs, method, target,
+                                                                           params))
+
         def run() -> Explanation:
             # The engine handles sharing: forwards take the model's lock one batch at a time,
             # a capture's backward passes take turns, seeded methods take turns for the RNG.
@@ -145,14 +168,22 @@ class Engine:
     # --- heads page ---------------------------------------------------
     def attention_grid(self, adapter, entry: CaptureEntry, digest: str, query: str) -> np.ndarray:
         """Every layer's and head's attention from ``query``: [L, H, rows, cols] (cached)."""
+        _local_only(entry)
         key = ("grid", digest, model_key(adapter), str(query).strip().lower())
         return self.results.get_or_compute(key, lambda: attention_methods.attention_grid(entry.capture, query))
 
     def head_stats(self, adapter, entry: CaptureEntry, digest: str) -> tuple[np.ndarray, np.ndarray]:
         """(mean attention distance in input pixels, entropy in nats), each [L, H] (cached)."""
+        _local_only(entry)
         key = ("headstats", digest, model_key(adapter))
         return self.results.get_or_compute(key, lambda: (headstats.mean_attention_distance(entry.capture),
                                                          headstats.attention_entropy(entry.capture)))
+
+
+def _local_only(entry: CaptureEntry) -> None:
+    if is_remote(entry.capture):
+        raise UsageError("This view reads every head's attention weights, which stay on the Ray Serve replicas "
+                         "(ATTNVIZ_SERVE): use the Explore page, or run this app without ATTNVIZ_SERVE.")
 
 
 # --- helpers shared by the pages ---------------------------------------

@@ -160,12 +160,12 @@ def load_context(texts_slot=None) -> Optional[Context]:
     try:
         with st.spinner("Running the model on your image…"):
             # While other sessions' work holds the model, the page says how many requests are ahead of it.
-            entry = eng.capture(adapter, img.digest, img.image, texts, turn=lambda: panels.model_turn(adapter),
+            entry = eng.capture(adapter, img.digest, img.image, texts, turn=lambda: panels.model_wait(adapter),
                                 size=size)
     except UsageError as e:       # a size this model cannot take: say so, and use its own
         st.error(f"{e} The page uses the model's own input size.")
         size, cached = None, eng.has_capture(adapter, img.digest, texts)
-        entry = eng.capture(adapter, img.digest, img.image, texts, turn=lambda: panels.model_turn(adapter))
+        entry = eng.capture(adapter, img.digest, img.image, texts, turn=lambda: panels.model_wait(adapter))
     timings["capture"] = 0.0 if cached else time.perf_counter() - t0
     cap = entry.capture
     input_size.remember(adapter, cap, img.image.size, c.input_side if size else 0, entry.seconds)

@@ -33,7 +33,7 @@ import torch
 from streamlit.errors import StreamlitAPIException
 
 from .. import render
-from ..queue import TurnLock
+from ..queue import TurnLock, notices
 from . import figures, mapview, state
 from .cache import ResultCache
 
@@ -205,6 +205,30 @@ def thumbnails(key: tuple) -> Callable[..., Any]:
 def ahead_sentence(n: int) -> str:
     return (f"The model is working for other users: {n} request{'s' if n != 1 else ''} ahead of you. "
             "Your map comes next; this page updates by itself.")
+
+
+@contextmanager
+def model_wait(adapter, *, priority: bool = False) -> Iterator[None]:
+    """What a page wraps around model work that may batch with other sessions': for a model with a
+    batching line (``adapter.server``) the wait notice of :func:`queue.notices` (the line itself takes the
+    model's turn for its batches); otherwise :func:`model_turn`."""
+    if getattr(adapter, "server", None) is None:
+        with model_turn(adapter, priority=priority):
+            yield
+        return
+    box = st.empty()
+    last = [-1]
+
+    def on_wait(ahead: int) -> None:
+        if ahead != last[0]:
+            box.info(ahead_sentence(ahead), icon=":material/hourglass_top:")
+            last[0] = ahead
+    try:
+        with notices(on_wait):
+            yield
+    finally:
+        if last[0] >= 0:
+            box.empty()
 
 
 @contextmanager

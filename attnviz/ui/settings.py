@@ -16,7 +16,6 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
-CAPTURE_ENTRIES = _env_int("ATTNVIZ_CAPTURE_CACHE", 6)     # a capture keeps its autograd graph: ~100 MB for ViT-B
 RESULT_ENTRIES = _env_int("ATTNVIZ_RESULT_CACHE", 256)     # maps are small: [rows, cols] or [H, W] float32
 CACHE_TTL = float(_env_int("ATTNVIZ_CACHE_TTL", 3600))     # seconds
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -27,3 +26,13 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (o
 # one: issue 13). One core is left for the pages' own Python where there are more.
 MODEL_LANES = _env_int("ATTNVIZ_MODEL_LANES", 2 if CORES >= 2 else 1)
 TORCH_THREADS = _env_int("ATTNVIZ_TORCH_THREADS", max(1, (CORES - 1) // MODEL_LANES))
+# Cross-session batching (serve.local.ModelServer) for families that batch: at most BATCH_SIZE requests per
+# forward + backward, a lone request waiting BATCH_WINDOW_S for batch-mates. ATTNVIZ_BATCH=1 turns it off.
+BATCH_SIZE = _env_int("ATTNVIZ_BATCH", 4)
+BATCH_WINDOW_S = _env_int("ATTNVIZ_BATCH_WINDOW_MS", 50) / 1000
+# A capture of a family that does not batch keeps its autograd graph (~140 MB for ViT-B/16); a batched one
+# keeps its attentions and one target's gradients (45 MB), so the same memory holds 3× as many: a burst's
+# sessions find their capture again at their next click instead of waiting for another forward + backward.
+CAPTURE_ENTRIES = _env_int("ATTNVIZ_CAPTURE_CACHE", 18 if BATCH_SIZE > 1 else 6)
+BATCH_LOG = os.environ.get("ATTNVIZ_BATCH_LOG", "").strip() or None   # a JSON line per batch (attnviz loadtest)
+SERVE_APP = os.environ.get("ATTNVIZ_SERVE", "").strip() or None   # a Ray Serve application doing the model work

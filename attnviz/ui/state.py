@@ -24,10 +24,12 @@ from ..errors import ModelUnavailable
 from ..images import MAX_BYTES, image_digest, load_image
 from ..loading import load_model  # noqa: F401  (tests patch attnviz.ui.state.load_model)
 from ..queue import TurnLock
+from ..serve import attach_server
+from ..serve.remote import RemoteModel
 from .cache import ResultCache
 from .compute import Engine
 # the server's settings from the environment (no Streamlit there: `attnviz bench --app` reads them too)
-from .settings import CACHE_TTL, CAPTURE_ENTRIES, CORES, MODEL_LANES, RESULT_ENTRIES, TORCH_THREADS, _env_int  # noqa: F401
+from .settings import SERVE_APP, BATCH_LOG, BATCH_SIZE, BATCH_WINDOW_S, CACHE_TTL, CAPTURE_ENTRIES, CORES, MODEL_LANES, RESULT_ENTRIES, TORCH_THREADS, _env_int  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
@@ -76,7 +78,13 @@ def _model(spec: str):
     # Sessions share this model first come first served, MODEL_LANES forwards at a time where the family
     # allows it (one otherwise), and a waiting page can say how many requests are ahead of it
     # (panels.model_turn).
-    adapter.lock = TurnLock(MODEL_LANES if getattr(adapter, "concurrent_forwards", False) else 1)
+    lanes = MODEL_LANES if getattr(adapter, "concurrent_forwards", False) else 1
+    adapter.lock = TurnLock(lanes)
+    # Families that batch: sessions' captures and backwards run together, BATCH_SIZE per forward (issue 23).
+    # ATTNVIZ_SERVE: the model work goes to that Ray Serve application instead (serve.remote).
+    adapter.remote = RemoteModel(SERVE_APP) if SERVE_APP else None
+    attach_server(adapter, max_batch=1 if SERVE_APP else BATCH_SIZE, window=BATCH_WINDOW_S, lanes=lanes,
+                  log=BATCH_LOG)
     torch.set_num_threads(TORCH_THREADS)     # process-wide: script threads started from now on use it
     # One line per load in the server's log: a teacher (and `attnviz loadtest`) can see it happened once.
     print(f"attnviz: loaded model {getattr(adapter, 'source', spec) or spec} in {time.perf_counter() - t0:.1f} s",

@@ -139,7 +139,7 @@ def map_or_run(adapter, entry, digest: str, spec: MethodSpec, target: Any, param
                             lambda update: eng.explain(adapter, entry, digest, spec.name, target, params,
                                                        progress=update),
                             label=pretty(spec.name), primary=True, help=help, note=note)
-    turn = (lambda: panels.model_turn(adapter, priority=True)) if spec.class_specific else None
+    turn = (lambda: panels.model_wait(adapter, priority=True)) if spec.class_specific else None
     return eng.explain(adapter, entry, digest, spec.name, target, params, turn=turn)
 
 

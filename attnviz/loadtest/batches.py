@@ -1,0 +1,55 @@
+"""The app servers' batch log (``ATTNVIZ_BATCH_LOG``, one JSON line per batch: ``serve.local``) read
+back for a load test: how many requests each batch held and how long they waited in line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+def read(path: Optional[str], since: float, until: float) -> list[dict]:
+    """The batches logged in ``path`` between the wall-clock times ``since`` and ``until``."""
+    if not path or not Path(path).is_file():
+        return []
+    out = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            b = json.loads(line)
+        except ValueError:
+            continue                 # a line still being written when the test ended
+        if isinstance(b, dict) and since <= b.get("t", -1) <= until:
+            out.append(b)
+    return out
+
+
+def summary(batches: list[dict]) -> dict:
+    """Batches, requests, batch size mean / max and a histogram, queue waits p50 / p95 / max (seconds),
+    the model's seconds per batch (p50), and how many requests were first maps."""
+    if not batches:
+        return {"batches": 0, "requests": 0}
+    sizes = np.array([b["size"] for b in batches])
+    waits = np.array([w for b in batches for w in b.get("waits_s", [])] or [0.0])
+    runs = np.array([b.get("run_s", 0.0) for b in batches])
+    hist: dict[int, int] = {}
+    for s in sizes.tolist():
+        hist[int(s)] = hist.get(int(s), 0) + 1
+    return {"batches": int(len(sizes)), "requests": int(sizes.sum()), "first_maps": int(sum(b.get("first", 0) for b in batches)),
+            "mean_size": float(sizes.mean()), "max_size": int(sizes.max()), "sizes": dict(sorted(hist.items())),
+            "wait_p50_s": float(np.percentile(waits, 50)), "wait_p95_s": float(np.percentile(waits, 95)),
+            "wait_max_s": float(waits.max()), "run_p50_s": float(np.percentile(runs, 50)),
+            "servers": len({b.get("pid") for b in batches})}
+
+
+def lines(s: dict) -> list[str]:
+    """The report's lines for :func:`summary`."""
+    if not s.get("batches"):
+        return ["batching: no batch log (the model does not batch, ATTNVIZ_BATCH=1, or --batch-log was not given "
+                "for an app started elsewhere with ATTNVIZ_BATCH_LOG)"]
+    hist = ", ".join(f"{k}×{v}" for k, v in s["sizes"].items())
+    return [f"batching: {s['requests']} requests ({s['first_maps']} first maps) in {s['batches']} batches on "
+            f"{s['servers']} server(s); size mean {s['mean_size']:.1f}, max {s['max_size']} (size×count: {hist}); "
+            f"model time per batch p50 {s['run_p50_s']:.2f} s",
+            f"queue wait before a batch: p50 {s['wait_p50_s']:.3f} s, p95 {s['wait_p95_s']:.3f} s, "
+            f"max {s['wait_max_s']:.3f} s"]
