@@ -413,7 +413,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .bench import run_app_bench
             return run_app_bench()
         if args.batch or args.ray:
-            from .engine.bench import run_batch_bench
+            from .bench_batch import run_batch_bench
             return run_batch_bench(images=args.images, ray=args.ray, batch=args.batch, quick=args.quick,
                                    repeats=args.repeats)
         from .bench import run_bench

@@ -8,7 +8,7 @@ pytest.importorskip("ray")
 
 from attnviz.cli import main  # noqa: E402
 from attnviz.engine import Job, Source, Worker, read_results  # noqa: E402
-from attnviz.engine.bench import _StampReady  # noqa: E402
+from attnviz.bench_batch import _StampReady  # noqa: E402
 from attnviz.engine.local import pending_files, run_inprocess  # noqa: E402
 from attnviz.engine.ray_engine import run_ray  # noqa: E402
 from attnviz.engine.results import map_of  # noqa: E402

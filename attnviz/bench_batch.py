@@ -81,9 +81,9 @@ class _StampReady:
 
 def run_batch_bench(images: int | None = None, ray: bool = False, batch: bool = True, quick: bool = False,
                     repeats: int = 3, batch_size: int = 8) -> int:
-    from ..bench import _models
-    from .job import Job
-    from .worker import Item, Worker
+    from .bench import _models
+    from .engine.job import Job
+    from .engine.worker import Item, Worker
     torch.set_grad_enabled(True)
     adapter, bare = _models(quick)
     size = adapter.model.config.image_size
@@ -92,7 +92,7 @@ def run_batch_bench(images: int | None = None, ray: bool = False, batch: bool = 
     n = images or (8 if quick else 16)
     data = _images(n, size)
     items = [Item(f"img{i}.jpg", None, d) for i, d in enumerate(data)]
-    from ..images import load_image
+    from .images import load_image
     pixels = torch.cat([adapter.prepare(load_image(d))["pixel_values"] for d in data])        # [N, 3, H, W]
     batches = list(pixels.split(batch_size))
     workers = {m: Worker(Job(model="<bench>", method=m, batch_size=batch_size), adapter)
@@ -135,10 +135,10 @@ def run_batch_bench(images: int | None = None, ray: bool = False, batch: bool = 
 def _ray_bench(adapter, n: int, batch_size: int, size: int, quick: bool) -> bool:
     """In-process against Ray Data on the same folder of files; True when within the target."""
     import os
-    from .job import Job
-    from .local import run_inprocess
-    from .ray_engine import run_ray
-    from .sources import Source
+    from .engine.job import Job
+    from .engine.local import run_inprocess
+    from .engine.ray_engine import run_ray
+    from .engine.sources import Source
     with tempfile.TemporaryDirectory(prefix="attnviz-bench-") as tmp:
         tmp = Path(tmp)
         model_dir, src = tmp / "model", tmp / "images"
