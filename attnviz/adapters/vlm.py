@@ -220,7 +220,7 @@ class VlmAdapter(ModelAdapter):
         return None
 
     def token_block(self, layer: int) -> torch.nn.Module:
-        return self.model.model.language_model.layers[layer]
+        return self.spec.language_model(self.model).layers[layer]
 
     # --- targets and display --------------------------------------------
     def token_text(self, token_id: int) -> str:

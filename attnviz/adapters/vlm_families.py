@@ -95,6 +95,10 @@ class Family:
     def vision_tower(self, model) -> torch.nn.Module:
         return model.model.vision_tower
 
+    def language_model(self, model) -> torch.nn.Module:
+        """The decoder that reads the spliced sequence (its ``inputs_embeds`` hold the image tokens)."""
+        return model.model.language_model
+
     @classmethod
     def tiny(cls, seed: int = 0):
         raise NotImplementedError
@@ -273,6 +277,9 @@ class Idefics3(Family):
 
     def vision_tower(self, model):
         return model.model.vision_model
+
+    def language_model(self, model):
+        return model.model.text_model
 
     @classmethod
     def tiny(cls, seed=0, image_size=32, patch_size=8, scale_factor=2):
