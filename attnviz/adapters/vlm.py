@@ -23,6 +23,8 @@ end tokens. Answers (typed or generated) are limited to 32 tokens.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
@@ -86,7 +88,7 @@ class VlmAdapter(ModelAdapter):
             tok = transformers.AutoTokenizer.from_pretrained(source, **common)
             ip = transformers.AutoImageProcessor.from_pretrained(source, **common)
             processor = ImageOnlyQwen2VLProcessor(image_processor=ip, tokenizer=tok,
-                                                  chat_template=getattr(tok, "chat_template", None))
+                                                  chat_template=_chat_template(source, tok))
         else:
             processor = transformers.AutoProcessor.from_pretrained(source, **common)
         return cls(model, processor, name=name, source=str(source))
@@ -286,6 +288,14 @@ class VlmAdapter(ModelAdapter):
             "image": capture.extras["image_tokens"].describe(), "family": self.kind,
             "score": "logit of the answer token at the position that predicts it",
         }
+
+
+def _chat_template(source, tok) -> Optional[str]:
+    """The tokenizer's chat template, else a local folder's ``chat_template.json`` (older hub layout)."""
+    if getattr(tok, "chat_template", None):
+        return tok.chat_template
+    path = Path(str(source)) / "chat_template.json"
+    return json.loads(path.read_text()).get("chat_template") if path.is_file() else None
 
 
 def _set_ids(model, tok) -> None:
