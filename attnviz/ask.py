@@ -81,11 +81,13 @@ def cmd_ask(args, load, params: dict[str, str]) -> int:
     from .methods import get_method
     spec = get_method(method)
     params = dict(params)
-    for flag in ("layer", "head"):
+    if "layer" in params and method == "image_attention":     # --param layer=mean, as the ViT methods spell it
+        params["decoder_layer"] = params.pop("layer")
+    for flag, name in (("layer", "decoder_layer"), ("head", "head")):
         if getattr(args, flag) is not None:
-            if flag not in [p.name for p in spec.params]:
+            if name not in [p.name for p in spec.params]:
                 raise UsageError(f"Method '{method}' has no --{flag}.")
-            params[flag] = str(getattr(args, flag))
+            params[name] = str(getattr(args, flag))
     t1 = time.perf_counter()
     adapter = load(args)
     t2 = time.perf_counter()

@@ -75,12 +75,12 @@ def test_image_attention_is_the_answer_rows_attention_read_from_the_outputs_by_h
         row = p - 1 + j
         for layer in (0, 1):
             want = out.attentions[layer][0, :, row, pos].mean(0).detach().numpy().reshape(grid.rows, grid.cols)
-            got = explain(a, cap, "image_attention", j, layer=str(layer)).map
+            got = explain(a, cap, "image_attention", j, decoder_layer=str(layer)).map
             np.testing.assert_allclose(got, want, atol=1e-6)
         head1 = out.attentions[1][0, 1, row, pos].detach().numpy().reshape(grid.rows, grid.cols)
-        np.testing.assert_allclose(explain(a, cap, "image_attention", j, layer="1", head="1").map, head1, atol=1e-6)
+        np.testing.assert_allclose(explain(a, cap, "image_attention", j, decoder_layer="1", head="1").map, head1, atol=1e-6)
         mean = np.mean([o[0, :, row, pos].mean(0).detach().numpy() for o in out.attentions], 0)
-        np.testing.assert_allclose(explain(a, cap, "image_attention", j, layer="mean").map.ravel(), mean, atol=1e-6)
+        np.testing.assert_allclose(explain(a, cap, "image_attention", j, decoder_layer="mean").map.ravel(), mean, atol=1e-6)
 
 
 def test_relevance_is_chefers_rule_in_numpy_on_the_two_layer_decoder(llava_case):

@@ -78,7 +78,7 @@ def test_cli_lets_the_model_answer_and_explains_its_first_content_word(vlm_dirs,
     rec = json.loads(capsys.readouterr().out)
     assert rec["source"] == "generated" and rec["answer_tokens"]
     first = next(t for t in rec["answer_tokens"] if any(c.isalnum() for c in t["token"]))
-    assert rec["target"]["index"] == first["index"] and rec["params"]["layer"] == "0"
+    assert rec["target"]["index"] == first["index"] and rec["params"]["decoder_layer"] == "0"
 
 
 def test_cli_question_on_a_non_vlm_and_a_vlm_without_question_say_what_to_do(vlm_dirs, image_file, saved_models,

@@ -71,13 +71,15 @@ def _image_positions(capture: Capture) -> torch.Tensor:
     "image_attention",
     description="Where the answer word's position looked among the image tokens: one decoder layer's attention "
                 "(or the mean over layers), per head or heads fused.",
-    params=(Param("layer", "mean", "Decoder layer (negative counts from the end), or mean over layers."),
+    # "decoder_layer", not "layer": the pages' layer widget is a whole number, this one may be "mean"
+    params=(Param("decoder_layer", "mean", "Decoder layer (negative counts from the end), or mean over layers."),
             Param("head", "mean", "Head index, or mean / max / min over heads.")),
     class_specific=True, over="patches", kind="attention", families=FAMILY, needs=NONE,
 )
-def image_attention(adapter, capture: Capture, target: Target, *, layer: str, head: str):
+def image_attention(adapter, capture: Capture, target: Target, *, decoder_layer: str, head: str):
     p = _row(adapter, capture, target)
     img = _image_positions(capture)
+    layer = decoder_layer
     if str(layer).strip().lower() == "mean":
         rows = torch.stack([head_or_fusion(a, head)[p] for a in capture.attentions]).mean(0)        # [T]
     else:
