@@ -76,3 +76,27 @@ def test_ask_page_on_a_model_that_does_not_answer_says_so(saved_models, monkeypa
     _ok(at)
     assert any("does not answer questions" in i.value for i in at.info)
     _clear()
+
+
+def test_ask_page_on_a_tiled_model_shows_the_global_view_beside_the_tiles(monkeypatch, tmp_path):
+    import attnviz.ui.state as state
+    a = VlmAdapter.tiny("idefics3", seed=4)
+    a.model.save_pretrained(tmp_path, safe_serialization=True)
+    a.processor.save_pretrained(tmp_path)
+    real = state.load_model
+
+    def loader(spec=None):
+        adapter = real(spec)
+        adapter.max_new_tokens = 3
+        return adapter
+    monkeypatch.setattr(state, "load_model", loader)
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(tmp_path))
+    _clear()
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page(ASK).run()
+    _ok(at)
+    caps = [c for im in at.get("image") for c in im.captions]
+    assert caps[0].startswith("answer relevance for")
+    assert any(c.startswith("global view") for c in caps)
+    _clear()
