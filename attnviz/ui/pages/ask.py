@@ -42,6 +42,10 @@ def not_a_vlm_ui(adapter) -> None:
             "PaliGemma, Qwen2-VL, Idefics3 / SmolVLM, or the offline demo VLM once it is built).")
 
 
+def _percent(p: float) -> str:
+    return f"{p:.0%}" if p >= 0.01 else f"{p:.1e}"
+
+
 def words_ui(ctx) -> int:
     """The answer as clickable word pills; returns the chosen answer-token index."""
     cap, adapter = ctx.capture, ctx.adapter
@@ -56,7 +60,7 @@ def words_ui(ctx) -> int:
     labels = [t.label for t in cap.targets]
     probs = adapter.probabilities(cap).tolist()
     picked = st.pills("Click a word", options, key="ask_word", wrap=True,
-                      format_func=lambda i: f"{labels[i]} · {probs[i]:.0%}",
+                      format_func=lambda i: f"{labels[i]} · {_percent(probs[i])}",
                       help="Each token of the answer with its probability where the model wrote it.")
     return int(picked if picked is not None else adapter.resolve_target(cap, None).index)
 
