@@ -93,7 +93,8 @@ def test_repainting_a_region_changes_exactly_the_tokens_the_layout_says_cover_it
     a = adapter(kind)
     geo = image_token_embeddings(a, photo())[1]
     assert geo.n_tokens == len(geo.positions) > 4
-    assert geometry_errors(a, geo.token_boxes()) == []
+    cells = np.unique(np.linspace(0, geo.n_tokens - 1, 12).round().astype(int))    # spread over every view
+    assert geometry_errors(a, geo.token_boxes(), cells=cells) == []
 
 
 def test_a_transposed_grid_fails_the_geometry_check():
