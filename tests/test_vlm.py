@@ -203,3 +203,52 @@ def test_every_family_explains_an_answer_with_relevance_read_from_its_own_image_
     if kind == "idefics3":
         assert set(e.meta["beside"]) == {"global"}
         assert np.asarray(e.meta["beside"]["global"]).ravel().tolist() == pytest.approx(vec[-4:].tolist())
+
+
+@pytest.mark.parametrize("kind", ("llava", "paligemma"))
+def test_relevance_into_the_vision_tower_is_the_rule_continued_through_its_layers_in_numpy(kind):
+    a = tiny(kind)
+    img = photo()
+    question = "what colour is it?"
+    cap = a.capture(a.prepare(img, question=question, answer="red cat"))
+    geo = cap.extras["image_tokens"]
+    ids = torch.cat([cap.inputs["encoding"]["input_ids"][0], cap.inputs["answer_ids"]])[None]
+    kw = a.model_inputs(cap.inputs, cap.inputs["pixel_values"].clone().requires_grad_())
+    seen = {}
+    tower = a.spec.vision_tower(a.model)
+    tower.config.output_attentions = True                 # PaliGemma calls its tower without asking for them
+    h = tower.register_forward_hook(lambda m, i, o: seen.update(a=o.attentions))
+    try:
+        out = a.model(**kw, output_attentions=True)
+    finally:
+        h.remove()
+        tower.config.output_attentions = False
+    row = cap.inputs["prompt_len"] - 1
+    logit = out.logits[0, row, ids[0, cap.inputs["prompt_len"]]]
+    dec_g = torch.autograd.grad(logit, out.attentions, retain_graph=True)
+    vis_g = torch.autograd.grad(logit, seen["a"], allow_unused=True)        # LLaVA never reads its last layer
+    bar = lambda at, g: np.clip(g[0].double().numpy() * at[0].detach().double().numpy(), 0, None).mean(0)  # noqa: E731
+    r = np.eye(ids.shape[1])
+    for at, g in zip(out.attentions, dec_g):
+        r = r + bar(at, g) @ r
+    image_rel = r[row, list(geo.positions)]                                  # [N] on the image tokens
+    offset = 1 if kind == "llava" else 0                                       # LLaVA drops CLS
+    used = len(seen["a"]) - 1 if kind == "llava" else len(seen["a"])          # vision_feature_layer -2
+    s = seen["a"][0].shape[-1]
+    rv = np.eye(s)
+    for at, g in list(zip(seen["a"], vis_g))[:used]:
+        rv = rv + bar(at, g) @ rv
+    u = np.zeros(s)
+    u[offset:offset + len(image_rel)] = image_rel
+    want = (u @ rv)[offset:offset + len(image_rel)]
+    got = explain(a, cap, "answer_relevance", 0, into_vision=True)
+    np.testing.assert_allclose(np.asarray(got.meta["image_tokens"]), want, rtol=1e-4, atol=1e-9)
+    plain = explain(a, cap, "answer_relevance", 0)
+    assert not np.allclose(got.map, plain.map, rtol=1e-3)
+
+
+def test_relevance_into_the_vision_tower_is_refused_where_patches_are_merged():
+    a = tiny("qwen2_vl")
+    cap = a.capture(a.prepare(photo(), question="what?", answer="red"))
+    with pytest.raises(UsageError, match="not available for qwen2_vl"):
+        explain(a, cap, "answer_relevance", 0, into_vision=True)

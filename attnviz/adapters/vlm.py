@@ -172,13 +172,32 @@ class VlmAdapter(ModelAdapter):
         return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
 
     def _run(self, inputs, pixel_values, *, attentions):
-        out = self.model(**self.model_inputs(inputs, pixel_values), output_attentions=attentions, use_cache=False)
+        caught: dict[str, Any] = {}
+        hook, tower, was = None, None, None
+        if attentions and self.spec.vision_map is not None:
+            # The vision tower's own attentions (in the graph), for relevance carried down to the patches. PaliGemma
+            # calls its tower without output_attentions: the tower's config asks for them during this forward.
+            tower = self.spec.vision_tower(self.model)
+            was = tower.config.output_attentions
+            tower.config.output_attentions = True
+            hook = tower.register_forward_hook(lambda m, i, o: caught.update(a=getattr(o, "attentions", None)))
+        try:
+            out = self.model(**self.model_inputs(inputs, pixel_values), output_attentions=attentions, use_cache=False)
+        finally:
+            if hook is not None:
+                hook.remove()
+                tower.config.output_attentions = was
         ans = inputs["answer_ids"].to(self.device)
         pos = inputs["prompt_len"] - 1 + torch.arange(len(ans), device=self.device)            # predicting rows
         logits = out.logits[0, pos]                                                            # [n, V]
         scores = logits.gather(1, ans[:, None])[:, 0]                                          # [n]
         log_probs = torch.log_softmax(logits.float(), -1).gather(1, ans[:, None])[:, 0]        # [n]
-        return scores[None], (out.attentions if attentions else None), {"log_probs": log_probs}
+        extras: dict[str, Any] = {"log_probs": log_probs}
+        if caught.get("a"):
+            vis = tuple(caught["a"])                                          # L_v × [1, H, S, S]
+            extras["vision_attentions"] = vis
+            extras["grad_wrt"] = {"vision_attentions": vis}
+        return scores[None], (out.attentions if attentions else None), extras
 
     def answer_log_probs(self, inputs: dict[str, Any], pixel_values: torch.Tensor) -> torch.Tensor:
         """[n] log-probability of each answer token at its predicting position, differentiable in the pixels."""

@@ -92,6 +92,10 @@ class Family:
         without its channel dimension ``channel_dim``."""
         raise NotImplementedError
 
+    #: (image-token offset in the vision sequence, vision layers whose output the image tokens read), or None
+    #: where relevance is not carried into the vision tower (a merger or pixel shuffle mixes several patches).
+    vision_map = None
+
     def vision_tower(self, model) -> torch.nn.Module:
         return model.model.vision_tower
 
@@ -108,6 +112,16 @@ class Llava(Family):
     name = "llava"
     architectures = ("LlavaForConditionalGeneration",)
     model_types = ("llava",)
+
+    @property
+    def vision_map(self):
+        """Image token k is vision token k + 1 (CLS dropped; "full": k) of ``hidden_states[vision_feature_layer]``,
+        the output of that many vision layers."""
+        layer = self.config.vision_feature_layer
+        if not isinstance(layer, int):
+            return None                  # several layers concatenated: no single chain to follow
+        n = self.vision_config.num_hidden_layers
+        return (0 if self.config.vision_feature_select_strategy == "full" else 1, layer % (n + 1))
 
     def geometry(self, enc, image):
         h, w = enc["pixel_values"].shape[-2:]
@@ -146,6 +160,11 @@ class PaliGemma(Family):
     name = "paligemma"
     architectures = ("PaliGemmaForConditionalGeneration",)
     model_types = ("paligemma",)
+
+    @property
+    def vision_map(self):
+        """Image token k is SigLIP token k of the last layer's output (no CLS)."""
+        return (0, self.vision_config.num_hidden_layers)
 
     def prompt(self, question):
         return question            # the processor puts the image tokens and <bos> first and ends with "\n"

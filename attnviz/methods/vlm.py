@@ -110,16 +110,40 @@ def _relevance(capture: Capture, target: Target, start_layer: int) -> torch.Tens
 START = Param("start_layer", 0, "First decoder layer accumulated (negative counts from the end).")
 
 
+def vision_tower_relevance(adapter, capture: Capture, target: Target, values: torch.Tensor) -> torch.Tensor:
+    """Image-token relevance [N] carried through the projector (a per-token map: relevance passes unchanged) and
+    down the vision tower's layers that feed it by the same rule, u ← u + u·Ā (last used layer first); read on
+    the patches the image tokens came from [N]."""
+    where = adapter.spec.vision_map
+    if where is None or "vision_attentions" not in capture.extras:
+        raise UsageError(f"Relevance into the vision tower is not available for {adapter.kind} models "
+                         "(a merger or pixel shuffle mixes several patches into one image token).")
+    offset, used = where
+    atts = capture.extras["vision_attentions"]                                        # L_v × [1, H, S, S]
+    grads = capture.grads(target.index, "vision_attentions")
+    s = atts[0].shape[-1]
+    u = torch.zeros(s, dtype=torch.float64)
+    u[offset:offset + len(values)] = values.double()
+    for li in range(used - 1, -1, -1):
+        u = u + u @ positive_grad_attention(atts[li][0], grads[li][0]).double()         # [S]
+    return u[offset:offset + len(values)]
+
+
 @register(
     "answer_relevance",
     description="Chefer et al. 2021: decoder attention weighted by its gradient for this answer word, accumulated "
-                "through the layers, read on the image tokens.",
-    params=(START,), class_specific=True, over="patches", kind="attention", families=FAMILY, needs=NONE,
+                "through the layers, read on the image tokens (or carried on into the vision tower's patches).",
+    params=(START, Param("into_vision", False, "Carry the relevance on through the projector and the vision "
+                                              "tower's layers to the patches (LLaVA, PaliGemma).")),
+    class_specific=True, over="patches", kind="attention", families=FAMILY, needs=NONE,
 )
-def answer_relevance(adapter, capture: Capture, target: Target, *, start_layer: int):
+def answer_relevance(adapter, capture: Capture, target: Target, *, start_layer: int, into_vision: bool):
     v = _relevance(capture, target, start_layer)
     values = v[_image_positions(capture)]
-    return _finish(capture, values, token=target.label, image_share=float(values.sum() / v.sum()))
+    share = float(values.sum() / v.sum())
+    if into_vision:
+        values = vision_tower_relevance(adapter, capture, target, values)
+    return _finish(capture, values, token=target.label, image_share=share)
 
 
 @register(
