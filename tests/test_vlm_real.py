@@ -70,3 +70,14 @@ def test_the_full_size_layout_passes_the_geometry_check_on_some_cells(llava):
         assert geometry_errors(llava, geo.token_boxes(), cells=[0, 30, 299, 575]) == []
     finally:
         g.SIZE = old
+
+
+def test_the_question_words_are_found_in_llavas_prompt_though_the_template_cuts_them_differently(llava):
+    """After "<image>\\n" SentencePiece reads "What" without its word-start mark: the question's tokens are found by
+    their text, not by ids tokenised apart."""
+    img = Image.fromarray((np.random.RandomState(1).rand(480, 640, 3) * 255).astype("uint8"))
+    cap = llava.capture(llava.prepare(img, question="What is in the picture?", answer="A cat."))
+    pos = llava.question_positions(cap)
+    ids = cap.inputs["encoding"]["input_ids"][0]
+    assert llava.tokenizer.decode(ids[pos]).strip() == "What is in the picture?"
+    assert pos[0] == cap.extras["image_tokens"].positions[-1] + 2           # after the image and its newline

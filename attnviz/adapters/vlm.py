@@ -287,7 +287,20 @@ class VlmAdapter(ModelAdapter):
             for s in range(len(ids) - len(qi), -1, -1):
                 if qi and ids[s:s + len(qi)] == qi:
                     return list(range(s, s + len(qi)))
-        return [p for p, _ in self.prompt_tokens(capture)]
+        # In context a tokenizer may cut the question's first word differently (SentencePiece after a newline):
+        # the shortest run of text tokens that decodes to the question.
+        text = [p for p, _ in self.prompt_tokens(capture)]
+        want = " ".join(q.split())
+        for i, start in enumerate(text):
+            if not self.tokenizer.decode(ids[start:start + 1]).strip():
+                continue                                      # a run starts on a word, not on a space or newline
+            for end in text[i:]:
+                got = " ".join(self.tokenizer.decode(ids[start:end + 1]).split())
+                if got == want:
+                    return list(range(start, end + 1))
+                if len(got) > len(want) + 8 or not want.startswith(got[:len(want)]):
+                    break
+        return text
 
     def answer_text(self, capture: Capture) -> str:
         return self.tokenizer.decode(capture.inputs["answer_ids"].tolist(), skip_special_tokens=True).strip()
