@@ -14,6 +14,7 @@ page = st.navigation([
     st.Page("attnviz/ui/pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("attnviz/ui/pages/prompts.py", title="Text prompts", icon=":material/text_fields:"),
     st.Page("attnviz/ui/pages/caption.py", title="Caption", icon=":material/subtitles:"),
+    st.Page("attnviz/ui/pages/ask.py", title="Ask", icon=":material/question_answer:"),
     st.Page("attnviz/ui/pages/lesson.py", title="How attention works", icon=":material/school:"),
 ])
 keep_page_state()

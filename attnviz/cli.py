@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain_args(e)
     e.add_argument("--out", help="PATH.npy (raw float32 map) or PATH.png (overlay at the original size)")
     e.add_argument("--json", action="store_true", help="print one JSON object with the result")
+    e.add_argument("--question", help="vision-language models: the question to ask about the image")
+    e.add_argument("--answer", help="vision-language models: an answer to check (default: the model answers); "
+                                    "--target is then the answer token index (default: its first content word)")
 
     b = sub.add_parser("batch", help="explain every image in a folder, several per forward (or on Ray Data)")
     b.add_argument("folder", help="a folder, subfolders included (one subfolder per class: a labelled set), "
@@ -231,6 +234,9 @@ def _record(adapter, cap, exp, timings) -> dict:
 
 
 def cmd_explain(args) -> int:
+    if args.question is not None or args.answer is not None:      # a vision-language model's answer (attnviz/ask.py)
+        from .ask import cmd_ask
+        return cmd_ask(args, _load, _params(args.param))
     from .images import load_path
     t0 = time.perf_counter()
     image = load_path(args.image)

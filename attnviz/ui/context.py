@@ -96,6 +96,9 @@ def texts_ui(adapter, slot) -> Optional[tuple[str, ...]]:
         if not prompts:
             raise UsageError("Type at least one prompt, one per line.")
         return prompts
+    if adapter.family == "vlm":               # a question (and an answer to check): ui/ask_inputs.py
+        from .ask_inputs import question_ui
+        return question_ui(adapter, box)
     if adapter.family == "captioning":
         caption = box.text_input("Caption to score (optional)", key="caption",
                                  help="Empty: the model writes its own caption. Each word is a target.")

@@ -1,0 +1,102 @@
+"""The Ask page under streamlit.testing (AppTest), on a tiny random LLaVA saved and reloaded."""
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from attnviz.adapters.vlm import VlmAdapter
+from tests.test_app import APP, _clear, _ok
+
+ASK = "attnviz/ui/pages/ask.py"
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory):
+    a = VlmAdapter.tiny("llava", seed=4)
+    folder = tmp_path_factory.mktemp("tiny-llava-app")
+    a.model.save_pretrained(folder, safe_serialization=True)
+    a.processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def ask_app(llava_dir, monkeypatch):
+    import attnviz.ui.state as state
+    real = state.load_model
+
+    def loader(spec=None):
+        adapter = real(spec)
+        adapter.max_new_tokens = 4
+        return adapter
+    monkeypatch.setattr(state, "load_model", loader)
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(llava_dir))
+    monkeypatch.delenv("ATTNVIZ_ALLOW_CUSTOM_MODELS", raising=False)
+    _clear()
+
+    def make():
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.run()
+        at.switch_page(ASK).run()
+        return at
+    yield make
+    _clear()
+
+
+def test_ask_page_answers_shows_word_pills_the_map_and_the_question_words(ask_app):
+    at = ask_app()
+    _ok(at)
+    assert at.text_input(key="ask_question").value == "What is in the picture?"
+    assert any(m.value.startswith("**Answer** (the model's answer):") for m in at.markdown)
+    words = at.button_group(key="ask_word")
+    n = len(words.options)
+    assert 1 <= n <= 4
+    caps = [c for im in at.get("image") for c in im.captions]
+    assert caps and caps[0].startswith("answer relevance for")
+    assert any(m.value.startswith("<div><span title=") for m in at.markdown)       # the question's words
+    # typing an answer re-scores it: the pills become its tokens
+    at.text_input(key="ask_answer").set_value("red cat").run()
+    _ok(at)
+    assert any(m.value.startswith("**Answer** (your answer, scored by the model): red cat") for m in at.markdown)
+    at.selectbox(key="ask_method").set_value("image_attention").run()
+    _ok(at)
+    caps = [c for im in at.get("image") for c in im.captions]
+    assert caps[0].startswith("image attention for “red”")
+    at.toggle(key="ask_side").set_value(True).run()
+    _ok(at)
+    caps = [c for im in at.get("image") for c in im.captions]
+    assert sum(c.endswith("“red”") for c in caps) >= 3
+    assert {b.label for b in at.get("download_button")} >= {"Raw map .npy", "Record .json", "Overlay PNG"}
+
+
+def test_ask_page_on_a_model_that_does_not_answer_says_so(saved_models, monkeypatch):
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(saved_models["vit"]))
+    _clear()
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page(ASK).run()
+    _ok(at)
+    assert any("does not answer questions" in i.value for i in at.info)
+    _clear()
+
+
+def test_ask_page_on_a_tiled_model_shows_the_global_view_beside_the_tiles(monkeypatch, tmp_path):
+    import attnviz.ui.state as state
+    a = VlmAdapter.tiny("idefics3", seed=4)
+    a.model.save_pretrained(tmp_path, safe_serialization=True)
+    a.processor.save_pretrained(tmp_path)
+    real = state.load_model
+
+    def loader(spec=None):
+        adapter = real(spec)
+        adapter.max_new_tokens = 3
+        return adapter
+    monkeypatch.setattr(state, "load_model", loader)
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(tmp_path))
+    _clear()
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page(ASK).run()
+    _ok(at)
+    caps = [c for im in at.get("image") for c in im.captions]
+    assert caps[0].startswith("answer relevance for")
+    assert any(c.startswith("global view") for c in caps)
+    _clear()
