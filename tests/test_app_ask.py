@@ -100,3 +100,14 @@ def test_ask_page_on_a_tiled_model_shows_the_global_view_beside_the_tiles(monkey
     assert caps[0].startswith("answer relevance for")
     assert any(c.startswith("global view") for c in caps)
     _clear()
+
+
+def test_heads_page_on_a_vlm_says_where_its_heads_are_in_one_sentence(ask_app):
+    """The layers × heads mosaic reads one attention over the image's patches; a VLM's decoder heads read the
+    whole sequence: one sentence pointing to the Ask page, no failed box (it raised inside the thumbnails)."""
+    at = ask_app()
+    at.switch_page("attnviz/ui/pages/heads.py").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    [info] = [i.value for i in at.info]
+    assert "vision-language model" in info and "Ask page" in info
+    assert not at.get("plotly_chart")

@@ -113,6 +113,12 @@ def main() -> None:
     if ctx is None:
         return
     cap, eng = ctx.capture, state.engine()
+    if ctx.adapter.family == "vlm":   # decoder heads over question, answer and image tokens: the Ask page's views
+        st.info(f"{ctx.adapter.name} is a vision-language model: its decoder's heads read the image tokens, the "
+                "question and the answer in one sequence. The Ask page shows each layer's and head's attention "
+                "from an answer word to the image (image attention, with its layer and head).")
+        urlstate.sync(shared_url_values(ctx))
+        return
     if not cap.attentions and not is_hierarchical(cap):    # a CNN: no heads, so no layer / head controls either
         what = "is a convolutional network" if ctx.adapter.family == "cnn" else "has no attention layers"
         gated = (" Its channel gates (squeeze-and-excitation, ECA, CBAM) are on the Explore page."
