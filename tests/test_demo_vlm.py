@@ -75,8 +75,9 @@ def test_processor_round_trips_offline_and_expands_the_image_to_its_grid(tmp_pat
     assert proc.apply_chat_template(conv, add_generation_prompt=True) == T.prompt("where is the cross?")
 
 
-def test_training_forward_is_the_models_own_forward():
-    """The trainer fills the image slots from cached tower features; that must be LLaVA's forward."""
+def test_packed_training_forward_is_the_models_own_forward():
+    """The trainer runs the image prefix once for several questions and fills the image slots from cached
+    tower features; every question's logits must be LLaVA's own forward on "prefix + that question"."""
     import torch
 
     tok = T.build_tokenizer()
@@ -84,15 +85,31 @@ def test_training_forward_is_the_models_own_forward():
     model = T.make_model(tok, None, hidden=32, layers=2, heads=2, mlp=64).eval()
     proc = T.make_processor(tok)
     scenes = [S.make_scene(s) for s in (1, 2)]
-    inputs = proc(images=[S.scene_to_pil(s) for s in scenes], text=[T.prompt("how many shapes are there?")] * 2,
-                  return_tensors="pt")
+    pool = T.QAPool(2, 0, model, tok, np.random.default_rng(0), log=lambda m: None)
+    asked = (("how many shapes are there?", "two"), ("what colour is the circle?", "red"))
+    ids = [tok(q + " assistant: " + a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for q, a in asked]
+    a0 = [len(x) - 2 for x in ids]                                      # each answer: one word, then the end
+    pool.items = [[[(ids[0], a0[0], -1)], [(ids[1], a0[1], -1)], [], [], []] for _ in scenes]   # two types, one each
+    pool.rng = np.random.default_rng(3)
     with torch.no_grad():
-        full = model(**inputs).logits                                                  # [2, T, V]
-        feats = model.model.vision_tower(pixel_values=inputs["pixel_values"],
-                                         output_hidden_states=True).hidden_states[-1][:, 1:]
-        mine = T.forward_from_features(model, inputs["input_ids"], inputs["attention_mask"], feats)
-    assert torch.allclose(full, mine, atol=1e-5)
-    assert not torch.allclose(full[0, -1], full[1, -1])                                # the image matters
+        pool.feats = model.model.vision_tower(
+            pixel_values=proc(images=[S.scene_to_pil(s) for s in scenes], text=[T.prompt("")] * 2,
+                              return_tensors="pt")["pixel_values"], output_hidden_states=True).hidden_states[-1][:, 1:]
+        prefix, feats, q, mask, _, _ = pool.batch(2, 3, model.config.image_seq_length)
+        packed = T.forward_packed(model, prefix, feats, q, mask)                       # [2·3, L, V]
+    # which scenes the batch drew: the features it returned are one of the two scenes' own
+    drawn = [0 if torch.equal(f, pool.feats[0]) else 1 for f in feats]
+    assert {torch.equal(f, pool.feats[d]) for f, d in zip(feats, drawn)} == {True}
+    for i in range(q.shape[0]):
+        n = int(mask[i].sum())
+        text = next(qa[0] for qa, x in zip(asked, ids) if x[:-1] == q[i, :n].tolist())
+        inputs = proc(images=[S.scene_to_pil(scenes[drawn[i // 3]])], text=[T.prompt(text)], return_tensors="pt")
+        full = torch.cat([inputs["input_ids"], q[i:i + 1, n - 1:n]], 1)                 # + the answer word
+        with torch.no_grad():
+            own = model(input_ids=full, pixel_values=inputs["pixel_values"]).logits[0]  # [T, V]
+        P = prefix.shape[1]
+        assert own.shape[0] == P + n
+        assert torch.allclose(packed[i, :n], own[P:], atol=1e-5), i
 
 
 def test_evaluation_maps_follow_their_definitions():

@@ -1,7 +1,7 @@
 """Train the offline demo vision-language model: a tiny LLaVA that answers questions about shape scenes.
 
     python -m attnviz.demo.train_vlm [--out models/demo-vlm-shapes] [--fast] [--seed 0]
-                                     [--steps N] [--minutes M]
+                                     [--steps N] [--cpu-minutes M]
 
 A stock ``transformers.LlavaForConditionalGeneration`` (LLaVA, Liu et al. 2023,
 https://arxiv.org/abs/2304.08485): a CLIP vision tower (64×64 input, 8×8
@@ -53,11 +53,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from attnviz.demo.common import past_time_cap, set_threads, start_run
+from attnviz.demo.common import set_threads, start_run
 
 DEFAULT_OUT = "models/demo-vlm-shapes"
 CLIP_DIR = "models/demo-clip-shapes"
-DEFAULT_MINUTES = 12.0        # wall-clock cap of the whole run (scenes, features, training, saving)
+DEFAULT_CPU_MINUTES = 12.0    # CPU-time cap of the run (scenes, features, training, saving; the check after it)
 VISION_LAYERS = 5             # the demo CLIP's blocks kept: its sixth block's input is the tower's output
 PATCH = 8
 IMAGE_TOKEN = "<image>"
@@ -238,10 +238,12 @@ class QAPool:
     """Scenes, their frozen vision-tower features, and every question about them, tokenized once.
 
     Scene ``k`` is ``make_scene(scene_rng(seed, k))``; features are the tower's output patch tokens
-    (CLS dropped), stored as float16 ``[N, 64, width]``.
+    (CLS dropped), stored as float16 ``[N, 64, width]``. For each scene, each question type's
+    questions as token ids (question, "assistant :", answer, end) with the answer's share marked.
     """
 
-    def __init__(self, n: int, seed: int, model, tokenizer, rng: np.random.Generator, log, deadline=None):
+    def __init__(self, n: int, seed: int, model, tokenizer, rng: np.random.Generator, log,
+                 cpu_deadline: float | None = None):
         import torch
 
         from attnviz.demo.train_clip import to_pixel_values
@@ -249,7 +251,16 @@ class QAPool:
 
         self.rng, self.tok = rng, tokenizer
         tower = model.model.vision_tower.eval()
-        feats, self.q_ids, self.a_ids, self.kind, self.scene_of = [], [], [], [], []
+        cache: dict[str, list[int]] = {}
+
+        def ids_of(text: str) -> list[int]:
+            if text not in cache:
+                cache[text] = tokenizer(text, add_special_tokens=False)["input_ids"]
+            return cache[text]
+
+        feats: list = []
+        self.items: list[list[list[tuple[list[int], int, int]]]] = []   # scene -> type -> [(ids, answer start, target)]
+        self.cells: list[np.ndarray] = []                                # scene -> bool [objects, 64] cells it covers
         chunk, start = 256, time.time()
         for c0 in range(0, n, chunk):
             scenes = [make_scene(scene_rng(seed, k)) for k in range(c0, min(n, c0 + chunk))]
@@ -257,65 +268,96 @@ class QAPool:
                 h = tower(pixel_values=to_pixel_values(np.stack([s.image for s in scenes])),
                           output_hidden_states=True).hidden_states[-1][:, 1:]              # [b, 64, width]
             feats.append(h.half())
-            for j, s in enumerate(scenes):
+            for s in scenes:
+                self.cells.append(object_cells(s))
+                per_type: list[list[tuple[list[int], int, int]]] = [[] for _ in QUESTION_TYPES]
                 for q in questions_for(s):
-                    self.q_ids.append(tokenizer(q.text, add_special_tokens=False)["input_ids"])
-                    self.a_ids.append(tokenizer(q.answer, add_special_tokens=False)["input_ids"])
-                    self.kind.append(QUESTION_TYPES.index(q.kind))
-                    self.scene_of.append(c0 + j)
+                    asked = ids_of(q.text) + ids_of("assistant:")
+                    per_type[QUESTION_TYPES.index(q.kind)].append(
+                        (asked + ids_of(q.answer) + [tokenizer.eos_token_id], len(asked),
+                         -1 if q.target is None else q.target))
+                self.items.append(per_type)
+            done = c0 + len(scenes)
             if c0 == 0 or (c0 // chunk) % 10 == 9:
-                log(f"  scenes {c0 + len(scenes)}/{n} ({time.time() - start:.0f}s)")
-            if deadline is not None and time.time() > deadline:
-                log(f"  stopping scene generation at {c0 + len(scenes)} scenes (time share used)")
+                log(f"  scenes {done}/{n} ({time.time() - start:.0f}s wall)")
+            if cpu_deadline is not None and time.process_time() > cpu_deadline:
+                log(f"  stopping scene generation at {done} scenes (its share of the CPU budget is used)")
                 break
         self.feats = torch.cat(feats)                                                    # [N, 64, width]
-        self.kind = np.array(self.kind)
-        self.scene_of = np.array(self.scene_of)
-        self.scene_of_kind = [np.flatnonzero(self.kind == k) for k in range(len(QUESTION_TYPES))]
         pre = tokenizer(prompt(""), add_special_tokens=True)["input_ids"]
-        i_img = pre.index(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
-        self.head = pre[:i_img + 1]                       # <s> user : <image>
-        self.tail_ids = tokenizer("assistant:", add_special_tokens=False)["input_ids"]
+        self.prefix = pre[:pre.index(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)) + 1]   # <s> user : <image>
 
-    def batch(self, n: int, n_image: int, weights=None):
-        """(input_ids [B, T] with one <image> slot per image token, attention mask, labels, features [B, 64, width]).
+    @property
+    def n_questions(self) -> int:
+        return sum(len(q) for per in self.items for q in per)
 
-        Question types are drawn with ``weights`` (default: equal), questions uniformly within a type.
+    def batch(self, n_images: int, per_image: int, n_image_tokens: int):
+        """One packed batch: ``n_images`` scenes, ``per_image`` questions each (types drawn equally often).
+
+        Returns (prefix ids [B, P] with the image slots, features [B, 64, width], question ids
+        [B·K, L] right-padded, their attention mask, labels [B·K, L] (-100 outside the answer and end;
+        aligned so that position i's logit predicts labels[i]), and the image cells [B·K, 64] of the
+        object the question names (all False when it names none)).
         """
         import torch
 
-        w = np.ones(len(QUESTION_TYPES)) if weights is None else np.asarray(weights, float)
-        kinds = self.rng.choice(len(QUESTION_TYPES), size=n, p=w / w.sum())
-        picks = [int(self.scene_of_kind[k][self.rng.integers(len(self.scene_of_kind[k]))]) for k in kinds]
-        eos, pad = self.tok.eos_token_id, self.tok.pad_token_id
-        img = self.head[-1]
-        seqs, labs = [], []
-        for p in picks:
-            ids = self.head[:-1] + [img] * n_image + self.q_ids[p] + self.tail_ids
-            seqs.append(ids + self.a_ids[p] + [eos])
-            labs.append([-100] * len(ids) + self.a_ids[p] + [eos])
-        T = max(map(len, seqs))
-        ids = torch.full((n, T), pad)
-        mask = torch.zeros((n, T), dtype=torch.long)
-        labels = torch.full((n, T), -100)
-        for i, (s, l) in enumerate(zip(seqs, labs)):                  # right padding (training only)
-            ids[i, :len(s)], mask[i, :len(s)], labels[i, :len(l)] = torch.tensor(s), 1, torch.tensor(l)
-        return ids, mask, labels, self.feats[self.scene_of[picks]].float()
+        pad = self.tok.pad_token_id
+        picks = self.rng.integers(len(self.items), size=n_images)
+        rows, labs, cells = [], [], []
+        for s in picks:
+            for _ in range(per_image):
+                per = self.items[s]
+                kinds = [k for k in range(len(QUESTION_TYPES)) if per[k]]
+                k = kinds[int(self.rng.integers(len(kinds)))]
+                ids, a0, target = per[k][int(self.rng.integers(len(per[k])))]
+                cells.append(self.cells[s][target] if target >= 0 else np.zeros(n_image_tokens, bool))
+                rows.append(ids[:-1])                                     # inputs: up to the last answer word
+                labs.append([-100] * (a0 - 1) + ids[a0:])                 # position a0-1 predicts ids[a0]
+        L = max(map(len, rows))
+        q = torch.full((len(rows), L), pad)
+        mask = torch.zeros((len(rows), L), dtype=torch.long)
+        labels = torch.full((len(rows), L), -100)
+        for i, (r, lb) in enumerate(zip(rows, labs)):
+            q[i, :len(r)], mask[i, :len(r)], labels[i, :len(lb)] = torch.tensor(r), 1, torch.tensor(lb)
+        prefix = torch.tensor([self.prefix[:-1] + [self.prefix[-1]] * n_image_tokens] * n_images)
+        return (prefix, self.feats[torch.from_numpy(picks)].float(), q, mask, labels,
+                torch.from_numpy(np.stack(cells)))
 
 
-def forward_from_features(model, ids, mask, feats):
-    """Logits [B, T, V] of ``model`` with the image slots filled from precomputed tower features.
+def object_cells(scene, min_cover: float = 0.25) -> np.ndarray:
+    """bool [objects, rows·cols]: the patch cells at least ``min_cover`` of which each object's mask covers."""
+    n, h, w = scene.masks.shape
+    cover = scene.masks.reshape(n, h // PATCH, PATCH, w // PATCH, PATCH).mean((2, 4))     # [n, rows, cols]
+    return (cover >= min_cover).reshape(n, -1)
 
-    The same arithmetic as ``LlavaModel.forward`` (project the tower's tokens, scatter them into the
-    ``<image>`` positions, run the decoder) without re-running the frozen tower.
+
+def forward_packed(model, prefix, feats, questions, mask, output_attentions: bool = False):
+    """Logits [B·K, L, V] of K questions per image, the image prefix run once per image.
+
+    Exactly LLaVA's forward for each "prefix + question" sequence (``LlavaModel.forward``: project
+    the tower's tokens, put them in the ``<image>`` slots, run the decoder), because the decoder is
+    causal: the prefix's keys and values do not depend on what follows, so they are computed once
+    (a ``DynamicCache``) and repeated for the image's K questions. The frozen tower is not re-run:
+    ``feats`` are its output tokens.
     """
+    import torch
+    from transformers import DynamicCache
+
     m = model.model
-    emb = m.get_input_embeddings()(ids)                                              # [B, T, D]
-    slots = (ids == model.config.image_token_index).unsqueeze(-1).expand_as(emb)
-    proj = m.multi_modal_projector(feats)                                            # [B, 64, D]
-    emb = emb.masked_scatter(slots, proj.to(emb.dtype))
-    h = m.language_model(inputs_embeds=emb, attention_mask=mask, use_cache=False).last_hidden_state
-    return model.lm_head(h)
+    embed = m.get_input_embeddings()
+    emb = embed(prefix)                                                             # [B, P, D]
+    slots = (prefix == model.config.image_token_index).unsqueeze(-1).expand_as(emb)
+    emb = emb.masked_scatter(slots, m.multi_modal_projector(feats).to(emb.dtype))
+    cache = DynamicCache(config=model.config.text_config)
+    m.language_model(inputs_embeds=emb, cache=cache, use_cache=True)
+    k = questions.shape[0] // prefix.shape[0]
+    for layer in cache.layers:                                                       # [B, H, P, d] -> [B·K, ...]
+        layer.batch_repeat_interleave(k)
+    full_mask = torch.cat([torch.ones((questions.shape[0], prefix.shape[1]), dtype=mask.dtype), mask], 1)
+    out = m.language_model(inputs_embeds=embed(questions), attention_mask=full_mask, cache=cache, use_cache=True,
+                           output_attentions=output_attentions)
+    logits = model.lm_head(out.last_hidden_state)                                   # [B·K, L, V]
+    return (logits, out.attentions) if output_attentions else logits   # attentions: L × [B·K, H, L, P + L]
 
 
 # --------------------------------------------------------------------------- evaluation helpers
@@ -335,24 +377,30 @@ def answer(model, processor, images, questions: list[str], max_new_tokens: int =
 # --------------------------------------------------------------------------- training
 
 def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, clip_dir: str | None = CLIP_DIR,
-          steps: int = 3000, batch: int = 128, lr: float = 2e-3, scenes: int = 12_000,
+          steps: int = 2000, images: int = 32, per_image: int = 8, lr: float = 2e-3, scenes: int = 8_000,
           hidden: int = 96, layers: int = 3, heads: int = 4, mlp: int = 192,
-          minutes: float | None = None, eval_n: int = 200, eval_seed: int = 20_000, quiet: bool = False) -> dict:
+          hint_weight: float = 1.0, hint_fraction: float = 0.6,
+          cpu_minutes: float | None = DEFAULT_CPU_MINUTES, eval_n: int = 200, eval_seed: int = 20_000,
+          quiet: bool = False) -> dict:
     """Train and save the demo VLM into ``out``; returns the metrics dict.
 
-    ``fast``: a few steps on a few scenes (for tests; the model is not useful). ``minutes``: a
-    wall-clock cap of the whole run: scene generation stops at a third of it, and the learning-rate
-    schedule follows the clock when it binds before ``steps``.
+    ``fast``: a few steps on a few scenes (for tests; the model is not useful). ``cpu_minutes``: a cap
+    on this process's CPU time (one thread, so CPU time is compute, however busy the machine):
+    scene generation stops at a fifth of it, and the learning-rate schedule follows the CPU clock
+    when it binds before ``steps``, so a capped run still ends annealed.
     """
     import torch
     import torch.nn.functional as F
 
     if fast:
-        steps, batch, scenes, eval_n = min(steps, 10), min(batch, 16), min(scenes, 24), min(eval_n, 8)
+        steps, images, per_image, scenes, eval_n = min(steps, 6), min(images, 4), min(per_image, 4), \
+            min(scenes, 16), min(eval_n, 4)
+        cpu_minutes = None
     set_threads(1)
-    t_start, cpu_start = time.time(), time.process_time()
+    # CPU time counts from the process start (imports and loading included): the cap is the whole run's.
+    t_start, cpu_start = time.time(), 0.0
     rng, _, log = start_run(seed, 3, quiet)
-    deadline = None if minutes is None else t_start + 60 * minutes
+    cpu_end = None if not cpu_minutes else cpu_start + 60 * cpu_minutes
 
     tokenizer = build_tokenizer()
     processor = make_processor(tokenizer)
@@ -364,48 +412,62 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, clip_dir
 
     log(f"generating {scenes} scenes (dataset seed {seed}) and their tower features...")
     pool = QAPool(scenes, seed, model, tokenizer, rng, log,
-                  deadline=None if minutes is None else t_start + 20 * minutes)
-    t_data = time.time() - t_start
-    log(f"  {len(pool.feats)} scenes, {len(pool.kind)} questions in {t_data:.0f}s")
+                  cpu_deadline=None if cpu_end is None else cpu_start + 12 * cpu_minutes)
+    t_data, cpu_data = time.time() - t_start, time.process_time() - cpu_start
+    log(f"  {len(pool.feats)} scenes, {pool.n_questions} questions in {t_data:.0f}s wall, {cpu_data:.0f}s CPU")
 
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
-    warmup = max(1, min(100, steps // 10))
-    t_train = time.time()
+    warmup = max(1, min(50, steps // 10))
+    cpu_train0 = time.process_time()
 
     def progress(step: int) -> float:
         p = step / steps
-        if deadline is not None:
-            p = max(p, (time.time() - t_train) / max(1.0, deadline - 30 - t_train))
+        if cpu_end is not None:                    # leave 20 CPU-seconds for saving
+            p = max(p, (time.process_time() - cpu_train0) / max(1.0, cpu_end - 20 - cpu_train0))
         return min(p, 1.0)
 
     model.train()
     model.model.vision_tower.eval()
-    ema = {}
+    ema: dict[str, float] = {}
     step = 0
     for step in range(steps):
         p = progress(step)
         s = (step + 1) / warmup if step < warmup else 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p))
         for g in opt.param_groups:
             g["lr"] = lr * s
-        ids, mask, labels, feats = pool.batch(batch, n_image)
-        logits = forward_from_features(model, ids, mask, feats)                        # [B, T, V]
-        lg, lb = logits[:, :-1], labels[:, 1:]                                          # predict the next token
-        loss = F.cross_entropy(lg.flatten(0, 1), lb.flatten(), ignore_index=-100)
+        prefix, feats, q, mask, labels, cells = pool.batch(images, per_image, n_image)
+        w_hint = hint_weight * max(0.0, 1.0 - p / hint_fraction) if hint_fraction > 0 else 0.0
+        logits, atts = forward_packed(model, prefix, feats, q, mask, output_attentions=True)  # [B·K, L, V]
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        l_hint = torch.zeros(())
+        named = cells.any(1)
+        if w_hint > 0 and named.any():
+            # the grounding hint: head 0 of every decoder layer after the first, at the position that predicts
+            # the answer, puts its attention on the named object's image cells
+            at = (labels != -100).float().argmax(1)                                    # [B·K] predicting position
+            img = (prefix[0] == model.config.image_token_index).nonzero()[:, 0]        # [64] prefix positions
+            rows = torch.arange(len(at))
+            for a in atts[1:]:
+                mass = (a[rows, 0, at][:, img] * cells).sum(-1)                        # [B·K]
+                l_hint = l_hint - torch.log(mass[named] + 1e-4).mean() / (len(atts) - 1)
+            loss = loss + w_hint * l_hint
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
-            acc = float(((lg.argmax(-1) == lb) | (lb == -100)).all(1).float().mean())
-        for k, v in (("loss", loss.item()), ("acc", acc)):
-            ema[k] = v if k not in ema else 0.98 * ema[k] + 0.02 * v
-        if step % 100 == 0 or step == steps - 1:
-            log(f"step {step}/{steps} loss {ema['loss']:.3f} answer acc {ema['acc']:.3f} lr {lr * s:.2e} "
-                f"({time.time() - t_start:.0f}s wall)")
-        if p >= 1.0 or past_time_cap(deadline, minutes, step, steps, log):
+            acc = float(((logits.argmax(-1) == labels) | (labels == -100)).all(1).float().mean())
+        for k, v in (("loss", loss.item()), ("acc", acc), ("hint", l_hint.item())):
+            ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
+        if step % 50 == 0 or step == steps - 1:
+            log(f"step {step}/{steps} loss {ema['loss']:.3f} answer acc {ema['acc']:.3f} hint {ema['hint']:.3f} "
+                f"(weight {w_hint:.2f}) lr {lr * s:.2e} "
+                f"({time.time() - t_start:.0f}s wall, {time.process_time() - cpu_start:.0f}s CPU)")
+        if p >= 1.0:
+            log(f"CPU cap of {cpu_minutes} min reached at step {step + 1}/{steps}; stopping")
             break
     model.eval()
 
@@ -417,8 +479,10 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, clip_dir
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     size_bytes = sum(f.stat().st_size for f in out_dir.iterdir() if f.is_file() and f.name != "README.md")
-    metrics = {"steps": step + 1, "scenes": int(len(pool.feats)), "questions": int(len(pool.kind)),
-               "data_seconds": round(t_data, 1), "train_seconds": round(time.time() - t_train, 1),
+    metrics = {"steps": step + 1, "questions_per_step": images * per_image, "scenes": int(len(pool.feats)),
+               "questions": pool.n_questions, "data_wall_seconds": round(t_data, 1),
+               "data_cpu_seconds": round(cpu_data, 1),
+               "train_cpu_seconds": round(time.process_time() - cpu_train0, 1),
                "train_answer_acc_ema": round(ema.get("acc", 0.0), 4),
                "parameters": sum(p.numel() for p in model.parameters()),
                "safetensors_bytes": (out_dir / "model.safetensors").stat().st_size, "folder_bytes": size_bytes,
@@ -437,23 +501,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m attnviz.demo.train_vlm", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     ap.add_argument("--seed", type=int, default=0, help="training data and init seed (default 0)")
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--images", type=int, default=32, help="scenes per step (default 32)")
+    ap.add_argument("--per-image", type=int, default=8, help="questions per scene and step (default 8)")
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--scenes", type=int, default=12_000, help="training scenes (default 12000)")
+    ap.add_argument("--scenes", type=int, default=8_000, help="training scenes (default 8000)")
     ap.add_argument("--layers", type=int, default=3, help="decoder layers (default 3)")
     ap.add_argument("--hidden", type=int, default=96, help="decoder width (default 96)")
     ap.add_argument("--clip", default=CLIP_DIR, help=f"demo CLIP folder for the vision tower (default {CLIP_DIR})")
-    ap.add_argument("--minutes", type=float, default=None,
-                    help=f"wall-clock cap of the whole run (default {DEFAULT_MINUTES}; none with --fast; 0: no cap)")
+    ap.add_argument("--cpu-minutes", type=float, default=DEFAULT_CPU_MINUTES,
+                    help=f"CPU-time cap of the run (default {DEFAULT_CPU_MINUTES}; 0: no cap; none with --fast)")
     ap.add_argument("--eval", type=int, default=200, help="fresh scenes checked at the end (0: skip)")
     ap.add_argument("--fast", action="store_true", help="a few steps on a few scenes (for tests)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    minutes = args.minutes if args.minutes is not None else (None if args.fast else DEFAULT_MINUTES)
-    train(args.out, seed=args.seed, fast=args.fast, clip_dir=args.clip, steps=args.steps, batch=args.batch,
-          lr=args.lr, scenes=args.scenes, hidden=args.hidden, layers=args.layers, mlp=2 * args.hidden,
-          minutes=minutes or None, eval_n=args.eval, quiet=args.quiet)
+    train(args.out, seed=args.seed, fast=args.fast, clip_dir=args.clip, steps=args.steps, images=args.images,
+          per_image=args.per_image, lr=args.lr, scenes=args.scenes, hidden=args.hidden, layers=args.layers,
+          mlp=2 * args.hidden, cpu_minutes=args.cpu_minutes or None, eval_n=args.eval, quiet=args.quiet)
     return 0
 
 
