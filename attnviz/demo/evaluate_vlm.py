@@ -163,19 +163,48 @@ def pointing(folder: str = DEFAULT_DIR, n: int = 1000, seed: int = 20_000, model
     return out
 
 
+def pointing_with_attnviz(folder: str = DEFAULT_DIR, n: int = 1000, seed: int = 20_000,
+                          methods: tuple[str, ...] = ("image_attention", "answer_relevance")) -> dict:
+    """The same pointing game through attnviz's own VLM adapter and methods (``attnviz.load_model``,
+    ``capture`` with ``texts=[question, answer]``, ``explain(..., target=0)``: the answer's first token),
+    where this attnviz has them; the map is on the image-token grid (8×8 here)."""
+    import attnviz
+    from attnviz.scenes import scene_to_pil
+
+    adapter = attnviz.load_model(folder)
+    hits: dict[str, dict[str, list[bool]]] = {m: {k: [] for k in POINTING_KINDS} for m in methods}
+    for scene, q in asked(n, seed):
+        if q.kind not in POINTING_KINDS or q.target is None:
+            continue
+        cap = attnviz.capture(adapter, scene_to_pil(scene), texts=[q.text, q.answer])
+        for m in methods:
+            cmap = np.asarray(attnviz.explain(adapter, cap, m, target=0).map)
+            hits[m][q.kind].append(cell_hit(cmap, scene.masks[q.target]))
+    out = {"scenes": n, "seed": seed, "through": "attnviz.explain"}
+    for m, per in hits.items():
+        allh = sum(per.values(), [])
+        out[m] = {"hit_rate": round(float(np.mean(allh)), 4), "n": len(allh),
+                  "per_type": {k: round(float(np.mean(v)), 4) for k, v in per.items() if v}}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m attnviz.demo.evaluate_vlm", description=__doc__.split("\n")[0])
     ap.add_argument("folder", nargs="?", default=DEFAULT_DIR)
     ap.add_argument("--n", type=int, default=1000, help="fresh scenes for the answers (default 1000)")
     ap.add_argument("--seed", type=int, default=20_000, help="dataset seed (default 20000; training used 0)")
     ap.add_argument("--pointing", type=int, default=None, help="scenes for pointing (default: --n; 0: skip)")
+    ap.add_argument("--attnviz", action="store_true",
+                    help="pointing through attnviz's own VLM adapter and methods instead (needs them)")
     args = ap.parse_args(argv)
     set_threads(1)
     t0, c0 = time.time(), time.process_time()
     model, processor = load(args.folder)
-    result = {"answers": accuracy(args.folder, args.n, args.seed, model, processor)}
+    result = {"answers": accuracy(args.folder, args.n, args.seed, model, processor)} if args.n else {}
     n_point = args.n if args.pointing is None else args.pointing
-    if n_point:
+    if n_point and args.attnviz:
+        result["pointing_attnviz"] = pointing_with_attnviz(args.folder, n_point, args.seed)
+    elif n_point:
         result["pointing"] = pointing(args.folder, n_point, args.seed, model, processor)
     result["wall_seconds"] = round(time.time() - t0, 1)
     result["cpu_seconds"] = round(time.process_time() - c0, 1)
