@@ -13,7 +13,10 @@ from attnviz.demo import train_vlm as T  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "demo-vlm-shapes"
-FIXED_SEEDS = (1, 2, 3, 4, 5, 6)          # scenes make_scene(seed); every question type asked about each
+FIXED_SEEDS = (1, 2, 3, 4, 5, 6, 7, 8)    # scenes make_scene(seed)
+# The question types the shipped model answers reliably (>= 98 % on 1,000 fresh scenes, its card); "where" and
+# "what shape is the <colour> one?" it answers about half the time (the card says so), so they are not asked here.
+RELIABLE = ("colour", "count", "exists")
 
 
 # --------------------------------------------------------------------------- questions
@@ -166,7 +169,9 @@ def test_shipped_model_loads_offline_and_answers_fixed_scenes():
     items = []
     for seed in FIXED_SEEDS:
         scene = S.make_scene(seed)
-        items += [(scene, q) for q in draw_questions(scene, np.random.default_rng(seed))]
+        items += [(scene, q) for q in draw_questions(scene, np.random.default_rng(seed)) if q.kind in RELIABLE]
     got = [T.answer(model, proc, [S.scene_to_pil(s)], [q.text])[0] for s, q in items]
     wrong = [(q.text, q.answer, g) for (_, q), g in zip(items, got) if T.answer_key(g) != T.answer_key(q.answer)]
-    assert len(items) >= 25 and len(wrong) <= 1, wrong
+    assert len(items) == 3 * len(FIXED_SEEDS) and len(wrong) <= 1, wrong
+    # the answers are words of the scene's ground truth, not one fixed word: both colours / counts occur
+    assert len({g for (_, q), g in zip(items, got) if q.kind == "colour"}) >= 3

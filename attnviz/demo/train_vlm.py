@@ -93,8 +93,8 @@ CHAT_TEMPLATE = (
     "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
     "{% endif %}</s>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
-EXAMPLE_QUESTIONS = ("what colour is the triangle?", "where is the cross?", "how many shapes are there?",
-                     "what shape is the red one?", "is there a circle?")
+EXAMPLE_QUESTIONS = ("what colour is the triangle?", "how many shapes are there?", "is there a circle?",
+                     "where is the cross?", "what shape is the red one?")
 
 
 # --------------------------------------------------------------------------- questions
@@ -521,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenes", type=int, default=4_000, help="training scenes (default 4000)")
     ap.add_argument("--layers", type=int, default=3, help="decoder layers (default 3)")
     ap.add_argument("--hidden", type=int, default=96, help="decoder width (default 96)")
+    ap.add_argument("--hint-weight", type=float, default=1.0, help="grounding hint's starting weight (0: off)")
+    ap.add_argument("--hint-fraction", type=float, default=0.6, help="share of training over which it fades")
     ap.add_argument("--clip", default=CLIP_DIR, help=f"demo CLIP folder for the vision tower (default {CLIP_DIR})")
     ap.add_argument("--cpu-minutes", type=float, default=DEFAULT_CPU_MINUTES,
                     help=f"CPU-time cap of the run (default {DEFAULT_CPU_MINUTES}; 0: no cap; none with --fast)")
@@ -530,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     train(args.out, seed=args.seed, fast=args.fast, clip_dir=args.clip, steps=args.steps, images=args.images,
           per_image=args.per_image, lr=args.lr, scenes=args.scenes, hidden=args.hidden, layers=args.layers,
-          mlp=2 * args.hidden, cpu_minutes=args.cpu_minutes or None, eval_n=args.eval, quiet=args.quiet)
+          mlp=2 * args.hidden, hint_weight=args.hint_weight, hint_fraction=args.hint_fraction,
+          cpu_minutes=args.cpu_minutes or None, eval_n=args.eval, quiet=args.quiet)
     return 0
 
 
