@@ -4,7 +4,7 @@
 
 Loads the folder the way a user would (``AutoProcessor``, ``AutoModelForImageTextToText``,
 eager attention, offline), asks every scene one question of each type
-(:data:`attnviz.demo.train_vlm.QUESTION_TYPES`, drawn with the scene's own seed), and
+(:data:`attnviz.demo.vlm_questions.QUESTION_TYPES`, drawn with the scene's own seed), and
 compares the greedy answer with the scene's ground truth.
 
 Pointing (Zhang et al. 2016's pointing game): for questions that name one object
@@ -50,7 +50,7 @@ def load(folder: str):
 
 def draw_questions(scene, rng: np.random.Generator) -> list:
     """One question of each type the scene allows (the shape question needs a colour only one object has)."""
-    from attnviz.demo.train_vlm import QUESTION_TYPES, questions_for
+    from attnviz.demo.vlm_questions import QUESTION_TYPES, questions_for
 
     qs = questions_for(scene)
     out = []
@@ -76,7 +76,7 @@ def asked(n: int, seed: int) -> list[tuple]:
 def accuracy(folder: str = DEFAULT_DIR, n: int = 1000, seed: int = 20_000, model=None, processor=None,
              batch: int = 200) -> dict:
     """Share of right answers (whole answer, words compared by :func:`answer_key`), overall and per type."""
-    from attnviz.demo.train_vlm import QUESTION_TYPES, answer, answer_key
+    from attnviz.demo.vlm_questions import QUESTION_TYPES, answer, answer_key
     from attnviz.scenes import scene_to_pil
 
     if model is None:
@@ -109,7 +109,7 @@ def answer_maps(model, processor, image, question: str, answer_text: str) -> dic
     """
     import torch
 
-    from attnviz.demo.train_vlm import prompt
+    from attnviz.demo.vlm_questions import prompt
 
     tok = processor.tokenizer
     inputs = processor(images=[image], text=[prompt(question)], return_tensors="pt")
