@@ -321,15 +321,16 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, steps: int = 3000, teacher_s
 
 
 def main(argv: list[str] | None = None) -> int:
-    # `python -m attnviz.demo.train clip|captioner [...]` trains the other demo models.
+    # `python -m attnviz.demo.train clip|captioner|cnn|vlm [...]` trains the other demo models.
     args_in = list(sys.argv[1:] if argv is None else argv)
-    if args_in and args_in[0] in ("clip", "captioner", "cnn"):
+    if args_in and args_in[0] in ("clip", "captioner", "cnn", "vlm"):
         import importlib
         return importlib.import_module(f"attnviz.demo.train_{args_in[0]}").main(args_in[1:])
     argv = args_in
     ap = argparse.ArgumentParser(prog="python -m attnviz.demo.train", description=__doc__.split("\n")[0],
-                                 epilog="`python -m attnviz.demo.train clip ...` / `... captioner ...` / `... cnn ...` "
-                                        "train the image–text, captioning and CNN demo models (their own options follow).")
+                                 epilog="`python -m attnviz.demo.train clip ...` / `... captioner ...` / `... cnn ...` / "
+                                        "`... vlm ...` train the image–text, captioning, CNN and question-answering "
+                                        "demo models (their own options follow).")
     ap.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     ap.add_argument("--seed", type=int, default=0, help="training data and init seed (default 0)")
     ap.add_argument("--steps", type=int, default=None, help="ViT steps (default 3000; 40 with --fast)")
