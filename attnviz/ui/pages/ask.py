@@ -39,7 +39,8 @@ ABOUT = ("Ask a vision-language model a question about the image and see, for ea
 
 def not_a_vlm_ui(adapter) -> None:
     st.info(f"{adapter.name} does not answer questions: this page needs a vision-language model (LLaVA, "
-            "PaliGemma, Qwen2-VL, Idefics3 / SmolVLM, or the offline demo VLM once it is built).")
+            "PaliGemma, Qwen2-VL, Idefics3 / SmolVLM, or the offline demo-vlm-shapes, which answers questions about "
+            "the shape scenes): pick one in the sidebar.")
 
 
 def _percent(p: float) -> str:
