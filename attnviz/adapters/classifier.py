@@ -46,6 +46,7 @@ def prefix_names(config) -> tuple[str, ...]:
 class ClassifierAdapter(ModelAdapter):
     family = "classifier"
     task = "image-classification"
+    ROWS_CAPTURE = True          # dense self-attention through fast_eager: the chunked path applies
 
     def __init__(self, model, processor, **kw):
         super().__init__(model, processor, **kw)

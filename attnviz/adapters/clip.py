@@ -34,6 +34,7 @@ ARCHITECTURES = {"CLIPModel": "clip", "SiglipModel": "siglip"}
 class ClipAdapter(ModelAdapter):
     family = "clip"
     task = "zero-shot-image-classification"
+    ROWS_CAPTURE = True          # dense self-attention through fast_eager: the chunked path applies
 
     def __init__(self, model, processor, tokenizer=None, **kw):
         super().__init__(model, processor, **kw)
