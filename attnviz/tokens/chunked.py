@@ -120,8 +120,12 @@ class QK(Rows):
         if self.bias is not None:
             w = torch.baddbmm(self.bias[:, lo:hi], ql, self.k.transpose(1, 2), alpha=self.scaling)   # [H, c, T]
         else:
-            w = torch.bmm(ql, self.k.transpose(1, 2)).mul_(self.scaling)               # [H, c, T]
-        return torch.softmax(w, -1)
+            # the scaling as BLAS's alpha while the product is written (as fast_eager does)
+            w = torch.baddbmm(ql.new_zeros(()).expand(1, 1, 1), ql, self.k.transpose(1, 2), beta=0,
+                              alpha=self.scaling)                                      # [H, c, T]
+        if w.requires_grad:
+            return torch.softmax(w, -1)
+        return torch.softmax(w, -1, out=w)                                             # in place: one block less
 
     def grad_rows(self, lo, hi, dout: Optional[torch.Tensor] = None) -> torch.Tensor:
         """∇A rows: d score / dA[lo:hi] = dO[lo:hi]·Vᵀ, [H, hi - lo, T]."""
