@@ -55,6 +55,8 @@ class SwinAdapter(ClassifierAdapter):
     #: transformers' Swin V1 blocks rewrite their own window and shift during a forward on a small grid,
     #: and this adapter puts the built ones back before each forward: two at once would race on them.
     concurrent_forwards = False
+    #: Window attention keeps no T×T: the capture keeps every window's weights (``_run``), never q, k rows.
+    ROWS_CAPTURE = False
 
     def __init__(self, model, processor, **kw):
         super().__init__(model, processor, **kw)
