@@ -232,7 +232,7 @@ def dinov2_small(image_size: int = 518, num_labels: int = 1000):
 
 def highres_probe(size: int, op: str, repeats: int = 1, path: str = "auto", threads: int = 2) -> dict:
     """One measurement in this process (run it in a fresh one): DINOv2-S at ``size``², ``op`` in
-    :data:`HIGHRES_OPS`; seconds (median of ``repeats`` after one warm-up when ``repeats`` > 1), the bare
+    :data:`HIGHRES_OPS`; seconds (median of ``repeats`` after one warm-up; one cold run when 0), the bare
     SDPA forward's seconds in the same process (the unit; measured before ``op``), and the process's peak
     resident memory (``ru_maxrss``)."""
     import resource
@@ -273,8 +273,8 @@ def highres_probe(size: int, op: str, repeats: int = 1, path: str = "auto", thre
         explain(adapter, adapter.capture(inputs, grads=True), "relevance")
 
     fn = {"bare": bare, "rollout": rollout, "views": views, "relevance": relevance}[op]
-    unit = _median_time(bare, repeats) if repeats > 1 else _once(bare)
-    t = unit if op == "bare" else (_median_time(fn, repeats) if repeats > 1 else _once(fn))
+    unit = _median_time(bare, repeats) if repeats else _once(bare)
+    t = unit if op == "bare" else (_median_time(fn, repeats) if repeats else _once(fn))
     return {"size": size, "op": op, "tokens": adapter.layout(inputs).n_tokens, "seconds": t, "unit": unit,
             "rows": adapter.rows_path(adapter.layout(inputs).n_tokens),
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -286,7 +286,7 @@ def _once(fn) -> float:
     return time.perf_counter() - t0
 
 
-def run_highres_bench(sizes=HIGHRES_SIZES, repeats: int = 3, path: str = "auto", threads: int = 2) -> int:
+def run_highres_bench(sizes=HIGHRES_SIZES, repeats: int = 1, path: str = "auto", threads: int = 2) -> int:
     """``bench --highres``: per size and view a fresh process (its peak memory is its own), each timing its
     view against a bare SDPA forward it runs itself. Prints the table with the targets; 1 when one is missed."""
     import json
@@ -295,7 +295,7 @@ def run_highres_bench(sizes=HIGHRES_SIZES, repeats: int = 3, path: str = "auto",
     import sys
     results = {}
     for size in sizes:
-        reps = repeats if size <= 896 else 1
+        reps = repeats if size <= 896 else 0          # 1792²: one cold run of each
         for op in HIGHRES_OPS:
             code = ("import json, sys; from attnviz.bench import highres_probe; "
                     f"print(json.dumps(highres_probe({size}, {op!r}, {reps}, {path!r}, {threads})))")

@@ -404,7 +404,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 limit=args.limit, json_path=args.json_path)
         if args.highres:
             from .bench import run_highres_bench
-            return run_highres_bench(sizes=(224, 518) if args.quick else (518, 896, 1792), repeats=args.repeats)
+            return run_highres_bench(sizes=(224, 518) if args.quick else (518, 896, 1792), repeats=min(args.repeats, 3))
         if args.app:
             from .bench import run_app_bench
             return run_app_bench()

@@ -25,7 +25,9 @@ import torch
 from PIL import Image
 
 from ..errors import ModelUnavailable, UsageError
+from ..tokens.budget import Cost, dense_cost, largest_square
 from ..tokens.chunked import QK
+from ..tokens.geometry import MAX_PATCHES, MAX_ROWS_PATCHES, rounded_size
 from ..tokens.readout import READS_PATCHES, static_readout
 from ..types import Capture, Target, TokenLayout
 from .fast_attention import NAME as FAST_EAGER, Recorder, recording, use_fast_eager
@@ -303,6 +305,38 @@ class ModelAdapter:
             raise UsageError(f"{self.name} cannot capture attention rows (it does not run attnviz's own eager "
                              "attention): use the full path.")
         return able and (path == "rows" or (path == "auto" and n_tokens >= ROWS_FROM_TOKENS))
+
+    # --- input sizes: what a size costs, what fits ----------------------
+    def max_patches(self) -> int:
+        """The most patches a chosen input size may make: more on the chunked path (no T² memory)."""
+        return MAX_ROWS_PATCHES if self.rows_path(MAX_PATCHES + 1) else MAX_PATCHES
+
+    def estimate(self, size: tuple[int, int]) -> Optional[Cost]:
+        """Expected time and memory of a capture and its attention views at input ``size`` (height, width),
+        from the model's shape and this machine (``tokens/budget.py``); None where the family has none.
+        The app shows it before running a high-resolution input."""
+        cfg = getattr(self.model.config, "vision_config", None) or self.model.config
+        patch, prefix = getattr(self, "patch_size", None), getattr(self, "prefix", None)
+        if patch is None or prefix is None or not hasattr(cfg, "intermediate_size"):
+            return None
+        h, w = rounded_size(size, patch)
+        tokens = (h // patch[0]) * (w // patch[1]) + len(prefix)
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return dense_cost(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size,
+                          tokens, "rows" if self.rows_path(tokens) else "full", weights)
+
+    def check_size(self, size: tuple[int, int]) -> None:
+        """Refuse, in one sentence, a chosen input size whose capture would not fit in this machine's memory."""
+        cost = self.estimate(size)
+        if cost is None or cost.fits:
+            return
+        patch = self.patch_size[0]
+        side = largest_square(lambda s: self.estimate((s, s)), patch, patch)
+        h, w = rounded_size(size, self.patch_size)
+        fits = f"at most about {side}×{side} fits" if side else "no size fits"
+        raise UsageError(f"The input size {h}×{w} ({cost.tokens:,} tokens) would need about "
+                         f"{cost.relevance_bytes / 2 ** 30:.1f} GB for the attention views, and "
+                         f"{cost.available_bytes / 2 ** 30:.1f} GB are available here: {fits}.")
 
     def _attention_modules(self) -> dict:
         """module -> layer for every submodule of each token block (the attention module among them)."""

@@ -107,7 +107,9 @@ class ClassifierAdapter(ModelAdapter):
         if texts:
             raise UsageError("This model is an image classifier and reads no text: prompts (--text) are for "
                              "image–text models and captions for captioners.")
-        pixel_values, box = pixels(self.processor, image, self.patch_size, size)
+        if size is not None:
+            self.check_size(size)                 # before the processor resizes: refuse what would not fit
+        pixel_values, box = pixels(self.processor, image, self.patch_size, size, max_patches=self.max_patches())
         return {"pixel_values": pixel_values, "box": box}
 
     def layout(self, inputs) -> TokenLayout:
