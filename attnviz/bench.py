@@ -305,6 +305,7 @@ def run_highres_bench(sizes=HIGHRES_SIZES, repeats: int = 1, path: str = "auto",
                 print(f"{size}² {op}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
             results[size, op] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"  {size}² {op}: {results[size, op]}", file=sys.stderr, flush=True)    # as each cell ends
     load = os.getloadavg()
     print(f"attnviz bench --highres: DINOv2-S/14 random weights, torch {torch.__version__}, {threads} threads, "
           f"attention path {path}, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; one process per cell "
