@@ -207,3 +207,131 @@ def run_app_bench(repeats: int = 3) -> int:
     interaction against its target (see :mod:`attnviz.loadtest.appbench`); 0 when all are met."""
     from .loadtest.appbench import run_app_bench as run
     return run(repeats)
+
+
+# --- high resolution (issue 22): attention views without the T² wall ------------------------------------
+
+#: DINOv2-S at its native 518² and above: (rollout, relevance) / bare forward, and MB over a bare forward.
+HIGHRES_TARGETS = {518: (1.2, 2.6, 150, 400), 896: (1.5, 3.0, 512, 1024)}
+HIGHRES_SIZES = (518, 896, 1792)
+HIGHRES_OPS = ("bare", "rollout", "views", "relevance")
+
+
+def dinov2_small(image_size: int = 518, num_labels: int = 1000):
+    """The DINOv2-S/14 architecture (12 layers, 6 heads, width 384) with a 1000-class head, random weights."""
+    import transformers
+    cfg = transformers.Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                                    intermediate_size=1536, patch_size=14, image_size=image_size,
+                                    num_labels=num_labels)
+    torch.manual_seed(0)
+    model = transformers.Dinov2ForImageClassification(cfg)
+    model.config.architectures = ["Dinov2ForImageClassification"]
+    model.set_attn_implementation("eager")
+    return model
+
+
+def highres_probe(size: int, op: str, repeats: int = 1, path: str = "auto", threads: int = 2) -> dict:
+    """One measurement in this process (run it in a fresh one): DINOv2-S at ``size``², ``op`` in
+    :data:`HIGHRES_OPS`; seconds (median of ``repeats`` after one warm-up; one cold run when 0), the bare
+    SDPA forward's seconds in the same process (the unit; measured before ``op``), and the process's peak
+    resident memory (``ru_maxrss``)."""
+    import resource
+
+    import transformers
+
+    from .adapters.classifier import ClassifierAdapter
+    from .methods.attention import attention_grid
+    from .methods.registry import explain
+    torch.set_num_threads(threads)
+    adapter = ClassifierAdapter(dinov2_small(), transformers.ViTImageProcessor(), name="dinov2-s-random",
+                                source="<config>")
+    adapter.attention_path = path
+    impl = adapter.model.config._attn_implementation
+    x = torch.randn(1, 3, size, size)
+    inputs = {"pixel_values": x, "box": None}
+
+    def bare():
+        adapter.model.set_attn_implementation("sdpa")
+        try:
+            with torch.no_grad():
+                adapter.model(pixel_values=x)
+        finally:
+            adapter.model.set_attn_implementation(impl)
+
+    def rollout():
+        explain(adapter, adapter.capture(inputs, grads=False), "rollout")
+
+    def views():
+        cap = adapter.capture(inputs, grads=True)
+        attention_grid(cap, "cls")                     # every layer × head
+        for head in ("mean", "max", "min"):
+            explain(adapter, cap, "attention", head=head)
+        explain(adapter, cap, "rollout")
+        explain(adapter, cap, "relevance")             # top class: one backward
+
+    def relevance():
+        explain(adapter, adapter.capture(inputs, grads=True), "relevance")
+
+    fn = {"bare": bare, "rollout": rollout, "views": views, "relevance": relevance}[op]
+    unit = _median_time(bare, repeats) if repeats else _once(bare)
+    t = unit if op == "bare" else (_median_time(fn, repeats) if repeats else _once(fn))
+    return {"size": size, "op": op, "tokens": adapter.layout(inputs).n_tokens, "seconds": t, "unit": unit,
+            "rows": adapter.rows_path(adapter.layout(inputs).n_tokens),
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_highres_bench(sizes=HIGHRES_SIZES, repeats: int = 1, path: str = "auto", threads: int = 2) -> int:
+    """``bench --highres``: per size and view a fresh process (its peak memory is its own), each timing its
+    view against a bare SDPA forward it runs itself. Prints the table with the targets; 1 when one is missed."""
+    import json
+    import os
+    import subprocess
+    import sys
+    results = {}
+    for size in sizes:
+        reps = repeats if size <= 896 else 0          # 1792²: one cold run of each
+        for op in HIGHRES_OPS:
+            code = ("import json, sys; from attnviz.bench import highres_probe; "
+                    f"print(json.dumps(highres_probe({size}, {op!r}, {reps}, {path!r}, {threads})))")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+            if out.returncode:
+                print(f"{size}² {op}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+                continue
+            results[size, op] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"  {size}² {op}: {results[size, op]}", file=sys.stderr, flush=True)    # as each cell ends
+    load = os.getloadavg()
+    print(f"attnviz bench --highres: DINOv2-S/14 random weights, torch {torch.__version__}, {threads} threads, "
+          f"attention path {path}, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; one process per cell "
+          "(peak RSS), time as a ratio to a bare SDPA forward in the same process")
+    print(f"{'input':>6} {'tokens':>7} {'path':>5} {'bare fwd s':>10} {'bare MB':>8}   "
+          f"{'rollout':>15} {'all views':>15} {'relevance':>15}   target (rollout, relevance, +MB)")
+    failed = False
+    for size in sizes:
+        bare = results.get((size, "bare"))
+        if bare is None:
+            continue
+        cells = []
+        for op in ("rollout", "views", "relevance"):
+            r = results.get((size, op))
+            cells.append(f"{r['seconds'] / r['unit']:5.2f}× {r['peak_mb'] - bare['peak_mb']:+6.0f}MB" if r else
+                         f"{'failed':>15}")
+        target = HIGHRES_TARGETS.get(size)
+        mark = ""
+        if target:
+            got = [results.get((size, op)) for op in ("rollout", "relevance")]
+            ok = all(got) and got[0]["seconds"] / got[0]["unit"] <= target[0] and \
+                got[1]["seconds"] / got[1]["unit"] <= target[1] and \
+                got[0]["peak_mb"] - bare["peak_mb"] <= target[2] and got[1]["peak_mb"] - bare["peak_mb"] <= target[3]
+            failed |= not ok
+            mark = f"≤{target[0]}× ≤{target[1]}× +{target[2]}/+{target[3]}MB {'ok' if ok else 'MISSED'}"
+        rows = results.get((size, "rollout"), {}).get("rows")
+        print(f"{size:>5}² {bare['tokens']:>7,} {'rows' if rows else 'full':>5} {bare['seconds']:10.2f} "
+              f"{bare['peak_mb']:8.0f}   {cells[0]:>15} {cells[1]:>15} {cells[2]:>15}   {mark}")
+    return 1 if failed else 0

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ray", action="store_true",
                        help="the Ray engine against in-process on the same files (with --batch: after it)")
     bench.add_argument("--images", type=int, help="with --batch: images per run (default 16; 200 with --ray)")
+    bench.add_argument("--highres", action="store_true",
+                       help="DINOv2-S at 518², 896², 1792²: attention views' time and memory over a bare forward")
     bench.add_argument("--app", action="store_true",
                        help="the app instead: server CPU per interaction (demo model and ViT-B/16, random weights)")
 
@@ -415,6 +417,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_loadtest(sessions=args.sessions, model=args.model, url=args.url, ramp=args.ramp,
                                 think=args.think, seed=args.seed, images_dir=args.images, timeout=args.timeout,
                                 limit=args.limit, json_path=args.json_path, batch_log=args.batch_log)
+        if args.highres:
+            from .bench import run_highres_bench
+            return run_highres_bench(sizes=(224, 518) if args.quick else (518, 896, 1792), repeats=min(args.repeats, 3))
         if args.app:
             from .bench import run_app_bench
             return run_app_bench()

@@ -61,7 +61,7 @@ def test_explain_npy_and_png(capsys, tmp_path, image_file, saved_models, photo):
     (["explain", "IMG", "--param", "n_steps"], "key=value"),
     (["explain", "IMG", "--out", "x.jpg"], ".npy or .png"),
     (["explain", "IMG", "--size", "big"], "HEIGHTxWIDTH"),
-    (["explain", "IMG", "--size", "4000x4000"], "250,000 patches of 8×8; at most 4,096"),
+    (["explain", "IMG", "--size", "4000x4000"], "250,000 patches of 8×8; at most 65,536"),
     (["explain", "IMG", "--out", "/no/such/folder/x.png"], "does not exist"),
     (["explain", "IMG", "--text", "a cat"], "reads no text"),
     (["frobnicate"], "invalid choice"),

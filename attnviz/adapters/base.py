@@ -18,15 +18,19 @@ from __future__ import annotations
 import inspect
 import os
 import threading
+from contextlib import nullcontext
 from typing import Any, Callable, ClassVar, Collection, Optional, Sequence
 
 import torch
 from PIL import Image
 
 from ..errors import ModelUnavailable, UsageError
+from ..tokens.budget import Cost, dense_cost, largest_square
+from ..tokens.chunked import QK
+from ..tokens.geometry import MAX_PATCHES, MAX_ROWS_PATCHES, rounded_size
 from ..tokens.readout import READS_PATCHES, static_readout
 from ..types import Capture, Target, TokenLayout
-from .fast_attention import use_fast_eager
+from .fast_attention import NAME as FAST_EAGER, Recorder, recording, use_fast_eager
 
 ADAPTERS: dict[str, type["ModelAdapter"]] = {}
 
@@ -79,7 +83,16 @@ def class_probabilities(scores: torch.Tensor, multi_label: bool) -> torch.Tensor
 
 
 #: Gradients whose leading batch dimension (one image) a capture drops, like the tensors it keeps.
-_PER_IMAGE = ("attentions", "stages")
+_PER_IMAGE = ("attentions", "stages", "head_outputs")
+
+#: Attention paths a capture can take: "full" keeps every layer's [H, T, T] weights (``output_attentions``);
+#: "rows" runs SDPA and keeps q, k (v, head outputs) per layer, O(T·d) (``tokens/chunked.py``); "auto"
+#: takes "rows" from :data:`ROWS_FROM_TOKENS` tokens on, where the family and its attention allow it.
+ATTENTION_PATHS = ("auto", "full", "rows")
+
+#: From this many tokens "auto" captures rows: measured with ``bench --highres`` (below it the full
+#: weights cost less time than recomputing them block by block; memory is small either way).
+ROWS_FROM_TOKENS = 1024
 
 
 def _grad_function(scores: torch.Tensor, wrt: dict[str, tuple[torch.Tensor, ...]]):
@@ -122,6 +135,9 @@ class ModelAdapter:
     batches_images: ClassVar[bool] = False
     batch_shared_extras: ClassVar[tuple[str, ...]] = ()
     batch_row_extras: ClassVar[tuple[str, ...]] = ()
+    #: Whether the family's attention views may run on the chunked path: its capture's attentions are
+    #: dense self-attention layers of the tower the views read, each through ``fast_eager``.
+    ROWS_CAPTURE: ClassVar[bool] = False
 
     def __init__(self, model: torch.nn.Module, processor: Any, *, name: str, source: str,
                  device: Optional[torch.device] = None):
@@ -138,6 +154,8 @@ class ModelAdapter:
         # up to ATTNVIZ_MODEL_LANES at once where concurrent_forwards allows), one batch at a time, so a
         # long method (IG, occlusion) never holds the model longer than one batch.
         self.lock = threading.RLock()
+        #: "auto", "full" or "rows" (``ATTENTION_PATHS``); ATTNVIZ_ATTENTION_PATH sets the default.
+        self.attention_path = os.environ.get("ATTNVIZ_ATTENTION_PATH", "auto")
 
     # --- family hooks -------------------------------------------------
     @classmethod
@@ -244,18 +262,26 @@ class ModelAdapter:
         its ``stages`` (S × [1, C, h, w], in the graph), ``stage_grids`` and ``gates``.
         """
         pixel_values = inputs["pixel_values"].to(self.device)
-        with torch.set_grad_enabled(grads), self.lock:
+        layout = self.layout(inputs)
+        rec = Recorder(self._attention_modules(), grads) if self.rows_path(layout.n_tokens) else None
+        with torch.set_grad_enabled(grads), self.lock, (recording(rec) if rec else nullcontext()):
             x = pixel_values.detach().clone().requires_grad_(grads)
             scores, attentions, extras = self._run(inputs, x, attentions=True)
-        attentions = tuple(attentions or ())
-        layout = self.layout(inputs)
-        if "attentions" in self.provides:
-            self._check_attentions(attentions, layout, extras)
+        if rec is not None:
+            attentions, kept = self._recorded(rec, layout)
+            grad_name = "head_outputs"                                 # L × [1, H, T, d]: ∇A = dO·Vᵀ
+        else:
+            attentions = tuple(attentions or ())
+            kept = tuple(a[0].detach() for a in attentions)            # L × [H, T, T]
+            grad_name = "attentions"
+            if "attentions" in self.provides:
+                self._check_attentions(attentions, layout, extras)
         stages = tuple(extras.pop("stages", ()))
         scores = scores[0]                                             # [n_targets]
-        # Tensors to differentiate: every layer's [1, H, T, T] attention as the forward used it, or every
-        # stage's [1, C, h, w] feature map, plus whatever else the family lists in extras["grad_wrt"].
-        wrt = {k: v for k, v in (("attentions", attentions), ("stages", stages)) if v}
+        # Tensors to differentiate: every layer's [1, H, T, T] attention as the forward used it (on the
+        # chunked path its [1, H, T, d] head output), or every stage's [1, C, h, w] feature map, plus
+        # whatever else the family lists in extras["grad_wrt"].
+        wrt = {k: v for k, v in ((grad_name, attentions), ("stages", stages)) if v}
         wrt.update(extras.pop("grad_wrt", {}))
         readout = extras.pop("readout", None)                          # [1, T] when the forward measured it
         stage_grids = tuple(extras.pop("stage_grids", ()))
@@ -263,7 +289,7 @@ class ModelAdapter:
         grad_fn = _grad_function(scores, wrt) if grads else None
         return Capture(
             scores=scores.detach(),
-            attentions=tuple(a[0].detach() for a in attentions),     # L × [H, T, T]
+            attentions=kept,                                         # L × [H, T, T] (or L × QK rows)
             layout=layout,
             inputs=inputs,
             targets=self._targets(inputs, scores.detach()),
@@ -276,6 +302,72 @@ class ModelAdapter:
             gates=gates,
             _grad_fn=grad_fn,
         )
+
+    def rows_path(self, n_tokens: int) -> bool:
+        """Whether a capture of ``n_tokens`` tokens takes the chunked path (``attention_path``)."""
+        path = str(self.attention_path).strip().lower()
+        if path not in ATTENTION_PATHS:
+            raise UsageError(f"Attention path must be one of {', '.join(ATTENTION_PATHS)}, got '{path}'.")
+        able = self.ROWS_CAPTURE and getattr(self.model.config, "_attn_implementation", None) == FAST_EAGER
+        if path == "rows" and not able:
+            raise UsageError(f"{self.name} cannot capture attention rows (it does not run attnviz's own eager "
+                             "attention): use the full path.")
+        return able and (path == "rows" or (path == "auto" and n_tokens >= ROWS_FROM_TOKENS))
+
+    # --- input sizes: what a size costs, what fits ----------------------
+    def max_patches(self) -> int:
+        """The most patches a chosen input size may make: more on the chunked path (no T² memory)."""
+        return MAX_ROWS_PATCHES if self.rows_path(MAX_PATCHES + 1) else MAX_PATCHES
+
+    def estimate(self, size: tuple[int, int]) -> Optional[Cost]:
+        """Expected time and memory of a capture and its attention views at input ``size`` (height, width),
+        from the model's shape and this machine (``tokens/budget.py``); None where the family has none.
+        The app shows it before running a high-resolution input."""
+        cfg = getattr(self.model.config, "vision_config", None) or self.model.config
+        patch, prefix = getattr(self, "patch_size", None), getattr(self, "prefix", None)
+        if patch is None or prefix is None or not hasattr(cfg, "intermediate_size"):
+            return None
+        h, w = rounded_size(size, patch)
+        tokens = (h // patch[0]) * (w // patch[1]) + len(prefix)
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return dense_cost(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size,
+                          tokens, "rows" if self.rows_path(tokens) else "full", weights)
+
+    def check_size(self, size: tuple[int, int]) -> None:
+        """Refuse, in one sentence, a chosen input size whose capture would not fit in this machine's memory."""
+        cost = self.estimate(size)
+        if cost is None or cost.fits:
+            return
+        patch = self.patch_size[0]
+        side = largest_square(lambda s: self.estimate((s, s)), patch, patch)
+        h, w = rounded_size(size, self.patch_size)
+        fits = f"at most about {side}×{side} fits" if side else "no size fits"
+        raise UsageError(f"The input size {h}×{w} ({cost.tokens:,} tokens) would need about "
+                         f"{cost.relevance_bytes / 2 ** 30:.1f} GB for the attention views, and "
+                         f"{cost.available_bytes / 2 ** 30:.1f} GB are available here: {fits}.")
+
+    def _attention_modules(self) -> dict:
+        """module -> layer for every submodule of each token block (the attention module among them)."""
+        return {m: li for li in range(self.n_layers) for m in self.token_block(li).modules()}
+
+    def _recorded(self, rec: Recorder, layout: TokenLayout) -> tuple[tuple, tuple]:
+        """(head outputs to differentiate L × [1, H, T, d] or (), the capture's L × ``QK`` rows)."""
+        if sorted(rec.layers) != list(range(self.n_layers)):
+            raise RuntimeError(f"Expected {self.n_layers} attention layers, recorded {len(rec.layers)}.")
+        kept = []
+        for li in range(self.n_layers):
+            r = rec.layers[li]
+            q = r["q"][0]                                                   # [H, T, d]
+            if q.shape[1] != layout.n_tokens:
+                raise RuntimeError(f"Token layout mismatch: attention over {q.shape[1]} tokens, "
+                                   f"layout says {layout.n_tokens}.")
+            bias = r["bias"]
+            if bias is not None:                                            # [1 or B, 1 or H, T, T]
+                bias = bias[0].expand(q.shape[0], -1, -1)                   # [H, T, T]
+            kept.append(QK(q=q, k=r["k"][0], scaling=r["scaling"], bias=bias,
+                           v=None if r["v"] is None else r["v"][0]))
+        outs = tuple(rec.layers[li]["out"] for li in range(self.n_layers)) if rec.grads else ()
+        return outs, tuple(kept)
 
     def _check_attentions(self, attentions: tuple, layout: TokenLayout, extras: dict[str, Any]) -> None:
         if len(attentions) != self.n_layers:

@@ -49,6 +49,7 @@ class ClassifierAdapter(ModelAdapter):
     batches_images = True
     #: a headless backbone's one target: what ``_run`` scores when the model has no classes
     headless_target = "CLS embedding norm"
+    ROWS_CAPTURE = True          # dense self-attention through fast_eager: the chunked path applies
 
     def __init__(self, model, processor, **kw):
         super().__init__(model, processor, **kw)
@@ -109,7 +110,9 @@ class ClassifierAdapter(ModelAdapter):
         if texts:
             raise UsageError("This model is an image classifier and reads no text: prompts (--text) are for "
                              "image–text models and captions for captioners.")
-        pixel_values, box = pixels(self.processor, image, self.patch_size, size)
+        if size is not None:
+            self.check_size(size)                 # before the processor resizes: refuse what would not fit
+        pixel_values, box = pixels(self.processor, image, self.patch_size, size, max_patches=self.max_patches())
         return {"pixel_values": pixel_values, "box": box}
 
     def layout(self, inputs) -> TokenLayout:

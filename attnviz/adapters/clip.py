@@ -34,6 +34,7 @@ ARCHITECTURES = {"CLIPModel": "clip", "SiglipModel": "siglip"}
 class ClipAdapter(ModelAdapter):
     family = "clip"
     task = "zero-shot-image-classification"
+    ROWS_CAPTURE = True          # dense self-attention through fast_eager: the chunked path applies
 
     def __init__(self, model, processor, tokenizer=None, **kw):
         super().__init__(model, processor, **kw)
@@ -111,7 +112,9 @@ class ClipAdapter(ModelAdapter):
         padding = "max_length" if self.kind == "siglip" else True
         text = self.tokenizer(prompts, padding=padding, truncation=True, max_length=self.max_text_tokens,
                               return_tensors="pt")
-        pixel_values, box = pixels(self.processor, image, self.patch_size, size)
+        if size is not None:
+            self.check_size(size)                 # before the processor resizes: refuse what would not fit
+        pixel_values, box = pixels(self.processor, image, self.patch_size, size, max_patches=self.max_patches())
         return {"pixel_values": pixel_values, "input_ids": text["input_ids"],
                 "attention_mask": text.get("attention_mask", torch.ones_like(text["input_ids"])),
                 "prompts": prompts, "notes": notes,

@@ -23,6 +23,8 @@ They keep plain "eager" (:func:`use_fast_eager`).
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -51,6 +53,9 @@ def fast_eager(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     weights [B, H, T_q, T_k]), the numbers of the standard eager function."""
     if scaling is None:
         scaling = query.size(-1) ** -0.5
+    rec = getattr(_LOCAL, "recorder", None)
+    if rec is not None and module in rec.layer_of:
+        return rec.attend(module, query, key, value, attention_mask, scaling)
     b, h, tq, d = query.shape
     tk = key.shape[-2]
     grad = torch.is_grad_enabled() and any(
@@ -81,6 +86,41 @@ def fast_eager(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
         w = nn.functional.dropout(w, p=dropout, training=True)
     out = torch.matmul(w, value).transpose(1, 2).contiguous()                              # [B, Tq, H, d]
     return out, w
+
+
+_LOCAL = threading.local()
+
+
+class Recorder:
+    """The chunked path's capture (``tokens/chunked.py``): for the attention modules it is given (module ->
+    layer), attention runs as SDPA (no [T, T] weights kept, nor returned) and the recorder keeps what the
+    views recompute it from, O(T·d) per layer: q, k, the scaling, the additive mask (BEiT's relative
+    position bias, as the model built it), and with ``grads`` the values and the head output [B, H, T, d]
+    itself, in the graph, to differentiate (∇A = dO·Vᵀ). Acts only in the thread that entered
+    :func:`recording` (one model serves every session)."""
+
+    def __init__(self, layer_of: dict, grads: bool):
+        self.layer_of, self.grads = layer_of, grads
+        self.layers: dict[int, dict] = {}
+
+    def attend(self, module, query, key, value, mask, scaling):
+        out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+        self.layers[self.layer_of[module]] = {                                             # [B, H, T, d] each
+            "q": query.detach(), "k": key.detach(), "scaling": float(scaling),
+            "bias": None if mask is None else mask.detach(),
+            "v": value.detach() if self.grads else None, "out": out if self.grads else None}
+        return out.transpose(1, 2).contiguous(), None                                     # [B, T, H, d]
+
+
+@contextmanager
+def recording(rec: Recorder):
+    """Route this thread's attention of ``rec``'s modules through ``rec`` while the block runs."""
+    prev = getattr(_LOCAL, "recorder", None)
+    _LOCAL.recorder = rec
+    try:
+        yield rec
+    finally:
+        _LOCAL.recorder = prev
 
 
 transformers.AttentionInterface.register(NAME, fast_eager)

@@ -34,6 +34,8 @@ import torch
 import transformers
 
 from ..errors import UsageError
+from ..tokens.budget import Cost, window_cost
+from ..tokens.geometry import rounded_size
 from ..tokens.mixing import Hierarchy, shifted_windows
 from ..types import TokenLayout
 from .base import config_names, register_adapter
@@ -63,6 +65,8 @@ class SwinAdapter(ClassifierAdapter):
     # a batch of one input size shares the hierarchy; each block's windows hold image i's n_windows in turn
     batch_shared_extras = ("hierarchy",)
     batch_row_extras = ("windows",)
+    #: Window attention keeps no T×T: the capture keeps every window's weights (``_run``), never q, k rows.
+    ROWS_CAPTURE = False
 
     def __init__(self, model, processor, **kw):
         super().__init__(model, processor, **kw)
@@ -130,6 +134,21 @@ class SwinAdapter(ClassifierAdapter):
         """[N_last] 1/N on each token of the last stage (the one the mean pooling reads)."""
         rows, cols = stage_grids((layout.rows, layout.cols), len(self.config.depths))[-1]
         return torch.full((rows * cols,), 1.0 / (rows * cols))
+
+    def max_patches(self):
+        """No fixed cap: window attention has no T² memory; ``check_size`` refuses what would not fit."""
+        return None
+
+    def estimate(self, size: tuple[int, int]) -> Cost:
+        """Window attention's cost at ``size``: per block its stage's (padded) tokens × window² × heads."""
+        h, w = rounded_size(size, self.patch_size)
+        ph, pw = self.patch_size
+        win, cfg = self.config.window_size, self.config
+        blocks = []
+        for s, (r, c) in enumerate(stage_grids((-(-h // ph), -(-w // pw)), len(cfg.depths))):
+            padded = (-(-r // win) * win) * (-(-c // win) * win)
+            blocks += [(padded, cfg.num_heads[s], win * win, cfg.embed_dim * 2 ** s)] * cfg.depths[s]
+        return window_cost(blocks, sum(p.numel() * p.element_size() for p in self.model.parameters()))
 
     def _check_size(self, pixel_values: torch.Tensor) -> None:
         """V1 only: every stage's grid must be at least the window (else transformers' window and its

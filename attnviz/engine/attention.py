@@ -6,11 +6,13 @@ layers (``methods/hierarchy.py``): a few small tensor operations per layer, whos
 ViT (``capture.CaptureBatch``: every layer's attention as one [B, H, T, T] tensor) the same steps run on
 the batch, one row per image:
 
-* rollout (Abnar & Zuidema 2020): heads fused (``fuse_heads`` over the head dimension), the weakest
-  ``discard_ratio`` of each image's off-diagonal links dropped (its own threshold), ``v ← v·Â`` with
-  Â = ½A + ½I rows renormalised: ``tokens.mixing.rollout_step`` on one dense window, per image;
+* rollout (Abnar & Zuidema 2020): heads fused, the weakest ``discard_ratio`` of each image's
+  off-diagonal links dropped (its own threshold), ``v ← v·Â`` with Â = ½A + ½I rows renormalised;
 * relevance (Chefer, Gur & Wolf 2021, eqs. 5–6): Ā = E_h[(∇A ⊙ A)⁺] from the batch's gradients
-  (``grads_for_batch``), ``v ← v + v·Ā``: ``tokens.mixing.relevance_step``.
+  (``grads_for_batch``), ``v ← v + v·Ā``.
+
+Both are the single-image methods' own steps (``tokens.chunked.rollout_row`` / ``relevance_row``, which
+broadcast over a leading batch dimension): one implementation for one image, a batch, and the chunked path.
 
 The query vectors are the per-image methods' own (``query_vector`` / ``target_query_vector``), the
 layers those from ``start_layer``. A test holds the maps to ``explain``'s, image by image. Anything else
@@ -26,39 +28,11 @@ import torch
 
 from ..methods.common import layer_index, query_vector, target_query_vector
 from ..methods.hierarchy import is_hierarchical
-from ..tokens.attention import fuse_heads, positive_grad_attention
+from ..tokens.chunked import Dense, Fused, GradWeighted, relevance_row, rollout_row
 from ..types import Capture, Target
 from .capture import CaptureBatch
 
 BATCHED_ATTENTION_METHODS = ("rollout", "relevance")
-
-
-def _discard(a: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Zero each image's weakest ``ratio`` of off-diagonal entries (``a`` [B, T, T]; per image as
-    ``hierarchy._discard`` on one dense window: the k-th smallest off-diagonal value is the threshold)."""
-    t = a.shape[-1]
-    off = ~torch.eye(t, dtype=torch.bool, device=a.device)                          # [T, T]
-    k = int(t * (t - 1) * ratio)
-    if k == 0:
-        return a
-    thresh = a[:, off].kthvalue(k, dim=1).values                                     # [B]
-    return a.masked_fill(off & (a <= thresh[:, None, None]), 0.0)
-
-
-def rollout_rows(v: torch.Tensor, a: torch.Tensor, discard_ratio: float = 0.0) -> torch.Tensor:
-    """v·Â per image with Â = ½A + ½I, rows renormalised: ``v`` [B, T], ``a`` [B, T, T] heads fused."""
-    v = v.to(a)
-    if discard_ratio > 0:
-        a = _discard(a, discard_ratio)
-    rows = 0.5 * a.sum(-1) + 0.5                                                     # [B, T] row sums of Â
-    v = v / rows.clamp_min(1e-12)
-    return 0.5 * torch.bmm(v[:, None], a)[:, 0] + 0.5 * v                            # [B, T]
-
-
-def relevance_rows(v: torch.Tensor, a_bar: torch.Tensor) -> torch.Tensor:
-    """v + v·Ā per image (Chefer et al. eq. 6 as a row): ``v`` [B, T], ``a_bar`` [B, T, T]."""
-    v = v.to(a_bar)
-    return v + torch.bmm(v[:, None], a_bar)[:, 0]
 
 
 def _rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -88,14 +62,14 @@ def batched_attention_maps(adapter, method: str, batch: Sequence[Capture], idx: 
         if method == "rollout":
             v = torch.stack([query_vector(c, query) for c in caps])                 # [B, T]
             for li in range(len(batch.attentions) - 1, start - 1, -1):
-                a = fuse_heads(_rows(batch.attentions[li], rows).transpose(0, 1), params["head_fusion"])  # [B, T, T]
-                v = rollout_rows(v, a, params["discard_ratio"])
+                a = Fused(Dense(_rows(batch.attentions[li], rows)), params["head_fusion"])   # [B, T, T] rows
+                v = rollout_row(v, a, params["discard_ratio"])
         else:
             if grads is None:
                 return None
             v = torch.stack([target_query_vector(adapter, c, t, query) for c, t in zip(caps, targets)])  # [B, T]
             for li in range(len(batch.attentions) - 1, start - 1, -1):
-                a = _rows(batch.attentions[li], rows).transpose(0, 1)                  # [H, B, T, T]
-                g = _rows(grads[li], rows).transpose(0, 1)
-                v = relevance_rows(v, positive_grad_attention(a, g))                   # Ā: [B, T, T]
+                a = Dense(_rows(batch.attentions[li], rows))                           # [B, H, T, T]
+                g = Dense(_rows(grads[li], rows))
+                v = relevance_row(v, GradWeighted(a, g))                               # Ā: [B, T, T] rows
     return [c.layout.to_grid(v[k]) for k, c in enumerate(caps)]

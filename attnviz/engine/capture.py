@@ -53,7 +53,8 @@ def capture_batch(adapter, inputs: Sequence[dict[str, Any]], *, grads: bool = Fa
     ``grads``: keep the batch's graph so that :func:`grads_for_batch` (or a capture's own
     ``attention_grads``) can take gradients to every layer's attention.
     """
-    if not batchable(adapter):
+    if not batchable(adapter) or adapter.rows_path(adapter.layout(inputs[0]).n_tokens):
+        # the chunked path (large inputs) captures one image at a time: no [B, H, T, T] to share
         return [adapter.capture(inp, grads=grads) for inp in inputs]
     pixel_values = torch.cat([inp["pixel_values"] for inp in inputs]).to(adapter.device)   # [B, C, H, W]
     n = len(inputs)

@@ -5,26 +5,38 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from ..tokens.chunked import Fused, Head, Rows, pull
 from ..tokens.mixing import block_rows
 from ..types import Capture, Target
 from .common import HEAD_FUSIONS, QUERY_HELP, fuse_heads, layer_index, query_vector
-from .hierarchy import block_attentions, hierarchy, is_hierarchical, stage_grid, to_first_grid
+from .hierarchy import block_attentions, hierarchy, is_hierarchical, layer_rows, stage_grid, to_first_grid
 from .registry import Param, register
 
 
-def head_or_fusion(a, head: str):
-    """[H, T, T] -> [T, T]: a head index (negative from the end) or a fusion name."""
+def head_choice(head: str, n: int):
+    """A fusion name, or a head index (negative from the end) checked against ``n`` heads."""
     h = str(head).strip().lower()
     if h in HEAD_FUSIONS:
-        return fuse_heads(a, h)
+        return h
     try:
         i = int(h)
     except ValueError:
         raise UsageError(f"Head must be an index or one of {', '.join(HEAD_FUSIONS)}, got '{head}'.") from None
-    n = a.shape[0]
     if not -n <= i < n:
         raise UsageError(f"Head {i} is out of range: this layer has {n} heads (0–{n - 1}).")
-    return a[i]
+    return i % n
+
+
+def head_or_fusion(a, head: str):
+    """[H, T, T] -> [T, T]: a head index (negative from the end) or a fusion name."""
+    h = head_choice(head, a.shape[0])
+    return fuse_heads(a, h) if isinstance(h, str) else a[h]
+
+
+def head_rows(rows: Rows, head: str) -> Rows:
+    """``head_or_fusion`` on an [H, T, T] attention given by rows (``tokens/chunked.py``)."""
+    h = head_choice(head, rows.lead[-1])
+    return Fused(rows, h) if isinstance(h, str) else Head(rows, h)
 
 
 def block_attention_map(capture: Capture, li: int, head: str, query: str) -> np.ndarray:
@@ -68,16 +80,17 @@ def swin_head_grid(capture: Capture, stage: int, query: str = "output") -> np.nd
 def attention(adapter, capture: Capture, target: Target, *, layer: int, head: str, query: str):
     if is_hierarchical(capture):     # Swin: one block's windows, on its stage's grid (block_attention_map)
         return block_attention_map(capture, layer_index(capture, layer), head, query)
-    a = capture.attentions[layer_index(capture, layer)]          # [H, T, T]
-    row = query_vector(capture, query) @ head_or_fusion(a, head)    # [T] @ [T, T] -> [T]
+    a = layer_rows(capture, layer_index(capture, layer))          # [H, T, T] as rows
+    row = pull(query_vector(capture, query), head_rows(a, head))    # [T] @ [T, T] -> [T]
     return capture.layout.to_grid(row)
 
 
 def attention_grid(capture: Capture, query: str = "output") -> np.ndarray:
     """Every layer's and head's attention from one query token at once: float32 [L, H, rows, cols].
 
-    The heads page draws these as thumbnails; one tensor op, no per-map calls.
+    The heads page draws these as thumbnails; one product per layer (block by block on the chunked path).
     """
     q = query_vector(capture, query)                                 # [T]
-    rows = torch.stack([q @ a for a in capture.attentions])          # [L, H, T]
+    rows = torch.stack([pull(q.expand(capture.attentions[li].shape[0], -1), layer_rows(capture, li))
+                        for li in range(capture.n_layers)])          # [L, H, T]
     return capture.layout.to_grid(rows)                              # [L, H, rows, cols]

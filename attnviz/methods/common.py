@@ -84,4 +84,6 @@ QUERY_HELP = ("Query: output (the token(s) the prediction reads: CLS; CLS + dist
 
 def block_heads(capture: Capture, layer: int) -> int:
     """How many heads block ``layer`` has (Swin's grow stage by stage; a ViT's are all ``capture.n_heads``)."""
+    if not is_hierarchical(capture):
+        return int(capture.attentions[layer_index(capture, layer)].shape[0])
     return int(block_attentions(capture)[layer_index(capture, layer)].shape[1])

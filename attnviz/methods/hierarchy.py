@@ -12,11 +12,13 @@ L × ``[n_windows, heads, window², window²]`` in the model's window and slot o
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
 import torch
 
+from ..tokens.chunked import QK, Dense, GradWeighted, Rows
 from ..tokens.mixing import Hierarchy, dense
 from ..types import Capture
 
@@ -45,6 +47,27 @@ def block_attention_grads(capture: Capture, target: int) -> tuple[torch.Tensor, 
     if is_hierarchical(capture):
         return capture.grads(target, "windows")
     return tuple(g[None] for g in capture.attention_grads(target))
+
+
+def layer_rows(capture: Capture, li: int) -> Rows:
+    """Dense layer ``li``'s attention [H, T, T] as rows: the capture's own tensor (full path) or its
+    q, k (chunked path, ``tokens/chunked.py``)."""
+    a = capture.attentions[li]
+    return a if isinstance(a, QK) else Dense(a)
+
+
+def weighted_rows(capture: Capture, target: int, li: int) -> Rows:
+    """Chefer et al.'s Ā = E_h[(∇A ⊙ A)⁺] of dense layer ``li`` for ``target``, as rows [T, T]: from the
+    attention gradient (full path) or ∇A = dO·Vᵀ block by block (chunked path)."""
+    a = capture.attentions[li]
+    if isinstance(a, QK):
+        return GradWeighted(replace(a, dout=capture.grads(target, "head_outputs")[li]))
+    return GradWeighted(Dense(a), Dense(capture.attention_grads(target)[li]))
+
+
+def is_rows(capture: Capture) -> bool:
+    """Whether the capture took the chunked path (attentions held as q, k per layer)."""
+    return bool(capture.attentions) and isinstance(capture.attentions[0], QK)
 
 
 def stage_query(capture: Capture, query_index: Optional[int], readout: Optional[torch.Tensor],

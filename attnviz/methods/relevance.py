@@ -16,9 +16,10 @@ attention, with the same 0.5·A + 0.5·I residual and row normalisation.
 ``attn_grad``: Ā of a single layer (default: the last), the simplest
 gradient-weighted view.
 
-Relevance and gradient rollout pull the query's row down through the layers (``hierarchy.py``),
-``v ← v + v·Ā`` from the last layer to ``start_layer``: the same numbers as ``q·R``, without T×T
-products; on Swin, through its shifted windows and patch merges.
+Relevance and gradient rollout pull the query's row down through the layers, ``v ← v + v·Ā`` from
+the last layer to ``start_layer``: the same numbers as ``q·R``, without T×T products. A dense layer's
+Ā is formed block of rows by block (``tokens/chunked.py``; on the chunked path from q, k, v and the
+head-output gradient, ∇A = dO·Vᵀ); on Swin, through its shifted windows and patch merges.
 """
 from __future__ import annotations
 
@@ -26,12 +27,14 @@ from typing import Optional
 
 import torch
 
+from ..tokens.attention import positive_grad_attention
+from ..tokens.chunked import pull, relevance_row, rollout_row
+from ..tokens.mixing import pull_down, relevance_step, rollout_step
 from ..types import Capture, Target
 from .captioning import caption_relevance
-from ..tokens.attention import positive_grad_attention
-from ..tokens.mixing import pull_down, relevance_step, rollout_step
 from .common import QUERY_HELP, is_output, layer_index, target_query_vector
-from .hierarchy import block_attention_grads, block_attentions, hierarchy, to_first_grid
+from .hierarchy import (block_attention_grads, block_attentions, hierarchy, is_hierarchical, to_first_grid,
+                        weighted_rows)
 from .registry import Param, register
 
 QUERY = Param("query", "output", QUERY_HELP)
@@ -56,8 +59,13 @@ def relevance(adapter, capture: Capture, target: Target, *, start_layer: int, qu
         # rule (Chefer et al. eqs. 6–10), not a fixed readout of the encoder's R (which barely depends on the word).
         out = caption_relevance(adapter, capture, target)
         return out, {"rule": "encoder–decoder (caption_relevance)"}
-    mats = weighted_attentions(capture, target, layer_index(capture, start_layer))
-    v = pull_down(hierarchy(capture), target_query_vector(adapter, capture, target, query), mats, relevance_step)
+    start = layer_index(capture, start_layer)
+    v = target_query_vector(adapter, capture, target, query)
+    if not is_hierarchical(capture):
+        for li in range(capture.n_layers - 1, start - 1, -1):
+            v = relevance_row(v, weighted_rows(capture, target.index, li))
+        return capture.layout.to_grid(v)
+    v = pull_down(hierarchy(capture), v, weighted_attentions(capture, target, start), relevance_step)
     return capture.layout.to_grid(v)
 
 
@@ -72,8 +80,13 @@ def relevance(adapter, capture: Capture, target: Target, *, start_layer: int, qu
     class_specific=True, over="patches", kind="attention",
 )
 def grad_rollout(adapter, capture: Capture, target: Target, *, discard_ratio: float, start_layer: int, query: str):
-    mats = weighted_attentions(capture, target, layer_index(capture, start_layer))
-    v = pull_down(hierarchy(capture), target_query_vector(adapter, capture, target, query), mats,
+    start = layer_index(capture, start_layer)
+    v = target_query_vector(adapter, capture, target, query)
+    if not is_hierarchical(capture):
+        for li in range(capture.n_layers - 1, start - 1, -1):
+            v = rollout_row(v, weighted_rows(capture, target.index, li), discard_ratio)
+        return capture.layout.to_grid(v)
+    v = pull_down(hierarchy(capture), v, weighted_attentions(capture, target, start),
                   lambda v, a, win: rollout_step(v, a, win, discard_ratio))
     return capture.layout.to_grid(v)
 
@@ -86,6 +99,9 @@ def grad_rollout(adapter, capture: Capture, target: Target, *, discard_ratio: fl
 )
 def attn_grad(adapter, capture: Capture, target: Target, *, layer: int, query: str):
     li = layer_index(capture, layer)
+    if not is_hierarchical(capture):
+        return capture.layout.to_grid(pull(target_query_vector(adapter, capture, target, query),
+                                           weighted_rows(capture, target.index, li)))
     a_bar = weighted_attentions(capture, target, li)[li]                                    # [n_windows, S, S]
     h = hierarchy(capture)
     win = h.blocks[li]

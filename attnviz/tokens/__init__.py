@@ -5,4 +5,7 @@
 * ``readout``   — how a model's output reads the last block's tokens (the pooling and its weights)
 * ``mixing``    — token mixing as row vectors: dense attention, shifted windows, patch merging
 * ``attention`` — head fusion, E_h[(∇A ⊙ A)⁺], rollout as a matrix product
+* ``chunked``   — dense attention as blocks of rows (in memory, or recomputed from q, k): rollout, relevance
+  and per-head rows for one image, a batch, and the chunked high-resolution path
+* ``budget``    — what an input size costs (time, memory) before running it, and the largest that fits
 """

@@ -9,14 +9,14 @@ from ..errors import UsageError
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
-def fuse_heads(a: torch.Tensor, how: str) -> torch.Tensor:
-    """[H, T, T] -> [T, T] by mean, max or min over heads."""
+def fuse_heads(a: torch.Tensor, how: str, dim: int = 0) -> torch.Tensor:
+    """[H, T, T] -> [T, T] by mean, max or min over heads (the head dimension ``dim``)."""
     if how == "mean":
-        return a.mean(0)
+        return a.mean(dim)
     if how == "max":
-        return a.amax(0)
+        return a.amax(dim)
     if how == "min":
-        return a.amin(0)
+        return a.amin(dim)
     raise UsageError(f"Head fusion must be one of {', '.join(HEAD_FUSIONS)}.")
 
 

@@ -8,6 +8,7 @@ whole patches; ``grid_layout`` names the tokens of the resulting sequence.
 """
 from __future__ import annotations
 
+from math import isqrt
 from typing import Any, Optional
 
 import torch
@@ -16,7 +17,9 @@ from PIL import Image
 from ..errors import UsageError
 from ..types import TokenLayout
 
-MAX_PATCHES = 4096          # a chosen input size may make at most this many patch tokens
+MAX_PATCHES = 4096          # a chosen input size may make at most this many patch tokens (full attention)
+#: ... and on the chunked attention path (no T² memory; time still grows with T²: hours beyond this on a CPU)
+MAX_ROWS_PATCHES = 65536
 
 
 def pair(v) -> tuple[int, int]:
@@ -47,22 +50,30 @@ def view_box(processor, size: tuple[int, int]) -> Optional[tuple[int, int, int, 
     return (round(left * sx), round(top * sy), round(min(rw, left + cw) * sx), round(min(rh, top + ch) * sy))
 
 
+def rounded_size(size: tuple[int, int], patch_size: tuple[int, int]) -> tuple[int, int]:
+    """A chosen (height, width) rounded to whole patches (at least one)."""
+    ph, pw = patch_size
+    return max(ph, round(size[0] / ph) * ph), max(pw, round(size[1] / pw) * pw)
+
+
 def pixels(processor, image: Image.Image, patch_size: tuple[int, int],
-           size: Optional[tuple[int, int]] = None) -> tuple[torch.Tensor, Optional[tuple[int, int, int, int]]]:
+           size: Optional[tuple[int, int]] = None,
+           max_patches: Optional[int] = MAX_PATCHES) -> tuple[torch.Tensor, Optional[tuple[int, int, int, int]]]:
     """(pixel_values [1, C, H, W], box) for one RGB image.
 
     ``size=(height, width)`` replaces the processor's resize, rounded to whole
     patches (at least one), with no crop: the whole image is seen (box None).
+    ``max_patches`` None: no fixed cap (the adapter refuses by memory: ``tokens/budget.py``).
     """
     kw: dict[str, Any] = {}
     if size is not None:
         ph, pw = patch_size
-        h, w = max(ph, round(size[0] / ph) * ph), max(pw, round(size[1] / pw) * pw)
+        h, w = rounded_size(size, patch_size)
         n = (h // ph) * (w // pw)
-        if n > MAX_PATCHES:
+        if max_patches is not None and n > max_patches:
             # attention memory grows with the square of the token count: 4000×4000 at 16 px would need ~1 TB
-            raise UsageError(f"The input size {h}×{w} makes {n:,} patches of {ph}×{pw}; at most {MAX_PATCHES:,} "
-                             f"(e.g. {ph * 64}×{pw * 64}).")
+            raise UsageError(f"The input size {h}×{w} makes {n:,} patches of {ph}×{pw}; at most {max_patches:,} "
+                             f"(e.g. {ph * isqrt(max_patches)}×{pw * isqrt(max_patches)}).")
         kw = {"size": {"height": h, "width": w}, "do_center_crop": False}
     pixel_values = processor(images=image, return_tensors="pt", **kw)["pixel_values"]
     return pixel_values, (None if size is not None else view_box(processor, image.size))

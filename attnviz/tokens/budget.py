@@ -1,0 +1,143 @@
+"""What an input size costs before running it: memory and time of a capture from the model's shape and the
+machine, so a size that would run out of memory is refused in one sentence (with the largest that fits) and the
+app can show the expected cost of a high-resolution input.
+
+The counts (float32, one image) are estimates, not measurements (``bench --highres`` measures):
+
+* **activations a backward keeps** per dense layer: T·(10·D + 2·I) floats (LayerNorms, q/k/v, the head
+  output, the MLP's hidden layer before and after its activation); a forward without gradients keeps
+  about three layers' worth at once;
+* **the capture**: "full" keeps every layer's softmax weights, H·T² floats (and as much again for their
+  gradients and the softmax's saved output with gradients); "rows" keeps q and k (and v and the head-output
+  gradient with gradients), 2·T·D (4·T·D) floats per layer, and one block of rows (``chunked.BLOCK_BYTES``)
+  at a time; window attention (Swin) keeps N·S·H floats per block (N tokens, S = window²);
+* **time**: multiply-adds of the forward (linear layers 2·T·(4D² + 2·D·I), attention 4·T²·D per layer), a
+  rollout recomputes q·kᵀ once more (2·T²·D), a relevance runs the backward (twice the forward) and
+  recomputes q·kᵀ and dO·Vᵀ (4·T²·D), at a rate measured once on this machine (a float32 matrix product).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional, Sequence
+
+import torch
+
+from . import chunked
+
+FLOAT = 4
+#: The share of the machine's available memory a capture may plan to use.
+MEMORY_SHARE = 0.8
+
+
+def available_memory() -> int:
+    """Bytes this process may still use: the kernel's MemAvailable, bounded by a cgroup limit when one is set."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if avail is None:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                raw = f.read().strip()
+            if raw.isdigit():
+                avail = min(avail, int(raw))
+        except OSError:
+            continue
+    return avail
+
+
+@lru_cache(maxsize=1)
+def flop_rate() -> float:
+    """Float32 multiply-add rate of this machine (FLOP/s): a 512³ matrix product, best of five after a warm-up."""
+    a = torch.randn(512, 512)
+    a @ a
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 512 ** 3 / max(best, 1e-6)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Estimated cost of one capture and its views at one input size."""
+
+    tokens: int
+    path: str                       # "full", "rows" or "windows"
+    forward_s: float                # a bare forward
+    rollout_s: float                # capture without gradients + rollout
+    relevance_s: float              # capture with gradients + backward + relevance
+    rollout_bytes: int              # peak memory of the rollout
+    relevance_bytes: int            # peak memory of the relevance (the larger)
+    available_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        return self.relevance_bytes <= MEMORY_SHARE * self.available_bytes
+
+    def describe(self) -> str:
+        gb = 1 << 30
+        return (f"{self.tokens:,} tokens ({self.path} attention): about {self.forward_s:.1f} s for a forward, "
+                f"{self.rollout_s:.1f} s and {self.rollout_bytes / gb:.1f} GB for rollout, "
+                f"{self.relevance_s:.1f} s and {self.relevance_bytes / gb:.1f} GB for relevance "
+                f"({self.available_bytes / gb:.1f} GB available)")
+
+
+def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, path: str,
+               weights_bytes: int = 0) -> Cost:
+    """Cost of a plain ViT-style tower: ``layers`` × (``heads``, ``width`` D, MLP ``hidden`` I) on ``tokens``."""
+    t, d = tokens, width
+    act = t * (10 * d + 2 * hidden) * FLOAT                                     # per layer, kept for backward
+    if path == "full":
+        kept, kept_grads = heads * t * t * FLOAT, 3 * heads * t * t * FLOAT    # + grads, saved softmax
+        block = 0
+    else:
+        kept, kept_grads = 2 * t * d * FLOAT, 4 * t * d * FLOAT
+        block = 2 * min(chunked.BLOCK_BYTES, heads * t * t * FLOAT)            # a block of A (and ∇A)
+    rollout_b = weights_bytes + layers * kept + 3 * act + block
+    relevance_b = weights_bytes + layers * (kept_grads + act) + 2 * block
+    linear = 2 * t * (4 * d * d + 2 * d * hidden)
+    attn = 4 * t * t * d
+    rate = flop_rate()
+    fwd = layers * (linear + attn) / rate
+    roll = fwd + layers * (2 * t * t * d) / rate * (1 if path == "rows" else 0.2)
+    rel = 3 * fwd + layers * (4 * t * t * d) / rate * (1 if path == "rows" else 0.3)
+    return Cost(t, path, fwd, roll, rel, int(rollout_b), int(relevance_b), available_memory())
+
+
+def window_cost(blocks: Sequence[tuple[int, int, int, int]], weights_bytes: int = 0) -> Cost:
+    """Cost of a windowed (Swin) model: per block (tokens N, heads H, window² S, width D)."""
+    kept = sum(n * s * h for n, h, s, _ in blocks) * FLOAT
+    act = sum(n * 18 * d for n, _, _, d in blocks) * FLOAT                     # MLP ratio 4
+    linear = sum(2 * n * 12 * d * d for n, _, _, d in blocks)
+    attn = sum(4 * n * s * d for n, _, s, d in blocks)
+    rate = flop_rate()
+    fwd = (linear + attn) / rate
+    peak_block = max(n * 18 * d for n, _, _, d in blocks) * FLOAT
+    return Cost(blocks[0][0], "windows", fwd, 1.2 * fwd, 3 * fwd, int(weights_bytes + kept + 3 * peak_block),
+                int(weights_bytes + 3 * kept + act), available_memory())
+
+
+def largest_square(cost_at, patch: int, start: int, limit: Optional[int] = None) -> Optional[int]:
+    """The largest square side (a multiple of ``patch``, from ``start``) whose ``cost_at(side)`` fits."""
+    lo, hi = None, max(patch, start // patch)
+    top = (limit or 1 << 16) // patch
+    while hi <= top and cost_at(hi * patch).fits:
+        lo, hi = hi, hi * 2
+    if lo is None:
+        return None
+    hi = min(hi, top + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if cost_at(mid * patch).fits else (lo, mid)
+    return lo * patch

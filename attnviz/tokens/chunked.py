@@ -1,0 +1,260 @@
+"""Dense attention views without a T×T matrix in memory: rows pulled through matrices given block by block.
+
+Rollout (Abnar & Zuidema 2020) and relevance (Chefer, Gur & Wolf 2021) read the query's row of a
+product of per-layer matrices, so each layer only has to pull a row vector down, ``v ← v·M``. A
+dense layer's M (the attention A = softmax(q·kᵀ·s + bias), its head fusion, or Chefer's
+Ā = E_h[(∇A ⊙ A)⁺]) is given here as a :class:`Rows` source: ``rows(lo, hi)`` returns the rows
+``lo:hi`` of M, ``[..., hi - lo, T]``. ``v·M`` is the sum over blocks of rows of ``v[lo:hi]·M[lo:hi]``,
+so only one block of rows exists at a time (the arithmetic of memory-efficient attention).
+
+Two kinds of source, one implementation of every step:
+
+* :class:`Dense`: a matrix already in memory (the exact path: a capture of ``output_attentions``; a
+  batch's [B, T, T]); one block, the whole matrix.
+* :class:`QK`: one layer's queries and keys (and values, head-output gradients), O(T·d): the block of
+  rows is recomputed as attention itself computes it, ``softmax(q[lo:hi]·kᵀ·s + bias[lo:hi])`` per
+  head; ``∇A = dO·Vᵀ`` (O = A·V, so d score / dA = d score / dO · Vᵀ) block by block likewise.
+
+Leading dimensions (heads, a batch) broadcast: ``v`` [..., T] against rows [..., c, T].
+
+Conventions (the same as :mod:`attnviz.tokens.mixing` on one dense window, and ``rollout_product``):
+
+* rollout step: Â = ½A + ½I with each row renormalised (``v ← (v / rowsum(Â))·Â``);
+* ``discard_ratio``: the weakest ``int(T·(T-1)·ratio)`` off-diagonal entries (``<=`` the k-th smallest)
+  are zeroed before the residual is added, per matrix (per image of a batch). With more than one block
+  the k-th smallest value is found exactly in two more passes over the blocks: a radix select on the
+  float32 bit patterns (non-negative floats order as their bits), high 16 bits then low 16 bits;
+* relevance step (Chefer et al. eq. 6 as a row): ``v ← v + v·Ā``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .attention import fuse_heads
+
+#: Bytes one block of rows may take (all heads): the chunked path's working memory per step.
+BLOCK_BYTES = 32 << 20
+
+
+class Rows:
+    """A [..., T, T] matrix given by blocks of rows. Subclasses set ``n`` (T), ``lead`` (leading shape)
+    and ``rows``; ``block`` is how many rows one call gives."""
+
+    n: int
+    lead: tuple[int, ...] = ()
+    block: int = 0
+
+    def rows(self, lo: int, hi: int) -> torch.Tensor:      # [..., hi - lo, T]
+        raise NotImplementedError
+
+    def spans(self):
+        step = max(1, self.block or self.n)
+        for lo in range(0, self.n, step):
+            yield lo, min(self.n, lo + step)
+
+
+def block_rows_for(n: int, heads: int, itemsize: int = 4, budget: Optional[int] = None) -> int:
+    """How many query rows of an n-token attention with ``heads`` heads fit in ``budget`` bytes
+    (default :data:`BLOCK_BYTES`)."""
+    return max(1, min(n, (budget or BLOCK_BYTES) // max(1, heads * n * itemsize)))
+
+
+@dataclass(eq=False)
+class Dense(Rows):
+    """A matrix in memory, ``m`` [..., T, T]: one block (``block`` may split it, for tests)."""
+
+    m: torch.Tensor
+    block: int = 0
+
+    def __post_init__(self):
+        self.n = self.m.shape[-1]
+        self.lead = tuple(self.m.shape[:-2])
+
+    def rows(self, lo, hi):
+        return self.m[..., lo:hi, :]
+
+
+@dataclass(eq=False)
+class QK(Rows):
+    """One dense attention layer from what it computes attention with, O(T·d):
+
+    ``q``, ``k`` [H, T, d] (as the model's attention function received them), ``scaling`` (the
+    model's, usually d^-½), ``bias`` [H, T, T] or None (an additive mask: BEiT's relative position
+    bias, built by the model itself), ``v`` [H, T, d] and ``dout`` [H, T, d] (d score / d head output)
+    when gradients are asked for.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    scaling: float
+    bias: Optional[torch.Tensor] = None
+    v: Optional[torch.Tensor] = None
+    dout: Optional[torch.Tensor] = None
+    block: int = 0
+
+    def __post_init__(self):
+        self.n = self.q.shape[-2]
+        self.lead = (self.q.shape[0],)
+        if not self.block:
+            self.block = block_rows_for(self.n, self.q.shape[0], self.q.element_size())
+
+    # tensor-like facts the methods read off an attention ([H, T, T])
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.q.shape[0], self.n, self.n))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.q.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+    def rows(self, lo, hi):
+        """softmax(q[lo:hi]·kᵀ·s + bias[lo:hi]) per head: [H, hi - lo, T] (the model's own arithmetic)."""
+        ql = self.q[:, lo:hi]                                                          # [H, c, d]
+        if self.bias is not None:
+            w = torch.baddbmm(self.bias[:, lo:hi], ql, self.k.transpose(1, 2), alpha=self.scaling)   # [H, c, T]
+        else:
+            # the scaling as BLAS's alpha while the product is written (as fast_eager does)
+            w = torch.baddbmm(ql.new_zeros(()).expand(1, 1, 1), ql, self.k.transpose(1, 2), beta=0,
+                              alpha=self.scaling)                                      # [H, c, T]
+        if w.requires_grad:
+            return torch.softmax(w, -1)
+        return torch.softmax(w, -1, out=w)                                             # in place: one block less
+
+    def grad_rows(self, lo, hi, dout: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """∇A rows: d score / dA[lo:hi] = dO[lo:hi]·Vᵀ, [H, hi - lo, T]."""
+        dout = self.dout if dout is None else dout
+        if dout is None or self.v is None:
+            raise RuntimeError("This capture kept no values or head-output gradients: capture with grads=True.")
+        return torch.bmm(dout[:, lo:hi], self.v.transpose(1, 2))
+
+    def full(self) -> torch.Tensor:
+        """The whole [H, T, T] attention (T² memory: for small inputs and tests)."""
+        return self.rows(0, self.n)
+
+
+@dataclass(eq=False)
+class Fused(Rows):
+    """Heads fused (mean / max / min) block by block: [H, T, T] source -> [T, T]."""
+
+    src: Rows
+    how: str
+
+    def __post_init__(self):
+        self.n, self.lead, self.block = self.src.n, self.src.lead[1:], self.src.block
+
+    def rows(self, lo, hi):
+        return fuse_heads(self.src.rows(lo, hi), self.how, dim=-3)                      # [..., c, T]
+
+
+@dataclass(eq=False)
+class Head(Rows):
+    """One head ``h`` of an [H, T, T] source."""
+
+    src: Rows
+    h: int
+
+    def __post_init__(self):
+        self.n, self.lead, self.block = self.src.n, self.src.lead[1:], self.src.block
+
+    def rows(self, lo, hi):
+        return self.src.rows(lo, hi).select(-3, self.h)                                # [..., c, T]
+
+
+@dataclass(eq=False)
+class GradWeighted(Rows):
+    """Chefer et al. 2021 eq. 5, Ā = E_h[(∇A ⊙ A)⁺], block by block: from an attention ``a`` and its
+    gradient ``g`` (sources of [..., H, T, T]; ``g`` None: ``a`` is a :class:`QK` holding dO and V)."""
+
+    a: Rows
+    g: Optional[Rows] = None
+
+    def __post_init__(self):
+        self.n, self.lead, self.block = self.a.n, self.a.lead[:-1], self.a.block
+
+    def rows(self, lo, hi):
+        a = self.a.rows(lo, hi)
+        g = self.a.grad_rows(lo, hi) if self.g is None else self.g.rows(lo, hi)
+        return (g * a).clamp_(min=0).mean(-3)                                          # [..., c, T]
+
+
+def pull(v: torch.Tensor, m: Rows) -> torch.Tensor:
+    """v·M: ``v`` [..., T], M's rows [..., c, T] block by block -> [..., T]."""
+    out = None
+    for lo, hi in m.spans():
+        a = m.rows(lo, hi)                                                             # [..., c, T]
+        part = v[..., None, lo:hi].to(a.dtype) @ a                                     # [..., 1, T]
+        out = part if out is None else out.add_(part)
+    return out[..., 0, :]
+
+
+def _offdiag(a: torch.Tensor, lo: int) -> torch.Tensor:
+    """[..., c, T] bool: entries of rows ``lo:lo+c`` off the diagonal."""
+    c, t = a.shape[-2:]
+    return torch.arange(t, device=a.device)[None, :] != torch.arange(lo, lo + c, device=a.device)[:, None]
+
+
+def kth_offdiagonal(m: Rows, k: int) -> torch.Tensor:
+    """The k-th smallest off-diagonal entry of M (1-based, per leading index): [*lead].
+
+    One block: ``kthvalue``. Several: an exact radix select over the float32 bits of the non-negative
+    entries (high 16 bits, then low 16 bits among the entries in the chosen high bin): two passes.
+    """
+    spans = list(m.spans())
+    if len(spans) == 1:
+        a = m.rows(0, m.n)
+        off = _offdiag(a, 0)
+        vals = a[..., off]                                                             # [..., T(T-1)]
+        return vals.kthvalue(k, dim=-1).values
+    lead = int(torch.Size(m.lead).numel())
+    ks = torch.full((lead,), k, dtype=torch.long)
+    prefix, dtype = None, torch.float32
+    for shift in (16, 0):
+        counts = torch.zeros(lead, 1 << 16, dtype=torch.long)
+        for lo, hi in spans:
+            a = m.rows(lo, hi)
+            dtype = a.dtype
+            a = a.float()
+            bits = (a + 0.0).reshape(lead, -1).view(torch.int32)                      # -0.0 -> +0.0; [lead, c·T]
+            keep = _offdiag(a, lo).reshape(-1)[None, :].expand_as(bits)
+            if prefix is not None:
+                keep = keep & ((bits >> 16) == prefix[:, None])
+            digit = (bits >> shift) & 0xFFFF
+            idx = (torch.arange(lead)[:, None] * (1 << 16) + digit)[keep]
+            counts += torch.bincount(idx, minlength=lead << 16).view(lead, 1 << 16)
+        cum = counts.cumsum(1)
+        d = (cum < ks[:, None]).sum(1)                                                 # the bin holding the k-th
+        ks = ks - torch.where(d > 0, cum.gather(1, (d - 1).clamp_min(0)[:, None])[:, 0], 0)
+        prefix = d if prefix is None else (prefix << 16) | d
+    return prefix.to(torch.int32).view(torch.float32).reshape(m.lead).to(dtype)
+
+
+def rollout_row(v: torch.Tensor, m: Rows, discard_ratio: float = 0.0) -> torch.Tensor:
+    """v·Â with Â = ½A + ½I, rows renormalised; A = M (heads fused), after the discard (module doc)."""
+    thresh = None
+    if discard_ratio > 0:
+        k = int(m.n * (m.n - 1) * discard_ratio)
+        if k > 0:
+            thresh = kth_offdiagonal(m, k)[..., None, None]                             # [..., 1, 1]
+    out, self_part = None, []
+    for lo, hi in m.spans():
+        a = m.rows(lo, hi)                                                             # [..., c, T]
+        if thresh is not None:
+            a = a.masked_fill(_offdiag(a, lo) & (a <= thresh), 0.0)
+        w = v[..., lo:hi].to(a.dtype) / (0.5 * a.sum(-1) + 0.5).clamp_min(1e-12)      # [..., c]
+        part = w[..., None, :] @ a                                                     # [..., 1, T]
+        out = part if out is None else out.add_(part)
+        self_part.append(w)
+    return 0.5 * out[..., 0, :] + 0.5 * torch.cat(self_part, -1)
+
+
+def relevance_row(v: torch.Tensor, m: Rows) -> torch.Tensor:
+    """v + v·Ā (Chefer et al. 2021, eq. 6 read as a row); ``m`` gives Ā."""
+    r = pull(v, m)
+    return v.to(r.dtype) + r

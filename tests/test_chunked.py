@@ -1,0 +1,189 @@
+"""The chunked attention path (``tokens/chunked.py``, ``adapters/fast_attention.Recorder``): captures that keep
+q, k (v, head-output gradients) per layer and pull rows through blocks of softmax(q·kᵀ·s + bias).
+
+Every map is held to a reference built here from the model's own eager attention (transformers' "eager"
+implementation, ``output_attentions``) and autograd, with the papers' matrix formulas written in this file:
+rollout (Abnar & Zuidema 2020) as the product of Â = norm(½A + ½I) with pytorch-grad-cam's discard, and
+relevance (Chefer et al. 2021 eqs. 5–6) as R ← R + Ā·R with Ā = E_h[(∇A ⊙ A)⁺]. Blocks are forced small
+(a few rows) so the block-by-block arithmetic, the radix select of the discard threshold included, runs.
+"""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import attnviz.tokens.chunked as chunked
+from attnviz.adapters.base import accepts_kwarg
+from attnviz.adapters.classifier import ClassifierAdapter
+from attnviz.adapters.clip import ClipAdapter
+from attnviz.methods.attention import attention_grid
+from attnviz.methods.registry import explain
+from attnviz.tokens.chunked import QK, Dense, kth_offdiagonal, rollout_row
+from attnviz.tokens.readout import static_readout
+
+KINDS = ("vit", "deit-teacher", "beit", "dinov2", "dinov2-registers", "clip", "siglip")
+
+
+def _adapter(kind, **kw):
+    if kind in ("clip", "siglip"):
+        return ClipAdapter.tiny(kind, **kw)
+    ad = ClassifierAdapter.tiny(kind, **kw)
+    if kind == "beit":    # the relative position bias table starts at zeros: make the bias matter
+        g = torch.Generator().manual_seed(1)
+        for m in ad.model.modules():
+            if hasattr(m, "relative_position_bias_table"):
+                with torch.no_grad():
+                    m.relative_position_bias_table.copy_(torch.randn(m.relative_position_bias_table.shape, generator=g))
+    return ad
+
+
+def _inputs(ad, photo, size=None):
+    if ad.family == "clip":
+        return ad.prepare(photo, texts=["a red circle", "stripes"], size=size)
+    return ad.prepare(photo, size=size)
+
+
+def _eager(ad, inputs):
+    """(scores [n_targets] in the graph, L × [1, H, T, T] attentions in the graph) from transformers' own
+    eager attention on a copy of the model."""
+    model = copy.deepcopy(ad.model)
+    model.set_attn_implementation("eager")
+    x = inputs["pixel_values"].clone().requires_grad_(True)
+    kw = {"interpolate_pos_encoding": True} if accepts_kwarg(model.forward, "interpolate_pos_encoding") else {}
+    with torch.enable_grad():
+        if ad.family == "clip":
+            mask = None if ad.kind == "siglip" else inputs["attention_mask"]
+            out = model(pixel_values=x, input_ids=inputs["input_ids"], attention_mask=mask,
+                        output_attentions=True, **kw)
+            return out.logits_per_image[0], list(out.vision_model_output.attentions)
+        out = model(pixel_values=x, output_attentions=True, **kw)
+        return out.logits[0], list(out.attentions)
+
+
+def _discarded(a, ratio):
+    t = a.shape[-1]
+    off = ~torch.eye(t, dtype=torch.bool)
+    k = int(t * (t - 1) * ratio)
+    if k:
+        a = a.masked_fill(off & (a <= a[off].kthvalue(k).values), 0.0)
+    return a
+
+
+def _rollout(q, mats, ratio=0.0):
+    """q · Â_L ··· Â_1 as matrices (Abnar & Zuidema), Â = ½A + ½I rows renormalised."""
+    t = mats[0].shape[-1]
+    r = torch.eye(t, dtype=torch.float64)
+    for a in mats:
+        a = 0.5 * _discarded(a, ratio).double() + 0.5 * torch.eye(t, dtype=torch.float64)
+        r = (a / a.sum(-1, keepdim=True)) @ r
+    return q.double() @ r
+
+
+def _relevance(q, bars):
+    """Chefer et al. eq. 6: R = I; R ← R + Ā·R over the layers; the query's row."""
+    t = bars[0].shape[-1]
+    r = torch.eye(t, dtype=torch.float64)
+    for b in bars:
+        r = r + b.double() @ r
+    return q.double() @ r
+
+
+def _grid(layout, v):
+    return v[layout.n_prefix:].reshape(layout.rows, layout.cols).float().numpy()
+
+
+def _close(a, b, tol=1e-5):
+    a, b = (np.asarray(x.detach().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float64) for x in (a, b))
+    assert np.abs(a - b).max() <= tol * max(1.0, np.abs(b).max())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_chunked_maps_equal_eager_attention_and_autograd(kind, photo, monkeypatch):
+    ad = _adapter(kind)
+    inputs = _inputs(ad, photo)
+    monkeypatch.setattr(chunked, "BLOCK_BYTES", 5 * 4 * 4 * ad.layout(inputs).n_tokens)   # 5 rows of 4 heads
+    ad.attention_path = "rows"
+    cap = ad.capture(inputs, grads=True)
+    assert all(isinstance(a, QK) and a.block == 5 for a in cap.attentions)
+    layout = cap.layout
+    scores, atts = _eager(ad, inputs)
+    _close(cap.scores, scores.detach())
+    t = 1
+    grads = [g[0] for g in torch.autograd.grad(scores[t], atts)]
+    atts = [a[0].detach() for a in atts]
+    bars = [(g * a).clamp(min=0).mean(0) for a, g in zip(atts, grads)]
+    q = torch.zeros(layout.n_tokens)
+    q[layout.patch_token(1, 2)] = 1.0
+    queries = [("1,2", q)]
+    if ad.pooling != "attention":
+        queries.append(("output", static_readout(ad.pooling, layout)))
+    for i, (name, qv) in enumerate(queries):
+        for fusion, ratio in (("mean", 0.0), ("max", 0.4), ("min", 0.9))[i:]:
+            fused = [getattr(a, {"mean": "mean", "max": "amax", "min": "amin"}[fusion])(0) for a in atts]
+            got = explain(ad, cap, "rollout", head_fusion=fusion, discard_ratio=ratio, query=name).map
+            _close(got, _grid(layout, _rollout(qv, fused, ratio)))
+        _close(explain(ad, cap, "attention", layer=-1, head="2", query=name).map, _grid(layout, qv @ atts[-1][2]))
+        _close(explain(ad, cap, "attention", layer=0, head="max", query=name).map,
+               _grid(layout, qv @ atts[0].amax(0)))
+        _close(explain(ad, cap, "relevance", target=t, start_layer=0, query=name).map,
+               _grid(layout, _relevance(qv, bars)))
+        ratio = 0.3 if i else 0.0
+        _close(explain(ad, cap, "grad_rollout", target=t, discard_ratio=ratio, start_layer=0, query=name).map,
+               _grid(layout, _rollout(qv, bars, ratio)))
+        _close(explain(ad, cap, "attn_grad", target=t, layer=-1, query=name).map, _grid(layout, qv @ bars[-1]))
+    grid = attention_grid(cap, "1,2")                                                   # [L, H, rows, cols]
+    _close(grid, np.stack([[_grid(layout, q @ h) for h in a] for a in atts]))
+
+
+def test_relevance_at_518_equals_formula_from_eager_attentions(photo, monkeypatch):
+    """DINOv2's native 518² (1,370 tokens) on a tiny 2-layer model, in blocks of 100 rows."""
+    ad = _adapter("dinov2", image_size=518, patch_size=14)
+    inputs = _inputs(ad, photo)
+    n = ad.layout(inputs).n_tokens
+    assert n == 1370
+    monkeypatch.setattr(chunked, "BLOCK_BYTES", 100 * 4 * 4 * n)
+    ad.attention_path = "auto"                       # 1,370 tokens: "auto" takes the chunked path
+    cap = ad.capture(inputs, grads=True)
+    assert isinstance(cap.attentions[0], QK) and cap.attentions[0].block == 100
+    scores, atts = _eager(ad, inputs)
+    target = int(scores.argmax())
+    grads = torch.autograd.grad(scores[target], atts)
+    bars = [(g[0] * a[0].detach()).clamp(min=0).mean(0) for a, g in zip(atts, grads)]
+    ref = _relevance(static_readout(ad.pooling, cap.layout), bars)
+    _close(explain(ad, cap, "relevance", target=target, start_layer=0).map, _grid(cap.layout, ref))
+
+
+def test_chunked_capture_holds_no_token_by_token_tensor(photo):
+    """What a chunked capture keeps grows with T, not T² (BEiT's bias, the model's own, aside)."""
+    ad = _adapter("dinov2", image_size=224, patch_size=14)
+    ad.attention_path = "rows"
+    cap = ad.capture(_inputs(ad, photo), grads=False)
+    t = cap.layout.n_tokens
+    kept = [x for a in cap.attentions for x in (a.q, a.k, a.v, a.bias) if x is not None]
+    assert kept and max(x.numel() for x in kept) < t * t // 4
+    ad.attention_path = "full"
+    assert ad.capture(_inputs(ad, photo), grads=False).attentions[0].shape == (4, t, t)
+
+
+def test_radix_select_finds_the_kth_offdiagonal_value():
+    """Several blocks (radix select on float bits) against kthvalue over the whole matrix, ties and zeros included."""
+    torch.manual_seed(0)
+    a = torch.softmax(torch.randn(3, 29, 29) * 3, -1)
+    a[0, 3:7, 10:20] = 0.0
+    a[1, :, 5] = a[1, 0, 5]                        # a column of ties
+    off = ~torch.eye(29, dtype=torch.bool)
+    for k in (1, 7, 400, 29 * 28):
+        ref = a[:, off].kthvalue(k, dim=-1).values
+        assert torch.equal(kth_offdiagonal(Dense(a, block=4), k), ref)
+
+
+def test_rollout_row_batched_equals_per_image_matrix_product():
+    """One batch of [B, T, T] through the row step in blocks = each image's matrix rollout."""
+    torch.manual_seed(1)
+    a = torch.softmax(torch.randn(4, 23, 23), -1)
+    v = torch.rand(4, 23)
+    for ratio in (0.0, 0.5):
+        got = rollout_row(v, Dense(a, block=5), ratio)
+        for i in range(4):
+            _close(got[i].numpy(), _rollout(v[i], [a[i]], ratio).numpy())
