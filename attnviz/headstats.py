@@ -31,15 +31,23 @@ def mean_attention_distance(capture: Capture) -> np.ndarray:
     computed for one image: small values mean a local head, large values a
     head that integrates information from across the image.
     """
+    from .methods.hierarchy import layer_rows
     lay = capture.layout
     p = lay.n_prefix
     xy = torch.from_numpy(patch_centres(lay))                                  # [N, 2]
     dist = torch.cdist(xy, xy)                                                 # [N, N] query × key, pixels
     out = []
-    for a in capture.attentions:                                               # [H, T, T]
-        pp = a[:, p:, p:].double().cpu()                                       # [H, N, N] patch → patch
-        pp = pp / pp.sum(-1, keepdim=True).clamp_min(1e-12)                    # renormalise over patch keys
-        out.append((pp * dist).sum(-1).mean(-1))                               # [H]
+    for li in range(len(capture.attentions)):
+        m = layer_rows(capture, li)                       # [H, T, T] in blocks of rows (the chunked path too)
+        total = 0.0
+        for lo, hi in m.spans():
+            lo_q = max(lo, p)                                                  # patch queries only
+            if lo_q >= hi:
+                continue
+            pp = m.rows(lo_q, hi)[:, :, p:].double().cpu()                     # [H, b, N] patch → patch
+            pp = pp / pp.sum(-1, keepdim=True).clamp_min(1e-12)                # renormalise over patch keys
+            total = total + (pp * dist[lo_q - p:hi - p]).sum(-1).sum(-1)       # [H] summed over the block
+        out.append(total / lay.rows / lay.cols)                                # [H] mean over the patch queries
     return torch.stack(out).numpy()                                            # [L, H]
 
 
@@ -50,11 +58,16 @@ def attention_entropy(capture: Capture) -> np.ndarray:
     over all T keys of its softmax row, averaged over the queries. 0 means
     each query looks at a single token; log T means uniform attention.
     """
+    from .methods.hierarchy import layer_rows
     out = []
-    for a in capture.attentions:                                               # [H, T, T]
-        a = a.double().cpu()
-        ent = -(torch.where(a > 0, a * torch.log(a.clamp_min(1e-300)), torch.zeros_like(a))).sum(-1)   # [H, T]
-        out.append(ent.mean(-1))                                               # [H]
+    for li in range(len(capture.attentions)):
+        m = layer_rows(capture, li)                       # [H, T, T] in blocks of rows (the chunked path too)
+        total = 0.0
+        for lo, hi in m.spans():
+            a = m.rows(lo, hi).double().cpu()                                  # [H, b, T]
+            ent = -(torch.where(a > 0, a * torch.log(a.clamp_min(1e-300)), torch.zeros_like(a))).sum(-1)  # [H, b]
+            total = total + ent.sum(-1)
+        out.append(total / capture.layout.n_tokens)                            # [H] mean over the queries
     return torch.stack(out).numpy()                                            # [L, H]
 
 
@@ -85,12 +98,14 @@ def dino_masks(capture: Capture, layer: int = -1, share: float = 0.6, query: str
     renormalised, as DINO's visualisation drops the CLS column.
     """
     from .methods.common import layer_index, query_vector
-    from .methods.hierarchy import is_hierarchical
+    from .methods.hierarchy import is_hierarchical, layer_rows
+    from .tokens.chunked import pull
     if is_hierarchical(capture) or not capture.attentions:
         raise UsageError("DINO-style head masks need attention from one token to every patch; this model "
                          "has none (Swin attends within windows, a CNN has no attention): pick a ViT-family model.")
-    a = capture.attentions[layer_index(capture, layer)]                           # [H, T, T]
-    rows = query_vector(capture, query) @ a                                       # [H, T]
+    li = layer_index(capture, layer)
+    heads = capture.attentions[li].shape[0]
+    rows = pull(query_vector(capture, query).expand(heads, -1), layer_rows(capture, li))   # [H, T]
     lay = capture.layout
     patches = rows[:, lay.n_prefix:]                                              # [H, N]
     masks = torch.stack([mass_mask(r, share) for r in patches])                   # [H, N]

@@ -187,3 +187,32 @@ def test_rollout_row_batched_equals_per_image_matrix_product():
         got = rollout_row(v, Dense(a, block=5), ratio)
         for i in range(4):
             _close(got[i].numpy(), _rollout(v[i], [a[i]], ratio).numpy())
+
+
+@pytest.mark.parametrize("kind", ["vit", "dinov2-registers"])
+def test_head_statistics_and_dino_masks_on_the_chunked_path(kind, photo, monkeypatch):
+    """The Heads page's statistics and the lesson's DINO masks read a chunked capture block by block: the
+    same numbers as from the model's own eager attentions, written out here (they raised on q, k rows)."""
+    from attnviz.headstats import attention_entropy, dino_masks, mass_mask, mean_attention_distance, patch_centres
+    ad = _adapter(kind)
+    inputs = _inputs(ad, photo)
+    monkeypatch.setattr(chunked, "BLOCK_BYTES", 3 * 4 * 4 * ad.layout(inputs).n_tokens)   # 3 rows of 4 heads
+    ad.attention_path = "rows"
+    cap = ad.capture(inputs, grads=False)
+    assert all(isinstance(a, QK) for a in cap.attentions)
+    lay = cap.layout
+    _, atts = _eager(ad, inputs)
+    atts = [a[0].detach().double() for a in atts]                                 # L × [H, T, T]
+    p = lay.n_prefix
+    xy = torch.from_numpy(patch_centres(lay))
+    dist = torch.cdist(xy, xy)                                                    # [N, N]
+    want_d, want_e = [], []
+    for a in atts:
+        pp = a[:, p:, p:] / a[:, p:, p:].sum(-1, keepdim=True)
+        want_d.append((pp * dist).sum(-1).mean(-1))
+        want_e.append(-(a * torch.log(a)).sum(-1).mean(-1))
+    _close(mean_attention_distance(cap), torch.stack(want_d))
+    _close(attention_entropy(cap), torch.stack(want_e))
+    cls_row = atts[-1][:, 0, p:]                                                  # [H, N] CLS → patches
+    want_m = torch.stack([mass_mask(r, 0.6) for r in cls_row]).reshape(-1, lay.rows, lay.cols).numpy()
+    assert (dino_masks(cap, -1, 0.6, query="cls") == want_m).all()
