@@ -223,14 +223,15 @@ class ModelAdapter:
     def method_defaults(self, method: str) -> dict[str, Any]:
         """Defaults that follow from the pooling, the family's, then what the checkpoint declares in its config.
 
-        Grad-CAM defaults to the last block when the output reads its patch tokens (mean or attention
-        pooling), else to the block before (CLS pooling: the last block's patches never reach the score).
+        Grad-CAM and every other ``*_cam`` default to the last block when the output reads its patch tokens
+        (mean or attention pooling), else to the block before (CLS pooling: the last block's patches never
+        reach the score).
 
         A checkpoint may declare its own, e.g. ``"attnviz": {"method_defaults": {"relevance":
         {"start_layer": 0}}}`` in ``config.json`` (a shallow model whose early layers are not noise).
         Values still go through the method's parameter checks.
         """
-        out = {"layer": -1 if self.reads_last_patches else -2} if method == "grad_cam" else {}
+        out = {"layer": -1 if self.reads_last_patches else -2} if method.endswith("_cam") else {}
         out.update(self.family_method_defaults(method))
         declared = getattr(getattr(self.model, "config", None), "attnviz", None)
         if isinstance(declared, dict):

@@ -77,7 +77,7 @@ class MethodSpec:
     over: str            # "patches" or "pixels"
     signed: bool
     description: str
-    kind: str            # "attention", "gradient", "perturbation" or "gate" (read off a CNN's gates)
+    kind: str            # "attention", "gradient", "perturbation", "gate" (read off a CNN's gates) or "feature" (a layer's activations)
     slow: bool = False   # long enough to want a progress bar
     families: tuple[str, ...] = field(default=())  # empty: every family
     needs: tuple[str, ...] = ("pixels",)            # keys of NEEDS

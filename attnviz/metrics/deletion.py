@@ -127,8 +127,95 @@ def _quantity(adapter, scores: torch.Tensor, target: int) -> tuple[torch.Tensor,
     return probs[:, target], "probability"
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """One curve's images: step s changes the features ranked below ``counts[s]`` (``rank_map`` [H, W])."""
+
+    kind: str
+    order: str
+    baseline: str
+    counts: np.ndarray        # [S + 1]
+    n: int
+    rank_map: torch.Tensor    # [H, W]
+
+    def key(self, s: int):
+        """Images that are the input itself or the baseline itself are the same for every curve: one forward."""
+        changed_all = self.counts[s] >= self.n
+        if self.counts[s] == 0:
+            return ("input",) if self.kind == "deletion" else ("baseline", self.baseline)
+        if changed_all:
+            return ("baseline", self.baseline) if self.kind == "deletion" else ("input",)
+        return None
+
+
+def _check(kind: str, order: str, steps) -> None:
+    if kind not in KINDS:
+        raise UsageError(f"Kind must be one of {', '.join(KINDS)}.")
+    if order not in ("map", "random"):
+        raise UsageError("Order must be 'map' or 'random'.")
+    if not isinstance(steps, int) or steps < 1:
+        raise UsageError("Steps must be a whole number of at least 1.")
+
+
+def curves(adapter, capture: Capture, exp: Explanation, jobs: list[tuple], *, steps: int = 20,
+           target: Optional[int] = None, batch_size: int = 16,
+           progress: Optional[Callable[[int, int], None]] = None) -> list[Curve]:
+    """Several curves of ``exp`` (``jobs``: (kind, order, seed[, baseline]) each; baseline None or left out: "mean"
+    for deletion, "blur" for insertion) from one pool of images:
+    every curve's steps go through the model together, ``batch_size`` images per forward, and the images shared
+    by several curves (the input itself, an all-baseline image) go through once."""
+    jobs = [tuple(j) + (None,) * (4 - len(j)) for j in jobs]
+    for kind, order, _, _ in jobs:
+        _check(kind, order, steps)
+    if target is None:
+        target = (exp.target or adapter.resolve_target(capture, None)).index
+    units, importance = feature_units(exp, capture)
+    n = len(importance)
+    steps = min(steps, n)
+    counts = np.round(np.arange(steps + 1) * n / steps).astype(np.int64)              # features changed
+    x = capture.inputs["pixel_values"].detach().to(adapter.device)                     # [1, C, H, W]
+    bases: dict[str, torch.Tensor] = {}
+    plans = []
+    for kind, order, sd, baseline in jobs:
+        baseline = baseline or ("mean" if kind == "deletion" else "blur")
+        if baseline not in bases:
+            bases[baseline] = baseline_image(adapter, x, baseline)
+        rank_map = torch.from_numpy(_ranks(importance, order, sd)[units]).to(adapter.device)  # [H, W] when each goes
+        plans.append(_Plan(kind, order, baseline, counts, n, rank_map))
+    # one row per distinct image: (plan, step) of its first use; every (plan, step) points at its row
+    rows: list[tuple[int, int]] = []
+    where: dict = {}
+    at = np.empty((len(plans), len(counts)), dtype=np.int64)
+    for j, p in enumerate(plans):
+        for s in range(len(counts)):
+            key = p.key(s)
+            if key is None or key not in where:
+                rows.append((j, s))
+                if key is not None:
+                    where[key] = len(rows) - 1
+                at[j, s] = len(rows) - 1
+            else:
+                at[j, s] = where[key]
+    values, quantity = [], "score"
+    for start in range(0, len(rows), batch_size):
+        batch = []
+        for j, s in rows[start:start + batch_size]:
+            p = plans[j]
+            changed = (p.rank_map < int(p.counts[s]))[None, None]                      # [1, 1, H, W]
+            base = bases[p.baseline]
+            batch.append(torch.where(changed, base, x) if p.kind == "deletion" else torch.where(changed, x, base))
+        with torch.no_grad():
+            q, quantity = _quantity(adapter, adapter.forward_scores(torch.cat(batch), capture.inputs).float(), target)
+        values.append(q.cpu().numpy())                                                  # [b]
+        if progress is not None:
+            progress(min(start + batch_size, len(rows)), len(rows))
+    flat = np.concatenate(values).astype(np.float64)
+    return [Curve(kind=p.kind, order=p.order, baseline=p.baseline, fractions=counts / n, values=flat[at[j]],
+                  quantity=quantity) for j, p in enumerate(plans)]
+
+
 def curve(adapter, capture: Capture, exp: Explanation, kind: str = "deletion", *, baseline: Optional[str] = None,
-          steps: int = 20, order: str = "map", seed: int = 0, batch_size: int = 8, target: Optional[int] = None,
+          steps: int = 20, order: str = "map", seed: int = 0, batch_size: int = 16, target: Optional[int] = None,
           progress: Optional[Callable[[int, int], None]] = None) -> Curve:
     """One deletion or insertion curve of ``exp`` (a patch or pixel map of ``capture``) for its target.
 
@@ -136,52 +223,22 @@ def curve(adapter, capture: Capture, exp: Explanation, kind: str = "deletion", *
     "random" (a permutation drawn with ``seed``: the yardstick). ``target``: the target index whose
     quantity is followed; default the map's own target (the top one for a class-agnostic map).
     """
-    if kind not in KINDS:
-        raise UsageError(f"Kind must be one of {', '.join(KINDS)}.")
-    if order not in ("map", "random"):
-        raise UsageError("Order must be 'map' or 'random'.")
-    if not isinstance(steps, int) or steps < 1:
-        raise UsageError("Steps must be a whole number of at least 1.")
-    baseline = baseline or ("mean" if kind == "deletion" else "blur")
-    if target is None:
-        target = (exp.target or adapter.resolve_target(capture, None)).index
-    units, importance = feature_units(exp, capture)
-    n = len(importance)
-    steps = min(steps, n)
-    counts = np.round(np.arange(steps + 1) * n / steps).astype(np.int64)              # features changed
-    ranks = _ranks(importance, order, seed)
-    rank_map = torch.from_numpy(ranks[units])                                          # [H, W] when each pixel goes
-    x = capture.inputs["pixel_values"].detach().to(adapter.device)                     # [1, C, H, W]
-    base = baseline_image(adapter, x, baseline)
-    values, quantity = [], "score"
-    for s in range(0, len(counts), batch_size):
-        k = torch.from_numpy(counts[s:s + batch_size]).view(-1, 1, 1, 1)               # [b, 1, 1, 1]
-        changed = (rank_map.view(1, 1, *rank_map.shape) < k).to(adapter.device)        # [b, 1, H, W]
-        if kind == "deletion":
-            xb = torch.where(changed, base, x)                                        # [b, C, H, W]
-        else:
-            xb = torch.where(changed, x, base)
-        with torch.no_grad():
-            q, quantity = _quantity(adapter, adapter.forward_scores(xb, capture.inputs).float(), target)
-        values.append(q.cpu().numpy())
-        if progress is not None:
-            progress(min(s + batch_size, len(counts)), len(counts))
-    return Curve(kind=kind, order=order, baseline=baseline, fractions=counts / n,
-                 values=np.concatenate(values).astype(np.float64), quantity=quantity)
+    return curves(adapter, capture, exp, [(kind, order, seed, baseline)], steps=steps, target=target,
+                  batch_size=batch_size, progress=progress)[0]
 
 
 def deletion_insertion(adapter, capture: Capture, exp: Explanation, *, steps: int = 20, random_orders: int = 1,
-                       seed: int = 0, target: Optional[int] = None,
+                       seed: int = 0, target: Optional[int] = None, batch_size: int = 16,
                        progress: Optional[Callable[[int, int], None]] = None) -> dict:
-    """Deletion and insertion for the map's order, and for ``random_orders`` random orders as the yardstick.
+    """Deletion and insertion for the map's order, and for ``random_orders`` random orders as the yardstick,
+    all from one pool of batched forwards (:func:`curves`).
 
     Returns {"deletion": Curve, "insertion": Curve, "random_deletion": [Curve], "random_insertion": [Curve]}.
     """
     jobs = [(k, "map", seed) for k in KINDS] + [(k, "random", seed + i) for i in range(random_orders) for k in KINDS]
+    got = curves(adapter, capture, exp, jobs, steps=steps, target=target, batch_size=batch_size, progress=progress)
     out: dict = {"random_deletion": [], "random_insertion": []}
-    for j, (kind, order, sd) in enumerate(jobs):
-        sub = None if progress is None else (lambda d, t, j=j: progress(j * t + d, len(jobs) * t))
-        c = curve(adapter, capture, exp, kind, steps=steps, order=order, seed=sd, target=target, progress=sub)
+    for (kind, order, _), c in zip(jobs, got):
         if order == "map":
             out[kind] = c
         else:

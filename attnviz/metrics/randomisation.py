@@ -97,14 +97,16 @@ def randomise_module(module: torch.nn.Module, generator: torch.Generator) -> Non
     batch_norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     norms = {id(m.weight) for m in module.modules()
              if isinstance(m, (torch.nn.LayerNorm, torch.nn.modules.batchnorm._BatchNorm)) and m.weight is not None}
-    matrices = [p for _, p in params if p.ndim >= 2]
-    pooled = _spread(torch.cat([p.reshape(-1) for p in matrices])) if matrices else 0.0
+    spreads = {id(p): _spread(p) for _, p in params if p.ndim >= 2}       # before any is replaced
+    # the spread of all the matrices together, needed only by a matrix without one of its own
+    pooled = (_spread(torch.cat([p.detach().reshape(-1) for _, p in params if p.ndim >= 2]))
+              if spreads and min(spreads.values()) == 0 else 0.0)
     with torch.no_grad():
         for name, p in params:
             if id(p) in norms:
                 p.fill_(1.0)
             elif p.ndim >= 2:
-                std = _spread(p) or pooled
+                std = spreads[id(p)] or pooled
                 p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p) * std)
             elif name.endswith("bias"):
                 p.zero_()
