@@ -41,7 +41,10 @@ def batch_key(inputs: dict[str, Any]) -> Hashable:
 def _own(cap: Capture, target: int) -> Capture:
     """The capture with its own copies of its batch rows, its target's gradients, and no graph."""
     grads = {k: tuple(g.clone() for g in v) for k, v in cap._grads[target].items()}   # L × [H, T, T]
-    return dataclasses.replace(cap, attentions=tuple(a.clone() for a in cap.attentions), scores=cap.scores.clone(),
+    # a batch row is a view of the batch's tensor: copied, so the batch is freed; a chunked capture's q, k rows
+    # (large inputs, captured one image at a time) are its own already
+    own = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in cap.attentions)
+    return dataclasses.replace(cap, attentions=own, scores=cap.scores.clone(),
                                _grad_fn=None, _grads={target: grads}, _grad_lock=threading.Lock())
 
 

@@ -70,26 +70,26 @@ class Engine:
         """
         server = getattr(adapter, "server", None)
         remote = getattr(adapter, "remote", None)
+        kw = {"size": size} if size is not None else {}
 
         def run() -> CaptureEntry:
             if remote is not None and not texts:
                 # ATTNVIZ_SERVE: the forward runs on a Serve replica, which keeps the tensors (serve.remote)
                 t0 = time.perf_counter()
-                return CaptureEntry(remote.capture(adapter.prepare(image)), time.perf_counter() - t0)
+                return CaptureEntry(remote.capture(adapter.prepare(image, **kw)), time.perf_counter() - t0)
             if server is not None and not texts:
                 # A family that batches: this session's forward (and its first map's backward) waits in
                 # the model's batching line and runs with other sessions' (serve.local); ``turn`` only
                 # shows the wait there.
                 with turn() if turn is not None else nullcontext():
                     t0 = time.perf_counter()
-                    cap = server.capture(adapter.prepare(image))
+                    cap = server.capture(adapter.prepare(image, **kw))        # a chosen size batches with its own
                     return CaptureEntry(cap, time.perf_counter() - t0)
             # The turn is taken inside the cache's per-key lock, never around it: whoever computes a
             # key holds that key's lock first and the model's line second, so two sessions cannot
             # each hold what the other waits for.
             with turn() if turn is not None else nullcontext():
                 t0 = time.perf_counter()
-                kw = {"size": size} if size is not None else {}
                 inputs = adapter.prepare(image, texts=list(texts), **kw) if texts else adapter.prepare(image, **kw)
                 cap = adapter.capture(inputs, grads=True)
                 return CaptureEntry(cap, time.perf_counter() - t0)
