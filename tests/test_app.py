@@ -135,7 +135,7 @@ def test_faithfulness_checks_run_on_click_and_stay_cached(new_app, forwards):
     assert "Area under the curve (AUC): deletion" in _captions(at) and "for a random order" in _captions(at)
     assert "faith:di:relevance" not in [b.key for b in at.button]      # the result replaced its button
     ran = forwards["n"] - before
-    assert ran >= 2 * 21 // 8                                    # batches of deletion and insertion steps
+    assert ran >= 2 * 21 // 16                                   # deletion and insertion steps, pooled 16 a forward
     at.button(key="faith:rand:relevance").click().run()
     _ok(at)
     assert "faith:rand:fig:relevance" in [c.key for c in at.get("plotly_chart")]
@@ -476,11 +476,12 @@ def test_sample_images_are_read_once_per_process_and_offer_every_scene(monkeypat
 def test_explore_offers_only_the_methods_the_loaded_cnn_provides(cnn_dirs, monkeypatch):
     """A ResNet has no gates: Explore must not offer channel / spatial attention it would then refuse; the gated
     demo-style CNN offers both (the list comes from what the loaded model provides, not from its family)."""
-    # written out here: every pixel-gradient and perturbation method reads only pixels and scores, Grad-CAM
-    # reads the stages, spatial attention needs a spatial gate (the gated CNN's CBAM); channel attention
-    # gives a map over channels, not the image, so Explore does not draw it
+    # written out here: every pixel-gradient and perturbation method reads only pixels and scores (the noise
+    # tunnel wraps them), every CAM reads a stage's feature map, spatial attention needs a spatial gate (the
+    # gated CNN's CBAM); channel attention gives a map over channels, not the image, so Explore does not draw it
+    cams = {"grad_cam_pp", "hires_cam", "layer_cam", "xgrad_cam", "score_cam", "ablation_cam", "eigen_cam"}
     any_model = {"saliency", "input_x_gradient", "integrated_gradients", "gradient_shap", "smoothgrad",
-                 "occlusion", "feature_ablation", "lime", "kernel_shap"}
+                 "occlusion", "feature_ablation", "lime", "kernel_shap", "noise_tunnel"} | cams
     for kind, own in (("resnet", {"grad_cam"}), ("gated", {"grad_cam", "spatial_attention"})):
         monkeypatch.setenv("ATTNVIZ_MODEL", str(cnn_dirs[kind]))
         _clear()

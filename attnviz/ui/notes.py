@@ -167,6 +167,75 @@ METHODS = {
         "How the prompt's summary token spreads its attention over the prompt's words (a value per word, "
         "not a map over pixels: see the CLI). Caveat: attention is not explanation."
     ),
+    "grad_cam_pp": (
+        "Grad-CAM++ (Chattopadhay et al. 2018): channel weights from positive gradients with second- and "
+        "third-order terms, so several instances of a class each get credit. Class-specific. Caveat: the "
+        "higher-order terms assume an exponential score; on logits they are an approximation."
+    ),
+    "hires_cam": (
+        "HiResCAM (Draelos & Carin 2020): each activation multiplied by its own gradient, then summed over "
+        "channels, instead of a channel-averaged gradient. Class-specific. Caveat: as coarse as the layer's grid."
+    ),
+    "layer_cam": (
+        "LayerCAM (Jiang et al. 2021): activations weighted by their positive gradients position by position; "
+        "useful at earlier, finer layers. Class-specific. Caveat: early layers respond to edges of every object."
+    ),
+    "xgrad_cam": (
+        "XGrad-CAM (Fu et al. 2020): gradients weighted by the activations themselves, chosen to satisfy two "
+        "axioms (sensitivity and conservation). Class-specific. Caveat: as coarse as the layer's grid."
+    ),
+    "score_cam": (
+        "Score-CAM (Wang et al. 2020): each channel's map masks the image and the target's score with that mask "
+        "is the channel's weight; no gradients. Class-specific. Caveat: one forward per channel: slow."
+    ),
+    "ablation_cam": (
+        "Ablation-CAM (Desai & Ramaswamy 2020): a channel's weight is how much the score drops when that channel "
+        "is zeroed; no gradients. Class-specific. Caveat: one forward per channel: slow."
+    ),
+    "eigen_cam": (
+        "Eigen-CAM (Muhammad & Yeasin 2020): the first principal component of the layer's activations; no "
+        "gradients and no class. Caveat: it shows what the layer holds most strongly, whatever the class."
+    ),
+    "clip_similarity": (
+        "Each patch's embedding, taken through the model's own projection, compared with the prompt's embedding "
+        "(the MaskCLIP / CLIP Surgery line of work); no gradients. Caveat: CLIP's raw patch similarities are "
+        "often inverted or noisy; the surgery option removes the part every prompt shares."
+    ),
+    "noise_tunnel": (
+        "A noise tunnel (Smilkov et al. 2017; Adebayo et al. 2018): a gradient method averaged over noisy copies "
+        "of the image (SmoothGrad), of its squares (SmoothGrad²) or their variance (VarGrad). Class-specific. "
+        "Caveat: the noise level changes the picture; it costs one method run per sample."
+    ),
+    "image_attention": (
+        "A vision-language model's attention from the position that predicts an answer word to the image tokens, "
+        "one decoder layer (or their mean) and one head (or fused). Caveat: raw attention, no gradient: what the "
+        "layer read, not what moved the word."
+    ),
+    "answer_relevance": (
+        "Chefer et al. (2021)'s relevance carried through the decoder from the answer word's logit, read on the "
+        "image tokens (optionally on into the vision tower). Class-specific: it follows the word. Caveat: the "
+        "positive part only."
+    ),
+    "question_relevance": (
+        "The same relevance row read on the question's words: which words of the question mattered for this "
+        "answer word. Caveat: the positive part only."
+    ),
+    "answer_saliency": (
+        "The gradient of the answer word's log-probability with respect to the image's pixels. Caveat: noisy, "
+        "as saliency is for classifiers."
+    ),
+    "answer_integrated_gradients": (
+        "Integrated gradients (Sundararajan et al. 2017) of the answer word's log-probability from a baseline "
+        "image. Caveat: one model run per step."
+    ),
+    "answer_smoothgrad": (
+        "SmoothGrad of the answer word's log-probability: gradients averaged over noisy copies of the image. "
+        "Caveat: one model run per sample."
+    ),
+    "answer_occlusion": (
+        "How much the answer word's log-probability drops when each image region is greyed out. Caveat: one "
+        "model run per region."
+    ),
 }
 
 
@@ -191,6 +260,24 @@ UNITS = {
     "caption_relevance": "relevance (score units)",
     "spatial_attention": "spatial gate (0 to 1)",
     "channel_attention": "channel gate (0 to 1)",
+    "text_relevance": "relevance (score units)",
+    "text_attention": "attention weight",
+    "grad_cam_pp": "Grad-CAM++ (weighted activation)",
+    "hires_cam": "HiResCAM (gradient × activation)",
+    "layer_cam": "LayerCAM (weighted activation)",
+    "xgrad_cam": "XGrad-CAM (weighted activation)",
+    "score_cam": "Score-CAM (score-weighted activation)",
+    "ablation_cam": "Ablation-CAM (drop-weighted activation)",
+    "eigen_cam": "first principal component",
+    "clip_similarity": "patch–prompt similarity",
+    "noise_tunnel": "averaged attribution",
+    "image_attention": "attention weight",
+    "answer_relevance": "relevance (log-probability units)",
+    "question_relevance": "relevance (log-probability units)",
+    "answer_saliency": "gradient size",
+    "answer_integrated_gradients": "attribution (log-probability units)",
+    "answer_smoothgrad": "average gradient size",
+    "answer_occlusion": "log-probability drop when hidden",
 }
 
 
