@@ -37,7 +37,9 @@ def test_ray_engine_matches_in_process(tmp_path, saved_models, ray_session, caps
     todo, skipped = pending_files(source, tmp_path / "ray", Worker(job))
     assert (len(todo), skipped) == (7, 0)
     timing = run_ray(job, source, tmp_path / "ray", todo, workers=2, threads=1, on_ready=_StampReady(str(stamps)))
-    assert timing["workers"] == 2 and len(list(stamps.iterdir())) == 2      # one model load per worker
+    # one model load per worker, not per batch (4 batches here): Ray Data may finish all 4 on the first actor
+    # before the second has started, so 1 or 2 loads, never more than the workers
+    assert timing["workers"] == 2 and 1 <= len(list(stamps.iterdir())) <= 2
     key = (lambda r: (r["path"], r["target_index"]))
     local = {key(r): r for r in read_results(tmp_path / "local").to_pylist()}
     remote = {key(r): r for r in read_results(tmp_path / "ray").to_pylist()}
