@@ -95,6 +95,15 @@ ATTENTION_PATHS = ("auto", "full", "rows")
 ROWS_FROM_TOKENS = 1024
 
 
+def _detached(v: Any) -> Any:
+    """A capture's extra out of the graph: a tensor or a tuple of tensors detached, anything else as it is."""
+    if isinstance(v, torch.Tensor):
+        return v.detach()
+    if isinstance(v, tuple) and all(isinstance(x, torch.Tensor) for x in v):
+        return tuple(x.detach() for x in v)
+    return v
+
+
 def _grad_function(scores: torch.Tensor, wrt: dict[str, tuple[torch.Tensor, ...]]):
     """``t -> {name: d scores[t] / d tensors}``: one backward through the retained graph per target."""
     def grad_fn(t: int):
@@ -262,6 +271,7 @@ class ModelAdapter:
         ``_run`` returns the attentions of a transformer; a CNN returns none and lists in ``extras``
         its ``stages`` (S × [1, C, h, w], in the graph), ``stage_grids`` and ``gates``.
         """
+        inputs = self.complete_inputs(inputs)
         pixel_values = inputs["pixel_values"].to(self.device)
         layout = self.layout(inputs)
         rec = Recorder(self._attention_modules(), grads) if self.rows_path(layout.n_tokens) else None
@@ -285,6 +295,7 @@ class ModelAdapter:
         wrt = {k: v for k, v in ((grad_name, attentions), ("stages", stages)) if v}
         wrt.update(extras.pop("grad_wrt", {}))
         readout = extras.pop("readout", None)                          # [1, T] when the forward measured it
+        cross = extras.pop("cross_attentions", None)                   # an encoder–decoder's L × [1, H, Q, T_image]
         stage_grids = tuple(extras.pop("stage_grids", ()))
         gates = tuple(extras.pop("gates", ()))
         grad_fn = _grad_function(scores, wrt) if grads else None
@@ -295,7 +306,8 @@ class ModelAdapter:
             inputs=inputs,
             targets=self._targets(inputs, scores.detach()),
             box=inputs.get("box"),
-            extras={k: (tuple(x.detach() for x in v) if isinstance(v, tuple) else v) for k, v in extras.items()},
+            extras={k: _detached(v) for k, v in extras.items()},
+            cross_attentions=None if cross is None else tuple(a[0].detach() for a in cross),   # L × [H, Q, T_image]
             readout=readout[0].detach() if readout is not None else self.readout(layout),
             pooling=self.pooling,
             stages=tuple(s[0].detach() for s in stages),             # S × [C, h, w]
@@ -369,6 +381,11 @@ class ModelAdapter:
                            v=None if r["v"] is None else r["v"][0]))
         outs = tuple(rec.layers[li]["out"] for li in range(self.n_layers)) if rec.grads else ()
         return outs, tuple(kept)
+
+    def complete_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """What the forward needs that a caller may leave out, filled in before a capture (a captioner's caption,
+        a vision-language model's answer: each generated greedily). Most families need nothing more."""
+        return inputs
 
     def _check_attentions(self, attentions: tuple, layout: TokenLayout, extras: dict[str, Any]) -> None:
         if len(attentions) != self.n_layers:

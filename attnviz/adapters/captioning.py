@@ -316,15 +316,14 @@ class CaptionAdapter(ModelAdapter):
                          "before the model ended it.")
         return torch.tensor([[seq[0]] + caption]), notes
 
-    def capture(self, inputs: dict[str, Any], *, grads: bool = True) -> Capture:
+    def complete_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Without a typed caption, the model's own greedy caption is the one explained."""
+        if inputs.get("caption_ids") is not None:
+            return inputs
         inputs = dict(inputs)
-        if inputs.get("caption_ids") is None:
-            inputs["caption_ids"], more = self.generate(inputs)
-            inputs["notes"] = list(inputs.get("notes", [])) + more
-        cap = super().capture(inputs, grads=grads)
-        cap.cross_attentions = tuple(a[0] for a in cap.extras.pop("cross_attentions"))   # L_dec × [H, Q, T_image]
-        cap.extras["decoder_attentions"] = tuple(a[0] for a in cap.extras["decoder_attentions"])
-        return cap
+        inputs["caption_ids"], more = self.generate(inputs)
+        inputs["notes"] = list(inputs.get("notes", [])) + more
+        return inputs
 
     def _run(self, inputs, pixel_values, *, attentions):
         pv = pixel_values.to(self.device)
@@ -358,7 +357,8 @@ class CaptionAdapter(ModelAdapter):
         extras = {
             "grad_wrt": {"decoder_attentions": tuple(dec)} if self.kind == "git"
             else {"decoder_attentions": tuple(dec), "cross_attentions": tuple(cross)},
-            "decoder_attentions": tuple(dec), "cross_attentions": tuple(cross),
+            "decoder_attentions": tuple(a[0] for a in dec),                           # L_dec × [H, Q, Q]
+            "cross_attentions": tuple(cross),     # the capture's cross_attentions field (ModelAdapter.capture)
             "log_probs": log_probs[0, :n].gather(-1, tokens[0].unsqueeze(-1)).squeeze(-1),    # [n]
             "end_probability": float(log_probs[0, n, end].exp().sum()) if end else float("nan"),
             "caption_ids": ids[0, 1:].tolist(), "notes": list(inputs.get("notes", [])),

@@ -192,7 +192,8 @@ class VlmAdapter(ModelAdapter):
         logits = out.logits[0, pos]                                                            # [n, V]
         scores = logits.gather(1, ans[:, None])[:, 0]                                          # [n]
         log_probs = torch.log_softmax(logits.float(), -1).gather(1, ans[:, None])[:, 0]        # [n]
-        extras: dict[str, Any] = {"log_probs": log_probs}
+        extras: dict[str, Any] = {"log_probs": log_probs, "image_tokens": inputs["image_tokens"],
+                                  "notes": list(inputs.get("notes", []))}
         if caught.get("a"):
             vis = tuple(caught["a"])                                          # L_v × [1, H, S, S]
             extras["vision_attentions"] = vis
@@ -221,16 +222,14 @@ class VlmAdapter(ModelAdapter):
         notes = [] if ended else [f"The answer stopped at {inputs['max_new_tokens']} tokens before the model ended it."]
         return torch.tensor(answer), notes
 
-    def capture(self, inputs: dict[str, Any], *, grads: bool = True) -> Capture:
+    def complete_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Without a typed answer, the model's own greedy answer is the one explained."""
+        if inputs.get("answer_ids") is not None:
+            return inputs
         inputs = dict(inputs)
-        if inputs.get("answer_ids") is None:
-            inputs["answer_ids"], more = self.generate(inputs)
-            inputs["notes"] = list(inputs.get("notes", [])) + more
-        cap = super().capture(inputs, grads=grads)
-        cap.extras["log_probs"] = cap.extras["log_probs"].detach()
-        cap.extras["image_tokens"] = inputs["image_tokens"]
-        cap.extras["notes"] = inputs["notes"]
-        return cap
+        inputs["answer_ids"], more = self.generate(inputs)
+        inputs["notes"] = list(inputs.get("notes", [])) + more
+        return inputs
 
     def _check_attentions(self, attentions, layout, extras) -> None:
         if len(attentions) != self.n_layers:
