@@ -114,31 +114,25 @@ xgrad_cam = _gradient_cam("xgrad_cam", "XGrad-CAM", xgrad_cam_weights,
                           "XGrad-CAM (Fu et al. 2020): channel weights Σ G·A / Σ A (axiom-based).")
 
 
-@register(
-    "score_cam",
-    description="Score-CAM (Wang et al. 2020): each channel masks the image; channel weights are the softmax "
-                "of the target's score on the masked images. No gradients.",
-    params=CAM_PARAMS + (BATCH,),
-    class_specific=True, over="patches", kind="perturbation", slow=True, needs=("pixels",),
-)
-def score_cam(adapter, capture: Capture, target: Target, *, layer: int, layers: str, aug_smooth: bool,
-              eigen_smooth: bool, batch_size: int):
-    return run_cam(adapter, capture, target, score_cam_weights, name="Score-CAM", layer=layer, layers=layers,
-                   aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, grads=False, reads_score=False,
-                   batch_size=batch_size)
+def _perturbation_cam(name: str, label: str, weigh, description: str, *, reads_score: bool):
+    """A CAM whose channel weights come from forwards on changed inputs or features (no gradients)."""
+    @register(name, description=description, params=CAM_PARAMS + (BATCH,), class_specific=True, over="patches",
+              kind="perturbation", slow=True, needs=("pixels",))
+    def method(adapter, capture: Capture, target: Target, *, layer: int, layers: str, aug_smooth: bool,
+               eigen_smooth: bool, batch_size: int):
+        return run_cam(adapter, capture, target, weigh, name=label, layer=layer, layers=layers,
+                       aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, grads=False, reads_score=reads_score,
+                       batch_size=batch_size)
+    method.__name__ = name
+    return method
 
 
-@register(
-    "ablation_cam",
-    description="Ablation-CAM (Desai & Ramaswamy 2020): channel weights are the target's relative score drop "
-                "when that channel is zeroed. No gradients.",
-    params=CAM_PARAMS + (BATCH,),
-    class_specific=True, over="patches", kind="perturbation", slow=True, needs=("pixels",),
-)
-def ablation_cam(adapter, capture: Capture, target: Target, *, layer: int, layers: str, aug_smooth: bool,
-                 eigen_smooth: bool, batch_size: int):
-    return run_cam(adapter, capture, target, ablation_cam_weights, name="Ablation-CAM", layer=layer, layers=layers,
-                   aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, grads=False, batch_size=batch_size)
+score_cam = _perturbation_cam("score_cam", "Score-CAM", score_cam_weights,
+                              "Score-CAM (Wang et al. 2020): each channel masks the image; channel weights are the "
+                              "softmax of the target's score on the masked images. No gradients.", reads_score=False)
+ablation_cam = _perturbation_cam("ablation_cam", "Ablation-CAM", ablation_cam_weights,
+                                 "Ablation-CAM (Desai & Ramaswamy 2020): channel weights are the target's relative "
+                                 "score drop when that channel is zeroed. No gradients.", reads_score=True)
 
 
 @register(
