@@ -49,6 +49,6 @@ def test_new_methods_are_listed_with_their_papers(capsys):
     listed = {r["name"]: r["description"] for r in json.loads(capsys.readouterr().out)}
     papers = {"grad_cam_pp": "Chattopadhay", "hires_cam": "Draelos", "layer_cam": "Jiang", "xgrad_cam": "Fu",
               "score_cam": "Wang", "ablation_cam": "Desai", "eigen_cam": "Muhammad", "noise_tunnel": "Smilkov",
-              "clip_similarity": "Li et al. 2023"}
+              "clip_similarity": "Li et al. 2023", "legrad": "Bousselham"}
     for name, author in papers.items():
         assert author in listed[name], name
