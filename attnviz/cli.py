@@ -54,9 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m attnviz", description="See where a vision transformer looks.")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    def explain_args(p):
+    def explain_args(p, several: bool = False):
         p.add_argument("--model", help="catalog name, hub id or save_pretrained folder (default: catalog default, else the demo model)")
-        p.add_argument("--method", default="rollout", help="explanation method (see `models --methods`)")
+        if several:
+            p.add_argument("--method", action="append", help="explanation method (see `models --methods`; default "
+                           "rollout); several as a,b,c or repeated: one capture per image, each method's rows and "
+                           "--faithfulness numbers, compared by `report`")
+        else:
+            p.add_argument("--method", default="rollout", help="explanation method (see `models --methods`)")
         p.add_argument("--target", help="class index or label / prompt index or text / caption-token index (default: top)")
         p.add_argument("--text", action="append", default=[], help="a text prompt (repeat for several; image–text models) / a caption to score (captioning models)")
         p.add_argument("--layer", type=int, help="layer index, from 0 as outputs.attentions; negative from the end")
@@ -64,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--param", action="append", default=[], metavar="K=V", help="method parameter (repeatable)")
         p.add_argument("--size", type=_size, help="model input HEIGHTxWIDTH (rounded to whole patches)")
         p.add_argument("--faithfulness", action="store_true",
-                       help="also run deletion / insertion (RISE) for the map, with a random order as the yardstick")
+                       help="also run deletion / insertion (RISE) for the map, with a random order as the yardstick"
+                            + ("; and ROAD (MoRF, LeRF)" if several else ""))
         p.add_argument("--sanity", action="store_true",
                        help="also run the cascading weight-randomisation check (Adebayo et al. 2018)")
 
@@ -80,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("batch", help="explain every image in a folder, several per forward (or on Ray Data)")
     b.add_argument("folder", help="a folder, subfolders included (one subfolder per class: a labelled set), "
                                   "or a URI pyarrow's filesystems read")
-    explain_args(b)
+    explain_args(b, several=True)
     b.add_argument("--out-dir", required=True,
                    help="folder (not the images' own) for results.parquet (one row per image and target), "
                         "and in-process <file>.npy, <file>.png and results.jsonl; <file> is the image's whole "
@@ -141,15 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _method_params(args) -> dict[str, str]:
     from .errors import UsageError
     from .methods import get_method
-    spec = get_method(args.method)
+    specs = [get_method(m.strip()) for m in args.method.split(",")]     # batch: several, comma-joined
     params = _params(args.param)
-    names = [p.name for p in spec.params]
+    names = [p.name for spec in specs for p in spec.params]
     for flag in ("layer", "head"):
         value = getattr(args, flag)
         if value is None:
             continue
         if flag not in names:
-            raise UsageError(f"Method '{spec.name}' has no --{flag} (its parameters: {', '.join(names) or 'none'}).")
+            which = f"Method '{specs[0].name}' has" if len(specs) == 1 else f"None of the methods {args.method} has"
+            raise UsageError(f"{which} no --{flag} (parameters: {', '.join(dict.fromkeys(names)) or 'none'}).")
         params[flag] = str(value)
     return params
 
@@ -316,6 +323,7 @@ def cmd_batch(args) -> int:
     if args.batch_size < 1 or args.top_k < 1 or args.threads < 1 or (args.workers is not None and args.workers < 1):
         raise UsageError("--batch-size, --top-k, --threads and --workers must be at least 1.")
     source, out = Source(args.folder), Path(args.out_dir)
+    args.method = ",".join(m.strip() for given in (args.method or ["rollout"]) for m in given.split(",") if m.strip())
     params = _method_params(args)
     adapter = _load(args)
     job = Job(model=_model_spec(args, adapter), method=args.method, params=params, target=args.target,

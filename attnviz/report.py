@@ -9,6 +9,8 @@ Reads a batch output folder (``results.parquet`` and ``run.json``) and shows:
   per true class;
 * deletion AUC against a random order's, image by image (when the run had
   ``--faithfulness``; Petsiuk et al. 2018);
+* with several methods (``--method a,b``), the methods compared by deletion, insertion and ROAD
+  (:mod:`attnviz.report_compare`);
 * the least faithful maps (deletion AUC highest above random) and the most
   off-centre ones (distance of the map's centre of mass from the image centre,
   0 at the centre, 1 in a corner);
@@ -30,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from . import report_html as H
+from .report_compare import methods_section
 from .errors import UsageError
 from .images import ImageRejected, load_image
 
@@ -167,6 +170,7 @@ def build_report(results: str | Path, out: str | Path, *, masks: Optional[str] =
         parts.append(_labelled(rows))
     mask_stats = _pointing(rows, manifest, Path(masks), images) if masks else None
     parts.append(_faithfulness(rows))
+    parts.append(methods_section(rows))
     parts.append(_worst(rows, images, examples))
     if mask_stats:
         parts.append(mask_stats["html"])

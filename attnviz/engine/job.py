@@ -18,6 +18,8 @@ class Job:
     ``target``: one target for every image (index or label), or None for the top one;
     ``top_k``: explain each image's k highest-scoring targets instead (class-specific methods).
     ``params``: method parameters as the user typed them (strings are parsed by the registry).
+    ``method``: one method, or several joined by commas ("rollout,relevance"): each image is captured once
+    and explained by each in turn, one row per method (and target); the list is part of the run's identity.
     """
 
     model: str
@@ -30,6 +32,11 @@ class Job:
     faithfulness: bool = False
     sanity: bool = False
     batch_size: int = 8
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods of ``method``, in order."""
+        return tuple(m.strip() for m in self.method.split(",") if m.strip())
 
     def key(self) -> dict[str, Any]:
         """What must match for a run to resume another's results (not the batch size)."""

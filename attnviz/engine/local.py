@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..images import MAX_BYTES
+from .faithfulness import COLUMNS as FAITHFULNESS
 from .identity import model_identity
 from .job import Job
 from .results import done_paths, run_lock, start_run, write_part
@@ -148,8 +149,9 @@ def _write_files(out: Path, rel: str, r: ImageResult, log) -> None:
     if r.error is not None:
         log.write(json.dumps({"file": rel, "error": r.error}) + "\n")
         return
+    methods = {row["method"] for row in r.rows}
     for row, exp in zip(r.rows, r.exps):
-        stem = out / (rel if len(r.exps) == 1 else f"{rel}.t{row['target_index']}")
+        stem = out / _stem(rel, row, len(methods) > 1, sum(x["method"] == row["method"] for x in r.rows) > 1)
         stem.parent.mkdir(parents=True, exist_ok=True)
         np.save(f"{stem}.npy", exp.map.astype(np.float32))
         if exp.over in ("patches", "pixels"):
@@ -157,6 +159,12 @@ def _write_files(out: Path, rel: str, r: ImageResult, log) -> None:
             Path(f"{stem}.png").write_bytes(render.to_png_bytes(img))
         log.write(json.dumps({"file": rel, **_jsonl_record(row, exp)}) + "\n")
     log.flush()
+
+
+def _stem(rel: str, row: dict, several_methods: bool, several_targets: bool) -> str:
+    """``<file>``, ``<file>.<method>`` with several methods, then ``.t<index>`` with several targets."""
+    return rel + (f".{row['method']}" if several_methods else "") + (f".t{row['target_index']}" if several_targets
+                                                                      else "")
 
 
 def _jsonl_record(row: dict, exp) -> dict:
@@ -172,18 +180,24 @@ def _jsonl_record(row: dict, exp) -> dict:
     if row.get("label") is not None:
         rec["label"] = row["label"]
     if row.get("deletion_auc") is not None:
-        rec["faithfulness"] = {k: row[k] for k in ("deletion_auc", "random_deletion_auc", "insertion_auc",
-                                                   "random_insertion_auc")}
+        rec["faithfulness"] = {k: row[k] for k in FAITHFULNESS if row.get(k) is not None}
     if row.get("_sanity") is not None:
         rec["sanity"] = row["_sanity"]
     return rec
 
 
 def faithfulness_line(rows: list[dict]) -> Optional[str]:
-    """One line over a run: mean AUCs and how often the map beat its random order."""
+    """One line over a run (one per method when it ran several): mean AUCs, how often the map beat its
+    random order, and ROAD's means."""
     checked = [r for r in rows if r.get("deletion_auc") is not None]
     if not checked:
         return None
+    methods = list(dict.fromkeys(r["method"] for r in checked))
+    return "\n".join(_method_line([r for r in checked if r["method"] == m], m if len(methods) > 1 else None)
+                     for m in methods)
+
+
+def _method_line(checked: list[dict], method: Optional[str]) -> str:
     n = len(checked)
     images = len({c["path"] for c in checked})
     what = f"{n} images" if images == n else f"{n} maps of {images} images"
@@ -191,7 +205,11 @@ def faithfulness_line(rows: list[dict]) -> Optional[str]:
                                                                   "insertion_auc", "random_insertion_auc")}
     beat_del = sum(c["deletion_auc"] < c["random_deletion_auc"] for c in checked)
     beat_ins = sum(c["insertion_auc"] > c["random_insertion_auc"] for c in checked)
-    return (f"faithfulness over {what}: deletion AUC {mean['deletion_auc']:.4g} (random "
-            f"{mean['random_deletion_auc']:.4g}), insertion AUC {mean['insertion_auc']:.4g} (random "
+    road = ""
+    if all(c.get("road_morf") is not None for c in checked):
+        road = (f"; ROAD MoRF {np.mean([c['road_morf'] for c in checked]):.4g}, LeRF "
+                f"{np.mean([c['road_lerf'] for c in checked]):.4g}")
+    return (f"faithfulness{f' of {method}' if method else ''} over {what}: deletion AUC {mean['deletion_auc']:.4g} "
+            f"(random {mean['random_deletion_auc']:.4g}), insertion AUC {mean['insertion_auc']:.4g} (random "
             f"{mean['random_insertion_auc']:.4g}); the map beat random on deletion in {beat_del}/{n}, "
-            f"on insertion in {beat_ins}/{n}")
+            f"on insertion in {beat_ins}/{n}{road}")

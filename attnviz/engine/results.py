@@ -9,7 +9,7 @@ Layout of an output folder::
 A row holds the map as float32 values with its shape (``map``, ``map_shape``), what it
 is over, the target and its score, the model's top prediction, the folder label of a
 labelled folder, the crop box and image size (to lay the map back on the image), the
-faithfulness AUCs when asked, and ``error`` for a file that could not be read (then no map).
+faithfulness AUCs and ROAD means when asked, and ``error`` for a file that could not be read (then no map).
 
 Resuming: every path with a row in readable part files is done. A part file that
 cannot be read (a run killed while writing it) is renamed ``*.broken`` and its
@@ -69,6 +69,8 @@ SCHEMA = pa.schema([
     ("random_deletion_auc", pa.float64()),
     ("insertion_auc", pa.float64()),
     ("random_insertion_auc", pa.float64()),
+    ("road_morf", pa.float64()),           # ROAD (Rong et al. 2022), mean quantity, most relevant removed first
+    ("road_lerf", pa.float64()),           # ... least relevant removed first (--faithfulness), else null
     ("sanity_spearman", pa.list_(pa.float64())),   # --sanity: Spearman |map| per randomisation step, else null
     ("seconds", pa.float64()),             # this image's share of its batch's compute
     ("error", pa.string()),                # why the file was not explained; null for a result

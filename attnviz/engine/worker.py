@@ -16,11 +16,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import UsageError
 from ..images import ImageRejected, load_image
 from ..methods.registry import explain, explanation, get_method, resolve_params
 from ..types import Capture, Explanation, Target
 from .attention import BATCHED_ATTENTION_METHODS, batched_attention_maps
 from .capture import batchable, capture_batch, grads_for_batch
+from .faithfulness import measure
 from .job import Job
 from .pixels import BATCHED_PIXEL_METHODS, pixel_gradient_maps
 
@@ -72,10 +74,28 @@ class Worker:
         from .. import load_model
         self.job = job
         self.adapter = adapter if adapter is not None else load_model(job.model)
-        self.spec = get_method(job.method)
+        self.specs = [get_method(m) for m in job.methods]
+        if not self.specs or len(set(job.methods)) != len(job.methods):
+            raise UsageError(f"--method needs one method or several different ones, got '{job.method}'.")
+        self.spec = self.specs[0]
         # Bad parameters fail here, once, in one sentence, before any image is read.
-        self.params = resolve_params(self.spec, dict(job.params), self.adapter.method_defaults(job.method))
-        self.user_params = dict(job.params)
+        self.user_params = {s.name: self._user_params(s) for s in self.specs}
+        self.resolved = {s.name: resolve_params(s, self.user_params[s.name], self.adapter.method_defaults(s.name))
+                         for s in self.specs}
+        # what run.json records: one method's parameters, or each method's
+        self.params = self.resolved[self.spec.name] if len(self.specs) == 1 else self.resolved
+
+    def _user_params(self, spec) -> dict:
+        """The user's parameters ``spec`` takes: with several methods each goes to the methods that have it
+        (one that none has is refused), with one method all of them (the registry names the unknown)."""
+        given = dict(self.job.params)
+        if len(self.specs) == 1:
+            return given
+        unknown = set(given) - {p.name for s in self.specs for p in s.params}
+        if unknown:
+            raise UsageError(f"No method of {', '.join(self.job.methods)} has the parameter "
+                             f"{', '.join(sorted(unknown))}.")
+        return {k: v for k, v in given.items() if k in {p.name for p in spec.params}}
 
     # --- the whole pipeline for a list of files -------------------------
     def run(self, items: Sequence[Item]) -> list[ImageResult]:
@@ -113,41 +133,33 @@ class Worker:
     # --- one forward's worth of images ------------------------------------
     def explain_images(self, items: Sequence[Item], images: Sequence[Image.Image],
                        inputs: Sequence[dict]) -> list[ImageResult]:
-        """Explain images of one input size: one batched capture, one backward per target rank."""
-        adapter, spec = self.adapter, self.spec
+        """Explain images of one input size: one batched capture, then each method in turn on it (one
+        backward per target rank, shared by the methods that read attention gradients)."""
+        adapter = self.adapter
         batched = batchable(adapter)
+        grad_specs = [s for s in self.specs if needs_attention_grads(s)]
         # Per-image captures (other families) keep their graph as the CLI always did: their methods
         # may differentiate towers and tokens this module does not know about.
-        caps = capture_batch(adapter, inputs, grads=needs_attention_grads(spec) if batched else True)
-        targets = [self.targets(c) for c in caps]
+        caps = capture_batch(adapter, inputs, grads=bool(grad_specs) if batched else True)
         exps: list[list[Explanation]] = [[] for _ in caps]
-        ranks = max(len(t) for t in targets)
         # the checks run after the maps may take more gradients through the captures' graph
         checks = self.job.faithfulness or self.job.sanity
-        for k in range(ranks):
-            idx = [i for i, t in enumerate(targets) if k < len(t)]
-            ks = [targets[i][k] for i in idx]
-            batch_grads = None
-            if needs_attention_grads(spec):
-                # the backward here, on every thread, not inside a method's one-thread stretch below
-                batch_grads = grads_for_batch([caps[i] for i in idx], [t.index for t in ks],
-                                              last=k == ranks - 1 and not checks)
-            t0 = time.perf_counter()
-            maps = None
-            if batched and spec.name in BATCHED_PIXEL_METHODS:
-                maps = pixel_gradient_maps(adapter, spec.name, [caps[i] for i in idx], [t.index for t in ks])
-            elif batched and spec.name in BATCHED_ATTENTION_METHODS:
-                with one_thread():
-                    # None (then image by image below) for captures it does not batch
-                    maps = batched_attention_maps(adapter, spec.name, caps, idx, ks, self.params, batch_grads)
-            if maps is not None:
-                seconds = (time.perf_counter() - t0) / len(idx)
-                for i, t, m in zip(idx, ks, maps):
-                    exps[i].append(explanation(spec, m, t, dict(self.params), {"seconds": seconds}))
-            else:
-                with one_thread() if spec.kind == "attention" else contextlib.nullcontext():
-                    for i, t in zip(idx, ks):
-                        exps[i].append(explain(adapter, caps[i], spec.name, t, **self.user_params))
+        shared: dict[tuple, Optional[tuple]] = {}          # one backward per (images, targets), for every method
+        for spec in self.specs:
+            targets = [self.targets(c, spec) for c in caps]
+            ranks = max(len(t) for t in targets)
+            for k in range(ranks):
+                idx = [i for i, t in enumerate(targets) if k < len(t)]
+                ks = [targets[i][k] for i in idx]
+                batch_grads = None
+                if needs_attention_grads(spec):
+                    key = tuple((i, t.index) for i, t in zip(idx, ks))
+                    if key not in shared:
+                        # the backward here, on every thread, not inside a method's one-thread stretch below
+                        last = spec is grad_specs[-1] and k == ranks - 1 and not checks
+                        shared[key] = grads_for_batch([caps[i] for i in idx], [t.index for t in ks], last=last)
+                    batch_grads = shared[key]
+                self.explain_rank(spec, caps, idx, ks, batch_grads, exps)
         results = []
         for item, image, cap, es in zip(items, images, caps, exps):
             rows = [self.row(item, image, cap, e) for e in es]
@@ -155,13 +167,35 @@ class Worker:
             cap.release_graph()
         return results
 
-    def targets(self, cap: Capture) -> list[Target]:
+    def explain_rank(self, spec, caps, idx: list[int], ks: list[Target], batch_grads, exps) -> None:
+        """``spec``'s maps of the captures ``caps[i]``, ``i`` in ``idx``, for the targets ``ks``: batched
+        where the method allows, else image by image; appended to ``exps[i]``."""
+        adapter, params = self.adapter, self.resolved[spec.name]
+        batched = batchable(adapter)
+        t0 = time.perf_counter()
+        maps = None
+        if batched and spec.name in BATCHED_PIXEL_METHODS:
+            maps = pixel_gradient_maps(adapter, spec.name, [caps[i] for i in idx], [t.index for t in ks])
+        elif batched and spec.name in BATCHED_ATTENTION_METHODS:
+            with one_thread():
+                # None (then image by image below) for captures it does not batch
+                maps = batched_attention_maps(adapter, spec.name, caps, idx, ks, params, batch_grads)
+        if maps is not None:
+            seconds = (time.perf_counter() - t0) / len(idx)
+            for i, t, m in zip(idx, ks, maps):
+                exps[i].append(explanation(spec, m, t, dict(params), {"seconds": seconds}))
+            return
+        with one_thread() if spec.kind == "attention" else contextlib.nullcontext():
+            for i, t in zip(idx, ks):
+                exps[i].append(explain(adapter, caps[i], spec.name, t, **self.user_params[spec.name]))
+
+    def targets(self, cap: Capture, spec=None) -> list[Target]:
         """The targets explained for one image: the user's, else the top k (the top one for a
         class-agnostic method, whose map is the same whatever the class)."""
         if self.job.target is not None:
             return [self.adapter.resolve_target(cap, self.job.target)]
         top = self.adapter.resolve_target(cap, None)
-        if not self.spec.class_specific or self.job.top_k <= 1 or top.kind not in ("class", "prompt"):
+        if not (spec or self.spec).class_specific or self.job.top_k <= 1 or top.kind not in ("class", "prompt"):
             return [top]
         ranked = sorted(cap.targets, key=lambda t: -t.score)
         return ranked[: self.job.top_k]
@@ -186,10 +220,7 @@ class Worker:
             "error": None,
         }
         if self.job.faithfulness and exp.over in ("patches", "pixels"):
-            from ..metrics import deletion_insertion, deletion_summary
-            f = deletion_summary(deletion_insertion(adapter, cap, exp, target=tgt.index))
-            row.update({k: f[k] for k in ("deletion_auc", "random_deletion_auc", "insertion_auc",
-                                          "random_insertion_auc")})
+            row.update(measure(adapter, cap, exp, tgt.index))
         if self.job.sanity and exp.over in ("patches", "pixels"):
             from ..metrics import cascading_randomisation
             steps = [s.to_dict() for s in cascading_randomisation(adapter, cap, exp)]
