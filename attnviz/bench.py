@@ -141,6 +141,46 @@ def _faithfulness_rows(adapter, cap, exp, unit: float) -> list[tuple[str, float,
     return rows
 
 
+def run_randomisation_bench(quick: bool = False) -> int:
+    """The cascading randomisation check (relevance, every block) in CPU seconds on one thread, over one bare
+    SDPA forward's: CPU time is what a loaded machine cannot inflate the way it does wall time. Twice each,
+    alternating: steps that reuse the untouched blocks' activations, and full recomputation of every step."""
+    import attnviz.metrics.randomisation as R
+    from .methods.registry import explain
+    torch.set_num_threads(1)
+    torch.set_grad_enabled(True)
+    adapter, bare = _models(quick)
+    size = adapter.model.config.image_size
+    x = torch.randn(1, 3, size, size)
+    cap = adapter.capture({"pixel_values": x, "box": None}, grads=True)
+    exp = explain(adapter, cap, "relevance")
+
+    def cpu(fn) -> float:
+        t = time.process_time()
+        fn()
+        return time.process_time() - t
+    with torch.no_grad():
+        cpu(lambda: bare(pixel_values=x))                                     # warm-up
+    print(f"attnviz bench --randomisation: {'tiny ViT' if quick else 'ViT-B/16'} random weights, {size}², "
+          "one thread, CPU seconds")
+    ratios: dict[bool, list[float]] = {True: [], False: []}
+    for reuse in (False, True, False, True):
+        R.REUSE = reuse
+        try:
+            t = cpu(lambda: R.cascading_randomisation(adapter, cap, exp))
+        finally:
+            R.REUSE = True
+        with torch.no_grad():
+            unit = statistics.median(cpu(lambda: bare(pixel_values=x)) for _ in range(3))
+        ratios[reuse].append(t / unit)
+        print(f"  {'reusing untouched blocks' if reuse else 'full recomputation':26} {t:8.2f} s  {t / unit:6.1f}× forward")
+    best = min(ratios[True])
+    target = FAITHFULNESS_TARGETS["  randomisation check (relevance, all blocks)"]
+    print(f"randomisation check: {best:.1f}× a bare forward (full recomputation {min(ratios[False]):.1f}×), "
+          f"target <= {target:.0f}×")
+    return 0 if quick or best <= target else 1
+
+
 def _print_rows(rows, targets: dict[str, float]) -> bool:
     """Print (name, seconds, ratio) rows with their targets; True when a target is missed."""
     print(f"{'what':44} {'seconds':>9} {'× forward':>10}  target   (ratios of paired runs: each right after a bare forward)")

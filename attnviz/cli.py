@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--images", type=int, help="with --batch: images per run (default 16; 200 with --ray)")
     bench.add_argument("--highres", action="store_true",
                        help="DINOv2-S at 518², 896², 1792²: attention views' time and memory over a bare forward")
+    bench.add_argument("--randomisation", action="store_true",
+                       help="the randomisation check's CPU time (one thread) over a bare forward's, steps reusing "
+                            "the untouched blocks against full recomputation")
     bench.add_argument("--app", action="store_true",
                        help="the app instead: server CPU per interaction (demo model and ViT-B/16, random weights)")
 
@@ -428,6 +431,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.highres:
             from .bench import run_highres_bench
             return run_highres_bench(sizes=(224, 518) if args.quick else (518, 896, 1792), repeats=min(args.repeats, 3))
+        if args.randomisation:
+            from .bench import run_randomisation_bench
+            return run_randomisation_bench(quick=args.quick)
         if args.app:
             from .bench import run_app_bench
             return run_app_bench()

@@ -31,6 +31,12 @@ Conventions here:
 * Everything runs on a deep copy of the model: the model the app shares is never
   touched. Step 0 recomputes the map on the unchanged copy (Spearman 1: the
   check that the comparison itself is exact).
+* Cost: step i leaves blocks 0 … n−i−1 untouched, so on the ViT family, CLIP and SigLIP
+  (``REUSE_FAMILIES``) its capture runs only the randomised blocks and takes the others'
+  outputs and attention maps from step 0's forward, whose graph carries each step's
+  backward down to them: (n + 1)·n / 2 block forwards instead of (n + 1)·n, the same
+  numbers bit for bit (tests/test_randomisation_reuse.py). Other families recompute
+  every step in full.
 * Similarity: Spearman rank correlation of the maps' absolute values (the
   paper's main measure) and of the signed maps.
 """
@@ -45,6 +51,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from ..adapters.hooks import this_thread
 from ..errors import UsageError
 from ..types import Capture, Explanation
 from .rank import spearman
@@ -131,6 +138,81 @@ def cascading_randomisation(adapter, capture: Capture, exp: Explanation, *, seed
         return _cascade(adapter, capture, exp, seed=seed, max_blocks=max_blocks, progress=progress)
 
 
+#: Families whose step captures may reuse the untouched blocks' activations (``_LowerBlocks``): their
+#: attentions come back from ``_run`` one per block in order, recorded inside each block, and nothing else
+#: of the capture is read off the vision tower's lower blocks (tests/test_metrics.py compares both paths).
+REUSE_FAMILIES = ("classifier", "clip")
+
+
+class _LowerBlocks:
+    """Step i of the cascade leaves blocks 0 … n−i−1 as they were, so their outputs and attention maps are
+    those of step 0's forward (same weights, same input: the same numbers). Step 0's capture keeps its graph
+    and every block's output; a later step's capture runs only the randomised top blocks: each untouched
+    block hands back step 0's output without computing (an instance ``forward``), and ``_run``'s attentions
+    (the top blocks' only) are prefixed with step 0's. Gradients of a step's score then flow through the
+    top blocks into step 0's graph, down to the untouched blocks' attention maps, exactly as a full forward
+    and backward would give them."""
+
+    def __init__(self, clone, inputs: dict):
+        self.clone, self.inputs = clone, inputs
+        self.outputs: dict[int, Any] = {}
+        self.attentions: tuple = ()
+
+    @staticmethod
+    def applies(clone, capture: Capture) -> bool:
+        return (clone.family in REUSE_FAMILIES and not clone.rows_path(capture.layout.n_tokens)
+                and len(capture.attentions) == clone.n_layers)
+
+    def _capture(self, attentions_of: Callable[[tuple], tuple]):
+        """The copy's capture, ``_run``'s attentions passed through ``attentions_of`` on the way."""
+        clone = self.clone
+        run = clone._run
+
+        def wrapped(inputs, x, *, attentions):
+            scores, atts, extras = run(inputs, x, attentions=attentions)
+            return scores, attentions_of(tuple(atts or ())), extras
+        clone._run = wrapped
+        try:
+            return clone.capture(dict(self.inputs), grads=True)
+        finally:
+            del clone._run
+
+    def first(self):
+        """Step 0: a full capture that records each block's output and the forward's attentions."""
+        clone = self.clone
+        hooks = [clone.block(j).register_forward_hook(this_thread(self._keep(j))) for j in range(clone.n_layers)]
+
+        def keep(atts: tuple) -> tuple:
+            self.attentions = atts
+            return atts
+        try:
+            return self._capture(keep)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def _keep(self, j: int):
+        def hook(module, args, out):
+            self.outputs[j] = out
+        return hook
+
+    def step(self, first_random: int):
+        """A capture with blocks ``first_random`` … n−1 computed and the ones below taken from step 0."""
+        n, lower = self.clone.n_layers, [self.clone.block(j) for j in range(first_random)]
+
+        def with_lower(atts: tuple) -> tuple:
+            if len(atts) != n - first_random:
+                raise RuntimeError(f"expected the {n - first_random} top blocks' attentions, got {len(atts)}")
+            return self.attentions[:first_random] + atts
+        for j, block in enumerate(lower):
+            block.forward = (lambda out: lambda *a, **k: out)(self.outputs[j])     # step 0's output, no compute
+        try:
+            return self._capture(with_lower)
+        finally:
+            for block in lower:
+                del block.forward
+
+
 def _cascade(adapter, capture: Capture, exp: Explanation, *, seed: int, max_blocks: Optional[int],
              progress: Optional[Callable[[int, int], None]]) -> list[RandomisationStep]:
     from ..methods.registry import explain
@@ -141,18 +223,35 @@ def _cascade(adapter, capture: Capture, exp: Explanation, *, seed: int, max_bloc
     clone = copy_adapter(adapter)
     g = torch.Generator(device="cpu").manual_seed(seed)
     original = np.asarray(exp.map, dtype=np.float64)
+    reuse = _LowerBlocks(clone, capture.inputs) if _LowerBlocks.applies(clone, capture) and REUSE else None
     steps: list[RandomisationStep] = []
     done: list[int] = []
-    for i in range(k + 1):
-        if i > 0:
-            layer = n - i
-            randomise_module(clone.block(layer), g)
-            done.append(layer)
-        cap = clone.capture(dict(capture.inputs), grads=True)
-        m = explain(clone, cap, exp.method, target, **exp.params).map.astype(np.float64)
-        cap.release_graph()
-        steps.append(RandomisationStep(blocks=tuple(sorted(done)), spearman_abs=spearman(np.abs(original), np.abs(m)),
-                                       spearman=spearman(original, m), map=m))
-        if progress is not None:
-            progress(i + 1, k + 1)
+    first = None
+    try:
+        for i in range(k + 1):
+            if i > 0:
+                layer = n - i
+                randomise_module(clone.block(layer), g)
+                done.append(layer)
+            if reuse is None:
+                cap = clone.capture(dict(capture.inputs), grads=True)
+            else:
+                cap = reuse.first() if i == 0 else reuse.step(n - i)
+            m = explain(clone, cap, exp.method, target, **exp.params).map.astype(np.float64)
+            if reuse is not None and i == 0:
+                first = cap                                  # its graph serves every later step
+            else:
+                cap.release_graph()
+            steps.append(RandomisationStep(blocks=tuple(sorted(done)), spearman_abs=spearman(np.abs(original), np.abs(m)),
+                                           spearman=spearman(original, m), map=m))
+            if progress is not None:
+                progress(i + 1, k + 1)
+    finally:
+        if first is not None:
+            first.release_graph()
     return steps
+
+
+#: Whether steps reuse the untouched blocks' activations where the family allows (tests switch it off to
+#: compare with full recomputation).
+REUSE = True
