@@ -281,17 +281,26 @@ def highres_probe(size: int, op: str, repeats: int = 1, path: str = "auto", thre
         explain(adapter, adapter.capture(inputs, grads=True), "relevance")
 
     fn = {"bare": bare, "rollout": rollout, "views": views, "relevance": relevance}[op]
-    unit = _median_time(bare, repeats) if repeats else _once(bare)
-    t = unit if op == "bare" else (_median_time(fn, repeats) if repeats else _once(fn))
+    unit, unit_cpu = _wall_cpu(bare, repeats)
+    t, cpu = (unit, unit_cpu) if op == "bare" else _wall_cpu(fn, repeats)
     return {"size": size, "op": op, "tokens": adapter.layout(inputs).n_tokens, "seconds": t, "unit": unit,
+            "cpu": cpu, "unit_cpu": unit_cpu,
             "rows": adapter.rows_path(adapter.layout(inputs).n_tokens),
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _once(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def _wall_cpu(fn, repeats: int) -> tuple[float, float]:
+    """(median wall seconds, median CPU seconds of this process, all threads) of ``repeats`` runs after one
+    warm-up; one cold run when ``repeats`` is 0. CPU time is the fairer measure on a shared machine."""
+    if repeats:
+        fn()
+    walls, cpus = [], []
+    for _ in range(max(1, repeats)):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def run_highres_bench(sizes=HIGHRES_SIZES, repeats: int = 1, path: str = "auto", threads: int = 2) -> int:

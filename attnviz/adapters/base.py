@@ -30,7 +30,7 @@ from ..tokens.chunked import QK
 from ..tokens.geometry import MAX_PATCHES, MAX_ROWS_PATCHES, rounded_size
 from ..tokens.readout import READS_PATCHES, static_readout
 from ..types import Capture, Target, TokenLayout
-from .fast_attention import NAME as FAST_EAGER, Recorder, recording, use_fast_eager
+from .fast_attention import NAME as FAST_EAGER, Recorder, install_checkpointing, recording, use_fast_eager
 
 ADAPTERS: dict[str, type["ModelAdapter"]] = {}
 
@@ -165,6 +165,10 @@ class ModelAdapter:
         self.lock = threading.RLock()
         #: "auto", "full" or "rows" (``ATTENTION_PATHS``); ATTNVIZ_ATTENTION_PATH sets the default.
         self.attention_path = os.environ.get("ATTNVIZ_ATTENTION_PATH", "auto")
+        #: On the chunked path with gradients, checkpoint each token block (``fast_attention.checkpointed``):
+        #: the backward recomputes one block at a time instead of keeping every layer's activations.
+        #: ATTNVIZ_CHECKPOINT=0 turns it off.
+        self.checkpoint_blocks = os.environ.get("ATTNVIZ_CHECKPOINT", "1") != "0"
 
     # --- family hooks -------------------------------------------------
     @classmethod
@@ -274,7 +278,11 @@ class ModelAdapter:
         inputs = self.complete_inputs(inputs)
         pixel_values = inputs["pixel_values"].to(self.device)
         layout = self.layout(inputs)
-        rec = Recorder(self._attention_modules(), grads) if self.rows_path(layout.n_tokens) else None
+        rec = None
+        if self.rows_path(layout.n_tokens):
+            blocks = [self.token_block(li) for li in range(self.n_layers)] if grads and self.checkpoint_blocks else []
+            install_checkpointing(blocks)
+            rec = Recorder(self._attention_modules(), grads, blocks)
         with torch.set_grad_enabled(grads), self.lock, (recording(rec) if rec else nullcontext()):
             x = pixel_values.detach().clone().requires_grad_(grads)
             scores, attentions, extras = self._run(inputs, x, attentions=True)
@@ -343,8 +351,9 @@ class ModelAdapter:
         h, w = rounded_size(size, patch)
         tokens = (h // patch[0]) * (w // patch[1]) + len(prefix)
         weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        rows = self.rows_path(tokens)
         return dense_cost(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size,
-                          tokens, "rows" if self.rows_path(tokens) else "full", weights)
+                          tokens, "rows" if rows else "full", weights, checkpointed=rows and self.checkpoint_blocks)
 
     def check_size(self, size: tuple[int, int]) -> None:
         """Refuse, in one sentence, a chosen input size whose capture would not fit in this machine's memory."""
