@@ -387,7 +387,8 @@ class ModelAdapter:
             if bias is not None:                                            # [1 or B, 1 or H, T, T]
                 bias = bias[0].expand(q.shape[0], -1, -1)                   # [H, T, T]
             kept.append(QK(q=q, k=r["k"][0], scaling=r["scaling"], bias=bias,
-                           v=None if r["v"] is None else r["v"][0]))
+                           v=None if r["v"] is None else r["v"][0],
+                           lse=None if r["lse"] is None else r["lse"][0]))          # [H, T]
         outs = tuple(rec.layers[li]["out"] for li in range(self.n_layers)) if rec.grads else ()
         return outs, tuple(kept)
 

@@ -113,13 +113,26 @@ class Recorder:
         self.layers: dict[int, dict] = {}
 
     def attend(self, module, query, key, value, mask, scaling):
-        out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+        out, lse = sdpa(query, key, value, mask, scaling)
         if not self.replay:
             self.layers[self.layer_of[module]] = {                                         # [B, H, T, d] each
                 "q": query.detach(), "k": key.detach(), "scaling": float(scaling),
+                "lse": None if lse is None else lse.detach(),                             # [B, H, T]
                 "bias": None if mask is None else mask.detach(),
                 "v": value.detach() if self.grads else None, "out": out if self.grads else None}
         return out.transpose(1, 2).contiguous(), None                                     # [B, T, H, d]
+
+
+def sdpa(query, key, value, mask, scaling):
+    """(softmax(q·kᵀ·s + mask)·v [B, H, T, d], each row's log-sum-exp [B, H, T] or None): PyTorch's CPU
+    flash-attention kernel (the one ``scaled_dot_product_attention`` runs on CPU, its logsumexp kept) for
+    float32 on CPU; elsewhere ``scaled_dot_product_attention`` (no log-sum-exp)."""
+    if (query.device.type == "cpu" and query.dtype == torch.float32 and key.dtype == value.dtype == query.dtype
+            and (mask is None or mask.dtype == query.dtype)):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, False, attn_mask=mask, scale=scaling)
+        return out, lse
+    return nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling), None
 
 
 @contextmanager
