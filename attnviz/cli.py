@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--images", type=int, help="with --batch: images per run (default 16; 200 with --ray)")
     bench.add_argument("--highres", action="store_true",
                        help="DINOv2-S at 518², 896², 1792²: attention views' time and memory over a bare forward")
+    bench.add_argument("--sizes", help="with --highres: square sides to run, e.g. 1792 or 518,896 (default 518,896,1792)")
     bench.add_argument("--app", action="store_true",
                        help="the app instead: server CPU per interaction (demo model and ViT-B/16, random weights)")
 
@@ -419,7 +420,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 limit=args.limit, json_path=args.json_path, batch_log=args.batch_log)
         if args.highres:
             from .bench import run_highres_bench
-            return run_highres_bench(sizes=(224, 518) if args.quick else (518, 896, 1792), repeats=min(args.repeats, 3))
+            sizes = (224, 518) if args.quick else (518, 896, 1792)
+            if args.sizes:
+                try:
+                    sizes = tuple(int(x) for x in args.sizes.split(","))
+                except ValueError:
+                    raise UsageError(f"--sizes takes square sides separated by commas, got '{args.sizes}'.") from None
+            return run_highres_bench(sizes=sizes, repeats=min(args.repeats, 3))
         if args.app:
             from .bench import run_app_bench
             return run_app_bench()
