@@ -13,7 +13,12 @@ Two kinds of source, one implementation of every step:
   batch's [B, T, T]); one block, the whole matrix.
 * :class:`QK`: one layer's queries and keys (and values, head-output gradients), O(T·d): the block of
   rows is recomputed as attention itself computes it, ``softmax(q[lo:hi]·kᵀ·s + bias[lo:hi])`` per
-  head; ``∇A = dO·Vᵀ`` (O = A·V, so d score / dA = d score / dO · Vᵀ) block by block likewise.
+  head (as ``exp(… − lse)`` when the forward's row log-sum-exp was kept: one pass, no softmax);
+  ``∇A = dO·Vᵀ`` (O = A·V, so d score / dA = d score / dO · Vᵀ) block by block likewise.
+
+A mean over heads (mean fusion, Chefer's E_h) is taken after the product with the row vector,
+v·mean_h(M_h) = Σ_h (v/H)·M_h (``head_rows``), and a rollout over rows that sum to 1 (a softmax, mean
+fused) skips adding them up.
 
 Leading dimensions (heads, a batch) broadcast: ``v`` [..., T] against rows [..., c, T].
 
