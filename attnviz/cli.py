@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--randomisation", action="store_true",
                        help="the randomisation check's CPU time (one thread) over a bare forward's, steps reusing "
                             "the untouched blocks against full recomputation")
+    bench.add_argument("--sizes", help="with --highres: square sides to run, e.g. 1792 or 518,896 (default 518,896,1792)")
     bench.add_argument("--app", action="store_true",
                        help="the app instead: server CPU per interaction (demo model and ViT-B/16, random weights)")
 
@@ -430,7 +431,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 limit=args.limit, json_path=args.json_path, batch_log=args.batch_log)
         if args.highres:
             from .bench import run_highres_bench
-            return run_highres_bench(sizes=(224, 518) if args.quick else (518, 896, 1792), repeats=min(args.repeats, 3))
+            sizes = (224, 518) if args.quick else (518, 896, 1792)
+            if args.sizes:
+                try:
+                    sizes = tuple(int(x) for x in args.sizes.split(","))
+                except ValueError:
+                    raise UsageError(f"--sizes takes square sides separated by commas, got '{args.sizes}'.") from None
+            return run_highres_bench(sizes=sizes, repeats=min(args.repeats, 3))
         if args.randomisation:
             from .bench import run_randomisation_bench
             return run_randomisation_bench(quick=args.quick)

@@ -216,3 +216,40 @@ def test_head_statistics_and_dino_masks_on_the_chunked_path(kind, photo, monkeyp
     cls_row = atts[-1][:, 0, p:]                                                  # [H, N] CLS → patches
     want_m = torch.stack([mass_mask(r, 0.6) for r in cls_row]).reshape(-1, lay.rows, lay.cols).numpy()
     assert (dino_masks(cap, -1, 0.6, query="cls") == want_m).all()
+
+
+@pytest.mark.parametrize("kind", ["beit", "clip"])
+def test_checkpointed_blocks_recompute_once_per_backward_with_the_same_maps(kind, photo, monkeypatch):
+    """With gradients the chunked capture checkpoints each block: a backward enters each block's attention a
+    second time (the recomputation, which may stop early after it), once per target, and the maps equal those of a capture that kept every
+    activation (``checkpoint_blocks`` off) and of the model's own eager attentions."""
+    ad = _adapter(kind)
+    inputs = _inputs(ad, photo)
+    monkeypatch.setattr(chunked, "BLOCK_BYTES", 7 * 4 * 4 * ad.layout(inputs).n_tokens)
+    ad.attention_path = "rows"
+    attns = [m for li in range(ad.n_layers) for name, m in ad.token_block(li).named_children()
+             if name in ("attention", "self_attn")]
+    assert len(attns) == ad.n_layers
+    runs = []
+    handles = [m.register_forward_pre_hook(lambda *a: runs.append(1)) for m in attns]
+    maps = {}
+    try:
+        for on in (True, False):
+            ad.checkpoint_blocks = on
+            runs.clear()
+            cap = ad.capture(inputs, grads=True)
+            assert len(runs) == ad.n_layers                                       # the forward: once per block
+            for t in (0, 1):
+                maps[on, t] = explain(ad, cap, "relevance", target=t, start_layer=0).map
+                assert len(runs) == ad.n_layers * (2 + t if on else 1)            # + one recomputation per backward
+            maps[on, "grad_rollout"] = explain(ad, cap, "grad_rollout", target=1, start_layer=0).map
+    finally:
+        for h in handles:
+            h.remove()
+    for key in ((0,), (1,), ("grad_rollout",)):
+        _close(maps[(True,) + key], maps[(False,) + key], tol=1e-6)
+    scores, atts = _eager(ad, inputs)
+    grads = [g[0] for g in torch.autograd.grad(scores[1], atts)]
+    bars = [(g * a[0].detach()).clamp(min=0).mean(0) for a, g in zip(atts, grads)]
+    readout = static_readout(ad.pooling, cap.layout)
+    _close(maps[True, 1], _grid(cap.layout, _relevance(readout, bars)))

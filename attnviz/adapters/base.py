@@ -30,7 +30,7 @@ from ..tokens.chunked import QK
 from ..tokens.geometry import MAX_PATCHES, MAX_ROWS_PATCHES, rounded_size
 from ..tokens.readout import READS_PATCHES, static_readout
 from ..types import Capture, Target, TokenLayout
-from .fast_attention import NAME as FAST_EAGER, Recorder, recording, use_fast_eager
+from .fast_attention import NAME as FAST_EAGER, Recorder, install_checkpointing, recording, use_fast_eager
 
 ADAPTERS: dict[str, type["ModelAdapter"]] = {}
 
@@ -90,8 +90,10 @@ _PER_IMAGE = ("attentions", "stages", "head_outputs")
 #: takes "rows" from :data:`ROWS_FROM_TOKENS` tokens on, where the family and its attention allow it.
 ATTENTION_PATHS = ("auto", "full", "rows")
 
-#: From this many tokens "auto" captures rows: measured with ``bench --highres`` (below it the full
-#: weights cost less time than recomputing them block by block; memory is small either way).
+#: From this many tokens "auto" captures rows. Measured in CPU time on DINOv2-S (``highres_probe``
+#: with path "full" / "rows"): the chunked rollout is faster from about 577 tokens, the chunked relevance
+#: 1.2–1.4× slower up to 1,025 (its checkpointed backward recomputes each block) but without the full path's
+#: 3·H·T² floats per layer; below 1,024 tokens that memory is small, so the faster full path is kept.
 ROWS_FROM_TOKENS = 1024
 
 
@@ -165,6 +167,10 @@ class ModelAdapter:
         self.lock = threading.RLock()
         #: "auto", "full" or "rows" (``ATTENTION_PATHS``); ATTNVIZ_ATTENTION_PATH sets the default.
         self.attention_path = os.environ.get("ATTNVIZ_ATTENTION_PATH", "auto")
+        #: On the chunked path with gradients, checkpoint each token block (``fast_attention.checkpointed``):
+        #: the backward recomputes one block at a time instead of keeping every layer's activations.
+        #: ATTNVIZ_CHECKPOINT=0 turns it off.
+        self.checkpoint_blocks = os.environ.get("ATTNVIZ_CHECKPOINT", "1") != "0"
 
     # --- family hooks -------------------------------------------------
     @classmethod
@@ -274,7 +280,11 @@ class ModelAdapter:
         inputs = self.complete_inputs(inputs)
         pixel_values = inputs["pixel_values"].to(self.device)
         layout = self.layout(inputs)
-        rec = Recorder(self._attention_modules(), grads) if self.rows_path(layout.n_tokens) else None
+        rec = None
+        if self.rows_path(layout.n_tokens):
+            blocks = [self.token_block(li) for li in range(self.n_layers)] if grads and self.checkpoint_blocks else []
+            install_checkpointing(blocks)
+            rec = Recorder(self._attention_modules(), grads, blocks)
         with torch.set_grad_enabled(grads), self.lock, (recording(rec) if rec else nullcontext()):
             x = pixel_values.detach().clone().requires_grad_(grads)
             scores, attentions, extras = self._run(inputs, x, attentions=True)
@@ -343,8 +353,9 @@ class ModelAdapter:
         h, w = rounded_size(size, patch)
         tokens = (h // patch[0]) * (w // patch[1]) + len(prefix)
         weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        rows = self.rows_path(tokens)
         return dense_cost(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size,
-                          tokens, "rows" if self.rows_path(tokens) else "full", weights)
+                          tokens, "rows" if rows else "full", weights, checkpointed=rows and self.checkpoint_blocks)
 
     def check_size(self, size: tuple[int, int]) -> None:
         """Refuse, in one sentence, a chosen input size whose capture would not fit in this machine's memory."""
@@ -378,7 +389,8 @@ class ModelAdapter:
             if bias is not None:                                            # [1 or B, 1 or H, T, T]
                 bias = bias[0].expand(q.shape[0], -1, -1)                   # [H, T, T]
             kept.append(QK(q=q, k=r["k"][0], scaling=r["scaling"], bias=bias,
-                           v=None if r["v"] is None else r["v"][0]))
+                           v=None if r["v"] is None else r["v"][0],
+                           lse=None if r["lse"] is None else r["lse"][0]))          # [H, T]
         outs = tuple(rec.layers[li]["out"] for li in range(self.n_layers)) if rec.grads else ()
         return outs, tuple(kept)
 

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from types import MethodType
 from typing import Optional
 
 import torch
 import transformers
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers.masking_utils import eager_mask
 
 #: The implementation name the attention and mask interfaces know ``fast_eager`` by.
@@ -97,23 +99,44 @@ class Recorder:
     views recompute it from, O(T·d) per layer: q, k, the scaling, the additive mask (BEiT's relative
     position bias, as the model built it), and with ``grads`` the values and the head output [B, H, T, d]
     itself, in the graph, to differentiate (∇A = dO·Vᵀ). Acts only in the thread that entered
-    :func:`recording` (one model serves every session)."""
+    :func:`recording` (one model serves every session).
 
-    def __init__(self, layer_of: dict, grads: bool):
-        self.layer_of, self.grads = layer_of, grads
+    ``blocks`` (with ``grads``): token blocks whose forward is checkpointed (Chen et al. 2016, "Training deep
+    nets with sublinear memory cost"; ``torch.utils.checkpoint``, non-reentrant): the graph keeps each block's
+    input instead of its activations, and a backward recomputes one block at a time (:func:`checkpointed`).
+    The recorder keeps what the first run of a block saw; the recomputation replays the block through
+    SDPA without recording (``replay``), so every layer is recorded once."""
+
+    def __init__(self, layer_of: dict, grads: bool, blocks=(), replay: bool = False):
+        self.layer_of, self.grads, self.replay = layer_of, grads, replay
+        self.blocks = frozenset(blocks) if grads else frozenset()
         self.layers: dict[int, dict] = {}
 
     def attend(self, module, query, key, value, mask, scaling):
-        out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
-        self.layers[self.layer_of[module]] = {                                             # [B, H, T, d] each
-            "q": query.detach(), "k": key.detach(), "scaling": float(scaling),
-            "bias": None if mask is None else mask.detach(),
-            "v": value.detach() if self.grads else None, "out": out if self.grads else None}
+        out, lse = sdpa(query, key, value, mask, scaling)
+        if not self.replay:
+            self.layers[self.layer_of[module]] = {                                         # [B, H, T, d] each
+                "q": query.detach(), "k": key.detach(), "scaling": float(scaling),
+                "lse": None if lse is None else lse.detach(),                             # [B, H, T]
+                "bias": None if mask is None else mask.detach(),
+                "v": value.detach() if self.grads else None, "out": out if self.grads else None}
         return out.transpose(1, 2).contiguous(), None                                     # [B, T, H, d]
 
 
+def sdpa(query, key, value, mask, scaling):
+    """(softmax(q·kᵀ·s + mask)·v [B, H, T, d], each row's log-sum-exp [B, H, T] or None): PyTorch's CPU
+    flash-attention kernel (the one ``scaled_dot_product_attention`` runs on CPU, its logsumexp kept) for
+    float32 on CPU; elsewhere ``scaled_dot_product_attention`` (no log-sum-exp)."""
+    if (query.device.type == "cpu" and query.dtype == torch.float32 and key.dtype == value.dtype == query.dtype
+            and (mask is None or mask.dtype == query.dtype)):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, False, attn_mask=mask, scale=scaling)
+        return out, lse
+    return nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling), None
+
+
 @contextmanager
-def recording(rec: Recorder):
+def recording(rec: Optional[Recorder]):
     """Route this thread's attention of ``rec``'s modules through ``rec`` while the block runs."""
     prev = getattr(_LOCAL, "recorder", None)
     _LOCAL.recorder = rec
@@ -121,6 +144,37 @@ def recording(rec: Recorder):
         yield rec
     finally:
         _LOCAL.recorder = prev
+
+
+def checkpointed(self: nn.Module, *args, **kwargs):
+    """A token block's forward (installed per instance by :func:`install_checkpointing`): the class's own
+    forward, checkpointed while this thread records a capture with gradients that lists the block.
+
+    The first run records (the recorder in force); a backward's recomputation of the block (once per
+    backward, ``torch.utils.checkpoint`` frees what it recomputes as the backward uses it) replays it
+    through SDPA without recording, so q, k, v and the head output kept are the first run's."""
+    forward = type(self).forward
+    rec = getattr(_LOCAL, "recorder", None)
+    if rec is None or self not in rec.blocks or not torch.is_grad_enabled():
+        return forward(self, *args, **kwargs)
+    replay = Recorder(rec.layer_of, rec.grads, replay=True)
+    runs = []
+
+    def run(*a, **kw):
+        again = bool(runs)
+        runs.append(again)
+        with recording(replay if again else rec):
+            return forward(self, *a, **kw)
+    return checkpoint(run, *args, use_reentrant=False, **kwargs)
+
+
+def install_checkpointing(blocks) -> None:
+    """Give each block :func:`checkpointed` as its forward (idempotent; inert unless a recorder lists the block).
+    A bound method of the instance: a deep copy of the model rebinds it to the copy."""
+    for b in blocks:
+        f = b.__dict__.get("forward")
+        if getattr(f, "__func__", None) is not checkpointed:
+            b.forward = MethodType(checkpointed, b)
 
 
 transformers.AttentionInterface.register(NAME, fast_eager)

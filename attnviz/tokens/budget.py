@@ -6,14 +6,16 @@ The counts (float32, one image) are estimates, not measurements (``bench --highr
 
 * **activations a backward keeps** per dense layer: T·(10·D + 2·I) floats (LayerNorms, q/k/v, the head
   output, the MLP's hidden layer before and after its activation); a forward without gradients keeps
-  about three layers' worth at once;
+  about three layers' worth at once; with checkpointed blocks (the chunked path's default) the graph keeps
+  each block's input, T·D floats, and a backward recomputes one block's activations at a time;
 * **the capture**: "full" keeps every layer's softmax weights, H·T² floats (and as much again for their
   gradients and the softmax's saved output with gradients); "rows" keeps q and k (and v and the head-output
   gradient with gradients), 2·T·D (4·T·D) floats per layer, and one block of rows (``chunked.BLOCK_BYTES``)
   at a time; window attention (Swin) keeps N·S·H floats per block (N tokens, S = window²);
 * **time**: multiply-adds of the forward (linear layers 2·T·(4D² + 2·D·I), attention 4·T²·D per layer), a
   rollout recomputes q·kᵀ once more (2·T²·D), a relevance runs the backward (twice the forward) and
-  recomputes q·kᵀ and dO·Vᵀ (4·T²·D), at a rate measured once on this machine (a float32 matrix product).
+  recomputes q·kᵀ and dO·Vᵀ (4·T²·D), plus one more forward with checkpointed blocks, at a rate measured
+  once on this machine (a float32 matrix product).
 """
 from __future__ import annotations
 
@@ -94,8 +96,9 @@ class Cost:
 
 
 def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, path: str,
-               weights_bytes: int = 0) -> Cost:
-    """Cost of a plain ViT-style tower: ``layers`` × (``heads``, ``width`` D, MLP ``hidden`` I) on ``tokens``."""
+               weights_bytes: int = 0, checkpointed: bool = False) -> Cost:
+    """Cost of a plain ViT-style tower: ``layers`` × (``heads``, ``width`` D, MLP ``hidden`` I) on ``tokens``;
+    ``checkpointed``: a capture with gradients checkpoints each block (the backward recomputes them)."""
     t, d = tokens, width
     act = t * (10 * d + 2 * hidden) * FLOAT                                     # per layer, kept for backward
     if path == "full":
@@ -105,13 +108,16 @@ def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, pa
         kept, kept_grads = 2 * t * d * FLOAT, 4 * t * d * FLOAT
         block = 2 * min(chunked.BLOCK_BYTES, heads * t * t * FLOAT)            # a block of A (and ∇A)
     rollout_b = weights_bytes + layers * kept + 3 * act + block
-    relevance_b = weights_bytes + layers * (kept_grads + act) + 2 * block
+    if checkpointed:
+        relevance_b = weights_bytes + layers * (kept_grads + t * d * FLOAT) + act + 2 * block
+    else:
+        relevance_b = weights_bytes + layers * (kept_grads + act) + 2 * block
     linear = 2 * t * (4 * d * d + 2 * d * hidden)
     attn = 4 * t * t * d
     rate = flop_rate()
     fwd = layers * (linear + attn) / rate
     roll = fwd + layers * (2 * t * t * d) / rate * (1 if path == "rows" else 0.2)
-    rel = 3 * fwd + layers * (4 * t * t * d) / rate * (1 if path == "rows" else 0.3)
+    rel = (4 if checkpointed else 3) * fwd + layers * (4 * t * t * d) / rate * (1 if path == "rows" else 0.3)
     return Cost(t, path, fwd, roll, rel, int(rollout_b), int(relevance_b), available_memory())
 
 

@@ -13,7 +13,12 @@ Two kinds of source, one implementation of every step:
   batch's [B, T, T]); one block, the whole matrix.
 * :class:`QK`: one layer's queries and keys (and values, head-output gradients), O(T·d): the block of
   rows is recomputed as attention itself computes it, ``softmax(q[lo:hi]·kᵀ·s + bias[lo:hi])`` per
-  head; ``∇A = dO·Vᵀ`` (O = A·V, so d score / dA = d score / dO · Vᵀ) block by block likewise.
+  head (as ``exp(… − lse)`` when the forward's row log-sum-exp was kept: one pass, no softmax);
+  ``∇A = dO·Vᵀ`` (O = A·V, so d score / dA = d score / dO · Vᵀ) block by block likewise.
+
+A mean over heads (mean fusion, Chefer's E_h) is taken after the product with the row vector,
+v·mean_h(M_h) = Σ_h (v/H)·M_h (``head_rows``), and a rollout over rows that sum to 1 (a softmax, mean
+fused) skips adding them up.
 
 Leading dimensions (heads, a batch) broadcast: ``v`` [..., T] against rows [..., c, T].
 
@@ -41,13 +46,21 @@ BLOCK_BYTES = 32 << 20
 
 class Rows:
     """A [..., T, T] matrix given by blocks of rows. Subclasses set ``n`` (T), ``lead`` (leading shape)
-    and ``rows``; ``block`` is how many rows one call gives."""
+    and ``rows``; ``block`` is how many rows one call gives. ``stochastic``: every row sums to 1 by
+    construction (a softmax), so a rollout step need not add the rows up."""
 
     n: int
     lead: tuple[int, ...] = ()
     block: int = 0
+    stochastic: bool = False
+    mean_of_heads: bool = False
 
     def rows(self, lo: int, hi: int) -> torch.Tensor:      # [..., hi - lo, T]
+        raise NotImplementedError
+
+    def head_rows(self, lo: int, hi: int) -> Optional[torch.Tensor]:
+        """[..., H, hi - lo, T] whose mean over heads is ``rows(lo, hi)``, where ``mean_of_heads`` (a product
+        with it then needs no [c, T] mean: v·mean_h(M_h) = Σ_h (v/H)·M_h)."""
         raise NotImplementedError
 
     def spans(self):
@@ -84,7 +97,8 @@ class QK(Rows):
     ``q``, ``k`` [H, T, d] (as the model's attention function received them), ``scaling`` (the
     model's, usually d^-½), ``bias`` [H, T, T] or None (an additive mask: BEiT's relative position
     bias, built by the model itself), ``v`` [H, T, d] and ``dout`` [H, T, d] (d score / d head output)
-    when gradients are asked for.
+    when gradients are asked for; ``lse`` [H, T] or None: each row's log-sum-exp of the scores, as the
+    forward's attention kernel computed it, so a row block is exp(scores − lse) with no softmax passes.
     """
 
     q: torch.Tensor
@@ -94,6 +108,8 @@ class QK(Rows):
     v: Optional[torch.Tensor] = None
     dout: Optional[torch.Tensor] = None
     block: int = 0
+    lse: Optional[torch.Tensor] = None
+    stochastic = True
 
     def __post_init__(self):
         self.n = self.q.shape[-2]
@@ -117,6 +133,12 @@ class QK(Rows):
     def rows(self, lo, hi):
         """softmax(q[lo:hi]·kᵀ·s + bias[lo:hi]) per head: [H, hi - lo, T] (the model's own arithmetic)."""
         ql = self.q[:, lo:hi]                                                          # [H, c, d]
+        if self.lse is not None:
+            # exp(q·kᵀ·s + bias − lse): the softmax with the forward's row normaliser, in one pass
+            shift = -self.lse[:, lo:hi, None]                                          # [H, c, 1]
+            shift = shift.expand(-1, -1, self.n) if self.bias is None else self.bias[:, lo:hi] + shift
+            w = torch.baddbmm(shift, ql, self.k.transpose(1, 2), alpha=self.scaling)  # [H, c, T]
+            return w.exp_()
         if self.bias is not None:
             w = torch.baddbmm(self.bias[:, lo:hi], ql, self.k.transpose(1, 2), alpha=self.scaling)   # [H, c, T]
         else:
@@ -148,9 +170,13 @@ class Fused(Rows):
 
     def __post_init__(self):
         self.n, self.lead, self.block = self.src.n, self.src.lead[1:], self.src.block
+        self.stochastic = self.mean_of_heads = self.src.stochastic and self.how == "mean"
 
     def rows(self, lo, hi):
         return fuse_heads(self.src.rows(lo, hi), self.how, dim=-3)                      # [..., c, T]
+
+    def head_rows(self, lo, hi):
+        return self.src.rows(lo, hi)                                                   # [..., H, c, T]
 
 
 @dataclass(eq=False)
@@ -174,22 +200,37 @@ class GradWeighted(Rows):
 
     a: Rows
     g: Optional[Rows] = None
+    mean_of_heads = True
 
     def __post_init__(self):
         self.n, self.lead, self.block = self.a.n, self.a.lead[:-1], self.a.block
 
     def rows(self, lo, hi):
+        return self.head_rows(lo, hi).mean(-3)                                         # [..., c, T]
+
+    def head_rows(self, lo, hi):
+        """(∇A ⊙ A)⁺ per head, [..., H, c, T]: in place on a freshly computed ∇A block."""
         a = self.a.rows(lo, hi)
-        g = self.a.grad_rows(lo, hi) if self.g is None else self.g.rows(lo, hi)
-        return (g * a).clamp_(min=0).mean(-3)                                          # [..., c, T]
+        prod = self.a.grad_rows(lo, hi).mul_(a) if self.g is None else self.g.rows(lo, hi) * a
+        return prod.clamp_(min=0)
+
+
+def _times(w: torch.Tensor, m: Rows, lo: int, hi: int, heads: bool) -> torch.Tensor:
+    """w·M[lo:hi]: ``w`` [..., c] -> [..., 1, T]; with ``heads`` through ``head_rows`` (the mean of the
+    heads taken after the product, Σ_h (w/H)·M_h, not as a [c, T] matrix)."""
+    if heads:
+        h = m.head_rows(lo, hi)                                                        # [..., H, c, T]
+        return ((w.to(h.dtype) / h.shape[-3])[..., None, None, :] @ h).sum(-3)         # [..., 1, T]
+    a = m.rows(lo, hi)                                                                 # [..., c, T]
+    return w.to(a.dtype)[..., None, :] @ a
 
 
 def pull(v: torch.Tensor, m: Rows) -> torch.Tensor:
     """v·M: ``v`` [..., T], M's rows [..., c, T] block by block -> [..., T]."""
     out = None
+    heads = m.mean_of_heads
     for lo, hi in m.spans():
-        a = m.rows(lo, hi)                                                             # [..., c, T]
-        part = v[..., None, lo:hi].to(a.dtype) @ a                                     # [..., 1, T]
+        part = _times(v[..., lo:hi], m, lo, hi, heads)                                 # [..., 1, T]
         out = part if out is None else out.add_(part)
     return out[..., 0, :]
 
@@ -243,6 +284,15 @@ def rollout_row(v: torch.Tensor, m: Rows, discard_ratio: float = 0.0) -> torch.T
         if k > 0:
             thresh = kth_offdiagonal(m, k)[..., None, None]                             # [..., 1, 1]
     out, self_part = None, []
+    if thresh is None and m.stochastic:
+        # rows summing to 1: Â's rows already do (½·1 + ½), and the heads' mean comes after the product
+        heads = m.mean_of_heads
+        for lo, hi in m.spans():
+            w = v[..., lo:hi]                                                          # [..., c]
+            part = _times(w, m, lo, hi, heads)                                         # [..., 1, T]
+            out = part if out is None else out.add_(part)
+            self_part.append(w.to(part.dtype))
+        return 0.5 * out[..., 0, :] + 0.5 * torch.cat(self_part, -1)
     for lo, hi in m.spans():
         a = m.rows(lo, hi)                                                             # [..., c, T]
         if thresh is not None:
