@@ -38,10 +38,16 @@ Two things make a step cheap and learning quick:
 * a grounding hint (FitNets-style, as FIELD-NOTES describes for the small ViTs):
   trained on the answer alone, the decoder sat at ~50 % for hundreds of steps
   (it counted, but barely looked up the object the question names). So head 0
-  of every decoder layer after the first is pushed, at the position that
-  predicts the answer, to put its attention on the named object's image cells
-  (−log of that mass), with a weight fading from 1 to 0 over the first 60 % of
-  training. Nothing of it is saved: the model is a stock LLaVA.
+  of every decoder layer after the first is pushed, at every position that
+  predicts an answer word (both words of "top left": with the first word only,
+  the model said "right" for every object), to put its attention on the named
+  object's image cells (−log of that mass), with a weight fading from 1 to 0
+  over the first 60 % of training. Nothing of it is saved: the model is a stock LLaVA.
+
+Each step draws the question types with the weights ``--mix`` (the two hard
+types, "where" and "what shape", twice the colour question's share).
+``--tower-lr`` trains the tower too (its features recomputed every step); it
+learnt more slowly per CPU-second than the frozen tower, so it is off by default.
 
 The tokenizer is word level (a ``tokenizers`` WordLevel model, lower-casing,
 "color" read as "colour"; unknown words become ``<unk>``), every question and
