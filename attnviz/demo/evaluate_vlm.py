@@ -61,12 +61,12 @@ def draw_questions(scene, rng: np.random.Generator) -> list:
     return out
 
 
-def asked(n: int, seed: int) -> list[tuple]:
-    """[(scene, question)] for scenes 0..n-1 of dataset ``seed``."""
+def asked(n: int, seed: int, first: int = 0) -> list[tuple]:
+    """[(scene, question)] for scenes first..first+n-1 of dataset ``seed``."""
     from attnviz.scenes import make_scene, scene_rng
 
     out = []
-    for i in range(n):
+    for i in range(first, first + n):
         rng = scene_rng(seed, i)
         scene = make_scene(rng)
         out += [(scene, q) for q in draw_questions(scene, rng)]
@@ -74,14 +74,14 @@ def asked(n: int, seed: int) -> list[tuple]:
 
 
 def accuracy(folder: str = DEFAULT_DIR, n: int = 1000, seed: int = 20_000, model=None, processor=None,
-             batch: int = 200) -> dict:
+             batch: int = 200, first: int = 0) -> dict:
     """Share of right answers (whole answer, words compared by :func:`answer_key`), overall and per type."""
     from attnviz.demo.vlm_questions import QUESTION_TYPES, answer, answer_key
     from attnviz.scenes import scene_to_pil
 
     if model is None:
         model, processor = load(folder)
-    items = asked(n, seed)
+    items = asked(n, seed, first)
     right = np.zeros(len(items), bool)
     by_text: dict[str, list[int]] = {}
     for i, (_, q) in enumerate(items):                       # one prompt length per batch: no padding
@@ -93,7 +93,7 @@ def accuracy(folder: str = DEFAULT_DIR, n: int = 1000, seed: int = 20_000, model
             for i, g in zip(part, got):
                 right[i] = answer_key(g) == answer_key(items[i][1].answer)
     kinds = np.array([q.kind for _, q in items])
-    out = {"scenes": n, "seed": seed, "questions": len(items), "accuracy": round(float(right.mean()), 4)}
+    out = {"scenes": n, "first": first, "seed": seed, "questions": len(items), "accuracy": round(float(right.mean()), 4)}
     out["per_type"] = {k: {"n": int((kinds == k).sum()), "accuracy": round(float(right[kinds == k].mean()), 4)}
                        for k in QUESTION_TYPES if (kinds == k).any()}
     return out
@@ -141,7 +141,8 @@ def cell_hit(cell_map: np.ndarray, mask: np.ndarray) -> bool:
     return bool(mask[r * h:(r + 1) * h, c * w:(c + 1) * w].any())
 
 
-def pointing(folder: str = DEFAULT_DIR, n: int = 1000, seed: int = 20_000, model=None, processor=None) -> dict:
+def pointing(folder: str = DEFAULT_DIR, n: int = 1000, seed: int = 20_000, model=None, processor=None,
+             first: int = 0) -> dict:
     """Pointing-game hit rates of both maps, per question type, for the questions naming one object."""
     from attnviz.scenes import scene_to_pil
 
@@ -149,22 +150,27 @@ def pointing(folder: str = DEFAULT_DIR, n: int = 1000, seed: int = 20_000, model
         model, processor = load(folder)
     hits: dict[str, dict[str, list[bool]]] = {m: {k: [] for k in POINTING_KINDS}
                                               for m in ("image_attention", "relevance")}
-    for scene, q in asked(n, seed):
+    for scene, q in asked(n, seed, first):
         if q.kind not in POINTING_KINDS or q.target is None:
             continue
         maps = answer_maps(model, processor, scene_to_pil(scene), q.text, q.answer)
         for m, cmap in maps.items():
             hits[m][q.kind].append(cell_hit(cmap, scene.masks[q.target]))
-    out = {"scenes": n, "seed": seed}
+    return hit_table(hits, {"scenes": n, "first": first, "seed": seed})
+
+
+def hit_table(hits: dict[str, dict[str, list[bool]]], out: dict) -> dict:
+    """{method: {hit_rate, n, per_type: {kind: rate}, hits: {kind: [hits, maps]}}} added to ``out``."""
     for m, per in hits.items():
         allh = sum(per.values(), [])
         out[m] = {"hit_rate": round(float(np.mean(allh)), 4), "n": len(allh),
-                  "per_type": {k: round(float(np.mean(v)), 4) for k, v in per.items() if v}}
+                  "per_type": {k: round(float(np.mean(v)), 4) for k, v in per.items() if v},
+                  "hits": {k: [int(sum(v)), len(v)] for k, v in per.items() if v}}
     return out
 
 
 def pointing_with_attnviz(folder: str = DEFAULT_DIR, n: int = 1000, seed: int = 20_000,
-                          methods: tuple[str, ...] = ("image_attention", "answer_relevance")) -> dict:
+                          methods: tuple[str, ...] = ("image_attention", "answer_relevance"), first: int = 0) -> dict:
     """The same pointing game through attnviz's own VLM adapter and methods (``attnviz.load_model``,
     ``capture`` with ``texts=[question, answer]``, ``explain(..., target=0)``: the answer's first token),
     where this attnviz has them; the map is on the image-token grid (8×8 here)."""
@@ -173,19 +179,14 @@ def pointing_with_attnviz(folder: str = DEFAULT_DIR, n: int = 1000, seed: int = 
 
     adapter = attnviz.load_model(folder)
     hits: dict[str, dict[str, list[bool]]] = {m: {k: [] for k in POINTING_KINDS} for m in methods}
-    for scene, q in asked(n, seed):
+    for scene, q in asked(n, seed, first):
         if q.kind not in POINTING_KINDS or q.target is None:
             continue
         cap = attnviz.capture(adapter, scene_to_pil(scene), texts=[q.text, q.answer])
         for m in methods:
             cmap = np.asarray(attnviz.explain(adapter, cap, m, target=0).map)
             hits[m][q.kind].append(cell_hit(cmap, scene.masks[q.target]))
-    out = {"scenes": n, "seed": seed, "through": "attnviz.explain"}
-    for m, per in hits.items():
-        allh = sum(per.values(), [])
-        out[m] = {"hit_rate": round(float(np.mean(allh)), 4), "n": len(allh),
-                  "per_type": {k: round(float(np.mean(v)), 4) for k, v in per.items() if v}}
-    return out
+    return hit_table(hits, {"scenes": n, "first": first, "seed": seed, "through": "attnviz.explain"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("folder", nargs="?", default=DEFAULT_DIR)
     ap.add_argument("--n", type=int, default=1000, help="fresh scenes for the answers (default 1000)")
     ap.add_argument("--seed", type=int, default=20_000, help="dataset seed (default 20000; training used 0)")
+    ap.add_argument("--first", type=int, default=0,
+                    help="first scene's index (default 0; chunks of one evaluation can run side by side)")
     ap.add_argument("--pointing", type=int, default=None, help="scenes for pointing (default: --n; 0: skip)")
     ap.add_argument("--attnviz", action="store_true",
                     help="pointing through attnviz's own VLM adapter and methods instead (needs them)")
@@ -200,12 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(1)
     t0, c0 = time.time(), time.process_time()
     model, processor = load(args.folder)
-    result = {"answers": accuracy(args.folder, args.n, args.seed, model, processor)} if args.n else {}
+    result = {"answers": accuracy(args.folder, args.n, args.seed, model, processor,
+                                              first=args.first)} if args.n else {}
     n_point = args.n if args.pointing is None else args.pointing
     if n_point and args.attnviz:
-        result["pointing_attnviz"] = pointing_with_attnviz(args.folder, n_point, args.seed)
+        result["pointing_attnviz"] = pointing_with_attnviz(args.folder, n_point, args.seed, first=args.first)
     elif n_point:
-        result["pointing"] = pointing(args.folder, n_point, args.seed, model, processor)
+        result["pointing"] = pointing(args.folder, n_point, args.seed, model, processor, first=args.first)
     result["wall_seconds"] = round(time.time() - t0, 1)
     result["cpu_seconds"] = round(time.process_time() - c0, 1)
     print(json.dumps(result, indent=2))

@@ -38,10 +38,16 @@ Two things make a step cheap and learning quick:
 * a grounding hint (FitNets-style, as FIELD-NOTES describes for the small ViTs):
   trained on the answer alone, the decoder sat at ~50 % for hundreds of steps
   (it counted, but barely looked up the object the question names). So head 0
-  of every decoder layer after the first is pushed, at the position that
-  predicts the answer, to put its attention on the named object's image cells
-  (−log of that mass), with a weight fading from 1 to 0 over the first 60 % of
-  training. Nothing of it is saved: the model is a stock LLaVA.
+  of every decoder layer after the first is pushed, at every position that
+  predicts an answer word (both words of "top left": with the first word only,
+  the model said "right" for every object), to put its attention on the named
+  object's image cells (−log of that mass), with a weight fading from 1 to 0
+  over the first 60 % of training. Nothing of it is saved: the model is a stock LLaVA.
+
+Each step draws the question types with the weights ``--mix`` (the two hard
+types, "where" and "what shape", twice the colour question's share).
+``--tower-lr`` trains the tower too (its features recomputed every step); it
+learnt more slowly per CPU-second than the frozen tower, so it is off by default.
 
 The tokenizer is word level (a ``tokenizers`` WordLevel model, lower-casing,
 "color" read as "colour"; unknown words become ``<unk>``), every question and
@@ -71,7 +77,8 @@ from attnviz.demo.vlm_questions import (IMAGE_TOKEN, NUMBERS, QUESTION_TYPES, Qu
 
 DEFAULT_OUT = "models/demo-vlm-shapes"
 CLIP_DIR = "models/demo-clip-shapes"
-DEFAULT_CPU_MINUTES = 7.0     # CPU-time cap of the run (scenes, features, training, saving; the check after it)
+DEFAULT_CPU_MINUTES = 14.0    # CPU-time cap of the run (scenes, features, training, saving; the check after it)
+DEFAULT_MIX = "colour=1,shape=2,where=2,count=0.5,exists=0.5"   # question types' shares per step
 VISION_LAYERS = 5             # the demo CLIP's blocks kept: its sixth block's input is the tower's output
 PATCH = 8
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", IMAGE_TOKEN)
@@ -209,7 +216,7 @@ class QAPool:
     """
 
     def __init__(self, n: int, seed: int, model, tokenizer, rng: np.random.Generator, log,
-                 cpu_deadline: float | None = None):
+                 cpu_deadline: float | None = None, keep_pixels: bool = False):
         import torch
 
         from attnviz.demo.train_clip import to_pixel_values
@@ -225,15 +232,18 @@ class QAPool:
             return cache[text]
 
         feats: list = []
+        pixels: list = []                                                # [b, 3, 64, 64] float16, if kept
         self.items: list[list[list[tuple[list[int], int, int]]]] = []   # scene -> type -> [(ids, answer start, target)]
         self.cells: list[np.ndarray] = []                                # scene -> bool [objects, 64] cells it covers
         chunk, start = 256, time.time()
         for c0 in range(0, n, chunk):
             scenes = [make_scene(scene_rng(seed, k)) for k in range(c0, min(n, c0 + chunk))]
+            px = to_pixel_values(np.stack([s.image for s in scenes]))                      # [b, 3, 64, 64]
             with torch.no_grad():
-                h = tower(pixel_values=to_pixel_values(np.stack([s.image for s in scenes])),
-                          output_hidden_states=True).hidden_states[-1][:, 1:]              # [b, 64, width]
+                h = tower(pixel_values=px, output_hidden_states=True).hidden_states[-1][:, 1:]   # [b, 64, width]
             feats.append(h.half())
+            if keep_pixels:
+                pixels.append(px.half())
             for s in scenes:
                 self.cells.append(object_cells(s))
                 per_type: list[list[tuple[list[int], int, int]]] = [[] for _ in QUESTION_TYPES]
@@ -250,6 +260,8 @@ class QAPool:
                 log(f"  stopping scene generation at {done} scenes (its share of the CPU budget is used)")
                 break
         self.feats = torch.cat(feats)                                                    # [N, 64, width]
+        self.pixels = torch.cat(pixels) if keep_pixels else None                         # [N, 3, 64, 64]
+        self.last_picks = np.zeros(0, int)                                               # the scenes of the last batch
         pre = tokenizer(prompt(""), add_special_tokens=True)["input_ids"]
         self.prefix = pre[:pre.index(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)) + 1]   # <s> user : <image>
 
@@ -257,8 +269,9 @@ class QAPool:
     def n_questions(self) -> int:
         return sum(len(q) for per in self.items for q in per)
 
-    def batch(self, n_images: int, per_image: int, n_image_tokens: int):
-        """One packed batch: ``n_images`` scenes, ``per_image`` questions each (types drawn equally often).
+    def batch(self, n_images: int, per_image: int, n_image_tokens: int, mix: dict[str, float] | None = None):
+        """One packed batch: ``n_images`` scenes, ``per_image`` questions each (types drawn with the weights
+        ``mix``, by question type; equally often when None).
 
         Returns (prefix ids [B, P] with the image slots, features [B, 64, width], question ids
         [B·K, L] right-padded, their attention mask, labels [B·K, L] (-100 outside the answer and end;
@@ -268,13 +281,14 @@ class QAPool:
         import torch
 
         pad = self.tok.pad_token_id
-        picks = self.rng.integers(len(self.items), size=n_images)
+        picks = self.last_picks = self.rng.integers(len(self.items), size=n_images)
         rows, labs, cells = [], [], []
         for s in picks:
             for _ in range(per_image):
                 per = self.items[s]
                 kinds = [k for k in range(len(QUESTION_TYPES)) if per[k]]
-                k = kinds[int(self.rng.integers(len(kinds)))]
+                w = np.array([1.0 if mix is None else mix.get(QUESTION_TYPES[k], 1.0) for k in kinds])
+                k = kinds[int(self.rng.choice(len(kinds), p=w / w.sum()))]
                 ids, a0, target = per[k][int(self.rng.integers(len(per[k])))]
                 cells.append(self.cells[s][target] if target >= 0 else np.zeros(n_image_tokens, bool))
                 rows.append(ids[:-1])                                     # inputs: up to the last answer word
@@ -288,6 +302,17 @@ class QAPool:
         prefix = torch.tensor([self.prefix[:-1] + [self.prefix[-1]] * n_image_tokens] * n_images)
         return (prefix, self.feats[torch.from_numpy(picks)].float(), q, mask, labels,
                 torch.from_numpy(np.stack(cells)))
+
+
+def parse_mix(mix: str) -> dict[str, float]:
+    """``"colour=1,shape=2"`` -> ``{"colour": 1.0, "shape": 2.0}``: question-type weights (a type not named: 1)."""
+    out = {}
+    for kv in filter(None, mix.split(",")):
+        k, _, v = kv.partition("=")
+        if k.strip() not in QUESTION_TYPES or not v:
+            raise ValueError(f"--mix {mix!r}: expected type=weight pairs with types from {QUESTION_TYPES}")
+        out[k.strip()] = float(v)
+    return out
 
 
 def object_cells(scene, min_cover: float = 0.25) -> np.ndarray:
@@ -331,7 +356,8 @@ def forward_packed(model, prefix, feats, questions, mask, output_attentions: boo
 def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, clip_dir: str | None = CLIP_DIR,
           steps: int = 2000, images: int = 24, per_image: int = 12, lr: float = 2e-3, scenes: int = 4_000,
           hidden: int = 96, layers: int = 3, heads: int = 4, mlp: int = 192,
-          hint_weight: float = 1.0, hint_fraction: float = 0.6,
+          hint_weight: float = 1.0, hint_fraction: float = 0.6, mix: str = DEFAULT_MIX,
+          tower_lr: float = 0.0,
           cpu_minutes: float | None = DEFAULT_CPU_MINUTES, eval_n: int = 200, eval_seed: int = 20_000,
           quiet: bool = False) -> dict:
     """Train and save the demo VLM into ``out``; returns the metrics dict.
@@ -364,14 +390,20 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, clip_dir
 
     log(f"generating {scenes} scenes (dataset seed {seed}) and their tower features...")
     pool = QAPool(scenes, seed, model, tokenizer, rng, log,
-                  cpu_deadline=None if cpu_end is None else cpu_start + 12 * cpu_minutes)
+                  cpu_deadline=None if cpu_end is None else cpu_start + 12 * cpu_minutes, keep_pixels=tower_lr > 0)
     t_data, cpu_data = time.time() - t_start, time.process_time() - cpu_start
     log(f"  {len(pool.feats)} scenes, {pool.n_questions} questions in {t_data:.0f}s wall, {cpu_data:.0f}s CPU")
 
+    weights = parse_mix(mix)
+    tower = model.model.vision_tower
+    if tower_lr > 0:                     # the tower learns too (its features recomputed every step), more slowly
+        tower.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
+    own = {id(p) for p in tower.parameters()}
+    groups = [{"params": [p for p in params if (p.ndim >= 2) == matrix and (id(p) in own) == in_tower],
+               "weight_decay": 0.01 if matrix else 0.0, "scale": tower_lr if in_tower else 1.0}
+              for matrix in (True, False) for in_tower in (False, True)]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.98))
     warmup = max(1, min(50, steps // 10))
     cpu_train0 = time.process_time()
 
@@ -382,29 +414,33 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, clip_dir
         return min(p, 1.0)
 
     model.train()
-    model.model.vision_tower.eval()
+    tower.eval()                         # CLIP has no dropout: eval and train are the same forward
     ema: dict[str, float] = {}
     step = 0
     for step in range(steps):
         p = progress(step)
         s = (step + 1) / warmup if step < warmup else 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p))
         for g in opt.param_groups:
-            g["lr"] = lr * s
-        prefix, feats, q, mask, labels, cells = pool.batch(images, per_image, n_image)
+            g["lr"] = lr * s * g["scale"]
+        prefix, feats, q, mask, labels, cells = pool.batch(images, per_image, n_image, weights)
+        if tower_lr > 0:
+            feats = tower(pixel_values=pool.pixels[torch.from_numpy(pool.last_picks)].float(),
+                          output_hidden_states=True).hidden_states[-1][:, 1:]               # [B, 64, width]
         w_hint = hint_weight * max(0.0, 1.0 - p / hint_fraction) if hint_fraction > 0 else 0.0
         logits, atts = forward_packed(model, prefix, feats, q, mask, output_attentions=True)  # [B·K, L, V]
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         l_hint = torch.zeros(())
         named = cells.any(1)
         if w_hint > 0 and named.any():
-            # the grounding hint: head 0 of every decoder layer after the first, at the position that predicts
-            # the answer, puts its attention on the named object's image cells
-            at = (labels != -100).float().argmax(1)                                    # [B·K] predicting position
+            # the grounding hint: head 0 of every decoder layer after the first, at every position that predicts
+            # an answer word ("top" and "left" of "top left"; not the end token), puts its attention on the
+            # named object's image cells
+            words = (labels != -100) & (labels != tokenizer.eos_token_id) & named[:, None]   # [B·K, L]
+            rows, at = words.nonzero(as_tuple=True)                                   # [n] question, position
             img = (prefix[0] == model.config.image_token_index).nonzero()[:, 0]        # [64] prefix positions
-            rows = torch.arange(len(at))
-            for a in atts[1:]:
-                mass = (a[rows, 0, at][:, img] * cells).sum(-1)                        # [B·K]
-                l_hint = l_hint - torch.log(mass[named] + 1e-4).mean() / (len(atts) - 1)
+            for a in atts[1:]:                                                         # a: [B·K, H, L, P + L]
+                mass = (a[rows, 0, at][:, img] * cells[rows]).sum(-1)                  # [n]
+                l_hint = l_hint - torch.log(mass + 1e-4).mean() / (len(atts) - 1)
             loss = loss + w_hint * l_hint
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -431,7 +467,9 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, clip_dir
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     size_bytes = sum(f.stat().st_size for f in out_dir.iterdir() if f.is_file() and f.name != "README.md")
-    metrics = {"steps": step + 1, "questions_per_step": images * per_image, "scenes": int(len(pool.feats)),
+    metrics = {"recipe": {"mix": weights, "tower_lr": tower_lr, "lr": lr, "hint_weight": hint_weight,
+                          "hint_fraction": hint_fraction, "cpu_minutes": cpu_minutes},
+               "steps": step + 1, "questions_per_step": images * per_image, "scenes": int(len(pool.feats)),
                "questions": pool.n_questions, "data_wall_seconds": round(t_data, 1),
                "data_cpu_seconds": round(cpu_data, 1),
                "train_cpu_seconds": round(time.process_time() - cpu_train0, 1),
@@ -462,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=96, help="decoder width (default 96)")
     ap.add_argument("--hint-weight", type=float, default=1.0, help="grounding hint's starting weight (0: off)")
     ap.add_argument("--hint-fraction", type=float, default=0.6, help="share of training over which it fades")
+    ap.add_argument("--mix", default=DEFAULT_MIX,
+                    help=f"question-type weights per step, type=weight,... (default {DEFAULT_MIX})")
+    ap.add_argument("--tower-lr", type=float, default=0.0,
+                    help="train the vision tower too, at this share of the learning rate (default 0: frozen)")
     ap.add_argument("--clip", default=CLIP_DIR, help=f"demo CLIP folder for the vision tower (default {CLIP_DIR})")
     ap.add_argument("--cpu-minutes", type=float, default=DEFAULT_CPU_MINUTES,
                     help=f"CPU-time cap of the run (default {DEFAULT_CPU_MINUTES}; 0: no cap; none with --fast)")
@@ -472,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     train(args.out, seed=args.seed, fast=args.fast, clip_dir=args.clip, steps=args.steps, images=args.images,
           per_image=args.per_image, lr=args.lr, scenes=args.scenes, hidden=args.hidden, layers=args.layers,
           mlp=2 * args.hidden, hint_weight=args.hint_weight, hint_fraction=args.hint_fraction,
+          mix=args.mix, tower_lr=args.tower_lr,
           cpu_minutes=args.cpu_minutes or None, eval_n=args.eval, quiet=args.quiet)
     return 0
 
