@@ -15,6 +15,17 @@ PRESENT_FONT = 20    # chart text in presentation mode (px)
 RING = (("#000000", 5), ("#ffffff", 2))   # a selection ring: a dark line under a light one, seen on any colour
 
 
+def presented(fig, size: int = PRESENT_FONT):
+    """A copy of ``fig`` whose text is ``size`` px (presentation mode: legible on a projector). A copy, because
+    the pages' figures are cached and shared by every session."""
+    import plotly.graph_objects as go
+    out = go.Figure(fig)
+    out.update_layout(font=dict(size=size))
+    out.update_annotations(font_size=size)                     # subplot titles, line labels
+    out.update_traces(textfont_size=size, selector=dict(type="bar"))
+    return out
+
+
 def ring(fig, x0: float, x1: float, y0: float, y1: float) -> None:
     """Ring a rectangle so that it shows on any colour (a cyan object swallowed the old cyan ring)."""
     for colour, width in RING:
@@ -79,7 +90,8 @@ def mosaic_image(maps: np.ndarray, cell: tuple[int, int], gap: int, *, cmap: str
 def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "minmax", shared: bool = True,
                        selected: Optional[tuple[int, int]] = None, image: Optional[Image.Image] = None,
                        alpha: float = 0.6, width: int = MOSAIC_WIDTH, font_size: Optional[int] = None,
-                       thumbnails: Optional[Callable[..., tuple[np.ndarray, float, float]]] = None):
+                       thumbnails: Optional[Callable[..., tuple[np.ndarray, float, float]]] = None,
+                       max_height: Optional[int] = None):
     """Layer × head thumbnails as ONE image (fast to draw even for 12×12 heads), clickable.
 
     ``maps``: [L, H, rows, cols]. The figure is exactly as large as its thumbnails plus the label and
@@ -88,13 +100,20 @@ def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "
     the grid. ``image``: the model's view of the image, drawn under each thumbnail. A transparent
     marker on each thumbnail's centre carries (layer, head), so a click anywhere selects it. With
     ``shared`` every head uses one colour range (brightness compares across heads); otherwise each
-    thumbnail is scaled on its own and there is no colour bar.
+    thumbnail is scaled on its own and there is no colour bar. ``max_height``: the thumbnails shrink so that
+    the whole figure is at most this tall (presentation mode: the grid on one screen). The label margins grow
+    with ``font_size``.
     """
     import plotly.graph_objects as go
     L, H, r, c = maps.shape
-    left, top, bottom = MOSAIC_LABELS
+    grow = (font_size or 12) / 12
+    left, top, bottom = (round(m * grow) for m in MOSAIC_LABELS)
+    left += round(8 * grow) if L > 10 else 0                          # "L11" is a character longer
     gap = max(2, width // 200)
     cw = int(np.clip((width - left - 8 - gap * (H - 1)) // H, 16, 128))
+    if max_height is not None:        # rows of thumbnails, the labels and the colour bar within max_height
+        room = max_height - top - (bottom if shared else 8) - gap * (L - 1)
+        cw = max(16, min(cw, int(room / L * c / r)))
     ch = max(8, round(cw * r / c))                                  # thumbnails keep the grid's aspect
     make = thumbnails or mosaic_image          # the app passes a cached one (panels.thumbnails)
     rgb, lo, hi = make(maps, (cw, ch), gap, cmap=cmap, norm=norm, shared=shared, image=image, alpha=alpha)

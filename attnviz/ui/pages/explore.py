@@ -166,11 +166,14 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Sc
                                                         cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
                                                         resample=d.resample, box=box, vmin=scale.lo,
                                                         vmax=scale.hi, hover_label=notes.units(spec.name),
-                                                        compact=len(shown) > 1)
+                                                        compact=len(shown) > 1, over=exp.over,
+                                                        font_size=figures.PRESENT_FONT if d.present else None)
                             st.plotly_chart(fig, key=f"fig:{spec.name}")
                         else:
                             panels.show_map(ctx.img, exp.map, scale, d, ctx.map_box(exp.map.shape, exp.over),
-                                            method=spec.name, caption=map_title(spec, exp))
+                                            method=spec.name, caption=map_title(spec, exp),
+                                            width=panels.present_width(ctx.img.display.size) if d.present
+                                            else "stretch")
     if len(shown) > 1:
         st.caption("Each map has its own colour scale, shown in its legend: the methods measure different things "
                    "in different units (and some have a sign), so one shared scale would wash some of them out. "
