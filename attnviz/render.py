@@ -550,7 +550,6 @@ def heatmap_figure(
     hover_label: str = "value",
     compact: bool = False,
     over: str = "patches",
-    font_size: int | None = None,
 ):
     """Interactive overlay: the image below, a hoverable heatmap on top.
 
@@ -642,7 +641,6 @@ def heatmap_figure(
         margin=dict(l=10, r=10, t=40 if title else 10, b=60 if compact else 10),
         height=340 if compact else None,
         plot_bgcolor="rgba(0,0,0,0)",
-        font=dict(size=font_size) if font_size else None,
     )
     return fig
 

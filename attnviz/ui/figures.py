@@ -20,9 +20,17 @@ def presented(fig, size: int = PRESENT_FONT):
     the pages' figures are cached and shared by every session."""
     import plotly.graph_objects as go
     out = go.Figure(fig)
-    out.update_layout(font=dict(size=size))
+    # Streamlit's chart theme sets tick and title fonts of its own: each is set here, not just the layout's.
+    out.update_layout(font=dict(size=size), legend_font_size=size, hoverlabel_font_size=size)
+    if out.layout.title.text:
+        out.update_layout(title_font_size=size + 2)
+    out.update_xaxes(tickfont_size=size, title_font_size=size)
+    out.update_yaxes(tickfont_size=size, title_font_size=size)
     out.update_annotations(font_size=size)                     # subplot titles, line labels
     out.update_traces(textfont_size=size, selector=dict(type="bar"))
+    out.update_traces(colorbar_tickfont_size=size, colorbar_title_font_size=size, selector=dict(type="heatmap"))
+    out.update_traces(marker_colorbar_tickfont_size=size, marker_colorbar_title_font_size=size,
+                      selector=lambda t: t.type == "scatter" and t.marker.showscale)   # (others would get a bar)
     return out
 
 

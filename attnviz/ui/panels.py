@@ -168,7 +168,7 @@ def show_map(img, m: np.ndarray, scale: mapview.Scale, display, box, *, method: 
                 width=width if isinstance(width, int) else "stretch")
 
 
-PRESENT_MAP_PX = 430      # a map's height in presentation mode: with the title, tabs and legend it fits 720 px
+PRESENT_MAP_PX = 380      # a map's height in presentation mode: with the title, tabs and legend it fits 720 px
 
 
 def present_width(size: tuple[int, int], height: int = PRESENT_MAP_PX) -> int:

@@ -88,7 +88,7 @@ def page_header(title: str, page: str) -> None:
 PRESENT_TEXT_PX = 18      # the smallest text on a projected page (captions, legends, figure labels)
 PRESENT_CSS = """<style>
 html { font-size: 20px; }
-[data-testid="stMainBlockContainer"] { max-width: 100%; padding: 3.2rem 2rem 2rem 2rem; }
+[data-testid="stMainBlockContainer"] { max-width: 100%; padding: 2.6rem 2rem 2rem 2rem; }
 [data-testid="stMainBlockContainer"] h1 { font-size: 1.6rem; padding: 0 0 0.4rem 0; }
 [data-testid="stMainBlockContainer"] [data-testid="stCaptionContainer"],
 [data-testid="stMainBlockContainer"] [data-testid="stCaptionContainer"] *,

@@ -166,9 +166,8 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Sc
                                                         cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
                                                         resample=d.resample, box=box, vmin=scale.lo,
                                                         vmax=scale.hi, hover_label=notes.units(spec.name),
-                                                        compact=len(shown) > 1, over=exp.over,
-                                                        font_size=figures.PRESENT_FONT if d.present else None)
-                            st.plotly_chart(fig, key=f"fig:{spec.name}")
+                                                        compact=len(shown) > 1, over=exp.over)
+                            st.plotly_chart(figures.presented(fig) if d.present else fig, key=f"fig:{spec.name}")
                         else:
                             panels.show_map(ctx.img, exp.map, scale, d, ctx.map_box(exp.map.shape, exp.over),
                                             method=spec.name, caption=map_title(spec, exp),

@@ -19,7 +19,7 @@ from attnviz.ui.widgets import clicked as _clicked
 from attnviz.ui.widgets import page_header, shared_url_values
 
 PATCH = "a patch"
-PRESENT_MOSAIC = (700, 560)      # presentation mode: the thumbnails' figure at most this wide and tall (1280×720)
+PRESENT_MOSAIC = (700, 440)      # presentation mode: the thumbnails' figure at most this wide and tall (1280×720)
 
 
 def _clamp_state(L: int, H: int, rows: int, cols: int, prefix: list[str]) -> None:
@@ -185,7 +185,8 @@ def main() -> None:
                 max_height=PRESENT_MOSAIC[1] if d.present else None,
                 font_size=figures.PRESENT_FONT if d.present else None,
                 thumbnails=panels.thumbnails((ctx.digest, model_key(ctx.adapter), query))))
-        st.plotly_chart(fig, key=_chart_key("h_mosaic"), on_select="rerun", selection_mode="points",
+        st.plotly_chart(figures.presented(fig) if d.present else fig, key=_chart_key("h_mosaic"), on_select="rerun",
+                        selection_mode="points",
                         config={"displayModeBar": False}, width="content")
         if not shared:
             st.caption("Each thumbnail on its own scale: compare patterns, not brightness.")
@@ -206,14 +207,13 @@ def main() -> None:
         which = f"head {head}" if isinstance(head, int) else f"{head} of {H} heads"
         panels.show_map(ctx.img, exp.map, scale, d, ctx.box, method="attention",
                         caption=f"Layer {layer}, {which}: attention from {query_label(query, cap)}",
-                        width=panels.present_width(ctx.img.display.size, PRESENT_MOSAIC[1] - 160) if d.present
+                        width=panels.present_width(ctx.img.display.size, PRESENT_MOSAIC[1] - 90) if d.present
                         else "stretch")
         hover = st.expander("Hover for values", key="h_hover", on_change="rerun")
         if hover.open:   # drawn only when opened: the figure is the costly part of a head switch
             fig = render.heatmap_figure(ctx.img.display, exp.map, cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
-                                        resample=d.resample, box=ctx.box, hover_label="attention weight",
-                                        font_size=figures.PRESENT_FONT if d.present else None)
-            hover.plotly_chart(fig, key="h_big")
+                                        resample=d.resample, box=ctx.box, hover_label="attention weight")
+            hover.plotly_chart(figures.presented(fig) if d.present else fig, key="h_big")
         st.caption(f"Drawn on the server in {time.perf_counter() - t0:.3f} s, no model run (the one forward pass "
                    "is cached); the browser then takes its own time to receive and show the page.")
 
