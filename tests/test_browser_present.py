@@ -136,3 +136,30 @@ def test_a_cold_first_visit_shows_a_line_at_once(cold_server):
         _no_exception(page)
         assert page.get_by_text(re.compile("^Starting up")).count() == 0          # gone once the page is drawn
         assert waited < TORCH_DELAY_S - 10
+
+
+LABEL_PX = """(sel) => [...document.querySelectorAll(sel)]
+    .filter(el => el.textContent.trim() && el.getBoundingClientRect().width > 0)
+    .map(el => [el.textContent.trim(), parseFloat(getComputedStyle(el).fontSize)])"""
+SMALLEST_LABEL_PX = 14       # outside presentation mode (presentation mode: 18 and up)
+
+
+def test_thumbnail_and_bar_labels_are_readable_at_1440x900(demo_server):
+    """Outside presentation mode too: the Heads thumbnails' layer / head labels and the prediction bars' labels
+    are at least 14 px (Streamlit's chart theme shrank them to ~8 and ~9 px)."""
+    with _page(1440, 900) as page:
+        page.goto(f"{demo_server}/?sample={quote(SCENE)}")
+        page.get_by_text("Top 5 predictions").first.wait_for()
+        _wait_idle(page)
+        page.wait_for_timeout(1500)
+        bars = page.evaluate(LABEL_PX, '.js-plotly-plot .bartext, .js-plotly-plot .ytick text')
+        assert bars and min(px for _, px in bars) >= SMALLEST_LABEL_PX, bars
+        page.goto(f"{demo_server}/heads?sample={quote(SCENE)}")
+        page.get_by_text(re.compile("^Attention heads")).first.wait_for()
+        _wait_idle(page)
+        page.wait_for_timeout(1500)
+        ticks = page.evaluate(LABEL_PX, '[data-testid="stMain"] .js-plotly-plot .xtick text, '
+                                        '[data-testid="stMain"] .js-plotly-plot .ytick text')
+        labels = [(t, px) for t, px in ticks if re.fullmatch(r"[Lh]\d+", t)]
+        assert labels and min(px for _, px in labels) >= SMALLEST_LABEL_PX, labels
+        _no_exception(page)

@@ -58,16 +58,21 @@ def predictions_figure(rows: Sequence[dict], selected: Optional[int] = None, *, 
         x=vals, y=pos, orientation="h", marker_color=colours, customdata=[render.plotly_text(t) for t in full],
         text=[f"{v:.1%}" if value == "probability" else f"{v:.3g}" for v in vals], textposition="auto",
         hovertemplate="%{customdata}<br>" + value + "=%{x:.4g}<extra></extra>"))
-    scale = (font_size or 14) / 14
+    size = font_size or 14
+    scale = size / 14
+    # The bar labels at the font's size: inside a bar plotly shrinks them to its height (~9 px) unless told not to.
     fig.update_layout(height=int((60 + 28 * len(rows)) * scale), margin=dict(l=10, r=10, t=10, b=10),
-                      font=dict(size=font_size or 14),
+                      font=dict(size=size), uniformtext=dict(minsize=size, mode="show"),
                       xaxis=dict(range=[0, 1] if value == "probability" else None, title=value),
                       yaxis=dict(automargin=True, tickmode="array", tickvals=pos, ticktext=ticks))
+    fig.update_xaxes(tickfont_size=size, title_font_size=size)       # Streamlit's theme would shrink them
+    fig.update_yaxes(tickfont_size=size)
     return fig
 
 
 MOSAIC_WIDTH = 570    # the figure's width in pixels: the Heads page's column at 1440 px, labels included
 MOSAIC_LABELS = (34, 24, 64)     # left (layer labels), top (head labels), bottom (colour bar) margins, px
+MOSAIC_FONT = 14                 # the thumbnails' labels (px) outside presentation mode
 
 
 def mosaic_image(maps: np.ndarray, cell: tuple[int, int], gap: int, *, cmap: str, norm: str, shared: bool,
@@ -114,7 +119,8 @@ def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "
     """
     import plotly.graph_objects as go
     L, H, r, c = maps.shape
-    grow = (font_size or 12) / 12
+    font_size = font_size or MOSAIC_FONT
+    grow = font_size / 12
     left, top, bottom = (round(m * grow) for m in MOSAIC_LABELS)
     left += round(8 * grow) if L > 10 else 0                          # "L11" is a character longer
     gap = max(2, width // 200)
@@ -151,9 +157,12 @@ def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "
     fig.update_yaxes(range=[gh - 0.5, -0.5], tickvals=[li * (ch + gap) + (ch - 1) / 2 for li in range(L)],
                      ticktext=[f"L{li}" for li in range(L)], showgrid=False, zeroline=False, ticks="",
                      fixedrange=True)
+    # Streamlit's chart theme shrinks tick labels to ~8 px unless they carry their own size (issue 20)
+    fig.update_xaxes(tickfont_size=font_size)
+    fig.update_yaxes(tickfont_size=font_size)
     fig.update_layout(width=left + gw + 8, height=top + gh + (bottom if shared else 8), autosize=False,
                       margin=dict(l=left, r=8, t=top, b=bottom if shared else 8, pad=0),
-                      font=dict(size=font_size or 12), hovermode="closest", hoverdistance=-1,
+                      font=dict(size=font_size), hovermode="closest", hoverdistance=-1,
                       clickmode="event+select", dragmode=False, plot_bgcolor="rgba(0,0,0,0)")
     return fig
 

@@ -139,7 +139,7 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
     font = figures.PRESENT_FONT if display.present else None
     fig = panels.figure(("cmp_predictions", img.digest, model_key(adapter), tgt.index, len(rows), font),
                         lambda: figures.predictions_figure(rows, tgt.index, font_size=font))
-    st.plotly_chart(fig, key=f"cmp_pred_{side}", config={"displayModeBar": False})
+    st.plotly_chart(figures.presented(fig) if font else fig, key=f"cmp_pred_{side}", config={"displayModeBar": False})
     if tgt.label.lower() != str(label).lower():
         st.caption(f"{adapter.name} has no class '{label}': it explains its top class '{tgt.label}'.")
     with guard(f"{pretty(method)} on {adapter.name}"):

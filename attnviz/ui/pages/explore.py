@@ -97,7 +97,7 @@ def predictions_ui(ctx) -> None:
         chosen = _chosen_target(ctx)
         fig = panels.figure(("predictions", ctx.digest, model_key(adapter), chosen, font),
                             lambda: figures.predictions_figure(rows, chosen, keep_order=True, font_size=font))
-        st.plotly_chart(fig, key="predictions", config={"displayModeBar": False})
+        st.plotly_chart(figures.presented(fig) if font else fig, key="predictions", config={"displayModeBar": False})
         return
     k = min(5 if kind == "class" else 12, len(cap.targets))
     rows = top_k(adapter, cap, k)
@@ -107,7 +107,7 @@ def predictions_ui(ctx) -> None:
     chosen = _chosen_target(ctx)      # the figure is built once per capture, target and font
     fig = panels.figure(("predictions", ctx.digest, model_key(adapter), chosen, font, k),
                         lambda: figures.predictions_figure(rows, chosen, font_size=font))
-    st.plotly_chart(fig, key="predictions", config={"displayModeBar": False})
+    st.plotly_chart(figures.presented(fig) if font else fig, key="predictions", config={"displayModeBar": False})
 
 
 def compute_ui(ctx, spec: MethodSpec, params: dict[str, Any], target: Any) -> Optional[Any]:

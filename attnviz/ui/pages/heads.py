@@ -19,7 +19,7 @@ from attnviz.ui.widgets import clicked as _clicked
 from attnviz.ui.widgets import page_header, shared_url_values
 
 PATCH = "a patch"
-PRESENT_MOSAIC = (700, 440)      # presentation mode: the thumbnails' figure at most this wide and tall (1280×720)
+PRESENT_MOSAIC = (700, 470)      # presentation mode: the thumbnails' figure at most this wide and tall (1280×720)
 
 
 def _clamp_state(L: int, H: int, rows: int, cols: int, prefix: list[str]) -> None:
@@ -171,8 +171,8 @@ def main() -> None:
     mosaic_box, side_box = st.columns([3, 2] if d.present else [5, 3], gap="large")
     with mosaic_box, guard("Drawing the thumbnails"):
         grid = eng.attention_grid(ctx.adapter, ctx.entry, ctx.digest, query)        # [L, H, rows, cols]
-        st.markdown(f"**Attention from {query_label(query, cap)}**, "
-                    f"layers top to bottom, heads left to right — click one to enlarge")
+        st.markdown(f"**Attention from {query_label(query, cap)}**" + (" · click one to enlarge" if d.present else
+                    ", layers top to bottom, heads left to right — click one to enlarge"))
         # Built once per what it shows (plotly's validation costs tens of ms on every click otherwise).
         alpha = max(d.alpha, 0.5)
         fig = panels.figure(

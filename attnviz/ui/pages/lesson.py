@@ -124,7 +124,7 @@ def walkthrough_ui(n_layers: int, present: bool = False) -> int:
                                             format_func=lambda i: str(i + 1), on_change=_opened, args=(n_layers,))
         slot["title"].subheader(f"Step {step + 1} of {len(STEPS)}: {STEPS[step].title}")
         slot["text"].markdown(STEPS[step].text)
-        c1, c2 = slot["buttons"].columns(2) if present else slot["buttons"].columns([1, 1, 3])[:2]
+        c1, c2 = slot["buttons"].columns(2) if present else slot["buttons"].columns([3, 3, 4])[:2]
         c1.button("← Previous step", key="l_prev", on_click=_move, args=(-1, n_layers), disabled=step == 0,
                   shortcut="Left", help="Or press ←.")
         c2.button("Next step →", key="l_next", on_click=_move, args=(1, n_layers), disabled=step == len(STEPS) - 1,
