@@ -151,13 +151,13 @@ def test_thumbnail_and_bar_labels_are_readable_at_1440x900(demo_server):
         page.goto(f"{demo_server}/?sample={quote(SCENE)}")
         page.get_by_text("Top 5 predictions").first.wait_for()
         _wait_idle(page)
-        page.wait_for_timeout(1500)
+        page.locator(".js-plotly-plot .bartext").first.wait_for()
         bars = page.evaluate(LABEL_PX, '.js-plotly-plot .bartext, .js-plotly-plot .ytick text')
         assert bars and min(px for _, px in bars) >= SMALLEST_LABEL_PX, bars
         page.goto(f"{demo_server}/heads?sample={quote(SCENE)}")
         page.get_by_text(re.compile("^Attention heads")).first.wait_for()
         _wait_idle(page)
-        page.wait_for_timeout(1500)
+        page.get_by_text("L0", exact=True).first.wait_for()          # the thumbnails' figure is drawn
         ticks = page.evaluate(LABEL_PX, '[data-testid="stMain"] .js-plotly-plot .xtick text, '
                                         '[data-testid="stMain"] .js-plotly-plot .ytick text')
         labels = [(t, px) for t, px in ticks if re.fullmatch(r"[Lh]\d+", t)]
