@@ -21,9 +21,13 @@ TIMEOUT = 300_000
 
 
 def _idle(page) -> None:
+    """The script run finished, every picture on the page decoded, and no skeleton left."""
     page.wait_for_timeout(1500)
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT)
-    page.wait_for_timeout(1500)
+    page.wait_for_function("""() => [...document.querySelectorAll('[data-testid="stMain"] img')]
+                                     .every(i => i.complete && i.naturalWidth > 0)
+                                 && !document.querySelector('[data-testid="stSkeleton"]')""", timeout=TIMEOUT)
+    page.wait_for_timeout(2000)
 
 
 def _present_on(page) -> None:
