@@ -549,8 +549,13 @@ def heatmap_figure(
     vmax: float | None = None,
     hover_label: str = "value",
     compact: bool = False,
+    over: str = "patches",
 ):
     """Interactive overlay: the image below, a hoverable heatmap on top.
+
+    Hovering names the map's own cell: "patch row r, col c" for a map over the patch grid (the same
+    numbering as the query pickers), "input pixel row r, col c" of the model input for a pixel map;
+    pixel positions of the displayed image mean nothing to the model (issue 20).
 
     ``compact``: for several figures side by side in narrow columns: the colour bar lies under the
     image and the axes carry no tick labels, so the image keeps the column's width.
@@ -578,6 +583,11 @@ def heatmap_figure(
     else:
         z = upsample(a, _fit(bw, bh, FIGURE_MAX_SIDE), "bilinear")
     rows, cols = z.shape
+    # The map cell under each heatmap cell (the upsampled cells of one patch name that patch).
+    src_r = np.minimum((np.arange(rows) * a.shape[0]) // rows, a.shape[0] - 1)
+    src_c = np.minimum((np.arange(cols) * a.shape[1]) // cols, a.shape[1] - 1)
+    cell = np.stack(np.meshgrid(src_r, src_c, indexing="ij"), axis=-1)        # [rows, cols, 2]: (row, col)
+    where = "patch" if over == "patches" else "input pixel"
     # Cell centres in original-image pixels; cells tile the box exactly.
     xs = left + (np.arange(cols) + 0.5) * (bw / cols)
     ys = top + (np.arange(rows) + 0.5) * (bh / rows)
@@ -599,7 +609,9 @@ def heatmap_figure(
             colorbar=(dict(orientation="h", y=-0.04, yanchor="top", thickness=10, len=1.0,
                            title=dict(text=plotly_text(hover_label), side="top"))
                       if compact else dict(title=dict(text=plotly_text(hover_label)))),
-            hovertemplate=f"x=%{{x:.0f}}, y=%{{y:.0f}}<br>{label}=%{{z:.4g}}<extra></extra>",
+            customdata=cell,
+            hovertemplate=f"{where} row %{{customdata[0]}}, col %{{customdata[1]}}<br>{label}=%{{z:.4g}}"
+                          "<extra></extra>",
             name=str(hover_label),
         )
     )

@@ -182,8 +182,15 @@ def load_context(texts_slot=None) -> Optional[Context]:
                        f"{cap.layout.rows}×{cap.layout.cols} patches + {prefix}")
     ctx = Context(adapter, c.model_option, c.image_name or "image", img, texts, entry, c.display, timings,
                   sample=c.image_name if c.is_sample else None, size=size)
-    st.caption(on_what(ctx))
+    page_note("caption", on_what(ctx))
     return ctx
+
+
+def page_note(write: str, *args: Any, **kwargs: Any) -> None:
+    """A line about the page (which model, which image, a note about the model): above the picture, or in the
+    sidebar in presentation mode (the audience looks at the picture). ``write`` names the element, e.g. "info"."""
+    where = st.sidebar if urlstate.presenting() else st
+    getattr(where, write)(*args, **kwargs)
 
 
 def rejected_sentence(exc: ImageRejected, c) -> str:

@@ -15,6 +15,25 @@ PRESENT_FONT = 20    # chart text in presentation mode (px)
 RING = (("#000000", 5), ("#ffffff", 2))   # a selection ring: a dark line under a light one, seen on any colour
 
 
+def presented(fig, size: int = PRESENT_FONT):
+    """A copy of ``fig`` whose text is ``size`` px (presentation mode: legible on a projector). A copy, because
+    the pages' figures are cached and shared by every session."""
+    import plotly.graph_objects as go
+    out = go.Figure(fig)
+    # Streamlit's chart theme sets tick and title fonts of its own: each is set here, not just the layout's.
+    out.update_layout(font=dict(size=size), legend_font_size=size, hoverlabel_font_size=size)
+    if out.layout.title.text:
+        out.update_layout(title_font_size=size + 2)
+    out.update_xaxes(tickfont_size=size, title_font_size=size)
+    out.update_yaxes(tickfont_size=size, title_font_size=size)
+    out.update_annotations(font_size=size)                     # subplot titles, line labels
+    out.update_traces(textfont_size=size, selector=dict(type="bar"))
+    out.update_traces(colorbar_tickfont_size=size, colorbar_title_font_size=size, selector=dict(type="heatmap"))
+    out.update_traces(marker_colorbar_tickfont_size=size, marker_colorbar_title_font_size=size,
+                      selector=lambda t: t.type == "scatter" and t.marker.showscale)   # (others would get a bar)
+    return out
+
+
 def ring(fig, x0: float, x1: float, y0: float, y1: float) -> None:
     """Ring a rectangle so that it shows on any colour (a cyan object swallowed the old cyan ring)."""
     for colour, width in RING:
@@ -39,16 +58,21 @@ def predictions_figure(rows: Sequence[dict], selected: Optional[int] = None, *, 
         x=vals, y=pos, orientation="h", marker_color=colours, customdata=[render.plotly_text(t) for t in full],
         text=[f"{v:.1%}" if value == "probability" else f"{v:.3g}" for v in vals], textposition="auto",
         hovertemplate="%{customdata}<br>" + value + "=%{x:.4g}<extra></extra>"))
-    scale = (font_size or 14) / 14
+    size = font_size or 14
+    scale = size / 14
+    # The bar labels at the font's size: inside a bar plotly shrinks them to its height (~9 px) unless told not to.
     fig.update_layout(height=int((60 + 28 * len(rows)) * scale), margin=dict(l=10, r=10, t=10, b=10),
-                      font=dict(size=font_size or 14),
+                      font=dict(size=size), uniformtext=dict(minsize=size, mode="show"),
                       xaxis=dict(range=[0, 1] if value == "probability" else None, title=value),
                       yaxis=dict(automargin=True, tickmode="array", tickvals=pos, ticktext=ticks))
+    fig.update_xaxes(tickfont_size=size, title_font_size=size)       # Streamlit's theme would shrink them
+    fig.update_yaxes(tickfont_size=size)
     return fig
 
 
 MOSAIC_WIDTH = 570    # the figure's width in pixels: the Heads page's column at 1440 px, labels included
 MOSAIC_LABELS = (34, 24, 64)     # left (layer labels), top (head labels), bottom (colour bar) margins, px
+MOSAIC_FONT = 14                 # the thumbnails' labels (px) outside presentation mode
 
 
 def mosaic_image(maps: np.ndarray, cell: tuple[int, int], gap: int, *, cmap: str, norm: str, shared: bool,
@@ -79,7 +103,8 @@ def mosaic_image(maps: np.ndarray, cell: tuple[int, int], gap: int, *, cmap: str
 def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "minmax", shared: bool = True,
                        selected: Optional[tuple[int, int]] = None, image: Optional[Image.Image] = None,
                        alpha: float = 0.6, width: int = MOSAIC_WIDTH, font_size: Optional[int] = None,
-                       thumbnails: Optional[Callable[..., tuple[np.ndarray, float, float]]] = None):
+                       thumbnails: Optional[Callable[..., tuple[np.ndarray, float, float]]] = None,
+                       max_height: Optional[int] = None):
     """Layer × head thumbnails as ONE image (fast to draw even for 12×12 heads), clickable.
 
     ``maps``: [L, H, rows, cols]. The figure is exactly as large as its thumbnails plus the label and
@@ -88,13 +113,21 @@ def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "
     the grid. ``image``: the model's view of the image, drawn under each thumbnail. A transparent
     marker on each thumbnail's centre carries (layer, head), so a click anywhere selects it. With
     ``shared`` every head uses one colour range (brightness compares across heads); otherwise each
-    thumbnail is scaled on its own and there is no colour bar.
+    thumbnail is scaled on its own and there is no colour bar. ``max_height``: the thumbnails shrink so that
+    the whole figure is at most this tall (presentation mode: the grid on one screen). The label margins grow
+    with ``font_size``.
     """
     import plotly.graph_objects as go
     L, H, r, c = maps.shape
-    left, top, bottom = MOSAIC_LABELS
+    font_size = font_size or MOSAIC_FONT
+    grow = font_size / 12
+    left, top, bottom = (round(m * grow) for m in MOSAIC_LABELS)
+    left += round(8 * grow) if L > 10 else 0                          # "L11" is a character longer
     gap = max(2, width // 200)
     cw = int(np.clip((width - left - 8 - gap * (H - 1)) // H, 16, 128))
+    if max_height is not None:        # rows of thumbnails, the labels and the colour bar within max_height
+        room = max_height - top - (bottom if shared else 8) - gap * (L - 1)
+        cw = max(16, min(cw, int(room / L * c / r)))
     ch = max(8, round(cw * r / c))                                  # thumbnails keep the grid's aspect
     make = thumbnails or mosaic_image          # the app passes a cached one (panels.thumbnails)
     rgb, lo, hi = make(maps, (cw, ch), gap, cmap=cmap, norm=norm, shared=shared, image=image, alpha=alpha)
@@ -124,9 +157,12 @@ def head_mosaic_figure(maps: np.ndarray, *, cmap: str = "inferno", norm: str = "
     fig.update_yaxes(range=[gh - 0.5, -0.5], tickvals=[li * (ch + gap) + (ch - 1) / 2 for li in range(L)],
                      ticktext=[f"L{li}" for li in range(L)], showgrid=False, zeroline=False, ticks="",
                      fixedrange=True)
+    # Streamlit's chart theme shrinks tick labels to ~8 px unless they carry their own size (issue 20)
+    fig.update_xaxes(tickfont_size=font_size)
+    fig.update_yaxes(tickfont_size=font_size)
     fig.update_layout(width=left + gw + 8, height=top + gh + (bottom if shared else 8), autosize=False,
                       margin=dict(l=left, r=8, t=top, b=bottom if shared else 8, pad=0),
-                      font=dict(size=font_size or 12), hovermode="closest", hoverdistance=-1,
+                      font=dict(size=font_size), hovermode="closest", hoverdistance=-1,
                       clickmode="event+select", dragmode=False, plot_bgcolor="rgba(0,0,0,0)")
     return fig
 

@@ -137,3 +137,70 @@ def masked_picture(image: Image.Image, m: np.ndarray, mask: np.ndarray, scale: S
     keep[y0:y1, x0:x1] = inside[y0 - top:y1 - top, x0 - left:x1 - left]
     shown[~keep] *= dim
     return Image.fromarray(np.rint(shown).astype(np.uint8))
+
+
+GRID_FONT = 28        # label size (px) in a grid export: legible on a slide
+GRID_GAP = 6
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Where a grid export puts its thumbnails: cell ``(i, j)`` (row i, column j) spans
+    ``x0 + j·(w + gap) .. +w`` and ``y0 + i·(h + gap) .. +h`` of the picture."""
+
+    x0: int
+    y0: int
+    w: int
+    h: int
+    gap: int
+
+    def cell(self, i: int, j: int) -> tuple[int, int, int, int]:
+        x, y = self.x0 + j * (self.w + self.gap), self.y0 + i * (self.h + self.gap)
+        return x, y, x + self.w, y + self.h
+
+
+def grid_layout(n_rows: int, n_cols: int, aspect: float, side: int = SLIDE_SIDE) -> GridLayout:
+    """The cells of an ``n_rows`` × ``n_cols`` grid export whose thumbnails keep ``aspect`` (h / w) and whose
+    thumbnails alone are at least ``side`` pixels wide (a slide), with room for the labels and a title line."""
+    label_w, head_h = round(GRID_FONT * 2.4), GRID_FONT * 3 + 12        # row labels; title line + column labels
+    w = max(48, -(-(side - GRID_GAP * (n_cols - 1)) // n_cols))
+    return GridLayout(label_w, head_h, w, max(8, round(w * aspect)), GRID_GAP)
+
+
+def grid_picture(maps: np.ndarray, *, row_label: str, col_label: str, title: str, cmap: str, norm: str,
+                 shared: bool, image: Optional[Image.Image] = None, alpha: float = 0.6,
+                 legend_title: str = "attention weight") -> Image.Image:
+    """Every map of ``maps`` [rows, cols, r, c] as one labelled PNG-ready picture: a title line, the column
+    labels (``col_label`` + index) on top, the row labels (``row_label`` + index) on the left, each map over
+    a small copy of ``image``; with ``shared`` one scale and its legend under the grid, else each thumbnail
+    on its own scale (said under the grid). The Heads page's L × H thumbnails in one click."""
+    from PIL import ImageDraw
+
+    from .figures import mosaic_image
+    n_rows, n_cols, r, c = maps.shape
+    lay = grid_layout(n_rows, n_cols, r / c)
+    rgb, lo, hi = mosaic_image(maps, (lay.w, lay.h), lay.gap, cmap=cmap, norm=norm, shared=shared, image=image,
+                               alpha=alpha)
+    font = render._font(GRID_FONT)
+    width = lay.x0 + rgb.shape[1] + GRID_GAP
+    out = Image.new("RGB", (width, lay.y0 + rgb.shape[0] + GRID_GAP), (255, 255, 255))
+    out.paste(Image.fromarray(rgb), (lay.x0, lay.y0))
+    draw = ImageDraw.Draw(out)
+    ink = (40, 40, 40)
+    draw.text((lay.x0, 6), render._wrap(title, font, width - lay.x0)[0], fill=ink, font=font, anchor="la")
+    for j in range(n_cols):
+        x0, y0, x1, _ = lay.cell(0, j)
+        draw.text(((x0 + x1) // 2, y0 - 6), f"{col_label}{j}", fill=ink, font=font, anchor="md")
+    for i in range(n_rows):
+        x0, y0, _, y1 = lay.cell(i, 0)
+        draw.text((x0 - 8, (y0 + y1) // 2), f"{row_label}{i}", fill=ink, font=font, anchor="rm")
+    if shared:
+        key = render.legend(rgb.shape[1], lo, hi, cmap=cmap, title=legend_title, font_size=GRID_FONT)
+    else:
+        key = Image.new("RGB", (rgb.shape[1], GRID_FONT * 2), (255, 255, 255))
+        ImageDraw.Draw(key).text((rgb.shape[1] // 2, GRID_FONT // 2), "each thumbnail on its own colour scale",
+                                 fill=ink, font=font, anchor="ma")
+    full = Image.new("RGB", (out.width, out.height + key.height), (255, 255, 255))
+    full.paste(out, (0, 0))
+    full.paste(key, (lay.x0, out.height))
+    return full

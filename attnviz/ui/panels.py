@@ -163,7 +163,19 @@ def show_map(img, m: np.ndarray, scale: mapview.Scale, display, box, *, method: 
     the cached :func:`overlay_image` bytes, sent to the browser as they are."""
     st.image(overlay_image(img.digest, img.display, m, scale, display, box), caption=caption, width=width,
              output_format="JPEG")
-    st.markdown(mapview.legend_html(scale, mapview.legend_title(method, scale)), unsafe_allow_html=True)
+    # the legend as wide as the picture (a picture of a fixed width: presentation mode)
+    st.markdown(mapview.legend_html(scale, mapview.legend_title(method, scale)), unsafe_allow_html=True,
+                width=width if isinstance(width, int) else "stretch")
+
+
+PRESENT_MAP_PX = 380      # a map's height in presentation mode: with the title, tabs and legend it fits 720 px
+
+
+def present_width(size: tuple[int, int], height: int = PRESENT_MAP_PX) -> int:
+    """The width (px) at which a picture of ``size`` (w, h) is ``height`` tall: in presentation mode a picture
+    is sized to fit the screen's height, not stretched to the page's width (below the fold)."""
+    w, h = size
+    return max(1, round(height * w / h))
 
 
 def drawn_overlay(image_key: str, image, m: np.ndarray, **kw) -> bytes:

@@ -37,3 +37,13 @@ def sync(values: dict[str, Any]) -> None:
     current = {k: st.query_params.get(k) for k in st.query_params}
     if current != new:
         st.query_params.from_dict(new)
+
+
+TRUE_WORDS = ("true", "1", "yes")
+
+
+def presenting() -> bool:
+    """Presentation mode: the sidebar's toggle once drawn, else what the opening link says (``present=True``)."""
+    if "present" in st.session_state:
+        return bool(st.session_state["present"])
+    return str(initial().get("present") or "").lower() in TRUE_WORDS

@@ -12,7 +12,7 @@ from ..methods.common import block_heads
 from ..methods.hierarchy import is_hierarchical
 from ..methods.registry import MethodSpec, Param
 from . import input_size, notes, panels, state, urlstate
-from .context import default_target, query_options, query_value, readout_token
+from .context import default_target, page_note, query_options, query_value, readout_token
 from .state import Choices, Display
 from .text import markdown_literal  # noqa: F401  (pages take it from here with the other widgets)
 
@@ -70,8 +70,14 @@ def lesson_path_md(page: str) -> str:
 
 
 def page_header(title: str, page: str) -> None:
-    if st.session_state.get("present"):
+    """The page's title; outside presentation mode also the lesson path and the page's notes. In presentation
+    mode the picture comes first: the path and the notes (and other lines about the page) go to the sidebar."""
+    if urlstate.presenting():
         present_style()
+        st.title(title)
+        with st.sidebar.expander("About this page", expanded=False):
+            st.markdown(notes.PAGES[page])
+        return
     st.title(title)
     if any(where == page for where, _, _ in LESSON_PATH):
         st.caption(lesson_path_md(page))
@@ -79,15 +85,23 @@ def page_header(title: str, page: str) -> None:
         st.markdown(notes.PAGES[page])
 
 
+PRESENT_TEXT_PX = 18      # the smallest text on a projected page (captions, legends, figure labels)
 PRESENT_CSS = """<style>
 html { font-size: 20px; }
-[data-testid="stMainBlockContainer"] { max-width: 100%; padding-left: 2rem; padding-right: 2rem; }
-</style>"""
+[data-testid="stMainBlockContainer"] { max-width: 100%; padding: 2.6rem 2rem 2rem 2rem; }
+[data-testid="stMainBlockContainer"] h1 { font-size: 1.6rem; padding: 0 0 0.4rem 0; }
+[data-testid="stMainBlockContainer"] [data-testid="stCaptionContainer"],
+[data-testid="stMainBlockContainer"] [data-testid="stCaptionContainer"] *,
+[data-testid="stMainBlockContainer"] [data-testid="stImageCaption"],
+[data-testid="stMainBlockContainer"] .attnviz-legend { font-size: TEXT_PXpx !important; }
+</style>""".replace("TEXT_PX", str(PRESENT_TEXT_PX))
 
 
 def present_style() -> None:
-    """Presentation mode: larger text everywhere (every size on the page is relative to the root font)."""
+    """Presentation mode: larger text everywhere (every size on the page is relative to the root font; captions
+    and legends at least :data:`PRESENT_TEXT_PX`), the title smaller and higher, so the picture starts high."""
     st.html(PRESENT_CSS)
+
 
 
 # --- long work on a click -------------------------------------------------------
@@ -235,7 +249,7 @@ def _apply_sidebar_url(url: dict[str, str], options: list[str]) -> None:
         except ValueError:
             urlstate.warn(f"The link's opacity '{url['alpha']}' is not a number from 0 to 1; using the default.")
     if "present" in url:           # presentation mode travels in the link (issue 20)
-        st.session_state["present"] = str(url["present"]).lower() in ("true", "1", "yes")
+        st.session_state["present"] = str(url["present"]).lower() in urlstate.TRUE_WORDS
     if "size" in url:
         try:
             side = int(url["size"])
@@ -430,7 +444,7 @@ def sidebar_ui() -> Choices:
     st.session_state["_choices"] = ch
     default = state.default_model()
     if option == default.option and default.fallback and not default.missing:
-        st.info(f"Using {default.reason}. It knows synthetic shapes, not photos: try a 'scene' sample.")
+        page_note("info", f"Using {default.reason}. It knows synthetic shapes, not photos: try a 'scene' sample.")
     return ch
 
 

@@ -197,7 +197,7 @@ def draw_word_map(ctx, exp, word_label: str, d) -> None:
         with tab_hover, guard("Drawing the hover figure"):
             fig = render.heatmap_figure(ctx.img.display, exp.map, title=f"{pretty(exp.method)}: {word_label}",
                                         cmap=scale.cmap, norm=scale.norm, alpha=d.alpha, resample=d.resample,
-                                        box=ctx.box, hover_label=notes.units(exp.method))
+                                        box=ctx.box, hover_label=notes.units(exp.method), over=exp.over)
             st.plotly_chart(fig, key="c_fig")
     bits = [f"{exp.meta.get('seconds', 0.0):.2f} s", f"map {'×'.join(map(str, exp.map.shape))} over {exp.over}"]
     if "image_share" in exp.meta and exp.meta["image_share"] < 0.999:

@@ -16,7 +16,7 @@ from typing import Any
 
 import streamlit as st
 
-from attnviz import compare
+from attnviz import compare, render
 from attnviz.errors import ModelUnavailable, UsageError
 from attnviz.images import ImageRejected
 from attnviz.methods.registry import get_method
@@ -136,9 +136,10 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
     rows = top_k(adapter, cap, min(TOP, len(cap.targets)))
     out["top"] = rows[0]["label"] if rows else None
     st.markdown(f"**Top {len(rows)} predictions** · top class **{markdown_literal(str(out['top']))}**")
-    fig = panels.figure(("cmp_predictions", img.digest, model_key(adapter), tgt.index, len(rows)),
-                        lambda: figures.predictions_figure(rows, tgt.index))
-    st.plotly_chart(fig, key=f"cmp_pred_{side}", config={"displayModeBar": False})
+    font = figures.PRESENT_FONT if display.present else None
+    fig = panels.figure(("cmp_predictions", img.digest, model_key(adapter), tgt.index, len(rows), font),
+                        lambda: figures.predictions_figure(rows, tgt.index, font_size=font))
+    st.plotly_chart(figures.presented(fig) if font else fig, key=f"cmp_pred_{side}", config={"displayModeBar": False})
     if tgt.label.lower() != str(label).lower():
         st.caption(f"{adapter.name} has no class '{label}': it explains its top class '{tgt.label}'.")
     with guard(f"{pretty(method)} on {adapter.name}"):
@@ -152,7 +153,9 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
         # the map and its legend: a display change redraws only these (one map panel per side)
         panels.map_panel(functools.partial(_draw_map, img, exp.map, exp.signed, method, caption, box), display,
                          key=f"compare-{side}")
-        out.update(method=method, units=notes.units(method))
+        out.update(method=method, units=notes.units(method),
+                   export=(exp.map, exp.signed, method, f"{side.upper()} · {adapter.name}: {caption}",
+                           cap.map_box(exp.map.shape, img.image.size, exp.over)))
         for name in extra:
             st.caption(f"{pretty(name)} is over channels, not the image: the Explore page shows it for "
                        f"{adapter.name}.")
@@ -174,6 +177,17 @@ def _side_ui(side: str, adapter, entry, img, method: str, extra: list[str], labe
 def _draw_map(img, m, signed: bool, method: str, caption: str, box, display) -> None:
     scale = mapview.scale_for(m, signed, display)
     panels.show_map(img, m, scale, display, box, method=method, caption=caption)
+
+
+def both_maps_picture(image, shown, display):
+    """The compared maps side by side, each over the image at slide size with its legend and title (what it is,
+    on which model), on the scale the page shows it."""
+    pictures = []
+    for m, signed, method, title, box in shown:
+        scale = mapview.scale_for(m, signed, display)
+        pictures.append(mapview.picture(image, m, scale, display, box,
+                                        f"{title} · {mapview.legend_title(method, scale)}"))
+    return render.side_by_side(pictures)
 
 
 def _scale_sentence(results: list[dict[str, Any]]) -> str:
@@ -235,6 +249,12 @@ def main() -> None:
     sentence = _scale_sentence(results)
     if sentence:
         st.caption(sentence)
+    shown = [r["export"] for r in results if "export" in r]
+    if len(shown) == 2:
+        st.download_button("Both maps PNG", lambda: render.to_png_bytes(both_maps_picture(img.image, shown, display)),
+                           file_name=f"attnviz-compare-{img.digest[:8]}.png", mime="image/png", on_click="ignore",
+                           key="dl_compare", help="The two maps side by side in one picture, slide-sized, each with "
+                                                  "its own legend, on the scales shown.")
     st.caption("Deletion AUC: lower is better (the score falls sooner as the map's most important parts go); "
                "insertion AUC: higher is better.")
     _attention_vs_convolution_note()

@@ -97,7 +97,7 @@ def predictions_ui(ctx) -> None:
         chosen = _chosen_target(ctx)
         fig = panels.figure(("predictions", ctx.digest, model_key(adapter), chosen, font),
                             lambda: figures.predictions_figure(rows, chosen, keep_order=True, font_size=font))
-        st.plotly_chart(fig, key="predictions", config={"displayModeBar": False})
+        st.plotly_chart(figures.presented(fig) if font else fig, key="predictions", config={"displayModeBar": False})
         return
     k = min(5 if kind == "class" else 12, len(cap.targets))
     rows = top_k(adapter, cap, k)
@@ -107,7 +107,7 @@ def predictions_ui(ctx) -> None:
     chosen = _chosen_target(ctx)      # the figure is built once per capture, target and font
     fig = panels.figure(("predictions", ctx.digest, model_key(adapter), chosen, font, k),
                         lambda: figures.predictions_figure(rows, chosen, font_size=font))
-    st.plotly_chart(fig, key="predictions", config={"displayModeBar": False})
+    st.plotly_chart(figures.presented(fig) if font else fig, key="predictions", config={"displayModeBar": False})
 
 
 def compute_ui(ctx, spec: MethodSpec, params: dict[str, Any], target: Any) -> Optional[Any]:
@@ -166,11 +166,13 @@ def results_ui(ctx, shown: list[tuple[MethodSpec, Any]], scales: list[mapview.Sc
                                                         cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
                                                         resample=d.resample, box=box, vmin=scale.lo,
                                                         vmax=scale.hi, hover_label=notes.units(spec.name),
-                                                        compact=len(shown) > 1)
-                            st.plotly_chart(fig, key=f"fig:{spec.name}")
+                                                        compact=len(shown) > 1, over=exp.over)
+                            st.plotly_chart(figures.presented(fig) if d.present else fig, key=f"fig:{spec.name}")
                         else:
                             panels.show_map(ctx.img, exp.map, scale, d, ctx.map_box(exp.map.shape, exp.over),
-                                            method=spec.name, caption=map_title(spec, exp))
+                                            method=spec.name, caption=map_title(spec, exp),
+                                            width=panels.present_width(ctx.img.display.size) if d.present
+                                            else "stretch")
     if len(shown) > 1:
         st.caption("Each map has its own colour scale, shown in its legend: the methods measure different things "
                    "in different units (and some have a sign), so one shared scale would wash some of them out. "

@@ -19,6 +19,7 @@ from attnviz.ui.widgets import clicked as _clicked
 from attnviz.ui.widgets import page_header, shared_url_values
 
 PATCH = "a patch"
+PRESENT_MOSAIC = (700, 470)      # presentation mode: the thumbnails' figure at most this wide and tall (1280×720)
 
 
 def _clamp_state(L: int, H: int, rows: int, cols: int, prefix: list[str]) -> None:
@@ -40,7 +41,7 @@ def _apply_url(url: dict[str, str], L: int, H: int, rows: int, cols: int, prefix
     ss = st.session_state
     for key, name in (("h_shared", "shared"), ("h_over", "over")):    # the two switches travel in the link
         if name in url:
-            ss[key] = str(url[name]).lower() in ("1", "true", "yes")
+            ss[key] = str(url[name]).lower() in urlstate.TRUE_WORDS
     if "layer" in url:
         try:
             li = int(url["layer"])
@@ -167,11 +168,11 @@ def main() -> None:
                          help="Each head's map drawn over a small copy of the image (off: the map alone).")
 
     sel = (layer, head) if isinstance(head, int) else None
-    mosaic_box, side_box = (st.container(), st.container()) if d.present else st.columns([5, 3], gap="large")
+    mosaic_box, side_box = st.columns([3, 2] if d.present else [5, 3], gap="large")
     with mosaic_box, guard("Drawing the thumbnails"):
         grid = eng.attention_grid(ctx.adapter, ctx.entry, ctx.digest, query)        # [L, H, rows, cols]
-        st.markdown(f"**Attention from {query_label(query, cap)}**, "
-                    f"layers top to bottom, heads left to right — click one to enlarge")
+        st.markdown(f"**Attention from {query_label(query, cap)}**" + (" · click one to enlarge" if d.present else
+                    ", layers top to bottom, heads left to right — click one to enlarge"))
         # Built once per what it shows (plotly's validation costs tens of ms on every click otherwise).
         alpha = max(d.alpha, 0.5)
         fig = panels.figure(
@@ -180,13 +181,24 @@ def main() -> None:
             lambda: figures.head_mosaic_figure(
                 grid, cmap=d.cmap_for(False), norm=d.norm_for(False), shared=shared, selected=sel,
                 image=_model_view(ctx) if over else None, alpha=alpha,
-                width=960 if d.present else figures.MOSAIC_WIDTH,
+                width=PRESENT_MOSAIC[0] if d.present else figures.MOSAIC_WIDTH,
+                max_height=PRESENT_MOSAIC[1] if d.present else None,
                 font_size=figures.PRESENT_FONT if d.present else None,
                 thumbnails=panels.thumbnails((ctx.digest, model_key(ctx.adapter), query))))
-        st.plotly_chart(fig, key=_chart_key("h_mosaic"), on_select="rerun", selection_mode="points",
+        st.plotly_chart(figures.presented(fig) if d.present else fig, key=_chart_key("h_mosaic"), on_select="rerun",
+                        selection_mode="points",
                         config={"displayModeBar": False}, width="content")
         if not shared:
             st.caption("Each thumbnail on its own scale: compare patterns, not brightness.")
+        view = _model_view(ctx) if over else None
+        st.download_button(
+            "All thumbnails PNG",
+            lambda: render.to_png_bytes(mapview.grid_picture(
+                grid, row_label="L", col_label="h", cmap=d.cmap_for(False), norm=d.norm_for(False), shared=shared,
+                image=view, alpha=alpha, title=f"{ctx.adapter.name}: attention from {query_label(query, cap)}")),
+            file_name=f"attnviz-heads-{ctx.digest[:8]}-{query.replace(',', '_')}.png", mime="image/png",
+            on_click="ignore", key="dl_heads",
+            help="Every layer × head thumbnail in one labelled picture, slide-sized, on the scales shown.")
     with side_box, guard("Drawing the enlarged head"):
         t0 = time.perf_counter()
         exp = eng.explain(ctx.adapter, ctx.entry, ctx.digest, "attention", None,
@@ -194,12 +206,14 @@ def main() -> None:
         scale = mapview.scale_for(exp.map, False, d)
         which = f"head {head}" if isinstance(head, int) else f"{head} of {H} heads"
         panels.show_map(ctx.img, exp.map, scale, d, ctx.box, method="attention",
-                        caption=f"Layer {layer}, {which}: attention from {query_label(query, cap)}")
+                        caption=f"Layer {layer}, {which}: attention from {query_label(query, cap)}",
+                        width=panels.present_width(ctx.img.display.size, PRESENT_MOSAIC[1] - 90) if d.present
+                        else "stretch")
         hover = st.expander("Hover for values", key="h_hover", on_change="rerun")
         if hover.open:   # drawn only when opened: the figure is the costly part of a head switch
             fig = render.heatmap_figure(ctx.img.display, exp.map, cmap=scale.cmap, norm=scale.norm, alpha=d.alpha,
                                         resample=d.resample, box=ctx.box, hover_label="attention weight")
-            hover.plotly_chart(fig, key="h_big")
+            hover.plotly_chart(figures.presented(fig) if d.present else fig, key="h_big")
         st.caption(f"Drawn on the server in {time.perf_counter() - t0:.3f} s, no model run (the one forward pass "
                    "is cached); the browser then takes its own time to receive and show the page.")
 
@@ -208,7 +222,7 @@ def main() -> None:
         st.markdown("**How far and how evenly each head looks** (the ViT paper's Fig. 7, for this image)")
         fig = panels.figure(("h_stats", ctx.digest, model_key(ctx.adapter), sel),
                             lambda: figures.head_stats_figure(dist, ent, lay.n_tokens, selected=sel))
-        st.plotly_chart(fig, key="h_stats", config={"displayModeBar": False})
+        st.plotly_chart(figures.presented(fig) if d.present else fig, key="h_stats", config={"displayModeBar": False})
         st.caption(distance_sentence(dist, "On this image") + " " + notes.HEADS_DISTANCE_GLOSS)
 
     values: dict[str, Any] = {**shared_url_values(ctx), "layer": layer, "head": head, "query": query,

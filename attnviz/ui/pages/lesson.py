@@ -15,7 +15,7 @@ from attnviz import render
 from attnviz.anatomy import Anatomy, attention_anatomies
 from attnviz.headstats import attention_entropy, dino_masks, mean_attention_distance
 from attnviz.methods.hierarchy import is_hierarchical
-from attnviz.ui import figures, panels, state
+from attnviz.ui import figures, panels, state, urlstate
 from attnviz.ui import lesson_figures as lf
 from attnviz.ui.cache import ResultCache
 from attnviz.ui.compute import model_key
@@ -25,7 +25,7 @@ from attnviz.ui.lesson_steps import (STEPS, HeadView, capital, check_sentence, d
                                      heads_sentence, keys_sentence, layer_name, mask_sentence, output_sentence,
                                      patch_grid, query_sentence, scores_sentence, sequence_sentence,
                                      softmax_sentence, step_index, token_label, trend_sentence)
-from attnviz.ui.widgets import chart_key, clicked
+from attnviz.ui.widgets import chart_key, clicked, present_style
 
 PAGES = {"heads": "attnviz/ui/pages/heads.py", "explore": "attnviz/ui/pages/explore.py",
          "caption": "attnviz/ui/pages/caption.py"}
@@ -34,6 +34,12 @@ THIS_IMAGE, SAMPLES = "this image", "the sample images"
 STYLE = """<style>
 .st-key-l_step_box p, .st-key-l_step_box li { font-size: 1.35rem; line-height: 1.55; }
 [class*="st-key-l_fact"] p { font-size: 1.15rem; line-height: 1.5; }
+</style>"""
+# Presentation mode: the root font is already 20 px (widgets.present_style); the paragraph beside its figure.
+PRESENT_STYLE = """<style>
+.st-key-l_step_box p, .st-key-l_step_box li { font-size: 1rem; line-height: 1.45; }
+.st-key-l_step_box h3 { font-size: 1.25rem; padding-top: 0; }
+[class*="st-key-l_fact"] p { font-size: 1rem; line-height: 1.45; }
 </style>"""
 
 
@@ -106,19 +112,29 @@ def _opened(n_layers: int) -> None:
 
 # --- the walk-through box -----------------------------------------------------------------------
 
-def walkthrough_ui(n_layers: int) -> int:
-    """The current step: its number, title and paragraph in large type, and the buttons to move on."""
+def walkthrough_ui(n_layers: int, present: bool = False) -> int:
+    """The current step: its number, title and paragraph in large type, and the buttons to move on (also the
+    ← and → keys). In presentation mode the buttons come right under the title, the step slider last: the
+    buttons stay on the screen however long the paragraph."""
     with st.container(key="l_step_box", border=True):
-        step = st.select_slider("Step", options=list(range(len(STEPS))), key="l_step",
-                                format_func=lambda i: str(i + 1), on_change=_opened, args=(n_layers,))
-        s = STEPS[step]
-        st.subheader(f"Step {step + 1} of {len(STEPS)}: {s.title}")
-        st.markdown(s.text)
-        c1, c2, _ = st.columns([1, 1, 3])
-        c1.button("← Previous step", key="l_prev", on_click=_move, args=(-1, n_layers), disabled=step == 0)
+        slots = [st.container() for _ in range(4)]
+        order = ("title", "buttons", "text", "slider") if present else ("slider", "title", "text", "buttons")
+        slot = dict(zip(order, slots))
+        step = slot["slider"].select_slider("Step", options=list(range(len(STEPS))), key="l_step",
+                                            format_func=lambda i: str(i + 1), on_change=_opened, args=(n_layers,))
+        slot["title"].subheader(f"Step {step + 1} of {len(STEPS)}: {STEPS[step].title}")
+        slot["text"].markdown(STEPS[step].text)
+        c1, c2 = slot["buttons"].columns(2) if present else slot["buttons"].columns([3, 3, 4])[:2]
+        c1.button("← Previous step", key="l_prev", on_click=_move, args=(-1, n_layers), disabled=step == 0,
+                  shortcut="Left", help="Or press ←.")
         c2.button("Next step →", key="l_next", on_click=_move, args=(1, n_layers), disabled=step == len(STEPS) - 1,
-                  type="primary")
+                  type="primary", shortcut="Right", help="Or press →.")
     return step
+
+
+def _chart(fig, **kw) -> None:
+    """st.plotly_chart, with the figure's text enlarged in presentation mode."""
+    st.plotly_chart(figures.presented(fig) if urlstate.presenting() else fig, **kw)
 
 
 def _fact(key: str, text: str) -> None:
@@ -173,7 +189,7 @@ class Lesson:
 
 
 def tokens_section(ls: Lesson) -> None:
-    st.plotly_chart(ls.chart("tokens", lambda: lf.token_strip_figure(ls.layout, ls.query)), key="l_tokens",
+    _chart(ls.chart("tokens", lambda: lf.token_strip_figure(ls.layout, ls.query)), key="l_tokens",
                     config={"displayModeBar": False})
     st.caption(lf.token_legend(ls.layout), unsafe_allow_html=True)
     _fact("tokens", sequence_sentence(ls.layout) + f" The query is {token_label(ls.layout, ls.query)}, "
@@ -181,13 +197,13 @@ def tokens_section(ls: Lesson) -> None:
 
 
 def query_section(ls: Lesson) -> None:
-    st.plotly_chart(ls.chart("q", lambda: lf.vector_figure(ls.view.q, "q")), key="l_q",
+    _chart(ls.chart("q", lambda: lf.vector_figure(ls.view.q, "q")), key="l_q",
                     config={"displayModeBar": False})
     _fact("query", query_sentence(ls.layout, ls.view))
 
 
 def keys_section(ls: Lesson) -> None:
-    st.plotly_chart(ls.chart("k", lambda: lf.keys_figure(ls.view, ls.layout)), key="l_k",
+    _chart(ls.chart("k", lambda: lf.keys_figure(ls.view, ls.layout)), key="l_k",
                     config={"displayModeBar": False})
     _fact("keys", keys_sentence(ls.layout, ls.view))
 
@@ -195,13 +211,13 @@ def keys_section(ls: Lesson) -> None:
 def scores_section(ls: Lesson) -> None:
     v = ls.view
     if v.bias is None:
-        st.plotly_chart(ls.signed_map(v.scores, "q·k/√d"), key="l_scores", config={"displayModeBar": False})
+        _chart(ls.signed_map(v.scores, "q·k/√d"), key="l_scores", config={"displayModeBar": False})
     else:
         parts = (("content: q·k/√d", v.dot), ("position term", v.bias), ("score (sum)", v.scores))
         for col, (label, values), key in zip(st.columns(3), parts, ("l_dot", "l_bias", "l_scores")):
             with col:
                 st.markdown(f"**{label}**")
-                st.plotly_chart(ls.signed_map(values, label, compact=True), key=key, config={"displayModeBar": False})
+                _chart(ls.signed_map(values, label, compact=True), key=key, config={"displayModeBar": False})
     if v.bias is None and ls.an.bias is not None:
         st.caption("This model adds a learned position term before the softmax; for this head and query it "
                    "is zero everywhere, so the map is the content term alone.")
@@ -215,9 +231,9 @@ def softmax_section(ls: Lesson) -> None:
     c1, c2 = st.columns(2)
     with c1:
         fig = ls.picture(v.weights, cmap="inferno", norm=render.default_norm(False), label="weight", compact=True)
-        st.plotly_chart(fig, key="l_softmax", config={"displayModeBar": False})
+        _chart(fig, key="l_softmax", config={"displayModeBar": False})
     with c2:
-        st.plotly_chart(ls.chart("check", lambda: lf.check_figure(v, ls.layout)), key="l_check",
+        _chart(ls.chart("check", lambda: lf.check_figure(v, ls.layout)), key="l_check",
                         config={"displayModeBar": False})
     if ls.layout.n_prefix:
         st.caption(f"Weights of the extra tokens: {ls.prefix_values(v.weights, '.2%')}")
@@ -226,7 +242,7 @@ def softmax_section(ls: Lesson) -> None:
 
 
 def output_section(ls: Lesson) -> None:
-    st.plotly_chart(ls.chart("output", lambda: lf.weighted_sum_figure(ls.view, ls.layout)), key="l_output",
+    _chart(ls.chart("output", lambda: lf.weighted_sum_figure(ls.view, ls.layout)), key="l_output",
                     config={"displayModeBar": False})
     _fact("output", output_sentence(ls.layout, ls.view))
 
@@ -279,7 +295,7 @@ def distance_section(ls: Lesson) -> None:
     over_what = (tuple(samples), ctx.digest) if over == SAMPLES and samples else ctx.digest
     fig = panels.figure(("l_distance", over_what, model_key(ctx.adapter), sel),
                         lambda: figures.head_stats_figure(dist, ent, ls.layout.n_tokens, selected=sel))
-    st.plotly_chart(fig, key="l_distance", config={"displayModeBar": False})
+    _chart(fig, key="l_distance", config={"displayModeBar": False})
     st.caption("Left: one dot per head and layer (the chosen head ringed). Right: each head's entropy, how "
                "evenly it spreads its attention (the dotted line is perfectly even).")
     _fact("distance", distance_sentence(dist, where) + " " + trend_sentence(dist))
@@ -328,19 +344,20 @@ SECTIONS: dict[str, Callable[[Lesson], None]] = {
     "dino": dino_section, "explain": explain_section}
 
 
-def picker_ui(ls: Lesson) -> None:
-    """The image cut into patches; a click makes a patch the query."""
+def picker_ui(ls: Lesson, inputs: bool = True) -> None:
+    """The image cut into patches; a click makes a patch the query (``inputs``: with row and column boxes)."""
     ctx, lay = ls.ctx, ls.layout
     st.markdown(f"**Click a patch** · layer {ls.layer}, head {ls.head}, query {token_label(lay, ls.query)}")
     box = None if ctx.box is None else tuple(ctx.box)
     # built once per image, grid and chosen patch (the image's PNG and the grid lines cost ~150 ms a run)
     fig = panels.figure(("l_picker", ctx.img.digest, box, lay.rows, lay.cols, ls.row, ls.col),
                         lambda: lf.patch_grid_picker(ctx.img.display, lay, box=ctx.box, selected=(ls.row, ls.col)))
-    st.plotly_chart(fig, key=chart_key("l_patch"), on_select="rerun", selection_mode="points",
+    _chart(fig, key=chart_key("l_patch"), on_select="rerun", selection_mode="points",
                     config={"displayModeBar": False})
-    c1, c2 = st.columns(2)
-    c1.number_input("Patch row", 0, lay.rows - 1, step=1, key="l_row")
-    c2.number_input("Patch column", 0, lay.cols - 1, step=1, key="l_col")
+    if inputs:
+        c1, c2 = st.columns(2)
+        c1.number_input("Patch row", 0, lay.rows - 1, step=1, key="l_row")
+        c2.number_input("Patch column", 0, lay.cols - 1, step=1, key="l_col")
 
 
 def _draw(ls: Lesson, keys: list[str], guided: bool) -> None:
@@ -354,9 +371,13 @@ def _draw(ls: Lesson, keys: list[str], guided: bool) -> None:
 
 
 def main() -> None:
-    st.markdown(STYLE, unsafe_allow_html=True)
+    present = urlstate.presenting()
+    st.markdown(PRESENT_STYLE if present else STYLE, unsafe_allow_html=True)
+    if present:
+        present_style()
     st.title("How attention works")
-    st.caption("One layer of the model taken apart on your image, with the model's own numbers.")
+    if not present:
+        st.caption("One layer of the model taken apart on your image, with the model's own numbers.")
     ctx = None
     with guard("Preparing the image and model"):
         ctx = load_context()
@@ -376,6 +397,9 @@ def main() -> None:
     hit = clicked("l_patch")
     if hit is not None:
         st.session_state["l_row"], st.session_state["l_col"] = hit
+    if present and st.session_state.get("l_guided", True):
+        _present(ctx, L, H)
+        return
     guided = st.toggle("Guided walk-through, one step at a time", key="l_guided",
                        help="Off: every step on one page.")
     step: Optional[int] = walkthrough_ui(L) if guided else None
@@ -397,6 +421,38 @@ def main() -> None:
         with right:
             _draw(ls, beside, guided)
     _draw(ls, [s.key for s in shown if not s.needs_query], guided)
+
+
+def _present(ctx, L: int, H: int) -> None:
+    """Presentation mode, one step at a time: the step's text and buttons on the left, its figure on the right
+    (beside the patch picker when the step follows a query); layer, head and the walk-through switch folded."""
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        step = walkthrough_ui(L, present=True)
+        with st.expander("Layer, head and query patch", expanded=False):
+            st.toggle("Guided walk-through, one step at a time", key="l_guided", help="Off: every step on one page.")
+            c1, c2 = st.columns(2)
+            layer = c1.slider("Layer", 0, L - 1, key="l_layer") if L > 1 else 0
+            head = c2.selectbox("Head", list(range(H)), key="l_head", format_func=lambda h: f"head {h}")
+            c1, c2 = st.columns(2)
+            c1.number_input("Patch row", 0, ctx.capture.layout.rows - 1, step=1, key="l_row")
+            c2.number_input("Patch column", 0, ctx.capture.layout.cols - 1, step=1, key="l_col")
+    ls = None
+    with right, guard("Taking the layer apart"), st.spinner("Taking the layer apart (one more model run)…"):
+        an = layer_anatomy(ctx.digest, int(layer), ctx.adapter, ctx.capture.inputs)
+        ls = Lesson(ctx, an, int(layer), int(head), int(st.session_state["l_row"]), int(st.session_state["l_col"]))
+    if ls is None:
+        return
+    s = STEPS[step]
+    with right:
+        if s.needs_query:
+            pick, fig = st.columns([2, 3])
+            with pick:
+                picker_ui(ls, inputs=False)
+            with fig:
+                _draw(ls, [s.key], True)
+        else:
+            _draw(ls, [s.key], True)
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ def draw_maps(ctx, method: str, exps, words: dict, probs: np.ndarray, d) -> None
                         if hover:
                             fig = render.heatmap_figure(ctx.img.display, exp.map, title=label, cmap=cmap, norm=norm,
                                                         alpha=d.alpha, resample=d.resample, box=ctx.box, vmin=vmin,
-                                                        vmax=vmax, compact=True)
+                                                        vmax=vmax, compact=True, over=exp.over)
                             st.plotly_chart(fig, key=f"pr_fig:{t.index}")
                         else:
                             st.image(panels.overlay_image(ctx.img.digest, ctx.img.display, exp.map, scale, d,
