@@ -45,18 +45,20 @@ def _concurrently(fns):
 
 
 def test_batched_captures_equal_single_image_captures(deit):
-    """Three sessions' uploads run as ONE batch; each image's scores, attentions, top-target gradients and
-    relevance map equal the model run on that image alone, and a later target's gradients (a new request
-    through the line) equal that image's own backward."""
+    """Three sessions' uploads run as ONE batched forward, handed out before its backward; with no new image
+    waiting, the same lane then runs the batch's one backward. Each image's scores, attentions, top-target
+    gradients and relevance map equal the model run on that image alone, and a later target's gradients
+    (a new request through the line) equal that image's own backward."""
     images = _images(3)
     server = ModelServer(deit, max_batch=3, window=5.0)     # a long window: the batch fills before it runs
     caps = _concurrently([lambda im=im: server.capture(deit.prepare(im)) for im in images])
     assert server.batcher.batch_sizes == [3]
     for im, cap in zip(images, caps):
         alone = attnviz.capture(deit, im)                      # the adapter's own single-image forward
-        assert cap._grad_fn is not None and len(cap._grads) == 1
+        assert cap._grad_fn is not None and cap._grads == {}   # handed out after the forward alone
         top = deit.resolve_target(alone, None).index
-        assert list(cap._grads) == [top]                       # the first map's backward came with it
+        cap.attention_grads(top)
+        assert list(cap._grads) == [top] and server.batcher.batch_sizes == [3]   # from the batch's own backward
         torch.testing.assert_close(cap.scores, alone.scores, atol=1e-5, rtol=1e-4)
         for a, b in zip(cap.attentions, alone.attentions):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
@@ -70,6 +72,56 @@ def test_batched_captures_equal_single_image_captures(deit):
     assert server.batcher.batch_sizes == [3, 1]
     for a, b in zip(got, attnviz.capture(deit, images[0]).attention_grads(other)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_a_burst_gets_its_forwards_first_and_relevance_equal_to_the_one_shot_capture(deit):
+    """While new images wait, a forward's lane gives its graph up instead of running the backward: the
+    waiting images' forwards go first, and the relevance of a capture whose backward came later (a new
+    forward + backward through the line) equals the one-shot capture's (and the model run alone)."""
+    from attnviz.serve.batched import run_forward
+    images = _images(3, seed=11)
+    server = ModelServer(deit, max_batch=1, window=0.0)
+    deit.lock.acquire()                          # the model is busy: the three uploads line up behind it
+    try:
+        threads_out = [None] * 3
+
+        def upload(i):
+            threads_out[i] = server.capture(deit.prepare(images[i]))
+        threads = []
+        for i in range(3):
+            threads.append(threading.Thread(target=upload, args=(i,)))
+            threads[-1].start()
+            deadline = time.monotonic() + 10
+            while server.batcher.waiting() < i + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        deit.lock.release()
+    for t in threads:
+        t.join(60)
+    caps = threads_out
+    assert server.batcher.batch_sizes == [1, 1, 1]              # three forwards, nothing else yet
+    for im, cap in zip(images, caps):
+        one_shot = run_batch(deit, [Work(deit.prepare(im))])[0]  # forward and backward at once
+        alone = attnviz.capture(deit, im)
+        top = deit.resolve_target(alone, None).index
+        for a, b in zip(cap.attentions, alone.attentions):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        m = attnviz.explain(deit, cap, "relevance", top).map
+        np.testing.assert_allclose(m, attnviz.explain(deit, one_shot, "relevance", top).map, atol=1e-6)
+        np.testing.assert_allclose(m, attnviz.explain(deit, alone, "relevance", top).map, atol=1e-5)
+    # the first two gave their graph up (new images were waiting): their backward was a new request each;
+    # the last one's lane found the line empty and ran its backward at once
+    assert server.batcher.batch_sizes == [1, 1, 1, 1, 1]
+    # the split path itself: a forward whose backward runs later gives the one-shot numbers
+    works = [Work(deit.prepare(im)) for im in images]
+    fw = run_forward(deit, works)
+    assert all(c._grads == {} and c._grad_fn is None for c in fw.captures)
+    fw.finish(backward=True)
+    for i, ref in enumerate(run_batch(deit, works)):
+        t = fw.targets[i]
+        for a, b in zip(fw.gradients(i, t)["attentions"], ref.attention_grads(t)):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert fw.gradients(0, fw.targets[0] + 1) is None            # another target: not from this backward
 
 
 def test_no_image_depends_on_its_batch_mates(deit):
@@ -115,6 +167,41 @@ def test_first_maps_go_ahead_of_later_requests():
     s = batcher.stats()
     assert s["batches"] == 4 and s["requests"] == 6 and s["max_batch"] == 2
     assert later[2].queue_wait >= 0.8 and s["wait_max_s"] == pytest.approx(later[2].queue_wait)
+
+
+def test_after_runs_in_the_lane_once_waiters_have_their_results_and_knows_whether_first_requests_wait():
+    """``after(values, idle)`` follows each batch in its lane, after its waiters were released; ``idle`` is
+    False while a first request waits, True otherwise (later requests do not count)."""
+    seen, release = [], threading.Event()
+
+    def after(values, idle):
+        seen.append((list(values), idle))
+        if values == ["A"]:
+            assert release.wait(5)               # the waiter of "a" already has its result
+    batcher = Batcher(lambda ps: [p.upper() for p in ps], max_batch=1, window=0.0, after=after)
+    a = batcher.submit("a", first=True)
+    assert a.done.wait(5) and batcher.wait(a) == "A" and a.run_cpu_s >= 0
+    batcher.submit("b")                          # a later request waits behind the running "after"
+    f = batcher.submit("c", first=True)          # and a first one goes ahead of it
+    release.set()
+    batcher.wait(f)
+    deadline = time.monotonic() + 5
+    while len(seen) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [(["A"], True), (["C"], True), (["B"], True)]
+    seen.clear()
+    gate = threading.Event()
+    b2 = Batcher(lambda ps: [gate.wait(5) and p for p in ps], max_batch=1, window=0.0, after=after)
+    x = b2.submit("x", first=True)
+    y = b2.submit("y", first=True)
+    z = b2.submit("z")
+    gate.set()
+    for r in (x, y, z):
+        b2.wait(r)
+    deadline = time.monotonic() + 5
+    while len(seen) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [(["x"], False), (["y"], True), (["z"], True)]
 
 
 def test_a_lone_request_waits_at_most_the_window_and_errors_reach_every_waiter():

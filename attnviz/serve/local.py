@@ -1,11 +1,14 @@
-"""One model's batching line in the app process: sessions' captures and backwards share batches.
+"""One model's batching line in the app process: sessions' forwards and backwards share batches.
 
 :class:`ModelServer` is what the app's engine calls instead of ``adapter.capture`` for a family that
-batches (``batched.batchable``): a capture request (a session's first map: forward, and the backward
-for its top target) waits in a :class:`~attnviz.queue.Batcher` until it runs with other sessions'
-requests in one batch (:func:`~.batched.run_batch`). The capture it returns keeps no graph: a later
-backward for another target (a session choosing another class) is a new request in the same line,
-recomputing that image's forward with the others of its batch. First maps go before such later requests.
+batches (``batched.batchable``). A capture request (a session's new image) waits in a
+:class:`~attnviz.queue.Batcher` until it runs with other sessions' new images in one batched **forward**
+(:func:`~.batched.run_forward`): the page gets its capture as soon as that forward is done, enough for
+every class-agnostic view (attention rollout: the page's first map). The lane that ran the forward then
+runs the batch's ONE backward for every image's top target, unless other sessions' new images are
+waiting: those go first, the graph is given up, and a page's class-specific map (relevance, the default)
+becomes a later request in the same line (:func:`~.batched.run_batch`: that image's forward and backward
+again, batched with others), served after every waiting forward. A capture keeps no graph either way.
 
 The app reads the batch size and wait window from ``ATTNVIZ_BATCH`` and ``ATTNVIZ_BATCH_WINDOW_MS``
 (``ui/settings.py``; README "Batching a burst").
@@ -21,7 +24,7 @@ from typing import Any, Optional
 
 from ..queue import Batcher, TurnLock
 from ..types import Capture
-from .batched import Work, batch_key, batchable, run_batch
+from .batched import Forward, Work, batch_key, batchable, run_batch, run_forward
 
 MAX_BATCH = 4          # the app's default (ui/settings.py, measured: README "Batching a burst")
 WINDOW_S = 0.05        # how long a lone request waits for batch-mates (README "Batching a burst")
@@ -35,16 +38,34 @@ class ModelServer:
         self.adapter, self.log = adapter, log
         self._log_lock = threading.Lock()
         lock = adapter.lock if isinstance(getattr(adapter, "lock", None), TurnLock) else None
-        self.batcher = Batcher(functools.partial(run_batch, adapter), max_batch=max_batch, window=window,
+        self.batcher = Batcher(self._run_batch, max_batch=max_batch, window=window,
                                lanes=lanes, lock=lock, name=f"attnviz-batch-{getattr(adapter, 'name', 'model')}",
-                               on_batch=self._write_log if log else None)
+                               on_batch=self._write_log if log else None, after=self._after)
+
+    def _run_batch(self, works: list[Work]) -> list:
+        """A batch of one kind (``batch_key``): forwards alone -> (capture, its Forward, its row); else captures
+        with their target's gradients."""
+        if works[0].forward:
+            fw = run_forward(self.adapter, works)
+            return [(c, fw, i) for i, c in enumerate(fw.captures)]
+        return run_batch(self.adapter, works)
+
+    @staticmethod
+    def _after(values: list, idle: bool) -> None:
+        """After a forward batch is handed out: its backward now if no new image waits, else the graph goes."""
+        if values and isinstance(values[0], tuple) and isinstance(values[0][1], Forward):
+            values[0][1].finish(backward=idle)
 
     def _write_log(self, batch: list, seconds: float) -> None:
         """One JSON line per batch in ``log`` (``ATTNVIZ_BATCH_LOG``): what ``attnviz loadtest`` reads for
         the batch sizes and queue waits. Appended whole, so several app servers may share one file."""
         line = json.dumps({"t": time.time(), "pid": os.getpid(), "model": getattr(self.adapter, "name", ""),
                            "size": len(batch), "first": sum(1 for r in batch if r.first),
-                           "waits_s": [round(r.queue_wait, 4) for r in batch], "run_s": round(seconds, 4)})
+                           "kind": "forward" if batch[0].payload.forward else "backward",
+                           "followed": bool(batch[0].payload.forward and isinstance(batch[0].value, tuple)
+                                            and batch[0].value[1].ran_backward),
+                           "waits_s": [round(r.queue_wait, 4) for r in batch], "run_s": round(seconds, 4),
+                           "run_cpu_s": round(batch[0].run_cpu_s, 4), "after_cpu_s": round(batch[0].after_cpu_s, 4)})
         with self._log_lock, open(self.log, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
@@ -61,16 +82,27 @@ class ModelServer:
     def _run(self, work: Work, first: bool) -> Capture:
         if self._inline():
             return run_batch(self.adapter, [work])[0]
-        return self.batcher(work, key=batch_key(work.inputs), first=first)
+        return self.batcher(work, key=batch_key(work.inputs, "backward"), first=first)
 
     def capture(self, inputs: dict[str, Any], *, first: bool = True) -> Capture:
-        """One image's capture with its top target's gradients; later targets come through the line too."""
-        cap = self._run(Work(inputs), first)
-        cap._grad_fn = functools.partial(self._grads, inputs)
+        """One image's capture as soon as its (batched) forward is done; its gradients for any target come
+        when first asked for (the top target's from the batch's own backward when that ran, else through the
+        line, behind every new image). A page that already holds the model's lane gets forward and
+        backward at once, as before."""
+        if self._inline():
+            cap = run_batch(self.adapter, [Work(inputs)])[0]
+            fw, i = None, 0
+        else:
+            cap, fw, i = self.batcher(Work(inputs, forward=True), key=batch_key(inputs, "forward"), first=first)
+        cap._grad_fn = functools.partial(self._grads, inputs, fw, i)
         return cap
 
-    def _grads(self, inputs: dict[str, Any], target: int) -> dict[str, Any]:
-        """A capture's gradient function: that image's forward and backward again, batched with others."""
+    def _grads(self, inputs: dict[str, Any], fw: Optional[Forward], i: int, target: int) -> dict[str, Any]:
+        """A capture's gradient function: its batch's backward when it gave this target, else that image's
+        forward and backward again, batched with others at the back of the line."""
+        got = fw.gradients(i, int(target)) if fw is not None else None
+        if got is not None:
+            return got
         return self._run(Work(inputs, int(target)), False)._grads[int(target)]
 
     def stats(self) -> dict[str, Any]:
