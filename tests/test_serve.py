@@ -53,6 +53,7 @@ def test_batched_captures_equal_single_image_captures(deit):
     server = ModelServer(deit, max_batch=3, window=5.0)     # a long window: the batch fills before it runs
     caps = _concurrently([lambda im=im: server.capture(deit.prepare(im)) for im in images])
     assert server.batcher.batch_sizes == [3]
+    assert not any(c._grad_fn.waits(deit.resolve_target(c, None).index) for c in caps)   # the backward follows
     for im, cap in zip(images, caps):
         alone = attnviz.capture(deit, im)                      # the adapter's own single-image forward
         assert cap._grad_fn is not None and cap._grads == {}   # handed out after the forward alone
@@ -100,6 +101,10 @@ def test_a_burst_gets_its_forwards_first_and_relevance_equal_to_the_one_shot_cap
         t.join(60)
     caps = threads_out
     assert server.batcher.batch_sizes == [1, 1, 1]              # three forwards, nothing else yet
+    tops = [deit.resolve_target(c, None).index for c in caps]
+    # what a page reads to decide whether to show the forward's own map first (explore.first_view_ui)
+    assert [c._grad_fn.waits(t) for c, t in zip(caps, tops)] == [True, True, False]
+    assert caps[2]._grad_fn.waits(tops[2] + 1)                   # another class always waits in line
     for im, cap in zip(images, caps):
         one_shot = run_batch(deit, [Work(deit.prepare(im))])[0]  # forward and backward at once
         alone = attnviz.capture(deit, im)

@@ -26,7 +26,11 @@ def read(path: Optional[str], since: float, until: float) -> list[dict]:
 
 def summary(batches: list[dict]) -> dict:
     """Batches, requests, batch size mean / max and a histogram, queue waits p50 / p95 / max (seconds),
-    the model's seconds per batch (p50), and how many requests were first maps."""
+    the model's seconds per batch (p50), how many requests were first maps, and per kind of batch
+    (``forward``: new images, handed out after the forward; ``backward``: a forward and backward for a
+    target whose gradients were not ready) the batches, images and the lane's CPU seconds per image; for
+    forwards, how many were followed by their batch's backward at once (the line had no new image
+    waiting) and that backward's CPU seconds per image."""
     if not batches:
         return {"batches": 0, "requests": 0}
     sizes = np.array([b["size"] for b in batches])
@@ -35,11 +39,22 @@ def summary(batches: list[dict]) -> dict:
     hist: dict[int, int] = {}
     for s in sizes.tolist():
         hist[int(s)] = hist.get(int(s), 0) + 1
+    kinds = {}
+    for kind in ("forward", "backward"):
+        bs = [b for b in batches if b.get("kind") == kind]
+        if bs:
+            images = sum(b["size"] for b in bs)
+            followed = [b for b in bs if b.get("followed")]
+            kinds[kind] = {"batches": len(bs), "images": images,
+                           "cpu_per_image_s": sum(b.get("run_cpu_s", 0.0) for b in bs) / images,
+                           "followed_images": sum(b["size"] for b in followed),
+                           "after_cpu_per_image_s": (sum(b.get("after_cpu_s", 0.0) for b in followed)
+                                                     / max(1, sum(b["size"] for b in followed)))}
     return {"batches": int(len(sizes)), "requests": int(sizes.sum()), "first_maps": int(sum(b.get("first", 0) for b in batches)),
             "mean_size": float(sizes.mean()), "max_size": int(sizes.max()), "sizes": dict(sorted(hist.items())),
             "wait_p50_s": float(np.percentile(waits, 50)), "wait_p95_s": float(np.percentile(waits, 95)),
             "wait_max_s": float(waits.max()), "run_p50_s": float(np.percentile(runs, 50)),
-            "servers": len({b.get("pid") for b in batches})}
+            "servers": len({b.get("pid") for b in batches}), "kinds": kinds}
 
 
 def lines(s: dict) -> list[str]:
@@ -48,8 +63,20 @@ def lines(s: dict) -> list[str]:
         return ["batching: no batch log (the model does not batch, ATTNVIZ_BATCH=1, or --batch-log was not given "
                 "for an app started elsewhere with ATTNVIZ_BATCH_LOG)"]
     hist = ", ".join(f"{k}×{v}" for k, v in s["sizes"].items())
-    return [f"batching: {s['requests']} requests ({s['first_maps']} first maps) in {s['batches']} batches on "
-            f"{s['servers']} server(s); size mean {s['mean_size']:.1f}, max {s['max_size']} (size×count: {hist}); "
-            f"model time per batch p50 {s['run_p50_s']:.2f} s",
-            f"queue wait before a batch: p50 {s['wait_p50_s']:.3f} s, p95 {s['wait_p95_s']:.3f} s, "
-            f"max {s['wait_max_s']:.3f} s"]
+    out = [f"batching: {s['requests']} requests ({s['first_maps']} first maps) in {s['batches']} batches on "
+           f"{s['servers']} server(s); size mean {s['mean_size']:.1f}, max {s['max_size']} (size×count: {hist}); "
+           f"model time per batch p50 {s['run_p50_s']:.2f} s",
+           f"queue wait before a batch: p50 {s['wait_p50_s']:.3f} s, p95 {s['wait_p95_s']:.3f} s, "
+           f"max {s['wait_max_s']:.3f} s"]
+    k = s.get("kinds", {})
+    if "forward" in k:
+        f = k["forward"]
+        out.append(f"  new images' forwards: {f['images']} images in {f['batches']} batches, "
+                   f"{f['cpu_per_image_s']:.2f} CPU s per image; {f['followed_images']} followed at once by their "
+                   f"batch's backward ({f['after_cpu_per_image_s']:.2f} CPU s per image), the others' graphs "
+                   "given up while new images waited")
+    if "backward" in k:
+        b = k["backward"]
+        out.append(f"  later backwards (forward + backward again): {b['images']} images in {b['batches']} batches, "
+                   f"{b['cpu_per_image_s']:.2f} CPU s per image")
+    return out

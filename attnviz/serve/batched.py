@@ -78,12 +78,15 @@ class Forward:
         self._batch, self.captures, self.targets = list(batch), captures, targets
         self._grads: list[Optional[dict]] = [None] * len(captures)
         self._done = threading.Event()
-        self.ran_backward = False
+        self._decided = threading.Event()
+        self.ran_backward = self.planned = False
 
     def finish(self, backward: bool) -> None:
         """Run the batch's backward (``backward``) or not; then drop the graph. Once; never raises."""
-        if self._done.is_set():
+        if self._decided.is_set():
             return
+        self.planned = bool(backward)
+        self._decided.set()
         try:
             if backward:
                 with torch.enable_grad():
@@ -99,6 +102,13 @@ class Forward:
             # each capture's gradient function keeps this object: it keeps no batch-mate's capture
             self._batch, self.captures = [], []
             self._done.set()
+
+    def coming(self, i: int, target: int, timeout: float = 0.2) -> bool:
+        """Whether this batch's backward gives (or gave) image ``i``'s gradients for ``target``: the owner
+        decides right after handing the captures out (waited for up to ``timeout`` seconds)."""
+        if target != self.targets[i] or not self._decided.wait(timeout) or not self.planned:
+            return False
+        return not self._done.is_set() or self._grads[i] is not None
 
     def gradients(self, i: int, target: int, timeout: Optional[float] = None) -> Optional[dict]:
         """Image ``i``'s gradients for ``target`` from this batch's backward, or None (not its top target,

@@ -15,7 +15,6 @@ The app reads the batch size and wait window from ``ATTNVIZ_BATCH`` and ``ATTNVI
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import threading
@@ -94,19 +93,30 @@ class ModelServer:
             fw, i = None, 0
         else:
             cap, fw, i = self.batcher(Work(inputs, forward=True), key=batch_key(inputs, "forward"), first=first)
-        cap._grad_fn = functools.partial(self._grads, inputs, fw, i)
+        cap._grad_fn = _CaptureGrads(self, inputs, fw, i)
         return cap
-
-    def _grads(self, inputs: dict[str, Any], fw: Optional[Forward], i: int, target: int) -> dict[str, Any]:
-        """A capture's gradient function: its batch's backward when it gave this target, else that image's
-        forward and backward again, batched with others at the back of the line."""
-        got = fw.gradients(i, int(target)) if fw is not None else None
-        if got is not None:
-            return got
-        return self._run(Work(inputs, int(target)), False)._grads[int(target)]
 
     def stats(self) -> dict[str, Any]:
         return self.batcher.stats()
+
+
+class _CaptureGrads:
+    """A served capture's gradient function: its batch's own backward when that gives the target, else
+    that image's forward and backward again, batched with others at the back of the line."""
+
+    def __init__(self, server: ModelServer, inputs: dict[str, Any], fw: Optional[Forward], i: int):
+        self.server, self.inputs, self.fw, self.i = server, inputs, fw, i
+
+    def waits(self, target: int) -> bool:
+        """Whether ``target``'s gradients need a request in the line (its batch's backward does not give
+        them): a page shows the forward's own map meanwhile."""
+        return self.fw is None or not self.fw.coming(self.i, int(target))
+
+    def __call__(self, target: int) -> dict[str, Any]:
+        got = self.fw.gradients(self.i, int(target)) if self.fw is not None else None
+        if got is not None:
+            return got
+        return self.server._run(Work(self.inputs, int(target)), False)._grads[int(target)]
 
 
 def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S,
