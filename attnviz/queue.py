@@ -263,17 +263,18 @@ class Batcher:
             if req in self._line:
                 self._line.remove(req)
 
-    def wait(self, req: Request, on_wait: Optional[Callable[[int], None]] = None) -> Any:
+    def wait(self, req: Request, on_wait: Optional[Callable[[int], None]] = None, *, withdraw: bool = True) -> Any:
         """``req``'s result (its exception raised here). ``on_wait(ahead)`` (default: the thread's
         :func:`notices`) is called every ``every`` seconds while it waits; an exception from it (the page
-        was stopped) withdraws the request and propagates."""
+        was stopped) withdraws the request (unless ``withdraw`` is False: others need it) and propagates."""
         on_wait = on_wait if on_wait is not None else getattr(_notice, "fn", None)
         try:
             while not req.done.wait(self.every):
                 if on_wait is not None:
                     on_wait(self.ahead(req))
         except BaseException:
-            self.abandon(req)
+            if withdraw:
+                self.abandon(req)
             raise
         if req.error is not None:
             raise req.error

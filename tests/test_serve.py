@@ -75,13 +75,15 @@ def test_batched_captures_equal_single_image_captures(deit):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_a_burst_gets_its_forwards_first_and_relevance_equal_to_the_one_shot_capture(deit):
-    """While new images wait, a forward's lane gives its graph up instead of running the backward: the
-    waiting images' forwards go first, and the relevance of a capture whose backward came later (a new
-    forward + backward through the line) equals the one-shot capture's (and the model run alone)."""
+@pytest.mark.parametrize("hold", [0, 8])
+def test_a_burst_gets_its_forwards_first_and_relevance_equal_to_the_one_shot_capture(deit, hold):
+    """While new images wait, a forward's lane does not run the backward: the waiting images' forwards go
+    first. With ``hold`` 0 the graph is given up and the relevance of a capture whose backward came later (a
+    new forward + backward through the line) equals the one-shot capture's (and the model run alone); with
+    room to hold graphs, the batch's own backward runs later as a request in the line, with the same maps."""
     from attnviz.serve.batched import run_forward
     images = _images(3, seed=11)
-    server = ModelServer(deit, max_batch=1, window=0.0)
+    server = ModelServer(deit, max_batch=1, window=0.0, hold=hold)
     deit.lock.acquire()                          # the model is busy: the three uploads line up behind it
     try:
         threads_out = [None] * 3
@@ -100,10 +102,19 @@ def test_a_burst_gets_its_forwards_first_and_relevance_equal_to_the_one_shot_cap
     for t in threads:
         t.join(60)
     caps = threads_out
-    assert server.batcher.batch_sizes == [1, 1, 1]              # three forwards, nothing else yet
     tops = [deit.resolve_target(c, None).index for c in caps]
-    # what a page reads to decide whether to show the forward's own map first (explore.first_view_ui)
-    assert [c._grad_fn.waits(t) for c, t in zip(caps, tops)] == [True, True, False]
+    if hold == 0:
+        assert server.batcher.batch_sizes == [1, 1, 1]          # three forwards, nothing else yet
+        # what a page reads to decide whether to show the forward's own map first (explore.first_view_ui)
+        assert [c._grad_fn.waits(t) for c, t in zip(caps, tops)] == [True, True, False]
+    else:
+        deadline = time.monotonic() + 30
+        while len(server.batcher.batch_sizes) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # three forwards, then the two held graphs' backwards, behind the third forward (its backward ran at once)
+        assert server.batcher.batch_sizes == [1, 1, 1, 1, 1] and server._held == 0
+        assert [c._grad_fn.fw.request is not None for c in caps] == [True, True, False]
+        assert not any(c._grad_fn.waits(t) for c, t in zip(caps, tops))
     assert caps[2]._grad_fn.waits(tops[2] + 1)                   # another class always waits in line
     for im, cap in zip(images, caps):
         one_shot = run_batch(deit, [Work(deit.prepare(im))])[0]  # forward and backward at once
@@ -114,8 +125,8 @@ def test_a_burst_gets_its_forwards_first_and_relevance_equal_to_the_one_shot_cap
         m = attnviz.explain(deit, cap, "relevance", top).map
         np.testing.assert_allclose(m, attnviz.explain(deit, one_shot, "relevance", top).map, atol=1e-6)
         np.testing.assert_allclose(m, attnviz.explain(deit, alone, "relevance", top).map, atol=1e-5)
-    # the first two gave their graph up (new images were waiting): their backward was a new request each;
-    # the last one's lane found the line empty and ran its backward at once
+    # hold 0: the first two gave their graph up (new images were waiting): their backward was a new request
+    # each; the last one's lane found the line empty and ran its backward at once. hold 8: nothing new ran.
     assert server.batcher.batch_sizes == [1, 1, 1, 1, 1]
     # the split path itself: a forward whose backward runs later gives the one-shot numbers
     works = [Work(deit.prepare(im)) for im in images]

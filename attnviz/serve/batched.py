@@ -69,9 +69,10 @@ class Forward:
 
     ``captures[i]`` is image i's capture without gradients; ``targets[i]`` its top target. The batch's graph
     is kept until :meth:`finish`: with ``backward=True`` ONE backward gives every image its top target's
-    gradients (``gradients(i, t)``), then the graph goes; with False the graph just goes. A page that asks
-    before then waits for it (the owner calls ``finish`` right after handing the captures out, in the same
-    lane); a page that asks for another target, or after the graph was given up, gets None.
+    gradients (``gradients(i, t)``), then the graph goes; with False the graph just goes. The owner decides
+    right after handing the captures out: the backward now (in the same lane), later (:meth:`hold`: a
+    request in its line, the graph kept meanwhile), or never. A page that asks before the backward ran
+    waits for it; a page that asks for another target, or after the graph was given up, gets None.
     """
 
     def __init__(self, batch: Sequence[Capture], captures: list[Capture], targets: list[int]):
@@ -80,13 +81,23 @@ class Forward:
         self._done = threading.Event()
         self._decided = threading.Event()
         self.ran_backward = self.planned = False
+        self.request: Any = None          # the line's request that will run the backward later (``hold``)
+
+    def hold(self, request: Any) -> None:
+        """The backward runs later, as ``request`` in the owner's line; the graph is kept until then."""
+        if not self._decided.is_set():
+            self.request, self.planned = request, True
+            self._decided.set()
 
     def finish(self, backward: bool) -> None:
-        """Run the batch's backward (``backward``) or not; then drop the graph. Once; never raises."""
-        if self._decided.is_set():
+        """Run the batch's backward (``backward``, or as planned by :meth:`hold`) or not; then drop the graph.
+        Once; never raises."""
+        if self._done.is_set():
             return
-        self.planned = bool(backward)
-        self._decided.set()
+        if not self._decided.is_set():
+            self.planned = bool(backward)
+            self._decided.set()
+        backward = self.planned
         try:
             if backward:
                 with torch.enable_grad():
@@ -103,7 +114,7 @@ class Forward:
             self._batch, self.captures = [], []
             self._done.set()
 
-    def coming(self, i: int, target: int, timeout: float = 0.2) -> bool:
+    def coming(self, i: int, target: int, timeout: float = 1.0) -> bool:
         """Whether this batch's backward gives (or gave) image ``i``'s gradients for ``target``: the owner
         decides right after handing the captures out (waited for up to ``timeout`` seconds)."""
         if target != self.targets[i] or not self._decided.wait(timeout) or not self.planned:

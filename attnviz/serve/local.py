@@ -6,9 +6,11 @@ batches (``batched.batchable``). A capture request (a session's new image) waits
 (:func:`~.batched.run_forward`): the page gets its capture as soon as that forward is done, enough for
 every class-agnostic view (attention rollout: the page's first map). The lane that ran the forward then
 runs the batch's ONE backward for every image's top target, unless other sessions' new images are
-waiting: those go first, the graph is given up, and a page's class-specific map (relevance, the default)
-becomes a later request in the same line (:func:`~.batched.run_batch`: that image's forward and backward
-again, batched with others), served after every waiting forward. A capture keeps no graph either way.
+waiting: those go first. The batch's graph then waits for its backward as a request in the same line,
+behind every new image, while fewer than ``hold`` images' graphs wait (about 140 MB each for ViT-B/16);
+beyond that the graph is given up, and a page's class-specific map (relevance, the default) becomes a
+later request (:func:`~.batched.run_batch`: that image's forward and backward again, batched with
+others). A capture keeps no graph in any case.
 
 The app reads the batch size and wait window from ``ATTNVIZ_BATCH`` and ``ATTNVIZ_BATCH_WINDOW_MS``
 (``ui/settings.py``; README "Batching a burst").
@@ -27,42 +29,82 @@ from .batched import Forward, Work, batch_key, batchable, run_batch, run_forward
 
 MAX_BATCH = 4          # the app's default (ui/settings.py, measured: README "Batching a burst")
 WINDOW_S = 0.05        # how long a lone request waits for batch-mates (README "Batching a burst")
+HOLD = 8               # images whose forward graph may wait for its backward (ATTNVIZ_GRAPH_HOLD)
+
+
+class _Held:
+    """A line request: the backward of a forward batch whose graph was kept (``Forward.hold``)."""
+
+    forward = False
+
+    def __init__(self, fw: Forward):
+        self.fw = fw
 
 
 class ModelServer:
     """Batched captures of one adapter for every session and thread of the process."""
 
     def __init__(self, adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
-                 log: Optional[str] = None):
-        self.adapter, self.log = adapter, log
+                 log: Optional[str] = None, hold: int = HOLD):
+        self.adapter, self.log, self.hold = adapter, log, int(hold)
         self._log_lock = threading.Lock()
+        self._held = 0                     # images whose graph waits in the line for its backward
+        self._held_lock = threading.Lock()
         lock = adapter.lock if isinstance(getattr(adapter, "lock", None), TurnLock) else None
         self.batcher = Batcher(self._run_batch, max_batch=max_batch, window=window,
                                lanes=lanes, lock=lock, name=f"attnviz-batch-{getattr(adapter, 'name', 'model')}",
                                on_batch=self._write_log if log else None, after=self._after)
 
-    def _run_batch(self, works: list[Work]) -> list:
-        """A batch of one kind (``batch_key``): forwards alone -> (capture, its Forward, its row); else captures
-        with their target's gradients."""
+    def _run_batch(self, works: list) -> list:
+        """A batch of one kind (``batch_key``): forwards alone -> (capture, its Forward, its row); a held
+        graph's backward -> its Forward; else captures with their target's gradients."""
+        if isinstance(works[0], _Held):
+            fw = works[0].fw
+            try:
+                fw.finish(backward=True)
+            finally:
+                with self._held_lock:
+                    self._held -= len(fw.targets)
+            return [fw]
         if works[0].forward:
             fw = run_forward(self.adapter, works)
             return [(c, fw, i) for i, c in enumerate(fw.captures)]
         return run_batch(self.adapter, works)
 
-    @staticmethod
-    def _after(values: list, idle: bool) -> None:
-        """After a forward batch is handed out: its backward now if no new image waits, else the graph goes."""
-        if values and isinstance(values[0], tuple) and isinstance(values[0][1], Forward):
-            values[0][1].finish(backward=idle)
+    def _after(self, values: list, idle: bool) -> None:
+        """After a forward batch is handed out: its backward now if no new image waits; else, while fewer
+        than ``hold`` images' graphs wait, the graph is kept and its backward queued behind the new images;
+        else the graph goes (a page's gradients are then a new forward and backward)."""
+        if not (values and isinstance(values[0], tuple) and isinstance(values[0][1], Forward)):
+            return
+        fw = values[0][1]
+        try:
+            if idle:
+                fw.finish(backward=True)
+                return
+            n = len(fw.targets)
+            with self._held_lock:
+                keep = self._held + n <= self.hold
+                if keep:
+                    self._held += n
+            if keep:
+                fw.hold(self.batcher.submit(_Held(fw), key=("held", id(fw))))
+        finally:
+            if fw.request is None:
+                fw.finish(backward=False)        # undecided (given up, or an error above): the graph goes
 
     def _write_log(self, batch: list, seconds: float) -> None:
         """One JSON line per batch in ``log`` (``ATTNVIZ_BATCH_LOG``): what ``attnviz loadtest`` reads for
         the batch sizes and queue waits. Appended whole, so several app servers may share one file."""
+        payload = batch[0].payload
+        kind = "held" if isinstance(payload, _Held) else "forward" if payload.forward else "backward"
         line = json.dumps({"t": time.time(), "pid": os.getpid(), "model": getattr(self.adapter, "name", ""),
                            "size": len(batch), "first": sum(1 for r in batch if r.first),
-                           "kind": "forward" if batch[0].payload.forward else "backward",
-                           "followed": bool(batch[0].payload.forward and isinstance(batch[0].value, tuple)
+                           "kind": kind,
+                           "followed": bool(kind == "forward" and isinstance(batch[0].value, tuple)
                                             and batch[0].value[1].ran_backward),
+                           "held": bool(kind == "forward" and isinstance(batch[0].value, tuple)
+                                        and batch[0].value[1].request is not None),
                            "waits_s": [round(r.queue_wait, 4) for r in batch], "run_s": round(seconds, 4),
                            "run_cpu_s": round(batch[0].run_cpu_s, 4), "after_cpu_s": round(batch[0].after_cpu_s, 4)})
         with self._log_lock, open(self.log, "a", encoding="utf-8") as f:
@@ -108,21 +150,28 @@ class _CaptureGrads:
         self.server, self.inputs, self.fw, self.i = server, inputs, fw, i
 
     def waits(self, target: int) -> bool:
-        """Whether ``target``'s gradients need a request in the line (its batch's backward does not give
-        them): a page shows the forward's own map meanwhile."""
-        return self.fw is None or not self.fw.coming(self.i, int(target))
+        """Whether ``target``'s gradients wait for a request in the line (its batch's held backward, or a new
+        forward and backward) rather than come from its batch's backward running now: a page shows the
+        forward's own map meanwhile."""
+        fw = self.fw
+        return (fw is None or not fw.coming(self.i, int(target))
+                or (fw.request is not None and not fw.request.done.is_set()))
 
     def __call__(self, target: int) -> dict[str, Any]:
-        got = self.fw.gradients(self.i, int(target)) if self.fw is not None else None
-        if got is not None:
-            return got
+        fw = self.fw
+        if fw is not None and fw.coming(self.i, int(target)):
+            if fw.request is not None:      # its batch's backward waits in the line: the page sees its place
+                self.server.batcher.wait(fw.request, withdraw=False)
+            got = fw.gradients(self.i, int(target))
+            if got is not None:
+                return got
         return self.server._run(Work(self.inputs, int(target)), False)._grads[int(target)]
 
 
 def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S,
-                  lanes: int = 1, log: Optional[str] = None) -> Optional[ModelServer]:
+                  lanes: int = 1, log: Optional[str] = None, hold: int = HOLD) -> Optional[ModelServer]:
     """Give ``adapter`` its :class:`ModelServer` (``adapter.server``) when its family batches and
     ``max_batch`` is above 1; else None (the app keeps its one-image path)."""
-    adapter.server = (ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes, log=log)
+    adapter.server = (ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes, log=log, hold=hold)
                       if batchable(adapter) and max_batch > 1 else None)
     return adapter.server

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, least: int = 1) -> int:
     try:
-        return max(1, int(os.environ.get(name, default)))
+        return max(least, int(os.environ.get(name, default)))
     except ValueError:
         return default
 
@@ -30,6 +30,10 @@ TORCH_THREADS = _env_int("ATTNVIZ_TORCH_THREADS", max(1, (CORES - 1) // MODEL_LA
 # forward + backward, a lone request waiting BATCH_WINDOW_S for batch-mates. ATTNVIZ_BATCH=1 turns it off.
 BATCH_SIZE = _env_int("ATTNVIZ_BATCH", 4)
 BATCH_WINDOW_S = _env_int("ATTNVIZ_BATCH_WINDOW_MS", 50) / 1000
+# A new image's forward is handed out before its backward; while other new images wait, up to GRAPH_HOLD
+# images' forward graphs (about 140 MB each for ViT-B/16) wait for their backward instead of being given up
+# and computed again (serve.local). 0: never kept.
+GRAPH_HOLD = _env_int("ATTNVIZ_GRAPH_HOLD", 8, least=0)
 # A capture of a family that does not batch keeps its autograd graph (~140 MB for ViT-B/16); a batched one
 # keeps its attentions and one target's gradients (45 MB), so the same memory holds 3× as many: a burst's
 # sessions find their capture again at their next click instead of waiting for another forward + backward.
