@@ -89,7 +89,7 @@ def test_batch_log_summary_from_hand_written_lines(tmp_path):
     log.write_text("\n".join(json.dumps(r) for r in rows))
     k = batches.summary(batches.read(str(log), 8.0, 13.0))["kinds"]
     assert k["forward"] == {"batches": 2, "images": 4, "cpu_per_image_s": pytest.approx(0.5), "followed_images": 1,
-                            "after_cpu_per_image_s": pytest.approx(0.4)}
+                            "after_cpu_per_image_s": pytest.approx(0.4), "held_images": 0}
     assert k["backward"]["images"] == 4 and k["backward"]["cpu_per_image_s"] == pytest.approx(1.0)
     assert any("followed at once" in line for line in batches.lines(batches.summary(batches.read(str(log), 8, 13))))
 

@@ -28,9 +28,10 @@ def summary(batches: list[dict]) -> dict:
     """Batches, requests, batch size mean / max and a histogram, queue waits p50 / p95 / max (seconds),
     the model's seconds per batch (p50), how many requests were first maps, and per kind of batch
     (``forward``: new images, handed out after the forward; ``backward``: a forward and backward for a
-    target whose gradients were not ready) the batches, images and the lane's CPU seconds per image; for
-    forwards, how many were followed by their batch's backward at once (the line had no new image
-    waiting) and that backward's CPU seconds per image."""
+    target whose gradients were not ready; ``held``: the backward of a forward batch whose graph waited
+    in line) the batches, images and the lane's CPU seconds per image; for forwards, how many images
+    were followed by their batch's backward at once (the line had
+    no new image waiting) with that backward's CPU seconds per image, and how many kept their graph."""
     if not batches:
         return {"batches": 0, "requests": 0}
     sizes = np.array([b["size"] for b in batches])
@@ -40,13 +41,14 @@ def summary(batches: list[dict]) -> dict:
     for s in sizes.tolist():
         hist[int(s)] = hist.get(int(s), 0) + 1
     kinds = {}
-    for kind in ("forward", "backward"):
+    for kind in ("forward", "backward", "held"):
         bs = [b for b in batches if b.get("kind") == kind]
         if bs:
-            images = sum(b["size"] for b in bs)
+            images = sum(b.get("images", b["size"]) for b in bs)
             followed = [b for b in bs if b.get("followed")]
             kinds[kind] = {"batches": len(bs), "images": images,
                            "cpu_per_image_s": sum(b.get("run_cpu_s", 0.0) for b in bs) / images,
+                           "held_images": sum(b["size"] for b in bs if b.get("held")),
                            "followed_images": sum(b["size"] for b in followed),
                            "after_cpu_per_image_s": (sum(b.get("after_cpu_s", 0.0) for b in followed)
                                                      / max(1, sum(b["size"] for b in followed)))}
@@ -73,8 +75,13 @@ def lines(s: dict) -> list[str]:
         f = k["forward"]
         out.append(f"  new images' forwards: {f['images']} images in {f['batches']} batches, "
                    f"{f['cpu_per_image_s']:.2f} CPU s per image; {f['followed_images']} followed at once by their "
-                   f"batch's backward ({f['after_cpu_per_image_s']:.2f} CPU s per image), the others' graphs "
-                   "given up while new images waited")
+                   f"batch's backward ({f['after_cpu_per_image_s']:.2f} CPU s per image); while new images "
+                   f"waited, {f['held_images']} kept their graph for a backward later, "
+                   f"{f['images'] - f['followed_images'] - f['held_images']} gave it up")
+    if "held" in k:
+        h = k["held"]
+        out.append(f"  held graphs' backwards (backward only): {h['images']} images in {h['batches']} batches, "
+                   f"{h['cpu_per_image_s']:.2f} CPU s per image")
     if "backward" in k:
         b = k["backward"]
         out.append(f"  later backwards (forward + backward again): {b['images']} images in {b['batches']} batches, "

@@ -100,6 +100,7 @@ class ModelServer:
         kind = "held" if isinstance(payload, _Held) else "forward" if payload.forward else "backward"
         line = json.dumps({"t": time.time(), "pid": os.getpid(), "model": getattr(self.adapter, "name", ""),
                            "size": len(batch), "first": sum(1 for r in batch if r.first),
+                           "images": len(payload.fw.targets) if kind == "held" else len(batch),
                            "kind": kind,
                            "followed": bool(kind == "forward" and isinstance(batch[0].value, tuple)
                                             and batch[0].value[1].ran_backward),
