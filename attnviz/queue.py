@@ -180,6 +180,7 @@ class Request:
 
     def __init__(self, payload: Any, key: Hashable, first: bool, seq: int):
         self.payload, self.key, self.first, self.seq = payload, key, first, seq
+        self.promoted = False                      # a later request that waited ``Batcher.age`` and joined the first
         self.arrived = time.monotonic()
         self.started: Optional[float] = None       # when its batch began
         self.batch_size = 0
@@ -205,6 +206,9 @@ class Batcher:
     class in arrival order. ``lock`` (the model's :class:`TurnLock`) is held around each run, so work
     that does not batch (slow methods, checks, other pages) shares the model with the batches in line.
 
+    ``age`` (seconds, None: never): a later request that has waited that long joins the first requests,
+    behind those already waiting, so that a steady stream of first requests cannot starve it.
+
     ``after(values, idle)``, when given, runs once a batch's results are handed out, still holding the
     batch's lane: ``idle`` says whether no ``first`` request is waiting then (the model's follow-up work for
     that batch, such as the backward its forward prepared, runs only when it delays no one's first map).
@@ -221,11 +225,12 @@ class Batcher:
     def __init__(self, run: Callable[[list], list], *, max_batch: int = 8, window: float = 0.05, lanes: int = 1,
                  lock: Optional[TurnLock] = None, name: str = "batcher", history: int = 4096,
                  on_batch: Optional[Callable[[list, float], None]] = None,
-                 after: Optional[Callable[[list, bool], None]] = None):
+                 after: Optional[Callable[[list, bool], None]] = None, age: Optional[float] = None):
         if max_batch < 1 or lanes < 1 or window < 0:
             raise ValueError("a Batcher needs max_batch >= 1, lanes >= 1 and window >= 0")
         self._run, self.max_batch, self.window, self.lanes = run, int(max_batch), float(window), int(lanes)
         self.lock, self.name, self.history, self.on_batch, self.after = lock, name, history, on_batch, after
+        self.age = age
         self._cond = threading.Condition(threading.Lock())
         self._line: list[Request] = []             # waiting, in service order (first requests ahead)
         self._running = 0                          # requests in batches being run now
@@ -315,6 +320,12 @@ class Batcher:
     def _ready(self) -> tuple[list[Request], float]:
         """(the batch to run now, or [] and how long to wait for more). A helper, so that a worker
         waiting for work holds no reference to a request another worker has taken (nor its result)."""
+        if self.age is not None:
+            now = time.monotonic()
+            for r in [r for r in self._line if not r.first and now - r.arrived >= self.age]:
+                self._line.remove(r)               # it waited long enough: behind the first requests waiting now
+                r.first = r.promoted = True
+                self._line.insert(sum(1 for x in self._line if x.first), r)
         head = self._line[0]
         same = [r for r in self._line if r.key == head.key]
         left = head.arrived + self.window - time.monotonic()

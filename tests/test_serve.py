@@ -283,3 +283,29 @@ def test_serve_named_but_unreachable_is_one_sentence(monkeypatch):
     monkeypatch.setattr(ray, "init", no_cluster)
     with pytest.raises(ModelUnavailable, match="'classroom'.*could not be reached.*unset ATTNVIZ_SERVE"):
         RemoteModel("classroom")
+
+
+@pytest.mark.parametrize("age", [None, 0.4])
+def test_a_later_request_waiting_age_seconds_goes_ahead_of_newer_first_requests(age):
+    """A steady stream of first requests (new images), faster than the fake model serves them: without
+    ``age`` a later request (a backward) runs after the whole stream; with it, once it has waited ``age``
+    seconds it joins the first requests waiting then and runs before the ones that came after."""
+    ran = []
+
+    def slow(payloads):
+        time.sleep(0.15)
+        ran.append(payloads[0])
+        return payloads
+    batcher = Batcher(slow, max_batch=1, window=0.0, age=age)
+    firsts = [batcher.submit("f0", first=True)]
+    later = batcher.submit("later")
+    for i in range(1, 12):
+        time.sleep(0.1)
+        firsts.append(batcher.submit(f"f{i}", first=True))
+    for r in [later, *firsts]:
+        batcher.wait(r)
+    assert sorted(ran) == sorted(["later"] + [f"f{i}" for i in range(12)])
+    if age is None:
+        assert ran[-1] == "later" and not later.promoted
+    else:
+        assert later.promoted and ran.index("later") < ran.index("f11") and ran.index("later") <= 8

@@ -10,7 +10,9 @@ waiting: those go first. The batch's graph then waits for its backward as a requ
 behind every new image, while fewer than ``hold`` images' graphs wait (about 140 MB each for ViT-B/16);
 beyond that the graph is given up, and a page's class-specific map (relevance, the default) becomes a
 later request (:func:`~.batched.run_batch`: that image's forward and backward again, batched with
-others). A capture keeps no graph in any case.
+others). A capture keeps no graph in any case. A backward that has waited ``age`` seconds (10) goes ahead
+of new images arriving after that, so a steady stream of them (more students than the cores serve)
+cannot starve the class-specific maps.
 
 The app reads the batch size and wait window from ``ATTNVIZ_BATCH`` and ``ATTNVIZ_BATCH_WINDOW_MS``
 (``ui/settings.py``; README "Batching a burst").
@@ -30,6 +32,7 @@ from .batched import Forward, Work, batch_key, batchable, run_batch, run_forward
 MAX_BATCH = 4          # the app's default (ui/settings.py, measured: README "Batching a burst")
 WINDOW_S = 0.05        # how long a lone request waits for batch-mates (README "Batching a burst")
 HOLD = 8               # images whose forward graph may wait for its backward (ATTNVIZ_GRAPH_HOLD)
+AGE_S = 10.0           # a backward waiting this long goes ahead of new images (ATTNVIZ_BATCH_AGE_S)
 
 
 class _Held:
@@ -45,7 +48,7 @@ class ModelServer:
     """Batched captures of one adapter for every session and thread of the process."""
 
     def __init__(self, adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
-                 log: Optional[str] = None, hold: int = HOLD):
+                 log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S):
         self.adapter, self.log, self.hold = adapter, log, int(hold)
         self._log_lock = threading.Lock()
         self._held = 0                     # images whose graph waits in the line for its backward
@@ -53,7 +56,7 @@ class ModelServer:
         lock = adapter.lock if isinstance(getattr(adapter, "lock", None), TurnLock) else None
         self.batcher = Batcher(self._run_batch, max_batch=max_batch, window=window,
                                lanes=lanes, lock=lock, name=f"attnviz-batch-{getattr(adapter, 'name', 'model')}",
-                               on_batch=self._write_log if log else None, after=self._after)
+                               on_batch=self._write_log if log else None, after=self._after, age=age)
 
     def _run_batch(self, works: list) -> list:
         """A batch of one kind (``batch_key``): forwards alone -> (capture, its Forward, its row); a held
@@ -99,7 +102,8 @@ class ModelServer:
         payload = batch[0].payload
         kind = "held" if isinstance(payload, _Held) else "forward" if payload.forward else "backward"
         line = json.dumps({"t": time.time(), "pid": os.getpid(), "model": getattr(self.adapter, "name", ""),
-                           "size": len(batch), "first": sum(1 for r in batch if r.first),
+                           "size": len(batch), "first": sum(1 for r in batch if r.first and not r.promoted),
+                           "promoted": sum(1 for r in batch if r.promoted),
                            "images": len(payload.fw.targets) if kind == "held" else len(batch),
                            "kind": kind,
                            "followed": bool(kind == "forward" and isinstance(batch[0].value, tuple)
@@ -169,10 +173,11 @@ class _CaptureGrads:
         return self.server._run(Work(self.inputs, int(target)), False)._grads[int(target)]
 
 
-def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S,
-                  lanes: int = 1, log: Optional[str] = None, hold: int = HOLD) -> Optional[ModelServer]:
+def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
+                  log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S) -> Optional[ModelServer]:
     """Give ``adapter`` its :class:`ModelServer` (``adapter.server``) when its family batches and
     ``max_batch`` is above 1; else None (the app keeps its one-image path)."""
-    adapter.server = (ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes, log=log, hold=hold)
+    adapter.server = (ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes, log=log, hold=hold,
+                                  age=age)
                       if batchable(adapter) and max_batch > 1 else None)
     return adapter.server
