@@ -210,8 +210,9 @@ class Batcher:
     behind those already waiting, so that a steady stream of first requests cannot starve it.
 
     ``after(values, idle)``, when given, runs once a batch's results are handed out, still holding the
-    batch's lane: ``idle`` says whether no ``first`` request is waiting then (the model's follow-up work for
-    that batch, such as the backward its forward prepared, runs only when it delays no one's first map).
+    batch's lane: ``idle`` says whether no ``first`` request (promoted ones aside) is waiting then (the
+    model's follow-up work for that batch, such as the backward its forward prepared, runs only when it
+    delays no one's first map).
     It must not raise; it is told of every batch that produced results.
 
     ``stats()`` reports the batch sizes and queue waits seen so far; ``on_batch(requests, seconds)`` is
@@ -367,7 +368,7 @@ class Batcher:
             self._finish(batch)                   # the waiters go on now, before any follow-up work
             if self.after is not None:
                 with self._cond:
-                    idle = not any(r.first for r in self._line)
+                    idle = not any(r.first and not r.promoted for r in self._line)
                 try:
                     self.after(values, idle)
                 except Exception:   # noqa: BLE001  (follow-up work is optional; its waiters fall back)
