@@ -180,9 +180,11 @@ class Request:
 
     def __init__(self, payload: Any, key: Hashable, first: bool, seq: int):
         self.payload, self.key, self.first, self.seq = payload, key, first, seq
+        self.promoted = False                      # a later request that waited ``Batcher.age`` and joined the first
         self.arrived = time.monotonic()
         self.started: Optional[float] = None       # when its batch began
         self.batch_size = 0
+        self.run_cpu_s = self.after_cpu_s = 0.0    # the lane thread's CPU seconds for its batch and ``after``
         self.done = threading.Event()
         self.value: Any = None
         self.error: Optional[BaseException] = None
@@ -204,20 +206,32 @@ class Batcher:
     class in arrival order. ``lock`` (the model's :class:`TurnLock`) is held around each run, so work
     that does not batch (slow methods, checks, other pages) shares the model with the batches in line.
 
+    ``age`` (seconds, None: never): a later request that has waited that long joins the first requests,
+    behind those already waiting, so that a steady stream of first requests cannot starve it.
+
+    ``after(values, idle)``, when given, runs once a batch's results are handed out, still holding the
+    batch's lane: ``idle`` says whether no ``first`` request (promoted ones aside) is waiting then (the
+    model's follow-up work for that batch, such as the backward its forward prepared, runs only when it
+    delays no one's first map).
+    It must not raise; it is told of every batch that produced results.
+
     ``stats()`` reports the batch sizes and queue waits seen so far; ``on_batch(requests, seconds)`` is
-    told of each batch once it has run. No torch here: the tests drive it
-    with a fake slow model.
+    told of each batch once it has run (``seconds``: the run and its ``after``; each request's
+    ``run_cpu_s`` and ``after_cpu_s`` hold the lane thread's CPU seconds of both). No torch here: the tests
+    drive it with a fake slow model.
     """
 
     every = 0.25     # how often a waiting thread's notice is refreshed
 
     def __init__(self, run: Callable[[list], list], *, max_batch: int = 8, window: float = 0.05, lanes: int = 1,
                  lock: Optional[TurnLock] = None, name: str = "batcher", history: int = 4096,
-                 on_batch: Optional[Callable[[list, float], None]] = None):
+                 on_batch: Optional[Callable[[list, float], None]] = None,
+                 after: Optional[Callable[[list, bool], None]] = None, age: Optional[float] = None):
         if max_batch < 1 or lanes < 1 or window < 0:
             raise ValueError("a Batcher needs max_batch >= 1, lanes >= 1 and window >= 0")
         self._run, self.max_batch, self.window, self.lanes = run, int(max_batch), float(window), int(lanes)
-        self.lock, self.name, self.history, self.on_batch = lock, name, history, on_batch
+        self.lock, self.name, self.history, self.on_batch, self.after = lock, name, history, on_batch, after
+        self.age = age
         self._cond = threading.Condition(threading.Lock())
         self._line: list[Request] = []             # waiting, in service order (first requests ahead)
         self._running = 0                          # requests in batches being run now
@@ -255,17 +269,18 @@ class Batcher:
             if req in self._line:
                 self._line.remove(req)
 
-    def wait(self, req: Request, on_wait: Optional[Callable[[int], None]] = None) -> Any:
+    def wait(self, req: Request, on_wait: Optional[Callable[[int], None]] = None, *, withdraw: bool = True) -> Any:
         """``req``'s result (its exception raised here). ``on_wait(ahead)`` (default: the thread's
         :func:`notices`) is called every ``every`` seconds while it waits; an exception from it (the page
-        was stopped) withdraws the request and propagates."""
+        was stopped) withdraws the request (unless ``withdraw`` is False: others need it) and propagates."""
         on_wait = on_wait if on_wait is not None else getattr(_notice, "fn", None)
         try:
             while not req.done.wait(self.every):
                 if on_wait is not None:
                     on_wait(self.ahead(req))
         except BaseException:
-            self.abandon(req)
+            if withdraw:
+                self.abandon(req)
             raise
         if req.error is not None:
             raise req.error
@@ -306,6 +321,12 @@ class Batcher:
     def _ready(self) -> tuple[list[Request], float]:
         """(the batch to run now, or [] and how long to wait for more). A helper, so that a worker
         waiting for work holds no reference to a request another worker has taken (nor its result)."""
+        if self.age is not None:
+            now = time.monotonic()
+            for r in [r for r in self._line if not r.first and now - r.arrived >= self.age]:
+                self._line.remove(r)               # it waited long enough: behind the first requests waiting now
+                r.first = r.promoted = True
+                self._line.insert(sum(1 for x in self._line if x.first), r)
         head = self._line[0]
         same = [r for r in self._line if r.key == head.key]
         left = head.arrived + self.window - time.monotonic()
@@ -328,31 +349,55 @@ class Batcher:
             batch = r = None
 
     def _serve(self, batch: list[Request]) -> None:
-        """Run one batch (holding the model's lane) and hand each waiter its result or the error."""
+        """Run one batch (holding the model's lane), hand each waiter its result or the error, then run
+        ``after`` in the same lane."""
         t0 = time.monotonic()
+        values: Optional[list] = None
+        held = False
         try:
             if self.lock is not None:
                 self.lock.wait(self.lock.take(priority=any(r.first for r in batch)))
-            t0 = time.monotonic()
-            try:
-                values = self._run([r.payload for r in batch])
-            finally:
-                if self.lock is not None:
-                    self.lock.release()
+                held = True
+            t0, c0 = time.monotonic(), time.thread_time()
+            values = self._run([r.payload for r in batch])
             if len(values) != len(batch):
                 raise RuntimeError(f"{self.name}: {len(values)} results for a batch of {len(batch)}.")
+            c1 = time.thread_time()
             for r, v in zip(batch, values):
-                r.value = v
+                r.value, r.run_cpu_s = v, c1 - c0
+            self._finish(batch)                   # the waiters go on now, before any follow-up work
+            if self.after is not None:
+                with self._cond:
+                    idle = not any(r.first and not r.promoted for r in self._line)
+                try:
+                    self.after(values, idle)
+                except Exception:   # noqa: BLE001  (follow-up work is optional; its waiters fall back)
+                    pass
+                for r in batch:
+                    r.after_cpu_s = time.thread_time() - c1
         except BaseException as exc:      # noqa: BLE001  (every waiter of this batch hears of it)
             for r in batch:
-                r.error = exc
+                if not r.done.is_set():
+                    r.error = exc
+            if values is not None and self.after is not None and len(values) == len(batch):
+                try:
+                    self.after(values, False)         # whatever it prepared is given up
+                except Exception:   # noqa: BLE001
+                    pass
         finally:
-            with self._cond:
-                self._running -= len(batch)
-            for r in batch:
-                r.done.set()
+            if held:
+                self.lock.release()
+            self._finish(batch)
             if self.on_batch is not None:
                 try:
                     self.on_batch(batch, time.monotonic() - t0)
                 except Exception:   # noqa: BLE001  (a full disk must not stop the model's line)
                     pass
+
+    def _finish(self, batch: list[Request]) -> None:
+        """Hand each request of ``batch`` its result (once)."""
+        with self._cond:
+            todo = [r for r in batch if not r.done.is_set()]
+            self._running -= len(todo)
+        for r in todo:
+            r.done.set()

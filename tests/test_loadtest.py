@@ -6,7 +6,7 @@ import time
 import pytest
 
 from attnviz.loadtest import procstats
-from attnviz.loadtest.scenario import Plan, run_sessions, scene_images
+from attnviz.loadtest.scenario import DEFAULT_MAP, FIRST_MAP, Plan, run_sessions, scene_images
 from attnviz.loadtest.server import AppServer
 from attnviz.ui.protocol import ProtocolError, check_loopback
 
@@ -27,9 +27,13 @@ def test_two_sessions_find_the_widgets_and_get_their_own_maps():
     assert rec.errors == [] and rec.sessions_done == 2
     assert rec.widgets_found == {"file_uploader", "method", "alpha", "cmap", "norm"}
     n = {a: len(v) for a, v in rec.seconds.items()}
-    assert n == {"open": 2, "upload → map": 2, "method switch": 4, "display change": 6}
+    assert n == {"open": 2, FIRST_MAP: 2, DEFAULT_MAP: 2, "method switch": 4, "display change": 6}
     # one overlay per click (the explore page shows one method): as many images as clicks
-    assert rec.images["upload → map"] >= 2 and rec.images["method switch"] >= 4 and rec.images["display change"] >= 6
+    assert rec.images[DEFAULT_MAP] >= 2 and rec.images["method switch"] >= 4 and rec.images["display change"] >= 6
+    # the first map came with or before the end of the upload's run, which drew the default method's map
+    first = {e[0]: e[3] for e in rec.events if e[1] == FIRST_MAP}
+    full = {e[0]: e[3] for e in rec.events if e[1] == DEFAULT_MAP}
+    assert sorted(first) == [0, 1] and all(0 < first[i] <= full[i] + 1e-3 for i in first)
     assert sorted(rec.first_maps) == [0, 1]
     assert [m[0] for m in rec.first_maps.values()] == [(size, size)] * 2   # the display copy of a 320² upload
     assert rec.first_maps[0][1] != rec.first_maps[1][1]
@@ -78,6 +82,16 @@ def test_batch_log_summary_from_hand_written_lines(tmp_path):
     # eight waits sorted: 0, .05, .1, .2, 1, 1, 1, 2 -> median between .2 and 1
     assert s["wait_p50_s"] == pytest.approx(0.6) and s["wait_max_s"] == 2.0 and s["run_p50_s"] == 1.0
     assert batches.summary(batches.read(str(tmp_path / "none.jsonl"), 0, 1)) == {"batches": 0, "requests": 0}
+    # kinds: two forward batches (one followed by its backward) and one backward batch, CPU per image by hand
+    rows[1].update(kind="forward", followed=True, run_cpu_s=0.5, after_cpu_s=0.4)
+    rows[2].update(kind="forward", followed=False, run_cpu_s=1.5, after_cpu_s=0.0)
+    rows[3].update(kind="backward", run_cpu_s=4.0)
+    log.write_text("\n".join(json.dumps(r) for r in rows))
+    k = batches.summary(batches.read(str(log), 8.0, 13.0))["kinds"]
+    assert k["forward"] == {"batches": 2, "images": 4, "cpu_per_image_s": pytest.approx(0.5), "followed_images": 1,
+                            "after_cpu_per_image_s": pytest.approx(0.4), "held_images": 0}
+    assert k["backward"]["images"] == 4 and k["backward"]["cpu_per_image_s"] == pytest.approx(1.0)
+    assert any("followed at once" in line for line in batches.lines(batches.summary(batches.read(str(log), 8, 13))))
 
 
 def test_url_repeated_drives_two_servers_with_sticky_sessions(tmp_path, capsys):
@@ -96,7 +110,8 @@ def test_url_repeated_drives_two_servers_with_sticky_sessions(tmp_path, capsys):
     assert code == 0 and loads == (1, 1)
     res = json.loads(out.read_text())
     assert res["errors"] == [] and res["servers"] == [a.url, b.url]
-    assert res["actions"]["upload → map"]["n"] == 2 and res["actions"]["upload → map"]["errors"] == 0
+    assert res["actions"][DEFAULT_MAP]["n"] == 2 and res["actions"][DEFAULT_MAP]["errors"] == 0
+    assert res["actions"][FIRST_MAP]["n"] == 2
     logged = [json.loads(x) for x in log.read_text().splitlines()]
     assert {x["pid"] for x in logged} <= pids
     # each server ran at least its own session's first map (the teacher's warm-up visit came before the run)

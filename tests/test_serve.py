@@ -45,18 +45,21 @@ def _concurrently(fns):
 
 
 def test_batched_captures_equal_single_image_captures(deit):
-    """Three sessions' uploads run as ONE batch; each image's scores, attentions, top-target gradients and
-    relevance map equal the model run on that image alone, and a later target's gradients (a new request
-    through the line) equal that image's own backward."""
+    """Three sessions' uploads run as ONE batched forward, handed out before its backward; with no new image
+    waiting, the same lane then runs the batch's one backward. Each image's scores, attentions, top-target
+    gradients and relevance map equal the model run on that image alone, and a later target's gradients
+    (a new request through the line) equal that image's own backward."""
     images = _images(3)
     server = ModelServer(deit, max_batch=3, window=5.0)     # a long window: the batch fills before it runs
     caps = _concurrently([lambda im=im: server.capture(deit.prepare(im)) for im in images])
     assert server.batcher.batch_sizes == [3]
+    assert not any(c._grad_fn.waits(deit.resolve_target(c, None).index) for c in caps)   # the backward follows
     for im, cap in zip(images, caps):
         alone = attnviz.capture(deit, im)                      # the adapter's own single-image forward
-        assert cap._grad_fn is not None and len(cap._grads) == 1
+        assert cap._grad_fn is not None and cap._grads == {}   # handed out after the forward alone
         top = deit.resolve_target(alone, None).index
-        assert list(cap._grads) == [top]                       # the first map's backward came with it
+        cap.attention_grads(top)
+        assert list(cap._grads) == [top] and server.batcher.batch_sizes == [3]   # from the batch's own backward
         torch.testing.assert_close(cap.scores, alone.scores, atol=1e-5, rtol=1e-4)
         for a, b in zip(cap.attentions, alone.attentions):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
@@ -70,6 +73,71 @@ def test_batched_captures_equal_single_image_captures(deit):
     assert server.batcher.batch_sizes == [3, 1]
     for a, b in zip(got, attnviz.capture(deit, images[0]).attention_grads(other)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("hold", [0, 8])
+def test_a_burst_gets_its_forwards_first_and_relevance_equal_to_the_one_shot_capture(deit, hold):
+    """While new images wait, a forward's lane does not run the backward: the waiting images' forwards go
+    first. With ``hold`` 0 the graph is given up and the relevance of a capture whose backward came later (a
+    new forward + backward through the line) equals the one-shot capture's (and the model run alone); with
+    room to hold graphs, the batch's own backward runs later as a request in the line, with the same maps."""
+    from attnviz.serve.batched import run_forward
+    images = _images(3, seed=11)
+    server = ModelServer(deit, max_batch=1, window=0.0, hold=hold)
+    deit.lock.acquire()                          # the model is busy: the three uploads line up behind it
+    try:
+        threads_out = [None] * 3
+
+        def upload(i):
+            threads_out[i] = server.capture(deit.prepare(images[i]))
+        threads = []
+        for i in range(3):
+            threads.append(threading.Thread(target=upload, args=(i,)))
+            threads[-1].start()
+            deadline = time.monotonic() + 10
+            while server.batcher.waiting() < i + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        deit.lock.release()
+    for t in threads:
+        t.join(60)
+    caps = threads_out
+    tops = [deit.resolve_target(c, None).index for c in caps]
+    if hold == 0:
+        assert server.batcher.batch_sizes == [1, 1, 1]          # three forwards, nothing else yet
+        # what a page reads to decide whether to show the forward's own map first (explore.first_view_ui)
+        assert [c._grad_fn.waits(t) for c, t in zip(caps, tops)] == [True, True, False]
+    else:
+        deadline = time.monotonic() + 30        # a batch is counted when taken: wait for the last one to end
+        while (len(server.batcher.batch_sizes) < 5 or server._held) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # three forwards, then the two held graphs' backwards, behind the third forward (its backward ran at once)
+        assert server.batcher.batch_sizes == [1, 1, 1, 1, 1] and server._held == 0
+        assert [c._grad_fn.fw.request is not None for c in caps] == [True, True, False]
+        assert not any(c._grad_fn.waits(t) for c, t in zip(caps, tops))
+    assert caps[2]._grad_fn.waits(tops[2] + 1)                   # another class always waits in line
+    for im, cap in zip(images, caps):
+        one_shot = run_batch(deit, [Work(deit.prepare(im))])[0]  # forward and backward at once
+        alone = attnviz.capture(deit, im)
+        top = deit.resolve_target(alone, None).index
+        for a, b in zip(cap.attentions, alone.attentions):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        m = attnviz.explain(deit, cap, "relevance", top).map
+        np.testing.assert_allclose(m, attnviz.explain(deit, one_shot, "relevance", top).map, atol=1e-6)
+        np.testing.assert_allclose(m, attnviz.explain(deit, alone, "relevance", top).map, atol=1e-5)
+    # hold 0: the first two gave their graph up (new images were waiting): their backward was a new request
+    # each; the last one's lane found the line empty and ran its backward at once. hold 8: nothing new ran.
+    assert server.batcher.batch_sizes == [1, 1, 1, 1, 1]
+    # the split path itself: a forward whose backward runs later gives the one-shot numbers
+    works = [Work(deit.prepare(im)) for im in images]
+    fw = run_forward(deit, works)
+    assert all(c._grads == {} and c._grad_fn is None for c in fw.captures)
+    fw.finish(backward=True)
+    for i, ref in enumerate(run_batch(deit, works)):
+        t = fw.targets[i]
+        for a, b in zip(fw.gradients(i, t)["attentions"], ref.attention_grads(t)):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert fw.gradients(0, fw.targets[0] + 1) is None            # another target: not from this backward
 
 
 def test_no_image_depends_on_its_batch_mates(deit):
@@ -115,6 +183,41 @@ def test_first_maps_go_ahead_of_later_requests():
     s = batcher.stats()
     assert s["batches"] == 4 and s["requests"] == 6 and s["max_batch"] == 2
     assert later[2].queue_wait >= 0.8 and s["wait_max_s"] == pytest.approx(later[2].queue_wait)
+
+
+def test_after_runs_in_the_lane_once_waiters_have_their_results_and_knows_whether_first_requests_wait():
+    """``after(values, idle)`` follows each batch in its lane, after its waiters were released; ``idle`` is
+    False while a first request waits, True otherwise (later requests do not count)."""
+    seen, release = [], threading.Event()
+
+    def after(values, idle):
+        seen.append((list(values), idle))
+        if values == ["A"]:
+            assert release.wait(5)               # the waiter of "a" already has its result
+    batcher = Batcher(lambda ps: [p.upper() for p in ps], max_batch=1, window=0.0, after=after)
+    a = batcher.submit("a", first=True)
+    assert a.done.wait(5) and batcher.wait(a) == "A" and a.run_cpu_s >= 0
+    batcher.submit("b")                          # a later request waits behind the running "after"
+    f = batcher.submit("c", first=True)          # and a first one goes ahead of it
+    release.set()
+    batcher.wait(f)
+    deadline = time.monotonic() + 5
+    while len(seen) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [(["A"], True), (["C"], True), (["B"], True)]
+    seen.clear()
+    gate = threading.Event()
+    b2 = Batcher(lambda ps: [gate.wait(5) and p for p in ps], max_batch=1, window=0.0, after=after)
+    x = b2.submit("x", first=True)
+    y = b2.submit("y", first=True)
+    z = b2.submit("z")
+    gate.set()
+    for r in (x, y, z):
+        b2.wait(r)
+    deadline = time.monotonic() + 5
+    while len(seen) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [(["x"], False), (["y"], True), (["z"], True)]
 
 
 def test_a_lone_request_waits_at_most_the_window_and_errors_reach_every_waiter():
@@ -180,3 +283,29 @@ def test_serve_named_but_unreachable_is_one_sentence(monkeypatch):
     monkeypatch.setattr(ray, "init", no_cluster)
     with pytest.raises(ModelUnavailable, match="'classroom'.*could not be reached.*unset ATTNVIZ_SERVE"):
         RemoteModel("classroom")
+
+
+@pytest.mark.parametrize("age", [None, 0.4])
+def test_a_later_request_waiting_age_seconds_goes_ahead_of_newer_first_requests(age):
+    """A steady stream of first requests (new images), faster than the fake model serves them: without
+    ``age`` a later request (a backward) runs after the whole stream; with it, once it has waited ``age``
+    seconds it joins the first requests waiting then and runs before the ones that came after."""
+    ran = []
+
+    def slow(payloads):
+        time.sleep(0.15)
+        ran.append(payloads[0])
+        return payloads
+    batcher = Batcher(slow, max_batch=1, window=0.0, age=age)
+    firsts = [batcher.submit("f0", first=True)]
+    later = batcher.submit("later")
+    for i in range(1, 12):
+        time.sleep(0.1)
+        firsts.append(batcher.submit(f"f{i}", first=True))
+    for r in [later, *firsts]:
+        batcher.wait(r)
+    assert sorted(ran) == sorted(["later"] + [f"f{i}" for i in range(12)])
+    if age is None:
+        assert ran[-1] == "later" and not later.promoted
+    else:
+        assert later.promoted and ran.index("later") < ran.index("f11") and ran.index("later") <= 8

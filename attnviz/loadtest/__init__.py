@@ -81,6 +81,7 @@ def measure(servers: Sequence[tuple[str, int]], images, plan: Plan, limit: float
         "record": rec, "actions": summary(rec), "wall_s": wall, "servers": urls,
         "server_cpu_s": cpu() - cpu0,
         "server_rss_start_mb": rss0 / 2**20, "server_rss_peak_mb": sampler.peak / 2**20,
+        "server_rss_end_mb": sum(procstats.rss_bytes(p) for p in pids) / 2**20,
         "machine_busy_s": procstats.machine_busy_seconds() - busy0, "cores": os.cpu_count() or 1,
         "load_before": load0, "load_after": procstats.machine_load(),
         "client_cpu_s": time.process_time() - client0, "warm_up_s": warm,
@@ -110,6 +111,10 @@ def print_report(res: dict, *, sessions: int, url: str, model: str, plan: Plan, 
           f"({res['server_cpu_s'] / max(n_actions, 1) * 1000:.0f} ms per action), resident memory "
           f"{res['server_rss_start_mb']:.0f} MB at start, peak {res['server_rss_peak_mb']:.0f} MB"
           + (f", model loads: {loads}" if loads is not None else ""))
+    grown = max(0.0, res["server_rss_peak_mb"] - res["server_rss_start_mb"])
+    print(f"memory per session: peak − start = {grown:.0f} MB over {sessions} sessions = {grown / sessions:.1f} MB "
+          f"a session (the caches are bounded: ATTNVIZ_CAPTURE_CACHE etc.); at the end "
+          f"{res.get('server_rss_end_mb', 0):.0f} MB")
     busy, avail = res["machine_busy_s"], res["wall_s"] * res["cores"]
     print(f"machine: {res['cores']} cores, busy {busy:.0f} of {avail:.0f} core-seconds "
           f"({busy - res['server_cpu_s'] - res['client_cpu_s']:.0f} by other programs); load average "

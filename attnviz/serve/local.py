@@ -1,18 +1,24 @@
-"""One model's batching line in the app process: sessions' captures and backwards share batches.
+"""One model's batching line in the app process: sessions' forwards and backwards share batches.
 
 :class:`ModelServer` is what the app's engine calls instead of ``adapter.capture`` for a family that
-batches (``batched.batchable``): a capture request (a session's first map: forward, and the backward
-for its top target) waits in a :class:`~attnviz.queue.Batcher` until it runs with other sessions'
-requests in one batch (:func:`~.batched.run_batch`). The capture it returns keeps no graph: a later
-backward for another target (a session choosing another class) is a new request in the same line,
-recomputing that image's forward with the others of its batch. First maps go before such later requests.
+batches (``batched.batchable``). A capture request (a session's new image) waits in a
+:class:`~attnviz.queue.Batcher` until it runs with other sessions' new images in one batched **forward**
+(:func:`~.batched.run_forward`): the page gets its capture as soon as that forward is done, enough for
+every class-agnostic view (attention rollout: the page's first map). The lane that ran the forward then
+runs the batch's ONE backward for every image's top target, unless other sessions' new images are
+waiting: those go first. The batch's graph then waits for its backward as a request in the same line,
+behind every new image, while fewer than ``hold`` images' graphs wait (about 140 MB each for ViT-B/16);
+beyond that the graph is given up, and a page's class-specific map (relevance, the default) becomes a
+later request (:func:`~.batched.run_batch`: that image's forward and backward again, batched with
+others). A capture keeps no graph in any case. A backward that has waited ``age`` seconds (10) goes ahead
+of new images arriving after that, so a steady stream of them (more students than the cores serve)
+cannot starve the class-specific maps.
 
 The app reads the batch size and wait window from ``ATTNVIZ_BATCH`` and ``ATTNVIZ_BATCH_WINDOW_MS``
 (``ui/settings.py``; README "Batching a burst").
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import threading
@@ -21,30 +27,91 @@ from typing import Any, Optional
 
 from ..queue import Batcher, TurnLock
 from ..types import Capture
-from .batched import Work, batch_key, batchable, run_batch
+from .batched import Forward, Work, batch_key, batchable, run_batch, run_forward
 
 MAX_BATCH = 4          # the app's default (ui/settings.py, measured: README "Batching a burst")
 WINDOW_S = 0.05        # how long a lone request waits for batch-mates (README "Batching a burst")
+HOLD = 8               # images whose forward graph may wait for its backward (ATTNVIZ_GRAPH_HOLD)
+AGE_S = 10.0           # a backward waiting this long goes ahead of new images (ATTNVIZ_BATCH_AGE_S)
+
+
+class _Held:
+    """A line request: the backward of a forward batch whose graph was kept (``Forward.hold``)."""
+
+    forward = False
+
+    def __init__(self, fw: Forward):
+        self.fw = fw
 
 
 class ModelServer:
     """Batched captures of one adapter for every session and thread of the process."""
 
     def __init__(self, adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
-                 log: Optional[str] = None):
-        self.adapter, self.log = adapter, log
+                 log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S):
+        self.adapter, self.log, self.hold = adapter, log, int(hold)
         self._log_lock = threading.Lock()
+        self._held = 0                     # images whose graph waits in the line for its backward
+        self._held_lock = threading.Lock()
         lock = adapter.lock if isinstance(getattr(adapter, "lock", None), TurnLock) else None
-        self.batcher = Batcher(functools.partial(run_batch, adapter), max_batch=max_batch, window=window,
+        self.batcher = Batcher(self._run_batch, max_batch=max_batch, window=window,
                                lanes=lanes, lock=lock, name=f"attnviz-batch-{getattr(adapter, 'name', 'model')}",
-                               on_batch=self._write_log if log else None)
+                               on_batch=self._write_log if log else None, after=self._after, age=age)
+
+    def _run_batch(self, works: list) -> list:
+        """A batch of one kind (``batch_key``): forwards alone -> (capture, its Forward, its row); a held
+        graph's backward -> its Forward; else captures with their target's gradients."""
+        if isinstance(works[0], _Held):
+            fw = works[0].fw
+            try:
+                fw.finish(backward=True)
+            finally:
+                with self._held_lock:
+                    self._held -= len(fw.targets)
+            return [fw]
+        if works[0].forward:
+            fw = run_forward(self.adapter, works)
+            return [(c, fw, i) for i, c in enumerate(fw.captures)]
+        return run_batch(self.adapter, works)
+
+    def _after(self, values: list, idle: bool) -> None:
+        """After a forward batch is handed out: its backward now if no new image waits; else, while fewer
+        than ``hold`` images' graphs wait, the graph is kept and its backward queued behind the new images;
+        else the graph goes (a page's gradients are then a new forward and backward)."""
+        if not (values and isinstance(values[0], tuple) and isinstance(values[0][1], Forward)):
+            return
+        fw = values[0][1]
+        try:
+            if idle:
+                fw.finish(backward=True)
+                return
+            n = len(fw.targets)
+            with self._held_lock:
+                keep = self._held + n <= self.hold
+                if keep:
+                    self._held += n
+            if keep:
+                fw.hold(self.batcher.submit(_Held(fw), key=("held", id(fw))))
+        finally:
+            if fw.request is None:
+                fw.finish(backward=False)        # undecided (given up, or an error above): the graph goes
 
     def _write_log(self, batch: list, seconds: float) -> None:
         """One JSON line per batch in ``log`` (``ATTNVIZ_BATCH_LOG``): what ``attnviz loadtest`` reads for
         the batch sizes and queue waits. Appended whole, so several app servers may share one file."""
+        payload = batch[0].payload
+        kind = "held" if isinstance(payload, _Held) else "forward" if payload.forward else "backward"
         line = json.dumps({"t": time.time(), "pid": os.getpid(), "model": getattr(self.adapter, "name", ""),
-                           "size": len(batch), "first": sum(1 for r in batch if r.first),
-                           "waits_s": [round(r.queue_wait, 4) for r in batch], "run_s": round(seconds, 4)})
+                           "size": len(batch), "first": sum(1 for r in batch if r.first and not r.promoted),
+                           "promoted": sum(1 for r in batch if r.promoted),
+                           "images": len(payload.fw.targets) if kind == "held" else len(batch),
+                           "kind": kind,
+                           "followed": bool(kind == "forward" and isinstance(batch[0].value, tuple)
+                                            and batch[0].value[1].ran_backward),
+                           "held": bool(kind == "forward" and isinstance(batch[0].value, tuple)
+                                        and batch[0].value[1].request is not None),
+                           "waits_s": [round(r.queue_wait, 4) for r in batch], "run_s": round(seconds, 4),
+                           "run_cpu_s": round(batch[0].run_cpu_s, 4), "after_cpu_s": round(batch[0].after_cpu_s, 4)})
         with self._log_lock, open(self.log, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
@@ -61,26 +128,56 @@ class ModelServer:
     def _run(self, work: Work, first: bool) -> Capture:
         if self._inline():
             return run_batch(self.adapter, [work])[0]
-        return self.batcher(work, key=batch_key(work.inputs), first=first)
+        return self.batcher(work, key=batch_key(work.inputs, "backward"), first=first)
 
     def capture(self, inputs: dict[str, Any], *, first: bool = True) -> Capture:
-        """One image's capture with its top target's gradients; later targets come through the line too."""
-        cap = self._run(Work(inputs), first)
-        cap._grad_fn = functools.partial(self._grads, inputs)
+        """One image's capture as soon as its (batched) forward is done; its gradients for any target come
+        when first asked for (the top target's from the batch's own backward when that ran, else through the
+        line, behind every new image). A page that already holds the model's lane gets forward and
+        backward at once, as before."""
+        if self._inline():
+            cap = run_batch(self.adapter, [Work(inputs)])[0]
+            fw, i = None, 0
+        else:
+            cap, fw, i = self.batcher(Work(inputs, forward=True), key=batch_key(inputs, "forward"), first=first)
+        cap._grad_fn = _CaptureGrads(self, inputs, fw, i)
         return cap
-
-    def _grads(self, inputs: dict[str, Any], target: int) -> dict[str, Any]:
-        """A capture's gradient function: that image's forward and backward again, batched with others."""
-        return self._run(Work(inputs, int(target)), False)._grads[int(target)]
 
     def stats(self) -> dict[str, Any]:
         return self.batcher.stats()
 
 
-def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S,
-                  lanes: int = 1, log: Optional[str] = None) -> Optional[ModelServer]:
+class _CaptureGrads:
+    """A served capture's gradient function: its batch's own backward when that gives the target, else
+    that image's forward and backward again, batched with others at the back of the line."""
+
+    def __init__(self, server: ModelServer, inputs: dict[str, Any], fw: Optional[Forward], i: int):
+        self.server, self.inputs, self.fw, self.i = server, inputs, fw, i
+
+    def waits(self, target: int) -> bool:
+        """Whether ``target``'s gradients wait for a request in the line (its batch's held backward, or a new
+        forward and backward) rather than come from its batch's backward running now: a page shows the
+        forward's own map meanwhile."""
+        fw = self.fw
+        return (fw is None or not fw.coming(self.i, int(target))
+                or (fw.request is not None and not fw.request.done.is_set()))
+
+    def __call__(self, target: int) -> dict[str, Any]:
+        fw = self.fw
+        if fw is not None and fw.coming(self.i, int(target)):
+            if fw.request is not None:      # its batch's backward waits in the line: the page sees its place
+                self.server.batcher.wait(fw.request, withdraw=False)
+            got = fw.gradients(self.i, int(target))
+            if got is not None:
+                return got
+        return self.server._run(Work(self.inputs, int(target)), False)._grads[int(target)]
+
+
+def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
+                  log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S) -> Optional[ModelServer]:
     """Give ``adapter`` its :class:`ModelServer` (``adapter.server``) when its family batches and
     ``max_batch`` is above 1; else None (the app keeps its one-image path)."""
-    adapter.server = (ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes, log=log)
+    adapter.server = (ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes, log=log, hold=hold,
+                                  age=age)
                       if batchable(adapter) and max_batch > 1 else None)
     return adapter.server

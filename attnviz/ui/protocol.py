@@ -89,6 +89,8 @@ class RunResult:
     elements: int = 0
     messages: int = 0
     received_bytes: int = 0
+    first_image_s: Optional[float] = None               # when the run's first image element arrived (s)
+    _first_image_at: Optional[float] = field(default=None, repr=False)   # perf_counter of that moment
 
 
 def _cookie_from(headers: list[tuple[str, str]], name: str) -> Optional[str]:
@@ -239,6 +241,8 @@ class Session:
         kind = el.WhichOneof("type")
         run.elements += 1
         if kind == "imgs":
+            if run._first_image_at is None:
+                run._first_image_at = time.perf_counter()
             run.images.extend(i.url for i in el.imgs.imgs)
         elif kind == "alert":
             if el.alert.format == el.alert.ERROR:
@@ -285,6 +289,8 @@ class Session:
                     except ProtocolError as exc:
                         run.errors.append(str(exc))
         run.seconds = time.perf_counter() - t0
+        if run._first_image_at is not None:
+            run.first_image_s = run._first_image_at - t0
         return run
 
     # --- widgets -------------------------------------------------------------------
@@ -357,4 +363,6 @@ class Session:
             UploadedFileInfo(name=name, size=len(data), file_id=urls.file_id, file_urls=urls))
         run = await self._rerun({widget.id: st}, widget.fragment_id)
         run.seconds = time.perf_counter() - t0    # from the first request, as the user waits
+        if run._first_image_at is not None:
+            run.first_image_s = run._first_image_at - t0
         return run

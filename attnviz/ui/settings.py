@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, least: int = 1) -> int:
     try:
-        return max(1, int(os.environ.get(name, default)))
+        return max(least, int(os.environ.get(name, default)))
     except ValueError:
         return default
 
@@ -30,9 +30,17 @@ TORCH_THREADS = _env_int("ATTNVIZ_TORCH_THREADS", max(1, (CORES - 1) // MODEL_LA
 # forward + backward, a lone request waiting BATCH_WINDOW_S for batch-mates. ATTNVIZ_BATCH=1 turns it off.
 BATCH_SIZE = _env_int("ATTNVIZ_BATCH", 4)
 BATCH_WINDOW_S = _env_int("ATTNVIZ_BATCH_WINDOW_MS", 50) / 1000
+# A new image's forward is handed out before its backward; while other new images wait, up to GRAPH_HOLD
+# images' forward graphs (about 140 MB each for ViT-B/16) wait for their backward instead of being given up
+# and computed again (serve.local). 0: never kept.
+GRAPH_HOLD = _env_int("ATTNVIZ_GRAPH_HOLD", 8, least=0)
+# A backward (a class-specific map) that has waited this long goes ahead of new images arriving after it.
+BATCH_AGE_S = float(_env_int("ATTNVIZ_BATCH_AGE_S", 10))
 # A capture of a family that does not batch keeps its autograd graph (~140 MB for ViT-B/16); a batched one
-# keeps its attentions and one target's gradients (45 MB), so the same memory holds 3× as many: a burst's
-# sessions find their capture again at their next click instead of waiting for another forward + backward.
-CAPTURE_ENTRIES = _env_int("ATTNVIZ_CAPTURE_CACHE", 18 if BATCH_SIZE > 1 else 6)
+# keeps its attentions and one target's gradients (45 MB), so the same memory holds 3× as many. A class's
+# burst uploads 30 images within seconds: with fewer entries than students, the first ones' captures
+# left the cache before their next click and were made again, in line behind the burst (issue 23's load
+# test: 47 forwards for 31 images with 18 entries). 40 entries hold a class of 30 (at most 1.8 GB).
+CAPTURE_ENTRIES = _env_int("ATTNVIZ_CAPTURE_CACHE", 40 if BATCH_SIZE > 1 else 6)
 BATCH_LOG = os.environ.get("ATTNVIZ_BATCH_LOG", "").strip() or None   # a JSON line per batch (attnviz loadtest)
 SERVE_APP = os.environ.get("ATTNVIZ_SERVE", "").strip() or None   # a Ray Serve application doing the model work

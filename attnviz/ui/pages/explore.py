@@ -16,7 +16,7 @@ from attnviz import render
 from attnviz.errors import UsageError
 from attnviz.methods import list_methods
 from attnviz.methods.registry import MethodSpec
-from attnviz.ui import backbone, figures, gates_panel, mapview, notes, panels, urlstate
+from attnviz.ui import backbone, figures, gates_panel, mapview, notes, panels, state, urlstate
 from attnviz.ui.compute import export_record, model_key, top_k
 from attnviz.ui.context import load_context, query_label
 from attnviz.ui.errors import guard
@@ -117,6 +117,37 @@ def compute_ui(ctx, spec: MethodSpec, params: dict[str, Any], target: Any) -> Op
                       help="This method runs the model many times; it shows its progress while it works.",
                       note=f"{pretty(spec.name)} runs the model many times: press Run when the settings are right "
                            "(display changes while it runs do not stop it).")
+
+
+FIRST_VIEW = "rollout"     # the class-agnostic map a capture's forward alone gives (shown while a backward waits)
+
+
+def first_view_ui(ctx, specs: dict[str, MethodSpec], spec: MethodSpec, params: dict[str, Any], target: Any):
+    """While the main map waits for its backward pass (a burst: the model's line serves every new image's
+    forward first, issue 23), show the forward's own attention rollout at once, labelled as what it is;
+    returns the slot to clear once the main map is drawn (None when nothing was shown)."""
+    adapter, cap = ctx.adapter, ctx.capture
+    if (getattr(adapter, "server", None) is None or FIRST_VIEW not in specs or spec.name == FIRST_VIEW
+            or not spec.class_specific or spec.slow):
+        return None
+    eng = state.engine()
+    if eng.peek(adapter, ctx.entry, ctx.digest, spec.name, target, params) is not None:
+        return None
+    t = adapter.resolve_target(cap, target)
+    waits = getattr(cap._grad_fn, "waits", None)          # serve.local: does the backward wait in line?
+    if t.index in cap._grads or waits is None or not waits(t.index):
+        return None                     # its backward is done or running now: the main map comes at once
+    exp = eng.explain(adapter, ctx.entry, ctx.digest, FIRST_VIEW, None, {})     # attentions only: no model run
+    slot = st.empty()
+    with slot.container():
+        scale = mapview.scale_for(exp.map, exp.signed, ctx.display)
+        panels.show_map(ctx.img, exp.map, scale, ctx.display, ctx.map_box(exp.map.shape, exp.over),
+                        method=FIRST_VIEW, caption=f"{pretty(FIRST_VIEW)} (class-agnostic), shown first")
+        st.info(f"This is **{pretty(FIRST_VIEW)}**, which the model's forward pass gives at once. The "
+                f"**{pretty(spec.name)}** map for **{markdown_literal(t.label)}** needs a backward pass, which "
+                "waits while other students' images get their forward passes; it replaces this map when done.",
+                icon=":material/hourglass_top:")
+    return slot
 
 
 def _meta_caption(exp, ctx) -> str:
@@ -335,11 +366,16 @@ def main() -> None:
     with right:
         if backbone.is_backbone(ctx.adapter):       # what a backbone is looked at for comes first
             backbone.heads_ui(ctx)
+        first = None
+        with guard("The first map"):
+            first = first_view_ui(ctx, specs, specs[method], params[method], target)
         for name in [method, *compare]:
             with guard(f"{pretty(name)}"):
                 exp = compute_ui(ctx, specs[name], params[name], target)
                 if exp is not None:
                     shown.append((specs[name], exp))
+        if first is not None:
+            first.empty()
         if shown:
             settings = None
             if shown[0][0].name == method:
