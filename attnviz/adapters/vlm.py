@@ -81,8 +81,9 @@ class VlmAdapter(ModelAdapter):
     @classmethod
     def load(cls, source, config, *, name, local_only=False):
         common = dict(trust_remote_code=False, local_files_only=local_only)
+        # float32: real checkpoints say bfloat16, which from_pretrained would keep (slow on CPU, coarse gradients)
         model = transformers.AutoModelForImageTextToText.from_pretrained(
-            source, attn_implementation="eager", use_safetensors=True, **common)
+            source, attn_implementation="eager", use_safetensors=True, dtype=torch.float32, **common)
         fam = family_of(config)
         if fam is Qwen2VL:
             tok = transformers.AutoTokenizer.from_pretrained(source, **common)
