@@ -65,20 +65,31 @@ def test_llava_1_5_sees_a_640x480_image_as_the_24x24_grid_of_its_centre_crop(lla
     assert explain(llava, cap, "answer_relevance", None).map.shape == (24, 24)
 
 
-def test_the_full_size_layout_passes_the_geometry_check_on_some_cells(llava):
-    tower = llava.spec.vision_tower(llava.model)
-    for name, mod in tower.named_modules():
-        if name.endswith("out_proj"):
-            mod.weight.data.zero_()
-            mod.bias.data.zero_()
+def full_size_geometry_errors(adapter, cells):
+    """``geometry_errors`` on a 640×480 photo with the vision tower's mixing switched off (attention output
+    projections zeroed for the check, restored after)."""
+    tower = adapter.spec.vision_tower(adapter.model)
+    saved = {n: (m.weight.data.clone(), m.bias.data.clone()) for n, m in tower.named_modules() if n.endswith("out_proj")}
+    for n, m in tower.named_modules():
+        if n in saved:
+            m.weight.data.zero_()
+            m.bias.data.zero_()
     from tests import test_vlm_geometry as g
     old = g.SIZE
     g.SIZE = (640, 480)
     try:
-        geo = llava.prepare(g.photo(), question="what?", answer="a")["image_tokens"]
-        assert geometry_errors(llava, geo.token_boxes(), cells=[0, 30, 299, 575]) == []
+        geo = adapter.prepare(g.photo(), question="what?", answer="a")["image_tokens"]
+        return geometry_errors(adapter, geo.token_boxes(), cells=cells)
     finally:
         g.SIZE = old
+        for n, m in tower.named_modules():
+            if n in saved:
+                m.weight.data.copy_(saved[n][0])
+                m.bias.data.copy_(saved[n][1])
+
+
+def test_the_full_size_layout_passes_the_geometry_check_on_some_cells(llava):
+    assert full_size_geometry_errors(llava, [0, 30, 299, 575]) == []
 
 
 def test_the_question_words_are_found_in_llavas_prompt_though_the_template_cuts_them_differently(llava):
@@ -143,17 +154,23 @@ def test_an_explanation_runs_on_the_full_size_smolvlm_geometry(smolvlm):
 
 
 def test_the_full_size_smolvlm_layout_passes_the_geometry_check_on_some_cells(smolvlm):
-    tower = smolvlm.spec.vision_tower(smolvlm.model)
-    for name, mod in tower.named_modules():
-        if name.endswith("out_proj"):
-            mod.weight.data.zero_()
-            mod.bias.data.zero_()
-    from tests import test_vlm_geometry as g
-    old = g.SIZE
-    g.SIZE = (640, 480)
+    # a corner of tile 1,1; the middle of tile 2,3; the last tile's last cell; a global-view cell
+    assert full_size_geometry_errors(smolvlm, [0, 6 * 64 + 27, 11 * 64 + 63, 12 * 64 + 9]) == []
+
+
+def test_relevance_is_carried_into_smolvlms_tower_at_full_size_and_its_memory_is_foretold(smolvlm):
+    from attnviz.errors import UsageError
+    from attnviz.methods import explain
+    inputs = smolvlm.prepare(sample_image(), question="What is in the picture?", answer="A cat.")
+    cap = smolvlm.capture(inputs)
+    vis = cap.extras["vision_attentions"]                                   # 13 views × 4 heads × 1,024² a layer
+    assert vis[0].shape == (13, 4, 1024, 1024)
+    assert smolvlm.vision_attention_bytes(inputs["pixel_values"]) == sum(t.numel() * t.element_size() for t in vis)
+    r = explain(smolvlm, cap, "answer_relevance", None, into_vision=True)
+    assert r.map.shape == (24, 32) and np.isfinite(r.map).all()
+    smolvlm.keep_vision_attentions = False           # what a real-width SmolVLM gets by default (7.8 GB at 12 layers)
     try:
-        geo = smolvlm.prepare(g.photo(), question="what?", answer="a")["image_tokens"]
-        # a corner of tile 1,1; the middle of tile 2,3; the last tile's last cell; a global-view cell
-        assert geometry_errors(smolvlm, geo.token_boxes(), cells=[0, 6 * 64 + 27, 11 * 64 + 63, 12 * 64 + 9]) == []
+        with pytest.raises(UsageError, match="not kept for this image"):
+            explain(smolvlm, smolvlm.capture(inputs), "answer_relevance", None, into_vision=True)
     finally:
-        g.SIZE = old
+        smolvlm.keep_vision_attentions = None
