@@ -205,15 +205,8 @@ def test_every_family_explains_an_answer_with_relevance_read_from_its_own_image_
         assert np.asarray(e.meta["beside"]["global"]).ravel().tolist() == pytest.approx(vec[-4:].tolist())
 
 
-@pytest.mark.parametrize("kind", ("llava", "paligemma"))
-def test_relevance_into_the_vision_tower_is_the_rule_continued_through_its_layers_in_numpy(kind):
-    a = tiny(kind)
-    img = photo()
-    question = "what colour is it?"
-    cap = a.capture(a.prepare(img, question=question, answer="red cat"))
-    geo = cap.extras["image_tokens"]
-    ids = torch.cat([cap.inputs["encoding"]["input_ids"][0], cap.inputs["answer_ids"]])[None]
-    kw = a.model_inputs(cap.inputs, cap.inputs["pixel_values"].clone().requires_grad_())
+def forward_with_tower_attentions(a, kw):
+    """The model's forward with the decoder's attentions and, read off its output by a hook, the vision tower's."""
     seen = {}
     tower = a.spec.vision_tower(a.model)
     tower.config.output_attentions = True                 # PaliGemma calls its tower without asking for them
@@ -223,6 +216,19 @@ def test_relevance_into_the_vision_tower_is_the_rule_continued_through_its_layer
     finally:
         h.remove()
         tower.config.output_attentions = False
+    return out, seen
+
+
+@pytest.mark.parametrize("kind", ("llava", "paligemma"))
+def test_relevance_into_the_vision_tower_is_the_rule_continued_through_its_layers_in_numpy(kind):
+    a = tiny(kind)
+    img = photo()
+    question = "what colour is it?"
+    cap = a.capture(a.prepare(img, question=question, answer="red cat"))
+    geo = cap.extras["image_tokens"]
+    ids = torch.cat([cap.inputs["encoding"]["input_ids"][0], cap.inputs["answer_ids"]])[None]
+    kw = a.model_inputs(cap.inputs, cap.inputs["pixel_values"].clone().requires_grad_())
+    out, seen = forward_with_tower_attentions(a, kw)
     row = cap.inputs["prompt_len"] - 1
     logit = out.logits[0, row, ids[0, cap.inputs["prompt_len"]]]
     dec_g = torch.autograd.grad(logit, out.attentions, retain_graph=True)
@@ -256,15 +262,7 @@ def test_relevance_into_idefics3s_tower_splits_each_token_over_its_shuffled_patc
     geo = cap.extras["image_tokens"]
     ids = torch.cat([cap.inputs["encoding"]["input_ids"][0], cap.inputs["answer_ids"]])[None]
     kw = a.model_inputs(cap.inputs, cap.inputs["pixel_values"].clone().requires_grad_())
-    seen = {}
-    tower = a.spec.vision_tower(a.model)
-    tower.config.output_attentions = True
-    h = tower.register_forward_hook(lambda m, i, o: seen.update(a=o.attentions))
-    try:
-        out = a.model(**kw, output_attentions=True)
-    finally:
-        h.remove()
-        tower.config.output_attentions = False
+    out, seen = forward_with_tower_attentions(a, kw)
     row = cap.inputs["prompt_len"] - 1
     logit = out.logits[0, row, ids[0, cap.inputs["prompt_len"]]]
     dec_g = torch.autograd.grad(logit, out.attentions, retain_graph=True)
