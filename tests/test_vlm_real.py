@@ -3,6 +3,7 @@ a model built from that config scaled down (2 layers a tower, narrow) and random
 attnviz's loader: the full-size image-token geometry of a 640×480 image, computed here from the processor's
 documented rules, and the generic geometry check on a few of its cells."""
 import hashlib
+import json
 import math
 import re
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import transformers
 from PIL import Image
 
@@ -24,8 +26,8 @@ SMOL = ROOT / "HuggingFaceTB__SmolVLM-256M-Instruct"
 def _sections() -> dict[str, str]:
     """README section text by fixture folder (the folder named in the section's heading line)."""
     text = (ROOT / "README.md").read_text()
-    parts = re.split(r"^## ", text, flags=re.M)[1:]
-    return {re.search(r"\(`([^`/]+)/`\)", p.splitlines()[0]).group(1): p for p in parts}
+    heads = [(re.search(r"\(`([^`/]+)/`\)", p.splitlines()[0]), p) for p in re.split(r"^## ", text, flags=re.M)[1:]]
+    return {m.group(1): p for m, p in heads if m}
 
 
 @pytest.mark.parametrize("folder", sorted(p.name for p in ROOT.iterdir() if p.is_dir()))
@@ -174,3 +176,45 @@ def test_relevance_is_carried_into_smolvlms_tower_at_full_size_and_its_memory_is
             explain(smolvlm, smolvlm.capture(inputs), "answer_relevance", None, into_vision=True)
     finally:
         smolvlm.keep_vision_attentions = None
+
+
+# --- Qwen2-VL-2B-Instruct and PaliGemma-3B: real config and image processor, no loadable tokenizer found ------------
+
+QWEN = ROOT / "Qwen__Qwen2-VL-2B-Instruct"
+PALI = ROOT / "google__paligemma-3b-pt-224"
+
+
+def test_qwen2_vl_2b_sees_a_640x480_image_as_a_17x23_merged_grid():
+    """The real image processor's grid_thw; the image tokens the processor would splice in (one per merged 2 × 2
+    block: grid_thw.prod() / 4 copies of <|image_pad|>, as its chat template places them) read by the family's
+    geometry. Expected by hand: the sides rounded to multiples of 14 · 2 = 28 pixels (480 → 476, 640 → 644)."""
+    from attnviz.adapters.vlm_families import Qwen2VL, family_of
+    cfg = transformers.AutoConfig.from_pretrained(QWEN, local_files_only=True)
+    ip = transformers.AutoImageProcessor.from_pretrained(QWEN, local_files_only=True)
+    assert family_of(cfg) is Qwen2VL
+    enc = dict(ip(images=[sample_image()], return_tensors="pt"))
+    t, gh, gw = enc["image_grid_thw"][0].tolist()
+    assert (t, gh, gw) == (1, round(480 / 28) * 2, round(640 / 28) * 2) == (1, 34, 46)
+    assert enc["pixel_values"].shape == (34 * 46, 3 * 2 * 14 * 14)
+    tok_ids = {v["content"]: int(k) for k, v in json.loads(
+        (QWEN / "tokenizer_config.json").read_text())["added_tokens_decoder"].items()}
+    assert tok_ids["<|image_pad|>"] == cfg.image_token_id
+    pad = [cfg.image_token_id] * (gh * gw // 4)
+    ids = [tok_ids["<|vision_start|>"]] + pad + [tok_ids["<|vision_end|>"]]
+    enc["input_ids"] = torch.tensor([ids])
+    geo = Qwen2VL(cfg, None).geometry(enc, sample_image())
+    assert (geo.n_tokens, geo.canvas_rows, geo.canvas_cols, geo.box) == (391, 17, 23, (0, 0, 640, 480))
+    assert geo.positions == tuple(range(1, 392))
+
+
+def test_paligemma_3b_224_has_256_image_tokens_on_a_16x16_grid():
+    from attnviz.adapters.vlm_families import PaliGemma, family_of
+    cfg = transformers.AutoConfig.from_pretrained(PALI, local_files_only=True)
+    assert family_of(cfg) is PaliGemma
+    vc = cfg.vision_config
+    assert (vc.image_size // vc.patch_size) ** 2 == cfg.text_config.num_image_tokens == 256
+    assert cfg.image_token_id == 257152 < cfg.text_config.vocab_size
+    enc = {"pixel_values": torch.zeros(1, 3, vc.image_size, vc.image_size),
+           "input_ids": torch.tensor([[cfg.image_token_id] * 256 + [cfg.bos_token_id]])}
+    geo = PaliGemma(cfg, None).geometry(enc, sample_image())
+    assert (geo.n_tokens, geo.canvas_rows, geo.canvas_cols, geo.box) == (256, 16, 16, (0, 0, 640, 480))
