@@ -9,7 +9,7 @@ tokenizer, chat template). The model is saved with ``save_pretrained`` next to t
 content word of a typed answer. Runs with one torch thread; memory is the process's peak resident set, so run
 one measurement per process (``--layers`` once per call). ``--extrapolate`` runs three child processes
 (2/2, 4/2, 2/4 decoder/vision layers) and fits time and memory linearly in the two layer counts to the
-checkpoint's full depth.
+checkpoint's full depth (a negative slope, noise on a busy machine, counts as zero).
 """
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def extrapolate(config_dir: Path, narrow: bool = False, method: str = "answer_re
 
     def fit(get):
         base, dt, dv = get(runs[2, 2]), get(runs[4, 2]), get(runs[2, 4])
-        per_t, per_v = (dt - base) / 2, (dv - base) / 2
+        per_t, per_v = max(0.0, (dt - base) / 2), max(0.0, (dv - base) / 2)       # a negative slope is noise
         return round(base + per_t * (full[0] - 2) + per_v * (full[1] - 2), 1), round(per_t, 2), round(per_v, 2)
 
     cpu = fit(lambda r: r["cpu_total_s"])
