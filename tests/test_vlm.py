@@ -205,15 +205,8 @@ def test_every_family_explains_an_answer_with_relevance_read_from_its_own_image_
         assert np.asarray(e.meta["beside"]["global"]).ravel().tolist() == pytest.approx(vec[-4:].tolist())
 
 
-@pytest.mark.parametrize("kind", ("llava", "paligemma"))
-def test_relevance_into_the_vision_tower_is_the_rule_continued_through_its_layers_in_numpy(kind):
-    a = tiny(kind)
-    img = photo()
-    question = "what colour is it?"
-    cap = a.capture(a.prepare(img, question=question, answer="red cat"))
-    geo = cap.extras["image_tokens"]
-    ids = torch.cat([cap.inputs["encoding"]["input_ids"][0], cap.inputs["answer_ids"]])[None]
-    kw = a.model_inputs(cap.inputs, cap.inputs["pixel_values"].clone().requires_grad_())
+def forward_with_tower_attentions(a, kw):
+    """The model's forward with the decoder's attentions and, read off its output by a hook, the vision tower's."""
     seen = {}
     tower = a.spec.vision_tower(a.model)
     tower.config.output_attentions = True                 # PaliGemma calls its tower without asking for them
@@ -223,6 +216,19 @@ def test_relevance_into_the_vision_tower_is_the_rule_continued_through_its_layer
     finally:
         h.remove()
         tower.config.output_attentions = False
+    return out, seen
+
+
+@pytest.mark.parametrize("kind", ("llava", "paligemma"))
+def test_relevance_into_the_vision_tower_is_the_rule_continued_through_its_layers_in_numpy(kind):
+    a = tiny(kind)
+    img = photo()
+    question = "what colour is it?"
+    cap = a.capture(a.prepare(img, question=question, answer="red cat"))
+    geo = cap.extras["image_tokens"]
+    ids = torch.cat([cap.inputs["encoding"]["input_ids"][0], cap.inputs["answer_ids"]])[None]
+    kw = a.model_inputs(cap.inputs, cap.inputs["pixel_values"].clone().requires_grad_())
+    out, seen = forward_with_tower_attentions(a, kw)
     row = cap.inputs["prompt_len"] - 1
     logit = out.logits[0, row, ids[0, cap.inputs["prompt_len"]]]
     dec_g = torch.autograd.grad(logit, out.attentions, retain_graph=True)
@@ -245,6 +251,45 @@ def test_relevance_into_the_vision_tower_is_the_rule_continued_through_its_layer
     np.testing.assert_allclose(np.asarray(got.meta["image_tokens"]), want, rtol=1e-4, atol=1e-9)
     plain = explain(a, cap, "answer_relevance", 0)
     assert not np.allclose(got.map, plain.map, rtol=1e-3)
+
+
+def test_relevance_into_idefics3s_tower_splits_each_token_over_its_shuffled_patches_then_follows_the_rule():
+    """Idefics3: every view (tiles, global) is its own image to the tower; pixel shuffle concatenates each
+    scale × scale block of patches into one image token. Written here in numpy: the token's decoder relevance split
+    equally over its block, Chefer's rule per view through every vision layer, summed back over each block."""
+    a = tiny("idefics3")
+    cap = a.capture(a.prepare(photo(), question="what colour is it?", answer="red cat"))
+    geo = cap.extras["image_tokens"]
+    ids = torch.cat([cap.inputs["encoding"]["input_ids"][0], cap.inputs["answer_ids"]])[None]
+    kw = a.model_inputs(cap.inputs, cap.inputs["pixel_values"].clone().requires_grad_())
+    out, seen = forward_with_tower_attentions(a, kw)
+    row = cap.inputs["prompt_len"] - 1
+    logit = out.logits[0, row, ids[0, cap.inputs["prompt_len"]]]
+    dec_g = torch.autograd.grad(logit, out.attentions, retain_graph=True)
+    vis_g = torch.autograd.grad(logit, seen["a"])
+    bar = lambda at, g: np.clip(g.double().numpy() * at.detach().double().numpy(), 0, None).mean(0)  # noqa: E731
+    r = np.eye(ids.shape[1])
+    for at, g in zip(out.attentions, dec_g):
+        r = r + bar(at[0], g[0]) @ r
+    image_rel = r[row, list(geo.positions)]                                   # [N]
+    views, _, seq = seen["a"][0].shape[:3]
+    side, scale = int(round(seq ** 0.5)), a.model.config.scale_factor          # 4 × 4 patches, 2 × 2 blocks
+    rr, cc = np.divmod(np.arange(seq), side)
+    block = (rr // scale) * (side // scale) + cc // scale                     # [S] token of each patch in its view
+    per_view = (side // scale) ** 2
+    assert views * per_view == len(image_rel) and views == len(geo.views)
+    want = np.zeros(len(image_rel))
+    for v in range(views):
+        u = image_rel[v * per_view + block] / scale ** 2
+        rv = np.eye(seq)
+        for at, g in zip(seen["a"], vis_g):
+            rv = rv + bar(at[v], g[v]) @ rv
+        want += np.bincount(v * per_view + block, weights=u @ rv, minlength=len(image_rel))
+    got = explain(a, cap, "answer_relevance", 0, into_vision=True)
+    np.testing.assert_allclose(np.asarray(got.meta["image_tokens"]), want, rtol=1e-4, atol=1e-9)
+    plain = explain(a, cap, "answer_relevance", 0)
+    # the random tiny tower's gradients are small: the tower moves relevance a little, but it does move it
+    assert not np.allclose(got.meta["image_tokens"], plain.meta["image_tokens"], rtol=1e-7, atol=0)
 
 
 def test_relevance_into_the_vision_tower_is_refused_where_patches_are_merged():

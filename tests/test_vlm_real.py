@@ -1,30 +1,41 @@
-"""A real VLM's hub files (tests/fixtures/vlm-configs/llava-hf__llava-1.5-7b-hf: config, processor, tokenizer,
-chat template; no weights) with a model built from that config scaled down (2 layers a tower, narrow) and
-random weights, saved and loaded through attnviz's loader: the full-size image-token geometry of a 640×480
-image, and the generic geometry check on a few of its cells."""
+"""Real VLMs' hub files (tests/fixtures/vlm-configs/*: config, processor, tokenizer, chat template; no weights) with
+a model built from that config scaled down (2 layers a tower, narrow) and random weights, saved and loaded through
+attnviz's loader: the full-size image-token geometry of a 640×480 image, computed here from the processor's
+documented rules, and the generic geometry check on a few of its cells."""
 import hashlib
+import json
+import math
 import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import transformers
 from PIL import Image
 
+from attnviz.bench_vlm import build_scaled, sample_image
 from tests.test_vlm_geometry import geometry_errors
 
 ROOT = Path(__file__).parent / "fixtures" / "vlm-configs"
 LLAVA = ROOT / "llava-hf__llava-1.5-7b-hf"
+SMOL = ROOT / "HuggingFaceTB__SmolVLM-256M-Instruct"
 
 
-def test_fixture_files_are_the_recorded_ones():
-    table = (ROOT / "README.md").read_text()
-    section = table[table.index("## llava-hf/llava-1.5-7b-hf"):]
-    rows = dict(re.findall(r"^\| (\S+) \| \d+ \| `([0-9a-f]{64})`", section, flags=re.M))
-    assert set(rows) == {p.name for p in LLAVA.iterdir()}
+def _sections() -> dict[str, str]:
+    """README section text by fixture folder (the folder named in the section's heading line)."""
+    text = (ROOT / "README.md").read_text()
+    heads = [(re.search(r"\(`([^`/]+)/`\)", p.splitlines()[0]), p) for p in re.split(r"^## ", text, flags=re.M)[1:]]
+    return {m.group(1): p for m, p in heads if m}
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in ROOT.iterdir() if p.is_dir()))
+def test_fixture_files_are_the_recorded_ones(folder):
+    rows = dict(re.findall(r"^\| (\S+) \| \d+ \| `([0-9a-f]{64})`", _sections()[folder], flags=re.M))
+    assert set(rows) == {p.name for p in (ROOT / folder).iterdir()}
     for name, digest in rows.items():
-        assert hashlib.sha256((LLAVA / name).read_bytes()).hexdigest() == digest, name
+        assert hashlib.sha256((ROOT / folder / name).read_bytes()).hexdigest() == digest, name
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +67,31 @@ def test_llava_1_5_sees_a_640x480_image_as_the_24x24_grid_of_its_centre_crop(lla
     assert explain(llava, cap, "answer_relevance", None).map.shape == (24, 24)
 
 
-def test_the_full_size_layout_passes_the_geometry_check_on_some_cells(llava):
-    tower = llava.spec.vision_tower(llava.model)
-    for name, mod in tower.named_modules():
-        if name.endswith("out_proj"):
-            mod.weight.data.zero_()
-            mod.bias.data.zero_()
+def full_size_geometry_errors(adapter, cells):
+    """``geometry_errors`` on a 640×480 photo with the vision tower's mixing switched off (attention output
+    projections zeroed for the check, restored after)."""
+    tower = adapter.spec.vision_tower(adapter.model)
+    saved = {n: (m.weight.data.clone(), m.bias.data.clone()) for n, m in tower.named_modules() if n.endswith("out_proj")}
+    for n, m in tower.named_modules():
+        if n in saved:
+            m.weight.data.zero_()
+            m.bias.data.zero_()
     from tests import test_vlm_geometry as g
     old = g.SIZE
     g.SIZE = (640, 480)
     try:
-        geo = llava.prepare(g.photo(), question="what?", answer="a")["image_tokens"]
-        assert geometry_errors(llava, geo.token_boxes(), cells=[0, 30, 299, 575]) == []
+        geo = adapter.prepare(g.photo(), question="what?", answer="a")["image_tokens"]
+        return geometry_errors(adapter, geo.token_boxes(), cells=cells)
     finally:
         g.SIZE = old
+        for n, m in tower.named_modules():
+            if n in saved:
+                m.weight.data.copy_(saved[n][0])
+                m.bias.data.copy_(saved[n][1])
+
+
+def test_the_full_size_layout_passes_the_geometry_check_on_some_cells(llava):
+    assert full_size_geometry_errors(llava, [0, 30, 299, 575]) == []
 
 
 def test_the_question_words_are_found_in_llavas_prompt_though_the_template_cuts_them_differently(llava):
@@ -81,3 +103,118 @@ def test_the_question_words_are_found_in_llavas_prompt_though_the_template_cuts_
     ids = cap.inputs["encoding"]["input_ids"][0]
     assert llava.tokenizer.decode(ids[pos]).strip() == "What is in the picture?"
     assert pos[0] == cap.extras["image_tokens"].positions[-1] + 2           # after the image and its newline
+
+
+# --- SmolVLM-256M-Instruct (Idefics3): tiles + a global view, pixel shuffle ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smolvlm(tmp_path_factory):
+    import attnviz
+    return attnviz.load_model(str(build_scaled(SMOL, tmp_path_factory.mktemp("smolvlm-scaled"), narrow=True)))
+
+
+def test_the_smolvlm_files_agree_with_each_other():
+    cfg = transformers.AutoConfig.from_pretrained(SMOL, local_files_only=True)
+    proc = transformers.AutoProcessor.from_pretrained(SMOL, local_files_only=True)
+    tok = proc.tokenizer
+    assert len(tok) == cfg.text_config.vocab_size == 49280
+    assert tok.convert_tokens_to_ids("<image>") == cfg.image_token_id == 49190
+    # 64 image tokens a view: (512 / 16)² patches, pixel shuffle by 4 in each direction
+    assert proc.image_seq_len == (cfg.vision_config.image_size // cfg.vision_config.patch_size // cfg.scale_factor) ** 2
+
+
+def test_smolvlm_sees_a_640x480_image_as_12_tiles_and_a_global_view(smolvlm):
+    ip = smolvlm.processor.image_processor
+    tile, longest = ip.max_image_size["longest_edge"], ip.size["longest_edge"]            # 512, 2048
+    # The processor scales the longest edge to 2048 (aspect kept: 2048 × 1536), then cuts 512-pixel tiles.
+    rows, cols = math.ceil(480 * longest / 640 / tile), math.ceil(longest / tile)
+    assert (rows, cols) == (3, 4)
+    grid = 512 // 16 // 4
+    inputs = smolvlm.prepare(sample_image(), question="What is in the picture?", answer="A cat.")
+    geo = inputs["image_tokens"]
+    assert inputs["pixel_values"].shape[:2] == (1, rows * cols + 1)
+    assert geo.n_tokens == (rows * cols + 1) * grid * grid == 832
+    assert (geo.canvas_rows, geo.canvas_cols) == (rows * grid, cols * grid) == (24, 32)
+    assert [v.name for v in geo.views][:5] == ["tile 1,1", "tile 1,2", "tile 1,3", "tile 1,4", "tile 2,1"]
+    assert geo.views[5].box == (160.0, 160.0, 320.0, 320.0)                           # tile 2,2 in original pixels
+    # The processor's own text names every view just before its first image token.
+    ids = inputs["encoding"]["input_ids"][0]
+    tok = smolvlm.tokenizer
+    for v in geo.views:
+        before = tok.convert_ids_to_tokens(int(ids[geo.positions[v.start] - 1]))
+        i, j = (v.name.split()[1].split(",") if v.name != "global" else ("", ""))
+        assert before == (f"<row_{i}_col_{j}>" if v.name != "global" else "<global-img>"), v.name
+
+
+def test_an_explanation_runs_on_the_full_size_smolvlm_geometry(smolvlm):
+    from attnviz.methods import explain
+    cap = smolvlm.capture(smolvlm.prepare(sample_image(), question="What is in the picture?", answer="A cat."))
+    r = explain(smolvlm, cap, "answer_relevance", None)
+    assert r.map.shape == (24, 32) and np.asarray(r.meta["beside"]["global"]).shape == (8, 8)
+    assert np.isfinite(r.map).all() and r.map.sum() > 0
+
+
+def test_the_full_size_smolvlm_layout_passes_the_geometry_check_on_some_cells(smolvlm):
+    # a corner of tile 1,1; the middle of tile 2,3; the last tile's last cell; a global-view cell
+    assert full_size_geometry_errors(smolvlm, [0, 6 * 64 + 27, 11 * 64 + 63, 12 * 64 + 9]) == []
+
+
+def test_relevance_is_carried_into_smolvlms_tower_at_full_size_and_its_memory_is_foretold(smolvlm):
+    from attnviz.errors import UsageError
+    from attnviz.methods import explain
+    inputs = smolvlm.prepare(sample_image(), question="What is in the picture?", answer="A cat.")
+    cap = smolvlm.capture(inputs)
+    vis = cap.extras["vision_attentions"]                                   # 13 views × 4 heads × 1,024² a layer
+    assert vis[0].shape == (13, 4, 1024, 1024)
+    assert smolvlm.vision_attention_bytes(inputs["pixel_values"]) == sum(t.numel() * t.element_size() for t in vis)
+    r = explain(smolvlm, cap, "answer_relevance", None, into_vision=True)
+    assert r.map.shape == (24, 32) and np.isfinite(r.map).all()
+    smolvlm.keep_vision_attentions = False           # what a real-width SmolVLM gets by default (7.8 GB at 12 layers)
+    try:
+        with pytest.raises(UsageError, match="not kept for this image"):
+            explain(smolvlm, smolvlm.capture(inputs), "answer_relevance", None, into_vision=True)
+    finally:
+        smolvlm.keep_vision_attentions = None
+
+
+# --- Qwen2-VL-2B-Instruct and PaliGemma-3B: real config and image processor, no loadable tokenizer found ------------
+
+QWEN = ROOT / "Qwen__Qwen2-VL-2B-Instruct"
+PALI = ROOT / "google__paligemma-3b-pt-224"
+
+
+def test_qwen2_vl_2b_sees_a_640x480_image_as_a_17x23_merged_grid():
+    """The real image processor's grid_thw; the image tokens the processor would splice in (one per merged 2 × 2
+    block: grid_thw.prod() / 4 copies of <|image_pad|>, as its chat template places them) read by the family's
+    geometry. Expected by hand: the sides rounded to multiples of 14 · 2 = 28 pixels (480 → 476, 640 → 644)."""
+    from attnviz.adapters.vlm_families import Qwen2VL, family_of
+    cfg = transformers.AutoConfig.from_pretrained(QWEN, local_files_only=True)
+    ip = transformers.AutoImageProcessor.from_pretrained(QWEN, local_files_only=True)
+    assert family_of(cfg) is Qwen2VL
+    enc = dict(ip(images=[sample_image()], return_tensors="pt"))
+    t, gh, gw = enc["image_grid_thw"][0].tolist()
+    assert (t, gh, gw) == (1, round(480 / 28) * 2, round(640 / 28) * 2) == (1, 34, 46)
+    assert enc["pixel_values"].shape == (34 * 46, 3 * 2 * 14 * 14)
+    tok_ids = {v["content"]: int(k) for k, v in json.loads(
+        (QWEN / "tokenizer_config.json").read_text())["added_tokens_decoder"].items()}
+    assert tok_ids["<|image_pad|>"] == cfg.image_token_id
+    pad = [cfg.image_token_id] * (gh * gw // 4)
+    ids = [tok_ids["<|vision_start|>"]] + pad + [tok_ids["<|vision_end|>"]]
+    enc["input_ids"] = torch.tensor([ids])
+    geo = Qwen2VL(cfg, None).geometry(enc, sample_image())
+    assert (geo.n_tokens, geo.canvas_rows, geo.canvas_cols, geo.box) == (391, 17, 23, (0, 0, 640, 480))
+    assert geo.positions == tuple(range(1, 392))
+
+
+def test_paligemma_3b_224_has_256_image_tokens_on_a_16x16_grid():
+    from attnviz.adapters.vlm_families import PaliGemma, family_of
+    cfg = transformers.AutoConfig.from_pretrained(PALI, local_files_only=True)
+    assert family_of(cfg) is PaliGemma
+    vc = cfg.vision_config
+    assert (vc.image_size // vc.patch_size) ** 2 == cfg.text_config.num_image_tokens == 256
+    assert cfg.image_token_id == 257152 < cfg.text_config.vocab_size
+    enc = {"pixel_values": torch.zeros(1, 3, vc.image_size, vc.image_size),
+           "input_ids": torch.tensor([[cfg.image_token_id] * 256 + [cfg.bos_token_id]])}
+    geo = PaliGemma(cfg, None).geometry(enc, sample_image())
+    assert (geo.n_tokens, geo.canvas_rows, geo.canvas_cols, geo.box) == (256, 16, 16, (0, 0, 640, 480))

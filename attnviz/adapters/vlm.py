@@ -38,6 +38,8 @@ from .vlm_families import FAMILIES, Family, ImageOnlyQwen2VLProcessor, Qwen2VL, 
 
 MAX_ANSWER_TOKENS = 32
 DEFAULT_MAX_NEW_TOKENS = 16
+#: Bytes of vision-tower attentions a capture keeps by default (for relevance carried into the tower).
+VISION_ATTENTION_BUDGET = 1 << 30
 
 
 @register_adapter
@@ -46,6 +48,9 @@ class VlmAdapter(ModelAdapter):
     task = "image-text-to-text"
     PROVIDES = frozenset()         # none of the ViT methods' needs: the VLM methods (families=("vlm",)) apply
     concurrent_forwards = False
+    #: Keep the vision tower's attentions at capture (relevance into the tower): None = when they fit
+    #: VISION_ATTENTION_BUDGET (SmolVLM's 13 views × 1,024 patches × 12 heads × 12 layers at 640×480 do not: 7.8 GB).
+    keep_vision_attentions: Optional[bool] = None
 
     def __init__(self, model, processor, tokenizer=None, **kw):
         super().__init__(model, processor, **kw)
@@ -81,8 +86,9 @@ class VlmAdapter(ModelAdapter):
     @classmethod
     def load(cls, source, config, *, name, local_only=False):
         common = dict(trust_remote_code=False, local_files_only=local_only)
+        # float32: real checkpoints say bfloat16, which from_pretrained would keep (slow on CPU, coarse gradients)
         model = transformers.AutoModelForImageTextToText.from_pretrained(
-            source, attn_implementation="eager", use_safetensors=True, **common)
+            source, attn_implementation="eager", use_safetensors=True, dtype=torch.float32, **common)
         fam = family_of(config)
         if fam is Qwen2VL:
             tok = transformers.AutoTokenizer.from_pretrained(source, **common)
@@ -174,7 +180,7 @@ class VlmAdapter(ModelAdapter):
     def _run(self, inputs, pixel_values, *, attentions):
         caught: dict[str, Any] = {}
         hook, tower, was = None, None, None
-        if attentions and self.spec.vision_map is not None:
+        if attentions and self.spec.vision_map is not None and self._keep_vision(pixel_values):
             # The vision tower's own attentions (in the graph), for relevance carried down to the patches. PaliGemma
             # calls its tower without output_attentions: the tower's config asks for them during this forward.
             tower = self.spec.vision_tower(self.model)
@@ -199,6 +205,23 @@ class VlmAdapter(ModelAdapter):
             extras["vision_attentions"] = vis
             extras["grad_wrt"] = {"vision_attentions": vis}
         return scores[None], (out.attentions if attentions else None), extras
+
+    def vision_attention_bytes(self, pixel_values: torch.Tensor) -> int:
+        """About how many bytes the vision layers that feed the image tokens take for their attentions [views, H, S, S]
+        (S: the patches of one view; float32)."""
+        vc = self.spec.vision_config
+        p = getattr(vc, "patch_size", 14)
+        if pixel_values.dim() == 2:                     # Qwen2-VL's flattened patches: one sequence
+            views, s = 1, pixel_values.shape[0]
+        else:
+            views, s = pixel_values.shape[:-3].numel(), (pixel_values.shape[-2] // p) * (pixel_values.shape[-1] // p)
+        heads = getattr(vc, "num_attention_heads", None) or getattr(vc, "num_heads", 1)
+        return self.spec.vision_map[1] * views * heads * s * s * 4
+
+    def _keep_vision(self, pixel_values) -> bool:
+        if self.keep_vision_attentions is not None:
+            return bool(self.keep_vision_attentions)
+        return self.vision_attention_bytes(pixel_values) <= VISION_ATTENTION_BUDGET
 
     def answer_log_probs(self, inputs: dict[str, Any], pixel_values: torch.Tensor) -> torch.Tensor:
         """[n] log-probability of each answer token at its predicting position, differentiable in the pixels."""

@@ -93,8 +93,16 @@ class Family:
         raise NotImplementedError
 
     #: (image-token offset in the vision sequence, vision layers whose output the image tokens read), or None
-    #: where relevance is not carried into the vision tower (a merger or pixel shuffle mixes several patches).
+    #: where relevance is not carried into the vision tower (the tower's attention weights cannot be read).
     vision_map = None
+
+    def vision_token_index(self, model, n_tokens: int, batch: int, seq: int) -> torch.Tensor:
+        """[batch, seq] the image token each vision-tower token feeds (-1: none, e.g. a dropped CLS), for relevance
+        carried into the tower. Here one vision token per image token: image token k is vision token k + offset."""
+        offset, _ = self.vision_map
+        idx = torch.arange(seq) - offset                                                   # [seq]
+        idx[(idx < 0) | (idx >= n_tokens)] = -1
+        return idx.expand(batch, seq)
 
     def vision_tower(self, model) -> torch.nn.Module:
         return model.model.vision_tower
@@ -293,6 +301,24 @@ class Idefics3(Family):
         per = _grid_index(s, s, cell, g, g)                                                 # [S, S]
         n_img = pv.shape[1]
         return (per[None] + g * g * torch.arange(n_img)[:, None, None])[None], 2           # [1, n_img, S, S]
+
+    @property
+    def vision_map(self):
+        """Every view's image tokens read the last vision layer's output (offset unused: see vision_token_index)."""
+        return (0, self.vision_config.num_hidden_layers)
+
+    def vision_token_index(self, model, n_tokens, batch, seq):
+        """Pixel shuffle concatenates scale² patches (a square block) into one image token. Which ones is read off
+        the model's own connector, applied to the patch indices; view b's tokens follow views 0 … b−1's."""
+        s = self.config.scale_factor
+        probe = torch.arange(seq, dtype=torch.float64).view(1, seq, 1)                    # [1, S, 1] patch indices
+        groups = model.model.connector.pixel_shuffle(probe, s)[0].round().long()           # [S / s², s²]
+        per = torch.full((seq,), -1, dtype=torch.long)
+        per[groups.reshape(-1)] = torch.arange(groups.shape[0]).repeat_interleave(s * s)  # [S] token of each patch
+        idx = per[None] + groups.shape[0] * torch.arange(batch)[:, None]                   # [batch, S]
+        if idx.max() >= n_tokens:
+            raise RuntimeError("The vision tower saw more views than the prompt has image tokens for.")
+        return idx
 
     def vision_tower(self, model):
         return model.model.vision_model

@@ -111,22 +111,34 @@ START = Param("start_layer", 0, "First decoder layer accumulated (negative count
 
 
 def vision_tower_relevance(adapter, capture: Capture, target: Target, values: torch.Tensor) -> torch.Tensor:
-    """Image-token relevance [N] carried through the projector (a per-token map: relevance passes unchanged) and
-    down the vision tower's layers that feed it by the same rule, u ← u + u·Ā (last used layer first); read on
-    the patches the image tokens came from [N]."""
-    where = adapter.spec.vision_map
-    if where is None or "vision_attentions" not in capture.extras:
+    """Image-token relevance [N] carried through the projector and down the vision tower's layers that feed it.
+
+    The projector maps each image token from its vision tokens without mixing other tokens: one vision token
+    (LLaVA, PaliGemma) or the scale² patches that Idefics3's pixel shuffle concatenates. Each of those patches gets
+    an equal share of the token's relevance (the total is kept). Then, per view (Idefics3's tiles are separate
+    images to the tower), Chefer's rule u ← u + u·Ā, last used layer first; the result is read on the patches and
+    summed back over each image token's patches, so the map stays on the image-token grid [N]."""
+    if adapter.spec.vision_map is None:
         raise UsageError(f"Relevance into the vision tower is not available for {adapter.kind} models "
-                         "(a merger or pixel shuffle mixes several patches into one image token).")
-    offset, used = where
-    atts = capture.extras["vision_attentions"]                                        # L_v × [1, H, S, S]
+                         "(transformers does not return their vision tower's attention weights).")
+    if "vision_attentions" not in capture.extras:
+        gb = adapter.vision_attention_bytes(capture.inputs["pixel_values"]) / 2 ** 30
+        raise UsageError(f"The vision tower's attentions were not kept for this image ({gb:.1f} GB); set the "
+                         "adapter's keep_vision_attentions = True before capturing to carry relevance into the tower.")
+    _, used = adapter.spec.vision_map
+    atts = capture.extras["vision_attentions"]                                        # L_v × [B, H, S, S]
     grads = capture.grads(target.index, "vision_attentions")
-    s = atts[0].shape[-1]
-    u = torch.zeros(s, dtype=torch.float64)
-    u[offset:offset + len(values)] = values.double()
+    b, s = atts[0].shape[0], atts[0].shape[-1]
+    n = len(values)
+    index = adapter.spec.vision_token_index(adapter.model, n, b, s)                    # [B, S], -1: feeds none
+    keep = index >= 0
+    share = torch.bincount(index[keep], minlength=n).double()                          # [N] patches per token
+    u = torch.zeros(b, s, dtype=torch.float64)
+    u[keep] = values.double()[index[keep]] / share[index[keep]]
     for li in range(used - 1, -1, -1):
-        u = u + u @ positive_grad_attention(atts[li][0], grads[li][0]).double()         # [S]
-    return u[offset:offset + len(values)]
+        for v in range(b):
+            u[v] = u[v] + u[v] @ positive_grad_attention(atts[li][v], grads[li][v]).double()   # [S]
+    return torch.zeros(n, dtype=torch.float64).index_add_(0, index[keep], u[keep])
 
 
 @register(
@@ -134,7 +146,7 @@ def vision_tower_relevance(adapter, capture: Capture, target: Target, values: to
     description="Chefer et al. 2021: decoder attention weighted by its gradient for this answer word, accumulated "
                 "through the layers, read on the image tokens (or carried on into the vision tower's patches).",
     params=(START, Param("into_vision", False, "Carry the relevance on through the projector and the vision "
-                                              "tower's layers to the patches (LLaVA, PaliGemma).")),
+                                              "tower's layers to the patches (LLaVA, PaliGemma, Idefics3).")),
     class_specific=True, over="patches", kind="attention", families=FAMILY, needs=NONE,
 )
 def answer_relevance(adapter, capture: Capture, target: Target, *, start_layer: int, into_vision: bool):
