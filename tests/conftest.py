@@ -1,5 +1,6 @@
 """Test setup: offline hub, tiny random models of every family saved and reloaded via from_pretrained."""
 import os
+import types
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -83,14 +84,15 @@ def forwards(monkeypatch):
     count = {"n": 0}
     real = state.load_model
 
+    def counted(self, *a, **kw):
+        count["n"] += 1
+        return type(self)._run(self, *a, **kw)
+
     def loader(spec=None):
         adapter = real(spec)
-        run = adapter._run
-
-        def counted(*a, **kw):
-            count["n"] += 1
-            return run(*a, **kw)
-        adapter._run = counted
+        # a bound method, not a closure: a deep copy of the adapter (the randomisation check's) is rebound to
+        # the copy and runs its own model
+        adapter._run = types.MethodType(counted, adapter)
         return adapter
     monkeypatch.setattr(state, "load_model", loader)
     return count

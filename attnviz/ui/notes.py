@@ -196,6 +196,12 @@ METHODS = {
         "Eigen-CAM (Muhammad & Yeasin 2020): the first principal component of the layer's activations; no "
         "gradients and no class. Caveat: it shows what the layer holds most strongly, whatever the class."
     ),
+    "legrad": (
+        "LeGrad (Bousselham et al. 2024): every layer's tokens are read out through the model's own head, and the "
+        "positive gradient of that score with respect to the layer's attention is averaged over heads and queries, "
+        "then summed over layers. Class-specific. Caveat: it follows the attention maps' sensitivity, not the "
+        "values they carry."
+    ),
     "clip_similarity": (
         "Each patch's embedding, taken through the model's own projection, compared with the prompt's embedding "
         "(the MaskCLIP / CLIP Surgery line of work); no gradients. Caveat: CLIP's raw patch similarities are "
@@ -269,6 +275,7 @@ UNITS = {
     "score_cam": "Score-CAM (score-weighted activation)",
     "ablation_cam": "Ablation-CAM (drop-weighted activation)",
     "eigen_cam": "first principal component",
+    "legrad": "positive attention gradient, summed over layers",
     "clip_similarity": "patch–prompt similarity",
     "noise_tunnel": "averaged attribution",
     "image_attention": "attention weight",
