@@ -219,31 +219,40 @@ def forward_with_tower_attentions(a, kw):
     return out, seen
 
 
-@pytest.mark.parametrize("kind", ("llava", "paligemma"))
-def test_relevance_into_the_vision_tower_is_the_rule_continued_through_its_layers_in_numpy(kind):
-    a = tiny(kind)
-    img = photo()
-    question = "what colour is it?"
-    cap = a.capture(a.prepare(img, question=question, answer="red cat"))
-    geo = cap.extras["image_tokens"]
+def _bar(at, g):
+    """Chefer's Ā = E_h[(∇A ⊙ A)⁺] in numpy for one [H, T, T] attention and its gradient."""
+    return np.clip(g.double().numpy() * at.detach().double().numpy(), 0, None).mean(0)
+
+
+def _decoder_rule_in_numpy(a, cap):
+    """The answer's first token's logit, the forward with the tower's attentions, and the decoder's relevance
+    R ← R + Ā·R written out: (out, seen, logit, image_rel) with image_rel the predicting row on the image tokens."""
     ids = torch.cat([cap.inputs["encoding"]["input_ids"][0], cap.inputs["answer_ids"]])[None]
     kw = a.model_inputs(cap.inputs, cap.inputs["pixel_values"].clone().requires_grad_())
     out, seen = forward_with_tower_attentions(a, kw)
     row = cap.inputs["prompt_len"] - 1
     logit = out.logits[0, row, ids[0, cap.inputs["prompt_len"]]]
     dec_g = torch.autograd.grad(logit, out.attentions, retain_graph=True)
-    vis_g = torch.autograd.grad(logit, seen["a"], allow_unused=True)        # LLaVA never reads its last layer
-    bar = lambda at, g: np.clip(g[0].double().numpy() * at[0].detach().double().numpy(), 0, None).mean(0)  # noqa: E731
     r = np.eye(ids.shape[1])
     for at, g in zip(out.attentions, dec_g):
-        r = r + bar(at, g) @ r
-    image_rel = r[row, list(geo.positions)]                                  # [N] on the image tokens
+        r = r + _bar(at[0], g[0]) @ r
+    return out, seen, logit, r[row, list(cap.extras["image_tokens"].positions)]       # [N] on the image tokens
+
+
+@pytest.mark.parametrize("kind", ("llava", "paligemma"))
+def test_relevance_into_the_vision_tower_is_the_rule_continued_through_its_layers_in_numpy(kind):
+    a = tiny(kind)
+    img = photo()
+    question = "what colour is it?"
+    cap = a.capture(a.prepare(img, question=question, answer="red cat"))
+    out, seen, logit, image_rel = _decoder_rule_in_numpy(a, cap)
+    vis_g = torch.autograd.grad(logit, seen["a"], allow_unused=True)        # LLaVA never reads its last layer
     offset = 1 if kind == "llava" else 0                                       # LLaVA drops CLS
     used = len(seen["a"]) - 1 if kind == "llava" else len(seen["a"])          # vision_feature_layer -2
     s = seen["a"][0].shape[-1]
     rv = np.eye(s)
     for at, g in list(zip(seen["a"], vis_g))[:used]:
-        rv = rv + bar(at, g) @ rv
+        rv = rv + _bar(at[0], g[0]) @ rv
     u = np.zeros(s)
     u[offset:offset + len(image_rel)] = image_rel
     want = (u @ rv)[offset:offset + len(image_rel)]
@@ -260,18 +269,8 @@ def test_relevance_into_idefics3s_tower_splits_each_token_over_its_shuffled_patc
     a = tiny("idefics3")
     cap = a.capture(a.prepare(photo(), question="what colour is it?", answer="red cat"))
     geo = cap.extras["image_tokens"]
-    ids = torch.cat([cap.inputs["encoding"]["input_ids"][0], cap.inputs["answer_ids"]])[None]
-    kw = a.model_inputs(cap.inputs, cap.inputs["pixel_values"].clone().requires_grad_())
-    out, seen = forward_with_tower_attentions(a, kw)
-    row = cap.inputs["prompt_len"] - 1
-    logit = out.logits[0, row, ids[0, cap.inputs["prompt_len"]]]
-    dec_g = torch.autograd.grad(logit, out.attentions, retain_graph=True)
+    out, seen, logit, image_rel = _decoder_rule_in_numpy(a, cap)
     vis_g = torch.autograd.grad(logit, seen["a"])
-    bar = lambda at, g: np.clip(g.double().numpy() * at.detach().double().numpy(), 0, None).mean(0)  # noqa: E731
-    r = np.eye(ids.shape[1])
-    for at, g in zip(out.attentions, dec_g):
-        r = r + bar(at[0], g[0]) @ r
-    image_rel = r[row, list(geo.positions)]                                   # [N]
     views, _, seq = seen["a"][0].shape[:3]
     side, scale = int(round(seq ** 0.5)), a.model.config.scale_factor          # 4 × 4 patches, 2 × 2 blocks
     rr, cc = np.divmod(np.arange(seq), side)
@@ -283,7 +282,7 @@ def test_relevance_into_idefics3s_tower_splits_each_token_over_its_shuffled_patc
         u = image_rel[v * per_view + block] / scale ** 2
         rv = np.eye(seq)
         for at, g in zip(seen["a"], vis_g):
-            rv = rv + bar(at[v], g[v]) @ rv
+            rv = rv + _bar(at[v], g[v]) @ rv
         want += np.bincount(v * per_view + block, weights=u @ rv, minlength=len(image_rel))
     got = explain(a, cap, "answer_relevance", 0, into_vision=True)
     np.testing.assert_allclose(np.asarray(got.meta["image_tokens"]), want, rtol=1e-4, atol=1e-9)
