@@ -1,5 +1,4 @@
 """The Ask page under streamlit.testing (AppTest), on a tiny random LLaVA saved and reloaded."""
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -18,17 +17,17 @@ def llava_dir(tmp_path_factory):
     return folder
 
 
-@pytest.fixture
-def ask_app(llava_dir, monkeypatch):
+def _serve(monkeypatch, folder, max_new_tokens: int):
+    """The app on ``folder``'s model, answers cut at ``max_new_tokens``; returns a maker of Ask-page sessions."""
     import attnviz.ui.state as state
     real = state.load_model
 
     def loader(spec=None):
         adapter = real(spec)
-        adapter.max_new_tokens = 4
+        adapter.max_new_tokens = max_new_tokens
         return adapter
     monkeypatch.setattr(state, "load_model", loader)
-    monkeypatch.setenv("ATTNVIZ_MODEL", str(llava_dir))
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(folder))
     monkeypatch.delenv("ATTNVIZ_ALLOW_CUSTOM_MODELS", raising=False)
     _clear()
 
@@ -37,7 +36,12 @@ def ask_app(llava_dir, monkeypatch):
         at.run()
         at.switch_page(ASK).run()
         return at
-    yield make
+    return make
+
+
+@pytest.fixture
+def ask_app(llava_dir, monkeypatch):
+    yield _serve(monkeypatch, llava_dir, 4)
     _clear()
 
 
@@ -87,22 +91,10 @@ def test_ask_page_on_a_model_that_does_not_answer_says_so(saved_models, monkeypa
 
 
 def test_ask_page_on_a_tiled_model_shows_the_global_view_beside_the_tiles(monkeypatch, tmp_path):
-    import attnviz.ui.state as state
     a = VlmAdapter.tiny("idefics3", seed=4)
     a.model.save_pretrained(tmp_path, safe_serialization=True)
     a.processor.save_pretrained(tmp_path)
-    real = state.load_model
-
-    def loader(spec=None):
-        adapter = real(spec)
-        adapter.max_new_tokens = 3
-        return adapter
-    monkeypatch.setattr(state, "load_model", loader)
-    monkeypatch.setenv("ATTNVIZ_MODEL", str(tmp_path))
-    _clear()
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    at.switch_page(ASK).run()
+    at = _serve(monkeypatch, tmp_path, 3)()
     _ok(at)
     caps = [c for im in at.get("image") for c in im.captions]
     assert caps[0].startswith("answer relevance for")
