@@ -109,7 +109,10 @@ def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, pa
         block = 2 * min(chunked.BLOCK_BYTES, heads * t * t * FLOAT)            # a block of A (and ∇A)
     rollout_b = weights_bytes + layers * kept + 3 * act + block
     if checkpointed:
-        relevance_b = weights_bytes + layers * (kept_grads + t * d * FLOAT) + act + 2 * block
+        # per layer: q, k, v, dO kept, the block's input, and what autograd holds around a checkpointed block
+        # (its output and the gradients in flight): 12·T·D floats a layer, fitted to peak RSS measured on
+        # DINOv2-S (README: +437 MB / +970 MB / +3.96 GB at 518² / 896² / 1792², where 5·T·D gave half that)
+        relevance_b = weights_bytes + layers * (kept_grads + 8 * t * d * FLOAT) + act + 2 * block
     else:
         relevance_b = weights_bytes + layers * (kept_grads + act) + 2 * block
     linear = 2 * t * (4 * d * d + 2 * d * hidden)
