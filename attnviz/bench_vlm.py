@@ -47,11 +47,18 @@ def scaled_config(config, text_layers: int = 2, vision_layers: int = 2, narrow: 
     in both towers (for tests). Everything else (patch sizes, merge / shuffle factors, token ids, vocabulary) stays."""
     tc, vc = config.text_config, config.vision_config
     tc.num_hidden_layers = text_layers
+    if getattr(tc, "layer_types", None):                 # Qwen2-VL lists one attention type per decoder layer
+        tc.layer_types = list(tc.layer_types[:text_layers])
     setattr(vc, vision_depth_key(config), vision_layers)
     if narrow:
         for k, v in NARROW.items():
             setattr(tc, k, v)
         tc.num_key_value_heads, tc.head_dim = 4, 16
+        rope = getattr(tc, "rope_parameters", None) or {}
+        if "mrope_section" in rope:                      # Qwen2-VL's M-RoPE (t, h, w) split of head_dim / 2 = 8
+            sec = rope["mrope_section"]
+            scaled = [max(1, round(x * 8 / sum(sec))) for x in sec[1:]]
+            rope["mrope_section"] = [8 - sum(scaled)] + scaled
         if vision_depth_key(config) == "depth":          # Qwen2-VL: embed_dim / num_heads, merger out = text width
             vc.embed_dim, vc.num_heads, vc.hidden_size = 64, 4, tc.hidden_size
         else:

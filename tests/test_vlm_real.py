@@ -71,7 +71,8 @@ def full_size_geometry_errors(adapter, cells):
     """``geometry_errors`` on a 640×480 photo with the vision tower's mixing switched off (attention output
     projections zeroed for the check, restored after)."""
     tower = adapter.spec.vision_tower(adapter.model)
-    saved = {n: (m.weight.data.clone(), m.bias.data.clone()) for n, m in tower.named_modules() if n.endswith("out_proj")}
+    saved = {n: (m.weight.data.clone(), m.bias.data.clone()) for n, m in tower.named_modules()
+             if n.endswith(("out_proj", "attn.proj"))}                 # Qwen2-VL's vision attention: blocks.i.attn.proj
     for n, m in tower.named_modules():
         if n in saved:
             m.weight.data.zero_()
@@ -178,7 +179,7 @@ def test_relevance_is_carried_into_smolvlms_tower_at_full_size_and_its_memory_is
         smolvlm.keep_vision_attentions = None
 
 
-# --- Qwen2-VL-2B-Instruct and PaliGemma-3B: real config and image processor, no loadable tokenizer found ------------
+# --- Qwen2-VL-2B-Instruct: real config, image processor and tokenizer; dynamic resolution, 2 × 2 merge -------------
 
 QWEN = ROOT / "Qwen__Qwen2-VL-2B-Instruct"
 PALI = ROOT / "google__paligemma-3b-pt-224"
@@ -218,3 +219,122 @@ def test_paligemma_3b_224_has_256_image_tokens_on_a_16x16_grid():
            "input_ids": torch.tensor([[cfg.image_token_id] * 256 + [cfg.bos_token_id]])}
     geo = PaliGemma(cfg, None).geometry(enc, sample_image())
     assert (geo.n_tokens, geo.canvas_rows, geo.canvas_cols, geo.box) == (256, 16, 16, (0, 0, 640, 480))
+
+
+# --- Qwen2-VL-2B-Instruct loaded through attnviz: the real processor assembled without torchvision ------------------
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    return build_scaled(QWEN, tmp_path_factory.mktemp("qwen2-vl-scaled"), narrow=True)
+
+
+@pytest.fixture(scope="module")
+def qwen(qwen_dir):
+    import attnviz
+    return attnviz.load_model(str(qwen_dir))
+
+
+def test_the_qwen2_vl_files_agree_with_each_other():
+    """vocab.json + merges.txt (the Qwen2 family's byte-level BPE) with Qwen2-VL's tokenizer_config: 151,643 BPE
+    tokens and 14 special tokens, the vision ids the config names, all inside the config's embedding rows."""
+    cfg = transformers.AutoConfig.from_pretrained(QWEN, local_files_only=True)
+    tok = transformers.AutoTokenizer.from_pretrained(QWEN, local_files_only=True)
+    vocab = json.loads((QWEN / "vocab.json").read_text())
+    merges = (QWEN / "merges.txt").read_text().splitlines()
+    assert tok.vocab_size == len(vocab) == max(vocab.values()) + 1 == 151643
+    assert len(merges) == 151387 and not merges[0].startswith("#")
+    assert len(tok) == 151643 + 14 <= cfg.text_config.vocab_size == 151936
+    for name, want in (("<|image_pad|>", cfg.image_token_id), ("<|vision_start|>", cfg.vision_start_token_id),
+                       ("<|vision_end|>", cfg.vision_end_token_id)):
+        assert tok.convert_tokens_to_ids(name) == want, name
+    # byte-level BPE: every word of a sentence comes back exactly, spaces carried by "Ġ"
+    ids = tok("What colour is the triangle?", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == ["What", "Ġcolour", "Ġis", "Ġthe", "Ġtriangle", "?"]
+
+
+def test_qwen2_vl_loads_through_attnviz_with_its_processor_assembled_from_the_real_files(qwen):
+    from attnviz.adapters.vlm_families import ImageOnlyQwen2VLProcessor
+    assert qwen.kind == "qwen2_vl" and isinstance(qwen.processor, ImageOnlyQwen2VLProcessor)
+    ip = qwen.processor.image_processor
+    # min_pixels / max_pixels of the file, kept by transformers 5 as size.shortest_edge / longest_edge
+    assert (ip.patch_size, ip.merge_size, ip.size.shortest_edge, ip.size.longest_edge) == (14, 2, 3136, 12845056)
+    assert len(qwen.tokenizer) == 151657
+
+
+def test_qwen2_vl_2b_prepares_a_640x480_image_as_391_merged_tokens_through_its_real_processor(qwen):
+    """The processor's own ids: one <|image_pad|> per merged 2 × 2 block of the 34 × 46 patch grid (sides rounded
+    to multiples of 28 pixels), between <|vision_start|> and <|vision_end|>, then the question."""
+    inputs = qwen.prepare(sample_image(), question="What is in the picture?", answer="A cat.")
+    enc, geo = inputs["encoding"], inputs["image_tokens"]
+    assert enc["image_grid_thw"].tolist() == [[1, 34, 46]]
+    ids = enc["input_ids"][0]
+    pads = (ids == qwen.model.config.image_token_id).nonzero()[:, 0].tolist()
+    assert len(pads) == 34 * 46 // 4 == geo.n_tokens == 391 and tuple(pads) == geo.positions
+    assert (geo.canvas_rows, geo.canvas_cols, geo.box) == (17, 23, (0, 0, 640, 480))
+    assert pads == list(range(pads[0], pads[0] + 391))
+    tok = qwen.tokenizer
+    assert tok.convert_ids_to_tokens([int(ids[pads[0] - 1]), int(ids[pads[-1] + 1])]) == ["<|vision_start|>",
+                                                                                          "<|vision_end|>"]
+    assert tok.decode(ids[pads[-1] + 2:]).startswith("What is in the picture?<|im_end|>")
+    assert enc["mm_token_type_ids"][0].tolist() == [int(i in set(pads)) for i in range(len(ids))]
+
+
+def test_the_full_size_qwen2_vl_layout_passes_the_geometry_check_on_some_cells(qwen):
+    # the first merged token, one in the middle, the last one of the first row, the last one
+    assert full_size_geometry_errors(qwen, [0, 8 * 23 + 11, 22, 390]) == []
+
+
+def test_qwen2_vl_needs_the_mm_token_type_ids_that_attnviz_passes(qwen):
+    """Qwen2-VL's forward refuses image inputs without ``mm_token_type_ids`` (M-RoPE needs to know the image's
+    tokens); marked as text (all 0), the image tokens get text positions and the logits change. attnviz passes
+    the processor's marks, the answer marked text."""
+    inputs = qwen.prepare(sample_image(), question="What is in the picture?", answer="A cat.")
+    kw = qwen.model_inputs(inputs, inputs["pixel_values"])
+    n_answer = len(inputs["answer_ids"])
+    mm = inputs["encoding"]["mm_token_type_ids"]
+    assert kw["mm_token_type_ids"].tolist() == [mm[0].tolist() + [0] * n_answer]
+    with torch.no_grad():
+        logits = qwen.model(**kw).logits
+        as_text = qwen.model(**{**kw, "mm_token_type_ids": torch.zeros_like(kw["mm_token_type_ids"])}).logits
+        with pytest.raises(ValueError, match="mm_token_type_ids"):
+            qwen.model(**{k: v for k, v in kw.items() if k != "mm_token_type_ids"})
+    p = inputs["prompt_len"]
+    assert (logits[0, p - 1:] - as_text[0, p - 1:]).abs().max() > 1e-3
+    cap = qwen.capture(inputs, grads=False)
+    ans = inputs["answer_ids"]
+    torch.testing.assert_close(cap.scores, logits[0, p - 1 + torch.arange(n_answer), ans], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["image_attention", "relevance"])
+def test_the_cli_explains_the_scaled_qwen2_vl_at_full_size_as_the_rule_written_here_says(method, qwen, qwen_dir,
+                                                                                          tmp_path, capsys):
+    """`attnviz explain IMG --model DIR --question ... --answer ...` on the folder of real processor files: the map
+    (17 × 23) equals the answer row's attention read from the model's outputs here (mean over layers and heads),
+    or Chefer's rule R ← R + Ā·R in numpy from the answer token's logit."""
+    from attnviz.cli import main
+    img_path, out = tmp_path / "photo.png", tmp_path / "map.npy"
+    sample_image().save(img_path)
+    rc = main(["explain", str(img_path), "--model", str(qwen_dir), "--question", "What is in the picture?",
+               "--answer", "A cat.", "--method", method, "--target", "0", "--json", "--out", str(out)])
+    assert rc == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["image"]["canvas"] == [17, 23] and rec["answer_tokens"][0]["token"] == "A"
+    got = np.load(out)
+    inputs = qwen.prepare(Image.open(img_path).convert("RGB"), question="What is in the picture?", answer="A cat.")
+    kw = qwen.model_inputs(inputs, inputs["pixel_values"].clone().requires_grad_())     # weights are frozen
+    out_ = qwen.model(**kw, output_attentions=True)
+    row = inputs["prompt_len"] - 1
+    ids = kw["input_ids"][0]
+    pads = (ids == qwen.model.config.image_token_id).nonzero()[:, 0].numpy()
+    if method == "image_attention":
+        want = torch.stack([a[0, :, row] for a in out_.attentions]).mean((0, 1)).detach().numpy()[pads]
+    else:
+        logit = out_.logits[0, row, ids[row + 1]]
+        grads = torch.autograd.grad(logit, out_.attentions)
+        r = np.eye(len(ids))
+        for a, g in zip(out_.attentions, grads):
+            a_bar = np.clip(g[0].double().numpy() * a[0].detach().double().numpy(), 0, None).mean(0)
+            r = r + a_bar @ r
+        want = r[row, pads]
+    np.testing.assert_allclose(got.ravel(), want, rtol=1e-3, atol=1e-7)
