@@ -338,3 +338,43 @@ def test_the_cli_explains_the_scaled_qwen2_vl_at_full_size_as_the_rule_written_h
             r = r + a_bar @ r
         want = r[row, pads]
     np.testing.assert_allclose(got.ravel(), want, rtol=1e-3, atol=1e-7)
+
+
+# --- PaliGemma-3B (real config; no public tokenizer or processor files): the prefix mask it needs -------------------
+
+
+def test_paligemmas_image_and_prompt_attend_both_ways_only_with_the_token_type_ids_attnviz_passes():
+    """The real config scaled down (2 + 2 layers, narrow): 256 image tokens of a 224 image, <bos>, a 7-token prompt
+    and a 3-token answer (token ids drawn at random: no public PaliGemma tokenizer was found). With the token_type_ids
+    attnviz's forward keywords carry (the processor's 0 on image + prompt, 1 on the answer), the first image token
+    attends to the prompt's last token (a bidirectional prefix) and the answer stays causal; without them the mask is
+    silently fully causal and the logits change."""
+    from types import SimpleNamespace
+
+    from attnviz.adapters.vlm import VlmAdapter
+    from attnviz.adapters.vlm_families import PaliGemma
+    from attnviz.bench_vlm import scaled_config
+    cfg = scaled_config(transformers.AutoConfig.from_pretrained(PALI, local_files_only=True), narrow=True)
+    torch.manual_seed(0)
+    model = transformers.PaliGemmaForConditionalGeneration(cfg).eval()
+    model.set_attn_implementation("eager")
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(1000, 250000, (6,), generator=g)
+    prefix = torch.cat([torch.full((256,), cfg.image_token_id), torch.tensor([cfg.bos_token_id]), prompt,
+                        torch.tensor([108])])[None]
+    p = prefix.shape[1]
+    inputs = {"encoding": {"input_ids": prefix, "token_type_ids": torch.zeros_like(prefix)},
+              "answer_ids": torch.randint(1000, 250000, (3,), generator=g)}
+    pv = torch.randn(1, 3, 224, 224, generator=g)
+    kw = VlmAdapter.model_inputs(SimpleNamespace(spec=PaliGemma(cfg, None), device="cpu"), inputs, pv)
+    assert kw["token_type_ids"].tolist() == [[0] * p + [1] * 3]
+    with torch.no_grad():
+        out = model(**kw, output_attentions=True)
+        causal = model(**{k: v for k, v in kw.items() if k != "token_type_ids"}, output_attentions=True)
+    assert len(out.attentions) == len(causal.attentions) == 2
+    for a in out.attentions:                                                               # [1, H, T, T]
+        assert (a[0, :, 0, p - 1] > 0).all()                  # image token 0 sees the prompt's last token
+        assert (a[0, :, p, p + 1:] == 0).all()                # the answer's first token sees no later one
+    for a in causal.attentions:
+        assert (a[0, :, 0, 1:] == 0).all()
+    assert (out.logits - causal.logits).abs().max() > 1e-4
