@@ -1,7 +1,9 @@
 """Real VLMs' hub files (tests/fixtures/vlm-configs/*: config, processor, tokenizer, chat template; no weights) with
 a model built from that config scaled down (2 layers a tower, narrow) and random weights, saved and loaded through
 attnviz's loader: the full-size image-token geometry of a 640×480 image, computed here from the processor's
-documented rules, and the generic geometry check on a few of its cells."""
+documented rules, and the generic geometry check on a few of its cells. LLaVA-1.5, SmolVLM and Qwen2-VL run end to
+end from their real files (Qwen2-VL also through the CLI, its maps checked against the rules written here);
+PaliGemma, whose tokenizer and processor files were not found, from its config alone."""
 import hashlib
 import json
 import math
