@@ -1,8 +1,10 @@
 """``python -m attnviz bench --faithfulness``: what the perturbation metrics' forwards cost, in CPU seconds.
 
-ViT-B/16 with random weights at 224² (a tiny ViT with ``--quick``). CPU time (``time.process_time``) of the
-whole process, so load from other processes does not inflate it the way it does wall time; every ratio is
-over the median CPU time of one bare SDPA forward of one image measured in the same run.
+ViT-B/16 with random weights at 224² (a tiny ViT with ``--quick``), one thread by default. CPU time
+(``time.process_time``) of the whole process, so load from other processes does not inflate it the way it
+does wall time (with two threads on shared cores it does: OpenMP's waiting threads spin, and a loaded
+machine made one image cost 2.0 CPU-s alone and 0.77 per image in batches of 8); every ratio is over the
+median CPU time of one bare SDPA forward of one image measured in the same run.
 
 Prints: the per-image cost of bare SDPA forwards at several batch sizes and of the eager attention that
 returns weights (what the perturbation metrics ran before ``scores_only``); deletion + insertion (20 steps,
@@ -35,7 +37,7 @@ def _per_image(fn, x: torch.Tensor, batch: int, repeats: int) -> float:
         return statistics.median(_cpu(lambda: fn(xb)) for _ in range(repeats)) / batch
 
 
-def run_faithfulness_bench(quick: bool = False, threads: int = 2, repeats: int = 3) -> int:
+def run_faithfulness_bench(quick: bool = False, threads: int = 1, repeats: int = 3) -> int:
     """Print the table described in the module docstring; 0 when deletion + insertion meets ``bench``'s target."""
     import attnviz.adapters.base as base
     from .bench import FAITHFULNESS_TARGETS, _models

@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the randomisation check's CPU time (one thread) over a bare forward's, steps reusing "
                             "the untouched blocks against full recomputation")
     bench.add_argument("--faithfulness", action="store_true",
-                       help="CPU time of the perturbation metrics' forwards (deletion + insertion, ROAD) before / "
-                            "after the fused attention, per-image cost by batch size")
+                       help="CPU time (one thread) of the perturbation metrics' forwards (deletion + insertion, "
+                            "ROAD) before / after the fused attention, per-image cost by batch size")
     bench.add_argument("--sizes", help="with --highres: square sides to run, e.g. 1792 or 518,896 (default 518,896,1792)")
     bench.add_argument("--app", action="store_true",
                        help="the app instead: server CPU per interaction (demo model and ViT-B/16, random weights)")
