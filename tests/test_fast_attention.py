@@ -202,9 +202,9 @@ SCORE_KINDS = [(g, k) for g, k in KINDS if g != "captioning"] + [("cnn", "resnet
 
 @pytest.mark.parametrize("group,kind", SCORE_KINDS, ids=[k for _, k in SCORE_KINDS])
 def test_forward_scores_equal_the_models_own_eager_forward(group, kind, photo, fused):
-    """``forward_scores`` (fused attention where ``fast_eager`` applies) on a batch of perturbed images, and
-    the gradient of a score to the pixels (what Captum reads), against the model switched back to
-    transformers' eager attention."""
+    """``forward_scores`` without autograd (fused attention where ``fast_eager`` applies) on a batch of
+    perturbed images, and with autograd (eager) the gradient of a score to the pixels (what Captum reads),
+    against the model switched back to transformers' eager attention."""
     from attnviz.adapters.cnn import CnnAdapter
     adapter = {**ADAPTERS, "cnn": CnnAdapter}[group].tiny(kind)
     torch.manual_seed(0)
@@ -217,9 +217,11 @@ def test_forward_scores_equal_the_models_own_eager_forward(group, kind, photo, f
     xb = torch.cat([x, x + 0.3 * torch.randn_like(x), torch.zeros_like(x)])          # [3, C, H, W]
     with torch.inference_mode():
         fast = adapter.forward_scores(xb, inputs)
-    xg = x.clone().requires_grad_()
-    adapter.forward_scores(xg, inputs)[0, 0].backward()
     assert (len(fused) > 0) == (kind in FAST)
+    fused.clear()
+    xg = x.clone().requires_grad_()
+    adapter.forward_scores(xg, inputs)[0, 0].backward()                # with autograd: the eager arithmetic
+    assert not fused
     if group != "cnn":
         adapter.model.set_attn_implementation("eager")
     fused.clear()

@@ -266,9 +266,10 @@ class ModelAdapter:
         return torch.softmax(scores, dim=-1) if scores.shape[-1] > 1 else None
 
     def forward_scores(self, pixel_values: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        """[B, n_targets] scores for a batch of pixel tensors: the function Captum explains. No attention
-        weights are kept, so ``fast_eager`` families run PyTorch's fused attention (``scores_only``)."""
-        with self.lock, scores_only():
+        """[B, n_targets] scores for a batch of pixel tensors: the function Captum explains. Without autograd
+        (perturbation metrics, occlusion, ablation, LIME, Score-CAM) ``fast_eager`` families run PyTorch's
+        fused attention (``scores_only``); gradient methods keep the eager arithmetic their tests compare with."""
+        with self.lock, (nullcontext() if torch.is_grad_enabled() else scores_only()):
             scores, _, _ = self._run(inputs, pixel_values, attentions=False)
         return scores
 

@@ -14,9 +14,11 @@ computes the same numbers in fewer passes:
 Dropout is transformers' own call (training only), and the weights returned are the ones multiplied
 with the values (after dropout), so ``output_attentions`` and d score / d attention are unchanged.
 
-Forwards that read only the scores (``ModelAdapter.forward_scores``: perturbation metrics, Captum) need no
-weights: under :func:`scores_only` the same families run PyTorch's fused ``scaled_dot_product_attention``
-instead (on ViT-B/16, 2 CPU threads, 0.41 → 0.29 s per image at batch 8).
+Forwards that read only the scores without autograd (``ModelAdapter.forward_scores`` under no_grad /
+inference_mode: perturbation metrics, occlusion, ablation, LIME, Score-CAM) need no weights: under
+:func:`scores_only` the same families run PyTorch's fused ``scaled_dot_product_attention`` instead (on
+ViT-B/16, 2 CPU threads, 0.41 → 0.29 s per image at batch 8). Gradient methods keep the eager arithmetic:
+a HiResCAM map that is a sum of products cancelling to 1e-7 moved by 2 % through the fused backward.
 
 Only families whose attention modules call ``ALL_ATTENTION_FUNCTIONS.get_interface`` and whose own eager
 function is this arithmetic use it: :data:`FAST_EAGER_TYPES` (read from transformers 5's modelling code).
