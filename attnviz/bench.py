@@ -130,8 +130,9 @@ def run_bench(repeats: int = 5, quick: bool = False, captum: bool = False) -> in
 
 
 def _faithfulness_rows(adapter, cap, exp, unit: float) -> list[tuple[str, float, float]]:
-    """Deletion + insertion (2 × 21 steps, the same for one random order: 79 distinct images in pooled batches
-    of 16) and the cascading randomisation check (a model copy, one capture + map per block), as rows."""
+    """Deletion + insertion (2 × 21 steps, the same for one random order: 79 distinct images, 78 forwarded in
+    pooled batches of 8, the input's scores being the capture's) and the cascading randomisation check (a
+    model copy, one capture + map per block), as rows. ``bench --faithfulness`` breaks the first down."""
     from .metrics import cascading_randomisation, deletion_insertion
     rows = []
     t = _median_time(lambda: deletion_insertion(adapter, cap, exp), 1)

@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--randomisation", action="store_true",
                        help="the randomisation check's CPU time (one thread) over a bare forward's, steps reusing "
                             "the untouched blocks against full recomputation")
+    bench.add_argument("--faithfulness", action="store_true",
+                       help="CPU time (one thread) of the perturbation metrics' forwards (deletion + insertion, "
+                            "ROAD) before / after the fused attention, per-image cost by batch size")
     bench.add_argument("--sizes", help="with --highres: square sides to run, e.g. 1792 or 518,896 (default 518,896,1792)")
     bench.add_argument("--app", action="store_true",
                        help="the app instead: server CPU per interaction (demo model and ViT-B/16, random weights)")
@@ -441,6 +444,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.randomisation:
             from .bench import run_randomisation_bench
             return run_randomisation_bench(quick=args.quick)
+        if args.faithfulness:
+            from .bench_faithfulness import run_faithfulness_bench
+            return run_faithfulness_bench(quick=args.quick, repeats=min(args.repeats, 3))
         if args.app:
             from .bench import run_app_bench
             return run_app_bench()

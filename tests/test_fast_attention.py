@@ -13,7 +13,7 @@ import attnviz
 from attnviz.adapters.captioning import CaptionAdapter
 from attnviz.adapters.classifier import ClassifierAdapter
 from attnviz.adapters.clip import ClipAdapter
-from attnviz.adapters.fast_attention import NAME, fast_eager
+from attnviz.adapters.fast_attention import NAME, fast_eager, scores_only
 from attnviz.adapters.swin import SwinAdapter
 from attnviz.engine import capture_batch
 
@@ -166,3 +166,70 @@ def test_batch_engine_captures_with_it(photo, calls):
     adapter.model.set_attn_implementation("eager")
     for im, cap in zip(images, caps):
         _compare(cap, attnviz.capture(adapter, im, grads=False))
+
+
+# --------------------------------------------------------------------------- scores only: the fused kernel
+
+@pytest.mark.parametrize("mask", [False, True], ids=["no-mask", "additive-mask"])
+def test_scores_only_gives_transformers_eager_output_without_weights(mask):
+    module = _Module().eval()
+    m = _mask() if mask else None
+    q, k, v = _qkv()
+    with torch.no_grad(), scores_only():
+        out, w = fast_eager(module, q, k, v, m, scaling=8 ** -0.5)
+    ref_out, _ = vit_eager(module, q, k, v, m, scaling=8 ** -0.5)
+    assert w is None and out.shape == (2, 5, 3, 8) and out.is_contiguous()
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-6)
+    out, w = fast_eager(module, q, k, v, m, scaling=8 ** -0.5)           # outside the block: weights again
+    assert w is not None
+
+
+@pytest.fixture
+def fused(monkeypatch):
+    """Count the calls of PyTorch's fused attention (what ``scores_only`` dispatches to)."""
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*a, **kw):
+        seen.append(1)
+        return real(*a, **kw)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    return seen
+
+
+SCORE_KINDS = [(g, k) for g, k in KINDS if g != "captioning"] + [("cnn", "resnet")]
+
+
+@pytest.mark.parametrize("group,kind", SCORE_KINDS, ids=[k for _, k in SCORE_KINDS])
+def test_forward_scores_equal_the_models_own_eager_forward(group, kind, photo, fused):
+    """``forward_scores`` without autograd (fused attention where ``fast_eager`` applies) on a batch of
+    perturbed images, and with autograd (eager) the gradient of a score to the pixels (what Captum reads),
+    against the model switched back to transformers' eager attention."""
+    from attnviz.adapters.cnn import CnnAdapter
+    adapter = {**ADAPTERS, "cnn": CnnAdapter}[group].tiny(kind)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in adapter.model.named_parameters():
+            if "relative_position_bias_table" in name:      # BEiT starts it at zero: make its additive bias count
+                p.normal_(0.0, 1.0)
+    inputs = adapter.complete_inputs(adapter.prepare(photo, texts=PROMPTS if group == "clip" else None))
+    x = inputs["pixel_values"]
+    xb = torch.cat([x, x + 0.3 * torch.randn_like(x), torch.zeros_like(x)])          # [3, C, H, W]
+    with torch.inference_mode():
+        fast = adapter.forward_scores(xb, inputs)
+    assert (len(fused) > 0) == (kind in FAST)
+    fused.clear()
+    xg = x.clone().requires_grad_()
+    adapter.forward_scores(xg, inputs)[0, 0].backward()                # with autograd: the eager arithmetic
+    assert not fused
+    if group != "cnn":
+        adapter.model.set_attn_implementation("eager")
+    fused.clear()
+    with torch.no_grad():
+        ref, _, _ = adapter._run(inputs, xb, attentions=False)
+    xr = x.clone().requires_grad_()
+    adapter._run(inputs, xr, attentions=False)[0][0, 0].backward()
+    assert not fused
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    scale = max(float(xr.grad.abs().max()), 1e-12)
+    torch.testing.assert_close(xg.grad / scale, xr.grad / scale, rtol=1e-5, atol=1e-5)

@@ -96,3 +96,61 @@ def test_legrad_refuses_a_cnn(photo):
     cap = attnviz.capture(adapter, photo)
     with pytest.raises(UsageError):
         attnviz.explain(adapter, cap, "legrad")
+
+
+def siglip_probe_formula(adapter, cap, t, first=0):
+    """The authors' SigLIP variant written out: z^l through post-LayerNorm and the pooling head computed by
+    hand (probe attention from the head's own in-projection), the image–text logit, and
+    E^l = mean_h (∂s^l / ∂P^l_{h,0,:})⁺ over the keys; Σ_l, min–max."""
+    model = adapter.model
+    head = model.vision_model.head
+    with torch.no_grad():
+        text = model.get_text_features(input_ids=cap.inputs["input_ids"])
+        text = getattr(text, "pooler_output", text)
+        text = text / text.norm(dim=-1, keepdim=True)                                   # [P, E]
+    mha = head.attention
+    n_heads, d = mha.num_heads, mha.embed_dim
+    wq, wk, wv = mha.in_proj_weight.chunk(3)
+    bq, bk, bv = mha.in_proj_bias.chunk(3)
+    with torch.enable_grad():
+        x = cap.inputs["pixel_values"].clone().requires_grad_()
+        vis = model.vision_model(pixel_values=x, output_hidden_states=True)
+        total = 0
+        for layer in range(first, len(vis.hidden_states) - 1):
+            z = model.vision_model.post_layernorm(vis.hidden_states[layer + 1])[0]       # [T, D]
+            q = (head.probe[0] @ wq.T + bq).view(1, n_heads, d // n_heads).transpose(0, 1)   # [H, 1, d]
+            k = (z @ wk.T + bk).view(-1, n_heads, d // n_heads).transpose(0, 1)          # [H, T, d]
+            v = (z @ wv.T + bv).view(-1, n_heads, d // n_heads).transpose(0, 1)          # [H, T, d]
+            p = torch.softmax(q @ k.transpose(1, 2) / (d // n_heads) ** 0.5, -1)        # [H, 1, T]
+            pooled = mha.out_proj((p @ v).transpose(0, 1).reshape(1, d))                # [1, D]
+            pooled = pooled + head.mlp(head.layernorm(pooled))
+            e = pooled[0] / pooled[0].norm()
+            s = model.logit_scale.exp() * e @ text[t] + model.logit_bias[0]
+            if layer == len(vis.hidden_states) - 2:
+                assert torch.allclose(s, cap.scores[t], atol=1e-4)                      # the model's own logit
+            g, = torch.autograd.grad(s, p, retain_graph=True)
+            total = total + torch.relu(g).mean(0)[0]                                    # [T]
+    total = (total - total.min()) / (total.max() - total.min())
+    return total.reshape(cap.layout.rows, cap.layout.cols).numpy()
+
+
+def test_legrad_siglip_probe_variant_is_its_formula(photo):
+    adapter = ClipAdapter.tiny("siglip")
+    cap = attnviz.capture(adapter, photo, texts=PROMPTS)
+    assert cap.layout.n_prefix == 0
+    maps = []
+    for t in range(len(PROMPTS)):
+        e = attnviz.explain(adapter, cap, "legrad", target=t, readout="probe")
+        np.testing.assert_allclose(e.map, siglip_probe_formula(adapter, cap, t), atol=1e-5)
+        maps.append(e.map)
+    last = attnviz.explain(adapter, cap, "legrad", target=0, readout="probe", start_layer=-1).map
+    np.testing.assert_allclose(last, siglip_probe_formula(adapter, cap, 0, first=adapter.n_layers - 1), atol=1e-5)
+    assert not np.allclose(maps[0], maps[2], atol=1e-3)                                 # the prompt matters
+    assert not np.allclose(maps[0], attnviz.explain(adapter, cap, "legrad", target=0).map, atol=1e-3)
+
+
+def test_legrad_probe_readout_needs_a_pooling_head(photo):
+    adapter = ClipAdapter.tiny("clip")
+    cap = attnviz.capture(adapter, photo, texts=PROMPTS)
+    with pytest.raises(UsageError, match="attention-pooling head"):
+        attnviz.explain(adapter, cap, "legrad", readout="probe")

@@ -115,8 +115,9 @@ def test_deletion_insertion_pools_its_forwards(vit):
         got = deletion_insertion(adapter, cap, exp, steps=6, batch_size=10)
     finally:
         del adapter.forward_scores
-    # 6 patches: 4 curves × 7 steps, less the input (3 repeats) and each baseline's repeat (1 + 1)
-    assert sum(seen) == 4 * 7 - 5 and seen[:-1] == [10] * (len(seen) - 1)
+    # 6 patches: 4 curves × 7 steps, less the input (all 4 uses: its scores are the capture's) and each
+    # baseline's repeat (1 + 1)
+    assert sum(seen) == 4 * 7 - 6 and seen[:-1] == [10] * (len(seen) - 1)
     for kind in ("deletion", "insertion"):
         np.testing.assert_allclose(got[kind].values, curve(adapter, cap, exp, kind, steps=6).values, rtol=1e-5)
         np.testing.assert_allclose(got[f"random_{kind}"][0].values,

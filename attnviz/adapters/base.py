@@ -30,7 +30,8 @@ from ..tokens.chunked import QK
 from ..tokens.geometry import MAX_PATCHES, MAX_ROWS_PATCHES, rounded_size
 from ..tokens.readout import READS_PATCHES, static_readout
 from ..types import Capture, Target, TokenLayout
-from .fast_attention import NAME as FAST_EAGER, Recorder, install_checkpointing, recording, use_fast_eager
+from .fast_attention import (NAME as FAST_EAGER, Recorder, install_checkpointing, recording, scores_only,
+                             use_fast_eager)
 
 ADAPTERS: dict[str, type["ModelAdapter"]] = {}
 
@@ -265,8 +266,10 @@ class ModelAdapter:
         return torch.softmax(scores, dim=-1) if scores.shape[-1] > 1 else None
 
     def forward_scores(self, pixel_values: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        """[B, n_targets] scores for a batch of pixel tensors: the function Captum explains."""
-        with self.lock:
+        """[B, n_targets] scores for a batch of pixel tensors: the function Captum explains. Without autograd
+        (perturbation metrics, occlusion, ablation, LIME, Score-CAM) ``fast_eager`` families run PyTorch's
+        fused attention (``scores_only``); gradient methods keep the eager arithmetic their tests compare with."""
+        with self.lock, (nullcontext() if torch.is_grad_enabled() else scores_only()):
             scores, _, _ = self._run(inputs, pixel_values, attentions=False)
         return scores
 

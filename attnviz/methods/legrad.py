@@ -18,9 +18,16 @@ so at the last layer s^l is the model's score; tests/test_legrad.py checks both 
   norm of the CLS token (their one target, see ``adapters/classifier.py``);
 * CLIP: post-LayerNorm of the CLS token, the visual projection, cosine similarity with the prompt's text
   embedding times the logit scale (the image–text logit);
-* SigLIP: post-LayerNorm, the attention-pooling head, the image–text logit. (The authors' SigLIP code
-  differentiates the pooling probe's attention instead and subtracts an "empty prompt" map; here every
-  family uses its self-attention maps, the paper's general formula.)
+* SigLIP: post-LayerNorm, the attention-pooling head, the image–text logit. By default (``readout="self"``)
+  every family differentiates its self-attention maps, the paper's general formula. ``readout="probe"``
+  (SigLIP only) is the authors' SigLIP variant: z^l goes through the attention-pooling head as above and
+  the gradient is taken w.r.t. that head's probe attention over z^l's tokens, [H, 1, T] per layer,
+
+      E^l = mean over heads h of ( ∂ s^l_target / ∂ P^l_{h,0,j} )⁺,
+
+  summed over layers and min–max normalised. (Their code follows the cosine similarity, not the logit: a
+  positive multiple plus a constant, the same map after min–max. It also zeroes the patches where the map
+  of an "empty" prompt, "a photo of a", exceeds 0.8 after min–max; not done here.)
 
 Conventions: the authors' OpenCLIP wrapper averages all tokens before the head for CLIP and starts at the
 second-to-last block by default (``start_layer=-2``); this module follows the paper's text (the pooled
@@ -31,14 +38,16 @@ from __future__ import annotations
 import torch
 
 from ..adapters.hooks import this_thread
+from ..errors import UsageError
 from ..types import Capture, Target
 from .common import layer_index
 from .registry import Param, register
 
 
-def layer_scores(adapter, capture: Capture) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+def layer_scores(adapter, capture: Capture) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], dict]:
     """One forward in the graph: ([L, n_targets] scores s^l of every block's tokens through the model's own
-    head, L × [1, H, T, T] attention maps). The last block's output is replaced by all blocks' outputs
+    head, L × [1, H, T, T] attention maps, the forward's extras: SigLIP's "probe_attention" is ([L, H, 1, T],),
+    the pooling head's attention over each z^l). The last block's output is replaced by all blocks' outputs
     stacked on the batch dimension, so whatever the model does after its last block (norm, pooling, head,
     the image–text logit) runs on each z^l as it would on the real last output."""
     n, kept = adapter.n_layers, []
@@ -55,7 +64,7 @@ def layer_scores(adapter, capture: Capture) -> tuple[torch.Tensor, tuple[torch.T
     try:
         with torch.enable_grad(), adapter.lock:
             x = capture.inputs["pixel_values"].to(adapter.device).detach().clone().requires_grad_()
-            scores, attentions, _ = adapter._run(capture.inputs, x, attentions=True)
+            scores, attentions, extras = adapter._run(capture.inputs, x, attentions=True)
     finally:
         for h in hooks:
             h.remove()
@@ -67,7 +76,7 @@ def layer_scores(adapter, capture: Capture) -> tuple[torch.Tensor, tuple[torch.T
     if len(attentions) != n or scores.shape[0] != n:
         raise RuntimeError(f"LeGrad expected {n} attention maps and {n} layer scores, got {len(attentions)} "
                            f"and {scores.shape[0]}.")
-    return scores, attentions
+    return scores, attentions, extras
 
 
 @register(
@@ -76,17 +85,28 @@ def layer_scores(adapter, capture: Capture) -> tuple[torch.Tensor, tuple[torch.T
                 "through the model's head) w.r.t. that layer's attention, averaged over heads and queries, "
                 "summed over layers.",
     params=(Param("start_layer", 0, "First block summed (negative counts from the end; the authors' CLIP code "
-                                    "uses -2)."),),
+                                    "uses -2)."),
+            Param("readout", "self", "Which attention is differentiated: 'self' (every block's, the paper's "
+                                     "formula) or 'probe' (SigLIP's attention-pooling probe over each layer's "
+                                     "tokens, the authors' SigLIP variant).", choices=("self", "probe"))),
     class_specific=True, over="patches", kind="gradient", families=("classifier", "clip"),
     needs=("attentions",),
 )
-def legrad(adapter, capture: Capture, target: Target, *, start_layer: int):
+def legrad(adapter, capture: Capture, target: Target, *, start_layer: int, readout: str):
     first = layer_index(capture, start_layer)
-    scores, attentions = layer_scores(adapter, capture)
+    scores, attentions, extras = layer_scores(adapter, capture)
+    probe = extras.get("probe_attention") if readout == "probe" else None
+    if readout == "probe" and not probe:
+        raise UsageError("LeGrad's readout='probe' needs an attention-pooling head (SigLIP); this model has none: "
+                         "use readout='self'.")
     lay = capture.layout
     total = torch.zeros(lay.n_patches, dtype=torch.float32, device=scores.device)
     for layer in range(first, adapter.n_layers):
-        g, = torch.autograd.grad(scores[layer, target.index], attentions[layer], retain_graph=True)   # [1, H, T, T]
+        if probe:
+            g, = torch.autograd.grad(scores[layer, target.index], probe[0], retain_graph=True)       # [L, H, 1, T]
+            g = g[layer:layer + 1]                                                                   # [1, H, 1, T]
+        else:
+            g, = torch.autograd.grad(scores[layer, target.index], attentions[layer], retain_graph=True)  # [1, H, T, T]
         total += g[0].clamp(min=0).mean(dim=(0, 1))[lay.n_prefix:].float()                         # [N] keys
     span = total.max() - total.min()
     total = (total - total.min()) / span if span > 0 else torch.zeros_like(total)

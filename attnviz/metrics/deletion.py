@@ -158,7 +158,7 @@ def _check(kind: str, order: str, steps) -> None:
 
 
 def curves(adapter, capture: Capture, exp: Explanation, jobs: list[tuple], *, steps: int = 20,
-           target: Optional[int] = None, batch_size: int = 16,
+           target: Optional[int] = None, batch_size: int = 8,
            progress: Optional[Callable[[int, int], None]] = None) -> list[Curve]:
     """Several curves of ``exp`` (``jobs``: (kind, order, seed[, baseline]) each; baseline None or left out: "mean"
     for deletion, "blur" for insertion) from one pool of images:
@@ -196,26 +196,32 @@ def curves(adapter, capture: Capture, exp: Explanation, jobs: list[tuple], *, st
                 at[j, s] = len(rows) - 1
             else:
                 at[j, s] = where[key]
+    # the input itself is the capture's own image: its scores are the capture's (no forward)
+    own = where.get(("input",))
+    todo = [r for i, r in enumerate(rows) if i != own]
     values, quantity = [], "score"
-    for start in range(0, len(rows), batch_size):
+    for start in range(0, len(todo), batch_size):
         batch = []
-        for j, s in rows[start:start + batch_size]:
+        for j, s in todo[start:start + batch_size]:
             p = plans[j]
             changed = (p.rank_map < int(p.counts[s]))[None, None]                      # [1, 1, H, W]
             base = bases[p.baseline]
             batch.append(torch.where(changed, base, x) if p.kind == "deletion" else torch.where(changed, x, base))
-        with torch.no_grad():
+        with torch.inference_mode():
             q, quantity = _quantity(adapter, adapter.forward_scores(torch.cat(batch), capture.inputs).float(), target)
         values.append(q.cpu().numpy())                                                  # [b]
         if progress is not None:
-            progress(min(start + batch_size, len(rows)), len(rows))
-    flat = np.concatenate(values).astype(np.float64)
+            progress(min(start + batch_size, len(todo)), len(todo))
+    flat = np.concatenate(values).astype(np.float64) if values else np.zeros(0)
+    if own is not None:
+        q, quantity = _quantity(adapter, capture.scores[None].float(), target)          # [1]
+        flat = np.insert(flat, own, float(q[0]))                                        # back at its row
     return [Curve(kind=p.kind, order=p.order, baseline=p.baseline, fractions=counts / n, values=flat[at[j]],
                   quantity=quantity) for j, p in enumerate(plans)]
 
 
 def curve(adapter, capture: Capture, exp: Explanation, kind: str = "deletion", *, baseline: Optional[str] = None,
-          steps: int = 20, order: str = "map", seed: int = 0, batch_size: int = 16, target: Optional[int] = None,
+          steps: int = 20, order: str = "map", seed: int = 0, batch_size: int = 8, target: Optional[int] = None,
           progress: Optional[Callable[[int, int], None]] = None) -> Curve:
     """One deletion or insertion curve of ``exp`` (a patch or pixel map of ``capture``) for its target.
 
@@ -228,7 +234,7 @@ def curve(adapter, capture: Capture, exp: Explanation, kind: str = "deletion", *
 
 
 def deletion_insertion(adapter, capture: Capture, exp: Explanation, *, steps: int = 20, random_orders: int = 1,
-                       seed: int = 0, target: Optional[int] = None, batch_size: int = 16,
+                       seed: int = 0, target: Optional[int] = None, batch_size: int = 8,
                        progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """Deletion and insertion for the map's order, and for ``random_orders`` random orders as the yardstick,
     all from one pool of batched forwards (:func:`curves`).

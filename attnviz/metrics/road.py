@@ -96,7 +96,7 @@ def _check_fractions(fractions: Sequence[float]) -> list[float]:
 
 
 def road(adapter, capture: Capture, exp: Explanation, *, fractions: Sequence[float] = FRACTIONS,
-         noise: float = 0.01, seed: int = 0, target: Optional[int] = None, batch_size: int = 16) -> dict:
+         noise: float = 0.01, seed: int = 0, target: Optional[int] = None, batch_size: int = 8) -> dict:
     """MoRF and LeRF curves of ``exp`` under noisy linear imputation (module docstring), JSON-ready:
     {"fractions", "morf", "lerf", "morf_mean", "lerf_mean", "quantity", "noise"}."""
     fr = _check_fractions(fractions)
@@ -116,7 +116,7 @@ def road(adapter, capture: Capture, exp: Explanation, *, fractions: Sequence[flo
             images.append(noisy_linear_impute(x[0], removed.reshape(h, w), noise=noise, generator=g))
     values, quantity = [], "score"
     for s in range(0, len(images), batch_size):
-        with torch.no_grad():
+        with torch.inference_mode():
             q, quantity = _quantity(adapter, adapter.forward_scores(torch.stack(images[s:s + batch_size]),
                                                                     capture.inputs).float(), target)
         values.append(q.cpu().numpy())
@@ -139,9 +139,11 @@ def confidence_kept(adapter, capture: Capture, exp: Explanation, *, fractions: S
     keep = torch.zeros(len(fr), h * w, dtype=torch.bool)
     for i, f in enumerate(fr):
         keep[i, order[:int(round(f * h * w))]] = True
-    xb = torch.cat([x, x * keep.view(len(fr), 1, h, w).to(x)])               # [1 + F, C, H, W]
-    with torch.no_grad():
-        q, quantity = _quantity(adapter, adapter.forward_scores(xb, capture.inputs).float(), target)
+    xb = x * keep.view(len(fr), 1, h, w).to(x)                               # [F, C, H, W]
+    with torch.inference_mode():
+        scores = adapter.forward_scores(xb, capture.inputs).float()
+    # the full image is the capture's own: its scores are the capture's (no forward)
+    q, quantity = _quantity(adapter, torch.cat([capture.scores[None].float(), scores]), target)
     q = q.cpu().numpy().astype(np.float64)
     return {"fractions": fr, "kept": q[1:].tolist(), "change": (q[1:] - q[0]).tolist(), "full": float(q[0]),
             "quantity": quantity}
