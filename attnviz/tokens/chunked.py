@@ -135,8 +135,11 @@ class QK(Rows):
         ql = self.q[:, lo:hi]                                                          # [H, c, d]
         if self.lse is not None:
             # exp(q·kᵀ·s + bias − lse): the softmax with the forward's row normaliser, in one pass
+            # (baddbmm broadcasts a [H, c, 1] shift as it writes; an expanded [H, c, T] view of it measured 3×
+            # slower, 0.09 s against 0.03 s for 1,020 rows at 1,370 tokens)
             shift = -self.lse[:, lo:hi, None]                                          # [H, c, 1]
-            shift = shift.expand(-1, -1, self.n) if self.bias is None else self.bias[:, lo:hi] + shift
+            if self.bias is not None:
+                shift = self.bias[:, lo:hi] + shift                                    # [H, c, T]
             w = torch.baddbmm(shift, ql, self.k.transpose(1, 2), alpha=self.scaling)  # [H, c, T]
             return w.exp_()
         if self.bias is not None:
