@@ -40,8 +40,11 @@ import torch
 
 from .attention import fuse_heads
 
-#: Bytes one block of rows may take (all heads): the chunked path's working memory per step.
-BLOCK_BYTES = 32 << 20
+#: Bytes one block of rows may take (all heads): the chunked path's working memory per step. Blocks that stay
+#: in the cache measured fastest: DINOv2-S at 518² (1,370 tokens, one thread, CPU time over a bare forward),
+#: the rollout method 0.49 / 0.45 / 0.36 / 0.45 and the relevance method 0.98 / 0.83 / 0.68 / 0.92 with
+#: 32 / 4 / 2 / 1 MB blocks (1,020 / 127 / 63 / 31 rows); 2 MB also keeps a relevance ~90 MB lower.
+BLOCK_BYTES = 2 << 20
 
 
 class Rows:
