@@ -6,15 +6,16 @@ The counts (float32, one image) are estimates, not measurements (``bench --highr
 
 * **activations a backward keeps** per dense layer: T·(10·D + 2·I) floats (LayerNorms, q/k/v, the head
   output, the MLP's hidden layer before and after its activation); a forward without gradients keeps
-  about three layers' worth at once; with checkpointed blocks (the chunked path's default) the graph keeps
-  each block's input, T·D floats, and a backward recomputes one block's activations at a time;
+  about three layers' worth at once; with checkpointed blocks (on the chunked path the lowest blocks, as
+  many as :func:`checkpointed_layers` says keep the rest within :data:`ACTIVATION_BUDGET`) the graph keeps
+  each such block's input, T·D floats, and a backward recomputes one block's activations at a time;
 * **the capture**: "full" keeps every layer's softmax weights, H·T² floats (and as much again for their
   gradients and the softmax's saved output with gradients); "rows" keeps q and k (and v and the head-output
   gradient with gradients), 2·T·D (4·T·D) floats per layer, and one block of rows (``chunked.BLOCK_BYTES``)
   at a time; window attention (Swin) keeps N·S·H floats per block (N tokens, S = window²);
 * **time**: multiply-adds of the forward (linear layers 2·T·(4D² + 2·D·I), attention 4·T²·D per layer), a
   rollout recomputes q·kᵀ once more (2·T²·D), a relevance runs the backward (twice the forward) and
-  recomputes q·kᵀ and dO·Vᵀ (4·T²·D), plus one more forward with checkpointed blocks, at a rate measured
+  recomputes q·kᵀ and dO·Vᵀ (4·T²·D), plus each checkpointed block's forward once more, at a rate measured
   once on this machine (a float32 matrix product).
 """
 from __future__ import annotations
@@ -71,8 +72,10 @@ def flop_rate() -> float:
 
 
 #: Bytes of activations a chunked capture with gradients may keep for its backward outside checkpointed blocks
-#: (``checkpointed_layers``): each block kept whole saves its recomputation, about 1/L of a forward.
-ACTIVATION_BUDGET = 128 << 20
+#: (``checkpointed_layers``): each block kept whole saves its recomputation, about 1/L of a forward. 128 MB (2 of
+#: DINOv2-S's 12 blocks checkpointed at 518², 9 at 896²) measured +403 MB and +999 MB over a bare forward for
+#: one relevance, at the issue's memory targets (+400 MB, +1 GB): 96 MB keeps a margin.
+ACTIVATION_BUDGET = 96 << 20
 
 
 def block_activation_bytes(width: int, hidden: int, tokens: int) -> int:
@@ -86,7 +89,7 @@ def block_activation_bytes(width: int, hidden: int, tokens: int) -> int:
 def checkpointed_layers(layers: int, width: int, hidden: int, tokens: int, budget: Optional[int] = None) -> int:
     """How many of ``layers`` token blocks a capture with gradients checkpoints: the fewest that keep the other
     blocks' activations (``block_activation_bytes``) within ``budget`` bytes (:data:`ACTIVATION_BUDGET`).
-    DINOv2-S: 2 of 12 at 518², 9 at 896², all 12 at 1792²."""
+    DINOv2-S: 5 of 12 at 518², 10 at 896², all 12 at 1792²."""
     per = block_activation_bytes(width, hidden, tokens)
     whole = (ACTIVATION_BUDGET if budget is None else budget) // max(1, per)
     return max(0, layers - int(whole))
