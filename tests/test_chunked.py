@@ -253,3 +253,37 @@ def test_checkpointed_blocks_recompute_once_per_backward_with_the_same_maps(kind
     bars = [(g * a[0].detach()).clamp(min=0).mean(0) for a, g in zip(atts, grads)]
     readout = static_readout(ad.pooling, cap.layout)
     _close(maps[True, 1], _grid(cap.layout, _relevance(readout, bars)))
+
+
+def test_auto_checkpointing_recomputes_only_the_lowest_blocks_the_budget_leaves(photo, monkeypatch):
+    """"auto" checkpointing (``budget.checkpointed_layers``): with an activation budget for one block kept
+    whole, a backward recomputes every block but the top one, and the maps equal a capture that kept every
+    activation."""
+    import attnviz.tokens.budget as budget
+    ad = _adapter("beit")
+    inputs = _inputs(ad, photo)
+    ad.attention_path = "rows"
+    n, cfg = ad.layout(inputs).n_tokens, ad.model.config
+    assert ad.n_layers >= 2
+    per = budget.block_activation_bytes(cfg.hidden_size, cfg.intermediate_size, n)
+    monkeypatch.setattr(budget, "ACTIVATION_BUDGET", per + per // 2)
+    ad.checkpoint_blocks = "auto"
+    assert ad.checkpointed_layers(n) == ad.n_layers - 1
+    runs = []
+    handles = [m.register_forward_pre_hook(lambda *a, li=li: runs.append(li))
+               for li in range(ad.n_layers) for name, m in ad.token_block(li).named_children() if name == "attention"]
+    maps = {}
+    try:
+        for mode in ("auto", False):
+            ad.checkpoint_blocks = mode
+            cap = ad.capture(inputs, grads=True)
+            runs.clear()
+            maps[mode] = explain(ad, cap, "relevance", target=1, start_layer=0).map
+            if mode == "auto":                                   # the backward re-entered the lowest L - 1 blocks
+                assert sorted(set(runs)) == list(range(ad.n_layers - 1))
+            else:
+                assert runs == []
+    finally:
+        for h in handles:
+            h.remove()
+    _close(maps["auto"], maps[False], tol=1e-6)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..errors import ModelUnavailable, UsageError
-from ..tokens.budget import Cost, dense_cost, largest_square
+from ..tokens.budget import Cost, checkpointed_layers, dense_cost, largest_square
 from ..tokens.chunked import QK
 from ..tokens.geometry import MAX_PATCHES, MAX_ROWS_PATCHES, rounded_size
 from ..tokens.readout import READS_PATCHES, static_readout
@@ -168,10 +168,12 @@ class ModelAdapter:
         self.lock = threading.RLock()
         #: "auto", "full" or "rows" (``ATTENTION_PATHS``); ATTNVIZ_ATTENTION_PATH sets the default.
         self.attention_path = os.environ.get("ATTNVIZ_ATTENTION_PATH", "auto")
-        #: On the chunked path with gradients, checkpoint each token block (``fast_attention.checkpointed``):
-        #: the backward recomputes one block at a time instead of keeping every layer's activations.
-        #: ATTNVIZ_CHECKPOINT=0 turns it off.
-        self.checkpoint_blocks = os.environ.get("ATTNVIZ_CHECKPOINT", "1") != "0"
+        #: On the chunked path with gradients, checkpoint token blocks (``fast_attention.checkpointed``): the
+        #: backward recomputes a checkpointed block instead of keeping its activations. "auto": the lowest
+        #: blocks, as many as ``budget.checkpointed_layers`` says the size needs; True: every block; False: none.
+        #: ATTNVIZ_CHECKPOINT=0 / 1 / auto (the default).
+        env = os.environ.get("ATTNVIZ_CHECKPOINT", "auto").strip().lower()
+        self.checkpoint_blocks = {"0": False, "1": True}.get(env, "auto")
 
     # --- family hooks -------------------------------------------------
     @classmethod
@@ -285,7 +287,7 @@ class ModelAdapter:
         layout = self.layout(inputs)
         rec = None
         if self.rows_path(layout.n_tokens):
-            blocks = [self.token_block(li) for li in range(self.n_layers)] if grads and self.checkpoint_blocks else []
+            blocks = [self.token_block(li) for li in range(self.checkpointed_layers(layout.n_tokens))] if grads else []
             install_checkpointing(blocks)
             rec = Recorder(self._attention_modules(), grads, blocks)
         with torch.set_grad_enabled(grads), self.lock, (recording(rec) if rec else nullcontext()):
@@ -358,7 +360,19 @@ class ModelAdapter:
         weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
         rows = self.rows_path(tokens)
         return dense_cost(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size,
-                          tokens, "rows" if rows else "full", weights, checkpointed=rows and self.checkpoint_blocks)
+                          tokens, "rows" if rows else "full", weights,
+                          checkpointed=self.checkpointed_layers(tokens) if rows else 0)
+
+    def checkpointed_layers(self, n_tokens: int) -> int:
+        """How many token blocks (the lowest) a chunked capture with gradients of ``n_tokens`` tokens checkpoints
+        (``checkpoint_blocks``; "auto": ``budget.checkpointed_layers`` from the model's shape)."""
+        mode = self.checkpoint_blocks
+        if mode != "auto":
+            return self.n_layers if mode else 0
+        cfg = getattr(self.model.config, "vision_config", None) or self.model.config
+        if not hasattr(cfg, "intermediate_size"):
+            return self.n_layers
+        return checkpointed_layers(self.n_layers, cfg.hidden_size, cfg.intermediate_size, n_tokens)
 
     def check_size(self, size: tuple[int, int]) -> None:
         """Refuse, in one sentence, a chosen input size whose capture would not fit in this machine's memory."""

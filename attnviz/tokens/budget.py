@@ -6,15 +6,16 @@ The counts (float32, one image) are estimates, not measurements (``bench --highr
 
 * **activations a backward keeps** per dense layer: T·(10·D + 2·I) floats (LayerNorms, q/k/v, the head
   output, the MLP's hidden layer before and after its activation); a forward without gradients keeps
-  about three layers' worth at once; with checkpointed blocks (the chunked path's default) the graph keeps
-  each block's input, T·D floats, and a backward recomputes one block's activations at a time;
+  about three layers' worth at once; with checkpointed blocks (on the chunked path the lowest blocks, as
+  many as :func:`checkpointed_layers` says keep the rest within :data:`ACTIVATION_BUDGET`) the graph keeps
+  each such block's input, T·D floats, and a backward recomputes one block's activations at a time;
 * **the capture**: "full" keeps every layer's softmax weights, H·T² floats (and as much again for their
   gradients and the softmax's saved output with gradients); "rows" keeps q and k (and v and the head-output
   gradient with gradients), 2·T·D (4·T·D) floats per layer, and one block of rows (``chunked.BLOCK_BYTES``)
   at a time; window attention (Swin) keeps N·S·H floats per block (N tokens, S = window²);
 * **time**: multiply-adds of the forward (linear layers 2·T·(4D² + 2·D·I), attention 4·T²·D per layer), a
   rollout recomputes q·kᵀ once more (2·T²·D), a relevance runs the backward (twice the forward) and
-  recomputes q·kᵀ and dO·Vᵀ (4·T²·D), plus one more forward with checkpointed blocks, at a rate measured
+  recomputes q·kᵀ and dO·Vᵀ (4·T²·D), plus each checkpointed block's forward once more, at a rate measured
   once on this machine (a float32 matrix product).
 """
 from __future__ import annotations
@@ -70,6 +71,30 @@ def flop_rate() -> float:
     return 2 * 512 ** 3 / max(best, 1e-6)
 
 
+#: Bytes of activations a chunked capture with gradients may keep for its backward outside checkpointed blocks
+#: (``checkpointed_layers``): each block kept whole saves its recomputation, about 1/L of a forward. 128 MB (2 of
+#: DINOv2-S's 12 blocks checkpointed at 518², 9 at 896²) measured +403 MB and +999 MB over a bare forward for
+#: one relevance, at the issue's memory targets (+400 MB, +1 GB): 96 MB keeps a margin.
+ACTIVATION_BUDGET = 96 << 20
+
+
+def block_activation_bytes(width: int, hidden: int, tokens: int) -> int:
+    """Bytes a token block kept whole holds for the backward beyond what the chunked capture keeps anyway
+    (q, k, v, the head output): its LayerNorms' inputs and the MLP's hidden layer, T·(2D + I) floats (the
+    linear layers keep no input: the parameters take no gradient). Measured on DINOv2-S at 518²: 117 MB for
+    12 blocks (this says 151 MB)."""
+    return tokens * (2 * width + hidden) * FLOAT
+
+
+def checkpointed_layers(layers: int, width: int, hidden: int, tokens: int, budget: Optional[int] = None) -> int:
+    """How many of ``layers`` token blocks a capture with gradients checkpoints: the fewest that keep the other
+    blocks' activations (``block_activation_bytes``) within ``budget`` bytes (:data:`ACTIVATION_BUDGET`).
+    DINOv2-S: 5 of 12 at 518², 10 at 896², all 12 at 1792²."""
+    per = block_activation_bytes(width, hidden, tokens)
+    whole = (ACTIVATION_BUDGET if budget is None else budget) // max(1, per)
+    return max(0, layers - int(whole))
+
+
 @dataclass(frozen=True)
 class Cost:
     """Estimated cost of one capture and its views at one input size."""
@@ -96,9 +121,11 @@ class Cost:
 
 
 def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, path: str,
-               weights_bytes: int = 0, checkpointed: bool = False) -> Cost:
+               weights_bytes: int = 0, checkpointed: int = 0) -> Cost:
     """Cost of a plain ViT-style tower: ``layers`` × (``heads``, ``width`` D, MLP ``hidden`` I) on ``tokens``;
-    ``checkpointed``: a capture with gradients checkpoints each block (the backward recomputes them)."""
+    ``checkpointed``: how many blocks a capture with gradients checkpoints (the backward recomputes them;
+    True: all)."""
+    checkpointed = layers if checkpointed is True else int(checkpointed)
     t, d = tokens, width
     act = t * (10 * d + 2 * hidden) * FLOAT                                     # per layer, kept for backward
     if path == "full":
@@ -112,7 +139,9 @@ def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, pa
         # per layer: q, k, v, dO kept, the block's input, and what autograd holds around a checkpointed block
         # (its output and the gradients in flight): 12·T·D floats a layer, fitted to peak RSS measured on
         # DINOv2-S (README: +437 MB / +970 MB / +3.96 GB at 518² / 896² / 1792², where 5·T·D gave half that)
-        relevance_b = weights_bytes + layers * (kept_grads + 8 * t * d * FLOAT) + act + 2 * block
+        # with every block checkpointed); a block kept whole holds its activations on top of that
+        relevance_b = (weights_bytes + layers * (kept_grads + 8 * t * d * FLOAT) + act + 2 * block
+                       + (layers - checkpointed) * block_activation_bytes(d, hidden, t))
     else:
         relevance_b = weights_bytes + layers * (kept_grads + act) + 2 * block
     linear = 2 * t * (4 * d * d + 2 * d * hidden)
@@ -120,7 +149,7 @@ def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, pa
     rate = flop_rate()
     fwd = layers * (linear + attn) / rate
     roll = fwd + layers * (2 * t * t * d) / rate * (1 if path == "rows" else 0.2)
-    rel = (4 if checkpointed else 3) * fwd + layers * (4 * t * t * d) / rate * (1 if path == "rows" else 0.3)
+    rel = (3 + checkpointed / layers) * fwd + layers * (4 * t * t * d) / rate * (1 if path == "rows" else 0.3)
     return Cost(t, path, fwd, roll, rel, int(rollout_b), int(relevance_b), available_memory())
 
 

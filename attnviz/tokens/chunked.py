@@ -40,8 +40,11 @@ import torch
 
 from .attention import fuse_heads
 
-#: Bytes one block of rows may take (all heads): the chunked path's working memory per step.
-BLOCK_BYTES = 32 << 20
+#: Bytes one block of rows may take (all heads): the chunked path's working memory per step. Blocks that stay
+#: in the cache measured fastest: DINOv2-S at 518² (1,370 tokens, one thread, CPU time over a bare forward),
+#: the rollout method 0.49 / 0.45 / 0.36 / 0.45 and the relevance method 0.98 / 0.83 / 0.68 / 0.92 with
+#: 32 / 4 / 2 / 1 MB blocks (1,020 / 127 / 63 / 31 rows); 2 MB also keeps a relevance ~90 MB lower.
+BLOCK_BYTES = 2 << 20
 
 
 class Rows:
@@ -135,8 +138,11 @@ class QK(Rows):
         ql = self.q[:, lo:hi]                                                          # [H, c, d]
         if self.lse is not None:
             # exp(q·kᵀ·s + bias − lse): the softmax with the forward's row normaliser, in one pass
+            # (baddbmm broadcasts a [H, c, 1] shift as it writes; an expanded [H, c, T] view of it measured 3×
+            # slower, 0.09 s against 0.03 s for 1,020 rows at 1,370 tokens)
             shift = -self.lse[:, lo:hi, None]                                          # [H, c, 1]
-            shift = shift.expand(-1, -1, self.n) if self.bias is None else self.bias[:, lo:hi] + shift
+            if self.bias is not None:
+                shift = self.bias[:, lo:hi] + shift                                    # [H, c, T]
             w = torch.baddbmm(shift, ql, self.k.transpose(1, 2), alpha=self.scaling)  # [H, c, T]
             return w.exp_()
         if self.bias is not None:
