@@ -212,7 +212,9 @@ class Batcher:
     ``spare`` (lanes, with ``lanes`` above 1): lanes kept for new ``first`` requests. Other work (later
     requests, promoted ones, and an ``after`` that works) runs on at most ``lanes - spare`` lanes at once
     (at least one), so a new first request never waits for more than the batch of first requests ahead of it
-    (a classroom burst: a backward pass of four images on one core takes seconds; issue 23).
+    (a classroom burst: a backward pass of four images on one core takes seconds; issue 23). ``spare_s``
+    (None: always): the spare lanes are kept only while a new first request arrived within that many
+    seconds; after a burst, other work gets every lane again.
 
     ``after(values, idle)``, when given, runs once a batch's results are handed out, still holding the
     batch's lane: ``idle`` says whether no ``first`` request (promoted ones aside) is waiting then and a
@@ -233,7 +235,7 @@ class Batcher:
                  lock: Optional[TurnLock] = None, name: str = "batcher", history: int = 4096,
                  on_batch: Optional[Callable[[list, float], None]] = None,
                  after: Optional[Callable[[list, bool], None]] = None, age: Optional[float] = None,
-                 spare: int = 0):
+                 spare: int = 0, spare_s: Optional[float] = None):
         if max_batch < 1 or lanes < 1 or window < 0:
             raise ValueError("a Batcher needs max_batch >= 1, lanes >= 1 and window >= 0")
         self._run, self.max_batch, self.window, self.lanes = run, int(max_batch), float(window), int(lanes)
@@ -241,6 +243,8 @@ class Batcher:
         self.age = age
         self._other_max = max(1, self.lanes - max(0, int(spare)))   # lanes that may run other work at once
         self._other = 0                            # lanes running other work now (see ``spare``)
+        self.spare_s = spare_s
+        self._last_new = float("-inf")             # when the last new first request arrived
         self._cond = threading.Condition(threading.Lock())
         self._line: list[Request] = []             # waiting, in service order (first requests ahead)
         self._running = 0                          # requests in batches being run now
@@ -255,6 +259,8 @@ class Batcher:
         with self._cond:
             req = Request(payload, key, first, self._seq)
             self._seq += 1
+            if first:
+                self._last_new = time.monotonic()
             at = sum(1 for r in self._line if r.first) if first else len(self._line)
             self._line.insert(at, req)
             self._start_workers()
@@ -346,9 +352,10 @@ class Batcher:
                 self._line.remove(r)               # it waited long enough: behind the first requests waiting now
                 r.first = r.promoted = True
                 self._line.insert(sum(1 for x in self._line if x.first), r)
-        line = self._line if self._other < self._other_max else [r for r in self._line if self._new(r)]
-        if not line:
-            return [], None                        # only other work waits, and its lanes are busy
+        kept = self._spare_kept()
+        line = [r for r in self._line if self._new(r)] if kept else self._line
+        if not line:                               # only other work waits, and its lanes are busy
+            return [], (None if self.spare_s is None else max(0.01, self._last_new + self.spare_s - time.monotonic()))
         head = line[0]
         same = [r for r in line if r.key == head.key]
         left = head.arrived + self.window - time.monotonic()
@@ -376,6 +383,11 @@ class Batcher:
             # a capture's memory is the cache's to bound
             batch = r = None
 
+    def _spare_kept(self) -> bool:
+        """Whether other work must leave the spare lanes free now (called with the condition held)."""
+        return self._other >= self._other_max and (
+            self.spare_s is None or time.monotonic() - self._last_new < self.spare_s)
+
     def _free_other(self) -> None:
         with self._cond:
             self._other -= 1
@@ -401,7 +413,7 @@ class Batcher:
             self._finish(batch)                   # the waiters go on now, before any follow-up work
             if self.after is not None:
                 with self._cond:
-                    idle = not any(self._new(r) for r in self._line) and (other or self._other < self._other_max)
+                    idle = not any(self._new(r) for r in self._line) and (other or not self._spare_kept())
                     took = idle and not other              # this lane now runs other work: counted
                     self._other += took
                 try:

@@ -343,6 +343,18 @@ def test_with_a_spare_lane_later_work_takes_one_lane_and_a_new_image_finds_the_o
     for r in [without.submit(f"later{i}") for i in range(2)]:
         without.wait(r)
     assert peak[0] == 2                                  # spare 0: both lanes take later work, as before
+    after_burst = Batcher(slow, max_batch=1, window=0.0, lanes=2, spare=1, spare_s=1.5)
+    after_burst.wait(after_burst.submit("first", first=True))
+    later = [after_burst.submit(f"later{i}") for i in range(2)]
+    peak[0] = 0
+    for r in later:
+        after_burst.wait(r)
+    assert peak[0] == 1                                  # a new image came within spare_s: one lane for later work
+    time.sleep(1.6)
+    peak[0] = 0
+    for r in [after_burst.submit(f"later{i}") for i in range(2)]:
+        after_burst.wait(r)
+    assert peak[0] == 2                                  # none came within spare_s: later work gets both lanes
 
 
 def test_a_forward_without_a_graph_gives_the_same_captures_and_its_maps_come_from_a_new_request(deit):

@@ -34,6 +34,7 @@ WINDOW_S = 0.05        # how long a lone request waits for batch-mates (README "
 HOLD = 8               # images whose forward graph may wait for its backward (ATTNVIZ_GRAPH_HOLD)
 AGE_S = 10.0           # a backward waiting this long goes ahead of new images (ATTNVIZ_BATCH_AGE_S)
 SPARE = 1              # lanes kept for new images' forwards when there are two or more (ATTNVIZ_SPARE_LANES)
+SPARE_S = 5.0          # ... while a new image came within this many seconds (after a burst, backwards get all)
 
 
 class _Held:
@@ -58,7 +59,7 @@ class ModelServer:
         self.batcher = Batcher(self._run_batch, max_batch=max_batch, window=window,
                                lanes=lanes, lock=lock, name=f"attnviz-batch-{getattr(adapter, 'name', 'model')}",
                                on_batch=self._write_log if log else None, after=self._after, age=age,
-                               spare=spare)
+                               spare=spare, spare_s=SPARE_S)
 
     def _run_batch(self, works: list) -> list:
         """A batch of one kind (``batch_key``): forwards alone -> (capture, its Forward, its row); a held
