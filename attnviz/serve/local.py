@@ -33,7 +33,7 @@ MAX_BATCH = 4          # the app's default (ui/settings.py, measured: README "Ba
 WINDOW_S = 0.05        # how long a lone request waits for batch-mates (README "Batching a burst")
 HOLD = 8               # images whose forward graph may wait for its backward (ATTNVIZ_GRAPH_HOLD)
 AGE_S = 10.0           # a backward waiting this long goes ahead of new images (ATTNVIZ_BATCH_AGE_S)
-SPARE = 1              # lanes kept for new images' forwards when there are two or more (ATTNVIZ_SPARE_LANES)
+SPARE = 0              # lanes kept for new images' forwards (ATTNVIZ_SPARE_LANES; measured: off by default)
 SPARE_S = 5.0          # ... while a new image came within this many seconds (after a burst, backwards get all)
 
 
