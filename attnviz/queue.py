@@ -209,10 +209,18 @@ class Batcher:
     ``age`` (seconds, None: never): a later request that has waited that long joins the first requests,
     behind those already waiting, so that a steady stream of first requests cannot starve it.
 
+    ``spare`` (lanes, with ``lanes`` above 1): lanes kept for new ``first`` requests. Other work (later
+    requests, promoted ones, and an ``after`` that works) runs on at most ``lanes - spare`` lanes at once
+    (at least one), so a new first request never waits for more than the batch of first requests ahead of it
+    (a classroom burst: a backward pass of four images on one core takes seconds; issue 23). ``spare_s``
+    (None: always): the spare lanes are kept only while a new first request arrived within that many
+    seconds; after a burst, other work gets every lane again.
+
     ``after(values, idle)``, when given, runs once a batch's results are handed out, still holding the
-    batch's lane: ``idle`` says whether no ``first`` request (promoted ones aside) is waiting then (the
-    model's follow-up work for that batch, such as the backward its forward prepared, runs only when it
-    delays no one's first map).
+    batch's lane: ``idle`` says whether no ``first`` request (promoted ones aside) is waiting then and a
+    lane for other work is free (the model's follow-up work for that batch, such as the backward its
+    forward prepared, runs only when it delays no one's first map); with ``idle`` the lane counts as running
+    other work until ``after`` returns.
     It must not raise; it is told of every batch that produced results.
 
     ``stats()`` reports the batch sizes and queue waits seen so far; ``on_batch(requests, seconds)`` is
@@ -226,12 +234,17 @@ class Batcher:
     def __init__(self, run: Callable[[list], list], *, max_batch: int = 8, window: float = 0.05, lanes: int = 1,
                  lock: Optional[TurnLock] = None, name: str = "batcher", history: int = 4096,
                  on_batch: Optional[Callable[[list, float], None]] = None,
-                 after: Optional[Callable[[list, bool], None]] = None, age: Optional[float] = None):
+                 after: Optional[Callable[[list, bool], None]] = None, age: Optional[float] = None,
+                 spare: int = 0, spare_s: Optional[float] = None):
         if max_batch < 1 or lanes < 1 or window < 0:
             raise ValueError("a Batcher needs max_batch >= 1, lanes >= 1 and window >= 0")
         self._run, self.max_batch, self.window, self.lanes = run, int(max_batch), float(window), int(lanes)
         self.lock, self.name, self.history, self.on_batch, self.after = lock, name, history, on_batch, after
         self.age = age
+        self._other_max = max(1, self.lanes - max(0, int(spare)))   # lanes that may run other work at once
+        self._other = 0                            # lanes running other work now (see ``spare``)
+        self.spare_s = spare_s
+        self._last_new = float("-inf")             # when the last new first request arrived
         self._cond = threading.Condition(threading.Lock())
         self._line: list[Request] = []             # waiting, in service order (first requests ahead)
         self._running = 0                          # requests in batches being run now
@@ -246,6 +259,8 @@ class Batcher:
         with self._cond:
             req = Request(payload, key, first, self._seq)
             self._seq += 1
+            if first:
+                self._last_new = time.monotonic()
             at = sum(1 for r in self._line if r.first) if first else len(self._line)
             self._line.insert(at, req)
             self._start_workers()
@@ -262,6 +277,11 @@ class Batcher:
     def waiting(self) -> int:
         with self._cond:
             return len(self._line) + self._running
+
+    def new_waiting(self) -> int:
+        """New first requests in line (promoted ones aside): what a batch's follow-up work would delay."""
+        with self._cond:
+            return sum(1 for r in self._line if self._new(r))
 
     def abandon(self, req: Request) -> None:
         """Withdraw a request not yet taken into a batch (its page went away)."""
@@ -316,9 +336,14 @@ class Batcher:
                 for r in batch:
                     self._line.remove(r)
                 return batch
-            self._cond.wait(left)       # more may come, or the head may change (a first request)
+            self._cond.wait(left)       # more may come, the head may change (a first request), a lane free up
 
-    def _ready(self) -> tuple[list[Request], float]:
+    @staticmethod
+    def _new(r: Request) -> bool:
+        """A new first request (not a later one promoted by ``age``): what ``spare`` lanes are kept for."""
+        return r.first and not r.promoted
+
+    def _ready(self) -> tuple[list[Request], Optional[float]]:
         """(the batch to run now, or [] and how long to wait for more). A helper, so that a worker
         waiting for work holds no reference to a request another worker has taken (nor its result)."""
         if self.age is not None:
@@ -327,8 +352,12 @@ class Batcher:
                 self._line.remove(r)               # it waited long enough: behind the first requests waiting now
                 r.first = r.promoted = True
                 self._line.insert(sum(1 for x in self._line if x.first), r)
-        head = self._line[0]
-        same = [r for r in self._line if r.key == head.key]
+        kept = self._spare_kept()
+        line = [r for r in self._line if self._new(r)] if kept else self._line
+        if not line:                               # only other work waits, and its lanes are busy
+            return [], (None if self.spare_s is None else max(0.01, self._last_new + self.spare_s - time.monotonic()))
+        head = line[0]
+        same = [r for r in line if r.key == head.key]
         left = head.arrived + self.window - time.monotonic()
         return (same[: self.max_batch], 0.0) if len(same) >= self.max_batch or left <= 0 else ([], left)
 
@@ -336,6 +365,8 @@ class Batcher:
         while True:
             with self._cond:
                 batch = self._take()
+                other = not all(self._new(r) for r in batch)
+                self._other += other
                 now = time.monotonic()
                 for r in batch:
                     r.started, r.batch_size = now, len(batch)
@@ -343,14 +374,28 @@ class Batcher:
                 self.batch_sizes.append(len(batch))
                 self.queue_waits.extend(r.queue_wait for r in batch)
                 del self.batch_sizes[:-self.history], self.queue_waits[:-self.history]
-            self._serve(batch)
+            try:
+                self._serve(batch, other)
+            finally:
+                if other:
+                    self._free_other()
             # this thread keeps no request (nor its result) alive while it waits for the next batch:
             # a capture's memory is the cache's to bound
             batch = r = None
 
-    def _serve(self, batch: list[Request]) -> None:
+    def _spare_kept(self) -> bool:
+        """Whether other work must leave the spare lanes free now (called with the condition held)."""
+        return self._other >= self._other_max and (
+            self.spare_s is None or time.monotonic() - self._last_new < self.spare_s)
+
+    def _free_other(self) -> None:
+        with self._cond:
+            self._other -= 1
+            self._cond.notify_all()
+
+    def _serve(self, batch: list[Request], other: bool = False) -> None:
         """Run one batch (holding the model's lane), hand each waiter its result or the error, then run
-        ``after`` in the same lane."""
+        ``after`` in the same lane (``other``: the lane already counts as running other work)."""
         t0 = time.monotonic()
         values: Optional[list] = None
         held = False
@@ -368,11 +413,16 @@ class Batcher:
             self._finish(batch)                   # the waiters go on now, before any follow-up work
             if self.after is not None:
                 with self._cond:
-                    idle = not any(r.first and not r.promoted for r in self._line)
+                    idle = not any(self._new(r) for r in self._line) and (other or not self._spare_kept())
+                    took = idle and not other              # this lane now runs other work: counted
+                    self._other += took
                 try:
                     self.after(values, idle)
                 except Exception:   # noqa: BLE001  (follow-up work is optional; its waiters fall back)
                     pass
+                finally:
+                    if took:
+                        self._free_other()
                 for r in batch:
                     r.after_cpu_s = time.thread_time() - c1
         except BaseException as exc:      # noqa: BLE001  (every waiter of this batch hears of it)

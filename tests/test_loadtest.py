@@ -84,14 +84,15 @@ def test_batch_log_summary_from_hand_written_lines(tmp_path):
     assert batches.summary(batches.read(str(tmp_path / "none.jsonl"), 0, 1)) == {"batches": 0, "requests": 0}
     # kinds: two forward batches (one followed by its backward) and one backward batch, CPU per image by hand
     rows[1].update(kind="forward", followed=True, run_cpu_s=0.5, after_cpu_s=0.4)
-    rows[2].update(kind="forward", followed=False, run_cpu_s=1.5, after_cpu_s=0.0)
+    rows[2].update(kind="forward", followed=False, run_cpu_s=1.5, after_cpu_s=0.0, graph=False)
     rows[3].update(kind="backward", run_cpu_s=4.0)
     log.write_text("\n".join(json.dumps(r) for r in rows))
     k = batches.summary(batches.read(str(log), 8.0, 13.0))["kinds"]
     assert k["forward"] == {"batches": 2, "images": 4, "cpu_per_image_s": pytest.approx(0.5), "followed_images": 1,
-                            "after_cpu_per_image_s": pytest.approx(0.4), "held_images": 0}
+                            "after_cpu_per_image_s": pytest.approx(0.4), "held_images": 0, "no_graph_images": 3}
     assert k["backward"]["images"] == 4 and k["backward"]["cpu_per_image_s"] == pytest.approx(1.0)
-    assert any("followed at once" in line for line in batches.lines(batches.summary(batches.read(str(log), 8, 13))))
+    text = batches.lines(batches.summary(batches.read(str(log), 8, 13)))
+    assert any("followed at once" in line and "3 gave it up (3 of them ran without one)" in line for line in text)
 
 
 def test_url_repeated_drives_two_servers_with_sticky_sessions(tmp_path, capsys):

@@ -11,6 +11,10 @@ seconds on a ViT-B/16 with random weights, for batches of 1, 2, 4 and 8, with TH
 * ``one-shot``: :func:`~attnviz.serve.run_batch`, forward and backward at once (what a relevance map
   costs when its forward's graph was given up, and what every first map cost before).
 
+``--forwards`` compares the forward alone four ways, batch 4: with the graph kept (``run_forward``), without
+autograd (``graph=False``: what the line runs when the graph would be given up), and the model's own forward
+without attention weights, SDPA and eager: how much of a forward is the arithmetic every forward pays.
+
 ``--lanes N`` runs N such one-shot batches at once in N threads (the app's lanes), and reports the CPU
 seconds per image of all of them together: how much two lanes on two cores slow each other down.
 """
@@ -80,6 +84,36 @@ def lanes(n_lanes: int, threads: int = 1, batch: int = 4, folder: str = "") -> t
     return (time.process_time() - c0) / (n_lanes * batch), time.perf_counter() - w0
 
 
+def forwards(threads: int = 1, batch: int = 4, folder: str = "", reps: int = 3) -> dict[str, float]:
+    """CPU s per image (best of ``reps``) of one batch's forward: with the graph, without, bare SDPA, bare eager."""
+    import torch
+
+    from attnviz.serve import Work, run_forward
+    adapter, inputs = _setup(threads, batch, folder)
+    works = [Work(x) for x in inputs]
+    pixels = torch.cat([x["pixel_values"] for x in inputs])                   # [B, C, H, W]
+    model, impl = adapter.model, adapter.model.config._attn_implementation
+
+    def best(fn) -> float:
+        t = []
+        for _ in range(reps):
+            c0 = time.process_time()
+            fn()
+            t.append(time.process_time() - c0)
+        return min(t) / batch
+
+    def bare(name: str):
+        model.set_attn_implementation(name)
+        try:
+            with torch.no_grad():
+                return best(lambda: model(pixel_values=pixels))
+        finally:
+            model.set_attn_implementation(impl)
+    return {"with graph": best(lambda: run_forward(adapter, works).finish(backward=False)),
+            "no graph": best(lambda: run_forward(adapter, works, graph=False)),
+            "bare SDPA": bare("sdpa"), "bare eager": bare(impl)}
+
+
 def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     n_lanes = 0
@@ -87,9 +121,15 @@ def main(argv=None) -> int:
         i = args.index("--lanes")
         n_lanes = int(args[i + 1])
         del args[i:i + 2]
+    fw = "--forwards" in args
+    args = [a for a in args if a != "--forwards"]
     threads = int(args[0]) if args else 1
     with tempfile.TemporaryDirectory(prefix="attnviz-batchcost-") as tmp:
         folder = str(Path(tmp) / "vit-b16")
+        if fw:
+            for name, cpu in forwards(threads, folder=folder).items():
+                print(f"forward of a batch of 4, {name}: {cpu:.3f} CPU s per image ({threads} thread(s))", flush=True)
+            return 0
         if n_lanes:
             for k in (1, n_lanes):
                 cpu, wall = lanes(k, threads, folder=folder)

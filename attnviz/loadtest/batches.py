@@ -50,6 +50,7 @@ def summary(batches: list[dict]) -> dict:
                            "cpu_per_image_s": sum(b.get("run_cpu_s", 0.0) for b in bs) / images,
                            "held_images": sum(b["size"] for b in bs if b.get("held")),
                            "followed_images": sum(b["size"] for b in followed),
+                           "no_graph_images": sum(b["size"] for b in bs if b.get("graph") is False),
                            "after_cpu_per_image_s": (sum(b.get("after_cpu_s", 0.0) for b in followed)
                                                      / max(1, sum(b["size"] for b in followed)))}
     return {"batches": int(len(sizes)), "requests": int(sizes.sum()), "first_maps": int(sum(b.get("first", 0) for b in batches)),
@@ -77,7 +78,8 @@ def lines(s: dict) -> list[str]:
                    f"{f['cpu_per_image_s']:.2f} CPU s per image; {f['followed_images']} followed at once by their "
                    f"batch's backward ({f['after_cpu_per_image_s']:.2f} CPU s per image); while new images "
                    f"waited, {f['held_images']} kept their graph for a backward later, "
-                   f"{f['images'] - f['followed_images'] - f['held_images']} gave it up")
+                   f"{f['images'] - f['followed_images'] - f['held_images']} gave it up"
+                   + (f" ({f['no_graph_images']} of them ran without one)" if f.get("no_graph_images") else ""))
     if "held" in k:
         h = k["held"]
         out.append(f"  held graphs' backwards (backward only): {h['images']} images in {h['batches']} batches, "

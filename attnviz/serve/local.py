@@ -33,6 +33,8 @@ MAX_BATCH = 4          # the app's default (ui/settings.py, measured: README "Ba
 WINDOW_S = 0.05        # how long a lone request waits for batch-mates (README "Batching a burst")
 HOLD = 8               # images whose forward graph may wait for its backward (ATTNVIZ_GRAPH_HOLD)
 AGE_S = 10.0           # a backward waiting this long goes ahead of new images (ATTNVIZ_BATCH_AGE_S)
+SPARE = 0              # lanes kept for new images' forwards (ATTNVIZ_SPARE_LANES; measured: off by default)
+SPARE_S = 5.0          # ... while a new image came within this many seconds (after a burst, backwards get all)
 
 
 class _Held:
@@ -48,7 +50,7 @@ class ModelServer:
     """Batched captures of one adapter for every session and thread of the process."""
 
     def __init__(self, adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
-                 log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S):
+                 log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S, spare: int = SPARE):
         self.adapter, self.log, self.hold = adapter, log, int(hold)
         self._log_lock = threading.Lock()
         self._held = 0                     # images whose graph waits in the line for its backward
@@ -56,7 +58,8 @@ class ModelServer:
         lock = adapter.lock if isinstance(getattr(adapter, "lock", None), TurnLock) else None
         self.batcher = Batcher(self._run_batch, max_batch=max_batch, window=window,
                                lanes=lanes, lock=lock, name=f"attnviz-batch-{getattr(adapter, 'name', 'model')}",
-                               on_batch=self._write_log if log else None, after=self._after, age=age)
+                               on_batch=self._write_log if log else None, after=self._after, age=age,
+                               spare=spare, spare_s=SPARE_S)
 
     def _run_batch(self, works: list) -> list:
         """A batch of one kind (``batch_key``): forwards alone -> (capture, its Forward, its row); a held
@@ -70,9 +73,18 @@ class ModelServer:
                     self._held -= len(fw.targets)
             return [fw]
         if works[0].forward:
-            fw = run_forward(self.adapter, works)
+            fw = run_forward(self.adapter, works, graph=self._graph_useful(len(works)))
             return [(c, fw, i) for i, c in enumerate(fw.captures)]
         return run_batch(self.adapter, works)
+
+    def _graph_useful(self, n: int) -> bool:
+        """Whether a forward batch of ``n`` images should keep its graph: room to hold it, or no new image
+        waiting (its backward may then run at once). Else the graph would be given up unused (``_after``)
+        and the forward runs without one (cheaper; the captures are the same)."""
+        with self._held_lock:
+            if self._held + n <= self.hold:
+                return True
+        return self.batcher.new_waiting() == 0
 
     def _after(self, values: list, idle: bool) -> None:
         """After a forward batch is handed out: its backward now if no new image waits; else, while fewer
@@ -81,6 +93,8 @@ class ModelServer:
         if not (values and isinstance(values[0], tuple) and isinstance(values[0][1], Forward)):
             return
         fw = values[0][1]
+        if not fw.graph:
+            return                                # nothing to run later: its pages' gradients are new requests
         try:
             if idle:
                 fw.finish(backward=True)
@@ -106,6 +120,8 @@ class ModelServer:
                            "promoted": sum(1 for r in batch if r.promoted),
                            "images": len(payload.fw.targets) if kind == "held" else len(batch),
                            "kind": kind,
+                           "graph": bool(kind != "forward" or not isinstance(batch[0].value, tuple)
+                                         or batch[0].value[1].graph),
                            "followed": bool(kind == "forward" and isinstance(batch[0].value, tuple)
                                             and batch[0].value[1].ran_backward),
                            "held": bool(kind == "forward" and isinstance(batch[0].value, tuple)
@@ -174,10 +190,11 @@ class _CaptureGrads:
 
 
 def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
-                  log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S) -> Optional[ModelServer]:
+                  log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S,
+                  spare: int = SPARE) -> Optional[ModelServer]:
     """Give ``adapter`` its :class:`ModelServer` (``adapter.server``) when its family batches and
     ``max_batch`` is above 1; else None (the app keeps its one-image path)."""
     adapter.server = (ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes, log=log, hold=hold,
-                                  age=age)
+                                  age=age, spare=spare)
                       if batchable(adapter) and max_batch > 1 else None)
     return adapter.server

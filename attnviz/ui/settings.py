@@ -36,6 +36,8 @@ BATCH_WINDOW_S = _env_int("ATTNVIZ_BATCH_WINDOW_MS", 50) / 1000
 GRAPH_HOLD = _env_int("ATTNVIZ_GRAPH_HOLD", 8, least=0)
 # A backward (a class-specific map) that has waited this long goes ahead of new images arriving after it.
 BATCH_AGE_S = float(_env_int("ATTNVIZ_BATCH_AGE_S", 10))
+# With two or more lanes, this many may be kept for new images' forwards (0: off; README "Where a burst's CPU goes").
+SPARE_LANES = _env_int("ATTNVIZ_SPARE_LANES", 0, least=0)
 # A capture of a family that does not batch keeps its autograd graph (~140 MB for ViT-B/16); a batched one
 # keeps its attentions and one target's gradients (45 MB), so the same memory holds 3× as many. A class's
 # burst uploads 30 images within seconds: with fewer entries than students, the first ones' captures
