@@ -226,3 +226,16 @@ def test_shipped_model_loads_offline_and_answers_fixed_scenes():
     # version said "right" for every object)
     where = [(q.answer.split()[-1], g.split()[-1] if g else "") for (_, q), g in zip(items, got) if q.kind == "where"]
     assert {w for w, _ in where} == {"left", "right"} and {g for _, g in where} == {"left", "right"}, where
+
+
+def test_hint_keep_floors_only_the_named_types():
+    import torch
+
+    kinds = torch.tensor([T.QUESTION_TYPES.index(t) for t in ("colour", "shape", "where", "count")])
+    # faded (0): only the kept types have a weight, their floor times the hint's starting weight
+    got = T.hint_row_weights(0.0, kinds, T.parse_mix("shape=1,where=0.5"), hint_weight=2.0)
+    assert got.tolist() == [0.0, 2.0, 1.0, 0.0]
+    # while the fading weight is above a floor, it is used
+    got = T.hint_row_weights(1.5, kinds, T.parse_mix("shape=1,where=0.5"), hint_weight=2.0)
+    assert got.tolist() == [1.5, 2.0, 1.5, 1.5]
+    assert T.hint_row_weights(0.25, kinds, {}).tolist() == [0.25] * 4
