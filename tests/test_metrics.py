@@ -97,6 +97,40 @@ def test_curves_start_and_end_where_they_must(vit, photo):
     assert s["random_deletion_auc"] == pytest.approx(np.mean([c.auc for c in res["random_deletion"]]))
 
 
+def test_random_curves_are_shared_by_every_map_of_a_capture(vit, photo, monkeypatch):
+    """The random yardstick depends on the image, target and units only: a second map of the same capture
+    forwards only its own steps, and the shared random curve equals the hand computation of the seed's order."""
+    cap = attnviz.capture(vit, photo)
+    exp = attnviz.explain(vit, cap, "relevance", target=1)
+    other = type(exp)(**{**exp.__dict__, "map": np.random.default_rng(5).normal(size=exp.map.shape).astype(np.float32)})
+    images = []
+    real = vit.forward_scores
+    monkeypatch.setattr(vit, "forward_scores", lambda x, inputs: images.append(x.shape[0]) or real(x, inputs))
+    first = deletion_insertion(vit, cap, exp, steps=4, seed=2)
+    n_first = sum(images)
+    images.clear()
+    second = deletion_insertion(vit, cap, other, steps=4, seed=2)
+    # counted by hand (5 points a curve; the input itself is the capture's, no forward): the map's deletion steps
+    # 1..3 and its all-mean end, its insertion's blurred start and steps 1..3, the random curves' steps 1..3 each
+    # (their ends are the same two baseline images)
+    assert n_first == (3 + 1) + (1 + 3) + 3 + 3
+    assert sum(images) == (3 + 1) + (1 + 3)        # the second map: only its own curves
+    for kind in ("deletion", "insertion"):
+        assert second[f"random_{kind}"][0] is first[f"random_{kind}"][0]
+        assert not np.allclose(second[kind].values, first[kind].values)
+    # the random order by hand: the permutation the seed draws, written as a map whose order is that permutation
+    perm = np.random.default_rng(2).permutation(cap.layout.n_patches)
+    as_map = np.empty(cap.layout.n_patches, dtype=np.float32)
+    as_map[perm] = -np.arange(cap.layout.n_patches, dtype=np.float32)                 # changed first = highest
+    hand = _hand_curve(vit, cap, as_map.reshape(exp.map.shape), 1, "deletion",
+                       baseline_image(vit, cap.inputs["pixel_values"], "mean"), 4)
+    np.testing.assert_allclose(first["random_deletion"][0].values, hand, rtol=1e-4, atol=1e-6)
+    # another seed or another target is not taken from the cache
+    images.clear()
+    deletion_insertion(vit, cap, other, steps=4, seed=3)
+    assert sum(images) > 3 + 1 + 3 + 1
+
+
 def test_gaussian_blur_against_a_direct_convolution():
     rng = np.random.default_rng(1)
     img = rng.normal(size=(1, 3, 12, 10))

@@ -38,6 +38,7 @@ from ..errors import UsageError
 from ..types import Capture, Explanation
 
 BASELINES = ("mean", "black", "blur")
+_CACHE = "_random_curves"          # capture.extras key of the random-order curves shared by every map
 KINDS = ("deletion", "insertion")
 
 
@@ -163,21 +164,47 @@ def curves(adapter, capture: Capture, exp: Explanation, jobs: list[tuple], *, st
     """Several curves of ``exp`` (``jobs``: (kind, order, seed[, baseline]) each; baseline None or left out: "mean"
     for deletion, "blur" for insertion) from one pool of images:
     every curve's steps go through the model together, ``batch_size`` images per forward, and the images shared
-    by several curves (the input itself, an all-baseline image) go through once."""
+    by several curves (the input itself, an all-baseline image) go through once. Random-order curves are kept in
+    ``capture.extras``: a second method explained on the same capture reuses them (no forwards)."""
     jobs = [tuple(j) + (None,) * (4 - len(j)) for j in jobs]
     for kind, order, _, _ in jobs:
         _check(kind, order, steps)
+    jobs = [(k, o, sd, b or ("mean" if k == "deletion" else "blur")) for k, o, sd, b in jobs]
     if target is None:
         target = (exp.target or adapter.resolve_target(capture, None)).index
     units, importance = feature_units(exp, capture)
     n = len(importance)
     steps = min(steps, n)
+    # A random order's curve depends on the image, the target and the units, never on the map's values: every
+    # method explained on this capture with the same units shares it (kept with the capture, computed once).
+    lay = exp.grid or capture.layout
+    unit_key = (exp.over, lay.rows, lay.cols, tuple(lay.input_size))
+    cache = capture.extras.setdefault(_CACHE, {})
+    keys = [("random", kind, sd, baseline, steps, int(target), unit_key) if order == "random" else None
+            for kind, order, sd, baseline in jobs]
+    todo_jobs = [j for j, k in zip(jobs, keys) if k is None or k not in cache]
+    fresh = iter(_curves(adapter, capture, todo_jobs, units, importance, n, steps, target, batch_size, progress)
+                 if todo_jobs else [])
+    out = [cache[k] if k is not None and k in cache else next(fresh) for k in keys]
+    for k, c in zip(keys, out):
+        if k is not None:
+            cache[k] = c
+    return out
+
+
+def forget_random_curves(capture: Capture) -> None:
+    """Drop the random-order curves kept with ``capture`` (benchmarks time the first map of an image with it)."""
+    capture.extras.pop(_CACHE, None)
+
+
+def _curves(adapter, capture: Capture, jobs: list[tuple], units: np.ndarray, importance: np.ndarray, n: int,
+            steps: int, target: int, batch_size: int, progress) -> list[Curve]:
+    """The curves of ``jobs`` (kind, order, seed, baseline) computed from one pool of batched forwards."""
     counts = np.round(np.arange(steps + 1) * n / steps).astype(np.int64)              # features changed
     x = capture.inputs["pixel_values"].detach().to(adapter.device)                     # [1, C, H, W]
     bases: dict[str, torch.Tensor] = {}
     plans = []
     for kind, order, sd, baseline in jobs:
-        baseline = baseline or ("mean" if kind == "deletion" else "blur")
         if baseline not in bases:
             bases[baseline] = baseline_image(adapter, x, baseline)
         rank_map = torch.from_numpy(_ranks(importance, order, sd)[units]).to(adapter.device)  # [H, W] when each goes
