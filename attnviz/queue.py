@@ -33,6 +33,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Hashable, Iterator, Optional
 
+from .threadlocal import setting
+
 
 class TurnLock:
     """A reentrant lock for up to ``lanes`` threads at once that serves waiting tickets in order (priority
@@ -162,17 +164,11 @@ class TurnLock:
 _notice = threading.local()     # the calling page's ``on_wait(ahead)`` while it waits for a batch (see notices)
 
 
-@contextmanager
-def notices(on_wait: Optional[Callable[[int], None]]) -> Iterator[None]:
+def notices(on_wait: Optional[Callable[[int], None]]):
     """While the block runs, a :class:`Batcher` that makes this thread wait calls ``on_wait(ahead)``
     every ``Batcher.every`` seconds: the page's "N requests ahead of you" without passing it down through
     every method that may need a backward."""
-    before = getattr(_notice, "fn", None)
-    _notice.fn = on_wait
-    try:
-        yield
-    finally:
-        _notice.fn = before
+    return setting(_notice, "fn", on_wait)
 
 
 class Request:

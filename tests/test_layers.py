@@ -8,7 +8,7 @@ import attnviz
 
 ROOT = Path(attnviz.__file__).parent
 # lower number = lower layer; a module may import only from its own layer's part or a lower number
-RANK = {"errors": 0, "types": 0, "tokens": 1, "adapters": 2, "methods": 3, "metrics": 4,
+RANK = {"errors": 0, "types": 0, "threadlocal": 0, "tokens": 1, "adapters": 2, "methods": 3, "metrics": 4,
         "engine": 5, "ui": 6, "cli": 6}
 
 

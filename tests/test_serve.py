@@ -26,6 +26,29 @@ def deit(saved_models):
     return adapter
 
 
+def _uploads_behind_a_busy_model(model, server, images):
+    """Each image uploaded from its own thread while ``model``'s lock is held, in order (each waits in
+    ``server``'s line before the next starts); then the lock is released. Returns the captures in order."""
+    out = [None] * len(images)
+
+    def upload(i):
+        out[i] = server.capture(model.prepare(images[i]))
+    threads = []
+    model.lock.acquire()
+    try:
+        for i in range(len(images)):
+            threads.append(threading.Thread(target=upload, args=(i,)))
+            threads[-1].start()
+            deadline = time.monotonic() + 10
+            while server.batcher.waiting() < i + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        model.lock.release()
+    for t in threads:
+        t.join(60)
+    return out
+
+
 def _concurrently(fns):
     """Run each fn in its own thread at once; their results in order."""
     out, errors = [None] * len(fns), []
@@ -84,24 +107,7 @@ def test_a_burst_gets_its_forwards_first_and_relevance_equal_to_the_one_shot_cap
     from attnviz.serve.batched import run_forward
     images = _images(3, seed=11)
     server = ModelServer(deit, max_batch=1, window=0.0, hold=hold)
-    deit.lock.acquire()                          # the model is busy: the three uploads line up behind it
-    try:
-        threads_out = [None] * 3
-
-        def upload(i):
-            threads_out[i] = server.capture(deit.prepare(images[i]))
-        threads = []
-        for i in range(3):
-            threads.append(threading.Thread(target=upload, args=(i,)))
-            threads[-1].start()
-            deadline = time.monotonic() + 10
-            while server.batcher.waiting() < i + 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
-    finally:
-        deit.lock.release()
-    for t in threads:
-        t.join(60)
-    caps = threads_out
+    caps = _uploads_behind_a_busy_model(deit, server, images)   # the three uploads line up behind it
     tops = [deit.resolve_target(c, None).index for c in caps]
     if hold == 0:
         assert server.batcher.batch_sizes == [1, 1, 1]          # three forwards, nothing else yet
@@ -373,23 +379,7 @@ def test_a_forward_without_a_graph_gives_the_same_captures_and_its_maps_come_fro
         for x, y in zip(a.attentions, b.attentions):
             torch.testing.assert_close(x, y, atol=1e-7, rtol=1e-6)
     server = ModelServer(deit, max_batch=1, window=0.0, hold=0)
-    deit.lock.acquire()                          # busy model: the first upload's forward finds the second waiting
-    try:
-        out = [None, None]
-
-        def upload(i):
-            out[i] = server.capture(deit.prepare(images[i]))
-        threads = []
-        for i in range(2):
-            threads.append(threading.Thread(target=upload, args=(i,)))
-            threads[-1].start()
-            deadline = time.monotonic() + 10
-            while server.batcher.waiting() < i + 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
-    finally:
-        deit.lock.release()
-    for t in threads:
-        t.join(60)
+    out = _uploads_behind_a_busy_model(deit, server, images)    # the first upload's forward finds the second waiting
     assert [c._grad_fn.fw.graph for c in out] == [False, True]   # the last found no one waiting: graph kept
     for im, cap in zip(images, out):
         alone = attnviz.capture(deit, im)

@@ -30,7 +30,6 @@ They keep plain "eager" (:func:`use_fast_eager`).
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 from types import MethodType
 from typing import Optional
 
@@ -39,6 +38,8 @@ import transformers
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.masking_utils import eager_mask
+
+from ..threadlocal import setting
 
 #: The implementation name the attention and mask interfaces know ``fast_eager`` by.
 NAME = "attnviz_eager"
@@ -135,18 +136,12 @@ class Recorder:
         return out.transpose(1, 2).contiguous(), None                                     # [B, T, H, d]
 
 
-@contextmanager
 def scores_only():
     """While the block runs, this thread's ``fast_eager`` attention computes its output with PyTorch's
     ``scaled_dot_product_attention`` and returns no weights: for forwards that read only the scores
     (perturbation metrics, Captum's forward function). The same arithmetic up to float rounding (the
     fused kernel's order of summation); a Recorder in force still takes precedence."""
-    prev = getattr(_LOCAL, "scores_only", False)
-    _LOCAL.scores_only = True
-    try:
-        yield
-    finally:
-        _LOCAL.scores_only = prev
+    return setting(_LOCAL, "scores_only", True, default=False)
 
 
 def sdpa(query, key, value, mask, scaling):
@@ -161,15 +156,9 @@ def sdpa(query, key, value, mask, scaling):
     return nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling), None
 
 
-@contextmanager
 def recording(rec: Optional[Recorder]):
-    """Route this thread's attention of ``rec``'s modules through ``rec`` while the block runs."""
-    prev = getattr(_LOCAL, "recorder", None)
-    _LOCAL.recorder = rec
-    try:
-        yield rec
-    finally:
-        _LOCAL.recorder = prev
+    """Route this thread's attention of ``rec``'s modules through ``rec`` while the block runs (yields ``rec``)."""
+    return setting(_LOCAL, "recorder", rec)
 
 
 def checkpointed(self: nn.Module, *args, **kwargs):
