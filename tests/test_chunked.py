@@ -189,6 +189,47 @@ def test_rollout_row_batched_equals_per_image_matrix_product():
             _close(got[i].numpy(), _rollout(v[i], [a[i]], ratio).numpy())
 
 
+def test_rows_weighed_by_zero_are_skipped_and_the_products_unchanged():
+    """A row vector with zero blocks and zeros at a block's ends (the top layer of a rollout from one query):
+    v·A, the relevance step and rollout's step (mean of heads, max, a discard) equal the whole matrix's
+    products written here, and only the rows between v's first and last non-zero entry are computed."""
+    torch.manual_seed(2)
+    t, blk = 23, 5
+    a = torch.softmax(torch.randn(3, t, t) * 2, -1)                          # [H, T, T]
+    asked = []
+
+    class Counting(Dense):
+        def rows(self, lo, hi):
+            asked.append((lo, hi))
+            return super().rows(lo, hi)
+
+    for v in (torch.zeros(t).index_fill_(0, torch.tensor([0]), 1.0),          # one query: the top layer
+              torch.zeros(2, t).index_put_((torch.tensor([0, 1]), torch.tensor([7, 13])), torch.tensor([0.3, 2.0])),
+              torch.zeros(t)):
+        lead = v.shape[:-1]
+        m = a.expand(*lead, *a.shape) if lead else a                          # [..., H, T, T]
+        mean = m.mean(-3)                                                      # [..., T, T]
+        asked.clear()
+        got = chunked.pull(v, chunked.Fused(Counting(m, block=blk), "mean"))
+        _close(got.numpy(), (v[..., None, :] @ mean)[..., 0, :].numpy())
+        nz = v.reshape(-1, t).ne(0).any(0).nonzero()[:, 0].tolist()
+        # per block of 5 rows: from its first to its last weighed row (none: the block is not computed)
+        expect = []
+        for lo in range(0, t, blk):
+            inside = [j for j in nz if lo <= j < lo + blk]
+            if inside:
+                expect.append((inside[0], inside[-1] + 1))
+        assert asked == expect
+        _close(chunked.relevance_row(v, Dense(mean, block=blk)).numpy(),
+               (v + (v[..., None, :] @ mean)[..., 0, :]).numpy())
+        for how, ratio in (("mean", 0.0), ("max", 0.0), ("mean", 0.4)):
+            fused = m.mean(-3) if how == "mean" else m.amax(-3)
+            for i in range(int(torch.Size(lead).numel()) or 1):
+                vi, fi = (v[i], fused[i]) if lead else (v, fused)
+                gi = rollout_row(v, chunked.Fused(Dense(m, block=blk), how), ratio)
+                _close((gi[i] if lead else gi).numpy(), _rollout(vi, [fi], ratio).numpy())
+
+
 @pytest.mark.parametrize("kind", ["vit", "dinov2-registers"])
 def test_head_statistics_and_dino_masks_on_the_chunked_path(kind, photo, monkeypatch):
     """The Heads page's statistics and the lesson's DINO masks read a chunked capture block by block: the

@@ -375,8 +375,8 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, clip_dir
           steps: int = 2000, images: int = 24, per_image: int = 12, lr: float = 2e-3, scenes: int = 4_000,
           hidden: int = 96, layers: int = 3, heads: int = 4, mlp: int = 192,
           hint_weight: float = 1.0, hint_fraction: float = 0.6, mix: str = DEFAULT_MIX,
-          hint_keep: str = DEFAULT_HINT_KEEP, tower_lr: float = 0.0,
-          cpu_minutes: float | None = DEFAULT_CPU_MINUTES, eval_n: int = 200, eval_seed: int = 20_000,
+          hint_keep: str = DEFAULT_HINT_KEEP, hint_heads: int = 1, hint_from_layer: int = 1,
+          tower_lr: float = 0.0, cpu_minutes: float | None = DEFAULT_CPU_MINUTES, eval_n: int = 200, eval_seed: int = 20_000,
           quiet: bool = False) -> dict:
     """Train and save the demo VLM into ``out``; returns the metrics dict.
 
@@ -460,10 +460,12 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, clip_dir
             rows, at = words.nonzero(as_tuple=True)                                   # [n] question, position
             img = (prefix[0] == model.config.image_token_index).nonzero()[:, 0]        # [64] prefix positions
             l_weighted = torch.zeros(())
-            for a in atts[1:]:                                                         # a: [B·K, H, L, P + L]
-                nll = -torch.log((a[rows, 0, at][:, img] * cells[rows]).sum(-1) + 1e-4)   # [n]
-                l_hint = l_hint + nll.mean().detach() / (len(atts) - 1)
-                l_weighted = l_weighted + (w_rows[rows] * nll).mean() / (len(atts) - 1)
+            hinted = atts[hint_from_layer:]
+            for a in hinted:                                                           # a: [B·K, H, L, P + L]
+                mass = (a[rows, :hint_heads, at][..., img] * cells[rows, None]).sum(-1)  # [n, heads hinted]
+                nll = -torch.log(mass + 1e-4).mean(-1)                                 # [n]
+                l_hint = l_hint + nll.mean().detach() / len(hinted)
+                l_weighted = l_weighted + (w_rows[rows] * nll).mean() / len(hinted)
             loss = loss + l_weighted
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -495,7 +497,8 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, clip_dir
     processor.save_pretrained(out_dir)
     size_bytes = sum(f.stat().st_size for f in out_dir.iterdir() if f.is_file() and f.name != "README.md")
     metrics = {"recipe": {"mix": weights, "tower_lr": tower_lr, "lr": lr, "hint_weight": hint_weight,
-                          "hint_fraction": hint_fraction, "hint_keep": keep, "layers": layers,
+                          "hint_fraction": hint_fraction, "hint_keep": keep, "hint_heads": hint_heads,
+                          "hint_from_layer": hint_from_layer, "layers": layers,
                           "cpu_minutes": cpu_minutes},
                "steps": step + 1, "questions_per_step": images * per_image, "scenes": int(len(pool.feats)),
                "questions": pool.n_questions, "data_wall_seconds": round(t_data, 1),
@@ -534,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hint-keep", default=DEFAULT_HINT_KEEP,
                     help="the hint's floor per question type after it fades, type=weight,... "
                          f"(default {DEFAULT_HINT_KEEP}; '': it fades to 0 for all)")
+    ap.add_argument("--hint-heads", type=int, default=1,
+                    help="heads hinted in each hinted layer, from head 0 (default 1: head 0 only)")
+    ap.add_argument("--hint-from-layer", type=int, default=1,
+                    help="first decoder layer hinted (default 1: every layer after the first)")
     ap.add_argument("--tower-lr", type=float, default=0.0,
                     help="train the vision tower too, at this share of the learning rate (default 0: frozen)")
     ap.add_argument("--clip", default=CLIP_DIR, help=f"demo CLIP folder for the vision tower (default {CLIP_DIR})")
@@ -546,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     train(args.out, seed=args.seed, fast=args.fast, clip_dir=args.clip, steps=args.steps, images=args.images,
           per_image=args.per_image, lr=args.lr, scenes=args.scenes, hidden=args.hidden, layers=args.layers,
           mlp=2 * args.hidden, hint_weight=args.hint_weight, hint_fraction=args.hint_fraction,
-          mix=args.mix, hint_keep=args.hint_keep, tower_lr=args.tower_lr,
+          mix=args.mix, hint_keep=args.hint_keep, hint_heads=args.hint_heads, hint_from_layer=args.hint_from_layer,
+          tower_lr=args.tower_lr,
           cpu_minutes=args.cpu_minutes or None, eval_n=args.eval, quiet=args.quiet)
     return 0
 

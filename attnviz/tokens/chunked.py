@@ -175,7 +175,7 @@ class Fused(Rows):
     how: str
 
     def __post_init__(self):
-        self.n, self.lead, self.block = self.src.n, self.src.lead[1:], self.src.block
+        self.n, self.lead, self.block = self.src.n, self.src.lead[:-1], self.src.block
         self.stochastic = self.mean_of_heads = self.src.stochastic and self.how == "mean"
 
     def rows(self, lo, hi):
@@ -193,7 +193,7 @@ class Head(Rows):
     h: int
 
     def __post_init__(self):
-        self.n, self.lead, self.block = self.src.n, self.src.lead[1:], self.src.block
+        self.n, self.lead, self.block = self.src.n, self.src.lead[:-1], self.src.block
 
     def rows(self, lo, hi):
         return self.src.rows(lo, hi).select(-3, self.h)                                # [..., c, T]
@@ -236,9 +236,22 @@ def pull(v: torch.Tensor, m: Rows) -> torch.Tensor:
     out = None
     heads = m.mean_of_heads
     for lo, hi in m.spans():
-        part = _times(v[..., lo:hi], m, lo, hi, heads)                                 # [..., 1, T]
+        live = _live(v, lo, hi)
+        if live is None:
+            continue
+        part = _times(v[..., live[0]:live[1]], m, *live, heads)                        # [..., 1, T]
         out = part if out is None else out.add_(part)
-    return out[..., 0, :]
+    return v.new_zeros(v.shape) if out is None else out[..., 0, :]
+
+
+def _live(v: torch.Tensor, lo: int, hi: int) -> Optional[tuple[int, int]]:
+    """The rows of ``lo:hi`` that a row vector ``v`` [..., T] weighs, narrowed to its first and last
+    non-zero entry (None: all zero). Rows weighed by 0 add nothing to v·M, so they are not computed:
+    the top layer of a rollout or relevance pulled down from one query computes that query's row only."""
+    nz = v[..., lo:hi].reshape(-1, hi - lo).ne(0).any(0).nonzero()                    # [k, 1]
+    if not len(nz):
+        return None
+    return lo + int(nz[0, 0]), lo + int(nz[-1, 0]) + 1
 
 
 def _offdiag(a: torch.Tensor, lo: int) -> torch.Tensor:
@@ -294,20 +307,27 @@ def rollout_row(v: torch.Tensor, m: Rows, discard_ratio: float = 0.0) -> torch.T
         # rows summing to 1: Â's rows already do (½·1 + ½), and the heads' mean comes after the product
         heads = m.mean_of_heads
         for lo, hi in m.spans():
-            w = v[..., lo:hi]                                                          # [..., c]
-            part = _times(w, m, lo, hi, heads)                                         # [..., 1, T]
-            out = part if out is None else out.add_(part)
-            self_part.append(w.to(part.dtype))
-        return 0.5 * out[..., 0, :] + 0.5 * torch.cat(self_part, -1)
+            live = _live(v, lo, hi)
+            if live is not None:
+                part = _times(v[..., live[0]:live[1]], m, *live, heads)                # [..., 1, T]
+                out = part if out is None else out.add_(part)
+        if out is None:
+            return 0.5 * v
+        return 0.5 * out[..., 0, :] + 0.5 * v.to(out.dtype)
     for lo, hi in m.spans():
-        a = m.rows(lo, hi)                                                             # [..., c, T]
+        live = _live(v, lo, hi)
+        if live is None:                       # rows weighed by 0: nothing to add, and 0 on the diagonal
+            self_part.append(v[..., lo:hi])
+            continue
+        lo2, hi2 = live
+        a = m.rows(lo2, hi2)                                                           # [..., c, T]
         if thresh is not None:
-            a = a.masked_fill(_offdiag(a, lo) & (a <= thresh), 0.0)
-        w = v[..., lo:hi].to(a.dtype) / (0.5 * a.sum(-1) + 0.5).clamp_min(1e-12)      # [..., c]
+            a = a.masked_fill(_offdiag(a, lo2) & (a <= thresh), 0.0)
+        w = v[..., lo2:hi2].to(a.dtype) / (0.5 * a.sum(-1) + 0.5).clamp_min(1e-12)    # [..., c]
         part = w[..., None, :] @ a                                                     # [..., 1, T]
         out = part if out is None else out.add_(part)
-        self_part.append(w)
-    return 0.5 * out[..., 0, :] + 0.5 * torch.cat(self_part, -1)
+        self_part += [v[..., lo:lo2].to(a.dtype), w, v[..., hi2:hi].to(a.dtype)]
+    return 0.5 * (v.new_zeros(v.shape) if out is None else out[..., 0, :]) + 0.5 * torch.cat(self_part, -1)
 
 
 def relevance_row(v: torch.Tensor, m: Rows) -> torch.Tensor:
