@@ -138,7 +138,7 @@ def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, pa
     if checkpointed:
         # per layer: q, k, v, dO kept, the block's input, and what autograd holds around a checkpointed block
         # (its output and the gradients in flight): 12·T·D floats a layer, fitted to peak RSS measured on
-        # DINOv2-S (README: +437 MB / +970 MB / +3.96 GB at 518² / 896² / 1792², where 5·T·D gave half that)
+        # DINOv2-S (docs/measurements.md, quiet cold runs: +437 MB / +970 MB / +3.96 GB at 518² / 896² / 1792², where 5·T·D gave half that)
         # with every block checkpointed); a block kept whole holds its activations on top of that
         relevance_b = (weights_bytes + layers * (kept_grads + 8 * t * d * FLOAT) + act + 2 * block
                        + (layers - checkpointed) * block_activation_bytes(d, hidden, t))
