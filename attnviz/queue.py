@@ -274,6 +274,11 @@ class Batcher:
         with self._cond:
             return len(self._line) + self._running
 
+    def in_line(self) -> int:
+        """Requests in line now (not those being run)."""
+        with self._cond:
+            return len(self._line)
+
     def new_waiting(self) -> int:
         """New first requests in line (promoted ones aside): what a batch's follow-up work would delay."""
         with self._cond:

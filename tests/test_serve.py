@@ -386,3 +386,35 @@ def test_a_forward_without_a_graph_gives_the_same_captures_and_its_maps_come_fro
         top = deit.resolve_target(alone, None).index
         np.testing.assert_allclose(attnviz.explain(deit, cap, "relevance", top).map,
                                    attnviz.explain(deit, alone, "relevance", top).map, atol=1e-5)
+
+
+def test_model_work_alone_runs_on_the_alone_threads_and_on_the_lanes_share_beside_other_work(deit, monkeypatch):
+    """A lone student's forward (nothing else running or waiting) gets ``alone_threads``; with the other lane
+    busy it keeps the lane's own threads; the threads of the calling thread and of the other lane are
+    untouched. Threads are counted inside the forward itself."""
+    import attnviz.serve.local as local
+
+    seen = []
+    original = local.run_forward
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+    monkeypatch.setattr(local, "run_forward", counting)
+    monkeypatch.setattr(deit, "lock", TurnLock(2))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)                      # the lanes' own share (as the app sets it before they start)
+    try:
+        server = ModelServer(deit, max_batch=4, window=0.0, lanes=2, alone_threads=2)
+        img = _images(2, seed=3)
+        server.capture(deit.prepare(img[0]))
+        assert seen == [2]
+        deit.lock.acquire()                       # another lane's work (a slow method, another page)
+        try:
+            assert _concurrently([lambda: server.capture(deit.prepare(img[1]))])[0] is not None
+        finally:
+            deit.lock.release()
+        assert seen == [2, 1]
+        assert torch.get_num_threads() == 1       # this thread's setting is its own
+    finally:
+        torch.set_num_threads(before)

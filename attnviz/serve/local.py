@@ -23,7 +23,8 @@ import json
 import os
 import threading
 import time
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 from ..queue import Batcher, TurnLock
 from ..types import Capture
@@ -35,6 +36,7 @@ HOLD = 8               # images whose forward graph may wait for its backward (A
 AGE_S = 10.0           # a backward waiting this long goes ahead of new images (ATTNVIZ_BATCH_AGE_S)
 SPARE = 0              # lanes kept for new images' forwards (ATTNVIZ_SPARE_LANES; measured: off by default)
 SPARE_S = 5.0          # ... while a new image came within this many seconds (after a burst, backwards get all)
+ALONE_THREADS = 0      # threads for model work that runs alone (ATTNVIZ_ALONE_THREADS; 0: the lane's own)
 
 
 class _Held:
@@ -50,8 +52,10 @@ class ModelServer:
     """Batched captures of one adapter for every session and thread of the process."""
 
     def __init__(self, adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
-                 log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S, spare: int = SPARE):
+                 log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S, spare: int = SPARE,
+                 alone_threads: int = ALONE_THREADS):
         self.adapter, self.log, self.hold = adapter, log, int(hold)
+        self.alone_threads = max(0, int(alone_threads))
         self._log_lock = threading.Lock()
         self._held = 0                     # images whose graph waits in the line for its backward
         self._held_lock = threading.Lock()
@@ -61,9 +65,32 @@ class ModelServer:
                                on_batch=self._write_log if log else None, after=self._after, age=age,
                                spare=spare, spare_s=SPARE_S)
 
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        """The lane's torch threads for the work it starts now: ``alone_threads`` when that work is the only
+        model work running and nothing waits (a lone student: every core on their forward and backward,
+        instead of one lane's share), else the lane's own. ``torch.set_num_threads`` holds for the calling
+        thread once its pool has started, so the other lane and the pages keep theirs; it is put back after."""
+        lock = self.batcher.lock
+        n = self.alone_threads
+        if not n or (lock is not None and lock.waiting() > 1) or self.batcher.in_line():
+            yield
+            return
+        import torch
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def _run_batch(self, works: list) -> list:
         """A batch of one kind (``batch_key``): forwards alone -> (capture, its Forward, its row); a held
         graph's backward -> its Forward; else captures with their target's gradients."""
+        with self._threads():
+            return self._run_kind(works)
+
+    def _run_kind(self, works: list) -> list:
         if isinstance(works[0], _Held):
             fw = works[0].fw
             try:
@@ -97,7 +124,8 @@ class ModelServer:
             return                                # nothing to run later: its pages' gradients are new requests
         try:
             if idle:
-                fw.finish(backward=True)
+                with self._threads():
+                    fw.finish(backward=True)
                 return
             n = len(fw.targets)
             with self._held_lock:
@@ -191,10 +219,10 @@ class _CaptureGrads:
 
 def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
                   log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S,
-                  spare: int = SPARE) -> Optional[ModelServer]:
+                  spare: int = SPARE, alone_threads: int = ALONE_THREADS) -> Optional[ModelServer]:
     """Give ``adapter`` its :class:`ModelServer` (``adapter.server``) when its family batches and
     ``max_batch`` is above 1; else None (the app keeps its one-image path)."""
     adapter.server = (ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes, log=log, hold=hold,
-                                  age=age, spare=spare)
+                                  age=age, spare=spare, alone_threads=alone_threads)
                       if batchable(adapter) and max_batch > 1 else None)
     return adapter.server

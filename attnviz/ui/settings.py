@@ -36,6 +36,10 @@ BATCH_WINDOW_S = _env_int("ATTNVIZ_BATCH_WINDOW_MS", 50) / 1000
 GRAPH_HOLD = _env_int("ATTNVIZ_GRAPH_HOLD", 8, least=0)
 # A backward (a class-specific map) that has waited this long goes ahead of new images arriving after it.
 BATCH_AGE_S = float(_env_int("ATTNVIZ_BATCH_AGE_S", 10))
+# Threads for model work that runs alone (no other lane busy, no request waiting): a lone student's forward and
+# backward then use every core instead of one lane's share (0: the lane's own; README "Running a classroom").
+ALONE_THREADS = _env_int("ATTNVIZ_ALONE_THREADS", min(CORES, TORCH_THREADS * MODEL_LANES + 1) if MODEL_LANES > 1 else 0,
+                         least=0)
 # With two or more lanes, this many may be kept for new images' forwards (0: off; README "Where a burst's CPU goes").
 SPARE_LANES = _env_int("ATTNVIZ_SPARE_LANES", 0, least=0)
 # A capture of a family that does not batch keeps its autograd graph (~140 MB for ViT-B/16); a batched one
