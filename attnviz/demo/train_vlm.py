@@ -83,8 +83,10 @@ from attnviz.demo.vlm_questions import (IMAGE_TOKEN, NUMBERS, QUESTION_TYPES, Qu
 DEFAULT_OUT = "models/demo-vlm-shapes"
 CLIP_DIR = "models/demo-clip-shapes"
 DEFAULT_CPU_MINUTES = 14.0    # CPU-time cap of the run (scenes, features, training, saving; the check after it)
-DEFAULT_MIX = "colour=1,shape=2,where=2,count=0.5,exists=0.5"   # question types' shares per step
-DEFAULT_HINT_KEEP = ""        # the grounding hint's floor per type after it fades (none: the shipped model's recipe)
+DEFAULT_MIX = "colour=1,shape=3,where=2,count=0.5,exists=0.5"   # question types' shares per step
+DEFAULT_HINT_KEEP = "shape=1"  # the grounding hint's floor per type after it fades (the shipped model's recipe)
+DEFAULT_HINT_HEADS = 2        # heads hinted per hinted layer, from head 0 (the shipped model's recipe)
+DEFAULT_SEED = 1              # the shipped model's training seed (seed 0 of the same recipe: model card)
 VISION_LAYERS = 5             # the demo CLIP's blocks kept: its sixth block's input is the tower's output
 PATCH = 8
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", IMAGE_TOKEN)
@@ -371,11 +373,11 @@ def forward_packed(model, prefix, feats, questions, mask, output_attentions: boo
 
 # --------------------------------------------------------------------------- training
 
-def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, clip_dir: str | None = CLIP_DIR,
+def train(out: str = DEFAULT_OUT, *, seed: int = DEFAULT_SEED, fast: bool = False, clip_dir: str | None = CLIP_DIR,
           steps: int = 2000, images: int = 24, per_image: int = 12, lr: float = 2e-3, scenes: int = 4_000,
           hidden: int = 96, layers: int = 3, heads: int = 4, mlp: int = 192,
           hint_weight: float = 1.0, hint_fraction: float = 0.6, mix: str = DEFAULT_MIX,
-          hint_keep: str = DEFAULT_HINT_KEEP, hint_heads: int = 1, hint_from_layer: int = 1,
+          hint_keep: str = DEFAULT_HINT_KEEP, hint_heads: int = DEFAULT_HINT_HEADS, hint_from_layer: int = 1,
           tower_lr: float = 0.0, cpu_minutes: float | None = DEFAULT_CPU_MINUTES, eval_n: int = 200, eval_seed: int = 20_000,
           quiet: bool = False) -> dict:
     """Train and save the demo VLM into ``out``; returns the metrics dict.
@@ -522,7 +524,7 @@ def train(out: str = DEFAULT_OUT, *, seed: int = 0, fast: bool = False, clip_dir
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m attnviz.demo.train_vlm", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    ap.add_argument("--seed", type=int, default=0, help="training data and init seed (default 0)")
+    ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"training data and init seed (default {DEFAULT_SEED})")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--images", type=int, default=24, help="scenes per step (default 24)")
     ap.add_argument("--per-image", type=int, default=12, help="questions per scene and step (default 12)")
@@ -537,8 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hint-keep", default=DEFAULT_HINT_KEEP,
                     help="the hint's floor per question type after it fades, type=weight,... "
                          f"(default {DEFAULT_HINT_KEEP}; '': it fades to 0 for all)")
-    ap.add_argument("--hint-heads", type=int, default=1,
-                    help="heads hinted in each hinted layer, from head 0 (default 1: head 0 only)")
+    ap.add_argument("--hint-heads", type=int, default=DEFAULT_HINT_HEADS,
+                    help=f"heads hinted in each hinted layer, from head 0 (default {DEFAULT_HINT_HEADS})")
     ap.add_argument("--hint-from-layer", type=int, default=1,
                     help="first decoder layer hinted (default 1: every layer after the first)")
     ap.add_argument("--tower-lr", type=float, default=0.0,
