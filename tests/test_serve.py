@@ -418,3 +418,25 @@ def test_model_work_alone_runs_on_the_alone_threads_and_on_the_lanes_share_besid
         assert torch.get_num_threads() == 1       # this thread's setting is its own
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_unset_graph_hold_is_a_share_of_memory_over_one_graph(deit):
+    """``ATTNVIZ_GRAPH_HOLD`` unset: a quarter of the available memory over one image's graph (the model's own
+    estimate at its input size, weights aside), clamped to 8..64; the app's server gets it."""
+    import attnviz.serve.local as local
+    from attnviz.tokens.budget import dense_cost
+
+    side = deit.model.config.image_size
+    weights = sum(p.numel() * p.element_size() for p in deit.model.parameters())
+    per = deit.estimate((side, side)).relevance_bytes - weights
+    for k in (8, 13, 40, 64):
+        assert local.auto_hold(deit, available=int(k * per / local.HOLD_MEMORY_SHARE) + 1) == k
+    assert local.auto_hold(deit, available=per) == local.HOLD                    # a small machine: the floor
+    assert local.auto_hold(deit, available=10 ** 15) == local.HOLD_MAX
+    server = attach_server(deit, max_batch=4, hold=None)
+    assert server.hold == local.auto_hold(deit)
+    deit.server = None
+    # the graph size behind it, for ViT-B/16 at 224² (197 tokens): about 0.18 GB measured per held image in the
+    # app (README "Batching a burst"); the estimate's full-path graph, weights aside, is within 15 % of it
+    vit_b = dense_cost(12, 12, 768, 3072, 197, "full")
+    assert abs(vit_b.relevance_bytes / 0.18e9 - 1) < 0.15

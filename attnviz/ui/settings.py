@@ -31,9 +31,10 @@ TORCH_THREADS = _env_int("ATTNVIZ_TORCH_THREADS", max(1, (CORES - 1) // MODEL_LA
 BATCH_SIZE = _env_int("ATTNVIZ_BATCH", 4)
 BATCH_WINDOW_S = _env_int("ATTNVIZ_BATCH_WINDOW_MS", 50) / 1000
 # A new image's forward is handed out before its backward; while other new images wait, up to GRAPH_HOLD
-# images' forward graphs (about 140 MB each for ViT-B/16) wait for their backward instead of being given up
-# and computed again (serve.local). 0: never kept.
-GRAPH_HOLD = _env_int("ATTNVIZ_GRAPH_HOLD", 8, least=0)
+# images' forward graphs (about 0.2 GB each for ViT-B/16) wait for their backward instead of being given up
+# and computed again (serve.local). 0: never kept; unset (None): a quarter of the available memory over one
+# graph's size, 8 to 64 (serve.local.auto_hold).
+GRAPH_HOLD = _env_int("ATTNVIZ_GRAPH_HOLD", 8, least=0) if os.environ.get("ATTNVIZ_GRAPH_HOLD") else None
 # A backward (a class-specific map) that has waited this long goes ahead of new images arriving after it.
 BATCH_AGE_S = float(_env_int("ATTNVIZ_BATCH_AGE_S", 10))
 # Threads for model work that runs alone (no other lane busy, no request waiting): a lone student's forward and

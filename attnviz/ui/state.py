@@ -88,7 +88,9 @@ def _model(spec: str):
                   alone_threads=ALONE_THREADS)
     torch.set_num_threads(TORCH_THREADS)     # process-wide: script threads started from now on use it
     # One line per load in the server's log: a teacher (and `attnviz loadtest`) can see it happened once.
-    print(f"attnviz: loaded model {getattr(adapter, 'source', spec) or spec} in {time.perf_counter() - t0:.1f} s",
+    server = getattr(adapter, "server", None)
+    held = f"; up to {server.hold} forward graphs may wait for their backward" if server is not None else ""
+    print(f"attnviz: loaded model {getattr(adapter, 'source', spec) or spec} in {time.perf_counter() - t0:.1f} s{held}",
           file=sys.stderr, flush=True)
     return adapter
 
