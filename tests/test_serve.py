@@ -420,9 +420,9 @@ def test_model_work_alone_runs_on_the_alone_threads_and_on_the_lanes_share_besid
         torch.set_num_threads(before)
 
 
-def test_an_unset_graph_hold_is_a_share_of_memory_over_one_graph(deit):
-    """``ATTNVIZ_GRAPH_HOLD`` unset: a quarter of the available memory over one image's graph (the model's own
-    estimate at its input size, weights aside), clamped to 8..64; the app's server gets it."""
+def test_an_auto_graph_hold_is_a_share_of_memory_over_one_graph(deit):
+    """``ATTNVIZ_GRAPH_HOLD=auto``: a quarter of the available memory over one image's graph (the model's own
+    estimate at its input size, weights aside), clamped to 8..64; the app's server gets it (hold None)."""
     import attnviz.serve.local as local
     from attnviz.tokens.budget import dense_cost
 

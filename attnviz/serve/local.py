@@ -220,12 +220,13 @@ class _CaptureGrads:
 
 
 def auto_hold(adapter, available: Optional[int] = None) -> int:
-    """How many images' forward graphs the line may hold when ``ATTNVIZ_GRAPH_HOLD`` is not set: a quarter of
+    """How many images' forward graphs the line may hold with ``ATTNVIZ_GRAPH_HOLD=auto``: a quarter of
     the memory available now (``available``, bytes) over one image's graph at the model's own input size (its
     ``estimate``, the weights aside), between :data:`HOLD` and :data:`HOLD_MAX`; :data:`HOLD` where the family
-    has no estimate. ViT-B/16 (about 0.2 GB a graph) with 20 GB available: 25; with 6 GB: 8. Measured
-    (README "Batching a burst"): holding every graph of a 5-s burst of 30 cut its server CPU by 19 % and its
-    relevance maps' p95 from 32.9 to 23.7 s, for 1.3 GB more memory."""
+    has no estimate. ViT-B/16 (about 0.2 GB a graph) with 24 GB available: 30; with 6 GB: 8. Measured in
+    three pairs of 5-s bursts of 30 (README "Batching a burst"): holding every graph cut the server CPU by
+    4–19 % and the relevance maps' p95 by 6–28 %, for 1.3–1.4 GB more memory, but the first maps' p95 was
+    the same or later (forwards that keep a graph cost more), so it is not the default."""
     from ..tokens.budget import available_memory
 
     cfg = getattr(adapter.model.config, "vision_config", None) or adapter.model.config

@@ -32,9 +32,11 @@ BATCH_SIZE = _env_int("ATTNVIZ_BATCH", 4)
 BATCH_WINDOW_S = _env_int("ATTNVIZ_BATCH_WINDOW_MS", 50) / 1000
 # A new image's forward is handed out before its backward; while other new images wait, up to GRAPH_HOLD
 # images' forward graphs (about 0.2 GB each for ViT-B/16) wait for their backward instead of being given up
-# and computed again (serve.local). 0: never kept; unset (None): a quarter of the available memory over one
-# graph's size, 8 to 64 (serve.local.auto_hold).
-GRAPH_HOLD = _env_int("ATTNVIZ_GRAPH_HOLD", 8, least=0) if os.environ.get("ATTNVIZ_GRAPH_HOLD") else None
+# and computed again (serve.local). 0: never kept; "auto" (None here): a quarter of the available memory over
+# one graph's size, 8 to 64 (serve.local.auto_hold). Holding more lowers a burst's server CPU and its relevance
+# maps' wait but delays its first maps (forwards that keep a graph cost more): measured, README "Batching a burst".
+GRAPH_HOLD = None if os.environ.get("ATTNVIZ_GRAPH_HOLD", "").strip().lower() == "auto" else \
+    _env_int("ATTNVIZ_GRAPH_HOLD", 8, least=0)
 # A backward (a class-specific map) that has waited this long goes ahead of new images arriving after it.
 BATCH_AGE_S = float(_env_int("ATTNVIZ_BATCH_AGE_S", 10))
 # Threads for model work that runs alone (no other lane busy, no request waiting): a lone student's forward and
