@@ -16,16 +16,6 @@ import time
 from pathlib import Path
 
 
-def _median_s(fn, n: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import ray
@@ -34,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     import attnviz
+    from attnviz.bench import _median_time
     from attnviz.serve.ray_app import deploy
     from attnviz.serve.remote import RemoteModel
 
@@ -56,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         cap = attnviz.capture(local, images[0])
         attnviz.explain(local, cap, "relevance")
         for method in ("rollout", "relevance"):
-            over = _median_s(lambda: remote.explain(x, method))
-            here = _median_s(lambda: attnviz.explain(local, cap, method))
+            over = _median_time(lambda: remote.explain(x, method), 5)
+            here = _median_time(lambda: attnviz.explain(local, cap, method), 5)
             print(f"{method} on a ready capture: Serve {1000 * over:.1f} ms, in-process {1000 * here:.1f} ms "
                   f"(+{1000 * (over - here):.1f} ms a request)", flush=True)
         over, here = [], []
