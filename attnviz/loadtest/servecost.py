@@ -13,6 +13,7 @@ import statistics
 import sys
 import tempfile
 import time
+import timeit
 from pathlib import Path
 
 
@@ -24,7 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     import attnviz
-    from attnviz.bench import _median_time
     from attnviz.serve.ray_app import deploy
     from attnviz.serve.remote import RemoteModel
 
@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         remote.explain(x, "relevance")                    # the image's capture and backward on a replica
         cap = attnviz.capture(local, images[0])
         attnviz.explain(local, cap, "relevance")
-        for method in ("rollout", "relevance"):
-            over = _median_time(lambda: remote.explain(x, method), 5)
-            here = _median_time(lambda: attnviz.explain(local, cap, method), 5)
+        for method in ("rollout", "relevance"):                 # warm-up, then the median of 5 calls
+            over = statistics.median(timeit.repeat(lambda: remote.explain(x, method), number=1, repeat=6)[1:])
+            here = statistics.median(timeit.repeat(lambda: attnviz.explain(local, cap, method), number=1, repeat=6)[1:])
             print(f"{method} on a ready capture: Serve {1000 * over:.1f} ms, in-process {1000 * here:.1f} ms "
                   f"(+{1000 * (over - here):.1f} ms a request)", flush=True)
         over, here = [], []
