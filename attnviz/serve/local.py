@@ -221,18 +221,17 @@ class _CaptureGrads:
 
 def auto_hold(adapter, available: Optional[int] = None) -> int:
     """How many images' forward graphs the line may hold with ``ATTNVIZ_GRAPH_HOLD=auto``: a quarter of
-    the memory available now (``available``, bytes) over one image's graph at the model's own input size (its
-    ``estimate``, the weights aside), between :data:`HOLD` and :data:`HOLD_MAX`; :data:`HOLD` where the family
-    has no estimate. ViT-B/16 (about 0.2 GB a graph) with 24 GB available: 30; with 6 GB: 8. Measured in
+    the memory available now (``available``, bytes) over one image's graph at the model's native input size,
+    as its ``estimate`` of a capture with gradients puts it (the weights aside: an upper bound, about 2× the
+    tensors autograd really saves, tests/test_serve.py), between :data:`HOLD` and :data:`HOLD_MAX`;
+    :data:`HOLD` where the family has no estimate. ViT-B/16 (about 0.2 GB a graph) with 24 GB available: 30; with 6 GB: 8. Measured in
     three pairs of 5-s bursts of 30 (README "Batching a burst"): holding every graph cut the server CPU by
     4–19 % and the relevance maps' p95 by 6–28 %, for 1.3–1.4 GB more memory, but the first maps' p95 was
     the same or later (forwards that keep a graph cost more), so it is not the default."""
     from ..tokens.budget import available_memory
 
-    cfg = getattr(adapter.model.config, "vision_config", None) or adapter.model.config
-    side = getattr(cfg, "image_size", None)
-    side = tuple(side) if isinstance(side, (list, tuple)) else (side, side) if side else None
-    cost = adapter.estimate(side) if side and hasattr(adapter, "estimate") else None
+    side = getattr(adapter, "native_size", None)
+    cost = adapter.estimate(side) if side else None
     if cost is None:
         return HOLD
     weights = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
