@@ -64,14 +64,20 @@ def test_maps_over_serve_equal_in_process_maps(served, saved_models):
         assert all(a.untyped_storage().size() <= 4 for a in cap.attentions)
         # the image's later requests went where its capture is (its digest is the multiplexed model id)
         assert remote._to(x).stats.remote(digest_of(x)).result()["holds"]
+    # forward first: each new image's capture came from a forward batch, its top target's gradients from that
+    # batch's own backward run after it, and the other targets' from forwards and backwards made again
+    kinds = set()
+    for x in inputs:
+        kinds.update(remote._to(x).stats.remote(digest_of(x)).result()["kinds"])
+    assert {"forward", "backward", "again"} <= kinds
     status = serve.status().applications["attnviz-test"].deployments["AttnvizModel"]
     assert status.replica_states.get("RUNNING") == 2
     assert time.monotonic() - t0 < 60
 
 
 def test_the_app_explores_through_serve(served, saved_models, monkeypatch):
-    """The app with ATTNVIZ_SERVE naming the application: the Explore page draws its first map and a method
-    switch from Serve (the engine holds only capture summaries), the maps equal the in-process ones, a
+    """The app with ATTNVIZ_SERVE naming the application: the Explore page draws the forward's rollout first,
+    then its relevance map and a method switch from Serve (the engine holds only capture summaries), the maps equal the in-process ones, a
     display change reruns without a new request, and a page that needs the attention weights says why not."""
     import streamlit as st
     from streamlit.testing.v1 import AppTest
@@ -79,8 +85,16 @@ def test_the_app_explores_through_serve(served, saved_models, monkeypatch):
     from attnviz.errors import UsageError
     from attnviz.serve.remote import RemoteModel, is_remote
     from attnviz.ui import state
+    from attnviz.ui import panels
     monkeypatch.setenv("ATTNVIZ_MODEL", str(saved_models["deit-teacher"]))
     monkeypatch.setattr(state, "SERVE_APP", "attnviz-test")
+    drawn = []
+    real_show = panels.show_map
+
+    def spy(img, m, scale, display, box, *, method, caption, **kw):
+        drawn.append((method, caption))
+        return real_show(img, m, scale, display, box, method=method, caption=caption, **kw)
+    monkeypatch.setattr(panels, "show_map", spy)
     calls = {"capture": 0, "explain": 0}                          # requests that crossed to Serve
     for name in calls:
         def counted(self, *a, _name=name, _orig=getattr(RemoteModel, name), **kw):
@@ -92,6 +106,9 @@ def test_the_app_explores_through_serve(served, saved_models, monkeypatch):
     try:
         at = AppTest.from_file(str(Path(__file__).parents[1] / "app.py"), default_timeout=120).run()
         assert not at.exception and not at.error, [e.value for e in at.exception]
+        # forward first over Serve too: the capture came back before its backward, so the page drew the
+        # forward's rollout (labelled) and then the relevance map that replaced it
+        assert [m for m, _ in drawn[:2]] == ["rollout", "relevance"] and "shown first" in drawn[0][1]
         at.selectbox(key="method").set_value("rollout").run()
         assert not at.exception and not at.error
         eng = state.engine()
@@ -112,3 +129,31 @@ def test_the_app_explores_through_serve(served, saved_models, monkeypatch):
     finally:
         st.cache_resource.clear()
         st.cache_data.clear()
+
+
+def test_a_new_image_comes_back_after_its_forward_and_its_relevance_after_the_backward(served, saved_models):
+    """A new image's capture summary comes back with no target's gradients ready (its backward comes after
+    the forward: the page shows the forward's rollout meanwhile); the relevance asked next is its batch's
+    own backward (no forward made again) and equals the in-process map; the image's capture then lists its
+    top target as ready."""
+    from attnviz.serve.ray_app import digest_of
+    from attnviz.serve.remote import RemoteModel
+    local = attnviz.load_model(str(saved_models["deit-teacher"]))
+    remote = RemoteModel("attnviz-test", handle=served)
+    image = _images(1, seed=23)[0]
+    x = local.prepare(image)
+    cap = remote.capture(x)
+    alone = attnviz.capture(local, image)
+    top = local.resolve_target(alone, None).index
+    assert cap._grad_fn.waits(top) and not cap._grads
+    # Serve's routers learn which replica claimed the digest a moment later (eventually consistent): wait
+    # until a request naming it reaches that replica, so the counts below are that replica's
+    deadline = time.monotonic() + 20
+    while not (before := remote._to(x).stats.remote(digest_of(x)).result())["holds"]:
+        assert time.monotonic() < deadline, "no request naming the digest reached the replica that holds it"
+        time.sleep(0.2)
+    exp = remote.explain(x, "relevance")
+    np.testing.assert_allclose(exp.map, attnviz.explain(local, alone, "relevance").map, atol=1e-5)
+    after = remote._to(x).stats.remote(digest_of(x)).result()
+    assert after["holds"] and after["kinds"].count("again") == before["kinds"].count("again"), (before, after)
+    assert remote._to(x).capture.remote(x).result()["ready"] == [top]

@@ -12,6 +12,14 @@ that left this replica's cache) or a backward for a new target wait for ``@serve
 ``max_batch`` of them, across all the app servers, and run :func:`~.batched.run_batch`: the same worker
 as the in-process line (``serve.local``), so a map is the same wherever it is computed.
 
+Forward first, as in the app's own line (``serve.local``, issue 23): a new image's capture request waits
+only for its batch's **forward** (``_forwards``: :func:`~.batched.run_forward`), so the page can draw the
+forward's own attention rollout at once; the batch's ONE backward for every image's top target (the page's
+class-specific map) runs next, unless other new images' forwards wait: those go first (:class:`_Line`),
+while at most ``hold`` images' graphs wait for their backward; beyond that a forward keeps no graph and its
+image's gradients are a later forward and backward (``_run``). A backward that has waited ``age`` seconds
+goes ahead of forwards arriving after that.
+
 Run it with Ray's CLI (``serve run attnviz.serve.ray_app:app model=random-vit-b16 replicas=2``) or
 :func:`deploy`; the app uses it when ``ATTNVIZ_SERVE`` names the application (``serve.remote``).
 """
@@ -19,12 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import time
 from collections import OrderedDict
-from typing import Any, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional
 
 from ray import serve
 
-from .batched import Work, run_batch
+from .batched import Forward, Work, run_batch, run_forward
+from .local import AGE_S, HOLD
 
 APP_NAME = "attnviz"
 MAX_BATCH, WINDOW_S, CACHE = 8, 0.05, 18
@@ -43,27 +55,118 @@ def digest_of(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(inputs["pixel_values"].contiguous().numpy().tobytes()).hexdigest()
 
 
+class _Line:
+    """One piece of model work at a time on a replica, new images' forwards first: other work (a held
+    graph's backward, a forward and backward made again) starts only while no new image waits for its
+    forward, or once it has waited ``age`` seconds. ``forwards`` counts the new images waiting (from their
+    request's arrival, before ``@serve.batch`` gathers them) or running."""
+
+    def __init__(self, age: Optional[float]):
+        self.age = age
+        self.forwards = 0
+        self._busy = False
+        self._cond: Optional[asyncio.Condition] = None
+        # its own thread: model work never waits for a thread of the event loop's shared pool
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="attnviz-line")
+
+    @property
+    def cond(self) -> asyncio.Condition:
+        if self._cond is None:            # made on the replica's event loop, at first use
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    async def arrive(self) -> None:
+        async with self.cond:
+            self.forwards += 1
+
+    async def leave(self, n: int = 1) -> None:
+        async with self.cond:
+            self.forwards -= n
+            self.cond.notify_all()
+
+    async def run(self, fn: Callable, *args, forward: bool = False):
+        """``fn(*args)`` in a thread once it is this work's turn (the event loop goes on gathering batches)."""
+        t0 = time.monotonic()
+
+        def turn() -> bool:
+            aged = self.age is not None and time.monotonic() - t0 >= self.age
+            return not self._busy and (forward or self.forwards == 0 or aged)
+        async with self.cond:
+            while not turn():
+                try:                      # woken when work ends; at most every 0.5 s to see the age rule
+                    await asyncio.wait_for(self.cond.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+            self._busy = True
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            async with self.cond:
+                self._busy = False
+                self.cond.notify_all()
+
+
 class AttnvizModel:
-    """One model on one replica: batched captures, a bounded capture cache, maps on request."""
+    """One model on one replica: batched captures (forward first), a bounded capture cache, maps on request."""
 
     def __init__(self, model: Optional[str] = None, cache: int = CACHE, threads: int = 1,
-                 max_batch: int = MAX_BATCH, window: float = WINDOW_S):
+                 max_batch: int = MAX_BATCH, window: float = WINDOW_S, hold: int = HOLD,
+                 age: Optional[float] = AGE_S):
         import torch
 
         from ..loading import load_model
         torch.set_num_threads(max(1, int(threads)))
-        self._run.set_max_batch_size(int(max_batch))           # this replica's @serve.batch settings
-        self._run.set_batch_wait_timeout_s(float(window))
+        for batched in (self._run, self._forwards):             # this replica's @serve.batch settings
+            batched.set_max_batch_size(int(max_batch))
+            batched.set_batch_wait_timeout_s(float(window))
         self.adapter = load_model(model or None)
         self.cache: OrderedDict[str, Any] = OrderedDict()
         self.size = max(1, int(cache))
+        self.hold, self.held = max(0, int(hold)), 0
+        self.line = _Line(age)
         self.batches: list[int] = []
+        self.kinds: list[str] = []             # per batch: "forward", "backward" (a held graph's), "again"
+        self._tasks: set = set()
+        self._pending: dict[str, tuple[Forward, int]] = {}     # digest -> its forward batch, its row there
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=WINDOW_S)
     async def _run(self, works: list[Work]) -> list[Any]:
+        """Forward and backward together (a target the batch's own backward did not give, or a forward that
+        kept no graph): behind new images' forwards."""
         self.batches.append(len(works))
-        # the model runs in a thread: the replica's event loop goes on gathering the next batch
-        return await asyncio.to_thread(run_batch, self.adapter, works)
+        self.kinds.append("again")
+        return await self.line.run(run_batch, self.adapter, works)
+
+    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=WINDOW_S)
+    async def _forwards(self, works: list[Work]) -> list[Any]:
+        """New images' forward: their captures at once; the batch's backward queued behind new images while
+        fewer than ``hold`` images' graphs wait (else no graph is kept)."""
+        self.batches.append(len(works))
+        self.kinds.append("forward")
+        graph = self.held + len(works) <= self.hold
+        if graph:
+            self.held += len(works)
+        try:
+            fw = await self.line.run(run_forward, self.adapter, works, graph, forward=True)
+        except BaseException:
+            self.held -= len(works) if graph else 0
+            raise
+        if fw.graph:
+            task = asyncio.get_running_loop().create_task(self._backward(fw))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            fw.hold(task)
+        return [(c, fw, i) for i, c in enumerate(fw.captures)]
+
+    async def _backward(self, fw: Forward) -> None:
+        """A forward batch's ONE backward for every image's top target, when it is its turn; the graph goes."""
+        try:
+            self.batches.append(len(fw.targets))
+            self.kinds.append("backward")
+            await self.line.run(fw.finish, True)
+        finally:
+            fw.finish(False)                      # a no-op after the backward ran; else the graph goes
+            self.held -= len(fw.targets)
 
     @serve.multiplexed(max_num_models_per_replica=CACHE)
     async def _claim(self, digest: str) -> str:
@@ -76,13 +179,18 @@ class AttnvizModel:
         key = digest_of(inputs)
         cap = self.cache.get(key)
         if cap is None:
-            cap = await self._run(Work(inputs))
+            await self.line.arrive()
+            try:
+                cap, fw, i = await self._forwards(Work(inputs, forward=True))
+            finally:
+                await self.line.leave()
+            self._pending[key] = (fw, i)
             adapter = self.adapter
             # another target's gradients, should a method ask for one not fetched below: this image alone
             cap._grad_fn = lambda t, inputs=inputs: run_batch(adapter, [Work(inputs, int(t))])[0]._grads[int(t)]
             self.cache[key] = cap
             while len(self.cache) > self.size:
-                self.cache.popitem(last=False)
+                self._pending.pop(self.cache.popitem(last=False)[0], None)
         self.cache.move_to_end(key)
         # after the capture, not before: the multiplexer claims one id at a time per replica, which would
         # hand new images to the batch one by one
@@ -90,8 +198,25 @@ class AttnvizModel:
         return cap
 
     async def capture(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The capture's summary (no tensor bigger than the scores)."""
-        return summary(await self._capture(inputs))
+        """The capture's summary (no tensor bigger than the scores), as soon as its forward is done; ``ready``
+        lists the targets whose gradients are there already (none for a new image: the page shows the
+        forward's own map while its backward runs or waits)."""
+        cap = await self._capture(inputs)
+        return {**summary(cap), "ready": sorted(cap._grads)}
+
+    async def _gradients(self, key: str, inputs: dict[str, Any], cap, t: int) -> None:
+        """Target ``t``'s gradients into ``cap``: from its forward batch's own backward when that gives them
+        (waiting for it), else a forward and backward made again, batched with others."""
+        fw, i = self._pending.get(key, (None, 0))
+        got = None
+        if fw is not None and fw.coming(i, t, timeout=0):
+            # awaited, not waited for in a thread: pages asking at once must not take the threads it needs
+            await asyncio.shield(fw.request)
+            got = fw.gradients(i, t, timeout=0)
+            self._pending.pop(key, None)
+        if got is None:
+            got = (await self._run(Work(inputs, t)))._grads[t]
+        cap._grads.setdefault(t, got)
 
     async def explain(self, inputs: dict[str, Any], method: str, target: Any = None,
                       params: Optional[dict[str, Any]] = None):
@@ -101,24 +226,28 @@ class AttnvizModel:
         spec = get_method(method)
         if spec.kind == "attention" and spec.class_specific:
             t = self.adapter.resolve_target(cap, target).index
-            if t not in cap._grads:            # a new target: its backward batched with others' requests
-                cap._grads[t] = (await self._run(Work(inputs, t)))._grads[t]
+            if t not in cap._grads:            # its batch's backward, or a new one batched with others' requests
+                await self._gradients(digest_of(inputs), inputs, cap, t)
         return await asyncio.to_thread(explain, self.adapter, cap, method, target, **(params or {}))
 
     async def stats(self, digest: str = "") -> dict[str, Any]:
-        """This replica's batch sizes so far, how many captures it holds, and whether it holds ``digest``'s."""
-        return {"batches": list(self.batches), "captures": len(self.cache), "holds": digest in self.cache}
+        """This replica's batch sizes so far and their kinds ("forward": new images; "backward": a forward
+        batch's own, later; "again": forward and backward made again), how many captures it holds, how
+        many graphs wait, and whether it holds ``digest``'s."""
+        return {"batches": list(self.batches), "kinds": list(self.kinds), "captures": len(self.cache),
+                "held": self.held, "holds": digest in self.cache, "pid": os.getpid()}
 
 
 def app(args: dict[str, str]):
     """The application builder for ``serve run attnviz.serve.ray_app:app model=NAME replicas=2 batch=8
-    window_ms=50 cache=18 threads=1 cpus=1``."""
+    window_ms=50 cache=18 threads=1 cpus=1 hold=8 age_s=10``."""
     batch = int(args.get("batch", MAX_BATCH))
     dep = serve.deployment(AttnvizModel, name="AttnvizModel", num_replicas=int(args.get("replicas", 2)),
                            ray_actor_options={"num_cpus": float(args.get("cpus", 1))},
                            max_ongoing_requests=4 * batch)
     return dep.bind(args.get("model"), int(args.get("cache", CACHE)), int(args.get("threads", 1)), batch,
-                    float(args.get("window_ms", WINDOW_S * 1000)) / 1000)
+                    float(args.get("window_ms", WINDOW_S * 1000)) / 1000, int(args.get("hold", HOLD)),
+                    float(args.get("age_s", AGE_S)))
 
 
 def deploy(model: Optional[str], *, name: str = APP_NAME, **kw):

@@ -38,7 +38,7 @@ class RemoteModel:
         hollow = torch.zeros(()).expand(heads, tokens, tokens)           # [H, T, T], no storage behind it
         return Capture(scores=s["scores"], attentions=(hollow,) * layers, layout=s["layout"], inputs=inputs,
                        targets=s["targets"], box=s["box"], readout=s["readout"], pooling=s["pooling"],
-                       extras={"remote": self.app_name})
+                       extras={"remote": self.app_name}, _grad_fn=_RemoteGrads(s.get("ready", ())))
 
     def explain(self, inputs: dict[str, Any], method: str, target: Any = None,
                 params: Optional[dict[str, Any]] = None) -> Explanation:
@@ -49,6 +49,22 @@ class RemoteModel:
         so that Serve sends it to the replica that holds the capture (``ray_app.AttnvizModel._claim``)."""
         from .ray_app import digest_of
         return self.handle.options(multiplexed_model_id=digest_of(inputs))
+
+
+class _RemoteGrads:
+    """A remote capture's gradient function: the gradients stay on the replica (its maps are made there);
+    ``waits(t)`` tells the page whether target ``t``'s backward was still to come when the capture's forward
+    came back (the replica runs new images' forwards first), so it shows the forward's own map meanwhile."""
+
+    def __init__(self, ready):
+        self.ready = frozenset(int(t) for t in ready)
+
+    def waits(self, target: int) -> bool:
+        return int(target) not in self.ready
+
+    def __call__(self, target: int):
+        raise RuntimeError("This capture's gradients stay on the Ray Serve replica that made it: ask it for "
+                           "the map (RemoteModel.explain).")
 
 
 def _connect(app_name: str):

@@ -1,0 +1,92 @@
+"""The Ray Serve replica's line (issue 23): new images' forwards go before other model work; work that has
+waited ``age`` seconds goes ahead. Plain asyncio: no Ray is started."""
+import asyncio
+import time
+
+import pytest
+
+pytest.importorskip("ray.serve")
+
+from attnviz.serve.ray_app import _Line  # noqa: E402
+
+
+def test_a_backward_waits_while_a_new_image_waits_for_its_forward():
+    async def main():
+        line, order = _Line(age=None), []
+        await line.arrive()                                       # a new image's request is in
+        backward = asyncio.create_task(line.run(order.append, "backward"))
+        await asyncio.sleep(0.3)
+        assert order == []                                        # it waits although nothing runs
+        await line.run(order.append, "forward", forward=True)
+        await line.leave()
+        await asyncio.wait_for(backward, 5)
+        return order
+    assert asyncio.run(main()) == ["forward", "backward"]
+
+
+def test_one_piece_of_work_at_a_time():
+    async def main():
+        line, running, most = _Line(age=None), [0], [0]
+
+        def work():
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            time.sleep(0.05)
+            running[0] -= 1
+        await asyncio.gather(*(line.run(work, forward=i % 2 == 0) for i in range(6)))
+        return most[0]
+    assert asyncio.run(main()) == 1
+
+
+def test_a_backward_that_waited_its_age_goes_ahead():
+    async def main():
+        line, order = _Line(age=0.4), []
+        await line.arrive()                                       # a forward that never leaves the line
+        t0 = time.monotonic()
+        await asyncio.wait_for(line.run(order.append, "backward"), 5)
+        return order, time.monotonic() - t0
+    order, waited = asyncio.run(main())
+    assert order == ["backward"] and 0.4 <= waited < 2.0
+
+
+def test_many_pages_at_once_on_one_replica_without_ray(saved_models, monkeypatch):
+    """The replica's class driven directly on an event loop whose shared thread pool has 2 threads (Ray not
+    started; the multiplexed claim is Serve's routing and is left out): 12 new images' relevance maps asked
+    at once all come back (pages waiting for their batch's backward take no thread it needs) and equal the
+    model's own one-shot captures; the forwards ran first, in batches, and every top target came from its
+    batch's own backward."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    import numpy as np
+    from ray import serve
+
+    import attnviz
+    from attnviz.serve.ray_app import AttnvizModel
+
+    # @serve.batch reads the deployment's max_ongoing_requests (for a warning) from the replica context
+    monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(
+        _deployment_config=SimpleNamespace(max_ongoing_requests=32)))
+    folder = str(saved_models["vit"])
+    rng = np.random.default_rng(5)
+    local = attnviz.load_model(folder)
+    inputs = [local.prepare(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(12)]
+
+    async def main():
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
+        replica = AttnvizModel(folder, cache=32, max_batch=4, window=0.05, hold=64)
+
+        async def no_claim(digest):
+            return digest
+        replica._claim = no_claim
+        maps = await asyncio.wait_for(asyncio.gather(*(replica.explain(x, "relevance") for x in inputs)), 120)
+        return maps, replica
+    maps, replica = asyncio.run(main())
+    for x, exp in zip(inputs, maps):
+        ref = attnviz.explain(local, local.capture(x, grads=True), "relevance")
+        assert exp.target.index == ref.target.index
+        np.testing.assert_allclose(exp.map, ref.map, atol=1e-5)
+    forwards = [n for n, k in zip(replica.batches, replica.kinds) if k == "forward"]
+    assert sum(forwards) == 12 and max(forwards) > 1
+    assert "again" not in replica.kinds and replica.kinds.count("backward") == len(forwards)
+    assert replica.held == 0
