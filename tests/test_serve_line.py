@@ -90,3 +90,52 @@ def test_many_pages_at_once_on_one_replica_without_ray(saved_models, monkeypatch
     assert sum(forwards) == 12 and max(forwards) > 1
     assert "again" not in replica.kinds and replica.kinds.count("backward") == len(forwards)
     assert replica.held == 0
+
+
+def test_a_remote_capture_knows_which_targets_gradients_came(saved_models):
+    """On the app's side of Serve (no Ray: the remote's explain is a stand-in that computes here): a new image's
+    capture summary lists no ready target, so the page would show the forward's map first for relevance; once a
+    class-specific attention map for the top target came back, that target no longer waits (a later switch to
+    another gradient view of it shows no first view), while another target still does and a Captum map (no
+    attention backward) marks nothing."""
+    import numpy as np
+
+    import attnviz
+    from attnviz.serve.remote import RemoteModel
+    from attnviz.ui.compute import CaptureEntry, Engine
+
+    adapter = attnviz.load_model(str(saved_models["vit"]))
+    x = adapter.prepare(np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    local = adapter.capture(x, grads=True)
+
+    class Handle:                                  # what RemoteModel calls, answered by the local model
+        def options(self, **kw):
+            return self
+
+        class _Call:
+            def __init__(self, fn):
+                self.fn = fn
+
+            def remote(self, *a):
+                return type("R", (), {"result": lambda _s: self.fn(*a)})()
+
+        @property
+        def capture(self):
+            from attnviz.serve.ray_app import summary
+            return self._Call(lambda inputs: {**summary(local), "ready": []})
+
+        @property
+        def explain(self):
+            return self._Call(lambda inputs, m, t, p: attnviz.explain(adapter, local, m, t, **p))
+    adapter.remote = RemoteModel("stand-in", handle=Handle())
+    eng = Engine()
+    entry = CaptureEntry(adapter.remote.capture(x), 0.0)
+    top = adapter.resolve_target(local, None).index
+    other = (top + 1) % len(local.targets)
+    waits = entry.capture._grad_fn.waits
+    assert waits(top) and waits(other)
+    eng.explain(adapter, entry, "digest", "integrated_gradients", top, {"n_steps": 4})
+    assert waits(top)                                    # Captum ran no attention backward
+    rel = eng.explain(adapter, entry, "digest", "relevance", None, {})
+    np.testing.assert_allclose(rel.map, attnviz.explain(adapter, local, "relevance").map, atol=1e-6)
+    assert not waits(top) and waits(other)

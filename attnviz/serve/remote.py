@@ -57,10 +57,14 @@ class _RemoteGrads:
     came back (the replica runs new images' forwards first), so it shows the forward's own map meanwhile."""
 
     def __init__(self, ready):
-        self.ready = frozenset(int(t) for t in ready)
+        self.ready = {int(t) for t in ready}
 
     def waits(self, target: int) -> bool:
         return int(target) not in self.ready
+
+    def came(self, target: int) -> None:
+        """A class-specific map for ``target`` came back: its gradients are on the replica now."""
+        self.ready.add(int(target))
 
     def __call__(self, target: int):
         raise RuntimeError("This capture's gradients stay on the Ray Serve replica that made it: ask it for "

@@ -127,8 +127,13 @@ class Engine:
         remote = getattr(adapter, "remote", None)
         if remote is not None and is_remote(entry.capture):
             # the map is made where the capture's tensors are; the app keeps it like any other map
-            return self.results.get_or_compute(key, lambda: remote.explain(entry.capture.inputs, method, target,
-                                                                           params))
+            def run_remote() -> Explanation:
+                exp = remote.explain(entry.capture.inputs, method, target, params)
+                came = getattr(entry.capture._grad_fn, "came", None)
+                if exp.target is not None and came is not None and get_method(method).kind == "attention":
+                    came(exp.target.index)      # that target's attention backward is done on the replica
+                return exp
+            return self.results.get_or_compute(key, run_remote)
 
         def run() -> Explanation:
             # The engine handles sharing: forwards take the model's lock one batch at a time,
