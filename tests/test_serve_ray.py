@@ -134,8 +134,8 @@ def test_the_app_explores_through_serve(served, saved_models, monkeypatch):
 def test_a_new_image_comes_back_after_its_forward_and_its_relevance_after_the_backward(served, saved_models):
     """A new image's capture summary comes back with no target's gradients ready (its backward comes after
     the forward: the page shows the forward's rollout meanwhile); the relevance asked next is its batch's
-    own backward (no forward made again) and equals the in-process map; the image's capture then lists its
-    top target as ready."""
+    own backward (no forward made again) and equals the in-process map; the replica holding the image's
+    capture then has its top target's gradients (and had none before)."""
     from attnviz.serve.ray_app import digest_of
     from attnviz.serve.remote import RemoteModel
     local = attnviz.load_model(str(saved_models["deit-teacher"]))
@@ -156,4 +156,4 @@ def test_a_new_image_comes_back_after_its_forward_and_its_relevance_after_the_ba
     np.testing.assert_allclose(exp.map, attnviz.explain(local, alone, "relevance").map, atol=1e-5)
     after = remote._to(x).stats.remote(digest_of(x)).result()
     assert after["holds"] and after["kinds"].count("again") == before["kinds"].count("again"), (before, after)
-    assert remote._to(x).capture.remote(x).result()["ready"] == [top]
+    assert before["ready"] == [] and after["ready"] == [top]

@@ -233,9 +233,10 @@ class AttnvizModel:
     async def stats(self, digest: str = "") -> dict[str, Any]:
         """This replica's batch sizes so far and their kinds ("forward": new images; "backward": a forward
         batch's own, later; "again": forward and backward made again), how many captures it holds, how
-        many graphs wait, and whether it holds ``digest``'s."""
+        many graphs wait, whether it holds ``digest``'s capture and for which targets it has its gradients."""
         return {"batches": list(self.batches), "kinds": list(self.kinds), "captures": len(self.cache),
-                "held": self.held, "holds": digest in self.cache, "pid": os.getpid()}
+                "held": self.held, "holds": digest in self.cache, "pid": os.getpid(),
+                "ready": sorted(self.cache[digest]._grads) if digest in self.cache else None}
 
 
 def app(args: dict[str, str]):
