@@ -35,6 +35,17 @@ def _images(n, seed=11):
     return [Image.fromarray(rng.integers(0, 256, (40 + 4 * i, 36, 3), dtype=np.uint8)) for i in range(n)]
 
 
+def _every_replica(handle, replicas=2):
+    """pid -> stats of every replica (requests without a digest go to any one: asked until each answered)."""
+    seen = {}
+    for _ in range(200):
+        st = handle.stats.remote().result()
+        seen[st["pid"]] = st
+        if len(seen) == replicas:
+            return seen
+    raise AssertionError(f"only {len(seen)} of {replicas} replicas answered")
+
+
 def test_maps_over_serve_equal_in_process_maps(served, saved_models):
     """Three images sent at once to a 2-replica deployment: each image's relevance and rollout maps and
     its capture's scores equal the in-process model's; the capture's attentions did not cross over
@@ -66,9 +77,7 @@ def test_maps_over_serve_equal_in_process_maps(served, saved_models):
         assert remote._to(x).stats.remote(digest_of(x)).result()["holds"]
     # forward first: each new image's capture came from a forward batch, its top target's gradients from that
     # batch's own backward run after it, and the other targets' from forwards and backwards made again
-    kinds = set()
-    for x in inputs:
-        kinds.update(remote._to(x).stats.remote(digest_of(x)).result()["kinds"])
+    kinds = {k for st in _every_replica(served).values() for k in st["kinds"]}
     assert {"forward", "backward", "again"} <= kinds
     status = serve.status().applications["attnviz-test"].deployments["AttnvizModel"]
     assert status.replica_states.get("RUNNING") == 2
