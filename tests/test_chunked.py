@@ -103,9 +103,11 @@ def test_chunked_maps_equal_eager_attention_and_autograd(kind, photo, monkeypatc
     ad = _adapter(kind)
     inputs = _inputs(ad, photo)
     monkeypatch.setattr(chunked, "BLOCK_BYTES", 5 * 4 * 4 * ad.layout(inputs).n_tokens)   # 5 rows of 4 heads
+    monkeypatch.setattr(chunked, "FUSED_BLOCK_BYTES", 3 * 4 * 4 * ad.layout(inputs).n_tokens)   # fused: 3 rows
     ad.attention_path = "rows"
     cap = ad.capture(inputs, grads=True)
     assert all(isinstance(a, QK) and a.block == 5 for a in cap.attentions)
+    assert chunked.Fused(cap.attentions[0], "mean").block == 3
     layout = cap.layout
     scores, atts = _eager(ad, inputs)
     _close(cap.scores, scores.detach())
@@ -143,6 +145,7 @@ def test_relevance_at_518_equals_formula_from_eager_attentions(photo, monkeypatc
     n = ad.layout(inputs).n_tokens
     assert n == 1370
     monkeypatch.setattr(chunked, "BLOCK_BYTES", 100 * 4 * 4 * n)
+    monkeypatch.setattr(chunked, "FUSED_BLOCK_BYTES", 100 * 4 * 4 * n)
     ad.attention_path = "auto"                       # 1,370 tokens: "auto" takes the chunked path
     cap = ad.capture(inputs, grads=True)
     assert isinstance(cap.attentions[0], QK) and cap.attentions[0].block == 100
@@ -237,7 +240,8 @@ def test_head_statistics_and_dino_masks_on_the_chunked_path(kind, photo, monkeyp
     from attnviz.headstats import attention_entropy, dino_masks, mass_mask, mean_attention_distance, patch_centres
     ad = _adapter(kind)
     inputs = _inputs(ad, photo)
-    monkeypatch.setattr(chunked, "BLOCK_BYTES", 3 * 4 * 4 * ad.layout(inputs).n_tokens)   # 3 rows of 4 heads
+    monkeypatch.setattr(chunked, "BLOCK_BYTES", 3 * 4 * 4 * ad.layout(inputs).n_tokens)
+    monkeypatch.setattr(chunked, "FUSED_BLOCK_BYTES", 3 * 4 * 4 * ad.layout(inputs).n_tokens)   # 3 rows of 4 heads
     ad.attention_path = "rows"
     cap = ad.capture(inputs, grads=False)
     assert all(isinstance(a, QK) for a in cap.attentions)
@@ -267,6 +271,7 @@ def test_checkpointed_blocks_recompute_once_per_backward_with_the_same_maps(kind
     ad = _adapter(kind)
     inputs = _inputs(ad, photo)
     monkeypatch.setattr(chunked, "BLOCK_BYTES", 7 * 4 * 4 * ad.layout(inputs).n_tokens)
+    monkeypatch.setattr(chunked, "FUSED_BLOCK_BYTES", 7 * 4 * 4 * ad.layout(inputs).n_tokens)
     ad.attention_path = "rows"
     attns = [m for li in range(ad.n_layers) for name, m in ad.token_block(li).named_children()
              if name in ("attention", "self_attn")]
@@ -328,3 +333,34 @@ def test_auto_checkpointing_recomputes_only_the_lowest_blocks_the_budget_leaves(
         for h in handles:
             h.remove()
     _close(maps["auto"], maps[False], tol=1e-6)
+
+
+@pytest.mark.parametrize("checkpoint", [True, "auto", False])
+def test_a_chunked_capture_with_gradients_is_freed_when_dropped(photo, checkpoint):
+    """Regression (session 10): a checkpointed block's recomputation closure kept the capture's recorder, whose
+    head outputs are in the graph that keeps the closure: a cycle through autograd's C++ nodes that Python's
+    collector cannot see, so every chunked capture with gradients leaked its graph (~230 MB each on DINOv2-S at
+    518²). Dropping a capture (its gradients taken, a map made) now leaves no tensor behind: the live tensors are
+    counted with the collector, and a weak reference to a head output in the graph dies."""
+    import gc
+    import weakref
+
+    ad = _adapter("dinov2")
+    ad.attention_path, ad.checkpoint_blocks = "rows", checkpoint
+    inputs = _inputs(ad, photo)
+
+    def live():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    explain(ad, ad.capture(inputs, grads=True), "relevance")          # anything built once, built now
+    before = live()
+    cap = ad.capture(inputs, grads=True)
+    explain(ad, cap, "relevance")
+    wrt = next(c.cell_contents for c in cap._grad_fn.__closure__                 # what the backward differentiates
+               if isinstance(c.cell_contents, dict) and "head_outputs" in c.cell_contents)
+    out = weakref.ref(wrt["head_outputs"][0])                                      # [1, H, T, d], in the graph
+    del wrt
+    assert out() is not None and out().grad_fn is not None
+    del cap
+    assert live() == before and out() is None

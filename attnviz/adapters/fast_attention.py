@@ -173,12 +173,13 @@ def checkpointed(self: nn.Module, *args, **kwargs):
     if rec is None or self not in rec.blocks or not torch.is_grad_enabled():
         return forward(self, *args, **kwargs)
     replay = Recorder(rec.layer_of, rec.grads, replay=True)
-    runs = []
+    # The autograd graph keeps ``run`` for the recomputation, and the recorder keeps head outputs that are in
+    # that graph: a cycle through autograd's C++ nodes, which Python's collector cannot see, so every capture's
+    # graph leaked (~230 MB each at 518², session 10). ``run`` lets go of the recorder after the first run.
+    first = [rec]
 
     def run(*a, **kw):
-        again = bool(runs)
-        runs.append(again)
-        with recording(replay if again else rec):
+        with recording(first.pop() if first else replay):
             return forward(self, *a, **kw)
     return checkpoint(run, *args, use_reentrant=False, **kwargs)
 

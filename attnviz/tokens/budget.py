@@ -11,7 +11,8 @@ The counts (float32, one image) are estimates, not measurements (``bench --highr
   each such block's input, T·D floats, and a backward recomputes one block's activations at a time;
 * **the capture**: "full" keeps every layer's softmax weights, H·T² floats (and as much again for their
   gradients and the softmax's saved output with gradients); "rows" keeps q and k (and v and the head-output
-  gradient with gradients), 2·T·D (4·T·D) floats per layer, and one block of rows (``chunked.BLOCK_BYTES``)
+  gradient with gradients), 2·T·D (4·T·D) floats per layer, and one block of rows (``chunked.BLOCK_BYTES``; a
+  rollout's ``chunked.FUSED_BLOCK_BYTES``)
   at a time; window attention (Swin) keeps N·S·H floats per block (N tokens, S = window²);
 * **time**: multiply-adds of the forward (linear layers 2·T·(4D² + 2·D·I), attention 4·T²·D per layer), a
   rollout recomputes q·kᵀ once more (2·T²·D), a relevance runs the backward (twice the forward) and
@@ -134,7 +135,9 @@ def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, pa
     else:
         kept, kept_grads = 2 * t * d * FLOAT, 4 * t * d * FLOAT
         block = 2 * min(chunked.BLOCK_BYTES, heads * t * t * FLOAT)            # a block of A (and ∇A)
-    rollout_b = weights_bytes + layers * kept + 3 * act + block
+    # rollout's fused blocks (chunked.FUSED_BLOCK_BYTES), the product's output beside each
+    fused = block if path == "full" else 2 * min(chunked.FUSED_BLOCK_BYTES, heads * t * t * FLOAT)
+    rollout_b = weights_bytes + layers * kept + 3 * act + fused
     if checkpointed:
         # per layer: q, k, v, dO kept, the block's input, and what autograd holds around a checkpointed block
         # (its output and the gradients in flight): 12·T·D floats a layer, fitted to peak RSS measured on

@@ -46,6 +46,13 @@ from .attention import fuse_heads
 #: 32 / 4 / 2 / 1 MB blocks (1,020 / 127 / 63 / 31 rows); 2 MB also keeps a relevance ~90 MB lower.
 BLOCK_BYTES = 2 << 20
 
+#: Bytes one block of rows may take when heads are fused (rollout, one layer's fused attention) from q and k: no
+#: gradient block sits beside it, and on two threads bigger blocks measured faster. DINOv2-S, the rollout method on
+#: a ready capture, CPU over a bare forward, 2 threads (session 10): 518², 0.5 / 1 / 2 / 4 / 8 / 16 / 32 MB blocks
+#: 0.57 / 0.43 / 0.37 / 0.33 / 0.31 / 0.47 / 0.42 (a second run: 2 MB 0.41, 8 MB 0.38); 896², 2 / 8 / 32 MB
+#: 0.89 / 0.72 / 0.74. Relevance's blocks (A and ∇A at once) keep :data:`BLOCK_BYTES`.
+FUSED_BLOCK_BYTES = 8 << 20
+
 
 class Rows:
     """A [..., T, T] matrix given by blocks of rows. Subclasses set ``n`` (T), ``lead`` (leading shape)
@@ -176,6 +183,8 @@ class Fused(Rows):
 
     def __post_init__(self):
         self.n, self.lead, self.block = self.src.n, self.src.lead[:-1], self.src.block
+        if isinstance(self.src, QK):      # rows recomputed from q, k: blocks of FUSED_BLOCK_BYTES
+            self.block = block_rows_for(self.n, self.src.q.shape[0], self.src.q.element_size(), FUSED_BLOCK_BYTES)
         self.stochastic = self.mean_of_heads = self.src.stochastic and self.how == "mean"
 
     def rows(self, lo, hi):
