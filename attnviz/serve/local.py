@@ -245,10 +245,10 @@ def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW
                   spare: int = SPARE, alone_threads: int = ALONE_THREADS) -> Optional[ModelServer]:
     """Give ``adapter`` its :class:`ModelServer` (``adapter.server``) when its family batches and
     ``max_batch`` is above 1; else None (the app keeps its one-image path). ``hold`` None: :func:`auto_hold`."""
-    if hold is None and batchable(adapter) and max_batch > 1:
-        hold = auto_hold(adapter)
-    adapter.server = (ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes, log=log,
-                                  hold=HOLD if hold is None else hold,
-                                  age=age, spare=spare, alone_threads=alone_threads)
-                      if batchable(adapter) and max_batch > 1 else None)
+    if not (batchable(adapter) and max_batch > 1):
+        adapter.server = None
+        return None
+    adapter.server = ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes, log=log,
+                                 hold=auto_hold(adapter) if hold is None else hold,
+                                 age=age, spare=spare, alone_threads=alone_threads)
     return adapter.server

@@ -16,7 +16,6 @@ from attnviz import render
 from attnviz.errors import UsageError
 from attnviz.methods import list_methods
 from attnviz.methods.registry import MethodSpec
-from attnviz.serve.remote import is_remote
 from attnviz.ui import backbone, figures, gates_panel, mapview, notes, panels, state, urlstate
 from attnviz.ui.compute import export_record, model_key, top_k
 from attnviz.ui.context import load_context, query_label
@@ -128,15 +127,16 @@ def first_view_ui(ctx, specs: dict[str, MethodSpec], spec: MethodSpec, params: d
     forward first, issue 23), show the forward's own attention rollout at once, labelled as what it is;
     returns the slot to clear once the main map is drawn (None when nothing was shown)."""
     adapter, cap = ctx.adapter, ctx.capture
-    lined = getattr(adapter, "server", None) is not None or is_remote(cap)      # in-process line, or Ray Serve
-    if not lined or FIRST_VIEW not in specs or spec.name == FIRST_VIEW or not spec.class_specific or spec.slow:
+    # a capture from a line (serve.local, or a Ray Serve replica: serve.remote) says whether a target's backward
+    # is still to come; any other capture's gradients come at once
+    waits = getattr(cap._grad_fn, "waits", None)
+    if waits is None or FIRST_VIEW not in specs or spec.name == FIRST_VIEW or not spec.class_specific or spec.slow:
         return None
     eng = state.engine()
     if eng.peek(adapter, ctx.entry, ctx.digest, spec.name, target, params) is not None:
         return None
     t = adapter.resolve_target(cap, target)
-    waits = getattr(cap._grad_fn, "waits", None)          # serve.local / remote: is the backward still to come?
-    if t.index in cap._grads or waits is None or not waits(t.index):
+    if t.index in cap._grads or not waits(t.index):
         return None                     # its backward is done or running now: the main map comes at once
     exp = eng.explain(adapter, ctx.entry, ctx.digest, FIRST_VIEW, None, {})     # attentions only: no model run
     slot = st.empty()
