@@ -191,6 +191,27 @@ class Capture:
         """Drop the autograd graph (memory); gradients already computed stay cached."""
         self._grad_fn = None
 
+    def nbytes(self) -> int:
+        """Bytes of the tensors this capture holds (attentions, gradients computed so far, stages, extras,
+        inputs; each storage once). An autograd graph a gradient function may still keep is not counted: a
+        cache bounded by this should also bound its entries (``ui.cache.ResultCache``)."""
+        seen: set[int] = set()
+        total = 0
+        todo: list[Any] = [self.scores, self.attentions, self.cross_attentions, self.inputs, self.readout,
+                           self.stages, self.extras, self._grads]
+        while todo:
+            x = todo.pop()
+            if isinstance(x, torch.Tensor):
+                st = x.untyped_storage()
+                if st.data_ptr() not in seen:
+                    seen.add(st.data_ptr())
+                    total += st.nbytes()
+            elif isinstance(x, dict):
+                todo.extend(x.values())
+            elif isinstance(x, (list, tuple)):
+                todo.extend(x)
+        return total
+
 
 @dataclass(frozen=True)
 class Explanation:

@@ -108,7 +108,7 @@ class _SlowTorch:
         return None
 sys.meta_path.insert(0, _SlowTorch())
 '''
-TORCH_DELAY_S = 40
+TORCH_DELAY_S = 25          # the line must show within 15 s of the first visit, long before torch is in
 TITLE = re.compile(r"^Where does the model look\?$")          # Explore's title (case matters: the line says it too)
 
 

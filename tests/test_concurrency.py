@@ -146,3 +146,29 @@ def test_result_cache_bounds_ttl_and_single_flight():
     with pytest.raises(ZeroDivisionError):
         cache.get_or_compute("bad", lambda: 1 / 0)
     assert cache.get_or_compute("bad", lambda: 7) == 7
+
+
+def test_the_capture_cache_is_bounded_by_its_captures_memory(adapter, images):
+    """``Capture.nbytes`` counts the attentions (L·H·T² floats, by the shapes) and grows by the gradients a
+    backward adds; an engine whose captures may take 1.5 such captures keeps the newest one only, with room
+    for three it keeps both (entries alone would allow 256)."""
+    (d1, im1), (d2, im2) = images
+    cap = Engine().capture(adapter, d1, im1).capture
+    base = cap.nbytes()
+    attn = sum(a.numel() * a.element_size() for a in cap.attentions)
+    L, (H, T, _) = len(cap.attentions), cap.attentions[0].shape
+    assert attn == L * H * T * T * 4 and base >= attn
+    top = int(cap.scores.argmax())
+    cap.attention_grads(top)
+    added = sum(g.numel() * g.element_size() for gs in cap._grads[top].values() for g in gs)
+    assert cap.nbytes() - base == added >= L * H * T * T * 4
+
+    small = Engine(capture_entries=256, capture_bytes=int(1.5 * base))
+    small.capture(adapter, d1, im1)
+    small.capture(adapter, d2, im2)
+    assert not small.has_capture(adapter, d1) and small.has_capture(adapter, d2)
+    roomy = Engine(capture_entries=256, capture_bytes=3 * base)
+    roomy.capture(adapter, d1, im1)
+    roomy.capture(adapter, d2, im2)
+    assert roomy.has_capture(adapter, d1) and roomy.has_capture(adapter, d2)
+    assert roomy.captures.nbytes() == sum(roomy.captures.peek(k).capture.nbytes() for k in list(roomy.captures._data))

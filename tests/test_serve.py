@@ -295,7 +295,7 @@ def test_serve_named_but_unreachable_is_one_sentence(monkeypatch):
 def test_a_later_request_waiting_age_seconds_goes_ahead_of_newer_first_requests(age):
     """A steady stream of first requests (new images), faster than the fake model serves them: without
     ``age`` a later request (a backward) runs after the whole stream; with it, once it has waited ``age``
-    seconds it joins the first requests waiting then and runs before the ones that came after."""
+    seconds and the stream's work has earned it credit (its ``share``), it goes ahead of first requests."""
     ran = []
 
     def slow(payloads):
@@ -315,6 +315,29 @@ def test_a_later_request_waiting_age_seconds_goes_ahead_of_newer_first_requests(
         assert ran[-1] == "later" and not later.promoted
     else:
         assert later.promoted and ran.index("later") < ran.index("f11") and ran.index("later") <= 8
+
+
+def test_later_work_gets_its_share_of_the_model_while_new_images_always_wait():
+    """Deficit round robin (``share`` 0.25): 30 new images wait from the start, each 0.10 s of model work;
+    three later requests, 0.15 s each, aged after 0.2 s. Each new image's run earns the waiting later work
+    0.10 · 0.25 / 0.75 s of credit and a later run costs 0.15 s, so (credit strictly positive to go ahead)
+    after the first one four new images run between two later ones: 0.15 / (0.15 + 0.40), about a quarter
+    of the model's time, and all three run long before the new images are done."""
+    ran = []
+
+    def slow(payloads):
+        time.sleep(0.15 if payloads[0].startswith("b") else 0.10)
+        ran.append(payloads[0])
+        return payloads
+    batcher = Batcher(slow, max_batch=1, window=0.0, age=0.2, share=0.25)
+    later = [batcher.submit(f"b{i}") for i in range(3)]
+    firsts = [batcher.submit(f"f{i}", first=True) for i in range(30)]
+    for r in [*later, *firsts]:
+        batcher.wait(r)
+    at = [ran.index(f"b{i}") for i in range(3)]
+    assert all(r.promoted for r in later) and not any(r.promoted for r in firsts)
+    assert at[1] - at[0] == at[2] - at[1] == 5, ran
+    assert at[2] < 20, ran
 
 
 def test_with_a_spare_lane_later_work_takes_one_lane_and_a_new_image_finds_the_other():

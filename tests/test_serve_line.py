@@ -38,15 +38,28 @@ def test_one_piece_of_work_at_a_time():
     assert asyncio.run(main()) == 1
 
 
-def test_a_backward_that_waited_its_age_goes_ahead():
-    async def main():
-        line, order = _Line(age=0.4), []
-        await line.arrive()                                       # a forward that never leaves the line
-        t0 = time.monotonic()
-        await asyncio.wait_for(line.run(order.append, "backward"), 5)
-        return order, time.monotonic() - t0
-    order, waited = asyncio.run(main())
-    assert order == ["backward"] and 0.4 <= waited < 2.0
+def test_a_backward_that_waited_its_age_takes_its_share_of_a_stream_of_forwards():
+    """New images' forwards keep coming (one always waits): without ``age`` a backward waits for the whole
+    stream; with it, once it has waited ``age`` seconds and new images' work has earned it credit
+    (``share`` 0.25: a third of their run time), it goes ahead of the forwards still waiting."""
+    async def main(age):
+        line, order = _Line(age=age, share=0.25), []
+        await line.arrive()                                       # a new image always waits from here on
+
+        async def stream():
+            for i in range(12):
+                await line.arrive()
+                await line.run(lambda i=i: (time.sleep(0.1), order.append(f"f{i}")), forward=True)
+                await line.leave()
+        backward = asyncio.create_task(line.run(order.append, "backward"))
+        await stream()
+        await line.leave()
+        await asyncio.wait_for(backward, 5)
+        return order
+    assert asyncio.run(main(None))[-1] == "backward"
+    order = asyncio.run(main(0.3))
+    # aged after 0.3 s (three forwards), credit from the next forward on: ahead of the rest of the stream
+    assert 3 <= order.index("backward") <= 6, order
 
 
 def test_many_pages_at_once_on_one_replica_without_ray(saved_models, monkeypatch):

@@ -10,9 +10,10 @@ waiting: those go first. The batch's graph then waits for its backward as a requ
 behind every new image, while fewer than ``hold`` images' graphs wait (about 140 MB each for ViT-B/16);
 beyond that the graph is given up, and a page's class-specific map (relevance, the default) becomes a
 later request (:func:`~.batched.run_batch`: that image's forward and backward again, batched with
-others). A capture keeps no graph in any case. A backward that has waited ``age`` seconds (10) goes ahead
-of new images arriving after that, so a steady stream of them (more students than the cores serve)
-cannot starve the class-specific maps.
+others). A capture keeps no graph in any case. A backward that has waited ``age`` seconds (10) may go ahead
+of waiting new images for ``share`` (a tenth) of the model's time (:class:`~attnviz.queue.Share`), so a
+steady stream of them (more students than the cores serve) cannot starve the class-specific maps, nor
+those the new images' first maps.
 
 The app reads the batch size and wait window from ``ATTNVIZ_BATCH`` and ``ATTNVIZ_BATCH_WINDOW_MS``
 (``ui/settings.py``; README "Batching a burst").
@@ -35,7 +36,8 @@ WINDOW_S = 0.05        # how long a lone request waits for batch-mates (README "
 HOLD = 8               # images whose forward graph may wait for its backward (ATTNVIZ_GRAPH_HOLD; see auto_hold)
 HOLD_MEMORY_SHARE = 0.25   # the share of available memory held graphs may take when ATTNVIZ_GRAPH_HOLD is unset
 HOLD_MAX = 64
-AGE_S = 10.0           # a backward waiting this long goes ahead of new images (ATTNVIZ_BATCH_AGE_S)
+AGE_S = 10.0           # a backward waiting this long may go ahead of new images, within SHARE (ATTNVIZ_BATCH_AGE_S)
+SHARE = 0.1            # ... of the model's time while new images wait (queue.Share; ATTNVIZ_BACKWARD_SHARE)
 SPARE = 0              # lanes kept for new images' forwards (ATTNVIZ_SPARE_LANES; measured: off by default)
 SPARE_S = 5.0          # ... while a new image came within this many seconds (after a burst, backwards get all)
 ALONE_THREADS = 0      # threads for model work that runs alone (ATTNVIZ_ALONE_THREADS; 0: the lane's own)
@@ -55,7 +57,7 @@ class ModelServer:
 
     def __init__(self, adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
                  log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S, spare: int = SPARE,
-                 alone_threads: int = ALONE_THREADS):
+                 alone_threads: int = ALONE_THREADS, share: float = SHARE):
         self.adapter, self.log, self.hold = adapter, log, int(hold)
         self.alone_threads = max(0, int(alone_threads))
         self._log_lock = threading.Lock()
@@ -65,7 +67,7 @@ class ModelServer:
         self.batcher = Batcher(self._run_batch, max_batch=max_batch, window=window,
                                lanes=lanes, lock=lock, name=f"attnviz-batch-{getattr(adapter, 'name', 'model')}",
                                on_batch=self._write_log if log else None, after=self._after, age=age,
-                               spare=spare, spare_s=SPARE_S)
+                               spare=spare, spare_s=SPARE_S, share=share)
 
     @contextmanager
     def _threads(self) -> Iterator[None]:
@@ -242,7 +244,7 @@ def auto_hold(adapter, available: Optional[int] = None) -> int:
 
 def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
                   log: Optional[str] = None, hold: Optional[int] = HOLD, age: Optional[float] = AGE_S,
-                  spare: int = SPARE, alone_threads: int = ALONE_THREADS) -> Optional[ModelServer]:
+                  spare: int = SPARE, alone_threads: int = ALONE_THREADS, share: float = SHARE) -> Optional[ModelServer]:
     """Give ``adapter`` its :class:`ModelServer` (``adapter.server``) when its family batches and
     ``max_batch`` is above 1; else None (the app keeps its one-image path). ``hold`` None: :func:`auto_hold`."""
     if not (batchable(adapter) and max_batch > 1):
@@ -250,5 +252,5 @@ def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW
         return None
     adapter.server = ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes, log=log,
                                  hold=auto_hold(adapter) if hold is None else hold,
-                                 age=age, spare=spare, alone_threads=alone_threads)
+                                 age=age, spare=spare, alone_threads=alone_threads, share=share)
     return adapter.server

@@ -35,8 +35,9 @@ from typing import Any, Callable, Optional
 
 from ray import serve
 
+from ..queue import Share
 from .batched import Forward, Work, run_batch, run_forward
-from .local import AGE_S, HOLD
+from .local import AGE_S, HOLD, SHARE
 
 APP_NAME = "attnviz"
 MAX_BATCH, WINDOW_S, CACHE = 8, 0.05, 18
@@ -58,12 +59,15 @@ def digest_of(inputs: dict[str, Any]) -> str:
 class _Line:
     """One piece of model work at a time on a replica, new images' forwards first: other work (a held
     graph's backward, a forward and backward made again) starts only while no new image waits for its
-    forward, or once it has waited ``age`` seconds. ``forwards`` counts the new images waiting (from their
-    request's arrival, before ``@serve.batch`` gathers them) or running."""
+    forward, or, once it has waited ``age`` seconds, within its ``share`` of the replica's time
+    (:class:`~attnviz.queue.Share`, the app's own line's rule). ``forwards`` counts the new images waiting
+    (from their request's arrival, before ``@serve.batch`` gathers them) or running."""
 
-    def __init__(self, age: Optional[float]):
+    def __init__(self, age: Optional[float], share: float = SHARE):
         self.age = age
+        self.share = Share(share)
         self.forwards = 0
+        self._others: list[float] = []    # when each piece of other work waiting now arrived
         self._busy = False
         self._cond: Optional[asyncio.Condition] = None
         # its own thread: model work never waits for a thread of the event loop's shared pool
@@ -88,21 +92,37 @@ class _Line:
         """``fn(*args)`` in a thread once it is this work's turn (the event loop goes on gathering batches)."""
         t0 = time.monotonic()
 
+        def aged(since: float) -> bool:
+            return self.age is not None and time.monotonic() - since >= self.age
+
         def turn() -> bool:
-            aged = self.age is not None and time.monotonic() - t0 >= self.age
-            return not self._busy and (forward or self.forwards == 0 or aged)
+            if self._busy:
+                return False
+            if forward:                   # unless aged other work is due its share
+                return not (self.share.may_go_ahead() and any(aged(t) for t in self._others))
+            return self.forwards == 0 or (aged(t0) and self.share.may_go_ahead())
         async with self.cond:
-            while not turn():
-                try:                      # woken when work ends; at most every 0.5 s to see the age rule
-                    await asyncio.wait_for(self.cond.wait(), 0.5)
-                except asyncio.TimeoutError:
-                    pass
+            if not forward:
+                self._others.append(t0)
+            try:
+                while not turn():
+                    try:                      # woken when work ends; at most every 0.5 s to see the age rule
+                        await asyncio.wait_for(self.cond.wait(), 0.5)
+                    except asyncio.TimeoutError:
+                        pass
+            finally:
+                if not forward:
+                    self._others.remove(t0)
             self._busy = True
+            ahead = not forward and self.forwards > 0                  # in its share, ahead of new images
+            contended = forward and any(aged(t) for t in self._others)  # new images while aged work waits
+        t1 = time.monotonic()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         finally:
             async with self.cond:
                 self._busy = False
+                self.share.ran(time.monotonic() - t1, ahead=ahead, contended=contended)
                 self.cond.notify_all()
 
 

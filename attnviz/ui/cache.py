@@ -11,11 +11,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Optional
 
 
 class ResultCache:
-    """``get_or_compute(key, fn)``: at most ``max_entries`` values, each kept ``ttl`` seconds.
+    """``get_or_compute(key, fn)``: at most ``max_entries`` values, each kept ``ttl`` seconds, and with
+    ``max_bytes`` and ``size`` (a value's bytes, asked again at each put: a capture grows as gradients are
+    added) the least recently used go while the values' sizes add up to more (the newest always stays).
 
     Two callers asking for the same missing key compute it once: the second
     waits for the first (a per-key lock), while other keys go ahead. A failed
@@ -23,10 +25,12 @@ class ResultCache:
     nothing.
     """
 
-    def __init__(self, max_entries: int, ttl: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, max_entries: int, ttl: float, clock: Callable[[], float] = time.monotonic,
+                 max_bytes: Optional[int] = None, size: Optional[Callable[[Any], int]] = None):
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries, self.ttl, self._clock = int(max_entries), float(ttl), clock
+        self.max_bytes, self._size = (int(max_bytes), size) if max_bytes is not None and size is not None else (None, None)
         self._data: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[Hashable, tuple[threading.Lock, int]] = {}
@@ -62,6 +66,18 @@ class ResultCache:
             self._expire()
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
+            if self.max_bytes is not None:
+                sizes = [self._size(v) for _, v in self._data.values()]   # oldest first
+                total, i = sum(sizes), 0
+                while total > self.max_bytes and len(self._data) > 1:
+                    self._data.popitem(last=False)
+                    total -= sizes[i]
+                    i += 1
+
+    def nbytes(self) -> int:
+        """The values' bytes by ``size`` now (0 without one)."""
+        with self._lock:
+            return sum(self._size(v) for _, v in self._data.values()) if self._size is not None else 0
 
     def clear(self) -> None:
         with self._lock:

@@ -49,8 +49,11 @@ class CaptureEntry:
 class Engine:
     """Cached captures and maps for any number of sessions and threads."""
 
-    def __init__(self, *, capture_entries: int = 6, result_entries: int = 256, ttl: float = 3600.0):
-        self.captures = ResultCache(capture_entries, ttl)
+    def __init__(self, *, capture_entries: int = 6, result_entries: int = 256, ttl: float = 3600.0,
+                 capture_bytes: Optional[int] = None):
+        # captures: at most ``capture_entries``, and their tensors within ``capture_bytes`` (None: no bound)
+        self.captures = ResultCache(capture_entries, ttl, max_bytes=capture_bytes,
+                                    size=lambda e: e.capture.nbytes())
         self.results = ResultCache(result_entries, ttl)
         self.jobs = Jobs()          # slow maps and checks, running in threads of their own (keyed like results)
 

@@ -35,10 +35,14 @@ BATCH_WINDOW_S = _env_int("ATTNVIZ_BATCH_WINDOW_MS", 50) / 1000
 # and computed again (serve.local). 0: never kept; "auto" (None here): a quarter of the available memory over
 # one graph's size, 8 to 64 (serve.local.auto_hold). Holding more lowers a burst's server CPU and its relevance
 # maps' wait but delays its first maps (forwards that keep a graph cost more): measured, README "Batching a burst".
-GRAPH_HOLD = None if os.environ.get("ATTNVIZ_GRAPH_HOLD", "").strip().lower() == "auto" else \
-    _env_int("ATTNVIZ_GRAPH_HOLD", 8, least=0)
-# A backward (a class-specific map) that has waited this long goes ahead of new images arriving after it.
+# Default "auto" since session 11: 100 students over a minute gave up 61 of 100 graphs with 8 and made them again
+# (1.05 CPU s an image against 0.49 for a held graph's backward; README "Batching a burst").
+_hold = os.environ.get("ATTNVIZ_GRAPH_HOLD", "auto").strip().lower()
+GRAPH_HOLD = None if _hold == "auto" else _env_int("ATTNVIZ_GRAPH_HOLD", 8, least=0)
+# A backward (a class-specific map) that has waited this long may go ahead of new images, within its share of the
+# model's time (percent, queue.Share): with more students than the cores serve, neither side starves.
 BATCH_AGE_S = float(_env_int("ATTNVIZ_BATCH_AGE_S", 10))
+BACKWARD_SHARE = min(90, _env_int("ATTNVIZ_BACKWARD_SHARE", 10, least=0)) / 100
 # Threads for model work that runs alone (no other lane busy, no request waiting): a lone student's forward and
 # backward then use every core instead of one lane's share (0: the lane's own; README "Running a classroom").
 ALONE_THREADS = _env_int("ATTNVIZ_ALONE_THREADS", min(CORES, TORCH_THREADS * MODEL_LANES + 1) if MODEL_LANES > 1 else 0,
@@ -49,7 +53,20 @@ SPARE_LANES = _env_int("ATTNVIZ_SPARE_LANES", 0, least=0)
 # keeps its attentions and one target's gradients (45 MB), so the same memory holds 3× as many. A class's
 # burst uploads 30 images within seconds: with fewer entries than students, the first ones' captures
 # left the cache before their next click and were made again, in line behind the burst (issue 23's load
-# test: 47 forwards for 31 images with 18 entries). 40 entries hold a class of 30 (at most 1.8 GB).
-CAPTURE_ENTRIES = _env_int("ATTNVIZ_CAPTURE_CACHE", 40 if BATCH_SIZE > 1 else 6)
+# test: 47 forwards for 31 images with 18 entries). With 40 entries, 100 students over a minute lost their
+# capture before their next click and waited behind the new images for a forward again (method switch p95 25.7 s,
+# 147 forwards for 100 images; session 11). So the cache is bounded by memory: its captures' tensors
+# (``Capture.nbytes``) within ATTNVIZ_CAPTURE_MEMORY_MB, by default a quarter of the memory available at start
+# (~130 ViT-B/16 captures with 24 GB), and at most ATTNVIZ_CAPTURE_CACHE entries (256 when batching; 6
+# otherwise: those captures keep their autograd graph, which the byte count does not see).
+CAPTURE_ENTRIES = _env_int("ATTNVIZ_CAPTURE_CACHE", 256 if BATCH_SIZE > 1 else 6)
+
+
+def _capture_bytes() -> int:
+    from ..tokens.budget import available_memory
+    return _env_int("ATTNVIZ_CAPTURE_MEMORY_MB", available_memory() // 4 >> 20) << 20
+
+
+CAPTURE_BYTES = _capture_bytes()
 BATCH_LOG = os.environ.get("ATTNVIZ_BATCH_LOG", "").strip() or None   # a JSON line per batch (attnviz loadtest)
 SERVE_APP = os.environ.get("ATTNVIZ_SERVE", "").strip() or None   # a Ray Serve application doing the model work

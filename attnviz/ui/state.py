@@ -29,7 +29,7 @@ from ..serve.remote import RemoteModel
 from .cache import ResultCache
 from .compute import Engine
 # the server's settings from the environment (no Streamlit there: `attnviz bench --app` reads them too)
-from .settings import SERVE_APP, BATCH_LOG, BATCH_SIZE, BATCH_WINDOW_S, CACHE_TTL, CAPTURE_ENTRIES, CORES, GRAPH_HOLD, BATCH_AGE_S, MODEL_LANES, SPARE_LANES, ALONE_THREADS, RESULT_ENTRIES, TORCH_THREADS, _env_int  # noqa: F401
+from .settings import SERVE_APP, BACKWARD_SHARE, BATCH_LOG, BATCH_SIZE, BATCH_WINDOW_S, CACHE_TTL, CAPTURE_BYTES, CAPTURE_ENTRIES, CORES, GRAPH_HOLD, BATCH_AGE_S, MODEL_LANES, SPARE_LANES, ALONE_THREADS, RESULT_ENTRIES, TORCH_THREADS, _env_int  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
@@ -61,7 +61,8 @@ def custom_models_allowed() -> bool:
 @st.cache_resource(show_spinner=False)
 def engine() -> Engine:
     """The one compute engine of this process (bounded caches of captures and maps)."""
-    return Engine(capture_entries=CAPTURE_ENTRIES, result_entries=RESULT_ENTRIES, ttl=CACHE_TTL)
+    return Engine(capture_entries=CAPTURE_ENTRIES, result_entries=RESULT_ENTRIES, ttl=CACHE_TTL,
+                  capture_bytes=CAPTURE_BYTES)
 
 
 @st.cache_resource(show_spinner=False)
@@ -85,7 +86,7 @@ def _model(spec: str):
     adapter.remote = RemoteModel(SERVE_APP) if SERVE_APP else None
     attach_server(adapter, max_batch=1 if SERVE_APP else BATCH_SIZE, window=BATCH_WINDOW_S, lanes=lanes,
                   log=BATCH_LOG, hold=GRAPH_HOLD, age=BATCH_AGE_S, spare=SPARE_LANES,
-                  alone_threads=ALONE_THREADS)
+                  alone_threads=ALONE_THREADS, share=BACKWARD_SHARE)
     torch.set_num_threads(TORCH_THREADS)     # process-wide: script threads started from now on use it
     # One line per load in the server's log: a teacher (and `attnviz loadtest`) can see it happened once.
     server = getattr(adapter, "server", None)
