@@ -462,16 +462,15 @@ def _graph_bytes(adapter, image) -> int:
 
 def test_an_auto_graph_hold_is_a_share_of_memory_over_one_graph(deit):
     """``ATTNVIZ_GRAPH_HOLD=auto``: a quarter of the available memory over one image's graph as the model's own
-    estimate puts it at its native size (weights aside), clamped to 8..64; the app's server gets it (hold None).
+    estimate puts it at its native size (``graph_bytes``), clamped to 8..64; the app's server gets it (hold None).
     The estimate is checked against the bytes autograd really saves for one image's forward: never below them
-    (the hold must not overrun memory), at most 3× above (measured on ViT-B/16 at 224²: 89 MB saved against
-    198 MB estimated)."""
+    (the hold must not overrun memory), at most 15 % above (the relevance's peak less the weights, used before,
+    was about 2× above: 198 against 89 MB on ViT-B/16 at 224²)."""
     import attnviz.serve.local as local
 
-    weights = sum(p.numel() * p.element_size() for p in deit.model.parameters())
-    per = deit.estimate(deit.native_size).relevance_bytes - weights
+    per = deit.estimate(deit.native_size).graph_bytes
     saved = _graph_bytes(deit, _images(1, seed=5)[0])
-    assert saved <= per <= 3 * saved
+    assert saved <= per <= 1.15 * saved, (saved, per)
     for k in (8, 13, 40, 64):
         assert local.auto_hold(deit, available=int(k * per / local.HOLD_MEMORY_SHARE) + 1) == k
     assert local.auto_hold(deit, available=per) == local.HOLD                    # a small machine: the floor

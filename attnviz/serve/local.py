@@ -34,7 +34,10 @@ from .batched import Forward, Work, batch_key, batchable, run_batch, run_forward
 MAX_BATCH = 4          # the app's default (ui/settings.py, measured: README "Batching a burst")
 WINDOW_S = 0.05        # how long a lone request waits for batch-mates (README "Batching a burst")
 HOLD = 8               # images whose forward graph may wait for its backward (ATTNVIZ_GRAPH_HOLD; see auto_hold)
-HOLD_MEMORY_SHARE = 0.25   # the share of available memory held graphs may take when ATTNVIZ_GRAPH_HOLD is unset
+# The share of available memory held graphs may take with ATTNVIZ_GRAPH_HOLD=auto (the default). An eighth: ViT-B/16
+# then holds 30 graphs with 22 GB available; a quarter (64) measured worse first maps for 100 students over a
+# minute (p95 15.1 s against 7.8 and 9.7 s with 30) and no less server CPU (216.9 against 194.8 and 221.2 s).
+HOLD_MEMORY_SHARE = 0.125
 HOLD_MAX = 64
 AGE_S = 10.0           # a backward waiting this long may go ahead of new images, within SHARE (ATTNVIZ_BATCH_AGE_S)
 SHARE = 0.1            # ... of the model's time while new images wait (queue.Share; ATTNVIZ_BACKWARD_SHARE)
@@ -222,14 +225,16 @@ class _CaptureGrads:
 
 
 def auto_hold(adapter, available: Optional[int] = None) -> int:
-    """How many images' forward graphs the line may hold with ``ATTNVIZ_GRAPH_HOLD=auto``: a quarter of
+    """How many images' forward graphs the line may hold with ``ATTNVIZ_GRAPH_HOLD=auto``: an eighth of
     the memory available now (``available``, bytes) over one image's graph at the model's native input size,
-    as its ``estimate`` of a capture with gradients puts it (the weights aside: an upper bound, about 2× the
-    tensors autograd really saves, tests/test_serve.py), between :data:`HOLD` and :data:`HOLD_MAX`;
-    :data:`HOLD` where the family has no estimate. ViT-B/16 (about 0.2 GB a graph) with 24 GB available: 30; with 6 GB: 8. Measured in
-    three pairs of 5-s bursts of 30 (README "Batching a burst"): holding every graph cut the server CPU by
-    4–19 % and the relevance maps' p95 by 6–28 %, for 1.3–1.4 GB more memory, but the first maps' p95 was
-    the same or later (forwards that keep a graph cost more), so it is not the default."""
+    as its ``estimate`` puts it (``Cost.graph_bytes``: the tensors autograd saves, checked against a measurement
+    in tests/test_serve.py; before session 11 the relevance's peak less the weights, about 2× that), between
+    :data:`HOLD` and :data:`HOLD_MAX`; :data:`HOLD` where the family has no estimate. ViT-B/16 (89 MB a graph)
+    with 22 GB available: 30; with 5 GB: 8. Measured (README "Batching a burst"): in 5-s bursts of 30, holding
+    every graph cut the server CPU by 4–19 % and the relevance maps' p95 by 6–28 % against 8, for 1.3–1.4 GB more
+    memory, but the first maps' p95 was the same or later (forwards that keep a graph cost more); with 100
+    students over a minute 8 gave 61 of 100 graphs up (made again at twice the cost), 30 about 30, 64 about 12
+    but with later first maps (:data:`HOLD_MEMORY_SHARE`)."""
     from ..tokens.budget import available_memory
 
     side = getattr(adapter, "native_size", None)
@@ -237,7 +242,7 @@ def auto_hold(adapter, available: Optional[int] = None) -> int:
     if cost is None:
         return HOLD
     weights = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
-    per = max(1, cost.relevance_bytes - weights)                                 # one image's graph, bytes
+    per = max(1, cost.graph_bytes or cost.relevance_bytes - weights)             # one image's graph, bytes
     avail = available_memory() if available is None else int(available)
     return int(min(HOLD_MAX, max(HOLD, HOLD_MEMORY_SHARE * avail // per)))
 

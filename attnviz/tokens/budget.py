@@ -108,6 +108,7 @@ class Cost:
     rollout_bytes: int              # peak memory of the rollout
     relevance_bytes: int            # peak memory of the relevance (the larger)
     available_bytes: int
+    graph_bytes: int = 0            # what autograd keeps of one forward for its backward (0: not estimated)
 
     @property
     def fits(self) -> bool:
@@ -122,10 +123,10 @@ class Cost:
 
 
 def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, path: str,
-               weights_bytes: int = 0, checkpointed: int = 0) -> Cost:
+               weights_bytes: int = 0, checkpointed: int = 0, pixels: int = 0) -> Cost:
     """Cost of a plain ViT-style tower: ``layers`` × (``heads``, ``width`` D, MLP ``hidden`` I) on ``tokens``;
     ``checkpointed``: how many blocks a capture with gradients checkpoints (the backward recomputes them;
-    True: all)."""
+    True: all); ``pixels``: the input's values (3·h·w)."""
     checkpointed = layers if checkpointed is True else int(checkpointed)
     t, d = tokens, width
     act = t * (10 * d + 2 * hidden) * FLOAT                                     # per layer, kept for backward
@@ -153,7 +154,17 @@ def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, pa
     fwd = layers * (linear + attn) / rate
     roll = fwd + layers * (2 * t * t * d) / rate * (1 if path == "rows" else 0.2)
     rel = (3 + checkpointed / layers) * fwd + layers * (4 * t * t * d) / rate * (1 if path == "rows" else 0.3)
-    return Cost(t, path, fwd, roll, rel, int(rollout_b), int(relevance_b), available_memory())
+    if path == "full":
+        # What autograd saves of one forward for its backward, the parameters taking no gradient (the linear
+        # layers then keep no input): per layer the two LayerNorms' inputs, q, k, v, the attention (softmax
+        # output, also the A·V product's operand) and the GELU's input, T·(5D + I) + H·T² floats, and each
+        # LayerNorm's mean and 1/std (2T); plus the embeddings' output, the last LayerNorm's input and the pixels
+        # (the input takes a gradient). Measured with saved-tensor hooks (tests/test_serve.py): ViT-B/16 at 224²,
+        # 88.96 MB saved, 88.96 estimated.
+        graph_b = (layers * (t * (5 * d + hidden) + heads * t * t + 4 * t) + 2 * t * d + 2 * t + pixels) * FLOAT
+    else:
+        graph_b = relevance_b - weights_bytes          # checkpointed blocks: the relevance peak bounds it
+    return Cost(t, path, fwd, roll, rel, int(rollout_b), int(relevance_b), available_memory(), int(graph_b))
 
 
 def window_cost(blocks: Sequence[tuple[int, int, int, int]], weights_bytes: int = 0) -> Cost:

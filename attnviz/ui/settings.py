@@ -32,7 +32,7 @@ BATCH_SIZE = _env_int("ATTNVIZ_BATCH", 4)
 BATCH_WINDOW_S = _env_int("ATTNVIZ_BATCH_WINDOW_MS", 50) / 1000
 # A new image's forward is handed out before its backward; while other new images wait, up to GRAPH_HOLD
 # images' forward graphs (about 0.2 GB each for ViT-B/16) wait for their backward instead of being given up
-# and computed again (serve.local). 0: never kept; "auto" (None here): a quarter of the available memory over
+# and computed again (serve.local). 0: never kept; "auto" (None here): an eighth of the available memory over
 # one graph's size, 8 to 64 (serve.local.auto_hold). Holding more lowers a burst's server CPU and its relevance
 # maps' wait but delays its first maps (forwards that keep a graph cost more): measured, README "Batching a burst".
 # Default "auto" since session 11: 100 students over a minute gave up 61 of 100 graphs with 8 and made them again
