@@ -237,18 +237,12 @@ class Batcher:
     (issue 23, session 9) an aged request joined the first requests outright: with 100 students over a
     minute, every backward aged and new images' first maps waited behind them (p95 28 s against 5.3 s now).
 
-    ``spare`` (lanes, with ``lanes`` above 1): lanes kept for new ``first`` requests. Other work (later
-    requests, promoted ones, and an ``after`` that works) runs on at most ``lanes - spare`` lanes at once
-    (at least one), so a new first request never waits for more than the batch of first requests ahead of it
-    (a classroom burst: a backward pass of four images on one core takes seconds; issue 23). ``spare_s``
-    (None: always): the spare lanes are kept only while a new first request arrived within that many
-    seconds; after a burst, other work gets every lane again.
+    (Lanes kept for new images, ``spare``, were measured in sessions 9 and 11, never helped and were removed:
+    the share's one-batch-at-a-time rule keeps a lane for new images where it matters.)
 
     ``after(values, idle)``, when given, runs once a batch's results are handed out, still holding the
-    batch's lane: ``idle`` says whether no ``first`` request (promoted ones aside) is waiting then and a
-    lane for other work is free (the model's follow-up work for that batch, such as the backward its
-    forward prepared, runs only when it delays no one's first map); with ``idle`` the lane counts as running
-    other work until ``after`` returns.
+    batch's lane: ``idle`` says whether no new ``first`` request is waiting then (the model's follow-up work
+    for that batch, such as the backward its forward prepared, runs only when it delays no one's first map).
     It must not raise; it is told of every batch that produced results.
 
     ``stats()`` reports the batch sizes and queue waits seen so far; ``on_batch(requests, seconds)`` is
@@ -263,7 +257,7 @@ class Batcher:
                  lock: Optional[TurnLock] = None, name: str = "batcher", history: int = 4096,
                  on_batch: Optional[Callable[[list, float], None]] = None,
                  after: Optional[Callable[[list, bool], None]] = None, age: Optional[float] = None,
-                 spare: int = 0, spare_s: Optional[float] = None, share: float = 0.1):
+                 share: float = 0.1):
         if max_batch < 1 or lanes < 1 or window < 0:
             raise ValueError("a Batcher needs max_batch >= 1, lanes >= 1 and window >= 0")
         self._run, self.max_batch, self.window, self.lanes = run, int(max_batch), float(window), int(lanes)
@@ -271,10 +265,6 @@ class Batcher:
         self.age = age
         self.share = Share(share)                  # later work's part of the model while new images wait
         self._ahead = 0                            # batches running now that went ahead of new images by it
-        self._other_max = max(1, self.lanes - max(0, int(spare)))   # lanes that may run other work at once
-        self._other = 0                            # lanes running other work now (see ``spare``)
-        self.spare_s = spare_s
-        self._last_new = float("-inf")             # when the last new first request arrived
         self._cond = threading.Condition(threading.Lock())
         self._line: list[Request] = []             # waiting, in service order (first requests ahead)
         self._running = 0                          # requests in batches being run now
@@ -289,8 +279,6 @@ class Batcher:
         with self._cond:
             req = Request(payload, key, first, self._seq)
             self._seq += 1
-            if first:
-                self._last_new = time.monotonic()
             at = sum(1 for r in self._line if r.first) if first else len(self._line)
             self._line.insert(at, req)
             self._start_workers()
@@ -375,7 +363,7 @@ class Batcher:
 
     @staticmethod
     def _new(r: Request) -> bool:
-        """A new first request (not a later one promoted by ``age``): what ``spare`` lanes are kept for."""
+        """A new first request (not a later one that went ahead by its share)."""
         return r.first and not r.promoted
 
     def _aged(self) -> Optional[Request]:
@@ -388,12 +376,11 @@ class Batcher:
     def _ready(self) -> tuple[list[Request], Optional[float]]:
         """(the batch to run now, or [] and how long to wait for more). A helper, so that a worker
         waiting for work holds no reference to a request another worker has taken (nor its result)."""
-        kept = self._spare_kept()
-        line = [r for r in self._line if self._new(r)] if kept else self._line
-        if not line:                               # only other work waits, and its lanes are busy
-            return [], (None if self.spare_s is None else max(0.01, self._last_new + self.spare_s - time.monotonic()))
+        line = self._line
+        if not line:
+            return [], None
         head = line[0]
-        aged = self._aged() if head.first and not kept else None
+        aged = self._aged() if head.first else None
         if aged is not None and self.share.may_go_ahead() and not self._ahead:
             head = aged                            # later work's share of the model: ahead of the new images
             # (one such batch at a time: its credit is charged when it ends, and another lane stays for them)
@@ -416,7 +403,6 @@ class Batcher:
                 ahead = any(r.promoted for r in batch)      # later work in its share, ahead of new images
                 self._ahead += ahead
                 contended = not other and self._aged() is not None   # new images' work while later work waits
-                self._other += other
                 now = time.monotonic()
                 for r in batch:
                     r.started, r.batch_size = now, len(batch)
@@ -426,10 +412,8 @@ class Batcher:
                 del self.batch_sizes[:-self.history], self.queue_waits[:-self.history]
             seconds = 0.0
             try:
-                seconds = self._serve(batch, other)
+                seconds = self._serve(batch)
             finally:
-                if other:
-                    self._free_other()
                 with self._cond:
                     self._ahead -= ahead
                     self.share.ran(seconds, ahead=ahead, contended=contended)
@@ -438,20 +422,9 @@ class Batcher:
             # a capture's memory is the cache's to bound
             batch = r = None
 
-    def _spare_kept(self) -> bool:
-        """Whether other work must leave the spare lanes free now (called with the condition held)."""
-        return self._other >= self._other_max and (
-            self.spare_s is None or time.monotonic() - self._last_new < self.spare_s)
-
-    def _free_other(self) -> None:
-        with self._cond:
-            self._other -= 1
-            self._cond.notify_all()
-
-    def _serve(self, batch: list[Request], other: bool = False) -> float:
+    def _serve(self, batch: list[Request]) -> float:
         """Run one batch (holding the model's lane), hand each waiter its result or the error, then run
-        ``after`` in the same lane (``other``: the lane already counts as running other work). Returns the
-        batch's own run time (``after`` aside), seconds."""
+        ``after`` in the same lane. Returns the batch's own run time (``after`` aside), seconds."""
         t0 = time.monotonic()
         ran = 0.0
         values: Optional[list] = None
@@ -471,16 +444,11 @@ class Batcher:
             self._finish(batch)                   # the waiters go on now, before any follow-up work
             if self.after is not None:
                 with self._cond:
-                    idle = not any(self._new(r) for r in self._line) and (other or not self._spare_kept())
-                    took = idle and not other              # this lane now runs other work: counted
-                    self._other += took
+                    idle = not any(self._new(r) for r in self._line)
                 try:
                     self.after(values, idle)
                 except Exception:   # noqa: BLE001  (follow-up work is optional; its waiters fall back)
                     pass
-                finally:
-                    if took:
-                        self._free_other()
                 for r in batch:
                     r.after_cpu_s = time.thread_time() - c1
         except BaseException as exc:      # noqa: BLE001  (every waiter of this batch hears of it)

@@ -340,52 +340,6 @@ def test_later_work_gets_its_share_of_the_model_while_new_images_always_wait():
     assert at[2] < 20, ran
 
 
-def test_with_a_spare_lane_later_work_takes_one_lane_and_a_new_image_finds_the_other():
-    """Two lanes, one kept for new images (``spare=1``): two later requests (backwards) run one after the
-    other, never both at once, and a first request arriving meanwhile starts at once in the free lane;
-    ``after`` is told ``idle`` False while the other lane runs later work (its follow-up would take it too)."""
-    lock, running, peak, log, seen = threading.Lock(), [0], [0], [], []
-
-    def slow(payloads):
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-            log.append(("start", payloads[0], time.monotonic()))
-        time.sleep(0.3 if payloads[0].startswith("later") else 0.05)
-        with lock:
-            running[0] -= 1
-        return payloads
-    batcher = Batcher(slow, max_batch=1, window=0.0, lanes=2, spare=1, after=lambda v, idle: seen.append((v[0], idle)))
-    later = [batcher.submit(f"later{i}") for i in range(2)]
-    time.sleep(0.1)
-    t0 = time.monotonic()
-    new = batcher.submit("new", first=True)
-    assert batcher.wait(new) == "new"
-    assert time.monotonic() - t0 < 0.25                  # not behind a later request's 0.3 s
-    for r in later:
-        batcher.wait(r)
-    starts = {p: t for kind, p, t in log}
-    assert starts["later1"] - starts["later0"] >= 0.28   # one after the other: one lane for later work
-    assert ("new", False) in seen                        # the other lane ran later work meanwhile
-    without = Batcher(slow, max_batch=1, window=0.0, lanes=2, spare=0)
-    peak[0] = 0
-    for r in [without.submit(f"later{i}") for i in range(2)]:
-        without.wait(r)
-    assert peak[0] == 2                                  # spare 0: both lanes take later work, as before
-    after_burst = Batcher(slow, max_batch=1, window=0.0, lanes=2, spare=1, spare_s=1.5)
-    after_burst.wait(after_burst.submit("first", first=True))
-    later = [after_burst.submit(f"later{i}") for i in range(2)]
-    peak[0] = 0
-    for r in later:
-        after_burst.wait(r)
-    assert peak[0] == 1                                  # a new image came within spare_s: one lane for later work
-    time.sleep(1.6)
-    peak[0] = 0
-    for r in [after_burst.submit(f"later{i}") for i in range(2)]:
-        after_burst.wait(r)
-    assert peak[0] == 2                                  # none came within spare_s: later work gets both lanes
-
-
 def test_a_forward_without_a_graph_gives_the_same_captures_and_its_maps_come_from_a_new_request(deit):
     """A forward whose graph would be given up runs without one (``graph=False``): same attentions and scores
     as with the graph, no backward from it, and the relevance of its capture (a new forward + backward in

@@ -41,8 +41,6 @@ HOLD_MEMORY_SHARE = 0.125
 HOLD_MAX = 64
 AGE_S = 10.0           # a backward waiting this long may go ahead of new images, within SHARE (ATTNVIZ_BATCH_AGE_S)
 SHARE = 0.1            # ... of the model's time while new images wait (queue.Share; ATTNVIZ_BACKWARD_SHARE)
-SPARE = 0              # lanes kept for new images' forwards (ATTNVIZ_SPARE_LANES; measured: off by default)
-SPARE_S = 5.0          # ... while a new image came within this many seconds (after a burst, backwards get all)
 ALONE_THREADS = 0      # threads for model work that runs alone (ATTNVIZ_ALONE_THREADS; 0: the lane's own)
 
 
@@ -59,7 +57,7 @@ class ModelServer:
     """Batched captures of one adapter for every session and thread of the process."""
 
     def __init__(self, adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
-                 log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S, spare: int = SPARE,
+                 log: Optional[str] = None, hold: int = HOLD, age: Optional[float] = AGE_S,
                  alone_threads: int = ALONE_THREADS, share: float = SHARE):
         self.adapter, self.log, self.hold = adapter, log, int(hold)
         self.alone_threads = max(0, int(alone_threads))
@@ -70,7 +68,7 @@ class ModelServer:
         self.batcher = Batcher(self._run_batch, max_batch=max_batch, window=window,
                                lanes=lanes, lock=lock, name=f"attnviz-batch-{getattr(adapter, 'name', 'model')}",
                                on_batch=self._write_log if log else None, after=self._after, age=age,
-                               spare=spare, spare_s=SPARE_S, share=share)
+                               share=share)
 
     @contextmanager
     def _threads(self) -> Iterator[None]:
@@ -249,7 +247,7 @@ def auto_hold(adapter, available: Optional[int] = None) -> int:
 
 def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW_S, lanes: int = 1,
                   log: Optional[str] = None, hold: Optional[int] = HOLD, age: Optional[float] = AGE_S,
-                  spare: int = SPARE, alone_threads: int = ALONE_THREADS, share: float = SHARE) -> Optional[ModelServer]:
+                  alone_threads: int = ALONE_THREADS, share: float = SHARE) -> Optional[ModelServer]:
     """Give ``adapter`` its :class:`ModelServer` (``adapter.server``) when its family batches and
     ``max_batch`` is above 1; else None (the app keeps its one-image path). ``hold`` None: :func:`auto_hold`."""
     if not (batchable(adapter) and max_batch > 1):
@@ -257,5 +255,5 @@ def attach_server(adapter, *, max_batch: int = MAX_BATCH, window: float = WINDOW
         return None
     adapter.server = ModelServer(adapter, max_batch=max_batch, window=window, lanes=lanes, log=log,
                                  hold=auto_hold(adapter) if hold is None else hold,
-                                 age=age, spare=spare, alone_threads=alone_threads, share=share)
+                                 age=age, alone_threads=alone_threads, share=share)
     return adapter.server

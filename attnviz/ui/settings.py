@@ -47,8 +47,6 @@ BACKWARD_SHARE = min(90, _env_int("ATTNVIZ_BACKWARD_SHARE", 10, least=0)) / 100
 # backward then use every core instead of one lane's share (0: the lane's own; README "Running a classroom").
 ALONE_THREADS = _env_int("ATTNVIZ_ALONE_THREADS", min(CORES, TORCH_THREADS * MODEL_LANES + 1) if MODEL_LANES > 1 else 0,
                          least=0)
-# With two or more lanes, this many may be kept for new images' forwards (0: off; README "Where a burst's CPU goes").
-SPARE_LANES = _env_int("ATTNVIZ_SPARE_LANES", 0, least=0)
 # A capture of a family that does not batch keeps its autograd graph (~140 MB for ViT-B/16); a batched one
 # keeps its attentions and one target's gradients (45 MB), so the same memory holds 3× as many. A class's
 # burst uploads 30 images within seconds: with fewer entries than students, the first ones' captures

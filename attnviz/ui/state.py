@@ -29,7 +29,7 @@ from ..serve.remote import RemoteModel
 from .cache import ResultCache
 from .compute import Engine
 # the server's settings from the environment (no Streamlit there: `attnviz bench --app` reads them too)
-from .settings import SERVE_APP, BACKWARD_SHARE, BATCH_LOG, BATCH_SIZE, BATCH_WINDOW_S, CACHE_TTL, CAPTURE_BYTES, CAPTURE_ENTRIES, CORES, GRAPH_HOLD, BATCH_AGE_S, MODEL_LANES, SPARE_LANES, ALONE_THREADS, RESULT_ENTRIES, TORCH_THREADS, _env_int  # noqa: F401
+from .settings import SERVE_APP, BACKWARD_SHARE, BATCH_LOG, BATCH_SIZE, BATCH_WINDOW_S, CACHE_TTL, CAPTURE_BYTES, CAPTURE_ENTRIES, CORES, GRAPH_HOLD, BATCH_AGE_S, MODEL_LANES, ALONE_THREADS, RESULT_ENTRIES, TORCH_THREADS, _env_int  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
@@ -85,7 +85,7 @@ def _model(spec: str):
     # ATTNVIZ_SERVE: the model work goes to that Ray Serve application instead (serve.remote).
     adapter.remote = RemoteModel(SERVE_APP) if SERVE_APP else None
     attach_server(adapter, max_batch=1 if SERVE_APP else BATCH_SIZE, window=BATCH_WINDOW_S, lanes=lanes,
-                  log=BATCH_LOG, hold=GRAPH_HOLD, age=BATCH_AGE_S, spare=SPARE_LANES,
+                  log=BATCH_LOG, hold=GRAPH_HOLD, age=BATCH_AGE_S,
                   alone_threads=ALONE_THREADS, share=BACKWARD_SHARE)
     torch.set_num_threads(TORCH_THREADS)     # process-wide: script threads started from now on use it
     # One line per load in the server's log: a teacher (and `attnviz loadtest`) can see it happened once.
