@@ -103,6 +103,13 @@ def test_many_pages_at_once_on_one_replica_without_ray(saved_models, monkeypatch
     assert sum(forwards) == 12 and max(forwards) > 1
     assert "again" not in replica.kinds and replica.kinds.count("backward") == len(forwards)
     assert replica.held == 0
+    # the replica's cache is bounded by its captures' bytes too: room for the three most recently used
+    keys = list(replica.cache)                                    # least recently used first
+    sizes = [replica.cache[k].nbytes() for k in keys]
+    assert len(keys) == 12 and min(sizes) > 0
+    replica.cache_bytes = sum(sizes[-3:])
+    replica._bound_cache()
+    assert list(replica.cache) == keys[-3:] and set(replica._pending) <= set(keys[-3:])
 
 
 def test_a_remote_capture_knows_which_targets_gradients_came(saved_models):

@@ -40,7 +40,11 @@ from .batched import Forward, Work, run_batch, run_forward
 from .local import AGE_S, HOLD, SHARE
 
 APP_NAME = "attnviz"
-MAX_BATCH, WINDOW_S, CACHE = 8, 0.05, 18
+MAX_BATCH, WINDOW_S, CACHE = 8, 0.05, 64
+#: The share of the memory available when a replica starts that its captures' tensors may take (``Capture.nbytes``;
+#: ``cache_mb`` fixes it): ViT-B/16 captures are 45 MB, so an eighth of 22 GB holds the 64 of CACHE. With 18 (session
+#: 10) both replicas' caches were full within a 5-s burst of 30 and 38 forwards ran for 30 images.
+CACHE_MEMORY_SHARE = 0.125
 
 
 def summary(cap) -> dict[str, Any]:
@@ -131,8 +135,10 @@ class AttnvizModel:
 
     def __init__(self, model: Optional[str] = None, cache: int = CACHE, threads: int = 1,
                  max_batch: int = MAX_BATCH, window: float = WINDOW_S, hold: int = HOLD,
-                 age: Optional[float] = AGE_S):
+                 age: Optional[float] = AGE_S, cache_mb: Optional[int] = None):
         import torch
+
+        from ..tokens.budget import available_memory
 
         from ..loading import load_model
         torch.set_num_threads(max(1, int(threads)))
@@ -141,7 +147,8 @@ class AttnvizModel:
             batched.set_batch_wait_timeout_s(float(window))
         self.adapter = load_model(model or None)
         self.cache: OrderedDict[str, Any] = OrderedDict()
-        self.size = max(1, int(cache))
+        self.size = max(1, min(CACHE, int(cache)))     # Serve's router tracks at most CACHE claimed ids
+        self.cache_bytes = (int(cache_mb) << 20) if cache_mb else int(CACHE_MEMORY_SHARE * available_memory())
         self.hold, self.held = max(0, int(hold)), 0
         self.line = _Line(age)
         self.batches: list[int] = []
@@ -195,6 +202,17 @@ class AttnvizModel:
         Serve loads one multiplexed model at a time per replica and captures must batch."""
         return digest
 
+    def _bound_cache(self) -> None:
+        """At most ``size`` captures, their tensors within ``cache_bytes`` (the newest always stays): least
+        recently used first out."""
+        sizes = [c.nbytes() for c in self.cache.values()]           # oldest first
+        total = sum(sizes)
+        for n in sizes:
+            if len(self.cache) <= 1 or (len(self.cache) <= self.size and total <= self.cache_bytes):
+                break
+            self._pending.pop(self.cache.popitem(last=False)[0], None)
+            total -= n
+
     async def _capture(self, inputs: dict[str, Any]):
         key = digest_of(inputs)
         cap = self.cache.get(key)
@@ -209,8 +227,7 @@ class AttnvizModel:
             # another target's gradients, should a method ask for one not fetched below: this image alone
             cap._grad_fn = lambda t, inputs=inputs: run_batch(adapter, [Work(inputs, int(t))])[0]._grads[int(t)]
             self.cache[key] = cap
-            while len(self.cache) > self.size:
-                self._pending.pop(self.cache.popitem(last=False)[0], None)
+            self._bound_cache()
         self.cache.move_to_end(key)
         # after the capture, not before: the multiplexer claims one id at a time per replica, which would
         # hand new images to the batch one by one
@@ -261,14 +278,15 @@ class AttnvizModel:
 
 def app(args: dict[str, str]):
     """The application builder for ``serve run attnviz.serve.ray_app:app model=NAME replicas=2 batch=8
-    window_ms=50 cache=18 threads=1 cpus=1 hold=8 age_s=10``."""
+    window_ms=50 cache=64 cache_mb=… threads=1 cpus=1 hold=8 age_s=10`` (``cache_mb`` unset: an eighth of the
+    memory available when each replica starts)."""
     batch = int(args.get("batch", MAX_BATCH))
     dep = serve.deployment(AttnvizModel, name="AttnvizModel", num_replicas=int(args.get("replicas", 2)),
                            ray_actor_options={"num_cpus": float(args.get("cpus", 1))},
                            max_ongoing_requests=4 * batch)
     return dep.bind(args.get("model"), int(args.get("cache", CACHE)), int(args.get("threads", 1)), batch,
                     float(args.get("window_ms", WINDOW_S * 1000)) / 1000, int(args.get("hold", HOLD)),
-                    float(args.get("age_s", AGE_S)))
+                    float(args.get("age_s", AGE_S)), int(args["cache_mb"]) if args.get("cache_mb") else None)
 
 
 def deploy(model: Optional[str], *, name: str = APP_NAME, **kw):
