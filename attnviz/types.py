@@ -196,6 +196,7 @@ class Capture:
         inputs; each storage once). An autograd graph a gradient function may still keep is not counted: a
         cache bounded by this should also bound its entries (``ui.cache.ResultCache``)."""
         seen: set[int] = set()
+        objects: set[int] = set()
         total = 0
         todo: list[Any] = [self.scores, self.attentions, self.cross_attentions, self.inputs, self.readout,
                            self.stages, self.extras, self._grads]
@@ -210,6 +211,9 @@ class Capture:
                 todo.extend(x.values())
             elif isinstance(x, (list, tuple)):
                 todo.extend(x)
+            elif hasattr(x, "__dataclass_fields__") and id(x) not in objects:
+                objects.add(id(x))      # e.g. the chunked path's per-layer ``QK`` rows (q, k, v, lse, bias)
+                todo.extend(getattr(x, f, None) for f in x.__dataclass_fields__)
         return total
 
 

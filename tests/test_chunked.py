@@ -165,8 +165,14 @@ def test_chunked_capture_holds_no_token_by_token_tensor(photo):
     t = cap.layout.n_tokens
     kept = [x for a in cap.attentions for x in (a.q, a.k, a.v, a.bias) if x is not None]
     assert kept and max(x.numel() for x in kept) < t * t // 4
+    # the capture cache's byte count (Capture.nbytes) sees the rows' q and k: at least 2·L·H·T·d floats beside
+    # the pixels
+    h, _, d = cap.attentions[0].q.shape
+    pixels = cap.inputs["pixel_values"].numel() * 4
+    assert cap.nbytes() >= pixels + 2 * len(cap.attentions) * h * t * d * 4
     ad.attention_path = "full"
-    assert ad.capture(_inputs(ad, photo), grads=False).attentions[0].shape == (4, t, t)
+    full = ad.capture(_inputs(ad, photo), grads=False)
+    assert full.attentions[0].shape == (4, t, t) and full.nbytes() >= len(full.attentions) * 4 * t * t * 4
 
 
 def test_radix_select_finds_the_kth_offdiagonal_value():
