@@ -330,8 +330,9 @@ def test_later_work_gets_its_share_of_the_model_while_new_images_always_wait():
         ran.append(payloads[0])
         return payloads
     batcher = Batcher(slow, max_batch=1, window=0.0, age=0.2, share=0.25)
-    later = [batcher.submit(f"b{i}") for i in range(3)]
+    # the new images first: a later request alone in line would be taken at once (nothing to go ahead of)
     firsts = [batcher.submit(f"f{i}", first=True) for i in range(30)]
+    later = [batcher.submit(f"b{i}") for i in range(3)]
     for r in [*later, *firsts]:
         batcher.wait(r)
     at = [ran.index(f"b{i}") for i in range(3)]
