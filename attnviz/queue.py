@@ -202,21 +202,21 @@ class Share:
     cores serve, new images then keep ``1 - share`` of the model and later work gets ``share``: neither starves.
     No threads here (the caller holds its own lock)."""
 
-    def __init__(self, share: float = 0.25, cap: float = 30.0):
+    def __init__(self, share: float, cap: float = 30.0):
         if not 0.0 <= share < 1.0:
             raise ValueError("a Share must be at least 0 and below 1")
         self.share, self.cap, self.credit = float(share), float(cap), 0.0
 
     def may_go_ahead(self) -> bool:
         """Whether later work may run now ahead of waiting new images."""
-        return self.share > 0 and self.credit > 0
+        return self.credit > 0                  # credit only grows with a share above 0
 
     def ran(self, seconds: float, *, ahead: bool = False, contended: bool = False) -> None:
         """Account ``seconds`` of model work: later work that went ahead (``ahead``) pays for it; new images'
         work run while aged later work waited (``contended``) earns it credit."""
         if ahead:
             self.credit -= seconds
-        elif contended and self.share > 0:
+        elif contended:
             self.credit = min(self.cap, self.credit + seconds * self.share / (1.0 - self.share))
 
 
@@ -391,8 +391,6 @@ class Batcher:
                 for r in same[: self.max_batch]:
                     r.promoted = True
             return same[: self.max_batch], 0.0
-        if aged is not None and self.age is not None:  # wake when the credit may allow it (or more come)
-            left = min(left, max(0.01, self.every))
         return [], left
 
     def _work(self) -> None:

@@ -171,4 +171,15 @@ def test_the_capture_cache_is_bounded_by_its_captures_memory(adapter, images):
     roomy.capture(adapter, d1, im1)
     roomy.capture(adapter, d2, im2)
     assert roomy.has_capture(adapter, d1) and roomy.has_capture(adapter, d2)
-    assert roomy.captures.nbytes() == sum(roomy.captures.peek(k).capture.nbytes() for k in list(roomy.captures._data))
+
+
+def test_lru_trim_by_entries_then_by_bytes_keeps_the_newest():
+    """A hand-built line of five values (oldest first) of 5, 1, 4, 3, 2 bytes: at most four entries drops the
+    oldest (5); at most 6 bytes then drops 1 and 4 (3 + 2 = 5 left); a bound below the newest keeps it alone."""
+    from collections import OrderedDict
+
+    from attnviz.lru import trim
+    d = OrderedDict(zip("abcde", (5, 1, 4, 3, 2)))
+    assert trim(d, 4, 6, size=lambda v: v) == ["a", "b", "c"] and list(d) == ["d", "e"]
+    assert trim(d, 4, 1, size=lambda v: v) == ["d"] and list(d) == ["e"]
+    assert trim(d, 4, 1, size=lambda v: v) == [] and list(d) == ["e"]

@@ -415,6 +415,19 @@ def _graph_bytes(adapter, image) -> int:
     return sum(n for ptr, n in saved.items() if ptr not in params)
 
 
+def test_the_graph_estimate_of_a_full_size_vit_b16_is_what_autograd_saves(tmp_path):
+    """The default hold is computed for the model a class really runs: a ViT-B/16 of google/vit-base-patch16-224's
+    size (random weights, saved and loaded through the project's path). Its ``graph_bytes`` is within 2 % above the
+    bytes autograd saves for one image's forward, counted with saved-tensor hooks (88.96 MB)."""
+    import attnviz
+    from attnviz.loadtest.models import save_random_vit_b16
+
+    vit = attnviz.load_model(str(save_random_vit_b16(tmp_path / "vit-b16")))
+    per = vit.estimate(vit.native_size).graph_bytes
+    saved = _graph_bytes(vit, _images(1, seed=5)[0])
+    assert saved > 80e6 and saved <= per <= 1.02 * saved, (saved, per)
+
+
 def test_an_auto_graph_hold_is_a_share_of_memory_over_one_graph(deit):
     """``ATTNVIZ_GRAPH_HOLD=auto``: a quarter of the available memory over one image's graph as the model's own
     estimate puts it at its native size (``graph_bytes``), clamped to 8..64; the app's server gets it (hold None).

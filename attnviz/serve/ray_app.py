@@ -35,7 +35,9 @@ from typing import Any, Callable, Optional
 
 from ray import serve
 
+from ..lru import trim
 from ..queue import Share
+from ..types import Capture
 from .batched import Forward, Work, run_batch, run_forward
 from .local import AGE_S, HOLD, SHARE
 
@@ -204,14 +206,9 @@ class AttnvizModel:
 
     def _bound_cache(self) -> None:
         """At most ``size`` captures, their tensors within ``cache_bytes`` (the newest always stays): least
-        recently used first out."""
-        sizes = [c.nbytes() for c in self.cache.values()]           # oldest first
-        total = sum(sizes)
-        for n in sizes:
-            if len(self.cache) <= 1 or (len(self.cache) <= self.size and total <= self.cache_bytes):
-                break
-            self._pending.pop(self.cache.popitem(last=False)[0], None)
-            total -= n
+        recently used first out, with their pending backwards."""
+        for key in trim(self.cache, self.size, self.cache_bytes, Capture.nbytes):
+            self._pending.pop(key, None)
 
     async def _capture(self, inputs: dict[str, Any]):
         key = digest_of(inputs)

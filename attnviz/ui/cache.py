@@ -13,6 +13,8 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Optional
 
+from ..lru import trim
+
 
 class ResultCache:
     """``get_or_compute(key, fn)``: at most ``max_entries`` values, each kept ``ttl`` seconds, and with
@@ -64,20 +66,8 @@ class ResultCache:
             self._data[key] = (self._clock(), value)
             self._data.move_to_end(key)
             self._expire()
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
-            if self.max_bytes is not None:
-                sizes = [self._size(v) for _, v in self._data.values()]   # oldest first
-                total, i = sum(sizes), 0
-                while total > self.max_bytes and len(self._data) > 1:
-                    self._data.popitem(last=False)
-                    total -= sizes[i]
-                    i += 1
-
-    def nbytes(self) -> int:
-        """The values' bytes by ``size`` now (0 without one)."""
-        with self._lock:
-            return sum(self._size(v) for _, v in self._data.values()) if self._size is not None else 0
+            trim(self._data, self.max_entries, self.max_bytes,
+                 None if self._size is None else (lambda item: self._size(item[1])))
 
     def clear(self) -> None:
         with self._lock:

@@ -58,13 +58,7 @@ ALONE_THREADS = _env_int("ATTNVIZ_ALONE_THREADS", min(CORES, TORCH_THREADS * MOD
 # (~130 ViT-B/16 captures with 24 GB), and at most ATTNVIZ_CAPTURE_CACHE entries (256 when batching; 6
 # otherwise: those captures keep their autograd graph, which the byte count does not see).
 CAPTURE_ENTRIES = _env_int("ATTNVIZ_CAPTURE_CACHE", 256 if BATCH_SIZE > 1 else 6)
-
-
-def _capture_bytes() -> int:
-    from ..tokens.budget import available_memory
-    return _env_int("ATTNVIZ_CAPTURE_MEMORY_MB", available_memory() // 4 >> 20) << 20
-
-
-CAPTURE_BYTES = _capture_bytes()
+# None: a quarter of the memory available when the engine is made (ui/state.py).
+CAPTURE_MB = _env_int("ATTNVIZ_CAPTURE_MEMORY_MB", 0, least=0) or None
 BATCH_LOG = os.environ.get("ATTNVIZ_BATCH_LOG", "").strip() or None   # a JSON line per batch (attnviz loadtest)
 SERVE_APP = os.environ.get("ATTNVIZ_SERVE", "").strip() or None   # a Ray Serve application doing the model work

@@ -26,10 +26,11 @@ from ..loading import load_model  # noqa: F401  (tests patch attnviz.ui.state.lo
 from ..queue import TurnLock
 from ..serve import attach_server
 from ..serve.remote import RemoteModel
+from ..tokens.budget import available_memory
 from .cache import ResultCache
 from .compute import Engine
 # the server's settings from the environment (no Streamlit there: `attnviz bench --app` reads them too)
-from .settings import SERVE_APP, BACKWARD_SHARE, BATCH_LOG, BATCH_SIZE, BATCH_WINDOW_S, CACHE_TTL, CAPTURE_BYTES, CAPTURE_ENTRIES, CORES, GRAPH_HOLD, BATCH_AGE_S, MODEL_LANES, ALONE_THREADS, RESULT_ENTRIES, TORCH_THREADS, _env_int  # noqa: F401
+from .settings import SERVE_APP, BACKWARD_SHARE, BATCH_LOG, BATCH_SIZE, BATCH_WINDOW_S, CACHE_TTL, CAPTURE_ENTRIES, CAPTURE_MB, CORES, GRAPH_HOLD, BATCH_AGE_S, MODEL_LANES, ALONE_THREADS, RESULT_ENTRIES, TORCH_THREADS, _env_int  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
@@ -61,8 +62,9 @@ def custom_models_allowed() -> bool:
 @st.cache_resource(show_spinner=False)
 def engine() -> Engine:
     """The one compute engine of this process (bounded caches of captures and maps)."""
+    capture_bytes = CAPTURE_MB << 20 if CAPTURE_MB else available_memory() // 4      # captures' tensors
     return Engine(capture_entries=CAPTURE_ENTRIES, result_entries=RESULT_ENTRIES, ttl=CACHE_TTL,
-                  capture_bytes=CAPTURE_BYTES)
+                  capture_bytes=capture_bytes)
 
 
 @st.cache_resource(show_spinner=False)
