@@ -135,7 +135,8 @@ def attention_anatomies(adapter, inputs: dict[str, Any], layers=None) -> dict[in
                     module.register_forward_hook(this_thread(after), with_kwargs=True)]
     try:
         with torch.no_grad(), adapter.lock:
-            adapter._run(inputs, inputs["pixel_values"].to(adapter.device), attentions=True)
+            # float32 whatever the adapter's precision: the lesson recomputes the model's attention from q and k
+            adapter.run(inputs, inputs["pixel_values"].to(adapter.device), attentions=True, reduced=False)
     finally:
         for h in handles:
             h.remove()

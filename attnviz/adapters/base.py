@@ -24,6 +24,7 @@ from typing import Any, Callable, ClassVar, Collection, Optional, Sequence
 import torch
 from PIL import Image
 
+from .. import precision
 from ..errors import ModelUnavailable, UsageError
 from ..tokens.budget import Cost, checkpointed_layers, dense_cost, largest_square
 from ..tokens.chunked import QK
@@ -99,11 +100,12 @@ ROWS_FROM_TOKENS = 1024
 
 
 def _detached(v: Any) -> Any:
-    """A capture's extra out of the graph: a tensor or a tuple of tensors detached, anything else as it is."""
+    """A capture's extra out of the graph: a tensor or a tuple of tensors detached (float32 if the pass was
+    in half precision: ``precision.kept``), anything else as it is."""
     if isinstance(v, torch.Tensor):
-        return v.detach()
+        return precision.kept(v)
     if isinstance(v, tuple) and all(isinstance(x, torch.Tensor) for x in v):
-        return tuple(x.detach() for x in v)
+        return tuple(precision.kept(x) for x in v)
     return v
 
 
@@ -118,7 +120,7 @@ def _grad_function(scores: torch.Tensor, wrt: dict[str, tuple[torch.Tensor, ...]
         out, i = {}, 0
         for n in names:
             k = len(wrt[n])
-            got = tuple((torch.zeros_like(x) if g is None else g).detach() for x, g in zip(wrt[n], gs[i:i + k]))
+            got = tuple(precision.kept(torch.zeros_like(x) if g is None else g) for x, g in zip(wrt[n], gs[i:i + k]))
             out[n] = tuple(g[0] for g in got) if n in _PER_IMAGE else got   # image batch of 1
             i += k
         return out
@@ -150,6 +152,9 @@ class ModelAdapter:
     #: Whether the family's attention views may run on the chunked path: its capture's attentions are
     #: dense self-attention layers of the tower the views read, each through ``fast_eager``.
     ROWS_CAPTURE: ClassVar[bool] = False
+    #: Whether the model's passes may run in a reduced ``precision`` (``ATTNVIZ_PRECISION=bfloat16``): false
+    #: for families whose output is generated text (the map must explain the tokens ``generate`` gave).
+    REDUCED_PRECISION: ClassVar[bool] = True
 
     def __init__(self, model: torch.nn.Module, processor: Any, *, name: str, source: str,
                  device: Optional[torch.device] = None):
@@ -174,6 +179,19 @@ class ModelAdapter:
         #: ATTNVIZ_CHECKPOINT=0 / 1 / auto (the default).
         env = os.environ.get("ATTNVIZ_CHECKPOINT", "auto").strip().lower()
         self.checkpoint_blocks = {"0": False, "1": True}.get(env, "auto")
+        #: The dtype the model's passes compute in (``attnviz.precision``; ATTNVIZ_PRECISION, float32 unless
+        #: set); a capture keeps float32 either way. Families with ``REDUCED_PRECISION`` false stay float32.
+        self.precision = precision.from_env() if self.REDUCED_PRECISION else torch.float32
+
+    @property
+    def precision(self) -> torch.dtype:
+        return self._precision
+
+    @precision.setter
+    def precision(self, dtype: torch.dtype) -> None:
+        self._precision = precision.parse(dtype)
+        if self._precision != torch.float32:
+            precision.shadow(self.model)          # half-precision weight copies, made once (precision.py)
 
     # --- family hooks -------------------------------------------------
     @classmethod
@@ -196,6 +214,16 @@ class ModelAdapter:
     def _run(self, inputs: dict[str, Any], pixel_values: torch.Tensor, *, attentions: bool):
         """One forward. Returns (scores [B, n_targets], attentions L×[B,H,T,T] or None, extras)."""
         raise NotImplementedError
+
+    def run(self, inputs: dict[str, Any], pixel_values: torch.Tensor, *, attentions: bool,
+            reduced: bool = True):
+        """``_run`` in the adapter's ``precision`` (``reduced=False``: float32 whatever it is): the scores come
+        back float32; attentions and extras in the dtype the pass made them (still in the graph: their
+        gradients are taken there), for the caller to keep with ``precision.kept``."""
+        dtype = self.precision if reduced else torch.float32
+        with precision.computing(self.device, dtype):
+            scores, attentions, extras = self._run(inputs, pixel_values, attentions=attentions)
+        return scores.float(), attentions, extras
 
     def layout(self, inputs: dict[str, Any]) -> TokenLayout:
         raise NotImplementedError
@@ -272,7 +300,7 @@ class ModelAdapter:
         (perturbation metrics, occlusion, ablation, LIME, Score-CAM) ``fast_eager`` families run PyTorch's
         fused attention (``scores_only``); gradient methods keep the eager arithmetic their tests compare with."""
         with self.lock, (nullcontext() if torch.is_grad_enabled() else scores_only()):
-            scores, _, _ = self._run(inputs, pixel_values, attentions=False)
+            scores, _, _ = self.run(inputs, pixel_values, attentions=False)
         return scores
 
     def capture(self, inputs: dict[str, Any], *, grads: bool = True) -> Capture:
@@ -292,13 +320,14 @@ class ModelAdapter:
             rec = Recorder(self._attention_modules(), grads, blocks)
         with torch.set_grad_enabled(grads), self.lock, (recording(rec) if rec else nullcontext()):
             x = pixel_values.detach().clone().requires_grad_(grads)
-            scores, attentions, extras = self._run(inputs, x, attentions=True)
+            # the chunked path keeps float32 (its recorded rows feed the flash kernel and the views directly)
+            scores, attentions, extras = self.run(inputs, x, attentions=True, reduced=rec is None)
         if rec is not None:
             attentions, kept = self._recorded(rec, layout)
             grad_name = "head_outputs"                                 # L × [1, H, T, d]: ∇A = dO·Vᵀ
         else:
             attentions = tuple(attentions or ())
-            kept = tuple(a[0].detach() for a in attentions)            # L × [H, T, T]
+            kept = tuple(precision.kept(a[0]) for a in attentions)     # L × [H, T, T]
             grad_name = "attentions"
             if "attentions" in self.provides:
                 self._check_attentions(attentions, layout, extras)
@@ -322,10 +351,10 @@ class ModelAdapter:
             targets=self._targets(inputs, scores.detach()),
             box=inputs.get("box"),
             extras={k: _detached(v) for k, v in extras.items()},
-            cross_attentions=None if cross is None else tuple(a[0].detach() for a in cross),   # L × [H, Q, T_image]
-            readout=readout[0].detach() if readout is not None else self.readout(layout),
+            cross_attentions=None if cross is None else tuple(precision.kept(a[0]) for a in cross),   # L × [H, Q, T_image]
+            readout=precision.kept(readout[0]) if readout is not None else self.readout(layout),
             pooling=self.pooling,
-            stages=tuple(s[0].detach() for s in stages),             # S × [C, h, w]
+            stages=tuple(precision.kept(s[0]) for s in stages),      # S × [C, h, w]
             stage_grids=stage_grids,
             gates=gates,
             _grad_fn=grad_fn,

@@ -90,6 +90,7 @@ class CaptionAdapter(ModelAdapter):
     family = "captioning"
     task = "image-to-text"
     pooling = "attention"                # the decoder reads every encoder output token through cross-attention
+    REDUCED_PRECISION = False            # the caption comes from generate(): its maps explain those tokens in float32
 
     def __init__(self, model, processor, tokenizer=None, **kw):
         super().__init__(model, processor, **kw)

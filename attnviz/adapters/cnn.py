@@ -30,6 +30,7 @@ from PIL import Image
 
 from .. import gated_cnn
 from ..errors import ModelUnavailable, UsageError
+from ..precision import computing, kept
 from ..tokens.geometry import view_box
 from ..types import Gate, TokenLayout
 from .base import ModelAdapter, class_probabilities, class_targets, config_names, register_adapter
@@ -282,7 +283,7 @@ class CnnAdapter(ModelAdapter):
         key = tuple(int(v) for v in pixel_values.shape[-2:])
         if key not in self._grids:
             with torch.no_grad(), self.lock:          # a shape pass, only for a size no forward has seen
-                self._run({"pixel_values": pixel_values}, pixel_values[:1], attentions=True)
+                self.run({"pixel_values": pixel_values}, pixel_values[:1], attentions=True)
         return self._grids[key]
 
     def stage_grids(self, pixel_values: torch.Tensor) -> tuple[TokenLayout, ...]:
@@ -332,12 +333,12 @@ class CnnAdapter(ModelAdapter):
         handles = [g.sigmoid.register_forward_hook(this_thread(lambda m, a, out, i=i: fired.__setitem__(i, out)))
                    for i, g in enumerate(self.gate_specs) if g.kind == "channel"]
         try:
-            with torch.no_grad(), self.lock:
+            with torch.no_grad(), self.lock, computing(self.device, self.precision):
                 self.model(pixel_values=pixel_values.to(self.device))
         finally:
             for h in handles:
                 h.remove()
-        return [fired[i].reshape(pixel_values.shape[0], -1).cpu() for i in sorted(fired)]    # each [B, C]
+        return [kept(fired[i]).reshape(pixel_values.shape[0], -1).cpu() for i in sorted(fired)]    # each [B, C]
 
     def _gate_records(self, fired, grids) -> tuple[Gate, ...]:
         out = []
@@ -346,7 +347,7 @@ class CnnAdapter(ModelAdapter):
             if "value" not in rec:
                 continue                                                   # a gate this forward did not pass
             stage = g.stage
-            value = rec["value"][0].detach()
+            value = kept(rec["value"][0])
             feats = rec.get("features")
             if g.kind == "channel":
                 value = value.reshape(-1)                                  # [C] (SE: [C, 1, 1]; ECA: [1, C])
@@ -357,7 +358,7 @@ class CnnAdapter(ModelAdapter):
             base = grids[stage]
             grid = TokenLayout((), int(hw[0]), int(hw[1]), base.patch_size, base.input_size)
             out.append(Gate(index=len(out), name=g.name, kind=g.kind, module=g.module, stage=stage, value=value,
-                            grid=grid, features=None if feats is None else feats[0].detach()))
+                            grid=grid, features=None if feats is None else kept(feats[0])))
         return tuple(out)
 
     def _targets(self, inputs, scores):

@@ -48,6 +48,7 @@ class VlmAdapter(ModelAdapter):
     task = "image-text-to-text"
     PROVIDES = frozenset()         # none of the ViT methods' needs: the VLM methods (families=("vlm",)) apply
     concurrent_forwards = False
+    REDUCED_PRECISION = False      # the answer comes from generate(): its maps explain those tokens in float32
     #: Keep the vision tower's attentions at capture (relevance into the tower): None = when they fit
     #: VISION_ATTENTION_BUDGET (SmolVLM's 13 views × 1,024 patches × 12 heads × 12 layers at 640×480 do not: 7.8 GB).
     keep_vision_attentions: Optional[bool] = None
@@ -226,7 +227,7 @@ class VlmAdapter(ModelAdapter):
     def answer_log_probs(self, inputs: dict[str, Any], pixel_values: torch.Tensor) -> torch.Tensor:
         """[n] log-probability of each answer token at its predicting position, differentiable in the pixels."""
         with self.lock:
-            _, _, extras = self._run(inputs, pixel_values, attentions=False)
+            _, _, extras = self.run(inputs, pixel_values, attentions=False)
         return extras["log_probs"]
 
     def generate(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:

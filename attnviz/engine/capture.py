@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ..precision import kept
 from ..types import Capture
 
 def batchable(adapter) -> bool:
@@ -61,7 +62,7 @@ def capture_batch(adapter, inputs: Sequence[dict[str, Any]], *, grads: bool = Fa
     with torch.set_grad_enabled(grads), adapter.lock:
         # The weights are frozen: without an input that requires grad there would be no graph at all.
         x = pixel_values.detach().clone().requires_grad_(grads)
-        scores, attentions, extras = adapter._run(inputs[0], x, attentions=True)
+        scores, attentions, extras = adapter.run(inputs[0], x, attentions=True)
     attentions = tuple(attentions or ())
     readout = extras.pop("readout", None)                                  # [B, T] when the forward measured it
     wrt = {"attentions": attentions} if attentions else {}
@@ -73,21 +74,22 @@ def capture_batch(adapter, inputs: Sequence[dict[str, Any]], *, grads: bool = Fa
                            "they cannot be captured in a batch.")
     if "attentions" in adapter.provides:          # the images share one size, so one layout checks them all
         adapter._check_attentions(attentions, adapter.layout(inputs[0]), shared)
+    batch_attentions = tuple(kept(a) for a in attentions)                  # L × [B, H, T, T] float32, out of the graph
     caps = []
     for i, inp in enumerate(inputs):
         layout = adapter.layout(inp)
         s = scores[i].detach()                                            # [n_targets]
-        own = {k: tuple(_rows(k, t, n, i).detach() for t in v) for k, v in rows.items()}
+        own = {k: tuple(kept(_rows(k, t, n, i)) for t in v) for k, v in rows.items()}
         caps.append(Capture(
             scores=s,
-            attentions=tuple(a[i].detach() for a in attentions),           # L × [H, T, T]
+            attentions=tuple(a[i] for a in batch_attentions),              # L × [H, T, T]
             layout=layout, inputs=inp, targets=adapter._targets(inp, s), box=inp.get("box"),
             extras={**shared, **own},
-            readout=readout[i].detach() if readout is not None else adapter.readout(layout),
+            readout=kept(readout[i]) if readout is not None else adapter.readout(layout),
             pooling=adapter.pooling,
             _grad_fn=_ImageGrads(scores, wrt, i, n) if grads else None,
         ))
-    return CaptureBatch(caps, tuple(a.detach() for a in attentions))
+    return CaptureBatch(caps, batch_attentions)
 
 
 class _ImageGrads:
@@ -104,7 +106,7 @@ class _ImageGrads:
         """The batch's gradients (in ``flat`` order) -> image ``i``'s, by name."""
         out, k = {}, 0
         for name, v in self.wrt.items():
-            out[name] = tuple(_rows(name, g, self.n, i).detach() for g in gs[k:k + len(v)])
+            out[name] = tuple(kept(_rows(name, g, self.n, i)) for g in gs[k:k + len(v)])
             k += len(v)
         return out
 
@@ -150,4 +152,4 @@ def grads_for_batch(caps: Sequence[Capture], targets: Sequence[int], *,
             c.release_graph()
     if len(todo) != len(caps) or "attentions" not in batch.wrt:
         return None
-    return tuple(g.detach() for g in gs[:len(batch.wrt["attentions"])])         # L × [B, H, T, T]
+    return tuple(kept(g) for g in gs[:len(batch.wrt["attentions"])])           # L × [B, H, T, T]

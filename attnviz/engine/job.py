@@ -9,6 +9,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from ..precision import from_env, name as precision_name
+
 
 @dataclass(frozen=True)
 class Job:
@@ -20,6 +22,8 @@ class Job:
     ``params``: method parameters as the user typed them (strings are parsed by the registry).
     ``method``: one method, or several joined by commas ("rollout,relevance"): each image is captured once
     and explained by each in turn, one row per method (and target); the list is part of the run's identity.
+    ``precision``: what the model's passes compute in (``attnviz.precision``): "float32" or "bfloat16"
+    (default: ``ATTNVIZ_PRECISION``, else float32); part of the run's identity when not float32.
     """
 
     model: str
@@ -32,6 +36,7 @@ class Job:
     faithfulness: bool = False
     sanity: bool = False
     batch_size: int = 8
+    precision: str = field(default_factory=lambda: precision_name(from_env()))   # ATTNVIZ_PRECISION's
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -42,6 +47,8 @@ class Job:
         """What must match for a run to resume another's results (not the batch size)."""
         d = asdict(self)
         d.pop("batch_size")
+        if d["precision"] == "float32":
+            d.pop("precision")          # runs from before precision was a choice resume as they were
         d["texts"] = list(self.texts)
         d["size"] = list(self.size) if self.size else None
         return json.loads(json.dumps(d, sort_keys=True, default=str))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import precision
 from ..errors import UsageError
 from ..images import ImageRejected, load_image
 from ..methods.registry import explain, explanation, get_method, resolve_params
@@ -74,6 +75,8 @@ class Worker:
         from .. import load_model
         self.job = job
         self.adapter = adapter if adapter is not None else load_model(job.model)
+        if self.adapter.REDUCED_PRECISION:
+            self.adapter.precision = precision.parse(job.precision)
         self.specs = [get_method(m) for m in job.methods]
         if not self.specs or len(set(job.methods)) != len(job.methods):
             raise UsageError(f"--method needs one method or several different ones, got '{job.method}'.")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import precision
 from ..adapters.hooks import this_thread
 from ..errors import UsageError
 from ..types import Capture, Target
@@ -29,7 +30,7 @@ def patch_embeddings(adapter, capture: Capture) -> torch.Tensor:
     model, kept = adapter.model, []
     vision = model.vision_model
     hook = adapter.token_block(adapter.n_layers - 1).register_forward_hook(
-        this_thread(lambda m, a, out: kept.append(out[0] if isinstance(out, tuple) else out)))
+        this_thread(lambda m, a, out: kept.append(precision.kept(out[0] if isinstance(out, tuple) else out))))
     try:
         with torch.no_grad():          # forward_scores takes the model's lock
             adapter.forward_scores(capture.inputs["pixel_values"].to(adapter.device), capture.inputs)
@@ -53,9 +54,9 @@ def text_embeddings(adapter, capture: Capture) -> torch.Tensor:
     """[P, E] unit-norm text embeddings of the prompts, as the model's forward computes them."""
     ids = capture.inputs["input_ids"].to(adapter.device)
     mask = None if adapter.kind == "siglip" else capture.inputs["attention_mask"].to(adapter.device)
-    with torch.no_grad(), adapter.lock:
+    with torch.no_grad(), adapter.lock, precision.computing(adapter.device, adapter.precision):
         t = adapter.model.get_text_features(input_ids=ids, attention_mask=mask)
-    t = getattr(t, "pooler_output", t)                                         # transformers 5: an output object
+    t = precision.kept(getattr(t, "pooler_output", t))                         # transformers 5: an output object
     return t / t.norm(dim=-1, keepdim=True)
 
 

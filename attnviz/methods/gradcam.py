@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..adapters.hooks import this_thread
+from ..precision import kept
 from ..errors import UsageError
 from ..tokens.readout import describe
 from ..types import Capture, Target
@@ -122,12 +123,12 @@ def feature_maps(adapter, capture: Capture, sites: Sequence[Site], x: torch.Tens
             grads = None
             if target is not None:
                 gs = torch.autograd.grad(scores[:, target].sum(), [store[s.layer] for s in sites], allow_unused=True)
-                grads = {s.layer: (torch.zeros_like(store[s.layer]) if g is None else g.detach())
+                grads = {s.layer: kept(torch.zeros_like(store[s.layer]) if g is None else g)
                          for s, g in zip(sites, gs)}
     finally:
         for h in handles:
             h.remove()
-    return scores.detach(), {k: v.detach() for k, v in store.items()}, grads
+    return scores.detach(), {k: kept(v) for k, v in store.items()}, grads
 
 
 def eigen_projection(w: torch.Tensor) -> torch.Tensor:

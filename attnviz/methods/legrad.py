@@ -64,7 +64,7 @@ def layer_scores(adapter, capture: Capture) -> tuple[torch.Tensor, tuple[torch.T
     try:
         with torch.enable_grad(), adapter.lock:
             x = capture.inputs["pixel_values"].to(adapter.device).detach().clone().requires_grad_()
-            scores, attentions, extras = adapter._run(capture.inputs, x, attentions=True)
+            scores, attentions, extras = adapter.run(capture.inputs, x, attentions=True)
     finally:
         for h in hooks:
             h.remove()
@@ -107,7 +107,7 @@ def legrad(adapter, capture: Capture, target: Target, *, start_layer: int, reado
             g = g[layer:layer + 1]                                                                   # [1, H, 1, T]
         else:
             g, = torch.autograd.grad(scores[layer, target.index], attentions[layer], retain_graph=True)  # [1, H, T, T]
-        total += g[0].clamp(min=0).mean(dim=(0, 1))[lay.n_prefix:].float()                         # [N] keys
+        total += g[0].float().clamp(min=0).mean(dim=(0, 1))[lay.n_prefix:]                         # [N] keys
     span = total.max() - total.min()
     total = (total - total.min()) / span if span > 0 else torch.zeros_like(total)
     return total.reshape(lay.rows, lay.cols).detach().cpu().numpy()                                  # [rows, cols]

@@ -23,6 +23,7 @@ from .. import catalog, render
 from ..errors import ModelUnavailable
 from ..images import MAX_BYTES, image_digest, load_image
 from ..loading import load_model  # noqa: F401  (tests patch attnviz.ui.state.load_model)
+from ..precision import note as precision_note
 from ..queue import TurnLock
 from ..serve import attach_server
 from ..serve.remote import RemoteModel
@@ -93,8 +94,8 @@ def _model(spec: str):
     # One line per load in the server's log: a teacher (and `attnviz loadtest`) can see it happened once.
     server = getattr(adapter, "server", None)
     held = f"; up to {server.hold} forward graphs may wait for their backward" if server is not None else ""
-    print(f"attnviz: loaded model {getattr(adapter, 'source', spec) or spec} in {time.perf_counter() - t0:.1f} s{held}",
-          file=sys.stderr, flush=True)
+    print(f"attnviz: loaded model {getattr(adapter, 'source', spec) or spec} in {time.perf_counter() - t0:.1f} s{held}; "
+          f"{precision_note(adapter)}", file=sys.stderr, flush=True)
     return adapter
 
 

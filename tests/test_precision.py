@@ -1,0 +1,218 @@
+"""``ATTNVIZ_PRECISION=bfloat16``: the model's passes run under torch.autocast, what a capture keeps is
+float32, and the maps stay those of float32 (``attnviz/precision.py``).
+
+References here are computed another way: the model run in the test under ``torch.autocast`` with
+transformers' own eager attention (not the adapter's ``fast_eager``), and the float32 capture whose maps
+the other tests compare with the papers' formulas."""
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import attnviz
+from attnviz import precision
+from attnviz.adapters.captioning import CaptionAdapter
+from attnviz.adapters.classifier import ClassifierAdapter
+from attnviz.adapters.clip import ClipAdapter
+from attnviz.adapters.cnn import CnnAdapter
+from attnviz.adapters.swin import SwinAdapter
+from attnviz.engine.capture import capture_batch, grads_for_batch
+from attnviz.errors import UsageError
+from attnviz.tokens.chunked import QK
+
+from .conftest import CLASSIFIER_KINDS, CLIP_KINDS, CNN_KINDS
+
+ROOT = Path(__file__).resolve().parents[1]
+BF16 = torch.bfloat16
+
+
+def _tensors(obj, seen=None):
+    """Every tensor a capture holds: its fields, tuples, dicts and dataclasses (gates, QK rows) within."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for x in obj:
+            yield from _tensors(x, seen)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            yield from _tensors(x, seen)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            if f.name not in ("inputs", "_grad_fn", "_grad_lock"):
+                yield from _tensors(getattr(obj, f.name), seen)
+
+
+def _eager_reference(adapter):
+    """The adapter's model built again from its config and weights, with transformers' own eager attention
+    (not attnviz's fast_eager) and none of attnviz's weight copies: autocast casts its weights itself."""
+    m = adapter.model
+    ref = type(m)(copy.deepcopy(m.config))
+    ref.load_state_dict(m.state_dict())
+    ref.set_attn_implementation("eager")
+    return ref.eval().requires_grad_(False)
+
+
+def _r(a, b) -> float:
+    a, b = (np.asarray(x, dtype=np.float64).ravel() for x in (a, b))
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@pytest.mark.parametrize("kind", CLASSIFIER_KINDS)
+def test_a_bfloat16_capture_is_the_models_autocast_forward_kept_in_float32(kind, photo):
+    ad = ClassifierAdapter.tiny(kind)
+    ad.precision = BF16
+    cap = attnviz.capture(ad, photo)
+    dtypes = {t.dtype for t in _tensors(cap) if t.is_floating_point()}
+    assert dtypes == {torch.float32}
+    ref = _eager_reference(ad)
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        out = ref(pixel_values=cap.inputs["pixel_values"], output_attentions=True)
+    assert out.attentions[0].dtype == BF16                         # the reference really ran in bfloat16
+    assert len(cap.attentions) == len(out.attentions)
+    for got, want in zip(cap.attentions, out.attentions):
+        assert torch.equal(got, want[0].float())                   # the same bfloat16 numbers, widened
+    if not ad.headless:
+        assert torch.equal(cap.scores, out.logits[0].float())
+    # a gradient through the bfloat16 graph comes back float32 and equals autograd on the reference
+    t = 1 if cap.scores.numel() > 1 else 0
+    x = cap.inputs["pixel_values"].clone().requires_grad_()
+    with torch.autocast("cpu", dtype=BF16):
+        o = ref(pixel_values=x, output_attentions=True)
+    if not ad.headless:
+        want = torch.autograd.grad(o.logits[0, t], o.attentions)
+        for g, w in zip(cap.attention_grads(t), want):
+            assert g.dtype == torch.float32
+            torch.testing.assert_close(g, w[0].float(), rtol=0.02, atol=1e-3)
+
+
+@pytest.mark.parametrize("cls,kind", [(CnnAdapter, k) for k in CNN_KINDS] + [(SwinAdapter, "swin")])
+def test_bfloat16_cnn_and_swin_scores_are_the_autocast_forwards_and_everything_kept_is_float32(cls, kind, photo):
+    ad = cls.tiny(kind)
+    ad.precision = BF16
+    cap = attnviz.capture(ad, photo)
+    assert {t.dtype for t in _tensors(cap) if t.is_floating_point()} == {torch.float32}
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        logits = ad.model(pixel_values=cap.inputs["pixel_values"]).logits
+    assert logits.dtype == BF16
+    torch.testing.assert_close(cap.scores, logits[0].float(), rtol=0, atol=0)
+    method = "grad_cam" if cap.stages else "relevance"
+    got = attnviz.explain(ad, cap, method).map
+    ad32 = copy.copy(ad)
+    ad32.precision = torch.float32
+    want = attnviz.explain(ad32, attnviz.capture(ad32, photo), method).map
+    assert _r(got, want) > 0.95        # a tiny random model (a regnet-y gives 0.978); the trained demo ViT's bound is 0.999
+
+
+@pytest.fixture(scope="module")
+def demo_vit():
+    return attnviz.load_model(str(ROOT / "models" / "demo-vit-shapes"))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return Image.open(ROOT / "assets" / "scene_red-triangle_yellow-cross.png").convert("RGB")
+
+
+def test_a_trained_vits_maps_in_bfloat16_are_its_float32_maps(demo_vit, scene):
+    """The trained demo ViT (real, peaked attention): float32 and bfloat16 captures of one image give the same
+    top class and maps that correlate at r > 0.999 (attention of one layer > 0.99), yet not the same bits."""
+    c32 = attnviz.capture(demo_vit, scene)
+    bf = copy.copy(demo_vit)
+    bf.precision = BF16
+    c16 = attnviz.capture(bf, scene)
+    assert int(c16.scores.argmax()) == int(c32.scores.argmax())
+    assert not torch.equal(c16.scores, c32.scores)                 # it did run in bfloat16
+    torch.testing.assert_close(c16.scores, c32.scores, rtol=0.02, atol=0.05)
+    for method, floor in (("rollout", 0.999), ("relevance", 0.999), ("grad_rollout", 0.999),
+                          ("grad_cam", 0.999), ("attention", 0.99)):
+        assert _r(attnviz.explain(bf, c16, method).map, attnviz.explain(demo_vit, c32, method).map) > floor, method
+
+
+def test_a_bfloat16_batch_gives_each_image_its_own_bfloat16_capture(demo_vit, scene, photo):
+    bf = copy.copy(demo_vit)
+    bf.precision = BF16
+    images = [scene, photo.resize(scene.size), scene.transpose(Image.FLIP_LEFT_RIGHT)]
+    inputs = [bf.prepare(im) for im in images]
+    batch = capture_batch(bf, inputs, grads=True)
+    targets = [int(c.scores.argmax()) for c in batch]
+    grads_for_batch(batch, targets)
+    for inp, cap, t in zip(inputs, batch, targets):
+        alone = bf.capture(inp)
+        for a, b in zip(cap.attentions, alone.attentions):
+            assert a.dtype == torch.float32
+            torch.testing.assert_close(a, b, rtol=0.02, atol=2e-3)
+        got = attnviz.explain(bf, cap, "relevance", t).map
+        assert _r(got, attnviz.explain(bf, alone, "relevance", t).map) > 0.999
+
+
+def test_clip_image_and_text_maps_in_bfloat16(clip_dirs):
+    ad = attnviz.load_model(str(ROOT / "models" / "demo-clip-shapes"))
+    img = Image.open(ROOT / "assets" / "scene_red-square_magenta-triangle.png").convert("RGB")
+    texts = ["a red square", "a blue circle"]
+    c32 = attnviz.capture(ad, img, texts=texts)
+    bf = copy.copy(ad)
+    bf.precision = BF16
+    c16 = attnviz.capture(bf, img, texts=texts)
+    assert {t.dtype for t in _tensors(c16) if t.is_floating_point()} == {torch.float32}
+    assert not torch.equal(c16.scores, c32.scores)
+    for method in ("relevance", "clip_similarity", "text_relevance"):
+        assert _r(attnviz.explain(bf, c16, method, 0).map, attnviz.explain(ad, c32, method, 0).map) > 0.99, method
+
+
+def test_text_generating_families_and_the_chunked_path_stay_float32(monkeypatch, photo):
+    monkeypatch.setenv("ATTNVIZ_PRECISION", "bfloat16")
+    assert ClassifierAdapter.tiny("vit").precision == BF16
+    assert ClipAdapter.tiny(CLIP_KINDS[0]).precision == BF16
+    assert CaptionAdapter.tiny("blip").precision == torch.float32
+    ad = ClassifierAdapter.tiny("dinov2")
+    ad.attention_path = "rows"
+    cap = ad.capture(ad.prepare(photo), grads=True)
+    assert isinstance(cap.attentions[0], QK) and cap.attentions[0].q.dtype == torch.float32
+    monkeypatch.setenv("ATTNVIZ_PRECISION", "float32")
+    ad32 = ClassifierAdapter.tiny("dinov2")
+    ad32.model.load_state_dict(ad.model.state_dict())
+    ad32.attention_path = "rows"
+    cap32 = ad32.capture(ad32.prepare(photo), grads=True)
+    assert torch.equal(cap.scores, cap32.scores)
+    assert torch.equal(cap.attentions[-1].q, cap32.attentions[-1].q)
+
+
+def test_a_precision_by_any_other_name_is_refused_in_one_sentence(monkeypatch):
+    assert precision.parse("bf16") == BF16 and precision.parse(" Float32 ") == torch.float32
+    monkeypatch.setenv("ATTNVIZ_PRECISION", "half")
+    with pytest.raises(UsageError, match="Precision must be float32 or bfloat16, got 'half'"):
+        ClassifierAdapter.tiny("vit")
+
+
+def test_the_half_precision_weight_copies_follow_the_weights_and_leave_float32_alone(photo):
+    """``precision.shadow``: a linear layer's bfloat16 copy is made once, used only under autocast, and made
+    again when the weight changes in place (the randomisation check re-initialises blocks)."""
+    ad = ClassifierAdapter.tiny("vit")
+    x = ad.prepare(photo)["pixel_values"]
+    before = ad.model(pixel_values=x).logits
+    ad.precision = BF16
+    assert torch.equal(ad.model(pixel_values=x).logits, before)         # no autocast: the float32 weights
+    lin = next(m for m in ad.model.modules() if isinstance(m, torch.nn.Linear))
+    assert "_attnviz_shadow" in lin.__dict__
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        y = ad.model(pixel_values=x).logits
+    ref = _eager_reference(ad)
+    ref.set_attn_implementation(ad.model.config._attn_implementation)
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        assert torch.equal(y, ref(pixel_values=x).logits)                # the same as autocast's own casts
+    (key, w16, _), = lin._attnviz_shadow.values()
+    assert torch.equal(w16, lin.weight.to(BF16))
+    with torch.no_grad():
+        lin.weight.mul_(-1.0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        y2 = ad.model(pixel_values=x).logits
+    (key2, w16b, _), = lin._attnviz_shadow.values()
+    assert key2 != key and torch.equal(w16b, lin.weight.to(BF16)) and not torch.equal(y2, y)
