@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +28,9 @@ AGREEMENT_METHODS = ("rollout", "relevance", "grad_rollout", "grad_cam", "attent
 
 
 def _cpu(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        c0 = time.process_time()
-        fn()
-        times.append(time.process_time() - c0)
-    return statistics.median(times)
+    """Median CPU seconds of ``repeats`` runs after a warm-up (``bench._wall_cpu``)."""
+    from .bench import _wall_cpu
+    return _wall_cpu(fn, repeats)[1]
 
 
 def cost_probe(precision_name: str, repeats: int = 3, quick: bool = False) -> dict:

@@ -142,7 +142,9 @@ class AttnvizModel:
 
         from ..tokens.budget import available_memory
 
+        from .. import memory
         from ..loading import load_model
+        memory.tune()                                  # freed tensors reused, given back when idle
         torch.set_num_threads(max(1, int(threads)))
         for batched in (self._run, self._forwards):             # this replica's @serve.batch settings
             batched.set_max_batch_size(int(max_batch))

@@ -7,7 +7,6 @@ written to disk: image bytes stay in memory, keyed by their SHA-256.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 import time
@@ -19,7 +18,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from .. import catalog, render
+from .. import catalog, memory, render
 from ..errors import ModelUnavailable
 from ..images import MAX_BYTES, image_digest, load_image
 from ..loading import load_model  # noqa: F401  (tests patch attnviz.ui.state.load_model)
@@ -39,19 +38,6 @@ SAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"}
 DISPLAY_MAX_SIDE = 1024          # overlays are drawn on a copy at most this big (the model sees the original)
 ENV_MODEL = "$ATTNVIZ_MODEL"     # the model option that stands for the ATTNVIZ_MODEL folder or id
 CUSTOM_MODEL = "$custom"         # the model option "a hub id I type" (ATTNVIZ_ALLOW_CUSTOM_MODELS=1)
-
-
-def return_freed_memory() -> None:
-    """Have glibc give large freed blocks back to the system at once (a fixed 1 MB mmap threshold, two
-    arenas). Its default raises the threshold after each free and keeps per-thread arenas, so the
-    memory of evicted captures stayed with the server: 12 ViT-B/16 captures made in 12 threads and
-    freed left 2.2 GB resident, with this 1.1 GB, at the same speed (issue 13). Elsewhere: nothing."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)     # M_MMAP_THRESHOLD
-        libc.mallopt(-8, 2)           # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 def custom_models_allowed() -> bool:
@@ -76,7 +62,7 @@ def _images() -> ResultCache:
 
 @st.cache_resource(show_spinner=False, max_entries=3)
 def _model(spec: str):
-    return_freed_memory()
+    memory.tune()                 # freed tensors' memory reused, given back when the server is idle
     t0 = time.perf_counter()
     adapter = load_model(spec or None)
     # Sessions share this model first come first served, MODEL_LANES forwards at a time where the family
