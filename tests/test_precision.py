@@ -216,3 +216,19 @@ def test_the_half_precision_weight_copies_follow_the_weights_and_leave_float32_a
         y2 = ad.model(pixel_values=x).logits
     (key2, w16b, _), = lin._attnviz_shadow.values()
     assert key2 != key and torch.equal(w16b, lin.weight.to(BF16)) and not torch.equal(y2, y)
+
+
+def test_the_app_says_when_its_model_runs_in_bfloat16(saved_models, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.setenv("ATTNVIZ_MODEL", str(saved_models["vit"]))
+    seen = {}
+    for value in ("bfloat16", "float32"):
+        monkeypatch.setenv("ATTNVIZ_PRECISION", value)
+        st.cache_resource.clear()
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+        assert not at.exception, [e.value for e in at.exception]
+        seen[value] = " | ".join(c.value for c in at.caption)
+    st.cache_resource.clear()
+    assert "on **CPU** in **bfloat16**" in seen["bfloat16"]
+    assert "on **CPU**" in seen["float32"] and "bfloat16" not in seen["float32"]

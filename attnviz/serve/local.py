@@ -232,8 +232,19 @@ def auto_hold(adapter, available: Optional[int] = None) -> int:
     every graph cut the server CPU by 4–19 % and the relevance maps' p95 by 6–28 % against 8, for 1.3–1.4 GB more
     memory, but the first maps' p95 was the same or later (forwards that keep a graph cost more); with 100
     students over a minute 8 gave 61 of 100 graphs up (made again at twice the cost), 30 about 30, 64 about 12
-    but with later first maps (:data:`HOLD_MEMORY_SHARE`)."""
+    but with later first maps (:data:`HOLD_MEMORY_SHARE`).
+
+    None in bfloat16 (``ATTNVIZ_PRECISION``): a held graph saves one forward when its backward comes, and a
+    bfloat16 forward costs less than the fresh memory the graph holds (session 12, 5-s bursts of 30 on ViT-B/16:
+    holding none, first map p95 4.0–5.5 → 1.5–1.7 s, relevance 7.5–9.6 → 4.8–5.5 s, server CPU 21–25 → 18–19 s;
+    100 students over a minute: the same within a run's spread). In float32 holding none there gave first maps
+    sooner (4.8 → 2.9 s) but relevance later (9.5 → 13.1 s) and 28 → 36 CPU s, so float32 keeps the memory rule."""
+    import torch
+
     from ..tokens.budget import available_memory
+
+    if getattr(adapter, "precision", torch.float32) != torch.float32:
+        return 0
 
     side = getattr(adapter, "native_size", None)
     cost = adapter.estimate(side) if side else None

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import numpy as np
 import streamlit as st
+import torch
 
 from ..errors import ModelUnavailable, UsageError
 from ..images import ImageRejected
@@ -178,7 +179,9 @@ def load_context(texts_slot=None) -> Optional[Context]:
         heads = f"{cap.n_layers} stages, no attention heads"
     if is_hierarchical(cap):         # Swin: heads grow by stage (n_heads is 0)
         heads = f"{cap.n_layers} blocks, heads by stage " + "/".join(str(i["heads"]) for i in stage_info(cap))
-    st.sidebar.caption(f"**{adapter.name}** on **{state.device_label(adapter)}** · {heads} · "
+    # the model's passes in bfloat16 (ATTNVIZ_PRECISION): said where the model is named
+    half = " in **bfloat16**" if getattr(adapter, "precision", torch.float32) != torch.float32 else ""
+    st.sidebar.caption(f"**{adapter.name}** on **{state.device_label(adapter)}**{half} · {heads} · "
                        f"{cap.layout.rows}×{cap.layout.cols} patches + {prefix}")
     ctx = Context(adapter, c.model_option, c.image_name or "image", img, texts, entry, c.display, timings,
                   sample=c.image_name if c.is_sample else None, size=size)

@@ -336,9 +336,6 @@ def model_ui() -> tuple[str, str]:
     entry = next((e for e in state.catalog.load_catalog().entries if e.name == option), None)
     if entry is not None and entry.notes:
         st.caption(entry.notes)
-    if os.environ.get("ATTNVIZ_PRECISION", "float32").strip().lower() in ("bfloat16", "bf16"):
-        st.caption("This server runs image models in bfloat16 (`ATTNVIZ_PRECISION`): 3–4× faster on its CPU, "
-                   "maps within r > 0.999 of float32. Captioners and question answering stay float32.")
     return option, custom
 
 
