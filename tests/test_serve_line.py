@@ -160,3 +160,22 @@ def test_a_remote_capture_knows_which_targets_gradients_came(saved_models):
     # plumbing only (the stand-in computes with the same code): the engine passed the method and target through
     np.testing.assert_allclose(rel.map, attnviz.explain(adapter, local, "relevance").map, atol=1e-6)
     assert not waits(top) and waits(other)
+
+
+def test_a_bfloat16_replica_holds_no_graph_unless_told(saved_models, monkeypatch):
+    """A replica's default ``hold``: 8 graphs in float32, none in bfloat16 (as the app's ``auto_hold``); an
+    explicit ``hold`` wins; the replica's passes run in the precision it was given."""
+    from types import SimpleNamespace
+
+    import torch
+    from ray import serve
+
+    from attnviz.serve.ray_app import AttnvizModel
+
+    monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(
+        _deployment_config=SimpleNamespace(max_ongoing_requests=32)))
+    folder = str(saved_models["vit"])
+    plain, half = AttnvizModel(folder), AttnvizModel(folder, precision="bfloat16")
+    told = AttnvizModel(folder, precision="bfloat16", hold=5)
+    assert (plain.hold, half.hold, told.hold) == (8, 0, 5)
+    assert (plain.adapter.precision, half.adapter.precision) == (torch.float32, torch.bfloat16)

@@ -136,7 +136,7 @@ class AttnvizModel:
     """One model on one replica: batched captures (forward first), a bounded capture cache, maps on request."""
 
     def __init__(self, model: Optional[str] = None, cache: int = CACHE, threads: int = 1,
-                 max_batch: int = MAX_BATCH, window: float = WINDOW_S, hold: int = HOLD,
+                 max_batch: int = MAX_BATCH, window: float = WINDOW_S, hold: Optional[int] = None,
                  age: Optional[float] = AGE_S, cache_mb: Optional[int] = None, precision: Optional[str] = None):
         import torch
 
@@ -156,6 +156,8 @@ class AttnvizModel:
         self.cache: OrderedDict[str, Any] = OrderedDict()
         self.size = max(1, min(CACHE, int(cache)))     # Serve's router tracks at most CACHE claimed ids
         self.cache_bytes = (int(cache_mb) << 20) if cache_mb else int(CACHE_MEMORY_SHARE * available_memory())
+        if hold is None:           # none in bfloat16 (as serve.local.auto_hold: a forward made again is cheaper)
+            hold = HOLD if self.adapter.precision == torch.float32 else 0
         self.hold, self.held = max(0, int(hold)), 0
         self.line = _Line(age)
         self.batches: list[int] = []
@@ -281,13 +283,14 @@ class AttnvizModel:
 def app(args: dict[str, str]):
     """The application builder for ``serve run attnviz.serve.ray_app:app model=NAME replicas=2 batch=8
     window_ms=50 cache=64 cache_mb=… threads=1 cpus=1 hold=8 age_s=10 precision=bfloat16`` (``cache_mb`` unset: an
-    eighth of the memory available when each replica starts; ``precision`` unset: ATTNVIZ_PRECISION there)."""
+    eighth of the memory available when each replica starts; ``precision`` unset: ATTNVIZ_PRECISION there; ``hold``
+    unset: 8, none in bfloat16)."""
     batch = int(args.get("batch", MAX_BATCH))
     dep = serve.deployment(AttnvizModel, name="AttnvizModel", num_replicas=int(args.get("replicas", 2)),
                            ray_actor_options={"num_cpus": float(args.get("cpus", 1))},
                            max_ongoing_requests=4 * batch)
     return dep.bind(args.get("model"), int(args.get("cache", CACHE)), int(args.get("threads", 1)), batch,
-                    float(args.get("window_ms", WINDOW_S * 1000)) / 1000, int(args.get("hold", HOLD)),
+                    float(args.get("window_ms", WINDOW_S * 1000)) / 1000, int(args["hold"]) if "hold" in args else None,
                     float(args.get("age_s", AGE_S)), int(args["cache_mb"]) if args.get("cache_mb") else None,
                     args.get("precision"))
 
