@@ -109,6 +109,25 @@ def test_parameters_are_compared_after_defaults(tmp_path, saved_models, capsys):
     assert "different params" in capsys.readouterr().err
 
 
+def test_a_run_in_bfloat16_is_its_own_run(tmp_path, saved_models, capsys, monkeypatch):
+    """The precision is part of a run's identity when it is not float32: a bfloat16 run resumes in bfloat16
+    (also when ATTNVIZ_PRECISION says so) and is refused in float32; float32 runs keep their old identity."""
+    src, out = _folder(tmp_path / "in", 2), tmp_path / "out"
+    base = ["batch", str(src), "--model", str(saved_models["vit"]), "--out-dir", str(out), "--no-files"]
+    assert main(base + ["--precision", "bfloat16"]) == 0
+    assert json.loads((out / "run.json").read_text())["job"]["precision"] == "bfloat16"
+    capsys.readouterr()
+    monkeypatch.setenv("ATTNVIZ_PRECISION", "bfloat16")
+    assert main(base) == 0
+    assert "0 explained, 0 rejected, 2 already done" in capsys.readouterr().err
+    monkeypatch.delenv("ATTNVIZ_PRECISION")
+    assert main(base) == 2
+    assert "different precision" in capsys.readouterr().err
+    other = tmp_path / "out32"
+    assert main(base[:-3] + ["--out-dir", str(other), "--no-files"]) == 0
+    assert "precision" not in json.loads((other / "run.json").read_text())["job"]
+
+
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path, saved_models, capsys):
     """While one run holds the folder, another exits 75 with one sentence naming the holder."""
     from attnviz.engine.results import run_lock
