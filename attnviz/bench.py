@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -361,26 +361,39 @@ def _wall_cpu(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def run_highres_bench(sizes=HIGHRES_SIZES, repeats: int = 1, path: str = "auto", threads: int = 2) -> int:
-    """``bench --highres``: per size and view a fresh process (its peak memory is its own), each timing its
-    view against a bare SDPA forward it runs itself. Prints the table with the targets; 1 when one is missed."""
+def in_fresh_process(call: str, label: str) -> Optional[dict]:
+    """The JSON dict ``call`` (a Python expression calling an ``attnviz`` probe, e.g.
+    ``"attnviz.bench.highres_probe(518, 'bare')"``) returns, evaluated in a fresh interpreter (its peak
+    memory and allocator are its own); None, with ``label`` and the error on stderr, if it failed."""
     import json
     import os
     import subprocess
+    import sys
+    module = call.split("(", 1)[0].rsplit(".", 1)[0]
+    code = f"import json, {module}; print(json.dumps({call}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    if out.returncode:
+        print(f"{label}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_highres_bench(sizes=HIGHRES_SIZES, repeats: int = 1, path: str = "auto", threads: int = 2) -> int:
+    """``bench --highres``: per size and view a fresh process (its peak memory is its own), each timing its
+    view against a bare SDPA forward it runs itself. Prints the table with the targets; 1 when one is missed."""
+    import os
     import sys
     results = {}
     for size in sizes:
         reps = repeats if size <= 896 else 0          # 1792²: one cold run of each
         for op in HIGHRES_OPS:
-            code = ("import json, sys; from attnviz.bench import highres_probe; "
-                    f"print(json.dumps(highres_probe({size}, {op!r}, {reps}, {path!r}, {threads})))")
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
-            if out.returncode:
-                print(f"{size}² {op}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            got = in_fresh_process(f"attnviz.bench.highres_probe({size}, {op!r}, {reps}, {path!r}, {threads})",
+                                   f"{size}² {op}")
+            if got is None:
                 continue
-            results[size, op] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"  {size}² {op}: {results[size, op]}", file=sys.stderr, flush=True)    # as each cell ends
+            results[size, op] = got
+            print(f"  {size}² {op}: {got}", file=sys.stderr, flush=True)    # as each cell ends
     load = os.getloadavg()
     print(f"attnviz bench --highres: DINOv2-S/14 random weights, torch {torch.__version__}, {threads} threads, "
           f"attention path {path}, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; one process per cell "

@@ -14,10 +14,7 @@ rollout, relevance, gradient rollout, Grad-CAM and one layer's attention (their 
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,18 +112,13 @@ def run_precision_bench(repeats: int = 3, quick: bool = False) -> int:
     from PIL import Image
 
     from . import load_model
-    from .bench import _models
+    from .bench import _models, in_fresh_process
     from .precision import fast_bfloat16
     costs = {}
     for name in ("float32", "bfloat16"):
-        code = ("import json; from attnviz.bench_precision import cost_probe; "
-                f"print(json.dumps(cost_probe({name!r}, {repeats}, {quick})))")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
-        if out.returncode:
-            print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        costs[name] = in_fresh_process(f"attnviz.bench_precision.cost_probe({name!r}, {repeats}, {quick})", name)
+        if costs[name] is None:
             return 1
-        costs[name] = json.loads(out.stdout.strip().splitlines()[-1])
     load = os.getloadavg()
     print(f"attnviz bench --precision: {'tiny ViT' if quick else 'ViT-B/16'} random weights, torch "
           f"{torch.__version__}, one thread, CPU seconds an image (median of {repeats}); AMX bfloat16 on this "

@@ -351,7 +351,7 @@ def cmd_batch(args) -> int:
     job = Job(model=_model_spec(args, adapter), method=args.method, params=params, target=args.target,
               top_k=args.top_k, texts=tuple(args.text), size=args.size, faithfulness=args.faithfulness,
               sanity=args.sanity, batch_size=args.batch_size,
-              **({"precision": args.precision} if args.precision else {}))
+              precision=_precision_name(adapter.precision))   # what it computes in (text generators: float32)
     if args.engine == "ray":
         from .engine.results import run_lock
         from .engine.ray_engine import rows_for, run_ray

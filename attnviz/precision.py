@@ -6,8 +6,8 @@ PyTorch's CPU autocast policy computes matrix products, linear layers and convol
 keeps reductions such as the softmax in float32 (transformers' eager attention softmaxes in float32 and
 rounds the weights to bfloat16). A CPU with AMX tiles (Intel Sapphire Rapids and later: ``amx_bf16`` in
 ``/proc/cpuinfo``) multiplies bfloat16 matrices about 9× faster than float32 (one core here: 1,244
-against 134 GFLOP/s), so a ViT-B/16 forward costs about a quarter and a forward with its backward about
-0.3 of float32's: what a classroom server needs when thirty students upload at once.
+against 134 GFLOP/s), so a ViT-B/16 capture costs about a third and a capture with its backward and relevance
+about 0.4 of float32's (``bench --precision``): what a classroom server needs when thirty students upload.
 
 Autocast casts a layer's float32 weight to bfloat16 at every call (ViT-B/16: 344 MB read, 172 MB written per
 forward, and each autograd graph keeps its own copies). :func:`shadow` gives every linear layer and
@@ -17,9 +17,11 @@ passes use the float32 weights as before. One model then serves both precisions:
 
 What a capture keeps is float32 either way (:func:`kept`): the methods' own arithmetic (rollout's
 products, relevance's sums, normalisation) stays float32, only the model's passes are rounded. Measured
-against float32 on the trained demo ViT and a random ViT-B/16 (``tests/test_precision.py`` checks every
-family that allows it): Pearson r ≥ 0.9998 for rollout, relevance, gradient rollout and Grad-CAM, ≥ 0.994
-for one layer's raw attention, the same top class.
+against float32 on the trained demo ViT and a random ViT-B/16 (``bench --precision``; ``tests/test_precision.py``
+checks every family that allows it): Pearson r ≥ 0.9997 for rollout, relevance, gradient rollout and Grad-CAM,
+≥ 0.994 for one layer's raw attention, also with a high-norm outlier patch token as real ViTs grow (the test
+builds one); probabilities move by up to ~0.015, so where two classes are closer than that the top class may
+differ.
 
 Families that generate text (captioners, vision-language models) keep float32: their answer comes from
 ``generate``, and a map must explain the tokens it produced (``ModelAdapter.REDUCED_PRECISION``). The
@@ -96,8 +98,8 @@ def note(adapter) -> str:
     if dtype != torch.float32:
         return f"its passes compute in {name(dtype)} (ATTNVIZ_PRECISION)"
     if getattr(adapter, "REDUCED_PRECISION", False) and fast_bfloat16():
-        return ("its passes compute in float32; this CPU has AMX: ATTNVIZ_PRECISION=bfloat16 makes them about "
-                "3-4x faster (maps within r > 0.999)")
+        return ("its passes compute in float32; this CPU has AMX: ATTNVIZ_PRECISION=bfloat16 makes them take "
+                "about 2.5-3x less CPU (maps within r > 0.999)")
     return "its passes compute in float32"
 
 
@@ -105,17 +107,13 @@ def note(adapter) -> str:
 SHADOWED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def shadow(model: nn.Module) -> int:
+def shadow(model: nn.Module) -> None:
     """Give every linear layer and convolution of ``model`` a half-precision copy of its weight and bias for
-    autocast (module docstring); returns how many modules have one. Idempotent."""
-    n = 0
+    autocast (module docstring), made at its first such call. Idempotent."""
     for m in model.modules():
-        if isinstance(m, SHADOWED):
-            if "_attnviz_shadow" not in m.__dict__:
-                m._attnviz_shadow = {}
-                m.forward = types.MethodType(_linear if isinstance(m, nn.Linear) else _conv, m)
-            n += 1
-    return n
+        if isinstance(m, SHADOWED) and "_attnviz_shadow" not in m.__dict__:
+            m._attnviz_shadow = {}
+            m.forward = types.MethodType(_linear if isinstance(m, nn.Linear) else _conv, m)
 
 
 def _stamp(p: torch.Tensor | None):

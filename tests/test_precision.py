@@ -50,13 +50,15 @@ def _tensors(obj, seen=None):
                 yield from _tensors(getattr(obj, f.name), seen)
 
 
-def _eager_reference(adapter):
+def _eager_reference(adapter, attention: bool = True):
     """The adapter's model built again from its config and weights, with transformers' own eager attention
-    (not attnviz's fast_eager) and none of attnviz's weight copies: autocast casts its weights itself."""
+    (not attnviz's fast_eager; ``attention`` False: a CNN, none) and none of attnviz's weight copies: autocast
+    casts its weights itself."""
     m = adapter.model
     ref = type(m)(copy.deepcopy(m.config))
     ref.load_state_dict(m.state_dict())
-    ref.set_attn_implementation("eager")
+    if attention:
+        ref.set_attn_implementation("eager")
     return ref.eval().requires_grad_(False)
 
 
@@ -99,8 +101,9 @@ def test_bfloat16_cnn_and_swin_scores_are_the_autocast_forwards_and_everything_k
     ad.precision = BF16
     cap = attnviz.capture(ad, photo)
     assert {t.dtype for t in _tensors(cap) if t.is_floating_point()} == {torch.float32}
+    ref = _eager_reference(ad, attention=cls is SwinAdapter)
     with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
-        logits = ad.model(pixel_values=cap.inputs["pixel_values"]).logits
+        logits = ref(pixel_values=cap.inputs["pixel_values"]).logits
     assert logits.dtype == BF16
     torch.testing.assert_close(cap.scores, logits[0].float(), rtol=0, atol=0)
     method = "grad_cam" if cap.stages else "relevance"
@@ -134,6 +137,34 @@ def test_a_trained_vits_maps_in_bfloat16_are_its_float32_maps(demo_vit, scene):
     for method, floor in (("rollout", 0.999), ("relevance", 0.999), ("grad_rollout", 0.999),
                           ("grad_cam", 0.999), ("attention", 0.99)):
         assert _r(attnviz.explain(bf, c16, method).map, attnviz.explain(demo_vit, c32, method).map) > floor, method
+
+
+def test_a_high_norm_patch_token_does_not_move_the_bfloat16_maps(demo_vit, scene):
+    """Real trained ViTs grow a few patch tokens with norms 10-100× the others (Darcet et al. 2024, "Vision
+    Transformers Need Registers": their norm sits in a few channels, Sun et al. 2024 "Massive activations");
+    the demo ViT does not, so one is made here: four channels of a patch token's residual stream raised by
+    50 times the stream's standard deviation after the first block, the same in both precisions (a whole token
+    scaled would change nothing after the next LayerNorm). The maps for float32's top class stay those of
+    float32 (r > 0.999), the probabilities within 0.03."""
+    def outlier(module, args, out):
+        h = (out[0] if isinstance(out, tuple) else out).clone()                   # [1, T, D]
+        bump = 50.0 * float(h.detach().std())
+        h[:, 7, :4] += bump
+        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+    bf = copy.copy(demo_vit)
+    bf.precision = BF16
+    handle = demo_vit.token_block(0).register_forward_hook(outlier)
+    try:
+        c32, c16 = attnviz.capture(demo_vit, scene), attnviz.capture(bf, scene)
+    finally:
+        handle.remove()
+    plain = attnviz.capture(demo_vit, scene)
+    assert (c32.attentions[1] - plain.attentions[1]).abs().max() > 0.05      # the outlier did change attention
+    t = int(c32.scores.argmax())
+    p32, p16 = torch.softmax(c32.scores, -1), torch.softmax(c16.scores, -1)
+    assert float((p32 - p16).abs().max()) < 0.03
+    for method in ("rollout", "relevance", "grad_rollout", "attention"):
+        assert _r(attnviz.explain(bf, c16, method, t).map, attnviz.explain(demo_vit, c32, method, t).map) > 0.999, method
 
 
 def test_a_bfloat16_batch_gives_each_image_its_own_bfloat16_capture(demo_vit, scene, photo):
