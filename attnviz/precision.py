@@ -41,6 +41,13 @@ from torch import nn
 
 from .errors import UsageError
 
+#: Captures of more tokens than this run float32 whatever the precision. Their cost is the attention's T² work
+#: and memory, not matrix products: a ViT-B/16 capture with its backward and relevance (2 threads, warm) took
+#: 0.67 -> 0.34 CPU s at 197 tokens and 1.06 -> 0.53 s at 325, but 2.52 -> 2.51 s at 577 and 3.39 -> 3.47 s at
+#: 785, while bfloat16's graph keeps the attention twice (the softmax's float32 output and its bfloat16 copy)
+#: and the capture a float32 copy: peak +481 MB at 577 tokens and +665 MB at 785 (+154 MB at 197).
+MAX_TOKENS = 400
+
 #: The names ``ATTNVIZ_PRECISION`` (and ``--precision``) accept.
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "fp32": torch.float32,
                                       "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}

@@ -263,3 +263,22 @@ def test_the_app_says_when_its_model_runs_in_bfloat16(saved_models, monkeypatch)
     st.cache_resource.clear()
     assert "on **CPU** in **bfloat16**" in seen["bfloat16"]
     assert "on **CPU**" in seen["float32"] and "bfloat16" not in seen["float32"]
+
+
+def test_captures_of_many_tokens_stay_float32(photo):
+    """Above ``precision.MAX_TOKENS`` a capture runs float32 (there bfloat16 saved no CPU and kept the attention
+    twice: README "Precision"); below it, bfloat16. Both against a float32 capture of the same weights."""
+    from attnviz.precision import MAX_TOKENS
+    ad = ClassifierAdapter.tiny("vit", image_size=168, patch_size=8)            # 21 × 21 patches + CLS
+    ref = copy.copy(ad)
+    ad.precision = BF16
+    big = ad.prepare(photo)
+    assert MAX_TOKENS < ad.layout(big).n_tokens < 1024 and not ad.rows_path(ad.layout(big).n_tokens)
+    many, many32 = ad.capture(big), ref.capture(big)
+    assert torch.equal(many.scores, many32.scores) and all(
+        torch.equal(a, b) for a, b in zip(many.attentions, many32.attentions))
+    small = ad.prepare(photo, size=(64, 64))
+    assert ad.layout(small).n_tokens <= MAX_TOKENS
+    assert not torch.equal(ad.capture(small).scores, ref.capture(small).scores)
+    batch = capture_batch(ad, [big, big])
+    assert all(torch.equal(a, b) for a, b in zip(batch[0].attentions, many32.attentions))

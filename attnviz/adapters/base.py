@@ -215,6 +215,12 @@ class ModelAdapter:
         """One forward. Returns (scores [B, n_targets], attentions L×[B,H,T,T] or None, extras)."""
         raise NotImplementedError
 
+    def reduced_for(self, n_tokens: int) -> bool:
+        """Whether a capture of ``n_tokens`` may run in the reduced ``precision``: not on the chunked path (its
+        recorded rows feed the flash kernel and the views directly), nor above ``precision.MAX_TOKENS`` (there
+        the attention's T² work, not matrix products, is the cost, and bfloat16 keeps it twice)."""
+        return n_tokens <= precision.MAX_TOKENS and not self.rows_path(n_tokens)
+
     def run(self, inputs: dict[str, Any], pixel_values: torch.Tensor, *, attentions: bool,
             reduced: bool = True):
         """``_run`` in the adapter's ``precision`` (``reduced=False``: float32 whatever it is): the scores come
@@ -320,8 +326,7 @@ class ModelAdapter:
             rec = Recorder(self._attention_modules(), grads, blocks)
         with torch.set_grad_enabled(grads), self.lock, (recording(rec) if rec else nullcontext()):
             x = pixel_values.detach().clone().requires_grad_(grads)
-            # the chunked path keeps float32 (its recorded rows feed the flash kernel and the views directly)
-            scores, attentions, extras = self.run(inputs, x, attentions=True, reduced=rec is None)
+            scores, attentions, extras = self.run(inputs, x, attentions=True, reduced=self.reduced_for(layout.n_tokens))
         if rec is not None:
             attentions, kept = self._recorded(rec, layout)
             grad_name = "head_outputs"                                 # L × [1, H, T, d]: ∇A = dO·Vᵀ

@@ -62,7 +62,8 @@ def capture_batch(adapter, inputs: Sequence[dict[str, Any]], *, grads: bool = Fa
     with torch.set_grad_enabled(grads), adapter.lock:
         # The weights are frozen: without an input that requires grad there would be no graph at all.
         x = pixel_values.detach().clone().requires_grad_(grads)
-        scores, attentions, extras = adapter.run(inputs[0], x, attentions=True)
+        scores, attentions, extras = adapter.run(inputs[0], x, attentions=True,
+                                                 reduced=adapter.reduced_for(adapter.layout(inputs[0]).n_tokens))
     attentions = tuple(attentions or ())
     readout = extras.pop("readout", None)                                  # [B, T] when the forward measured it
     wrt = {"attentions": attentions} if attentions else {}

@@ -64,7 +64,8 @@ def layer_scores(adapter, capture: Capture) -> tuple[torch.Tensor, tuple[torch.T
     try:
         with torch.enable_grad(), adapter.lock:
             x = capture.inputs["pixel_values"].to(adapter.device).detach().clone().requires_grad_()
-            scores, attentions, extras = adapter.run(capture.inputs, x, attentions=True)
+            scores, attentions, extras = adapter.run(capture.inputs, x, attentions=True,
+                                                     reduced=adapter.reduced_for(capture.layout.n_tokens))
     finally:
         for h in hooks:
             h.remove()
