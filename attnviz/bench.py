@@ -16,6 +16,8 @@ from typing import Callable, Optional
 
 import torch
 
+from . import precision
+
 TARGETS = {"all attention views (1 capture)": 3.0, "rollout (capture + method)": 1.3}
 #: The faithfulness checks (issue 24): deletion + insertion with batched, pooled forwards; the randomisation check.
 FAITHFULNESS_TARGETS = {"  deletion + insertion (20 steps, 1 random)": 40.0,
@@ -333,11 +335,20 @@ def highres_probe(size: int, op: str, repeats: int = 1, path: str = "auto", thre
     def relevance():
         explain(adapter, adapter.capture(inputs, grads=True), "relevance")
 
+    def bare_reduced():
+        with precision.computing(adapter.device, adapter.precision):
+            bare()
+
     fn = {"bare": bare, "rollout": rollout, "views": views, "relevance": relevance}[op]
     unit, unit_cpu = _wall_cpu(bare, repeats)
+    reduced = {}
+    if adapter.precision != torch.float32 and op != "bare":
+        # the same bare forward in the capture's precision (after the float32 unit: the bare cell's peak stays
+        # float32's), for the ratio against a forward in that precision
+        reduced["unit_reduced"], reduced["unit_reduced_cpu"] = _wall_cpu(bare_reduced, repeats)
     t, cpu = (unit, unit_cpu) if op == "bare" else _wall_cpu(fn, repeats)
     return {"size": size, "op": op, "tokens": adapter.layout(inputs).n_tokens, "seconds": t, "unit": unit,
-            "cpu": cpu, "unit_cpu": unit_cpu,
+            "cpu": cpu, "unit_cpu": unit_cpu, "precision": precision.name(adapter.precision), **reduced,
             "rows": adapter.rows_path(adapter.layout(inputs).n_tokens),
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -396,7 +407,7 @@ def run_highres_bench(sizes=HIGHRES_SIZES, repeats: int = 1, path: str = "auto",
             print(f"  {size}² {op}: {got}", file=sys.stderr, flush=True)    # as each cell ends
     load = os.getloadavg()
     print(f"attnviz bench --highres: DINOv2-S/14 random weights, torch {torch.__version__}, {threads} threads, "
-          f"attention path {path}, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; one process per cell "
+          f"attention path {path}, passes in {precision.name(precision.from_env())}, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; one process per cell "
           "(peak RSS), time as a ratio to a bare SDPA forward in the same process: CPU time (wall time)")
     print(f"{'input':>6} {'tokens':>7} {'path':>5} {'bare fwd s':>10} {'bare MB':>8}   "
           f"{'rollout':>24} {'all views':>24} {'relevance':>24}   target (rollout, relevance, +MB)")
@@ -421,4 +432,12 @@ def run_highres_bench(sizes=HIGHRES_SIZES, repeats: int = 1, path: str = "auto",
         rows = results.get((size, "rollout"), {}).get("rows")
         print(f"{size:>5}² {bare['tokens']:>7,} {'rows' if rows else 'full':>5} {bare['seconds']:10.2f} "
               f"{bare['peak_mb']:8.0f}   {cells[0]:>24} {cells[1]:>24} {cells[2]:>24}   {mark}")
+        reduced = [results.get((size, op)) for op in ("rollout", "views", "relevance")]
+        if any(r and "unit_reduced_cpu" in r for r in reduced):
+            # the passes ran in bfloat16 (ATTNVIZ_PRECISION): the same cells against a bfloat16 bare forward
+            cells = [f"{r['cpu'] / r['unit_reduced_cpu']:5.2f}× ({r['seconds'] / r['unit_reduced']:.2f}×)"
+                     if r and "unit_reduced_cpu" in r else "" for r in reduced]
+            fwd = next(r for r in reduced if r and "unit_reduced_cpu" in r)
+            print(f"{'':>6} {'':>7} {'':>5} {fwd['unit_reduced']:10.2f} {fwd['precision'][:8]:>8}   "
+                  f"{cells[0]:>24} {cells[1]:>24} {cells[2]:>24}   (against a {fwd['precision']} bare forward)")
     return 1 if failed else 0

@@ -24,9 +24,14 @@ builds one); probabilities move by up to ~0.015, so where two classes are closer
 differ.
 
 Families that generate text (captioners, vision-language models) keep float32: their answer comes from
-``generate``, and a map must explain the tokens it produced (``ModelAdapter.REDUCED_PRECISION``). The
-chunked path for large inputs keeps float32 too (its recorded q, k and log-sum-exp feed the flash kernel
-and the views' exp(q·kᵀ·s − lse) directly).
+``generate``, and a map must explain the tokens it produced (``ModelAdapter.REDUCED_PRECISION``).
+Large inputs: a pass that returns every layer's dense T×T weights runs float32 above :data:`MAX_TOKENS`;
+in bfloat16 the "auto" attention path takes the chunked path there instead (``ModelAdapter.rows_path``),
+whose forward and backward run bfloat16 through PyTorch's CPU flash kernel and keep q, k, v and the
+kernel's float32 log-sum-exp, widened to float32, from which the views recompute attention rows in
+float32 (DINOv2-S at 518², CPU time over a float32 bare forward: rollout 1.35 -> 0.66×, relevance
+3.6 -> 2.35×; ``bench --highres`` with ``ATTNVIZ_PRECISION=bfloat16``). Window attention (Swin) and CNNs
+hold no T×T and run bfloat16 at any size (``ModelAdapter.DENSE_ATTENTION``).
 """
 from __future__ import annotations
 
@@ -41,8 +46,10 @@ from torch import nn
 
 from .errors import UsageError
 
-#: Captures of more tokens than this run float32 whatever the precision. Their cost is the attention's T² work
-#: and memory, not matrix products: a ViT-B/16 capture with its backward and relevance (2 threads, warm) took
+#: Passes that return dense attention weights over more tokens than this run float32 whatever the precision
+#: (bfloat16 captures of that size take the chunked path instead: module docstring). Their cost is the
+#: attention's T² work and memory, not matrix products: a ViT-B/16 capture with its backward and relevance (2
+#: threads, warm, full path) took
 #: 0.67 -> 0.34 CPU s at 197 tokens and 1.06 -> 0.53 s at 325, but 2.52 -> 2.51 s at 577 and 3.39 -> 3.47 s at
 #: 785, while bfloat16's graph keeps the attention twice (the softmax's float32 output and its bfloat16 copy)
 #: and the capture a float32 copy: peak +481 MB at 577 tokens and +665 MB at 785 (+154 MB at 197).

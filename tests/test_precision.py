@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 
 import attnviz
@@ -95,11 +96,18 @@ def test_a_bfloat16_capture_is_the_models_autocast_forward_kept_in_float32(kind,
             torch.testing.assert_close(g, w[0].float(), rtol=0.02, atol=1e-3)
 
 
-@pytest.mark.parametrize("cls,kind", [(CnnAdapter, k) for k in CNN_KINDS] + [(SwinAdapter, "swin")])
-def test_bfloat16_cnn_and_swin_scores_are_the_autocast_forwards_and_everything_kept_is_float32(cls, kind, photo):
+@pytest.mark.parametrize("cls,kind,size", [(CnnAdapter, k, None) for k in CNN_KINDS]
+                         + [(SwinAdapter, "swin", None), (SwinAdapter, "swin", (64, 64))])
+def test_bfloat16_cnn_and_swin_scores_are_the_autocast_forwards_and_everything_kept_is_float32(cls, kind, size,
+                                                                                             photo):
+    """Also Swin with more first-stage tokens than ``precision.MAX_TOKENS`` (1,024 here, 3,136 for a real
+    Swin-T at 224²): its window attention holds no T×T, so it runs bfloat16 at any size."""
     ad = cls.tiny(kind)
     ad.precision = BF16
-    cap = attnviz.capture(ad, photo)
+    if size is not None:
+        photo = photo.resize(size)
+        assert ad.layout(ad.prepare(photo, size=size)).n_tokens > precision.MAX_TOKENS
+    cap = attnviz.capture(ad, photo, size=size) if size else attnviz.capture(ad, photo)
     assert {t.dtype for t in _tensors(cap) if t.is_floating_point()} == {torch.float32}
     ref = _eager_reference(ad, attention=cls is SwinAdapter)
     with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
@@ -110,7 +118,8 @@ def test_bfloat16_cnn_and_swin_scores_are_the_autocast_forwards_and_everything_k
     got = attnviz.explain(ad, cap, method).map
     ad32 = copy.copy(ad)
     ad32.precision = torch.float32
-    want = attnviz.explain(ad32, attnviz.capture(ad32, photo), method).map
+    want = attnviz.explain(ad32, attnviz.capture(ad32, photo, size=size) if size else attnviz.capture(ad32, photo),
+                           method).map
     assert _r(got, want) > 0.95        # a tiny random model (a regnet-y gives 0.978); the trained demo ViT's bound is 0.999
 
 
@@ -198,22 +207,85 @@ def test_clip_image_and_text_maps_in_bfloat16(clip_dirs):
         assert _r(attnviz.explain(bf, c16, method, 0).map, attnviz.explain(ad, c32, method, 0).map) > 0.99, method
 
 
-def test_text_generating_families_and_the_chunked_path_stay_float32(monkeypatch, photo):
+def test_text_generating_families_stay_float32(monkeypatch):
     monkeypatch.setenv("ATTNVIZ_PRECISION", "bfloat16")
     assert ClassifierAdapter.tiny("vit").precision == BF16
     assert ClipAdapter.tiny(CLIP_KINDS[0]).precision == BF16
     assert CaptionAdapter.tiny("blip").precision == torch.float32
-    ad = ClassifierAdapter.tiny("dinov2")
+
+
+def _sdpa_reference(adapter):
+    """The adapter's model built again with transformers' own SDPA attention function, wrapped to keep the
+    q and k each layer's attention received (in the dtype autocast gave them)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    seen = []
+
+    def recording_sdpa(module, query, key, value, attention_mask, **kw):
+        seen.append((query.detach(), key.detach()))
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+    transformers.AttentionInterface.register("test_recording_sdpa", recording_sdpa)
+    ref = _eager_reference(adapter, attention=False)
+    ref.set_attn_implementation("test_recording_sdpa")
+    return ref, seen
+
+
+@pytest.mark.parametrize("kind", ("vit", "deit", "beit", "dinov2", "dinov2-registers"))
+def test_a_bfloat16_chunked_capture_is_transformers_sdpa_under_autocast(kind, photo):
+    """The chunked path (large inputs) in bfloat16: the recorder's flash kernel gives the scores of the model's
+    own SDPA forward under autocast bit for bit (BEiT's relative position bias rounded as autocast rounds it),
+    the q and k kept are that forward's, widened to float32, and the maps are float32's (full path: the
+    papers' arithmetic) within bfloat16's rounding."""
+    ad = ClassifierAdapter.tiny(kind)
+    ref32 = copy.copy(ad)
+    ad.precision = BF16
     ad.attention_path = "rows"
-    cap = ad.capture(ad.prepare(photo), grads=True)
-    assert isinstance(cap.attentions[0], QK) and cap.attentions[0].q.dtype == torch.float32
-    monkeypatch.setenv("ATTNVIZ_PRECISION", "float32")
-    ad32 = ClassifierAdapter.tiny("dinov2")
-    ad32.model.load_state_dict(ad.model.state_dict())
-    ad32.attention_path = "rows"
-    cap32 = ad32.capture(ad32.prepare(photo), grads=True)
-    assert torch.equal(cap.scores, cap32.scores)
-    assert torch.equal(cap.attentions[-1].q, cap32.attentions[-1].q)
+    inputs = ad.prepare(photo)
+    cap = ad.capture(inputs, grads=True)
+    assert isinstance(cap.attentions[0], QK)
+    assert {t.dtype for t in _tensors(cap) if t.is_floating_point()} == {torch.float32}
+    ref, seen = _sdpa_reference(ad)
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        out = ref(pixel_values=inputs["pixel_values"])
+    assert seen[0][0].dtype == BF16 and len(seen) == len(cap.attentions)
+    assert torch.equal(cap.scores, out.logits[0].float())
+    for rows, (q, k) in zip(cap.attentions, seen):
+        assert torch.equal(rows.q, q[0].float()) and torch.equal(rows.k, k[0].float())
+        # each row recomputed as exp(q·kᵀ·s + bias − lse) with the kernel's log-sum-exp is a softmax
+        torch.testing.assert_close(rows.full().sum(-1), torch.ones(rows.shape[:2]), rtol=0, atol=2e-4)
+    c32 = ref32.capture(inputs, grads=True)
+    assert not isinstance(c32.attentions[0], QK) and not torch.equal(cap.scores, c32.scores)
+    for method in ("rollout", "relevance", "grad_rollout", "attention"):
+        assert _r(attnviz.explain(ad, cap, method, 0).map, attnviz.explain(ref32, c32, method, 0).map) > 0.99, method
+
+
+def test_bfloat16_checkpointed_blocks_recompute_the_same_bfloat16_forward(photo):
+    """A checkpointed block's recomputation runs under the same autocast: the head-output gradients with every
+    block checkpointed equal those with none, bit for bit."""
+    ad = ClassifierAdapter.tiny("dinov2")
+    ad.precision = BF16
+    ad.attention_path = "rows"
+    inputs = ad.prepare(photo)
+    got = {}
+    for mode in (True, False):
+        ad.checkpoint_blocks = mode
+        got[mode] = ad.capture(inputs, grads=True).grads(1, "head_outputs")
+    assert all(g.dtype == torch.float32 for g in got[True])
+    assert all(torch.equal(a, b) for a, b in zip(got[True], got[False]))
+
+
+def test_legrad_keeps_float32_where_it_would_hold_every_layers_attention(photo):
+    """LeGrad's own forward returns every layer's T×T attention: above ``MAX_TOKENS`` it runs float32 even when
+    the capture beside it took the chunked path in bfloat16."""
+    ad = ClassifierAdapter.tiny("vit", image_size=168, patch_size=8)            # 21 × 21 patches + CLS
+    ref = copy.copy(ad)
+    ad.precision = BF16
+    inputs = ad.prepare(photo)
+    n = ad.layout(inputs).n_tokens
+    ad.attention_path = ref.attention_path = "rows"
+    assert n > precision.MAX_TOKENS and ad.reduced_for(n) and not ad.reduced_for(n, recorded=False)
+    a = attnviz.explain(ad, ad.capture(inputs, grads=True), "legrad", 0).map
+    b = attnviz.explain(ref, ref.capture(inputs, grads=True), "legrad", 0).map
+    np.testing.assert_array_equal(a, b)
 
 
 def test_a_precision_by_any_other_name_is_refused_in_one_sentence(monkeypatch):
@@ -265,20 +337,30 @@ def test_the_app_says_when_its_model_runs_in_bfloat16(saved_models, monkeypatch)
     assert "on **CPU**" in seen["float32"] and "bfloat16" not in seen["float32"]
 
 
-def test_captures_of_many_tokens_stay_float32(photo):
-    """Above ``precision.MAX_TOKENS`` a capture runs float32 (there bfloat16 saved no CPU and kept the attention
-    twice: README "Precision"); below it, bfloat16. Both against a float32 capture of the same weights."""
+def test_dense_captures_of_many_tokens_take_the_rows_in_bfloat16_or_stay_float32(photo):
+    """Above ``precision.MAX_TOKENS`` a full capture (every layer's T×T weights) runs float32: there bfloat16
+    saved no CPU and kept the attention twice (README "Precision"); so in bfloat16 the "auto" path takes the
+    rows there (bfloat16, no T×T kept). Below it, the full path in bfloat16. Against a float32 capture of the
+    same weights."""
     from attnviz.precision import MAX_TOKENS
     ad = ClassifierAdapter.tiny("vit", image_size=168, patch_size=8)            # 21 × 21 patches + CLS
     ref = copy.copy(ad)
     ad.precision = BF16
     big = ad.prepare(photo)
-    assert MAX_TOKENS < ad.layout(big).n_tokens < 1024 and not ad.rows_path(ad.layout(big).n_tokens)
+    n = ad.layout(big).n_tokens
+    assert MAX_TOKENS < n < 1024 and not ref.rows_path(n) and ad.rows_path(n)
     many, many32 = ad.capture(big), ref.capture(big)
-    assert torch.equal(many.scores, many32.scores) and all(
-        torch.equal(a, b) for a, b in zip(many.attentions, many32.attentions))
+    assert isinstance(many.attentions[0], QK) and not torch.equal(many.scores, many32.scores)
+    for method in ("rollout", "relevance"):
+        assert _r(attnviz.explain(ad, many, method, 0).map, attnviz.explain(ref, many32, method, 0).map) > 0.99
+    batch = capture_batch(ad, [big, big])                                      # rows: one image at a time
+    assert torch.equal(batch[1].scores, many.scores)
+    full = copy.copy(ad)
+    full.attention_path = "full"                                               # asked for: float32
+    got = full.capture(big)
+    assert torch.equal(got.scores, many32.scores) and all(
+        torch.equal(a, b) for a, b in zip(got.attentions, many32.attentions))
+    assert all(torch.equal(a, b) for a, b in zip(capture_batch(full, [big, big])[0].attentions, many32.attentions))
     small = ad.prepare(photo, size=(64, 64))
-    assert ad.layout(small).n_tokens <= MAX_TOKENS
+    assert ad.layout(small).n_tokens <= MAX_TOKENS and not ad.rows_path(ad.layout(small).n_tokens)
     assert not torch.equal(ad.capture(small).scores, ref.capture(small).scores)
-    batch = capture_batch(ad, [big, big])
-    assert all(torch.equal(a, b) for a, b in zip(batch[0].attentions, many32.attentions))

@@ -155,6 +155,9 @@ class ModelAdapter:
     #: Whether the model's passes may run in a reduced ``precision`` (``ATTNVIZ_PRECISION=bfloat16``): false
     #: for families whose output is generated text (the map must explain the tokens ``generate`` gave).
     REDUCED_PRECISION: ClassVar[bool] = True
+    #: Whether a pass that returns attention weights holds each layer's dense [H, T, T] over the layout's T
+    #: tokens (false: Swin's windows, a CNN's gates): what ``precision.MAX_TOKENS`` limits.
+    DENSE_ATTENTION: ClassVar[bool] = True
 
     def __init__(self, model: torch.nn.Module, processor: Any, *, name: str, source: str,
                  device: Optional[torch.device] = None):
@@ -215,11 +218,16 @@ class ModelAdapter:
         """One forward. Returns (scores [B, n_targets], attentions L×[B,H,T,T] or None, extras)."""
         raise NotImplementedError
 
-    def reduced_for(self, n_tokens: int) -> bool:
-        """Whether a capture of ``n_tokens`` may run in the reduced ``precision``: not on the chunked path (its
-        recorded rows feed the flash kernel and the views directly), nor above ``precision.MAX_TOKENS`` (there
-        the attention's T² work, not matrix products, is the cost, and bfloat16 keeps it twice)."""
-        return n_tokens <= precision.MAX_TOKENS and not self.rows_path(n_tokens)
+    def reduced_for(self, n_tokens: int, *, recorded: bool = True) -> bool:
+        """Whether a pass over ``n_tokens`` may run in the reduced ``precision``: up to ``precision.MAX_TOKENS``,
+        and on the chunked path (``recorded``: a capture whose attention runs through the recorder's flash
+        kernel, no T×T weights; its q, k, v and log-sum-exp are kept float32). Between the two, a pass that
+        returns every layer's T×T weights stays float32: there the attention's T² work, not matrix products,
+        is the cost, and bfloat16 keeps it twice (``precision.MAX_TOKENS``). Families without dense attention
+        (``DENSE_ATTENTION`` false: Swin's windows, CNNs) at any size."""
+        if not self.DENSE_ATTENTION:
+            return True
+        return n_tokens <= precision.MAX_TOKENS or (recorded and self.rows_path(n_tokens))
 
     def run(self, inputs: dict[str, Any], pixel_values: torch.Tensor, *, attentions: bool,
             reduced: bool = True):
@@ -374,6 +382,11 @@ class ModelAdapter:
         if path == "rows" and not able:
             raise UsageError(f"{self.name} cannot capture attention rows (it does not run attnviz's own eager "
                              "attention): use the full path.")
+        if path == "auto" and self.precision != torch.float32 and n_tokens > precision.MAX_TOKENS:
+            # in reduced precision a full capture of this size would run float32 (``reduced_for``); the rows run
+            # bfloat16 (ViT-B/16 at 384², 577 tokens, 2 threads, CPU s: rollout 1.24 -> 0.33, relevance
+            # 2.32 -> 1.22, peak 1,530 -> 1,213 MB)
+            return able
         return able and (path == "rows" or (path == "auto" and n_tokens >= ROWS_FROM_TOKENS))
 
     # --- input sizes: what a size costs, what fits ----------------------
@@ -407,7 +420,9 @@ class ModelAdapter:
         cfg = getattr(self.model.config, "vision_config", None) or self.model.config
         if not hasattr(cfg, "intermediate_size"):
             return self.n_layers
-        return checkpointed_layers(self.n_layers, cfg.hidden_size, cfg.intermediate_size, n_tokens)
+        half = self.precision != torch.float32 and self.reduced_for(n_tokens)
+        return checkpointed_layers(self.n_layers, cfg.hidden_size, cfg.intermediate_size, n_tokens,
+                                   hidden_itemsize=2 if half else 4)
 
     def check_size(self, size: tuple[int, int]) -> None:
         """Refuse, in one sentence, a chosen input size whose capture would not fit in this machine's memory."""
@@ -440,9 +455,11 @@ class ModelAdapter:
             bias = r["bias"]
             if bias is not None:                                            # [1 or B, 1 or H, T, T]
                 bias = bias[0].expand(q.shape[0], -1, -1)                   # [H, T, T]
-            kept.append(QK(q=q, k=r["k"][0], scaling=r["scaling"], bias=bias,
-                           v=None if r["v"] is None else r["v"][0],
-                           lse=None if r["lse"] is None else r["lse"][0]))          # [H, T]
+            # float32 whatever the pass computed in (precision.kept): the views' products run on these
+            kept.append(QK(q=precision.kept(q), k=precision.kept(r["k"][0]), scaling=r["scaling"],
+                           bias=None if bias is None else precision.kept(bias),
+                           v=None if r["v"] is None else precision.kept(r["v"][0]),
+                           lse=None if r["lse"] is None else precision.kept(r["lse"][0])))   # [H, T]
         outs = tuple(rec.layers[li]["out"] for li in range(self.n_layers)) if rec.grads else ()
         return outs, tuple(kept)
 

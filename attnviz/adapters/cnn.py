@@ -160,6 +160,7 @@ class CnnAdapter(ModelAdapter):
     task = "image-classification"
     PROVIDES = frozenset({"pixels", "stages"})
     MAY_PROVIDE = frozenset({"channel_gates", "spatial_gates"})
+    DENSE_ATTENTION = False          # no token attention: bfloat16 at any input size
 
     def __init__(self, model, processor, **kw):
         super().__init__(model, processor, **kw)

@@ -126,6 +126,7 @@ class Recorder:
         self.layers: dict[int, dict] = {}
 
     def attend(self, module, query, key, value, mask, scaling):
+        mask = kernel_mask(query, mask)                                # the bias the views recompute with
         out, lse = sdpa(query, key, value, mask, scaling)
         if not self.replay:
             self.layers[self.layer_of[module]] = {                                         # [B, H, T, d] each
@@ -145,15 +146,27 @@ def scores_only():
 
 
 def sdpa(query, key, value, mask, scaling):
-    """(softmax(q·kᵀ·s + mask)·v [B, H, T, d], each row's log-sum-exp [B, H, T] or None): PyTorch's CPU
-    flash-attention kernel (the one ``scaled_dot_product_attention`` runs on CPU, its logsumexp kept) for
-    float32 on CPU; elsewhere ``scaled_dot_product_attention`` (no log-sum-exp)."""
-    if (query.device.type == "cpu" and query.dtype == torch.float32 and key.dtype == value.dtype == query.dtype
-            and (mask is None or mask.dtype == query.dtype)):
+    """(softmax(q·kᵀ·s + mask)·v [B, H, T, d], each row's log-sum-exp [B, H, T] (float32) or None): PyTorch's
+    CPU flash-attention kernel (the one ``scaled_dot_product_attention`` runs on CPU, its logsumexp kept) for
+    float32 and bfloat16 on CPU; elsewhere ``scaled_dot_product_attention`` (no log-sum-exp). Under bfloat16
+    autocast q, k, v arrive in bfloat16 and a float mask (BEiT's relative position bias) is rounded to it, as
+    autocast rounds every input of ``scaled_dot_product_attention``."""
+    mask = kernel_mask(query, mask)
+    if (query.device.type == "cpu" and query.dtype in (torch.float32, torch.bfloat16)
+            and key.dtype == value.dtype == query.dtype and (mask is None or mask.dtype == query.dtype)):
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, 0.0, False, attn_mask=mask, scale=scaling)
         return out, lse
     return nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling), None
+
+
+def kernel_mask(query: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The additive mask as the attention kernel gets it: rounded to q's dtype under half-precision autocast
+    (autocast rounds every floating input of ``scaled_dot_product_attention``), else as it is."""
+    if (mask is not None and mask.is_floating_point() and mask.dtype != query.dtype
+            and query.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(query.device.type)):
+        return mask.to(query.dtype)
+    return mask
 
 
 def recording(rec: Optional[Recorder]):

@@ -67,6 +67,7 @@ class SwinAdapter(ClassifierAdapter):
     batch_row_extras = ("windows",)
     #: Window attention keeps no T×T: the capture keeps every window's weights (``_run``), never q, k rows.
     ROWS_CAPTURE = False
+    DENSE_ATTENTION = False      # window attention: N·S² per block, no T² (bfloat16 at any size)
 
     def __init__(self, model, processor, **kw):
         super().__init__(model, processor, **kw)

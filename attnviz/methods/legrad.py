@@ -65,7 +65,7 @@ def layer_scores(adapter, capture: Capture) -> tuple[torch.Tensor, tuple[torch.T
         with torch.enable_grad(), adapter.lock:
             x = capture.inputs["pixel_values"].to(adapter.device).detach().clone().requires_grad_()
             scores, attentions, extras = adapter.run(capture.inputs, x, attentions=True,
-                                                     reduced=adapter.reduced_for(capture.layout.n_tokens))
+                                                     reduced=adapter.reduced_for(capture.layout.n_tokens, recorded=False))
     finally:
         for h in hooks:
             h.remove()

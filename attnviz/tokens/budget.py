@@ -79,19 +79,21 @@ def flop_rate() -> float:
 ACTIVATION_BUDGET = 96 << 20
 
 
-def block_activation_bytes(width: int, hidden: int, tokens: int) -> int:
+def block_activation_bytes(width: int, hidden: int, tokens: int, hidden_itemsize: int = FLOAT) -> int:
     """Bytes a token block kept whole holds for the backward beyond what the chunked capture keeps anyway
     (q, k, v, the head output): its LayerNorms' inputs and the MLP's hidden layer, T·(2D + I) floats (the
     linear layers keep no input: the parameters take no gradient). Measured on DINOv2-S at 518²: 117 MB for
-    12 blocks (this says 151 MB)."""
-    return tokens * (2 * width + hidden) * FLOAT
+    12 blocks (this says 151 MB). ``hidden_itemsize`` 2: a bfloat16 pass (autocast keeps the LayerNorms and the
+    residual stream float32, the MLP's hidden layer comes out of a linear layer in bfloat16)."""
+    return tokens * (2 * width * FLOAT + hidden * hidden_itemsize)
 
 
-def checkpointed_layers(layers: int, width: int, hidden: int, tokens: int, budget: Optional[int] = None) -> int:
+def checkpointed_layers(layers: int, width: int, hidden: int, tokens: int, budget: Optional[int] = None,
+                        hidden_itemsize: int = FLOAT) -> int:
     """How many of ``layers`` token blocks a capture with gradients checkpoints: the fewest that keep the other
     blocks' activations (``block_activation_bytes``) within ``budget`` bytes (:data:`ACTIVATION_BUDGET`).
-    DINOv2-S: 5 of 12 at 518², 10 at 896², all 12 at 1792²."""
-    per = block_activation_bytes(width, hidden, tokens)
+    DINOv2-S: 5 of 12 at 518², 10 at 896², all 12 at 1792² (bfloat16: 1, 9, 12)."""
+    per = block_activation_bytes(width, hidden, tokens, hidden_itemsize)
     whole = (ACTIVATION_BUDGET if budget is None else budget) // max(1, per)
     return max(0, layers - int(whole))
 
