@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.masking_utils import eager_mask
 
+from ..precision import kept
 from ..threadlocal import setting
 
 #: The implementation name the attention and mask interfaces know ``fast_eager`` by.
@@ -129,11 +130,13 @@ class Recorder:
         mask = kernel_mask(query, mask)                                # the bias the views recompute with
         out, lse = sdpa(query, key, value, mask, scaling)
         if not self.replay:
+            # kept float32 as they come (precision.kept: widened from bfloat16, the same tensor in float32), so
+            # a bfloat16 pass never holds a layer's q, k twice
             self.layers[self.layer_of[module]] = {                                         # [B, H, T, d] each
-                "q": query.detach(), "k": key.detach(), "scaling": float(scaling),
-                "lse": None if lse is None else lse.detach(),                             # [B, H, T]
-                "bias": None if mask is None else mask.detach(),
-                "v": value.detach() if self.grads else None, "out": out if self.grads else None}
+                "q": kept(query), "k": kept(key), "scaling": float(scaling),
+                "lse": None if lse is None else kept(lse),                                # [B, H, T]
+                "bias": None if mask is None else kept(mask),
+                "v": kept(value) if self.grads else None, "out": out if self.grads else None}
         return out.transpose(1, 2).contiguous(), None                                     # [B, T, H, d]
 
 

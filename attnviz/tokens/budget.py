@@ -84,15 +84,17 @@ def block_activation_bytes(width: int, hidden: int, tokens: int, hidden_itemsize
     (q, k, v, the head output): its LayerNorms' inputs and the MLP's hidden layer, T·(2D + I) floats (the
     linear layers keep no input: the parameters take no gradient). Measured on DINOv2-S at 518²: 117 MB for
     12 blocks (this says 151 MB). ``hidden_itemsize`` 2: a bfloat16 pass (autocast keeps the LayerNorms and the
-    residual stream float32, the MLP's hidden layer comes out of a linear layer in bfloat16)."""
-    return tokens * (2 * width * FLOAT + hidden * hidden_itemsize)
+    residual stream float32, the MLP's hidden layer comes out of a linear layer in bfloat16), and the flash
+    kernel keeps its own bfloat16 q, k, v beside the capture's float32 ones, 3·T·D more halves."""
+    half = 3 * width * hidden_itemsize if hidden_itemsize != FLOAT else 0
+    return tokens * (2 * width * FLOAT + hidden * hidden_itemsize + half)
 
 
 def checkpointed_layers(layers: int, width: int, hidden: int, tokens: int, budget: Optional[int] = None,
                         hidden_itemsize: int = FLOAT) -> int:
     """How many of ``layers`` token blocks a capture with gradients checkpoints: the fewest that keep the other
     blocks' activations (``block_activation_bytes``) within ``budget`` bytes (:data:`ACTIVATION_BUDGET`).
-    DINOv2-S: 5 of 12 at 518², 10 at 896², all 12 at 1792² (bfloat16: 1, 9, 12)."""
+    DINOv2-S: 5 of 12 at 518², 10 at 896², all 12 at 1792² (bfloat16: 4, 10, 12)."""
     per = block_activation_bytes(width, hidden, tokens, hidden_itemsize)
     whole = (ACTIVATION_BUDGET if budget is None else budget) // max(1, per)
     return max(0, layers - int(whole))
