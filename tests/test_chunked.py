@@ -104,6 +104,7 @@ def test_chunked_maps_equal_eager_attention_and_autograd(kind, photo, monkeypatc
     inputs = _inputs(ad, photo)
     monkeypatch.setattr(chunked, "BLOCK_BYTES", 5 * 4 * 4 * ad.layout(inputs).n_tokens)   # 5 rows of 4 heads
     monkeypatch.setattr(chunked, "FUSED_BLOCK_BYTES", 3 * 4 * 4 * ad.layout(inputs).n_tokens)   # fused: 3 rows
+    monkeypatch.setattr(chunked, "MIN_BLOCK_ROWS", 1)                        # the small blocks as set
     ad.attention_path = "rows"
     cap = ad.capture(inputs, grads=True)
     assert all(isinstance(a, QK) and a.block == 5 for a in cap.attentions)
@@ -146,6 +147,7 @@ def test_relevance_at_518_equals_formula_from_eager_attentions(photo, monkeypatc
     assert n == 1370
     monkeypatch.setattr(chunked, "BLOCK_BYTES", 100 * 4 * 4 * n)
     monkeypatch.setattr(chunked, "FUSED_BLOCK_BYTES", 100 * 4 * 4 * n)
+    monkeypatch.setattr(chunked, "MIN_BLOCK_ROWS", 1)                        # the small blocks as set
     ad.attention_path = "auto"                       # 1,370 tokens: "auto" takes the chunked path
     cap = ad.capture(inputs, grads=True)
     assert isinstance(cap.attentions[0], QK) and cap.attentions[0].block == 100
@@ -248,6 +250,7 @@ def test_head_statistics_and_dino_masks_on_the_chunked_path(kind, photo, monkeyp
     inputs = _inputs(ad, photo)
     monkeypatch.setattr(chunked, "BLOCK_BYTES", 3 * 4 * 4 * ad.layout(inputs).n_tokens)
     monkeypatch.setattr(chunked, "FUSED_BLOCK_BYTES", 3 * 4 * 4 * ad.layout(inputs).n_tokens)   # 3 rows of 4 heads
+    monkeypatch.setattr(chunked, "MIN_BLOCK_ROWS", 1)                        # the small blocks as set
     ad.attention_path = "rows"
     cap = ad.capture(inputs, grads=False)
     assert all(isinstance(a, QK) for a in cap.attentions)
@@ -278,6 +281,7 @@ def test_checkpointed_blocks_recompute_once_per_backward_with_the_same_maps(kind
     inputs = _inputs(ad, photo)
     monkeypatch.setattr(chunked, "BLOCK_BYTES", 7 * 4 * 4 * ad.layout(inputs).n_tokens)
     monkeypatch.setattr(chunked, "FUSED_BLOCK_BYTES", 7 * 4 * 4 * ad.layout(inputs).n_tokens)
+    monkeypatch.setattr(chunked, "MIN_BLOCK_ROWS", 1)                        # the small blocks as set
     ad.attention_path = "rows"
     attns = [m for li in range(ad.n_layers) for name, m in ad.token_block(li).named_children()
              if name in ("attention", "self_attn")]

@@ -139,9 +139,10 @@ def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, pa
         block = 0
     else:
         kept, kept_grads = 2 * t * d * FLOAT, 4 * t * d * FLOAT
-        block = 2 * min(chunked.BLOCK_BYTES, heads * t * t * FLOAT)            # a block of A (and ∇A)
+        block = 2 * chunked.block_rows_for(t, heads) * heads * t * FLOAT        # a block of A (and ∇A)
     # rollout's fused blocks (chunked.FUSED_BLOCK_BYTES), the product's output beside each
-    fused = block if path == "full" else 2 * min(chunked.FUSED_BLOCK_BYTES, heads * t * t * FLOAT)
+    fused = block if path == "full" else 2 * chunked.block_rows_for(t, heads, FLOAT, chunked.FUSED_BLOCK_BYTES) \
+        * heads * t * FLOAT
     rollout_b = weights_bytes + layers * kept + 3 * act + fused
     if checkpointed:
         # per layer: q, k, v, dO kept, the block's input, and what autograd holds around a checkpointed block

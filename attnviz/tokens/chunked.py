@@ -43,8 +43,15 @@ from .attention import fuse_heads
 #: Bytes one block of rows may take (all heads): the chunked path's working memory per step. Blocks that stay
 #: in the cache measured fastest: DINOv2-S at 518² (1,370 tokens, one thread, CPU time over a bare forward),
 #: the rollout method 0.49 / 0.45 / 0.36 / 0.45 and the relevance method 0.98 / 0.83 / 0.68 / 0.92 with
-#: 32 / 4 / 2 / 1 MB blocks (1,020 / 127 / 63 / 31 rows); 2 MB also keeps a relevance ~90 MB lower.
-BLOCK_BYTES = 2 << 20
+#: 32 / 4 / 2 / 1 MB blocks (1,020 / 127 / 63 / 31 rows); 2 MB also keeps a relevance ~90 MB lower. Session 13
+#: (AMX host, 2 threads, one relevance step of 6 heads, CPU s a layer): at 1,370 tokens 1 / 1.5 / 2 / 3 / 4 MB
+#: blocks 0.046 / 0.042 / 0.041 / 0.039 / 0.041; at 4,097 tokens 1.5 / 3 / 4.5 / 6 MB 0.48 / 0.38 / 0.36 /
+#: 0.57 (2 MB, 21 rows: 0.44); at 16,385 tokens 5 / 10 / 21 / 32 / 48 rows 15.6 / 10.9 / 8.8 / 8.3 / 8.0: a
+#: block of few rows makes thin matrix products, so a block has at least :data:`MIN_BLOCK_ROWS` rows.
+BLOCK_BYTES = 4 << 20
+
+#: The fewest rows a block has, whatever its bytes (above).
+MIN_BLOCK_ROWS = 32
 
 #: Bytes one block of rows may take when heads are fused (rollout, one layer's fused attention) from q and k: no
 #: gradient block sits beside it, and on two threads bigger blocks measured faster. DINOv2-S, the rollout method on
@@ -81,8 +88,8 @@ class Rows:
 
 def block_rows_for(n: int, heads: int, itemsize: int = 4, budget: Optional[int] = None) -> int:
     """How many query rows of an n-token attention with ``heads`` heads fit in ``budget`` bytes
-    (default :data:`BLOCK_BYTES`)."""
-    return max(1, min(n, (budget or BLOCK_BYTES) // max(1, heads * n * itemsize)))
+    (default :data:`BLOCK_BYTES`), at least :data:`MIN_BLOCK_ROWS` (and at most n)."""
+    return max(1, min(n, max(MIN_BLOCK_ROWS, (budget or BLOCK_BYTES) // max(1, heads * n * itemsize))))
 
 
 @dataclass(eq=False)
