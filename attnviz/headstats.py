@@ -38,7 +38,7 @@ def mean_attention_distance(capture: Capture) -> np.ndarray:
     dist = torch.cdist(xy, xy)                                                 # [N, N] query × key, pixels
     out = []
     for li in range(len(capture.attentions)):
-        m = layer_rows(capture, li)                       # [H, T, T] in blocks of rows (the chunked path too)
+        m = layer_rows(capture, li).prepared()            # [H, T, T] in blocks of rows (the chunked path too)
         total = 0.0
         for lo, hi in m.spans():
             lo_q = max(lo, p)                                                  # patch queries only
@@ -61,7 +61,7 @@ def attention_entropy(capture: Capture) -> np.ndarray:
     from .methods.hierarchy import layer_rows
     out = []
     for li in range(len(capture.attentions)):
-        m = layer_rows(capture, li)                       # [H, T, T] in blocks of rows (the chunked path too)
+        m = layer_rows(capture, li).prepared()            # [H, T, T] in blocks of rows (the chunked path too)
         total = 0.0
         for lo, hi in m.spans():
             a = m.rows(lo, hi).double().cpu()                                  # [H, b, T]

@@ -33,7 +33,7 @@ Conventions (the same as :mod:`attnviz.tokens.mixing` on one dense window, and `
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
@@ -79,6 +79,12 @@ class Rows:
         """[..., H, hi - lo, T] whose mean over heads is ``rows(lo, hi)``, where ``mean_of_heads`` (a product
         with it then needs no [c, T] mean: v·mean_h(M_h) = Σ_h (v/H)·M_h)."""
         raise NotImplementedError
+
+    def prepared(self) -> "Rows":
+        """This source ready for a pass over all its blocks: what every block shares made once (a :class:`QK`
+        with its row log-sum-exp: keys with a column of ones, so a block is one product, below). A new object:
+        the capture's own, which threads share, is never changed."""
+        return self
 
     def spans(self):
         step = max(1, self.block or self.n)
@@ -127,6 +133,11 @@ class QK(Rows):
     block: int = 0
     lse: Optional[torch.Tensor] = None
     stochastic = True
+    #: [H, d + 1, T]: the keys with a row of ones below (``prepared``), so that [q·s, −lse]·[k; 1] is a block's
+    #: exponent in one product: no pass writing the −lse shift into the block before the product (baddbmm
+    #: copies its input first). One 6-head block, 2 threads, the product and exp: 3.14 -> 2.37 ms at 1,370
+    #: tokens (255 rows), 1.81 -> 1.18 ms at 4,097 (42 rows).
+    kaug: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def __post_init__(self):
         self.n = self.q.shape[-2]
@@ -147,9 +158,19 @@ class QK(Rows):
     def device(self) -> torch.device:
         return self.q.device
 
+    def prepared(self) -> "QK":
+        if self.lse is None or self.bias is not None or self.kaug is not None:
+            return self
+        ones = self.k.new_ones(self.k.shape[:-1] + (1,))                               # [H, T, 1]
+        return replace(self, kaug=torch.cat([self.k, ones], -1).transpose(1, 2).contiguous())   # [H, d + 1, T]
+
     def rows(self, lo, hi):
         """softmax(q[lo:hi]·kᵀ·s + bias[lo:hi]) per head: [H, hi - lo, T] (the model's own arithmetic)."""
         ql = self.q[:, lo:hi]                                                          # [H, c, d]
+        if self.kaug is not None:
+            # exp([q·s, −lse]·[k; 1]) = exp(q·kᵀ·s − lse): the shift inside the product
+            qa = torch.cat([ql * self.scaling, -self.lse[:, lo:hi, None]], -1)         # [H, c, d + 1]
+            return torch.bmm(qa, self.kaug).exp_()                                     # [H, c, T]
         if self.lse is not None:
             # exp(q·kᵀ·s + bias − lse): the softmax with the forward's row normaliser, in one pass
             # (baddbmm broadcasts a [H, c, 1] shift as it writes; an expanded [H, c, T] view of it measured 3×
@@ -194,6 +215,9 @@ class Fused(Rows):
             self.block = block_rows_for(self.n, self.src.q.shape[0], self.src.q.element_size(), FUSED_BLOCK_BYTES)
         self.stochastic = self.mean_of_heads = self.src.stochastic and self.how == "mean"
 
+    def prepared(self):
+        return replace(self, src=self.src.prepared())
+
     def rows(self, lo, hi):
         return fuse_heads(self.src.rows(lo, hi), self.how, dim=-3)                      # [..., c, T]
 
@@ -211,6 +235,9 @@ class Head(Rows):
     def __post_init__(self):
         self.n, self.lead, self.block = self.src.n, self.src.lead[:-1], self.src.block
 
+    def prepared(self):
+        return replace(self, src=self.src.prepared())
+
     def rows(self, lo, hi):
         return self.src.rows(lo, hi).select(-3, self.h)                                # [..., c, T]
 
@@ -226,6 +253,9 @@ class GradWeighted(Rows):
 
     def __post_init__(self):
         self.n, self.lead, self.block = self.a.n, self.a.lead[:-1], self.a.block
+
+    def prepared(self):
+        return replace(self, a=self.a.prepared())
 
     def rows(self, lo, hi):
         return self.head_rows(lo, hi).mean(-3)                                         # [..., c, T]
@@ -249,6 +279,7 @@ def _times(w: torch.Tensor, m: Rows, lo: int, hi: int, heads: bool) -> torch.Ten
 
 def pull(v: torch.Tensor, m: Rows) -> torch.Tensor:
     """v·M: ``v`` [..., T], M's rows [..., c, T] block by block -> [..., T]."""
+    m = m.prepared()
     out = None
     heads = m.mean_of_heads
     for lo, hi in m.spans():
@@ -313,6 +344,7 @@ def kth_offdiagonal(m: Rows, k: int) -> torch.Tensor:
 
 def rollout_row(v: torch.Tensor, m: Rows, discard_ratio: float = 0.0) -> torch.Tensor:
     """v·Â with Â = ½A + ½I, rows renormalised; A = M (heads fused), after the discard (module doc)."""
+    m = m.prepared()
     thresh = None
     if discard_ratio > 0:
         k = int(m.n * (m.n - 1) * discard_ratio)
