@@ -347,6 +347,8 @@ def highres_probe(size: int, op: str, repeats: int = 1, path: str = "auto", thre
         # float32's), for the ratio against a forward in that precision
         reduced["unit_reduced"], reduced["unit_reduced_cpu"] = _wall_cpu(bare_reduced, repeats)
     t, cpu = (unit, unit_cpu) if op == "bare" else _wall_cpu(fn, repeats)
+    cost = adapter.estimate((size, size))           # what the app shows before running (tokens/budget.py)
+    reduced["estimate_s"] = {"bare": cost.forward_s, "rollout": cost.rollout_s, "relevance": cost.relevance_s}.get(op)
     return {"size": size, "op": op, "tokens": adapter.layout(inputs).n_tokens, "seconds": t, "unit": unit,
             "cpu": cpu, "unit_cpu": unit_cpu, "precision": precision.name(adapter.precision), **reduced,
             "rows": adapter.rows_path(adapter.layout(inputs).n_tokens),
@@ -440,4 +442,12 @@ def run_highres_bench(sizes=HIGHRES_SIZES, repeats: int = 1, path: str = "auto",
             fwd = next(r for r in reduced if r and "unit_reduced_cpu" in r)
             print(f"{'':>6} {'':>7} {'':>5} {fwd['unit_reduced']:10.2f} {fwd['precision'][:8]:>8}   "
                   f"{cells[0]:>24} {cells[1]:>24} {cells[2]:>24}   (against a {fwd['precision']} bare forward)")
+        # the forward in the passes' precision: the bare cell's float32 one, or a cell's reduced bare forward
+        fwd_s = next((r["unit_reduced"] for r in reduced if r and "unit_reduced" in r), bare["seconds"])
+        est = [(op, results.get((size, op))) for op in ("bare", "rollout", "relevance")]
+        est = [f"{'forward' if op == 'bare' else op} {r['estimate_s']:.2f} s (measured "
+               f"{fwd_s if op == 'bare' else r['seconds']:.2f} s)" for op, r in est
+               if r and r.get("estimate_s") is not None]
+        if est:
+            print(f"{'':>6} adapter.estimate, wall time: {'; '.join(est)}")
     return 1 if failed else 0

@@ -409,7 +409,8 @@ class ModelAdapter:
         return dense_cost(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size,
                           tokens, "rows" if rows else "full", weights,
                           checkpointed=self.checkpointed_layers(tokens) if rows else 0,
-                          pixels=getattr(cfg, "num_channels", 3) * h * w)
+                          pixels=getattr(cfg, "num_channels", 3) * h * w,
+                          dtype=self.precision if self.reduced_for(tokens) else torch.float32)
 
     def checkpointed_layers(self, n_tokens: int) -> int:
         """How many token blocks (the lowest) a chunked capture with gradients of ``n_tokens`` tokens checkpoints

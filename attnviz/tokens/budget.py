@@ -15,12 +15,13 @@ The counts (float32, one image) are estimates, not measurements (``bench --highr
   rollout's ``chunked.FUSED_BLOCK_BYTES``)
   at a time; window attention (Swin) keeps N·S·H floats per block (N tokens, S = window²);
 * **time**: multiply-adds of the forward (linear layers 2·T·(4D² + 2·D·I), attention 4·T²·D per layer), a
-  rollout recomputes q·kᵀ once more (2·T²·D), a relevance runs the backward (twice the forward) and
-  recomputes q·kᵀ and dO·Vᵀ (4·T²·D), plus each checkpointed block's forward once more, at a rate measured
-  once on this machine (a float32 matrix product).
+  rollout recomputes q·kᵀ once more (2·T²·D), a relevance runs the backward (at its own measured rate) and
+  recomputes q·kᵀ and dO·Vᵀ (4·T²·D), plus each checkpointed block's forward once more, at rates measured
+  once on this machine (a transformer block's forward and backward, :func:`block_rates`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -59,17 +60,58 @@ def available_memory() -> int:
     return avail
 
 
-@lru_cache(maxsize=1)
-def flop_rate() -> float:
-    """Float32 multiply-add rate of this machine (FLOP/s): a 512³ matrix product, best of five after a warm-up."""
-    a = torch.randn(512, 512)
-    a @ a
-    best = float("inf")
-    for _ in range(5):
+@lru_cache(maxsize=4)
+def block_rates(dtype: torch.dtype = torch.float32) -> tuple[float, float]:
+    """What this machine computes of a transformer block, in the FLOPs :func:`dense_cost` counts (FLOP/s), for
+    its forward and for its backward (the input's gradient only: the parameters take none): one ViT block
+    (width 384, 6 heads, MLP 1,536, 1,024 tokens, SDPA attention, LayerNorms, GELU; random weights) in
+    ``dtype`` (a half-precision dtype under ``torch.autocast``, as the model's passes run: LayerNorms and the
+    residual stream stay float32), best of three after a warm-up, in this process's threads. A bare matrix
+    product's rate (used until session 13) leaves out what a block does besides its products: estimates from it were
+    1.6-2.1× below the measured float32 times (DINOv2-S, 2 threads: a 518² forward 0.27 s estimated, 0.45 s
+    measured; a 1792² relevance 79 s, 164 s), and a bfloat16 backward is slower against its forward than a
+    float32 one (PyTorch's CPU flash backward: 0.40 against 0.56 s at 4,097 tokens, its forward 0.08 against
+    0.23)."""
+    from torch import nn
+    d, heads, hidden, t = 384, 6, 1536, 1024
+    gen = torch.Generator().manual_seed(0)
+    layers = nn.ModuleDict({"ln1": nn.LayerNorm(d), "qkv": nn.Linear(d, 3 * d), "proj": nn.Linear(d, d),
+                            "ln2": nn.LayerNorm(d), "fc1": nn.Linear(d, hidden), "fc2": nn.Linear(hidden, d)})
+    layers = layers.requires_grad_(False)
+    x = torch.randn(1, t, d, generator=gen)
+
+    def block(x):
+        q, k, v = layers["qkv"](layers["ln1"](x)).view(1, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        o = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, t, d)    # [1, T, D]
+        h = x + layers["proj"](o)
+        return h + layers["fc2"](nn.functional.gelu(layers["fc1"](layers["ln2"](h))))
+
+    def half():
+        return torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+    def forward():
+        with torch.no_grad(), half():
+            block(x)
+
+    xg = x.clone().requires_grad_()
+
+    def backward():
+        with half():
+            y = block(xg)
         t0 = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t0)
-    return 2 * 512 ** 3 / max(best, 1e-6)
+        torch.autograd.grad(y.float().sum(), xg)
+        return time.perf_counter() - t0
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            got = fn()
+            times.append(got if got is not None else time.perf_counter() - t0)
+        return max(min(times), 1e-6)
+    flops = 2 * t * (4 * d * d + 2 * d * hidden) + 4 * t * t * d
+    return flops / best(forward), flops / best(backward)
 
 
 #: Bytes of activations a chunked capture with gradients may keep for its backward outside checkpointed blocks
@@ -127,10 +169,12 @@ class Cost:
 
 
 def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, path: str,
-               weights_bytes: int = 0, checkpointed: int = 0, pixels: int = 0) -> Cost:
+               weights_bytes: int = 0, checkpointed: int = 0, pixels: int = 0,
+               dtype: torch.dtype = torch.float32) -> Cost:
     """Cost of a plain ViT-style tower: ``layers`` × (``heads``, ``width`` D, MLP ``hidden`` I) on ``tokens``;
     ``checkpointed``: how many blocks a capture with gradients checkpoints (the backward recomputes them;
-    True: all); ``pixels``: the input's values (3·h·w)."""
+    True: all); ``pixels``: the input's values (3·h·w); ``dtype``: what the model's passes compute in (the
+    views' own recomputation is float32 either way)."""
     checkpointed = layers if checkpointed is True else int(checkpointed)
     t, d = tokens, width
     act = t * (10 * d + 2 * hidden) * FLOAT                                     # per layer, kept for backward
@@ -155,10 +199,12 @@ def dense_cost(layers: int, heads: int, width: int, hidden: int, tokens: int, pa
         relevance_b = weights_bytes + layers * (kept_grads + act) + 2 * block
     linear = 2 * t * (4 * d * d + 2 * d * hidden)
     attn = 4 * t * t * d
-    rate = flop_rate()
-    fwd = layers * (linear + attn) / rate
+    rate = block_rates()[0]                         # the views' own products: float32
+    fwd_rate, bwd_rate = block_rates(dtype)         # the model's passes
+    fwd = layers * (linear + attn) / fwd_rate
+    bwd = layers * (linear + attn) / bwd_rate
     roll = fwd + layers * (2 * t * t * d) / rate * (1 if path == "rows" else 0.2)
-    rel = (3 + checkpointed / layers) * fwd + layers * (4 * t * t * d) / rate * (1 if path == "rows" else 0.3)
+    rel = (1 + checkpointed / layers) * fwd + bwd + layers * (4 * t * t * d) / rate * (1 if path == "rows" else 0.3)
     if path == "full":
         # What autograd saves of one forward for its backward, the parameters taking no gradient (the linear
         # layers then keep no input): per layer the two LayerNorms' inputs, q, k, v, the attention (softmax
@@ -178,7 +224,7 @@ def window_cost(blocks: Sequence[tuple[int, int, int, int]], weights_bytes: int 
     act = sum(n * 18 * d for n, _, _, d in blocks) * FLOAT                     # MLP ratio 4
     linear = sum(2 * n * 12 * d * d for n, _, _, d in blocks)
     attn = sum(4 * n * s * d for n, _, s, d in blocks)
-    rate = flop_rate()
+    rate = block_rates()[0]
     fwd = (linear + attn) / rate
     peak_block = max(n * 18 * d for n, _, _, d in blocks) * FLOAT
     return Cost(blocks[0][0], "windows", fwd, 1.2 * fwd, 3 * fwd, int(weights_bytes + kept + 3 * peak_block),
