@@ -214,6 +214,9 @@ def test_upload_explain_switch_heads_and_reject_a_broken_file(server, photo, tmp
 
             # The faithfulness panel: both checks on click, drawn, no error.
             page.get_by_text(re.compile(r"^Is the .* map faithful\?")).first.click()
+            # the expander reruns the script when it opens (on_change="rerun"): a click on the button while that
+            # run redraws the panel can be lost (one 90-s timeout in a full run, session 13), so wait for it
+            _wait_idle(page)
             charts = page.locator('[data-testid="stPlotlyChart"]').count()
             t0 = time.perf_counter()
             page.get_by_role("button", name="Run deletion / insertion").click()
