@@ -456,11 +456,10 @@ class ModelAdapter:
             bias = r["bias"]
             if bias is not None:                                            # [1 or B, 1 or H, T, T]
                 bias = bias[0].expand(q.shape[0], -1, -1)                   # [H, T, T]
-            # float32 whatever the pass computed in (precision.kept): the views' products run on these
-            kept.append(QK(q=precision.kept(q), k=precision.kept(r["k"][0]), scaling=r["scaling"],
-                           bias=None if bias is None else precision.kept(bias),
-                           v=None if r["v"] is None else precision.kept(r["v"][0]),
-                           lse=None if r["lse"] is None else precision.kept(r["lse"][0])))   # [H, T]
+            # float32 whatever the pass computed in: the recorder kept them so (``Recorder.attend``)
+            kept.append(QK(q=q, k=r["k"][0], scaling=r["scaling"], bias=bias,
+                           v=None if r["v"] is None else r["v"][0],
+                           lse=None if r["lse"] is None else r["lse"][0]))          # [H, T]
         outs = tuple(rec.layers[li]["out"] for li in range(self.n_layers)) if rec.grads else ()
         return outs, tuple(kept)
 

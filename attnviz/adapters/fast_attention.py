@@ -153,8 +153,8 @@ def sdpa(query, key, value, mask, scaling):
     CPU flash-attention kernel (the one ``scaled_dot_product_attention`` runs on CPU, its logsumexp kept) for
     float32 and bfloat16 on CPU; elsewhere ``scaled_dot_product_attention`` (no log-sum-exp). Under bfloat16
     autocast q, k, v arrive in bfloat16 and a float mask (BEiT's relative position bias) is rounded to it, as
-    autocast rounds every input of ``scaled_dot_product_attention``."""
-    mask = kernel_mask(query, mask)
+    autocast rounds every input of ``scaled_dot_product_attention`` (``kernel_mask``, which the caller applies:
+    the recorder keeps the mask the kernel got)."""
     if (query.device.type == "cpu" and query.dtype in (torch.float32, torch.bfloat16)
             and key.dtype == value.dtype == query.dtype and (mask is None or mask.dtype == query.dtype)):
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
