@@ -30,8 +30,8 @@ in bfloat16 the "auto" attention path takes the chunked path there instead (``Mo
 whose forward and backward run bfloat16 through PyTorch's CPU flash kernel and keep q, k, v and the
 kernel's float32 log-sum-exp, widened to float32, from which the views recompute attention rows in
 float32 (DINOv2-S, CPU time over a float32 bare forward, float32 -> bfloat16: 518² rollout 1.33 -> 0.67×,
-relevance 3.44 -> 2.13×; 896² 1.45 -> 0.76×, 4.91 -> 2.97×; ``bench --highres`` with ``ATTNVIZ_PRECISION``). Window attention (Swin) and CNNs
-hold no T×T and run bfloat16 at any size (``ModelAdapter.DENSE_ATTENTION``).
+relevance 3.44 -> 2.13×; 896² 1.45 -> 0.76×, 4.91 -> 2.97×; ``bench --highres`` with ``ATTNVIZ_PRECISION``).
+Window attention (Swin) and CNNs hold no T×T and run bfloat16 at any size (``ModelAdapter.DENSE_ATTENTION``).
 """
 from __future__ import annotations
 
